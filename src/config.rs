@@ -1,0 +1,167 @@
+//! Where one user's files live (`Home`) and what `config.toml` says
+//! (`Config`). Several users can share a machine: each has their own home.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the home directory (same as `--home`).
+pub const HOME_ENV: &str = "STUBMAIL_HOME";
+
+/// The directories of one user. With `--home DIR` (or `STUBMAIL_HOME`)
+/// everything lives under DIR; otherwise the config is in the XDG config
+/// directory and the data in the XDG data directory.
+#[derive(Clone, Debug)]
+pub struct Home {
+    /// Holds `config.toml`.
+    pub config_dir: PathBuf,
+    /// Holds the secret key, keyring, spool, state and (by default) Maildir.
+    pub data_dir: PathBuf,
+}
+
+impl Home {
+    /// `--home` if given, else the XDG directories.
+    pub fn resolve(home: Option<&Path>) -> anyhow::Result<Home> {
+        if let Some(h) = home {
+            return Ok(Home::single(h));
+        }
+        let config = dirs::config_dir().ok_or_else(|| anyhow::anyhow!("no config directory; pass --home DIR"))?;
+        let data = dirs::data_dir().ok_or_else(|| anyhow::anyhow!("no data directory; pass --home DIR"))?;
+        Ok(Home { config_dir: config.join("stubmail"), data_dir: data.join("stubmail") })
+    }
+
+    pub fn single(dir: &Path) -> Home {
+        Home { config_dir: dir.to_path_buf(), data_dir: dir.to_path_buf() }
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.config_dir.join("config.toml")
+    }
+    /// The armored secret key, mode 0600.
+    pub fn secret_key(&self) -> PathBuf {
+        self.data_dir.join("secret.pgp")
+    }
+    /// Contacts' certificates: the address book and the whitelist.
+    pub fn keyring_dir(&self) -> PathBuf {
+        self.data_dir.join("keyring")
+    }
+    /// smtp2stub's durable queue.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+    /// http2mbox's state (download staging, delivery journal).
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("state")
+    }
+
+    /// Read `config.toml`, with a message that says how to create it.
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let p = self.config_file();
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            anyhow::anyhow!("cannot read {}: {e}; run `stubmail init --email ADDRESS --outbox URL` first", p.display())
+        })?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid config: {e}", p.display()))
+    }
+
+    /// The user's identity (secret key), refusing loose permissions.
+    pub fn load_identity(&self) -> anyhow::Result<crate::Identity> {
+        Ok(crate::Identity::load(&self.secret_key())?)
+    }
+
+    pub fn keyring(&self) -> crate::keyring::Keyring {
+        crate::keyring::Keyring::new(self.keyring_dir())
+    }
+
+    /// Resolve a path from the config: relative paths are under the data dir.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.data_dir.join(p) }
+    }
+}
+
+/// `config.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The user's address; MAIL FROM must be one of `email` and `aliases`.
+    pub email: String,
+    /// Other addresses of the same person that smtp2stub accepts as MAIL FROM.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The user's own outbox (also bound into the certificate).
+    pub outbox: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Where smtp2stub listens. Loopback unless you mean otherwise.
+    pub listen: SocketAddr,
+    /// Largest message accepted (SIZE), in bytes.
+    pub max_message_size: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig { listen: "127.0.0.1:2525".parse().unwrap(), max_message_size: 50 * 1024 * 1024 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// The Maildir delivered into; relative paths are under the data dir.
+    pub maildir: PathBuf,
+    /// Seconds between polls in daemon mode.
+    pub interval_secs: u64,
+    /// Largest message fetched, in bytes.
+    pub max_message_size: u64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig { maildir: PathBuf::from("Maildir"), interval_secs: 300, max_message_size: 1 << 30 }
+    }
+}
+
+impl Config {
+    pub fn new(email: &str, outbox: &str) -> Config {
+        Config {
+            identity: IdentityConfig { email: email.to_string(), aliases: vec![], outbox: outbox.to_string() },
+            smtp: SmtpConfig::default(),
+            poll: PollConfig::default(),
+        }
+    }
+
+    /// Every address this user may send as, lower-cased.
+    pub fn own_addresses(&self) -> Vec<String> {
+        std::iter::once(&self.identity.email)
+            .chain(&self.identity.aliases)
+            .map(|a| a.to_ascii_lowercase())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn config_round_trips_and_defaults() {
+        let c = Config::new("a@example.org", "http://127.0.0.1:8080/");
+        let t = toml::to_string(&c).unwrap();
+        let back: Config = toml::from_str(&t).unwrap();
+        assert_eq!(back.identity.email, "a@example.org");
+        let minimal: Config = toml::from_str("[identity]\nemail='a@x.org'\noutbox='http://x/'\n").unwrap();
+        assert!(minimal.smtp.listen.ip().is_loopback());
+        assert!(toml::from_str::<Config>("[identity]\nemail='a@x.org'\noutbox='http://x/'\ntypo=1\n").is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The keyring: contacts' certificates, one file per fingerprint. It is the
+//! address book (who has an outbox where) and the whitelist (whose mail is
+//! fetched at all).
+
+use std::path::PathBuf;
+
+use sequoia_openpgp::Cert;
+
+use crate::pgp::{self, PgpError};
+use crate::protocol::Fpr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error(transparent)]
+    Pgp(#[from] PgpError),
+    #[error("keyring {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("no contact matches {0:?}; `stubmail keys list` shows the keyring")]
+    NotFound(String),
+    #[error("{0:?} matches several contacts; name one by its full fingerprint")]
+    Ambiguous(String),
+}
+
+/// A directory of certificates, `<FINGERPRINT>.pgp` each (binary).
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    dir: PathBuf,
+}
+
+impl Keyring {
+    pub fn new(dir: PathBuf) -> Keyring {
+        Keyring { dir }
+    }
+
+    fn io(&self, source: std::io::Error) -> KeyringError {
+        KeyringError::Io { path: self.dir.display().to_string(), source }
+    }
+
+    fn file(&self, f: &Fpr) -> PathBuf {
+        self.dir.join(format!("{f}.pgp"))
+    }
+
+    /// Every certificate in the keyring (unreadable files are skipped with a
+    /// warning, so one bad file does not hide every contact).
+    pub fn all(&self) -> Result<Vec<Cert>, KeyringError> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let path = e.map_err(|e| self.io(e))?.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("pgp") {
+                continue;
+            }
+            match std::fs::read(&path).map_err(anyhow::Error::from).and_then(|b| Ok(pgp::parse_certs(&b)?)) {
+                Ok(mut c) => out.append(&mut c),
+                Err(e) => tracing::warn!("skipping {}: {e:#}", path.display()),
+            }
+        }
+        out.sort_by_key(|c| c.fingerprint().to_hex());
+        Ok(out)
+    }
+
+    /// Import certificates: every one is checked first (valid, not revoked
+    /// or expired, has an email User ID); if any fails, nothing changes.
+    /// An already-known certificate is merged (new User IDs, revocations).
+    pub fn import(&self, certs: Vec<Cert>) -> Result<Vec<Cert>, KeyringError> {
+        for c in &certs {
+            pgp::check_contact(c)?;
+        }
+        crate::fsutil::ensure_dir(&self.dir).map_err(|e| self.io(e))?;
+        let mut done = Vec::new();
+        for c in certs {
+            let c = c.strip_secret_key_material();
+            let f = pgp::fpr_of(&c);
+            let merged = match self.get(&f)? {
+                Some(old) => old.merge_public(c).map_err(PgpError::from)?,
+                None => c,
+            };
+            crate::fsutil::write_atomic(&self.file(&f), &pgp::binary(&merged)?, 0o644).map_err(|e| self.io(e))?;
+            done.push(merged);
+        }
+        Ok(done)
+    }
+
+    /// The certificate with this fingerprint, if present.
+    pub fn get(&self, f: &Fpr) -> Result<Option<Cert>, KeyringError> {
+        match std::fs::read(self.file(f)) {
+            Ok(b) => Ok(pgp::parse_certs(&b)?.into_iter().next()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Usable certificates with this email address (valid now).
+    pub fn by_email(&self, email: &str) -> Result<Vec<Cert>, KeyringError> {
+        let email = email.to_ascii_lowercase();
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|c| pgp::check_contact(c).is_ok_and(|e| e.contains(&email)))
+            .collect())
+    }
+
+    /// Resolve an address or fingerprint to exactly one contact.
+    pub fn find(&self, what: &str) -> Result<Cert, KeyringError> {
+        if let Ok(f) = Fpr::parse(what) {
+            return self.get(&f)?.ok_or_else(|| KeyringError::NotFound(what.into()));
+        }
+        let email = what.to_ascii_lowercase();
+        let mut m: Vec<Cert> =
+            self.all()?.into_iter().filter(|c| pgp::emails_of(c).contains(&email)).collect();
+        match m.len() {
+            0 => Err(KeyringError::NotFound(what.into())),
+            1 => Ok(m.remove(0)),
+            _ => Err(KeyringError::Ambiguous(what.into())),
+        }
+    }
+
+    /// Remove a contact by address or fingerprint.
+    pub fn remove(&self, what: &str) -> Result<Cert, KeyringError> {
+        let c = self.find(what)?;
+        std::fs::remove_file(self.file(&pgp::fpr_of(&c))).map_err(|e| self.io(e))?;
+        crate::fsutil::fsync_dir(&self.dir).map_err(|e| self.io(e))?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn import_find_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path().join("kr"));
+        let b = Identity::generate(None, "Bob@Example.net", "http://b/").unwrap();
+        k.import(vec![b.cert()]).unwrap();
+        assert_eq!(k.all().unwrap().len(), 1);
+        assert_eq!(k.by_email("bob@example.net").unwrap().len(), 1);
+        assert_eq!(pgp::fpr_of(&k.find("BOB@example.net").unwrap()), b.fpr());
+        // Re-import merges, does not duplicate.
+        k.import(vec![b.cert()]).unwrap();
+        assert_eq!(k.all().unwrap().len(), 1);
+        k.remove(b.fpr().as_str()).unwrap();
+        assert!(k.all().unwrap().is_empty());
+        assert!(matches!(k.remove("bob@example.net"), Err(KeyringError::NotFound(_))));
+    }
+
+    #[test]
+    fn bad_certificates_change_nothing() {
+        use sequoia_openpgp::cert::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path().join("kr"));
+        let good = Identity::generate(None, "a@example.org", "http://a/").unwrap().cert();
+        let (no_email, _) = CertBuilder::general_purpose(["Just A Name"]).generate().unwrap();
+        let (revoked, rev) = CertBuilder::general_purpose(["<r@example.org>"]).generate().unwrap();
+        let revoked = revoked.insert_packets(rev).unwrap().0;
+        for bad in [no_email, revoked] {
+            assert!(k.import(vec![good.clone(), bad]).is_err());
+            assert!(k.all().unwrap().is_empty(), "a failed import must change nothing");
+        }
+        assert!(pgp::parse_certs(b"garbage").is_err());
+    }
+}

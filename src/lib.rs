@@ -1,0 +1,17 @@
+//! Stubmail's shared core: identity and keyring (OpenPGP), the wire protocol
+//! (pure data, no I/O), request signing, the signed outbox client, and the
+//! on-disk helpers every program uses.
+//!
+//! See `ARCHITECTURE.md` for the map and `docs/PROTOCOL.md` for the wire format.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod fsutil;
+pub mod keyring;
+pub mod pgp;
+pub mod protocol;
+pub mod time;
+
+pub use config::{Config, Home};
+pub use pgp::Identity;

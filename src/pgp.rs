@@ -1,0 +1,477 @@
+//! OpenPGP, through sequoia-openpgp: the user's identity (a secret key),
+//! certificates of contacts, detached signatures for requests, and the
+//! streaming sign+encrypt / decrypt+verify of messages.
+//!
+//! Every certificate Stubmail makes is an RFC 4880 (v4) certificate that
+//! advertises SEIPDv1 only, so GnuPG 2.2 can read what we write.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use openpgp::cert::prelude::*;
+use openpgp::crypto::{KeyPair, SessionKey};
+use openpgp::packet::signature::SignatureBuilder;
+use openpgp::packet::{PKESK, SKESK, UserID};
+use openpgp::parse::stream::{
+    DecryptionHelper, DecryptorBuilder, DetachedVerifierBuilder, MessageLayer, MessageStructure,
+    VerificationHelper,
+};
+use openpgp::parse::Parse;
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Signer};
+use openpgp::serialize::{Serialize as _, SerializeInto as _};
+use openpgp::packet::signature::subpacket::NotationDataFlags;
+use openpgp::types::{Features, KeyFlags, PublicKeyAlgorithm, SignatureType, SymmetricAlgorithm};
+use openpgp::{Cert, KeyHandle};
+use sequoia_openpgp as openpgp;
+
+use crate::protocol::Fpr;
+
+/// Notation on the self-signed User ID binding that names the owner's outbox.
+pub const OUTBOX_NOTATION: &str = "outbox@stubmail.org";
+
+/// The one policy every check uses.
+pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
+
+/// Errors of the OpenPGP layer. Messages name the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    #[error("secret key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    LoosePermissions { path: String, mode: u32 },
+    #[error("cannot read secret key {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("OpenPGP: {0:#}")]
+    Openpgp(#[from] anyhow::Error),
+}
+
+type Result<T> = std::result::Result<T, PgpError>;
+
+fn invalid(s: impl Into<String>) -> PgpError {
+    PgpError::Invalid(s.into())
+}
+
+/// Fingerprint of a certificate in wire form.
+pub fn fpr_of(cert: &Cert) -> Fpr {
+    Fpr::parse(&cert.fingerprint().to_hex()).expect("a v4 fingerprint is 40 hex digits")
+}
+
+/// The user's own key: certificate with secret key material. `Debug` never
+/// prints the secret.
+#[derive(Clone)]
+pub struct Identity {
+    cert: Cert,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.cert.fingerprint())
+    }
+}
+
+impl Identity {
+    /// Create a new identity: Ed25519 primary key (certify + sign), X25519
+    /// encryption subkey, one User ID, the outbox URL bound by notation, no
+    /// expiry (a mail identity should not silently stop working; revoke it
+    /// instead).
+    pub fn generate(name: Option<&str>, email: &str, outbox: &str) -> Result<Identity> {
+        check_email(email)?;
+        let uid = match name {
+            Some(n) if !n.trim().is_empty() => format!("{} <{email}>", n.trim()),
+            _ => format!("<{email}>"),
+        };
+        let template = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
+            OUTBOX_NOTATION,
+            outbox.as_bytes(),
+            NotationDataFlags::empty().set_human_readable(),
+            false,
+        )?;
+        let (cert, _rev) = CertBuilder::new()
+            .set_profile(openpgp::Profile::RFC4880)?
+            .set_features(Features::empty().set_seipdv1())?
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .set_primary_key_flags(KeyFlags::empty().set_certification().set_signing())
+            .set_validity_period(None)
+            .add_subkey(KeyFlags::empty().set_transport_encryption().set_storage_encryption(), None, None)
+            .add_userid_with(UserID::from(uid), template)?
+            .generate()?;
+        Ok(Identity { cert })
+    }
+
+    /// Load a secret key file, refusing one that group or others can read,
+    /// and refusing RSA keys (the pure-Rust RSA backend is not constant-time).
+    pub fn load(path: &Path) -> Result<Identity> {
+        let p = path.display().to_string();
+        let mode = crate::fsutil::mode_of(path).map_err(|source| PgpError::Io { path: p.clone(), source })?;
+        if mode & 0o077 != 0 {
+            return Err(PgpError::LoosePermissions { path: p, mode });
+        }
+        let bytes = std::fs::read(path).map_err(|source| PgpError::Io { path: p.clone(), source })?;
+        let cert = Cert::from_bytes(&bytes).map_err(|e| invalid(format!("{p} is not an OpenPGP secret key: {e}")))?;
+        Identity::from_cert(cert).map_err(|e| invalid(format!("{p}: {e}")))
+    }
+
+    /// Wrap a certificate with secret keys, checking it is usable.
+    pub fn from_cert(cert: Cert) -> Result<Identity> {
+        if !cert.is_tsk() {
+            return Err(invalid("the key has no secret key material"));
+        }
+        for k in cert.keys().secret() {
+            #[allow(deprecated)]
+            let rsa = matches!(
+                k.key().pk_algo(),
+                PublicKeyAlgorithm::RSAEncryptSign | PublicKeyAlgorithm::RSAEncrypt | PublicKeyAlgorithm::RSASign
+            );
+            if rsa {
+                return Err(invalid(
+                    "RSA secret keys are refused: this build's RSA is not constant-time. \
+                     Create a Curve25519 key with `stubmail init`",
+                ));
+            }
+        }
+        let id = Identity { cert };
+        id.signing_keypair()?;
+        Ok(id)
+    }
+
+    /// Armored secret key, for the 0600 key file.
+    pub fn to_armored_secret(&self) -> Result<Vec<u8>> {
+        Ok(self.cert.as_tsk().armored().to_vec()?)
+    }
+
+    /// The public certificate (no secrets).
+    pub fn cert(&self) -> Cert {
+        self.cert.clone().strip_secret_key_material()
+    }
+
+    pub fn fpr(&self) -> Fpr {
+        fpr_of(&self.cert)
+    }
+
+    fn signing_keypair(&self) -> Result<KeyPair> {
+        let ka = self
+            .cert
+            .keys()
+            .with_policy(&POLICY, None)
+            .supported()
+            .alive()
+            .revoked(false)
+            .for_signing()
+            .secret()
+            .next()
+            .ok_or_else(|| invalid("no usable signing key (expired or revoked?)"))?;
+        Ok(ka.key().clone().into_keypair()?)
+    }
+
+    fn decryption_keypairs(&self) -> Vec<KeyPair> {
+        self.cert
+            .keys()
+            .with_policy(&POLICY, None)
+            .supported()
+            .for_transport_encryption()
+            .for_storage_encryption()
+            .secret()
+            .filter_map(|ka| ka.key().clone().into_keypair().ok())
+            .collect()
+    }
+
+    /// A binary OpenPGP detached signature over `data`.
+    pub fn sign_detached(&self, data: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        {
+            let m = Message::new(&mut out);
+            let mut s = Signer::new(m, self.signing_keypair()?)?.detached().build()?;
+            s.write_all(data).map_err(anyhow::Error::from)?;
+            s.finalize()?;
+        }
+        Ok(out)
+    }
+}
+
+fn check_email(email: &str) -> Result<()> {
+    let ok = email.len() <= 254
+        && email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !email.chars().any(|c| c.is_whitespace() || matches!(c, '<' | '>' | ',' | ';'));
+    if ok { Ok(()) } else { Err(invalid(format!("{email:?} is not an email address like alice@example.org"))) }
+}
+
+/// Parse armored or binary certificates (as `gpg --export` prints them).
+pub fn parse_certs(bytes: &[u8]) -> Result<Vec<Cert>> {
+    let certs: Vec<Cert> = CertParser::from_bytes(bytes)
+        .map_err(|e| invalid(format!("not OpenPGP data: {e}")))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| invalid(format!("corrupt certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("no certificate found in the input"));
+    }
+    Ok(certs)
+}
+
+/// Armored public certificate.
+pub fn armored(cert: &Cert) -> Result<String> {
+    Ok(String::from_utf8(cert.armored().to_vec()?).expect("armor is ASCII"))
+}
+
+/// Binary public certificate.
+pub fn binary(cert: &Cert) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    cert.serialize(&mut v)?;
+    Ok(v)
+}
+
+/// Check that a certificate is usable as a contact now: valid under the
+/// policy, not revoked, not expired, with an email User ID and an
+/// encryption key. Returns the email addresses.
+pub fn check_contact(cert: &Cert) -> Result<Vec<String>> {
+    let fp = cert.fingerprint();
+    let vc = cert
+        .with_policy(&POLICY, None)
+        .map_err(|e| invalid(format!("certificate {fp} is not valid: {e}")))?;
+    if let openpgp::types::RevocationStatus::Revoked(_) = vc.revocation_status() {
+        return Err(invalid(format!("certificate {fp} is revoked")));
+    }
+    vc.alive().map_err(|e| invalid(format!("certificate {fp} is expired or not yet valid: {e}")))?;
+    let emails = emails_of(cert);
+    if emails.is_empty() {
+        return Err(invalid(format!("certificate {fp} has no valid User ID with an email address")));
+    }
+    if vc.keys().supported().alive().revoked(false).for_transport_encryption().next().is_none() {
+        return Err(invalid(format!("certificate {fp} has no usable encryption key")));
+    }
+    Ok(emails)
+}
+
+/// The email addresses of a certificate's valid User IDs, lower-cased.
+pub fn emails_of(cert: &Cert) -> Vec<String> {
+    let Ok(vc) = cert.with_policy(&POLICY, None) else { return vec![] };
+    let mut v: Vec<String> = vc
+        .userids()
+        .filter(|u| !matches!(u.revocation_status(), openpgp::types::RevocationStatus::Revoked(_)))
+        .filter_map(|u| u.userid().email().ok().flatten().map(str::to_ascii_lowercase))
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The outbox URL the owner bound into the certificate (primary User ID
+/// first), or `None` for a certificate without one (an ordinary PGP user).
+pub fn outbox_of(cert: &Cert) -> Option<String> {
+    let vc = cert.with_policy(&POLICY, None).ok()?;
+    let from = |u: &ValidUserIDAmalgamation| {
+        u.binding_signature()
+            .notation(OUTBOX_NOTATION)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
+    };
+    if let Ok(p) = vc.primary_userid() {
+        if let Some(o) = from(&p) {
+            return Some(o);
+        }
+    }
+    vc.userids().find_map(|u| from(&u))
+}
+
+/// Verify a detached signature over `data` by `cert` (the named signer,
+/// nobody else).
+pub fn verify_detached(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<()> {
+    let helper = OnlySigner { cert: cert.clone(), good: false };
+    let mut v = DetachedVerifierBuilder::from_bytes(sig)?.with_policy(&POLICY, None, helper)?;
+    v.verify_bytes(data)?;
+    Ok(())
+}
+
+/// Verification policy: a good signature by exactly this certificate, and
+/// (when decrypting) the message must have been encrypted.
+struct OnlySigner {
+    cert: Cert,
+    good: bool,
+}
+
+impl VerificationHelper for OnlySigner {
+    fn get_certs(&mut self, _ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(vec![self.cert.clone()])
+    }
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        let want = self.cert.fingerprint();
+        for layer in structure.into_iter() {
+            if let MessageLayer::SignatureGroup { results } = layer {
+                if results.iter().any(|r| matches!(r, Ok(g) if g.ka.cert().fingerprint() == want)) {
+                    self.good = true;
+                }
+            }
+        }
+        if self.good { Ok(()) } else { Err(anyhow::anyhow!("no valid signature by {want}")) }
+    }
+}
+
+/// Sign with `me` and encrypt to every certificate in `to` and to `me`
+/// (the sender's copy is the archive), streaming `input` into `out`.
+pub fn sign_encrypt<W: Write + Send + Sync>(me: &Identity, to: &[Cert], input: &mut dyn Read, out: W) -> Result<()> {
+    let own = me.cert();
+    let mut recipients = Vec::new();
+    for cert in to.iter().chain(std::iter::once(&own)) {
+        let vc = cert
+            .with_policy(&POLICY, None)
+            .map_err(|e| invalid(format!("certificate {} is not valid: {e}", cert.fingerprint())))?;
+        let before = recipients.len();
+        recipients.extend(vc.keys().supported().alive().revoked(false).for_transport_encryption().for_storage_encryption());
+        if recipients.len() == before {
+            return Err(invalid(format!("certificate {} has no usable encryption key", cert.fingerprint())));
+        }
+    }
+    let m = Message::new(out);
+    let m = Encryptor::for_recipients(m, recipients).build()?;
+    let m = Signer::new(m, me.signing_keypair()?)?.build()?;
+    let mut lw = LiteralWriter::new(m).build()?;
+    io::copy(input, &mut lw).map_err(anyhow::Error::from)?;
+    lw.finalize()?;
+    Ok(())
+}
+
+/// Decrypt a message for `me` and require a valid signature by `sender`.
+///
+/// Plaintext is released as it is decrypted (a small buffer, so memory does
+/// not grow with message size); the signature is checked at the end of the
+/// stream, where `read` fails if it is bad. So a caller must read to EOF
+/// without error before trusting — or delivering — what it read.
+pub fn decrypt_verify<'a, R: Read + Send + Sync + 'a>(
+    me: &Identity,
+    sender: &Cert,
+    input: R,
+) -> Result<impl Read + 'a> {
+    let helper = Decrypt { keys: me.decryption_keypairs(), verify: OnlySigner { cert: sender.clone(), good: false } };
+    let d = DecryptorBuilder::from_reader(input)?
+        .buffer_size(64 * 1024)
+        .with_policy(&POLICY, None, helper)?;
+    Ok(d)
+}
+
+struct Decrypt {
+    keys: Vec<KeyPair>,
+    verify: OnlySigner,
+}
+
+impl VerificationHelper for Decrypt {
+    fn get_certs(&mut self, ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        self.verify.get_certs(ids)
+    }
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        let encrypted = structure.iter().any(|l| matches!(l, MessageLayer::Encryption { .. }));
+        if !encrypted {
+            return Err(anyhow::anyhow!("message was not encrypted"));
+        }
+        self.verify.check(structure)
+    }
+}
+
+impl DecryptionHelper for Decrypt {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        _skesks: &[SKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        for pkesk in pkesks {
+            for kp in self.keys.iter_mut() {
+                let matches = match pkesk.recipient() {
+                    Some(r) => r.aliases(KeyHandle::from(kp.public().fingerprint())),
+                    None => true, // anonymous recipient: try every key
+                };
+                if !matches {
+                    continue;
+                }
+                if let Some((algo, sk)) = pkesk.decrypt(kp, sym_algo) {
+                    if decrypt(algo, &sk) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(anyhow::anyhow!("message is not encrypted to this identity"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity::generate(Some("Alice"), "alice@example.org", "http://127.0.0.1:1/").unwrap()
+    }
+
+    #[test]
+    fn identity_binds_outbox_and_email() {
+        let a = alice();
+        let c = a.cert();
+        assert_eq!(outbox_of(&c).as_deref(), Some("http://127.0.0.1:1/"));
+        assert_eq!(emails_of(&c), vec!["alice@example.org"]);
+        assert_eq!(check_contact(&c).unwrap(), vec!["alice@example.org"]);
+        assert!(!c.is_tsk());
+        // v4, SEIPDv1 only (readable by GnuPG 2.2), no expiry.
+        assert_eq!(c.primary_key().key().version(), 4);
+        let vc = c.with_policy(&POLICY, None).unwrap();
+        let f = vc.features().unwrap();
+        assert!(f.supports_seipdv1() && !f.supports_seipdv2());
+        assert!(vc.primary_key().key_expiration_time().is_none());
+        // Debug shows no secrets.
+        assert!(!format!("{a:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn bad_email_refused() {
+        for e in ["", "alice", "alice@", "@x.org", "a b@x.org", "a@localhost", "<a@x.org>"] {
+            assert!(Identity::generate(None, e, "http://x/").is_err(), "{e}");
+        }
+    }
+
+    #[test]
+    fn detached_signature_checks_signer_and_data() {
+        let a = alice();
+        let b = Identity::generate(None, "bob@example.net", "http://x/").unwrap();
+        let sig = a.sign_detached(b"hello").unwrap();
+        verify_detached(&a.cert(), b"hello", &sig).unwrap();
+        assert!(verify_detached(&a.cert(), b"hellO", &sig).is_err());
+        assert!(verify_detached(&b.cert(), b"hello", &sig).is_err());
+        assert!(verify_detached(&a.cert(), b"hello", b"garbage").is_err());
+    }
+
+    fn roundtrip(sender: &Identity, signer_expected: &Cert, reader: &Identity, to: &[Cert], msg: &[u8]) -> Result<Vec<u8>> {
+        let mut ct = Vec::new();
+        sign_encrypt(sender, to, &mut &msg[..], &mut ct).unwrap();
+        let mut r = decrypt_verify(reader, signer_expected, &ct[..])?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| invalid(e.to_string()))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn encrypt_decrypt_and_signer_check() {
+        let a = alice();
+        let b = Identity::generate(None, "bob@example.net", "http://x/").unwrap();
+        let m = Identity::generate(None, "mallory@example.com", "http://x/").unwrap();
+        let msg = b"Subject: hi\r\n\r\nbody\r\n".repeat(10000);
+        assert_eq!(roundtrip(&a, &a.cert(), &b, &[b.cert()], &msg).unwrap(), msg);
+        // The sender's own copy decrypts for the sender (archive).
+        assert_eq!(roundtrip(&a, &a.cert(), &a, &[b.cert()], &msg).unwrap(), msg);
+        // Signed by Mallory, claimed to be from Alice: refused.
+        assert!(roundtrip(&m, &a.cert(), &b, &[b.cert()], &msg).is_err());
+        // Not encrypted to Mallory: she cannot read it.
+        assert!(roundtrip(&a, &a.cert(), &m, &[b.cert()], &msg).is_err());
+    }
+
+    #[test]
+    fn secret_key_permissions_enforced() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secret.pgp");
+        let a = alice();
+        std::fs::write(&p, a.to_armored_secret().unwrap()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Identity::load(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Identity::load(&p).unwrap().fpr(), a.fpr());
+    }
+}
