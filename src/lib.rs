@@ -11,7 +11,10 @@ pub mod fsutil;
 pub mod keyring;
 pub mod pgp;
 pub mod protocol;
+pub mod signals;
 pub mod time;
 
 pub use config::{Config, Home};
 pub use pgp::Identity;
+/// The OpenPGP implementation, re-exported so every crate uses one version.
+pub use sequoia_openpgp as openpgp;

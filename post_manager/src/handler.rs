@@ -1,0 +1,316 @@
+//! One request in, one response out: routing, authentication, limits and
+//! error mapping. Synchronous and server-agnostic, so `serve` (hyper) and
+//! CGI mode run exactly the same code.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use sha2::{Digest, Sha256};
+use stubmail::auth::{self, AuthError};
+use stubmail::pgp;
+use stubmail::protocol::{self, ErrorBody, Fpr, MessageList, PollRequest, PollResponse, UploadResponse};
+
+use crate::store::{Store, StoreError};
+
+/// Largest JSON request body (polls, acks).
+pub const MAX_JSON_BODY: u64 = 1024 * 1024;
+
+/// Settings of one outbox.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Path prefix the outbox is served under, e.g. "/" or "/stubmail/".
+    pub prefix: String,
+    /// Largest stored message accepted, in bytes.
+    pub max_message_size: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024 }
+    }
+}
+
+/// The parts of a request the handler needs.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Path and query exactly as sent (what the client signed).
+    pub target: &'a str,
+    /// Lower-case header name → values.
+    pub headers: &'a dyn Fn(&str) -> Vec<String>,
+    /// Declared Content-Length, if any (Apache may send chunked bodies
+    /// without one: then the body is read to EOF under the same limit).
+    pub content_length: Option<u64>,
+    pub body: &'a mut dyn Read,
+}
+
+pub enum Body {
+    Empty,
+    Json(Vec<u8>),
+    File(File, u64),
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Body,
+    /// Error code for the log, if this is an error.
+    pub error: Option<&'static str>,
+    /// Who signed the request, for the log.
+    pub signer: Option<Fpr>,
+}
+
+impl Response {
+    fn json<T: serde::Serialize>(status: u16, v: &T) -> Response {
+        Response { status, body: Body::Json(serde_json::to_vec(v).expect("serialisable")), error: None, signer: None }
+    }
+    fn error(status: u16, code: &'static str, message: impl Into<String>) -> Response {
+        let b = ErrorBody { error: code.into(), message: message.into() };
+        Response { error: Some(code), ..Response::json(status, &b) }
+    }
+    fn signed_by(mut self, f: &Fpr) -> Response {
+        self.signer = Some(f.clone());
+        self
+    }
+    pub fn content_type(&self) -> &'static str {
+        match self.body {
+            Body::File(..) => "application/pgp-encrypted",
+            _ => "application/json; charset=utf-8",
+        }
+    }
+}
+
+fn from_auth(e: AuthError) -> Response {
+    let status = if matches!(e, AuthError::Storage(_)) { 503 } else { 401 };
+    Response::error(status, e.code(), e.to_string())
+}
+
+fn from_store(e: StoreError) -> Response {
+    match e {
+        StoreError::NotFound => Response::error(404, "not_found", "no such message for you"),
+        StoreError::DigestMismatch { .. } => Response::error(400, "digest_mismatch", e.to_string()),
+        StoreError::TooLarge(_) => Response::error(413, "too_large", e.to_string()),
+        StoreError::Conflict => Response::error(409, "conflict", e.to_string()),
+        StoreError::Io(ref io) if io.raw_os_error() == Some(28) => {
+            Response::error(507, "unavailable", "the outbox is out of disk space; try again later")
+        }
+        StoreError::Io(_) | StoreError::Corrupt(_) => {
+            tracing::error!("storage error: {e}");
+            Response::error(500, "internal", "storage error on the outbox; try again later")
+        }
+    }
+}
+
+enum Route<'a> {
+    Poll,
+    List,
+    Message(&'a str),
+    Status(&'a str),
+    Ack(&'a str),
+}
+
+fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response> {
+    let path = target.split('?').next().unwrap_or("");
+    let not_found = || Response::error(404, "not_found", "no such endpoint; see docs/PROTOCOL.md");
+    let rel = path.strip_prefix(settings.prefix.as_str()).ok_or_else(not_found)?;
+    let rel = rel.strip_prefix(protocol::VERSION_PREFIX).ok_or_else(not_found)?;
+    let id_ok = |id: &'a str| {
+        if protocol::is_valid_id(id) {
+            Ok(id)
+        } else {
+            Err(Response::error(400, "bad_id", "a message id is 64 lower-case hex digits (a SHA-256)"))
+        }
+    };
+    match rel.split('/').collect::<Vec<_>>().as_slice() {
+        ["poll"] => Ok(Route::Poll),
+        ["messages"] => Ok(Route::List),
+        ["messages", id] => Ok(Route::Message(id_ok(id)?)),
+        ["messages", id, "status"] => Ok(Route::Status(id_ok(id)?)),
+        ["messages", id, "ack"] => Ok(Route::Ack(id_ok(id)?)),
+        _ => Err(not_found()),
+    }
+}
+
+/// Read a small body, refusing more than `limit` bytes (413).
+fn read_small(req: &mut Request, limit: u64) -> Result<Vec<u8>, Response> {
+    if req.content_length.is_some_and(|l| l > limit) {
+        return Err(Response::error(413, "too_large", format!("request body over {limit} bytes")));
+    }
+    let mut v = Vec::new();
+    req.body.take(limit + 1).read_to_end(&mut v).map_err(|e| Response::error(400, "bad_request", format!("reading body: {e}")))?;
+    if v.len() as u64 > limit {
+        return Err(Response::error(413, "too_large", format!("request body over {limit} bytes")));
+    }
+    Ok(v)
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    (req.headers)(name).into_iter().next()
+}
+
+/// Verify the request's signatures. `lookup` finds who may sign.
+fn authenticate(
+    store: &Store,
+    req: &Request,
+    digest: &str,
+    now: i64,
+    lookup: &mut dyn FnMut(&Fpr) -> Option<stubmail::openpgp::Cert>,
+) -> Result<Vec<Fpr>, Response> {
+    let sigs = (req.headers)(protocol::SIGNATURE_HEADER);
+    let refs: Vec<&str> = sigs.iter().map(String::as_str).collect();
+    auth::verify_request(&refs, req.method, req.target, digest, now, lookup, store).map_err(|e| {
+        tracing::warn!(target = req.target, "refused: {e}");
+        from_auth(e)
+    })
+}
+
+fn declared_digest(req: &Request) -> Result<String, Response> {
+    let d = header(req, protocol::DIGEST_HEADER)
+        .ok_or_else(|| Response::error(401, "unauthenticated", "missing Stubmail-Content-SHA256 header"))?;
+    if protocol::is_valid_id(&d) {
+        Ok(d)
+    } else {
+        Err(Response::error(400, "bad_request", "Stubmail-Content-SHA256 must be 64 lower-case hex digits"))
+    }
+}
+
+/// Read a small body and check it against the declared digest.
+fn small_body_checked(req: &mut Request, digest: &str) -> Result<Vec<u8>, Response> {
+    let body = read_small(req, MAX_JSON_BODY)?;
+    if hex::encode(Sha256::digest(&body)) != digest {
+        return Err(Response::error(400, "digest_mismatch", "the body does not match Stubmail-Content-SHA256"));
+    }
+    Ok(body)
+}
+
+/// Handle one request.
+pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) -> Response {
+    let r = match route(settings, req.target) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let result = match (req.method, r) {
+        ("PUT", Route::Message(id)) => upload(store, settings, &mut req, id, now),
+        ("GET", Route::Message(id)) => fetch(store, &mut req, id, now),
+        ("DELETE", Route::Message(id)) => sender_op(store, &mut req, now, |s, f| s.unsend(f, id, now).map(|st| Response::json(200, &st))),
+        ("GET", Route::Status(id)) => sender_op(store, &mut req, now, |s, f| s.status(f, id).map(|st| Response::json(200, &st))),
+        ("GET", Route::List) => sender_op(store, &mut req, now, |s, f| {
+            s.list(f).map(|messages| Response::json(200, &MessageList { messages }))
+        }),
+        ("POST", Route::Ack(id)) => ack(store, &mut req, id, now),
+        ("POST", Route::Poll) => poll(store, &mut req, now),
+        _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
+    };
+    result.unwrap_or_else(|e| e)
+}
+
+fn account_lookup(store: &Store) -> impl FnMut(&Fpr) -> Option<stubmail::openpgp::Cert> + '_ {
+    |f| store.account(f)
+}
+
+fn upload(store: &Store, settings: &Settings, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let digest = declared_digest(req)?;
+    if digest != id {
+        return Err(Response::error(400, "digest_mismatch", "Stubmail-Content-SHA256 must equal the message id"));
+    }
+    // Refuse an oversized body before reading a byte of it.
+    if req.content_length.is_some_and(|l| l > settings.max_message_size) {
+        return Err(Response::error(413, "too_large", format!("messages over {} bytes are refused", settings.max_message_size)));
+    }
+    let signers = authenticate(store, req, &digest, now, &mut account_lookup(store))?;
+    let [sender] = signers.as_slice() else {
+        return Err(Response::error(400, "bad_request", "an upload has exactly one signer"));
+    };
+    let rcpts = header(req, protocol::RECIPIENTS_HEADER)
+        .ok_or_else(|| Response::error(400, "bad_request", "missing Stubmail-Recipients header"))?;
+    let rcpts = protocol::parse_recipients(&rcpts).map_err(|e| Response::error(400, "bad_request", e.to_string()))?;
+    let (status, created) =
+        store.put(sender, id, &rcpts, req.body, settings.max_message_size, now).map_err(from_store)?;
+    tracing::info!(%sender, id, size = status.size, recipients = rcpts.len(), created, "stored");
+    let resp = UploadResponse { id: id.to_string(), size: status.size, recipients: rcpts };
+    Ok(Response::json(if created { 201 } else { 200 }, &resp).signed_by(sender))
+}
+
+fn sender_op(
+    store: &Store,
+    req: &mut Request,
+    now: i64,
+    op: impl FnOnce(&Store, &Fpr) -> Result<Response, StoreError>,
+) -> Result<Response, Response> {
+    let digest = declared_digest(req)?;
+    let signers = authenticate(store, req, &digest, now, &mut account_lookup(store))?;
+    small_body_checked(req, &digest)?;
+    let [sender] = signers.as_slice() else {
+        return Err(Response::error(400, "bad_request", "this request has exactly one signer"));
+    };
+    Ok(op(store, sender).map_err(from_store)?.signed_by(sender))
+}
+
+fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response> {
+    let digest = declared_digest(req)?;
+    // The body carries the signers' certificates, so it is read first (it is
+    // small and bounded), but nothing in it is trusted until verified.
+    let body = read_small(req, MAX_JSON_BODY)?;
+    let body_ok = hex::encode(Sha256::digest(&body)) == digest;
+    let preq: PollRequest = if body_ok {
+        serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("poll body: {e}")))?
+    } else {
+        PollRequest::default()
+    };
+    let presented: Vec<_> = preq
+        .certs
+        .iter()
+        .take(100)
+        .filter_map(|a| pgp::parse_certs(a.as_bytes()).ok())
+        .flatten()
+        .collect();
+    let mut lookup = |f: &Fpr| {
+        presented.iter().find(|c| &pgp::fpr_of(c) == f).cloned().or_else(|| store.known_cert(f))
+    };
+    let signers = authenticate(store, req, &digest, now, &mut lookup)?;
+    if !body_ok {
+        return Err(Response::error(400, "digest_mismatch", "the body does not match Stubmail-Content-SHA256"));
+    }
+    for c in presented.iter().filter(|c| signers.contains(&pgp::fpr_of(c))) {
+        if let Err(e) = store.remember_cert(c) {
+            tracing::warn!("cannot cache certificate {}: {e:#}", c.fingerprint());
+        }
+    }
+    let mut messages = Vec::new();
+    for s in &signers {
+        messages.extend(store.poll(s, preq.senders.as_deref()).map_err(from_store)?);
+    }
+    tracing::debug!(signers = signers.len(), found = messages.len(), "poll");
+    Ok(Response::json(200, &PollResponse { messages, cookie: None }).signed_by(&signers[0]))
+}
+
+fn recipient_auth(store: &Store, req: &mut Request, now: i64) -> Result<Fpr, Response> {
+    let digest = declared_digest(req)?;
+    let signers = authenticate(store, req, &digest, now, &mut |f| store.known_cert(f))?;
+    small_body_checked(req, &digest)?;
+    match signers.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Response::error(400, "bad_request", "this request has exactly one signer")),
+    }
+}
+
+fn fetch(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let who = recipient_auth(store, req, now)?;
+    let (file, size) = store.open_for(&who, id).map_err(from_store)?;
+    tracing::info!(recipient = %who, id, size, "fetch");
+    Ok(Response { status: 200, body: Body::File(file, size), error: None, signer: Some(who) })
+}
+
+fn ack(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let who = recipient_auth(store, req, now)?;
+    let st = store.ack(&who, id, now).map_err(from_store)?;
+    tracing::info!(recipient = %who, id, "retrieved");
+    Ok(Response::json(200, &st).signed_by(&who))
+}
+
+/// Copy a response body to a writer (used by CGI and tests).
+pub fn write_body(body: Body, out: &mut dyn io::Write) -> io::Result<()> {
+    match body {
+        Body::Empty => Ok(()),
+        Body::Json(v) => out.write_all(&v),
+        Body::File(mut f, _) => io::copy(&mut f, out).map(|_| ()),
+    }
+}

@@ -1,0 +1,120 @@
+//! `post_manager serve`: the handler behind hyper. Each request's body is
+//! bridged into a blocking reader so uploads stream to disk; file bodies
+//! stream back out.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, BodyStream, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handler::{self, Body, Settings};
+use crate::store::Store;
+
+type RespBody = BoxBody<Bytes, io::Error>;
+
+struct Shared {
+    store: Store,
+    settings: Settings,
+}
+
+/// Serve until `shutdown` is cancelled; then finish in-flight requests.
+pub async fn run(listener: TcpListener, store: Store, settings: Settings, shutdown: CancellationToken) -> io::Result<()> {
+    let shared = Arc::new(Shared { store, settings });
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!("accept: {e}"); continue; }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(shared, req, peer).await) }
+            });
+            let conn = http1::Builder::new()
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, "connection: {e}") },
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::net::SocketAddr) -> hyper::Response<RespBody> {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.as_str().to_string();
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let headers = parts.headers.clone();
+    let content_length = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stream = BodyStream::new(body)
+        .map_ok(|f: Frame<Bytes>| f.into_data().unwrap_or_default())
+        .map_err(io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let now = stubmail::time::unix_now();
+    let log_target = target.clone();
+    let log_method = method.clone();
+    let resp = tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let get = |name: &str| -> Vec<String> {
+            headers.get_all(name).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect()
+        };
+        let req = handler::Request { method: &method, target: &target, headers: &get, content_length, body: &mut reader };
+        handler::handle(&shared.store, &shared.settings, req, now)
+    })
+    .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("handler failed: {e}");
+            return plain(500, Bytes::from_static(br#"{"error":"internal","message":"internal error; try again later"}"#));
+        }
+    };
+    tracing::info!(%peer, method = log_method, target = log_target, status = resp.status,
+        signer = resp.signer.as_ref().map(|f| f.to_string()), error = resp.error, "request");
+    let ct = resp.content_type();
+    let mut b = hyper::Response::builder().status(resp.status).header(hyper::header::CONTENT_TYPE, ct);
+    let body: RespBody = match resp.body {
+        Body::Empty => Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed(),
+        Body::Json(v) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),
+        Body::File(f, len) => {
+            b = b.header(hyper::header::CONTENT_LENGTH, len);
+            let s = ReaderStream::with_capacity(tokio::fs::File::from_std(f), 64 * 1024).map_ok(Frame::data);
+            BodyExt::boxed(StreamBody::new(s))
+        }
+    };
+    b.body(body).unwrap_or_else(|_| plain(500, Bytes::new()))
+}
+
+fn plain(status: u16, body: Bytes) -> hyper::Response<RespBody> {
+    let mut r = hyper::Response::new(Full::new(body).map_err(|e: Infallible| match e {}).boxed());
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}

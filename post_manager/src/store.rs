@@ -1,0 +1,520 @@
+//! The outbox's data directory. Plain files, so many processes (CGI
+//! instances, `serve` instances) can share one directory: every change is a
+//! write-to-temp + fsync + rename, and per-message changes hold an exclusive
+//! lock on `locks/<id>`.
+//!
+//! Layout (documented for operators in docs/OPERATING.md):
+//!
+//! ```text
+//! accounts/<FPR>.pgp        certificates of the local users allowed to upload
+//! certs/<FPR>.pgp           recipients' certificates, merged from their polls
+//! messages/<id>             stored message bytes (id = SHA-256 of them)
+//! meta/<id>.json            per-message delivery state (Meta)
+//! inbox/<RCPT-FPR>/<id>     index: messages pending for a recipient (empty files)
+//! sent/<SENDER-FPR>/<id>    index: messages of a sender (empty files)
+//! nonces/<FPR>/<nonce>      replay protection, pruned after NONCE_MEMORY
+//! locks/<id>                lock files
+//! tmp/                      uploads in progress
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stubmail::fsutil::{self, fsync_dir};
+use stubmail::pgp;
+use stubmail::protocol::{self, DeliveryState, Fpr, MessageStatus, PollItem, RecipientStatus};
+use stubmail::openpgp::Cert;
+
+/// Per-message state, `meta/<id>.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    /// SHA-256 of the stored bytes, hex.
+    pub id: String,
+    /// The account that uploaded it.
+    pub sender: Fpr,
+    /// Size of the stored bytes.
+    pub size: u64,
+    /// Unix time it was stored.
+    pub stored: i64,
+    /// Each recipient's delivery state.
+    pub recipients: Vec<RecipientMeta>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecipientMeta {
+    pub fpr: Fpr,
+    pub state: DeliveryState,
+    /// Unix time of the last state change.
+    pub at: i64,
+}
+
+impl Meta {
+    pub fn status(&self) -> MessageStatus {
+        MessageStatus {
+            id: self.id.clone(),
+            sender: self.sender.clone(),
+            size: self.size,
+            stored: stubmail::time::rfc3339(self.stored),
+            recipients: self
+                .recipients
+                .iter()
+                .map(|r| RecipientStatus { fpr: r.fpr.clone(), state: r.state, at: stubmail::time::rfc3339(r.at) })
+                .collect(),
+        }
+    }
+    fn recipient(&self, f: &Fpr) -> Option<&RecipientMeta> {
+        self.recipients.iter().find(|r| &r.fpr == f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such message")]
+    NotFound,
+    #[error("the body's SHA-256 {got} does not match {want}")]
+    DigestMismatch { got: String, want: String },
+    #[error("the message is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("this id is already stored by another sender")]
+    Conflict,
+    #[error("storage: {0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt state file {0}")]
+    Corrupt(String),
+}
+
+/// One outbox data directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+const DIRS: &[&str] = &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp"];
+
+impl Store {
+    /// Open (creating the layout if needed) a data directory.
+    pub fn open(root: &Path) -> io::Result<Store> {
+        for d in DIRS {
+            fs::create_dir_all(root.join(d))?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    // ---- accounts and certificates -------------------------------------
+
+    /// Register a local user who may upload. The certificate must be usable.
+    pub fn add_account(&self, cert: &Cert) -> anyhow::Result<Fpr> {
+        pgp::check_contact(cert)?;
+        let f = pgp::fpr_of(cert);
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o644)?;
+        Ok(f)
+    }
+
+    pub fn remove_account(&self, f: &Fpr) -> io::Result<bool> {
+        match fs::remove_file(self.p(&format!("accounts/{f}.pgp"))) {
+            Ok(()) => {
+                fsync_dir(&self.p("accounts"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn accounts(&self) -> io::Result<Vec<Cert>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(self.p("accounts"))? {
+            let p = e?.path();
+            if let Some(c) = fs::read(&p).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next()) {
+                v.push(c);
+            }
+        }
+        Ok(v)
+    }
+
+    fn read_cert(&self, rel: &str) -> Option<Cert> {
+        let b = fs::read(self.p(rel)).ok()?;
+        pgp::parse_certs(&b).ok()?.into_iter().next()
+    }
+
+    /// The certificate of an account, if `f` is one.
+    pub fn account(&self, f: &Fpr) -> Option<Cert> {
+        self.read_cert(&format!("accounts/{f}.pgp"))
+    }
+
+    /// A certificate that may sign recipient requests for `f`.
+    pub fn known_cert(&self, f: &Fpr) -> Option<Cert> {
+        self.read_cert(&format!("certs/{f}.pgp")).or_else(|| self.account(f))
+    }
+
+    /// Merge a verified recipient certificate into the cache (merge, never
+    /// replace: a revocation once seen sticks).
+    pub fn remember_cert(&self, cert: &Cert) -> anyhow::Result<()> {
+        let f = pgp::fpr_of(cert);
+        let path = self.p(&format!("certs/{f}.pgp"));
+        let _lock = self.lock(&format!("cert-{f}"))?;
+        let merged = match self.read_cert(&format!("certs/{f}.pgp")) {
+            Some(old) => old.merge_public(cert.clone())?,
+            None => cert.clone(),
+        };
+        fsutil::write_atomic(&path, &pgp::binary(&merged)?, 0o644)?;
+        Ok(())
+    }
+
+    // ---- locking --------------------------------------------------------
+
+    fn lock(&self, name: &str) -> io::Result<File> {
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(self.p(&format!("locks/{name}")))?;
+        f.lock()?;
+        Ok(f)
+    }
+
+    // ---- messages -------------------------------------------------------
+
+    fn read_meta(&self, id: &str) -> Result<Option<Meta>, StoreError> {
+        match fs::read(self.p(&format!("meta/{id}.json"))) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("meta/{id}.json"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write_meta(&self, m: &Meta) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
+        fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o644)
+    }
+
+    /// Create an empty index file durably (idempotent).
+    fn mark(&self, dir: &str, id: &str) -> io::Result<()> {
+        let d = self.p(dir);
+        let p = d.join(id);
+        if p.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&d)?;
+        File::create(&p)?.sync_all()?;
+        fsync_dir(&d)
+    }
+
+    fn unmark(&self, dir: &str, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.p(dir).join(id)) {
+            Ok(()) => fsync_dir(&self.p(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Store an upload. The body is streamed to disk while hashed; nothing is
+    /// visible until the bytes, then the state, then the indexes are durable.
+    /// Returns the status and whether it was newly created.
+    pub fn put(
+        &self,
+        sender: &Fpr,
+        id: &str,
+        recipients: &[Fpr],
+        body: &mut dyn Read,
+        limit: u64,
+        now: i64,
+    ) -> Result<(MessageStatus, bool), StoreError> {
+        debug_assert!(protocol::is_valid_id(id));
+        let tmp = self.p("tmp").join(fsutil::unique_name("up."));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = body.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                if size > limit {
+                    return Err(StoreError::TooLarge(limit));
+                }
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n])?;
+            }
+            let got = hex::encode(hasher.finalize());
+            if got != id {
+                return Err(StoreError::DigestMismatch { got, want: id.to_string() });
+            }
+            f.sync_all()?;
+            Ok(size)
+        })();
+        let size = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let _lock = self.lock(id)?;
+        let (meta, created) = match self.read_meta(id)? {
+            Some(mut m) => {
+                let _ = fs::remove_file(&tmp);
+                if &m.sender != sender {
+                    return Err(StoreError::Conflict);
+                }
+                for r in recipients {
+                    if m.recipient(r).is_none() {
+                        m.recipients.push(RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now });
+                    }
+                }
+                self.write_meta(&m)?;
+                (m, false)
+            }
+            None => {
+                fs::rename(&tmp, self.p(&format!("messages/{id}")))?;
+                fsync_dir(&self.p("messages"))?;
+                let m = Meta {
+                    id: id.to_string(),
+                    sender: sender.clone(),
+                    size,
+                    stored: now,
+                    recipients: recipients
+                        .iter()
+                        .map(|r| RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now })
+                        .collect(),
+                };
+                self.write_meta(&m)?;
+                (m, true)
+            }
+        };
+        // Indexes last (and again on a retried upload, which repairs a crash
+        // between the state write and here).
+        self.mark(&format!("sent/{sender}"), id)?;
+        for r in meta.recipients.iter().filter(|r| r.state.is_pending()) {
+            self.mark(&format!("inbox/{}", r.fpr), id)?;
+        }
+        Ok((meta.status(), created))
+    }
+
+    /// Messages pending for `recipient`, optionally only from `senders`.
+    pub fn poll(&self, recipient: &Fpr, senders: Option<&[Fpr]>) -> Result<Vec<PollItem>, StoreError> {
+        let dir = self.p(&format!("inbox/{recipient}"));
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e?.file_name();
+            let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
+            let Some(m) = self.read_meta(id)? else { continue };
+            if senders.is_some_and(|s| !s.contains(&m.sender)) {
+                continue;
+            }
+            if m.recipient(recipient).is_some_and(|r| r.state.is_pending()) {
+                out.push(PollItem {
+                    id: m.id.clone(),
+                    sender: m.sender.clone(),
+                    recipient: recipient.clone(),
+                    size: m.size,
+                    stored: stubmail::time::rfc3339(m.stored),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.stored.cmp(&b.stored).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Open a message for a recipient. Unknown ids and ids the requester is
+    /// not a recipient of are the same `NotFound`.
+    pub fn open_for(&self, recipient: &Fpr, id: &str) -> Result<(File, u64), StoreError> {
+        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        match m.recipient(recipient) {
+            Some(r) if r.state.is_pending() || r.state == DeliveryState::Retrieved => {}
+            _ => return Err(StoreError::NotFound),
+        }
+        let f = File::open(self.p(&format!("messages/{id}"))).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound,
+            _ => e.into(),
+        })?;
+        Ok((f, m.size))
+    }
+
+    /// A recipient confirms durable delivery. Idempotent.
+    pub fn ack(&self, recipient: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
+        let _lock = self.lock(id)?;
+        let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        let r = m.recipients.iter_mut().find(|r| &r.fpr == recipient).ok_or(StoreError::NotFound)?;
+        if r.state != DeliveryState::Retrieved {
+            // Also from `unsent`: a recipient that fetched before the unsend
+            // has the message, and the sender's status must say so.
+            r.state = DeliveryState::Retrieved;
+            r.at = now;
+            self.write_meta(&m)?;
+        }
+        self.unmark(&format!("inbox/{recipient}"), id)?;
+        // Deliberately not filtered: the ack is the recipient's view, the
+        // sender's addresses stay private.
+        let mut s = m.status();
+        s.recipients.retain(|r| &r.fpr == recipient);
+        Ok(s)
+    }
+
+    /// The sender's view of one message.
+    pub fn status(&self, sender: &Fpr, id: &str) -> Result<MessageStatus, StoreError> {
+        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        if &m.sender != sender {
+            return Err(StoreError::NotFound);
+        }
+        Ok(m.status())
+    }
+
+    /// Every message of a sender.
+    pub fn list(&self, sender: &Fpr) -> Result<Vec<MessageStatus>, StoreError> {
+        let dir = self.p(&format!("sent/{sender}"));
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd {
+                let name = e?.file_name();
+                let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
+                if let Some(m) = self.read_meta(id)? {
+                    out.push(m.status());
+                }
+            }
+        }
+        out.sort_by(|a, b| a.stored.cmp(&b.stored).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Withdraw a message from every recipient who has not retrieved it. If
+    /// nobody retrieved it, its bytes are deleted.
+    pub fn unsend(&self, sender: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
+        let _lock = self.lock(id)?;
+        let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        if &m.sender != sender {
+            return Err(StoreError::NotFound);
+        }
+        for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
+            r.state = DeliveryState::Unsent;
+            r.at = now;
+        }
+        self.write_meta(&m)?;
+        for r in &m.recipients {
+            self.unmark(&format!("inbox/{}", r.fpr), id)?;
+        }
+        if !m.recipients.iter().any(|r| r.state == DeliveryState::Retrieved) {
+            match fs::remove_file(self.p(&format!("messages/{id}"))) {
+                Ok(()) => fsync_dir(&self.p("messages"))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(m.status())
+    }
+}
+
+impl stubmail::auth::NonceStore for Store {
+    fn remember(&self, fpr: &Fpr, nonce: &str, _ts: i64) -> io::Result<bool> {
+        let dir = self.p(&format!("nonces/{fpr}"));
+        fs::create_dir_all(&dir)?;
+        match OpenOptions::new().write(true).create_new(true).open(dir.join(nonce)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // Forget nonces older than the protocol's memory, now and then, so
+        // the directory stays small without a separate cleaner.
+        if rand::random::<u8>() < 8 {
+            let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(protocol::NONCE_MEMORY as u64);
+            for e in fs::read_dir(&dir)?.flatten() {
+                if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fpr(c: char) -> Fpr {
+        Fpr::parse(&c.to_string().repeat(40)).unwrap()
+    }
+
+    fn id_of(b: &[u8]) -> String {
+        hex::encode(Sha256::digest(b))
+    }
+
+    #[test]
+    fn put_poll_fetch_ack_status() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
+        let body = b"ciphertext".to_vec();
+        let id = id_of(&body);
+        let (st, created) = s.put(&a, &id, &[b.clone(), c.clone()], &mut &body[..], 100, 1000).unwrap();
+        assert!(created);
+        assert_eq!(st.recipients.len(), 2);
+        // Idempotent retry.
+        let (_, created) = s.put(&a, &id, &[b.clone()], &mut &body[..], 100, 1001).unwrap();
+        assert!(!created);
+        assert_eq!(s.poll(&b, None).unwrap().len(), 1);
+        assert_eq!(s.poll(&b, Some(&[c.clone()])).unwrap().len(), 0);
+        assert_eq!(s.poll(&a, None).unwrap().len(), 0);
+        let (mut f, n) = s.open_for(&b, &id).unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!((got, n), (body.clone(), body.len() as u64));
+        assert!(matches!(s.open_for(&a, &id), Err(StoreError::NotFound)));
+        s.ack(&b, &id, 1002).unwrap();
+        s.ack(&b, &id, 1003).unwrap();
+        assert!(s.poll(&b, None).unwrap().is_empty());
+        let st = s.status(&a, &id).unwrap();
+        assert_eq!(st.recipients.iter().find(|r| r.fpr == b).unwrap().state, DeliveryState::Retrieved);
+        assert!(matches!(s.status(&b, &id), Err(StoreError::NotFound)));
+        assert_eq!(s.list(&a).unwrap().len(), 1);
+        // Unsend: C has not retrieved it; B keeps it.
+        let st = s.unsend(&a, &id, 1004).unwrap();
+        assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
+        assert!(s.poll(&c, None).unwrap().is_empty());
+        assert!(s.open_for(&c, &id).is_err());
+    }
+
+    #[test]
+    fn bad_uploads_store_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let body = b"x".repeat(1000);
+        let id = id_of(&body);
+        assert!(matches!(s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 999, 1), Err(StoreError::TooLarge(_))));
+        let wrong = id_of(b"other");
+        assert!(matches!(s.put(&fpr('A'), &wrong, &[fpr('B')], &mut &body[..], 9999, 1), Err(StoreError::DigestMismatch { .. })));
+        for dir in ["messages", "meta", "tmp", "inbox"] {
+            assert_eq!(fs::read_dir(d.path().join(dir)).unwrap().count(), 0, "{dir}");
+        }
+        // Another sender cannot take over an id.
+        s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 9999, 1).unwrap();
+        assert!(matches!(s.put(&fpr('C'), &id, &[fpr('B')], &mut &body[..], 9999, 1), Err(StoreError::Conflict)));
+    }
+
+    #[test]
+    fn unsend_before_retrieval_deletes_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let body = b"y".to_vec();
+        let id = id_of(&body);
+        s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 10, 1).unwrap();
+        assert!(matches!(s.unsend(&fpr('B'), &id, 2), Err(StoreError::NotFound)));
+        s.unsend(&fpr('A'), &id, 2).unwrap();
+        assert!(!d.path().join("messages").join(&id).exists());
+    }
+}

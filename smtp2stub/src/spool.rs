@@ -1,0 +1,176 @@
+//! The durable spool. A message is on disk (fsync'd) before smtp2stub says
+//! `250`, and every later step records its progress durably *before* acting,
+//! so a crash at any point neither loses nor duplicates a message:
+//!
+//! ```text
+//! spool/tmp/<qid>.eml        DATA being received
+//! spool/msg/<qid>.eml        accepted message (as received, CRLF)
+//! spool/queue/<qid>.json     its Envelope: what is left to do
+//! spool/out/<id>.pgp         a signed+encrypted copy; its id is recorded in
+//!                            the Envelope before the upload starts, so a
+//!                            retry uploads the same bytes (idempotent)
+//! spool/sent/<qid>.json      finished envelopes: the local half of
+//!                            `stubmail status`
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use stubmail::fsutil::{self, fsync_dir};
+use stubmail::protocol::Fpr;
+
+/// One accepted message and what remains to be done with it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Queue id, also in the `Received:` header and the 250 reply.
+    pub qid: String,
+    /// MAIL FROM (one of the user's own addresses).
+    pub from: String,
+    /// RCPT TO, in order.
+    pub rcpts: Vec<Rcpt>,
+    /// Unix time of the 250.
+    pub received: i64,
+    /// EHLO/HELO name the client gave.
+    pub helo: String,
+    /// Client address.
+    pub peer: String,
+    /// The copies to make and upload. Empty until planned.
+    #[serde(default)]
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rcpt {
+    pub addr: String,
+    /// The contact's certificate, chosen at RCPT time.
+    pub fpr: Fpr,
+}
+
+/// One stored message to make: a ciphertext for a group of recipients.
+/// Visible recipients share one; each Bcc recipient gets their own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub rcpts: Vec<Rcpt>,
+    /// SHA-256 of the ciphertext in `out/`, once made.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub state: JobState,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix time before which no retry is made.
+    #[serde(default)]
+    pub next_try: i64,
+    /// Last error, for `stubmail status`.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be encrypted or uploaded.
+    Queued,
+    /// Stored in the sender's outbox.
+    Uploaded,
+    /// Given up (permanent error); see `last_error`.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        for d in ["tmp", "msg", "queue", "out", "sent"] {
+            fsutil::ensure_private_dir(&root.join(d))?;
+        }
+        Ok(Spool { root: root.to_path_buf() })
+    }
+
+    pub fn new_qid() -> String {
+        use rand::Rng;
+        let r: u64 = rand::rng().random();
+        format!("{:x}{r:016x}", stubmail::time::unix_now())
+    }
+
+    pub fn tmp_path(&self, qid: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("{qid}.eml"))
+    }
+    pub fn msg_path(&self, qid: &str) -> PathBuf {
+        self.root.join("msg").join(format!("{qid}.eml"))
+    }
+    pub fn out_path(&self, id: &str) -> PathBuf {
+        self.root.join("out").join(format!("{id}.pgp"))
+    }
+    pub fn out_dir(&self) -> PathBuf {
+        self.root.join("out")
+    }
+    fn queue_path(&self, qid: &str) -> PathBuf {
+        self.root.join("queue").join(format!("{qid}.json"))
+    }
+
+    /// Make an accepted message durable: the (already fsync'd) tmp file is
+    /// moved into `msg/`, then the envelope is written into `queue/`.
+    /// Only after this returns may the server say 250.
+    pub fn commit(&self, env: &Envelope) -> io::Result<()> {
+        std::fs::rename(self.tmp_path(&env.qid), self.msg_path(&env.qid))?;
+        fsync_dir(&self.root.join("msg"))?;
+        fsync_dir(&self.root.join("tmp"))?;
+        self.save(env)
+    }
+
+    /// Durably record an envelope's progress.
+    pub fn save(&self, env: &Envelope) -> io::Result<()> {
+        let b = serde_json::to_vec_pretty(env).expect("serialisable");
+        fsutil::write_atomic(&self.queue_path(&env.qid), &b, 0o600)
+    }
+
+    /// Every queued envelope (unreadable ones are logged and left alone).
+    pub fn queued(&self) -> io::Result<Vec<Envelope>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(self.root.join("queue"))? {
+            let p = e?.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+                Ok(env) => v.push(env),
+                Err(e) => tracing::error!("unreadable queue entry {}: {e:#}", p.display()),
+            }
+        }
+        v.sort_by(|a: &Envelope, b| a.received.cmp(&b.received).then(a.qid.cmp(&b.qid)));
+        Ok(v)
+    }
+
+    /// All work on an envelope is done: move it to `sent/` and remove the
+    /// plaintext and ciphertexts.
+    pub fn finish(&self, env: &Envelope) -> io::Result<()> {
+        let b = serde_json::to_vec_pretty(env).expect("serialisable");
+        fsutil::write_atomic(&self.root.join("sent").join(format!("{}.json", env.qid)), &b, 0o600)?;
+        std::fs::remove_file(self.queue_path(&env.qid))?;
+        fsync_dir(&self.root.join("queue"))?;
+        let _ = std::fs::remove_file(self.msg_path(&env.qid));
+        for j in &env.jobs {
+            if let Some(id) = &j.id {
+                let _ = std::fs::remove_file(self.out_path(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finished envelopes, for status.
+    pub fn sent(&self) -> io::Result<Vec<Envelope>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(self.root.join("sent"))? {
+            let p = e?.path();
+            if let Ok(env) = std::fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
+                v.push(env);
+            }
+        }
+        v.sort_by(|a: &Envelope, b| a.received.cmp(&b.received).then(a.qid.cmp(&b.qid)));
+        Ok(v)
+    }
+}
