@@ -1,1 +1,69 @@
-fn main() {}
+//! `smtp2stub`: thin binary. Loads the user's home, binds, runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use smtp2stub::session::{Ctx, SessionConfig};
+use smtp2stub::spool::Spool;
+use smtp2stub::worker::Worker;
+use smtp2stub::Router;
+use stubmail::{client, Home};
+
+#[derive(Parser)]
+#[command(version, about = "Stubmail's local SMTP server: point your mail client's outgoing server here",
+    after_help = "Example:\n  smtp2stub --home ~/.stubmail --listen 127.0.0.1:2525")]
+struct Cli {
+    /// The user's Stubmail directory (default: XDG config and data dirs).
+    #[arg(long, env = stubmail::config::HOME_ENV)]
+    home: Option<PathBuf>,
+    /// Listen address (overrides the config; loopback by default).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let home = Home::resolve(cli.home.as_deref())?;
+    let config = home.load_config()?;
+    let me = Arc::new(home.load_identity()?);
+    let listen = cli.listen.unwrap_or(config.smtp.listen);
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "{listen} is not a loopback address: smtp2stub offers neither AUTH nor STARTTLS yet, \
+             so it only listens on loopback"
+        );
+    }
+    let spool = Spool::open(&home.spool_dir()).context("opening the spool")?;
+    let keyring = home.keyring();
+    let outbox = client::OutboxClient::new(client::http_client()?, &config.identity.outbox, me.clone())?;
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let ctx = Arc::new(Ctx {
+        config: SessionConfig { max_size: config.smtp.max_message_size, ..SessionConfig::default() },
+        policy: Arc::new(Router { own: config.own_addresses(), keyring: keyring.clone() }),
+        spool: spool.clone(),
+        accepted: kick.clone(),
+    });
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        println!("smtp2stub listening on {}", listener.local_addr()?);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let worker = Worker { spool, keyring, me, outbox };
+        let w = tokio::spawn(worker.run(kick, shutdown.clone()));
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            stubmail::signals::shutdown_signal().await;
+            s.cancel();
+        });
+        smtp2stub::run(listener, ctx, shutdown).await?;
+        let _ = w.await;
+        anyhow::Ok(())
+    })
+}

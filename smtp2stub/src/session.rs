@@ -1,0 +1,635 @@
+//! One SMTP session (RFC 5321), generic over the stream so a whole dialogue
+//! is a unit test over an in-memory pipe. Parsing is Stalwart's smtp-proto
+//! (no I/O); this module only moves bytes and keeps the state machine.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::{Error as ParseError, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::spool::{Envelope, Rcpt, Spool};
+use stubmail::protocol::Fpr;
+
+/// An SMTP reply: code and text (with enhanced status code).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, text: impl Into<String>) -> Reply {
+        Reply { code, text: text.into() }
+    }
+    /// Lines of `text` are separated by '\n'; all but the last get "code-".
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let lines: Vec<&str> = self.text.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
+        }
+    }
+}
+
+/// Who may send and to whom: the submission rules.
+pub trait Policy: Send + Sync {
+    /// MAIL FROM must be one of the user's own addresses (never an open relay).
+    fn sender(&self, addr: &str) -> Result<(), Reply>;
+    /// The route for a recipient: today, the contact's certificate.
+    fn recipient(&self, addr: &str) -> Result<Fpr, Reply>;
+}
+
+/// Settings of the SMTP listener.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Name in the greeting and trace headers.
+    pub hostname: String,
+    /// SIZE limit, bytes of message data.
+    pub max_size: u64,
+    /// Idle timeout per read (RFC 5321 §4.5.3.2 suggests minutes).
+    pub timeout: Duration,
+    /// Maximum recipients per transaction.
+    pub max_rcpts: usize,
+    /// Bad commands before the server hangs up.
+    pub max_errors: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            hostname: "localhost".into(),
+            max_size: 50 * 1024 * 1024,
+            timeout: Duration::from_secs(300),
+            max_rcpts: 100,
+            max_errors: 20,
+        }
+    }
+}
+
+/// Watches message data for what RFC 5321 forbids and SMTP smuggling
+/// exploits: bare LF, bare CR, and lines over 998 octets.
+#[derive(Default)]
+struct Scan {
+    prev: u8,
+    line_len: usize,
+    bare_lf: bool,
+    bare_cr: bool,
+    long_line: bool,
+}
+
+impl Scan {
+    fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if b == b'\n' {
+                if self.prev != b'\r' {
+                    self.bare_lf = true;
+                }
+                self.line_len = 0;
+            } else {
+                if self.prev == b'\r' {
+                    self.bare_cr = true;
+                }
+                if b != b'\r' {
+                    self.line_len += 1;
+                    if self.line_len > 998 {
+                        self.long_line = true;
+                    }
+                }
+            }
+            self.prev = b;
+        }
+    }
+    fn verdict(&self) -> Option<Reply> {
+        if self.bare_lf || self.bare_cr || self.prev == b'\r' {
+            Some(Reply::new(550, "5.6.0 Message refused: bare CR or LF; lines must end in CRLF (RFC 5321 2.3.8)"))
+        } else if self.long_line {
+            Some(Reply::new(550, "5.5.2 Message refused: a line is longer than 998 octets (RFC 5321 4.5.3.1.6)"))
+        } else {
+            None
+        }
+    }
+}
+
+/// The session's state; each state carries exactly its data.
+enum State {
+    /// Before EHLO/HELO.
+    Fresh,
+    /// Greeted, no transaction.
+    Ready { helo: String },
+    /// MAIL accepted; collecting recipients.
+    Mail { helo: String, from: String, rcpts: Vec<Rcpt> },
+    /// Receiving DATA into the spool.
+    Data(Box<DataState>),
+}
+
+struct DataState {
+    helo: String,
+    from: String,
+    rcpts: Vec<Rcpt>,
+    qid: String,
+    file: Option<tokio::fs::File>,
+    rx: DataReceiver,
+    scan: Scan,
+    size: u64,
+}
+
+/// Everything a session needs from the server.
+pub struct Ctx {
+    pub config: SessionConfig,
+    pub policy: Arc<dyn Policy>,
+    pub spool: Spool,
+    /// Woken after each accepted message.
+    pub accepted: Arc<tokio::sync::Notify>,
+}
+
+/// Run one session to completion.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: String, ctx: &Ctx) -> io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut out = Vec::new();
+    Reply::new(220, format!("{} ESMTP smtp2stub ready", ctx.config.hostname)).write_to(&mut out);
+    wr.write_all(&out).await?;
+    out.clear();
+    let mut s = Session { ctx, peer, state: State::Fresh, rx: RequestReceiver::default(), discard_line: false, errors: 0 };
+    let mut buf = vec![0u8; 64 * 1024];
+    let result = loop {
+        let n = match tokio::time::timeout(ctx.config.timeout, rd.read(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                Reply::new(421, "4.4.2 Idle timeout, closing connection").write_to(&mut out);
+                break Ok(());
+            }
+        };
+        if n == 0 {
+            break Ok(());
+        }
+        let mut it = buf[..n].iter();
+        match s.ingest(&mut it, &mut out).await {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+    };
+    if !out.is_empty() {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+    s.abort_data().await;
+    result
+}
+
+struct Session<'c> {
+    ctx: &'c Ctx,
+    peer: String,
+    state: State,
+    rx: RequestReceiver,
+    /// After an over-long command line: skip to its end.
+    discard_line: bool,
+    errors: u32,
+}
+
+impl Session<'_> {
+    /// Consume one chunk of input; false means close the connection.
+    async fn ingest(&mut self, it: &mut std::slice::Iter<'_, u8>, out: &mut Vec<u8>) -> io::Result<bool> {
+        while !it.as_slice().is_empty() {
+            if let State::Data(d) = &mut self.state {
+                let mut chunk = Vec::new();
+                let done = d.rx.ingest(it, &mut chunk);
+                d.scan.feed(&chunk);
+                d.size += chunk.len() as u64;
+                if d.size > self.ctx.config.max_size {
+                    // Keep reading to the end of DATA, but store nothing more.
+                    if d.file.take().is_some() {
+                        let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
+                    }
+                } else if let Some(f) = d.file.as_mut() {
+                    f.write_all(&chunk).await?;
+                }
+                if done {
+                    let reply = self.end_data().await;
+                    reply.write_to(out);
+                }
+                continue;
+            }
+            if self.discard_line {
+                let rest = it.as_slice();
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(p) => {
+                        *it = rest[p + 1..].iter();
+                        self.discard_line = false;
+                    }
+                    None => *it = [].iter(),
+                }
+                continue;
+            }
+            let req = match self.rx.ingest(it) {
+                Ok(r) => r.into_owned(),
+                Err(ParseError::NeedsMoreData { .. }) => break,
+                Err(e) => {
+                    if matches!(e, ParseError::ResponseTooLong) {
+                        self.discard_line = true;
+                    }
+                    self.parse_error(e).write_to(out);
+                    self.errors += 1;
+                    if self.errors >= self.ctx.config.max_errors {
+                        Reply::new(421, "4.7.0 Too many errors, closing connection").write_to(out);
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            };
+            let quit = matches!(req, Request::Quit);
+            let reply = self.command(req).await;
+            if reply.code >= 500 {
+                self.errors += 1;
+            }
+            reply.write_to(out);
+            if quit {
+                return Ok(false);
+            }
+            if self.errors >= self.ctx.config.max_errors {
+                Reply::new(421, "4.7.0 Too many errors, closing connection").write_to(out);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn parse_error(&self, e: ParseError) -> Reply {
+        match e {
+            ParseError::UnknownCommand => Reply::new(500, "5.5.1 Command unrecognized"),
+            ParseError::ResponseTooLong => Reply::new(500, "5.5.6 Command line too long"),
+            ParseError::InvalidSenderAddress => Reply::new(501, "5.1.7 Bad sender address syntax"),
+            ParseError::InvalidRecipientAddress => Reply::new(501, "5.1.3 Bad recipient address syntax"),
+            ParseError::SyntaxError { syntax } => Reply::new(501, format!("5.5.4 Syntax: {syntax}")),
+            ParseError::InvalidParameter { param } => Reply::new(501, format!("5.5.4 Invalid parameter {param:?}")),
+            ParseError::UnsupportedParameter { param } => {
+                Reply::new(555, format!("5.5.4 Unsupported parameter {param:?}"))
+            }
+            _ => Reply::new(500, "5.5.2 Syntax error"),
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let c = &self.ctx.config;
+        Reply::new(
+            250,
+            format!("{}\nPIPELINING\n8BITMIME\nSIZE {}\nENHANCEDSTATUSCODES\nSMTPUTF8\nHELP", c.hostname, c.max_size),
+        )
+    }
+
+    async fn command(&mut self, req: Request<String>) -> Reply {
+        match req {
+            Request::Ehlo { host } => {
+                self.abort_data().await;
+                self.state = State::Ready { helo: host };
+                self.ehlo_reply()
+            }
+            Request::Helo { host } => {
+                self.abort_data().await;
+                self.state = State::Ready { helo: host };
+                Reply::new(250, self.ctx.config.hostname.clone())
+            }
+            Request::Lhlo { .. } => Reply::new(500, "5.5.1 This is SMTP, not LMTP"),
+            Request::Mail { from } => match std::mem::replace(&mut self.state, State::Fresh) {
+                State::Ready { helo } => {
+                    if from.size as u64 > self.ctx.config.max_size {
+                        self.state = State::Ready { helo };
+                        return Reply::new(552, format!("5.3.4 Message size exceeds the limit of {} bytes", self.ctx.config.max_size));
+                    }
+                    match self.ctx.policy.sender(&from.address) {
+                        Ok(()) => {
+                            self.state = State::Mail { helo, from: from.address, rcpts: vec![] };
+                            Reply::new(250, "2.1.0 Sender OK")
+                        }
+                        Err(r) => {
+                            self.state = State::Ready { helo };
+                            r
+                        }
+                    }
+                }
+                State::Fresh => Reply::new(503, "5.5.1 Say EHLO or HELO first"),
+                other => {
+                    self.state = other;
+                    Reply::new(503, "5.5.1 Nested MAIL command")
+                }
+            },
+            Request::Rcpt { to } => match &mut self.state {
+                State::Mail { rcpts, .. } => {
+                    if rcpts.len() >= self.ctx.config.max_rcpts {
+                        return Reply::new(452, "4.5.3 Too many recipients; send the rest in another message");
+                    }
+                    match self.ctx.policy.recipient(&to.address) {
+                        Ok(fpr) => {
+                            if !rcpts.iter().any(|r| r.addr.eq_ignore_ascii_case(&to.address)) {
+                                rcpts.push(Rcpt { addr: to.address, fpr });
+                            }
+                            Reply::new(250, "2.1.5 Recipient OK")
+                        }
+                        Err(r) => r,
+                    }
+                }
+                _ => Reply::new(503, "5.5.1 Need MAIL before RCPT"),
+            },
+            Request::Data => match std::mem::replace(&mut self.state, State::Fresh) {
+                State::Mail { helo, from, rcpts } if !rcpts.is_empty() => {
+                    match self.begin_data(helo.clone(), from.clone(), rcpts.clone()).await {
+                        Ok(d) => {
+                            self.state = State::Data(Box::new(d));
+                            Reply::new(354, "End data with <CR><LF>.<CR><LF>")
+                        }
+                        Err(e) => {
+                            tracing::error!("spool: {e}");
+                            self.state = State::Mail { helo, from, rcpts };
+                            Reply::new(451, "4.3.0 Local spool error; try again later")
+                        }
+                    }
+                }
+                State::Mail { helo, from, rcpts } => {
+                    self.state = State::Mail { helo, from, rcpts };
+                    Reply::new(554, "5.5.1 No valid recipients")
+                }
+                other => {
+                    self.state = other;
+                    Reply::new(503, "5.5.1 Need MAIL and RCPT before DATA")
+                }
+            },
+            Request::Bdat { .. } => Reply::new(502, "5.5.1 BDAT is not supported; use DATA"),
+            Request::Rset => {
+                self.abort_data().await;
+                self.state = match std::mem::replace(&mut self.state, State::Fresh) {
+                    State::Ready { helo } | State::Mail { helo, .. } => State::Ready { helo },
+                    State::Data(d) => State::Ready { helo: d.helo },
+                    State::Fresh => State::Fresh,
+                };
+                Reply::new(250, "2.0.0 Reset OK")
+            }
+            Request::Noop { .. } => Reply::new(250, "2.0.0 OK"),
+            Request::Quit => Reply::new(221, "2.0.0 Bye"),
+            Request::Vrfy { .. } => Reply::new(252, "2.1.5 Cannot VRFY user, but will accept message and attempt delivery"),
+            Request::Expn { .. } => Reply::new(502, "5.5.1 EXPN is not supported"),
+            Request::Help { .. } => Reply::new(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"),
+            Request::StartTls => Reply::new(502, "5.5.1 STARTTLS is not offered on this listener"),
+            Request::Auth { .. } => Reply::new(502, "5.5.1 AUTH is not needed on this listener"),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                Reply::new(502, "5.5.1 Command not implemented")
+            }
+        }
+    }
+
+    async fn begin_data(&self, helo: String, from: String, rcpts: Vec<Rcpt>) -> io::Result<DataState> {
+        let qid = Spool::new_qid();
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.ctx.spool.tmp_path(&qid))
+            .await?;
+        // Our trace header first (RFC 5321 4.4).
+        let received = format!(
+            "Received: from {} ({})\r\n\tby {} (smtp2stub) with ESMTP id {qid};\r\n\t{}\r\n",
+            sanitize(&helo),
+            sanitize(&self.peer),
+            self.ctx.config.hostname,
+            stubmail::time::rfc5322(stubmail::time::unix_now())
+        );
+        file.write_all(received.as_bytes()).await?;
+        let mut rx = DataReceiver::new();
+        // The CRLF that ended the DATA command begins the data: prime the
+        // receiver so a leading "." is unstuffed and ".\r\n" ends at once.
+        rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
+        Ok(DataState { helo, from, rcpts, qid, file: Some(file), rx, scan: Scan::default(), size: 0 })
+    }
+
+    /// DATA ended: check, fsync, commit to the spool, and only then 250.
+    async fn end_data(&mut self) -> Reply {
+        let State::Data(d) = std::mem::replace(&mut self.state, State::Fresh) else {
+            return Reply::new(451, "4.3.0 Internal state error");
+        };
+        let DataState { helo, from, rcpts, qid, file, scan, size, .. } = *d;
+        self.state = State::Ready { helo: helo.clone() };
+        let tmp = self.ctx.spool.tmp_path(&qid);
+        let Some(file) = file else {
+            return Reply::new(552, format!("5.3.4 Message size exceeds the limit of {} bytes", self.ctx.config.max_size));
+        };
+        if let Some(r) = scan.verdict() {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            tracing::warn!(peer = %self.peer, "refused message: {}", r.text);
+            return r;
+        }
+        let env = Envelope {
+            qid: qid.clone(),
+            from,
+            rcpts,
+            received: stubmail::time::unix_now(),
+            helo,
+            peer: self.peer.clone(),
+            jobs: vec![],
+        };
+        let spool = self.ctx.spool.clone();
+        let committed = async {
+            file.sync_all().await?;
+            drop(file);
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || spool.commit(&env)).await.map_err(io::Error::other)?
+        }
+        .await;
+        match committed {
+            Ok(()) => {
+                tracing::info!(qid, size, rcpts = env.rcpts.len(), "accepted");
+                self.ctx.accepted.notify_one();
+                Reply::new(250, format!("2.0.0 OK: queued as {qid}"))
+            }
+            Err(e) => {
+                tracing::error!(qid, "spool commit failed: {e}");
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Reply::new(451, "4.3.0 Could not store the message durably; try again later")
+            }
+        }
+    }
+
+    /// Drop a half-received message (connection lost, RSET during DATA).
+    async fn abort_data(&mut self) {
+        if let State::Data(d) = &mut self.state {
+            if d.file.take().is_some() {
+                let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
+            }
+        }
+    }
+}
+
+/// Keep client-supplied text from breaking a header line.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    struct TestPolicy;
+    impl Policy for TestPolicy {
+        fn sender(&self, addr: &str) -> Result<(), Reply> {
+            if addr.eq_ignore_ascii_case("alice@example.org") { Ok(()) } else { Err(Reply::new(550, "5.7.1 not yours")) }
+        }
+        fn recipient(&self, addr: &str) -> Result<Fpr, Reply> {
+            match addr {
+                "bob@example.net" => Ok(Fpr::parse(&"B".repeat(40)).unwrap()),
+                "carol@example.com" => Ok(Fpr::parse(&"C".repeat(40)).unwrap()),
+                _ => Err(Reply::new(550, "5.1.1 unknown")),
+            }
+        }
+    }
+
+    struct Run {
+        output: String,
+        queued: Vec<Envelope>,
+        spool: Spool,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Run {
+        fn codes(&self) -> Vec<u16> {
+            self.output
+                .lines()
+                .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+                .map(|l| l[..3].parse().unwrap())
+                .collect()
+        }
+        fn message(&self, i: usize) -> Vec<u8> {
+            std::fs::read(self.spool.msg_path(&self.queued[i].qid)).unwrap()
+        }
+    }
+
+    async fn dialogue(input: &[u8], chunk: usize, max_size: u64) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let ctx = Ctx {
+            config: SessionConfig { max_size, ..SessionConfig::default() },
+            policy: Arc::new(TestPolicy),
+            spool: spool.clone(),
+            accepted: Arc::new(tokio::sync::Notify::new()),
+        };
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            for c in input.chunks(chunk.max(1)) {
+                cw.write_all(c).await.unwrap();
+            }
+            cw.shutdown().await.unwrap();
+            cw
+        });
+        let reader = tokio::spawn(async move {
+            let mut s = String::new();
+            cr.read_to_string(&mut s).await.unwrap();
+            s
+        });
+        serve(server, "127.0.0.1:1".into(), &ctx).await.unwrap();
+        let _ = writer.await;
+        let output = reader.await.unwrap();
+        let queued = spool.queued().unwrap();
+        Run { output, queued, spool, _dir: dir }
+    }
+
+    const HAPPY: &[u8] = b"EHLO client.example\r\nMAIL FROM:<alice@example.org> BODY=8BITMIME SIZE=100\r\n\
+RCPT TO:<bob@example.net>\r\nRCPT TO:<carol@example.com>\r\nDATA\r\n\
+Subject: hi\r\n\r\n..leading dot\r\nline two\r\n.\r\nQUIT\r\n";
+
+    #[tokio::test]
+    async fn happy_path_every_chunk_size() {
+        for chunk in [1, 2, 3, 5, 7, 13, 64, 4096] {
+            let r = dialogue(HAPPY, chunk, 1 << 20).await;
+            assert_eq!(r.codes(), vec![220, 250, 250, 250, 250, 354, 250, 221], "chunk {chunk}: {}", r.output);
+            assert!(r.output.contains("250-PIPELINING") && r.output.contains("250-SIZE 1048576"), "{}", r.output);
+            assert_eq!(r.queued.len(), 1);
+            assert_eq!(r.queued[0].rcpts.len(), 2);
+            let m = String::from_utf8(r.message(0)).unwrap();
+            assert!(m.starts_with("Received: from client.example"), "{m}");
+            assert!(m.ends_with("Subject: hi\r\n\r\n.leading dot\r\nline two\r\n"), "chunk {chunk}: {m:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_message_and_two_transactions() {
+        let input = b"HELO c\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n.\r\n\
+MAIL FROM:<ALICE@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
+        let r = dialogue(input, 3, 1000).await;
+        assert_eq!(r.codes(), vec![220, 250, 250, 250, 354, 250, 250, 250, 354, 250, 221], "{}", r.output);
+        assert_eq!(r.queued.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn smuggling_and_bare_line_endings_refused() {
+        let cases: &[&[u8]] = &[
+            // SMTP smuggling: a bare-LF "end of data" hiding a second message.
+            b"Subject: a\r\n\r\nx\n.\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<carol@example.com>\r\nDATA\r\nevil\r\n.\r\n",
+            b"Subject: a\r\n\r\nx\r\n.\nQUIT\r\n.\r\n",
+            b"Subject: a\r\n\r\nbare\rcr\r\n.\r\n",
+            // Unix line endings: "\n.\r\n" is not the end; the real one follows.
+            b"Subject: a\n\nunix line endings\n.\r\nmore\r\n.\r\n",
+        ];
+        for body in cases {
+            for chunk in [1, 4, 1000] {
+                let mut input = b"EHLO c\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n".to_vec();
+                input.extend_from_slice(body);
+                input.extend_from_slice(b"NOOP\r\n");
+                let r = dialogue(&input, chunk, 1 << 20).await;
+                assert_eq!(r.codes(), vec![220, 250, 250, 250, 354, 550, 250], "{:?} chunk {chunk}: {}", String::from_utf8_lossy(body), r.output);
+                assert!(r.queued.is_empty(), "nothing may be queued");
+                assert_eq!(std::fs::read_dir(r._dir.path().join("tmp")).unwrap().count(), 0, "no leftovers");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn long_lines() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 999));
+        input.extend_from_slice(b"\r\n.\r\n");
+        input.extend(std::iter::repeat_n(b'b', 10_000));
+        input.extend_from_slice(b"\r\nNOOP\r\n");
+        let r = dialogue(&input, 777, 1 << 20).await;
+        assert_eq!(r.codes(), vec![220, 250, 250, 250, 354, 550, 500, 250], "{}", r.output);
+        assert!(r.output.contains("998"));
+    }
+
+    #[tokio::test]
+    async fn no_open_relay_and_sequencing() {
+        let input = b"MAIL FROM:<alice@example.org>\r\nEHLO c\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n\
+MAIL FROM:<mallory@evil.example>\r\nMAIL FROM:<alice@example.org>\r\nMAIL FROM:<alice@example.org>\r\n\
+RCPT TO:<stranger@elsewhere.example>\r\nDATA\r\nFROB\r\nVRFY bob\r\nRSET\r\nRCPT TO:<bob@example.net>\r\nQUIT\r\n";
+        let r = dialogue(input, 5, 1000).await;
+        assert_eq!(
+            r.codes(),
+            vec![220, 503, 250, 503, 503, 550, 250, 503, 550, 554, 500, 252, 250, 503, 221],
+            "{}",
+            r.output
+        );
+        assert!(r.queued.is_empty());
+    }
+
+    #[tokio::test]
+    async fn size_limit() {
+        let input = b"EHLO c\r\nMAIL FROM:<alice@example.org> SIZE=5000\r\nMAIL FROM:<alice@example.org>\r\n\
+RCPT TO:<bob@example.net>\r\nDATA\r\n0123456789\r\n0123456789\r\n.\r\nNOOP\r\n";
+        let r = dialogue(input, 9, 16).await;
+        assert_eq!(r.codes(), vec![220, 250, 552, 250, 250, 354, 552, 250], "{}", r.output);
+        assert!(r.queued.is_empty());
+    }
+
+    #[tokio::test]
+    async fn too_many_errors_hang_up() {
+        let input = b"X\r\n".repeat(50);
+        let r = dialogue(&input, 50, 1000).await;
+        assert!(r.output.trim_end().ends_with("Too many errors, closing connection"), "{}", r.output);
+        assert!(r.codes().len() < 30);
+    }
+}

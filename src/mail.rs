@@ -1,0 +1,86 @@
+//! Small RFC 5322 helpers shared by the programs: find the header block,
+//! drop header fields, read addresses. Pure functions over bytes.
+
+/// Length of the header block including the blank line that ends it, if
+/// `buf` contains the whole header (CRLF or LF line endings).
+pub fn header_len(buf: &[u8]) -> Option<usize> {
+    if buf.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    if buf.starts_with(b"\n") {
+        return Some(1);
+    }
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        let rest = &buf[nl + 1..];
+        if rest.starts_with(b"\r\n") {
+            return Some(nl + 3);
+        }
+        if rest.starts_with(b"\n") {
+            return Some(nl + 2);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// Remove every field named in `names` (case-insensitive), with its
+/// continuation lines, from a header block.
+pub fn remove_fields(header: &[u8], names: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len());
+    let mut skipping = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            skipping = names.iter().any(|n| {
+                line.len() > n.len() && line[..n.len()].eq_ignore_ascii_case(n.as_bytes()) && line[n.len()] == b':'
+            });
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// Lower-cased addresses in the given address fields (e.g. To, Cc).
+pub fn addresses(header: &[u8], fields: &[&str]) -> Vec<String> {
+    let Some(msg) = mail_parser::MessageParser::default().parse_headers(header) else { return vec![] };
+    let mut out = Vec::new();
+    for f in fields {
+        for h in msg.headers().iter().filter(|h| h.name().eq_ignore_ascii_case(f)) {
+            if let Some(a) = h.value().as_address() {
+                out.extend(a.iter().filter_map(|x| x.address()).map(|s| s.to_ascii_lowercase()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_len_all_line_endings() {
+        assert_eq!(header_len(b"A: b\r\n\r\nbody"), Some(8));
+        assert_eq!(header_len(b"A: b\n\nbody"), Some(6));
+        assert_eq!(header_len(b"\r\nbody"), Some(2));
+        assert_eq!(header_len(b"A: b\r\nC: d\r\n"), None);
+    }
+
+    #[test]
+    fn removes_bcc_with_continuations() {
+        let h = b"From: a@x.org\r\nBcc: secret@y.org,\r\n other@z.org\r\nbcc:x@y.org\r\nSubject: hi\r\n\r\n";
+        let out = remove_fields(h, &["Bcc"]);
+        assert_eq!(out, b"From: a@x.org\r\nSubject: hi\r\n\r\n".to_vec());
+        assert_eq!(remove_fields(b"Bccx: 1\r\n\r\n", &["Bcc"]), b"Bccx: 1\r\n\r\n".to_vec());
+    }
+
+    #[test]
+    fn reads_addresses() {
+        let h = b"To: Bob <Bob@Example.net>, c@x.org\r\nCc: \"D\" <d@y.org>\r\nFrom: a@x.org\r\n\r\n";
+        assert_eq!(addresses(h, &["To", "Cc"]), vec!["bob@example.net", "c@x.org", "d@y.org"]);
+    }
+}
