@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod keyring;
+pub mod logging;
 pub mod mail;
 pub mod pgp;
 pub mod protocol;

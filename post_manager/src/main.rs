@@ -66,10 +66,7 @@ enum AccountCmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    stubmail::logging::init("info");
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { listen, data, prefix, max_message_size } => {

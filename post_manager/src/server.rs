@@ -48,6 +48,7 @@ pub async fn run(listener: TcpListener, store: Store, settings: Settings, shutdo
                 async move { Ok::<_, Infallible>(respond(shared, req, peer).await) }
             });
             let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);

@@ -25,10 +25,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    stubmail::logging::init("info");
     let cli = Cli::parse();
     let home = Home::resolve(cli.home.as_deref())?;
     let config = home.load_config()?;

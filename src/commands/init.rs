@@ -1,0 +1,35 @@
+use anyhow::Context;
+use stubmail::{fsutil, Config, Home, Identity};
+
+pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>) -> anyhow::Result<()> {
+    let key = home.secret_key();
+    if key.exists() {
+        anyhow::bail!("{} already exists: this home already has an identity", key.display());
+    }
+    let url = reqwest::Url::parse(outbox).with_context(|| format!("--outbox {outbox:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("--outbox must be an http:// or https:// URL");
+    }
+    let mut outbox = outbox.to_string();
+    if !outbox.ends_with('/') {
+        outbox.push('/');
+    }
+    let id = Identity::generate(name, email, &outbox)?;
+    fsutil::ensure_private_dir(&home.data_dir)?;
+    fsutil::ensure_private_dir(&home.config_dir)?;
+    fsutil::write_atomic(&key, &id.to_armored_secret()?, 0o600).context("writing the secret key")?;
+    let config = Config::new(email, &outbox);
+    let text = format!(
+        "# Stubmail configuration. See README.md.\n{}",
+        toml::to_string_pretty(&config).expect("serialisable")
+    );
+    if !home.config_file().exists() {
+        fsutil::write_atomic(&home.config_file(), text.as_bytes(), 0o600)?;
+    }
+    println!("created identity {} <{email}>", id.fpr());
+    println!("outbox:      {outbox}");
+    println!("secret key:  {}", key.display());
+    println!("config:      {}", home.config_file().display());
+    println!("next: register your key with your outbox: stubmail keys export > me.asc; post_manager account add --key me.asc");
+    Ok(())
+}
