@@ -29,6 +29,11 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Your own identity.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Your keyring: the address book and the whitelist.
     Keys {
         #[command(subcommand)]
@@ -59,4 +64,11 @@ pub enum KeysCommand {
     /// Remove a contact by address or full fingerprint.
     #[command(after_help = "Example:\n  stubmail keys remove bob@example.net")]
     Remove { contact: String },
+}
+
+#[derive(Subcommand)]
+pub enum IdentityCommand {
+    /// Print your fingerprint, address and outbox.
+    #[command(after_help = "Example:\n  stubmail identity show")]
+    Show,
 }

@@ -4,13 +4,24 @@ mod init;
 mod keys;
 mod status;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, IdentityCommand};
 use stubmail::Home;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
         Command::Init { email, outbox, name } => init::run(&home, &email, &outbox, name.as_deref()),
+        Command::Identity { command: IdentityCommand::Show } => {
+            let id = home.load_identity()?;
+            let cert = id.cert();
+            println!(
+                "{} {} outbox {}",
+                id.fpr(),
+                stubmail::pgp::emails_of(&cert).join(","),
+                stubmail::pgp::outbox_of(&cert).unwrap_or_else(|| "(none)".into())
+            );
+            Ok(())
+        }
         Command::Keys { command } => keys::run(&home, command),
         Command::Status { json } => status::run(&home, json),
     }

@@ -1,0 +1,266 @@
+//! Harness for end-to-end tests: run the real binaries on loopback ports
+//! chosen at run time, each user in a temporary home, and kill every child
+//! on drop (printing its output, so a failure explains itself).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A workspace binary. `scripts/test` builds them all before `cargo test`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_stubmail")).parent().unwrap().to_path_buf();
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    p
+}
+
+/// Require an external tool; the README's test command installs them.
+pub fn require(tool: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is not installed; run the tests with scripts/test, which installs it");
+}
+
+/// Run a command to completion; panic with its output unless it succeeds.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run a command expected to fail; return its stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(!out.status.success(), "{cmd:?} should have failed\nstdout:\n{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A running server process: started, its "listening on ADDR" line read.
+pub struct Server {
+    pub name: String,
+    pub addr: String,
+    child: Child,
+    stderr_log: PathBuf,
+}
+
+impl Server {
+    /// Start `cmd` and wait (up to 60 s) for "listening on ADDR" on stdout.
+    pub fn start(name: &str, mut cmd: Command, log_dir: &Path) -> Server {
+        let stderr_log = log_dir.join(format!("{name}.stderr"));
+        let err = std::fs::File::create(&stderr_log).unwrap();
+        cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(a) = line.trim().split("listening on ").nth(1) {
+                    let _ = tx.send(a.to_string());
+                }
+                line.clear();
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Server { name: name.into(), addr, child, stderr_log },
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("{name} did not say it is listening; its stderr:\n{log}");
+            }
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Printed into the test's captured output: shown when it fails.
+        println!("----- {} stderr -----\n{}", self.name, self.log());
+    }
+}
+
+/// Wait until `f` returns Some, polling every 50 ms, for at most `secs`.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One Stubmail user with a home of their own.
+pub struct User {
+    pub email: String,
+    pub home: PathBuf,
+}
+
+impl User {
+    /// `stubmail init` in `<root>/<name>`.
+    pub fn init(root: &Path, name: &str, email: &str, outbox: &str) -> User {
+        let home = root.join(name);
+        ok(bin_cmd("stubmail").arg("--home").arg(&home).args(["init", "--email", email, "--outbox", outbox, "--name", name]));
+        User { email: email.into(), home }
+    }
+
+    pub fn stubmail(&self) -> Command {
+        let mut c = bin_cmd("stubmail");
+        c.arg("--home").arg(&self.home);
+        c
+    }
+
+    /// The armored certificate, written to a file.
+    pub fn export(&self) -> PathBuf {
+        let out = ok(self.stubmail().args(["keys", "export"]));
+        let p = self.home.join("exported.asc");
+        std::fs::write(&p, &out.stdout).unwrap();
+        p
+    }
+
+    pub fn import(&self, cert: &Path) {
+        ok(self.stubmail().args(["keys", "import"]).arg(cert));
+    }
+
+    /// The user's own fingerprint (`stubmail identity show`).
+    pub fn fingerprint(&self) -> String {
+        let out = stdout(&ok(self.stubmail().args(["identity", "show"])));
+        out.split_whitespace().next().unwrap().to_string()
+    }
+
+    pub fn maildir_new(&self) -> Vec<PathBuf> {
+        let dir = self.home.join("Maildir/new");
+        let mut v: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => vec![],
+        };
+        v.sort();
+        v
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = ok(self.stubmail().args(["status", "--json"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn smtp2stub(&self, logs: &Path) -> Server {
+        let mut c = bin_cmd("smtp2stub");
+        c.arg("--home").arg(&self.home).args(["--listen", "127.0.0.1:0"]);
+        Server::start(&format!("smtp2stub-{}", self.email), c, logs)
+    }
+
+    /// `http2mbox --once`: its stdout and its log.
+    pub fn http2mbox_once_with_log(&self) -> String {
+        let o = ok(bin_cmd("http2mbox").arg("--home").arg(&self.home).arg("--once"));
+        format!("{}\n{}", stdout(&o), String::from_utf8_lossy(&o.stderr))
+    }
+
+    pub fn http2mbox_once(&self) -> String {
+        stdout(&ok(bin_cmd("http2mbox").arg("--home").arg(&self.home).arg("--once")))
+    }
+}
+
+pub fn bin_cmd(name: &str) -> Command {
+    let mut c = Command::new(bin(name));
+    // No test may depend on the user's environment.
+    c.env_remove("STUBMAIL_HOME").env("RUST_LOG", "info");
+    c
+}
+
+/// An outbox (post_manager serve) with its own data directory.
+pub struct Outbox {
+    pub server: Server,
+    pub data: PathBuf,
+}
+
+impl Outbox {
+    pub fn start(root: &Path, name: &str) -> Outbox {
+        let data = root.join(name);
+        let mut c = bin_cmd("post_manager");
+        c.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(&data);
+        let server = Server::start(name, c, root);
+        Outbox { server, data }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.server.addr)
+    }
+
+    pub fn add_account(&self, user: &User) {
+        ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&self.data).arg("--key").arg(user.export()));
+    }
+}
+
+/// Send one message with Python's smtplib; returns the server's reply to DATA.
+pub fn smtplib_send(port: u16, from: &str, to: &[&str], message: &str) -> Result<String, String> {
+    let script = r#"
+import smtplib, sys, json
+port, sender, rcpts, msg = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.stdin.buffer.read()
+s = smtplib.SMTP("127.0.0.1", port, timeout=60)
+s.ehlo("client.test")
+try:
+    code, resp = s.mail(sender, ["BODY=8BITMIME"])
+    if code != 250: print(f"MAIL {code} {resp.decode()}"); sys.exit(3)
+    for r in rcpts:
+        code, resp = s.rcpt(r)
+        if code != 250: print(f"RCPT {code} {resp.decode()}"); sys.exit(3)
+    code, resp = s.data(msg)
+    print(f"{code} {resp.decode()}")
+    sys.exit(0 if code == 250 else 3)
+finally:
+    s.quit()
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(from)
+        .arg(serde_json::to_string(to).unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut text = String::new();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    if out.status.success() {
+        Ok(text.trim().to_string())
+    } else {
+        let mut e = String::new();
+        (&out.stderr[..]).read_to_string(&mut e).unwrap();
+        Err(format!("{}{}", text.trim(), e))
+    }
+}

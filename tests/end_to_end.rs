@@ -1,0 +1,285 @@
+//! End to end: a message from Alice's mail client reaches Bob's Maildir
+//! through smtp2stub, Alice's outbox (post_manager) and Bob's poller
+//! (http2mbox), all real processes on loopback ports chosen at run time,
+//! driven by independent clients (Python's smtplib, swaks, gpg).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Alice and Bob, with Alice's outbox running and keys exchanged.
+struct Pair {
+    root: tempfile::TempDir,
+    outbox: Outbox,
+    alice: User,
+    bob: User,
+}
+
+fn pair() -> Pair {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "alice-outbox");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
+    // Bob's own outbox is never contacted in these tests.
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    outbox.add_account(&alice);
+    alice.import(&bob.export());
+    bob.import(&alice.export());
+    Pair { root, outbox, alice, bob }
+}
+
+/// The states `stubmail status --json` reports for each recipient.
+fn states(u: &User) -> Vec<String> {
+    u.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect()
+}
+
+fn wait_stored(u: &User, n: usize) {
+    wait_for("the message to be stored in the outbox", 60, || {
+        let s = states(u);
+        (s.len() == n && s.iter().all(|x| x == "stored")).then_some(())
+    });
+}
+
+#[test]
+fn alice_to_bob_through_all_three_programs() {
+    let p = pair();
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let message = "From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n\
+Subject: Pull, not push\r\nMessage-ID: <e2e-1@example.org>\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+Hi Bob,\r\n.a line that starts with a dot\r\nGrüße aus dem Postausgang.\r\n";
+    let reply = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], message).unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_stored(&p.alice, 1);
+    assert!(p.bob.maildir_new().is_empty(), "nothing arrives before Bob polls");
+
+    let out = p.bob.http2mbox_once();
+    assert!(out.contains("delivered 1"), "{out}");
+    let files = p.bob.maildir_new();
+    assert_eq!(files.len(), 1);
+    let got = String::from_utf8(std::fs::read(&files[0]).unwrap()).unwrap();
+    // Body and headers intact (Maildir stores LF line endings).
+    let original = message.replace("\r\n", "\n");
+    assert!(got.ends_with(&original), "delivered message differs:\n{got}");
+    // Trace headers: ours on top, smtp2stub's Received below them.
+    let alice_fpr = p.alice.fingerprint();
+    assert!(got.contains(&format!("Stubmail-Sender-Fingerprint: {alice_fpr}\n")), "{got}");
+    assert!(got.contains("stubmail=pass") && got.contains("(from=pass)"), "{got}");
+    assert!(got.contains("by localhost (smtp2stub) with ESMTP id"), "{got}");
+    assert!(got.starts_with("Return-Path: <alice@example.org>\n"), "{got}");
+
+    // The outbox reports it retrieved, as seen by the sender.
+    let status = p.alice.status_json();
+    assert_eq!(status[0]["state"], "retrieved", "{status:#}");
+    assert_eq!(status[0]["recipient"], "bob@example.net");
+
+    // Exactly once: another poll delivers nothing new.
+    let out = p.bob.http2mbox_once();
+    assert!(out.contains("delivered 0"), "{out}");
+    assert_eq!(p.bob.maildir_new().len(), 1);
+}
+
+#[test]
+fn swaks_pipelined_submission_and_no_open_relay() {
+    let swaks = require("swaks");
+    let p = pair();
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let port = smtp.port().to_string();
+    let out = ok(Command::new(&swaks).args([
+        "--server", "127.0.0.1", "--port", &port, "--pipeline", "--from", "alice@example.org", "--to",
+        "bob@example.net", "--header", "Subject: via swaks", "--body", "pipelined body",
+    ]));
+    let text = stdout(&out);
+    assert!(text.contains("250-PIPELINING") && !text.contains("<** "), "{text}");
+    assert!(text.contains("250 2.0.0 OK: queued as"), "{text}");
+
+    // Never an open relay: a foreign sender and an unknown recipient are refused.
+    let out = Command::new(&swaks)
+        .args(["--server", "127.0.0.1", "--port", &port, "--from", "mallory@evil.example", "--to", "bob@example.net"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("550 5.7.1"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(&swaks)
+        .args(["--server", "127.0.0.1", "--port", &port, "--from", "alice@example.org", "--to", "victim@elsewhere.example"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("550 5.1.1"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    wait_stored(&p.alice, 1);
+    assert!(p.bob.http2mbox_once().contains("delivered 1"));
+    let got = std::fs::read_to_string(&p.bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("Subject: via swaks") && got.contains("pipelined body"), "{got}");
+}
+
+#[test]
+fn mail_signed_by_a_stranger_is_never_delivered() {
+    let p = pair();
+    // Mallory is another user of the same outbox provider, unknown to Bob.
+    let mallory = User::init(p.root.path(), "mallory", "mallory@example.org", &p.outbox.url());
+    p.outbox.add_account(&mallory);
+    mallory.import(&p.bob.export());
+    let smtp = mallory.smtp2stub(p.root.path());
+    let forged = "From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: urgent wire transfer\r\n\r\npay now\r\n";
+    assert!(smtplib_send(smtp.port(), "mallory@example.org", &["bob@example.net"], forged).unwrap().starts_with("250"));
+    wait_stored(&mallory, 1);
+
+    // Bob only asks about senders in his keyring: Mallory's mail is not even listed.
+    assert!(p.bob.http2mbox_once().contains("delivered 0"));
+    assert!(p.bob.maildir_new().is_empty());
+
+    // A hostile outbox now relabels Mallory's message as Alice's.
+    let id = mallory.status_json()[0]["id"].as_str().unwrap().to_string();
+    let meta_path = p.outbox.data.join("meta").join(format!("{id}.json"));
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["sender"] = p.alice.fingerprint().into();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+
+    let out = p.bob.http2mbox_once_with_log();
+    assert!(out.contains("delivered 0") && out.contains("rejected 1"), "{out}");
+    assert!(out.contains(&format!("no valid signature by {}", p.alice.fingerprint())), "{out}");
+    assert!(p.bob.maildir_new().is_empty(), "a message not signed by Alice must not be delivered as Alice's");
+    // ... and it was not acked.
+    assert_eq!(meta_state(&meta_path), "stored");
+}
+
+fn meta_state(path: &std::path::Path) -> String {
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    meta["recipients"][0]["state"].as_str().unwrap().to_string()
+}
+
+/// GnuPG in a home of its own.
+fn gpg(home: &std::path::Path) -> Command {
+    let mut c = Command::new(require("gpg"));
+    c.arg("--homedir").arg(home).args(["--batch", "--no-tty", "--pinentry-mode", "loopback", "--passphrase", ""]);
+    c
+}
+
+#[test]
+fn gpg_decrypts_what_stubmail_writes() {
+    let p = pair();
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: for gpg\r\n\r\nreadable by GnuPG 2.2\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_stored(&p.alice, 1);
+    let id = p.alice.status_json()[0]["id"].as_str().unwrap().to_string();
+    let stored = p.outbox.data.join("messages").join(&id);
+
+    let gh = p.root.path().join("gnupg");
+    std::fs::create_dir_all(&gh).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    ok(gpg(&gh).arg("--import").arg(p.bob.home.join("secret.pgp")));
+    ok(gpg(&gh).arg("--import").arg(p.alice.export()));
+    let out = ok(gpg(&gh).args(["--status-fd", "2", "--decrypt"]).arg(&stored));
+    let plain = stdout(&out);
+    assert!(plain.contains("readable by GnuPG 2.2") && plain.contains("Subject: for gpg"), "{plain}");
+    let status = String::from_utf8_lossy(&out.stderr);
+    assert!(status.contains(&format!("VALIDSIG {}", p.alice.fingerprint())), "{status}");
+    assert!(status.contains("DECRYPTION_OKAY"), "{status}");
+}
+
+#[test]
+fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
+    let root = tempfile::tempdir().unwrap();
+    let u = User::init(root.path(), "u", "u@example.org", "http://127.0.0.1:9/");
+    let gh = root.path().join("gnupg");
+    std::fs::create_dir_all(&gh).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let list = |u: &User| stdout(&ok(u.stubmail().args(["keys", "list"])));
+
+    // An ordinary GnuPG user: binary `gpg --export` output on stdin.
+    ok(gpg(&gh).args(["--quick-gen-key", "Carol <carol@example.com>", "future-default", "default", "never"]));
+    let export = ok(gpg(&gh).args(["--export", "carol@example.com"])).stdout;
+    let mut c = u.stubmail();
+    c.args(["keys", "import", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&export).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("carol@example.com no outbox"), "{}", stdout(&out));
+
+    let before = list(&u);
+    let bad = |name: &str, bytes: &[u8], expect: &str| {
+        let f = root.path().join(name);
+        std::fs::write(&f, bytes).unwrap();
+        let err = fails(u.stubmail().args(["keys", "import"]).arg(&f));
+        assert!(err.contains(expect), "{name}: {err}");
+        assert_eq!(list(&u), before, "{name}: a refused import must change nothing");
+    };
+    bad("corrupt.asc", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64 at all\n-----END PGP PUBLIC KEY BLOCK-----\n", "");
+    bad("empty.asc", b"", "");
+    // No email address in the User ID.
+    ok(gpg(&gh).args(["--quick-gen-key", "Just A Name", "future-default", "default", "never"]));
+    bad("noemail.pgp", &ok(gpg(&gh).args(["--export", "Just A Name"])).stdout, "no valid User ID with an email");
+    // Expired: made a year ago, valid for a day.
+    ok(gpg(&gh).args(["--faked-system-time", "20250101T000000", "--quick-gen-key", "Old <old@example.com>", "future-default", "default", "1d"]));
+    bad("expired.pgp", &ok(gpg(&gh).args(["--export", "old@example.com"])).stdout, "expired");
+    // Revoked: apply the revocation certificate GnuPG made at generation.
+    ok(gpg(&gh).args(["--quick-gen-key", "Gone <gone@example.com>", "future-default", "default", "never"]));
+    let fpr = stdout(&ok(gpg(&gh).args(["--with-colons", "--list-keys", "gone@example.com"])))
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .unwrap()
+        .split(':')
+        .nth(9)
+        .unwrap()
+        .to_string();
+    let rev = std::fs::read_to_string(gh.join("openpgp-revocs.d").join(format!("{fpr}.rev"))).unwrap();
+    let rev_file = root.path().join("rev.asc");
+    std::fs::write(&rev_file, rev.replace(":-----BEGIN", "-----BEGIN")).unwrap();
+    ok(gpg(&gh).arg("--import").arg(&rev_file));
+    bad("revoked.pgp", &ok(gpg(&gh).args(["--export", "gone@example.com"])).stdout, "revoked");
+
+    // Remove by address; then it is gone.
+    ok(u.stubmail().args(["keys", "remove", "carol@example.com"]));
+    assert!(!list(&u).contains("carol@example.com"));
+    let err = fails(u.stubmail().args(["keys", "remove", "carol@example.com"]));
+    assert!(err.contains("no contact matches"), "{err}");
+}
+
+#[test]
+fn loose_secret_key_permissions_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let u = User::init(root.path(), "u", "u@example.org", "http://127.0.0.1:9/");
+    let key = u.home.join("secret.pgp");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    for prog in ["smtp2stub", "http2mbox"] {
+        let mut c = bin_cmd(prog);
+        c.arg("--home").arg(&u.home).arg("--once");
+        if prog == "smtp2stub" {
+            c = bin_cmd(prog);
+            c.arg("--home").arg(&u.home).args(["--listen", "127.0.0.1:0"]);
+        }
+        let err = fails(&mut c);
+        assert!(err.contains("chmod 600"), "{prog}: {err}");
+    }
+    let err = fails(u.stubmail().args(["keys", "export"]));
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn bcc_recipient_gets_a_separate_copy() {
+    let p = pair();
+    let carol = User::init(p.root.path(), "carol", "carol@example.com", "http://127.0.0.1:9/");
+    p.alice.import(&carol.export());
+    carol.import(&p.alice.export());
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: bcc\r\n\r\nhello\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net", "carol@example.com"], msg)
+        .unwrap()
+        .starts_with("250"));
+    wait_stored(&p.alice, 2);
+    let status = p.alice.status_json();
+    let ids: Vec<&str> = status.as_array().unwrap().iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_ne!(ids[0], ids[1], "the Bcc recipient must get a ciphertext of their own");
+    assert!(p.bob.http2mbox_once().contains("delivered 1"));
+    assert!(carol.http2mbox_once().contains("delivered 1"));
+    let bob_copy = std::fs::read_to_string(&p.bob.maildir_new()[0]).unwrap();
+    assert!(!bob_copy.contains("carol"), "{bob_copy}");
+}
