@@ -264,11 +264,10 @@ pub fn outbox_of(cert: &Cert) -> Option<String> {
             .next()
             .and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
     };
-    if let Ok(p) = vc.primary_userid() {
-        if let Some(o) = from(&p) {
+    if let Ok(p) = vc.primary_userid()
+        && let Some(o) = from(&p) {
             return Some(o);
         }
-    }
     vc.userids().find_map(|u| from(&u))
 }
 
@@ -295,11 +294,10 @@ impl VerificationHelper for OnlySigner {
     fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
         let want = self.cert.fingerprint();
         for layer in structure.into_iter() {
-            if let MessageLayer::SignatureGroup { results } = layer {
-                if results.iter().any(|r| matches!(r, Ok(g) if g.ka.cert().fingerprint() == want)) {
+            if let MessageLayer::SignatureGroup { results } = layer
+                && results.iter().any(|r| matches!(r, Ok(g) if g.ka.cert().fingerprint() == want)) {
                     self.good = true;
                 }
-            }
         }
         if self.good { Ok(()) } else { Err(anyhow::anyhow!("no valid signature by {want}")) }
     }
@@ -382,11 +380,10 @@ impl DecryptionHelper for Decrypt {
                 if !matches {
                     continue;
                 }
-                if let Some((algo, sk)) = pkesk.decrypt(kp, sym_algo) {
-                    if decrypt(algo, &sk) {
+                if let Some((algo, sk)) = pkesk.decrypt(kp, sym_algo)
+                    && decrypt(algo, &sk) {
                         return Ok(None);
                     }
-                }
             }
         }
         Err(anyhow::anyhow!("message is not encrypted to this identity"))

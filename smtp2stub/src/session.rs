@@ -456,11 +456,10 @@ impl Session<'_> {
 
     /// Drop a half-received message (connection lost, RSET during DATA).
     async fn abort_data(&mut self) {
-        if let State::Data(d) = &mut self.state {
-            if d.file.take().is_some() {
+        if let State::Data(d) = &mut self.state
+            && d.file.take().is_some() {
                 let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
             }
-        }
     }
 }
 

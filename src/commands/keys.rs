@@ -19,11 +19,10 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
                 bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             }
             let certs = pgp::parse_certs(&bytes)?;
-            if let Ok(me) = home.load_identity() {
-                if certs.iter().any(|c| pgp::fpr_of(c) == me.fpr()) {
+            if let Ok(me) = home.load_identity()
+                && certs.iter().any(|c| pgp::fpr_of(c) == me.fpr()) {
                     anyhow::bail!("that is your own key; import your contacts' keys");
                 }
-            }
             for c in home.keyring().import(certs)? {
                 println!("imported {} {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "), describe(&c));
             }
