@@ -24,9 +24,8 @@ enum Cmd {
         /// Address to listen on (loopback by default; put a TLS proxy in front for the Internet).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Data directory.
-        #[arg(long, env = "POST_MANAGER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
         /// Path prefix the outbox is served under.
         #[arg(long, default_value = "/")]
         prefix: String,
@@ -41,26 +40,47 @@ enum Cmd {
     },
 }
 
+/// Where the outbox keeps its data: `--data DIR`, or `<home>/outbox` for a
+/// personal outbox living in a user's Stubmail home.
+#[derive(clap::Args)]
+struct DataDir {
+    /// Data directory of the outbox.
+    #[arg(long, env = "POST_MANAGER_DATA", required_unless_present = "home")]
+    data: Option<PathBuf>,
+    /// A user's Stubmail home; the data directory is then <home>/outbox.
+    #[arg(long, env = stubmail::config::HOME_ENV)]
+    home: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        self.data
+            .clone()
+            .or_else(|| self.home.as_ref().map(|h| h.join("outbox")))
+            .ok_or_else(|| anyhow::anyhow!("pass --data DIR (or --home DIR for a personal outbox)"))
+    }
+}
+
 #[derive(Subcommand)]
 enum AccountCmd {
     /// Register a user by their certificate (`stubmail keys export > alice.asc`).
     ///
     /// Example: post_manager account add --data /var/lib/stubmail-outbox --key alice.asc
     Add {
-        #[arg(long, env = "POST_MANAGER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
         #[arg(long)]
         key: PathBuf,
     },
     /// List registered users.
     List {
-        #[arg(long, env = "POST_MANAGER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
     },
     /// Remove a user by full fingerprint.
     Remove {
-        #[arg(long, env = "POST_MANAGER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
         fingerprint: String,
     },
 }
@@ -70,6 +90,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { listen, data, prefix, max_message_size } => {
+            let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
             let mut prefix = prefix;
             if !prefix.starts_with('/') {
@@ -97,7 +118,7 @@ fn main() -> anyhow::Result<()> {
 fn account(cmd: AccountCmd) -> anyhow::Result<()> {
     match cmd {
         AccountCmd::Add { data, key } => {
-            let store = Store::open(&data)?;
+            let store = Store::open(&data.path()?)?;
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
             let certs = stubmail::pgp::parse_certs(&bytes).with_context(|| format!("{}", key.display()))?;
             for c in certs {
@@ -107,13 +128,13 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             }
         }
         AccountCmd::List { data } => {
-            for c in Store::open(&data)?.accounts()? {
+            for c in Store::open(&data.path()?)?.accounts()? {
                 println!("{} {}", stubmail::pgp::fpr_of(&c), stubmail::pgp::emails_of(&c).join(", "));
             }
         }
         AccountCmd::Remove { data, fingerprint } => {
             let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
-            if !Store::open(&data)?.remove_account(&f)? {
+            if !Store::open(&data.path()?)?.remove_account(&f)? {
                 anyhow::bail!("no account {f}; `post_manager account list` shows them");
             }
             println!("removed account {f}");

@@ -465,10 +465,10 @@ mod tests {
         assert!(created);
         assert_eq!(st.recipients.len(), 2);
         // Idempotent retry.
-        let (_, created) = s.put(&a, &id, &[b.clone()], &mut &body[..], 100, 1001).unwrap();
+        let (_, created) = s.put(&a, &id, std::slice::from_ref(&b), &mut &body[..], 100, 1001).unwrap();
         assert!(!created);
         assert_eq!(s.poll(&b, None).unwrap().len(), 1);
-        assert_eq!(s.poll(&b, Some(&[c.clone()])).unwrap().len(), 0);
+        assert_eq!(s.poll(&b, Some(std::slice::from_ref(&c))).unwrap().len(), 0);
         assert_eq!(s.poll(&a, None).unwrap().len(), 0);
         let (mut f, n) = s.open_for(&b, &id).unwrap();
         let mut got = Vec::new();
