@@ -87,6 +87,11 @@ pub struct Config {
     pub smtp: SmtpConfig,
     #[serde(default)]
     pub poll: PollConfig,
+    /// Ordinary SMTP for recipients who do not run Stubmail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayConfig>,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,11 +113,90 @@ pub struct SmtpConfig {
     pub listen: SocketAddr,
     /// Largest message accepted (SIZE), in bytes.
     pub max_message_size: u64,
+    /// AUTH policy: `auto` requires it on non-loopback addresses only.
+    pub auth: AuthPolicy,
+    /// User name for AUTH PLAIN/LOGIN (default: the email address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password for AUTH. Keep config.toml 0600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// PEM certificate chain offered with STARTTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for SmtpConfig {
     fn default() -> Self {
-        SmtpConfig { listen: "127.0.0.1:2525".parse().unwrap(), max_message_size: 50 * 1024 * 1024 }
+        SmtpConfig {
+            listen: "127.0.0.1:2525".parse().unwrap(),
+            max_message_size: 50 * 1024 * 1024,
+            auth: AuthPolicy::Auto,
+            username: None,
+            password: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthPolicy {
+    /// Required off loopback, not needed on loopback.
+    Auto,
+    /// Always required (and only after STARTTLS).
+    Required,
+}
+
+/// The smarthost for recipients without a Stubmail key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub host: String,
+    #[serde(default = "default_relay_port")]
+    pub port: u16,
+    /// `starttls` (default), `tls` (implicit, port 465) or `none`.
+    #[serde(default)]
+    pub tls: RelayTls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+fn default_relay_port() -> u16 {
+    587
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+/// Finding keys of recipients we have none for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Look up unknown recipients in their domain's Web Key Directory.
+    pub wkd: bool,
+    /// Seconds for the whole lookup; SMTP waits this long at most.
+    pub timeout_secs: u64,
+    /// Explicit WKD base URLs per domain (e.g. a split-horizon or test
+    /// setup): `{ "example.net" = "http://127.0.0.1:8081/" }`.
+    pub wkd_servers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig { wkd: true, timeout_secs: 5, wkd_servers: Default::default() }
     }
 }
 
@@ -139,6 +223,8 @@ impl Config {
             identity: IdentityConfig { email: email.to_string(), aliases: vec![], outbox: outbox.to_string() },
             smtp: SmtpConfig::default(),
             poll: PollConfig::default(),
+            relay: None,
+            discovery: DiscoveryConfig::default(),
         }
     }
 

@@ -11,10 +11,12 @@ pub mod fsutil;
 pub mod keyring;
 pub mod logging;
 pub mod mail;
+pub mod maildir;
 pub mod pgp;
 pub mod protocol;
 pub mod signals;
 pub mod time;
+pub mod wkd;
 
 pub use config::{Config, Home};
 pub use pgp::Identity;

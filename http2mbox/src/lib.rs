@@ -3,5 +3,4 @@
 //! what it finds, delivers it into the local Maildir, and only then confirms
 //! retrieval to the sender's outbox.
 
-pub mod maildir;
 pub mod poller;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use http2mbox::maildir::{Journal, Maildir};
+use stubmail::maildir::{Journal, Maildir};
 use http2mbox::poller::Poller;
 use stubmail::{client, Home};
 

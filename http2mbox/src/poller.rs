@@ -15,7 +15,7 @@ use stubmail::protocol::{Fpr, PollItem, PollRequest};
 use stubmail::{pgp, Identity};
 use tokio::io::AsyncWriteExt;
 
-use crate::maildir::{CrlfToLf, Journal, Maildir};
+use stubmail::maildir::{CrlfToLf, Journal, Maildir};
 
 /// Outboxes polled at the same time.
 const CONCURRENCY: usize = 8;

@@ -46,6 +46,8 @@ pub struct Request<'a> {
 pub enum Body {
     Empty,
     Json(Vec<u8>),
+    /// A binary OpenPGP certificate (WKD).
+    Key(Vec<u8>),
     File(File, u64),
 }
 
@@ -73,7 +75,8 @@ impl Response {
     pub fn content_type(&self) -> &'static str {
         match self.body {
             Body::File(..) => "application/pgp-encrypted",
-            _ => "application/json; charset=utf-8",
+            Body::Key(_) | Body::Empty => "application/octet-stream",
+            Body::Json(_) => "application/json; charset=utf-8",
         }
     }
 }
@@ -181,8 +184,84 @@ fn small_body_checked(req: &mut Request, digest: &str) -> Result<Vec<u8>, Respon
     Ok(body)
 }
 
+/// Web Key Directory: public, unsigned key lookup for the accounts
+/// (draft-koch-openpgp-webkey-service, direct and advanced methods).
+fn wkd(store: &Store, settings: &Settings, method: &str, target: &str) -> Option<Response> {
+    const WK: &str = ".well-known/openpgpkey/";
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let rest = path.strip_prefix('/').and_then(|p| p.strip_prefix(WK)).or_else(|| {
+        path.strip_prefix(settings.prefix.as_str()).and_then(|p| p.strip_prefix(WK))
+    })?;
+    if method != "GET" && method != "HEAD" {
+        return Some(Response::error(405, "bad_request", "the Web Key Directory is read-only"));
+    }
+    let not_found = || Response::error(404, "not_found", "no key for that address here");
+    let ok_empty = || Response { status: 200, body: Body::Empty, error: None, signer: None };
+    let (domain, hash) = match rest.split('/').collect::<Vec<_>>().as_slice() {
+        ["policy"] | [_, "policy"] => return Some(ok_empty()),
+        ["hu", h] => (None, *h),
+        [d, "hu", h] => (Some(d.to_ascii_lowercase()), *h),
+        _ => return Some(not_found()),
+    };
+    let local = query.split('&').find_map(|kv| kv.strip_prefix("l="));
+    let accounts = match store.accounts() {
+        Ok(a) => a,
+        Err(e) => return Some(from_store(e.into())),
+    };
+    for cert in accounts {
+        let hit = pgp::emails_of(&cert).iter().any(|e| {
+            stubmail::wkd::split(e).is_some_and(|(l, d)| {
+                stubmail::wkd::local_hash(l) == hash
+                    && domain.as_ref().is_none_or(|want| *want == d)
+                    && local.is_none_or(|q| percent_decode(q).eq_ignore_ascii_case(l))
+            })
+        });
+        if hit {
+            return Some(match pgp::binary(&cert) {
+                Ok(b) => Response { status: 200, body: Body::Key(b), error: None, signer: None },
+                Err(e) => Response::error(500, "internal", e.to_string()),
+            });
+        }
+    }
+    Some(not_found())
+}
+
+/// Decode %XX escapes (a WKD `l=` parameter); malformed escapes stay as-is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_table() {
+        for (i, o) in [("a%2Bb", "a+b"), ("plain", "plain"), ("%", "%"), ("%4", "%4"), ("%zz", "%zz"), ("x%41", "xA"), ("%C3%A9", "é")] {
+            assert_eq!(super::percent_decode(i), o, "{i}");
+        }
+    }
+}
+
 /// Handle one request.
 pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) -> Response {
+    if let Some(resp) = wkd(store, settings, req.method, req.target) {
+        return resp;
+    }
     let r = match route(settings, req.target) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -310,7 +389,7 @@ fn ack(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response,
 pub fn write_body(body: Body, out: &mut dyn io::Write) -> io::Result<()> {
     match body {
         Body::Empty => Ok(()),
-        Body::Json(v) => out.write_all(&v),
+        Body::Json(v) | Body::Key(v) => out.write_all(&v),
         Body::File(mut f, _) => io::copy(&mut f, out).map(|_| ()),
     }
 }

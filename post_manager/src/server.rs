@@ -104,7 +104,7 @@ async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::
     let mut b = hyper::Response::builder().status(resp.status).header(hyper::header::CONTENT_TYPE, ct);
     let body: RespBody = match resp.body {
         Body::Empty => Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed(),
-        Body::Json(v) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),
+        Body::Json(v) | Body::Key(v) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),
         Body::File(f, len) => {
             b = b.header(hyper::header::CONTENT_LENGTH, len);
             let s = ReaderStream::with_capacity(tokio::fs::File::from_std(f), 64 * 1024).map_ok(Frame::data);

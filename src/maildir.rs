@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use stubmail::fsutil::{self, fsync_dir};
+use crate::fsutil::{self, fsync_dir};
 
 #[derive(Clone, Debug)]
 pub struct Maildir {
@@ -40,7 +40,7 @@ impl Maildir {
     pub fn unique_name() -> String {
         use rand::Rng;
         let r: u64 = rand::rng().random();
-        format!("{}.R{r:016x}P{}.{}", stubmail::time::unix_now(), std::process::id(), hostname())
+        format!("{}.R{r:016x}P{}.{}", crate::time::unix_now(), std::process::id(), hostname())
     }
 
     /// Create a new file in `tmp/`.
