@@ -85,6 +85,32 @@ impl Keyring {
         Ok(done)
     }
 
+    /// Import certificates found by key discovery (WKD): usable for
+    /// sending, but marked as not yet vouched for by the user.
+    pub fn import_discovered(&self, certs: Vec<Cert>) -> Result<Vec<Cert>, KeyringError> {
+        let done = self.import(certs)?;
+        for c in &done {
+            let f = pgp::fpr_of(c);
+            crate::fsutil::write_atomic(&self.dir.join(format!("{f}.discovered")), b"wkd\n", 0o644)
+                .map_err(|e| self.io(e))?;
+        }
+        Ok(done)
+    }
+
+    /// Mark a certificate as vouched for by the user (an explicit import).
+    pub fn vouch(&self, f: &Fpr) -> Result<(), KeyringError> {
+        match std::fs::remove_file(self.dir.join(format!("{f}.discovered"))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Was this certificate found by discovery and never vouched for?
+    pub fn is_discovered(&self, f: &Fpr) -> bool {
+        self.dir.join(format!("{f}.discovered")).exists()
+    }
+
     /// The certificate with this fingerprint, if present.
     pub fn get(&self, f: &Fpr) -> Result<Option<Cert>, KeyringError> {
         match std::fs::read(self.file(f)) {
@@ -123,6 +149,7 @@ impl Keyring {
     pub fn remove(&self, what: &str) -> Result<Cert, KeyringError> {
         let c = self.find(what)?;
         std::fs::remove_file(self.file(&pgp::fpr_of(&c))).map_err(|e| self.io(e))?;
+        let _ = std::fs::remove_file(self.dir.join(format!("{}.discovered", pgp::fpr_of(&c))));
         crate::fsutil::fsync_dir(&self.dir).map_err(|e| self.io(e))?;
         Ok(c)
     }

@@ -247,16 +247,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percent_decoding_table() {
-        for (i, o) in [("a%2Bb", "a+b"), ("plain", "plain"), ("%", "%"), ("%4", "%4"), ("%zz", "%zz"), ("x%41", "xA"), ("%C3%A9", "é")] {
-            assert_eq!(super::percent_decode(i), o, "{i}");
-        }
-    }
-}
-
 /// Handle one request.
 pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) -> Response {
     if let Some(resp) = wkd(store, settings, req.method, req.target) {
@@ -393,3 +383,14 @@ pub fn write_body(body: Body, out: &mut dyn io::Write) -> io::Result<()> {
         Body::File(mut f, _) => io::copy(&mut f, out).map(|_| ()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_table() {
+        for (i, o) in [("a%2Bb", "a+b"), ("plain", "plain"), ("%", "%"), ("%4", "%4"), ("%zz", "%zz"), ("x%41", "xA"), ("%C3%A9", "é")] {
+            assert_eq!(super::percent_decode(i), o, "{i}");
+        }
+    }
+}
+

@@ -16,12 +16,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use session::{Ctx, Policy, Reply};
+use spool::Route;
 
 /// The submission rules of one user.
 pub struct Router {
     /// The user's own addresses, lower-cased: the only allowed MAIL FROM.
     pub own: Vec<String>,
     pub keyring: Keyring,
+    /// Look unknown recipients up by WKD (None: discovery off).
+    pub discovery: Option<Discovery>,
+    /// A relay is configured for everyone else.
+    pub relay: bool,
+}
+
+/// Key discovery settings.
+pub struct Discovery {
+    pub http: reqwest::Client,
+    pub timeout: std::time::Duration,
+    /// Explicit WKD servers per domain.
+    pub servers: std::collections::BTreeMap<String, String>,
+}
+
+impl Router {
+    /// The newest usable certificate with an outbox for `addr`.
+    fn stub_cert(&self, addr: &str) -> Result<Option<Fpr>, Reply> {
+        let certs = self.keyring.by_email(addr).map_err(|e| {
+            tracing::error!("keyring: {e}");
+            Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
+        })?;
+        let mut stub: Vec<_> = certs.into_iter().filter(|c| stubmail::pgp::outbox_of(c).is_some()).collect();
+        stub.sort_by_key(|c| std::cmp::Reverse(c.primary_key().key().creation_time()));
+        Ok(stub.first().map(stubmail::pgp::fpr_of))
+    }
 }
 
 impl Policy for Router {
@@ -36,30 +62,39 @@ impl Policy for Router {
         }
     }
 
-    fn recipient(&self, addr: &str) -> Result<Fpr, Reply> {
-        let certs = self.keyring.by_email(addr).map_err(|e| {
-            tracing::error!("keyring: {e}");
-            Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
-        })?;
-        // A contact with an outbox speaks Stubmail. Several keys for one
-        // address: take the newest.
-        let mut stub: Vec<_> = certs.into_iter().filter(|c| stubmail::pgp::outbox_of(c).is_some()).collect();
-        stub.sort_by_key(|c| std::cmp::Reverse(c.primary_key().key().creation_time()));
-        match stub.first() {
-            Some(c) => Ok(stubmail::pgp::fpr_of(c)),
-            None => Err(Reply::new(
-                550,
-                format!(
-                    "5.1.1 <{addr}>: no Stubmail key for this address and no SMTP relay configured; \
-                     import their key with `stubmail keys import`"
-                ),
-            )),
+    async fn recipient(&self, addr: &str) -> Result<Route, Reply> {
+        if let Some(fpr) = self.stub_cert(addr)? {
+            return Ok(Route::Stub { fpr });
         }
+        if let Some(d) = &self.discovery {
+            let base = stubmail::wkd::split(addr).and_then(|(_, dom)| d.servers.get(&dom).cloned());
+            let found = stubmail::wkd::lookup(&d.http, addr, base.as_deref(), d.timeout).await;
+            let with_outbox: Vec<_> = found.into_iter().filter(|c| stubmail::pgp::outbox_of(c).is_some()).collect();
+            if !with_outbox.is_empty() {
+                match self.keyring.import_discovered(with_outbox) {
+                    Ok(certs) => tracing::info!(addr, certs = certs.len(), "discovered a Stubmail key by WKD"),
+                    Err(e) => tracing::warn!(addr, "cannot import a discovered key: {e}"),
+                }
+                if let Some(fpr) = self.stub_cert(addr)? {
+                    return Ok(Route::Stub { fpr });
+                }
+            }
+        }
+        if self.relay {
+            return Ok(Route::Relay);
+        }
+        Err(Reply::new(
+            550,
+            format!(
+                "5.1.1 <{addr}>: no Stubmail key for this address and no SMTP relay configured; \
+                 import their key with `stubmail keys import`, or configure [relay]"
+            ),
+        ))
     }
 }
 
 /// Accept SMTP sessions until `shutdown`; then let open sessions finish.
-pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run<P: Policy + 'static>(listener: TcpListener, ctx: Arc<Ctx<P>>, shutdown: CancellationToken) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -79,4 +114,19 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationTok
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Load a PEM certificate chain and key into a STARTTLS acceptor.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    stubmail::client::init_tls();
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("{} is not a PEM private key", key.display()))?;
+    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -6,12 +6,14 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
+use base64::Engine;
 use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::spool::{Envelope, Rcpt, Spool};
-use stubmail::protocol::Fpr;
+use crate::spool::{Envelope, Rcpt, Route, Spool};
 
 /// An SMTP reply: code and text (with enhanced status code).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,12 +40,40 @@ impl Reply {
 pub trait Policy: Send + Sync {
     /// MAIL FROM must be one of the user's own addresses (never an open relay).
     fn sender(&self, addr: &str) -> Result<(), Reply>;
-    /// The route for a recipient: today, the contact's certificate.
-    fn recipient(&self, addr: &str) -> Result<Fpr, Reply>;
+    /// How a recipient is reached: the stub path or the SMTP relay. May look
+    /// the recipient's key up on the network (with a short timeout).
+    fn recipient(&self, addr: &str) -> impl Future<Output = Result<Route, Reply>> + Send;
+}
+
+/// AUTH credentials of the one user this server submits for.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password>)", self.username)
+    }
+}
+
+impl Credentials {
+    /// Constant-time comparison, so timing reveals nothing of the password.
+    fn check(&self, user: &[u8], pass: &[u8]) -> bool {
+        fn eq(a: &[u8], b: &[u8]) -> bool {
+            let mut d = (a.len() != b.len()) as u8;
+            for (i, x) in a.iter().enumerate() {
+                d |= x ^ b.get(i).copied().unwrap_or(0);
+            }
+            d == 0
+        }
+        eq(user, self.username.as_bytes()) & eq(pass, self.password.as_bytes())
+    }
 }
 
 /// Settings of the SMTP listener.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SessionConfig {
     /// Name in the greeting and trace headers.
     pub hostname: String,
@@ -55,6 +85,12 @@ pub struct SessionConfig {
     pub max_rcpts: usize,
     /// Bad commands before the server hangs up.
     pub max_errors: u32,
+    /// STARTTLS, if a certificate is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// AUTH PLAIN/LOGIN, if credentials are configured.
+    pub credentials: Option<Credentials>,
+    /// MAIL needs a successful AUTH first (off loopback, or configured).
+    pub auth_required: bool,
 }
 
 impl Default for SessionConfig {
@@ -65,6 +101,9 @@ impl Default for SessionConfig {
             timeout: Duration::from_secs(300),
             max_rcpts: 100,
             max_errors: 20,
+            tls: None,
+            credentials: None,
+            auth_required: false,
         }
     }
 }
@@ -123,6 +162,25 @@ enum State {
     Mail { helo: String, from: String, rcpts: Vec<Rcpt> },
     /// Receiving DATA into the spool.
     Data(Box<DataState>),
+    /// In an AUTH exchange: the next line is a base64 response.
+    Auth { helo: String, step: AuthStep },
+}
+
+enum AuthStep {
+    /// AUTH PLAIN without an initial response: waiting for it.
+    Plain,
+    /// AUTH LOGIN: waiting for the user name.
+    LoginUser,
+    /// AUTH LOGIN: waiting for the password.
+    LoginPass { user: Vec<u8> },
+}
+
+/// What the read loop should do next.
+enum Flow {
+    Continue,
+    Close,
+    /// Reply 220 was sent: start TLS on this stream.
+    StartTls,
 }
 
 struct DataState {
@@ -137,67 +195,137 @@ struct DataState {
 }
 
 /// Everything a session needs from the server.
-pub struct Ctx {
+pub struct Ctx<P> {
     pub config: SessionConfig,
-    pub policy: Arc<dyn Policy>,
+    pub policy: P,
     pub spool: Spool,
     /// Woken after each accepted message.
     pub accepted: Arc<tokio::sync::Notify>,
 }
 
-/// Run one session to completion.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: String, ctx: &Ctx) -> io::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+/// Run one session to completion (upgrading to TLS on STARTTLS).
+pub async fn serve<S, P>(mut stream: S, peer: String, ctx: &Ctx<P>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    P: Policy,
+{
     let mut out = Vec::new();
     Reply::new(220, format!("{} ESMTP smtp2stub ready", ctx.config.hostname)).write_to(&mut out);
-    wr.write_all(&out).await?;
-    out.clear();
-    let mut s = Session { ctx, peer, state: State::Fresh, rx: RequestReceiver::default(), discard_line: false, errors: 0 };
-    let mut buf = vec![0u8; 64 * 1024];
-    let result = loop {
-        let n = match tokio::time::timeout(ctx.config.timeout, rd.read(&mut buf)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                Reply::new(421, "4.4.2 Idle timeout, closing connection").write_to(&mut out);
-                break Ok(());
-            }
-        };
-        if n == 0 {
-            break Ok(());
-        }
-        let mut it = buf[..n].iter();
-        match s.ingest(&mut it, &mut out).await {
-            Ok(true) => {}
-            Ok(false) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-        if !out.is_empty() {
-            wr.write_all(&out).await?;
-            out.clear();
-        }
+    stream.write_all(&out).await?;
+    let mut s = Session {
+        ctx,
+        peer,
+        state: State::Fresh,
+        rx: RequestReceiver::default(),
+        discard_line: false,
+        errors: 0,
+        tls: false,
+        authenticated: false,
+        auth_failures: 0,
     };
-    if !out.is_empty() {
-        let _ = wr.write_all(&out).await;
-    }
-    let _ = wr.shutdown().await;
+    let flow = s.run(&mut stream).await;
     s.abort_data().await;
-    result
+    match (flow?, &ctx.config.tls) {
+        (Flow::StartTls, Some(acceptor)) => {
+            let mut tls = acceptor.accept(stream).await?;
+            // RFC 3207: forget everything learnt before TLS.
+            s.state = State::Fresh;
+            s.rx = RequestReceiver::default();
+            s.discard_line = false;
+            s.tls = true;
+            s.authenticated = false;
+            let flow = s.run(&mut tls).await;
+            s.abort_data().await;
+            flow?;
+            let _ = tls.shutdown().await;
+        }
+        _ => {
+            let _ = stream.shutdown().await;
+        }
+    }
+    Ok(())
 }
 
-struct Session<'c> {
-    ctx: &'c Ctx,
+struct Session<'c, P> {
+    ctx: &'c Ctx<P>,
     peer: String,
     state: State,
     rx: RequestReceiver,
     /// After an over-long command line: skip to its end.
     discard_line: bool,
     errors: u32,
+    /// The connection is encrypted.
+    tls: bool,
+    /// AUTH succeeded on this connection.
+    authenticated: bool,
+    auth_failures: u32,
 }
 
-impl Session<'_> {
-    /// Consume one chunk of input; false means close the connection.
-    async fn ingest(&mut self, it: &mut std::slice::Iter<'_, u8>, out: &mut Vec<u8>) -> io::Result<bool> {
+/// Longest AUTH response line accepted.
+const MAX_AUTH_LINE: usize = 2048;
+
+impl<P: Policy> Session<'_, P> {
+    /// The read loop over one stream (plain, or TLS after STARTTLS).
+    async fn run<T: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut T) -> io::Result<Flow> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match tokio::time::timeout(self.ctx.config.timeout, stream.read(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    Reply::new(421, "4.4.2 Idle timeout, closing connection").write_to(&mut out);
+                    let _ = stream.write_all(&out).await;
+                    return Ok(Flow::Close);
+                }
+            };
+            if n == 0 {
+                return Ok(Flow::Close);
+            }
+            let mut it = buf[..n].iter();
+            let flow = self.ingest(&mut it, &mut out).await?;
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+            match flow {
+                Flow::Continue => {}
+                // Anything pipelined after STARTTLS was sent in the clear
+                // and is dropped (the CVE-2011-0411 class of injection).
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Consume one chunk of input.
+    async fn ingest(&mut self, it: &mut std::slice::Iter<'_, u8>, out: &mut Vec<u8>) -> io::Result<Flow> {
         while !it.as_slice().is_empty() {
+            if let State::Auth { .. } = self.state {
+                let rest = it.as_slice();
+                let Some(p) = rest.iter().position(|&b| b == b'\n') else {
+                    if rest.len() > MAX_AUTH_LINE {
+                        self.state = State::Fresh;
+                        Reply::new(500, "5.5.6 Authentication line too long").write_to(out);
+                        return Ok(Flow::Close);
+                    }
+                    // Keep it simple: AUTH lines are short and arrive whole.
+                    self.rx.buf().extend_from_slice(rest);
+                    *it = [].iter();
+                    break;
+                };
+                let mut line = std::mem::take(self.rx.buf());
+                line.extend_from_slice(&rest[..p]);
+                *it = rest[p + 1..].iter();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                let reply = self.auth_line(&line).await;
+                reply.write_to(out);
+                if self.auth_failures >= 3 {
+                    Reply::new(421, "4.7.0 Too many authentication failures, closing connection").write_to(out);
+                    return Ok(Flow::Close);
+                }
+                continue;
+            }
             if let State::Data(d) = &mut self.state {
                 let mut chunk = Vec::new();
                 let done = d.rx.ingest(it, &mut chunk);
@@ -239,26 +367,34 @@ impl Session<'_> {
                     self.errors += 1;
                     if self.errors >= self.ctx.config.max_errors {
                         Reply::new(421, "4.7.0 Too many errors, closing connection").write_to(out);
-                        return Ok(false);
+                        return Ok(Flow::Close);
                     }
                     continue;
                 }
             };
             let quit = matches!(req, Request::Quit);
+            let starttls = matches!(req, Request::StartTls);
             let reply = self.command(req).await;
             if reply.code >= 500 {
                 self.errors += 1;
             }
             reply.write_to(out);
             if quit {
-                return Ok(false);
+                return Ok(Flow::Close);
+            }
+            if starttls && reply.code == 220 {
+                return Ok(Flow::StartTls);
+            }
+            if self.auth_failures >= 3 {
+                Reply::new(421, "4.7.0 Too many authentication failures, closing connection").write_to(out);
+                return Ok(Flow::Close);
             }
             if self.errors >= self.ctx.config.max_errors {
                 Reply::new(421, "4.7.0 Too many errors, closing connection").write_to(out);
-                return Ok(false);
+                return Ok(Flow::Close);
             }
         }
-        Ok(true)
+        Ok(Flow::Continue)
     }
 
     fn parse_error(&self, e: ParseError) -> Reply {
@@ -278,10 +414,114 @@ impl Session<'_> {
 
     fn ehlo_reply(&self) -> Reply {
         let c = &self.ctx.config;
-        Reply::new(
-            250,
-            format!("{}\nPIPELINING\n8BITMIME\nSIZE {}\nENHANCEDSTATUSCODES\nSMTPUTF8\nHELP", c.hostname, c.max_size),
-        )
+        let mut lines = vec![
+            c.hostname.clone(),
+            "PIPELINING".into(),
+            "8BITMIME".into(),
+            format!("SIZE {}", c.max_size),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+        ];
+        if c.tls.is_some() && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        // AUTH is offered only where a password may safely cross the wire.
+        if c.credentials.is_some() && (self.tls || !c.auth_required) {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        lines.push("HELP".into());
+        Reply::new(250, lines.join("\n"))
+    }
+
+    /// Handle AUTH; the reply may be a 334 challenge.
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Reply {
+        let helo = match std::mem::replace(&mut self.state, State::Fresh) {
+            State::Ready { helo } => helo,
+            State::Fresh => return Reply::new(503, "5.5.1 Say EHLO first"),
+            other => {
+                self.state = other;
+                return Reply::new(503, "5.5.1 AUTH is not allowed during a mail transaction");
+            }
+        };
+        self.state = State::Ready { helo: helo.clone() };
+        if self.ctx.config.credentials.is_none() {
+            return Reply::new(502, "5.5.1 AUTH is not needed on this listener");
+        }
+        if self.authenticated {
+            return Reply::new(503, "5.5.1 Already authenticated");
+        }
+        if self.ctx.config.auth_required && !self.tls {
+            return Reply::new(538, "5.7.11 Encryption required: use STARTTLS before AUTH");
+        }
+        match mechanism {
+            smtp_proto::AUTH_PLAIN if initial.is_empty() => {
+                self.state = State::Auth { helo, step: AuthStep::Plain };
+                Reply::new(334, "")
+            }
+            smtp_proto::AUTH_PLAIN => self.auth_line_plain(initial.as_bytes(), helo).await,
+            smtp_proto::AUTH_LOGIN if initial.is_empty() => {
+                self.state = State::Auth { helo, step: AuthStep::LoginUser };
+                Reply::new(334, "VXNlcm5hbWU6")
+            }
+            smtp_proto::AUTH_LOGIN => match b64(initial.as_bytes()) {
+                Some(user) => {
+                    self.state = State::Auth { helo, step: AuthStep::LoginPass { user } };
+                    Reply::new(334, "UGFzc3dvcmQ6")
+                }
+                None => Reply::new(501, "5.5.2 Cannot decode the response"),
+            },
+            _ => Reply::new(504, "5.5.4 Unrecognized authentication mechanism; use PLAIN or LOGIN"),
+        }
+    }
+
+    async fn auth_line(&mut self, line: &[u8]) -> Reply {
+        let State::Auth { helo, step } = std::mem::replace(&mut self.state, State::Fresh) else {
+            return Reply::new(503, "5.5.1 Not in AUTH");
+        };
+        self.state = State::Ready { helo: helo.clone() };
+        if line == b"*" {
+            return Reply::new(501, "5.0.0 Authentication cancelled");
+        }
+        match step {
+            AuthStep::Plain => self.auth_line_plain(line, helo).await,
+            AuthStep::LoginUser => match b64(line) {
+                Some(user) => {
+                    self.state = State::Auth { helo, step: AuthStep::LoginPass { user } };
+                    Reply::new(334, "UGFzc3dvcmQ6")
+                }
+                None => Reply::new(501, "5.5.2 Cannot decode the response"),
+            },
+            AuthStep::LoginPass { user } => match b64(line) {
+                Some(pass) => self.auth_result(&user, &pass).await,
+                None => Reply::new(501, "5.5.2 Cannot decode the response"),
+            },
+        }
+    }
+
+    async fn auth_line_plain(&mut self, b: &[u8], helo: String) -> Reply {
+        self.state = State::Ready { helo };
+        let Some(raw) = b64(b) else { return Reply::new(501, "5.5.2 Cannot decode the response") };
+        // authzid \0 authcid \0 password
+        let parts: Vec<&[u8]> = raw.split(|&c| c == 0).collect();
+        match parts.as_slice() {
+            [authz, user, pass] if authz.is_empty() || authz == user => self.auth_result(user, pass).await,
+            _ => Reply::new(501, "5.5.2 Malformed AUTH PLAIN response"),
+        }
+    }
+
+    async fn auth_result(&mut self, user: &[u8], pass: &[u8]) -> Reply {
+        let ok = self.ctx.config.credentials.as_ref().is_some_and(|c| c.check(user, pass));
+        if ok {
+            self.authenticated = true;
+            tracing::info!(peer = %self.peer, "authenticated");
+            Reply::new(235, "2.7.0 Authentication successful")
+        } else {
+            self.auth_failures += 1;
+            tracing::warn!(peer = %self.peer, failures = self.auth_failures, "authentication failed");
+            // Slow down password guessing.
+            tokio::time::sleep(Duration::from_millis(500 * self.auth_failures as u64)).await;
+            Reply::new(535, "5.7.8 Authentication credentials invalid")
+        }
     }
 
     async fn command(&mut self, req: Request<String>) -> Reply {
@@ -298,6 +538,10 @@ impl Session<'_> {
             }
             Request::Lhlo { .. } => Reply::new(500, "5.5.1 This is SMTP, not LMTP"),
             Request::Mail { from } => match std::mem::replace(&mut self.state, State::Fresh) {
+                State::Ready { helo } if self.ctx.config.auth_required && !self.authenticated => {
+                    self.state = State::Ready { helo };
+                    Reply::new(530, "5.7.0 Authentication required")
+                }
                 State::Ready { helo } => {
                     if from.size as u64 > self.ctx.config.max_size {
                         self.state = State::Ready { helo };
@@ -320,23 +564,25 @@ impl Session<'_> {
                     Reply::new(503, "5.5.1 Nested MAIL command")
                 }
             },
-            Request::Rcpt { to } => match &mut self.state {
-                State::Mail { rcpts, .. } => {
-                    if rcpts.len() >= self.ctx.config.max_rcpts {
-                        return Reply::new(452, "4.5.3 Too many recipients; send the rest in another message");
-                    }
-                    match self.ctx.policy.recipient(&to.address) {
-                        Ok(fpr) => {
-                            if !rcpts.iter().any(|r| r.addr.eq_ignore_ascii_case(&to.address)) {
-                                rcpts.push(Rcpt { addr: to.address, fpr });
-                            }
-                            Reply::new(250, "2.1.5 Recipient OK")
-                        }
-                        Err(r) => r,
-                    }
+            Request::Rcpt { to } => {
+                let State::Mail { rcpts, .. } = &self.state else {
+                    return Reply::new(503, "5.5.1 Need MAIL before RCPT");
+                };
+                if rcpts.len() >= self.ctx.config.max_rcpts {
+                    return Reply::new(452, "4.5.3 Too many recipients; send the rest in another message");
                 }
-                _ => Reply::new(503, "5.5.1 Need MAIL before RCPT"),
-            },
+                let route = self.ctx.policy.recipient(&to.address).await;
+                match (route, &mut self.state) {
+                    (Ok(route), State::Mail { rcpts, .. }) => {
+                        if !rcpts.iter().any(|r| r.addr.eq_ignore_ascii_case(&to.address)) {
+                            rcpts.push(Rcpt { addr: to.address, route });
+                        }
+                        Reply::new(250, "2.1.5 Recipient OK")
+                    }
+                    (Ok(_), _) => Reply::new(503, "5.5.1 Need MAIL before RCPT"),
+                    (Err(r), _) => r,
+                }
+            }
             Request::Data => match std::mem::replace(&mut self.state, State::Fresh) {
                 State::Mail { helo, from, rcpts } if !rcpts.is_empty() => {
                     match self.begin_data(helo.clone(), from.clone(), rcpts.clone()).await {
@@ -365,7 +611,8 @@ impl Session<'_> {
                 self.abort_data().await;
                 self.state = match std::mem::replace(&mut self.state, State::Fresh) {
                     State::Ready { helo } | State::Mail { helo, .. } => State::Ready { helo },
-                    State::Data(d) => State::Ready { helo: d.helo },
+                        State::Data(d) => State::Ready { helo: d.helo },
+                    State::Auth { helo, .. } => State::Ready { helo },
                     State::Fresh => State::Fresh,
                 };
                 Reply::new(250, "2.0.0 Reset OK")
@@ -375,8 +622,15 @@ impl Session<'_> {
             Request::Vrfy { .. } => Reply::new(252, "2.1.5 Cannot VRFY user, but will accept message and attempt delivery"),
             Request::Expn { .. } => Reply::new(502, "5.5.1 EXPN is not supported"),
             Request::Help { .. } => Reply::new(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT"),
-            Request::StartTls => Reply::new(502, "5.5.1 STARTTLS is not offered on this listener"),
-            Request::Auth { .. } => Reply::new(502, "5.5.1 AUTH is not needed on this listener"),
+            Request::StartTls => match (&self.ctx.config.tls, self.tls) {
+                (None, _) => Reply::new(502, "5.5.1 STARTTLS is not offered on this listener"),
+                (Some(_), true) => Reply::new(503, "5.5.1 TLS is already active"),
+                (Some(_), false) => match self.state {
+                    State::Ready { .. } => Reply::new(220, "2.0.0 Ready to start TLS"),
+                    _ => Reply::new(503, "5.5.1 Say EHLO first, and not during a transaction"),
+                },
+            },
+            Request::Auth { mechanism, initial_response } => self.auth(mechanism, initial_response).await,
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 Reply::new(502, "5.5.1 Command not implemented")
             }
@@ -463,9 +717,18 @@ impl Session<'_> {
     }
 }
 
+fn b64(b: &[u8]) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(b.trim_ascii()).ok()
+}
+
 /// Keep client-supplied text from breaking a header line.
 fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+#[cfg(test)]
+mod tests_support {
+    pub use super::tests::dialogue_with as run;
 }
 
 #[cfg(test)]
@@ -473,29 +736,32 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    use stubmail::protocol::Fpr;
+
     struct TestPolicy;
     impl Policy for TestPolicy {
         fn sender(&self, addr: &str) -> Result<(), Reply> {
             if addr.eq_ignore_ascii_case("alice@example.org") { Ok(()) } else { Err(Reply::new(550, "5.7.1 not yours")) }
         }
-        fn recipient(&self, addr: &str) -> Result<Fpr, Reply> {
+        async fn recipient(&self, addr: &str) -> Result<Route, Reply> {
             match addr {
-                "bob@example.net" => Ok(Fpr::parse(&"B".repeat(40)).unwrap()),
-                "carol@example.com" => Ok(Fpr::parse(&"C".repeat(40)).unwrap()),
+                "bob@example.net" => Ok(Route::Stub { fpr: Fpr::parse(&"B".repeat(40)).unwrap() }),
+                "carol@example.com" => Ok(Route::Stub { fpr: Fpr::parse(&"C".repeat(40)).unwrap() }),
+                "dave@plain.example" => Ok(Route::Relay),
                 _ => Err(Reply::new(550, "5.1.1 unknown")),
             }
         }
     }
 
-    struct Run {
-        output: String,
-        queued: Vec<Envelope>,
-        spool: Spool,
-        _dir: tempfile::TempDir,
+    pub struct Run {
+        pub output: String,
+        pub queued: Vec<Envelope>,
+        pub spool: Spool,
+        pub _dir: tempfile::TempDir,
     }
 
     impl Run {
-        fn codes(&self) -> Vec<u16> {
+        pub fn codes(&self) -> Vec<u16> {
             self.output
                 .lines()
                 .filter(|l| l.as_bytes().get(3) == Some(&b' '))
@@ -508,11 +774,15 @@ mod tests {
     }
 
     async fn dialogue(input: &[u8], chunk: usize, max_size: u64) -> Run {
+        dialogue_with(input, chunk, SessionConfig { max_size, ..SessionConfig::default() }).await
+    }
+
+    pub async fn dialogue_with(input: &[u8], chunk: usize, config: SessionConfig) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let ctx = Ctx {
-            config: SessionConfig { max_size, ..SessionConfig::default() },
-            policy: Arc::new(TestPolicy),
+            config,
+            policy: TestPolicy,
             spool: spool.clone(),
             accepted: Arc::new(tokio::sync::Notify::new()),
         };
@@ -630,5 +900,54 @@ RCPT TO:<bob@example.net>\r\nDATA\r\n0123456789\r\n0123456789\r\n.\r\nNOOP\r\n";
         let r = dialogue(&input, 50, 1000).await;
         assert!(r.output.trim_end().ends_with("Too many errors, closing connection"), "{}", r.output);
         assert!(r.codes().len() < 30);
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    fn creds(required: bool) -> SessionConfig {
+        SessionConfig {
+            credentials: Some(Credentials { username: "alice".into(), password: "pw".into() }),
+            auth_required: required,
+            ..SessionConfig::default()
+        }
+    }
+
+    const MAIL: &str = "MAIL FROM:<alice@example.org>\r\n";
+
+    #[tokio::test]
+    async fn auth_plain_login_and_failures() {
+        // PLAIN with an initial response; LOGIN in steps; PLAIN in two steps.
+        let plain = "AUTH PLAIN AGFsaWNlAHB3\r\n"; // \0alice\0pw
+        let login = "AUTH LOGIN\r\nYWxpY2U=\r\ncHc=\r\n";
+        let two_step = "AUTH PLAIN\r\nAGFsaWNlAHB3\r\n";
+        for (how, codes) in [
+            (plain, vec![220, 250, 235, 250, 221]),
+            (login, vec![220, 250, 334, 334, 235, 250, 221]),
+            (two_step, vec![220, 250, 334, 235, 250, 221]),
+        ] {
+            let input = format!("EHLO c\r\n{how}{MAIL}QUIT\r\n");
+            let r = run(input.as_bytes(), 3, creds(true)).await;
+            // Plain text with auth required: refused before any credential is read.
+            assert_eq!(r.codes()[..3], [220, 250, 538], "{how}: {}", r.output);
+            let r = run(input.as_bytes(), 3, creds(false)).await;
+            assert_eq!(r.codes(), codes, "{how}: {}", r.output);
+            assert!(r.output.contains("250-AUTH PLAIN LOGIN"), "{}", r.output);
+        }
+    }
+
+    #[tokio::test]
+    async fn mail_needs_auth_when_required_and_guessing_is_cut_off() {
+        let r = run(format!("EHLO c\r\n{MAIL}QUIT\r\n").as_bytes(), 100, creds(true)).await;
+        assert_eq!(r.codes(), vec![220, 250, 530, 221], "{}", r.output);
+        assert!(!r.output.contains("AUTH PLAIN"), "no AUTH offered in the clear: {}", r.output);
+        let bad = "AUTH PLAIN AGFsaWNlAG5v\r\n"; // \0alice\0no
+        let r = run(format!("EHLO c\r\n{bad}{bad}{bad}{bad}NOOP\r\n").as_bytes(), 100, creds(false)).await;
+        assert_eq!(r.codes(), vec![220, 250, 535, 535, 535, 421], "{}", r.output);
+        let r = run(b"EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH CRAM-MD5\r\nNOOP\r\n", 100, creds(false)).await;
+        assert_eq!(r.codes(), vec![220, 250, 334, 501, 504, 250], "{}", r.output);
     }
 }

@@ -43,14 +43,26 @@ pub struct Envelope {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Rcpt {
     pub addr: String,
-    /// The contact's certificate, chosen at RCPT time.
-    pub fpr: Fpr,
+    /// How this recipient is reached, decided at RCPT time.
+    pub route: Route,
 }
 
-/// One stored message to make: a ciphertext for a group of recipients.
-/// Visible recipients share one; each Bcc recipient gets their own.
+/// How one recipient is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// A Stubmail user: encrypt to this certificate, store in our outbox.
+    Stub { fpr: Fpr },
+    /// Anyone else: ordinary SMTP through the configured relay.
+    Relay,
+}
+
+/// One delivery to make. A stub job is a ciphertext for a group of
+/// recipients (visible recipients share one; each Bcc recipient gets their
+/// own); a relay job is one SMTP transaction to the relay.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
+    pub kind: JobKind,
     pub rcpts: Vec<Rcpt>,
     /// SHA-256 of the ciphertext in `out/`, once made.
     #[serde(default)]
@@ -68,11 +80,20 @@ pub struct Job {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Stub,
+    Relay,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting to be encrypted or uploaded.
     Queued,
     /// Stored in the sender's outbox.
     Uploaded,
+    /// Handed to the SMTP relay, which accepted it.
+    Relayed,
     /// Given up (permanent error); see `last_error`.
     Failed,
 }

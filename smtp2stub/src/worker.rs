@@ -14,7 +14,10 @@ use stubmail::Identity;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::spool::{Envelope, Job, JobState, Spool};
+use stubmail::config::{RelayConfig, RelayTls};
+use stubmail::maildir::Maildir;
+
+use crate::spool::{Envelope, Job, JobKind, JobState, Route, Spool};
 
 /// Largest header block read into memory when planning a message.
 const MAX_HEADER: usize = 1024 * 1024;
@@ -24,6 +27,17 @@ pub struct Worker {
     pub keyring: Keyring,
     pub me: Arc<Identity>,
     pub outbox: OutboxClient,
+    /// The smarthost for recipients without a Stubmail key.
+    pub relay: Option<RelayConfig>,
+    /// The user's own mailbox, where failure notices go.
+    pub notices: Option<Maildir>,
+}
+
+/// Outcome of one delivery attempt.
+enum Attempt {
+    Done(JobState),
+    Retry(String),
+    Fail(String),
 }
 
 /// Retry delay after `attempts` failures: 5 s doubling to at most an hour.
@@ -69,39 +83,31 @@ impl Worker {
             if env.jobs[i].state != JobState::Queued || env.jobs[i].next_try > now {
                 continue;
             }
-            if env.jobs[i].id.is_none() {
-                match self.encrypt(&env, &env.jobs[i]).await {
-                    Ok(id) => env.jobs[i].id = Some(id),
-                    Err(e) => {
-                        // Permanent: the key is gone or unusable.
-                        tracing::error!(qid = env.qid, "cannot encrypt: {e:#}");
-                        env.jobs[i].state = JobState::Failed;
-                        env.jobs[i].last_error = Some(format!("{e:#}"));
-                    }
-                }
-                // The id is durable before the upload: a retry after a crash
-                // uploads these same bytes, so the outbox stores one copy.
-                self.spool.save(&env)?;
-            }
+            let attempt = match env.jobs[i].kind {
+                JobKind::Stub => self.stub(&mut env, i).await?,
+                JobKind::Relay => self.relay(&env, &env.jobs[i]).await,
+            };
             let job = &mut env.jobs[i];
-            let Some(id) = job.id.clone() else { continue };
-            let fprs: Vec<_> = job.rcpts.iter().map(|r| r.fpr.clone()).collect();
-            match self.outbox.upload(&id, &fprs, &self.spool.out_path(&id)).await {
-                Ok(_) => {
-                    tracing::info!(qid = env.qid, id, recipients = fprs.len(), "uploaded");
-                    job.state = JobState::Uploaded;
+            match attempt {
+                Attempt::Done(state) => {
+                    tracing::info!(qid = env.qid, id = job.id, recipients = job.rcpts.len(), ?state, "delivered to next hop");
+                    job.state = state;
                     job.last_error = None;
                 }
-                Err(e) if e.is_temporary() => {
+                Attempt::Retry(e) => {
                     job.attempts += 1;
                     job.next_try = now + backoff(job.attempts);
-                    job.last_error = Some(e.to_string());
-                    tracing::warn!(qid = env.qid, id, attempts = job.attempts, "upload failed, will retry: {e}");
+                    tracing::warn!(qid = env.qid, attempts = job.attempts, "will retry: {e}");
+                    job.last_error = Some(e);
                 }
-                Err(e) => {
+                Attempt::Fail(e) => {
+                    tracing::error!(qid = env.qid, "gave up: {e}");
                     job.state = JobState::Failed;
-                    job.last_error = Some(e.to_string());
-                    tracing::error!(qid = env.qid, id, "upload refused: {e}");
+                    job.last_error = Some(e);
+                    let job = job.clone();
+                    if let Err(e) = self.failure_notice(&env, &job) {
+                        tracing::error!(qid = env.qid, "cannot write the failure notice: {e:#}");
+                    }
                 }
             }
             self.spool.save(&env)?;
@@ -112,20 +118,150 @@ impl Worker {
         Ok(())
     }
 
+    /// Encrypt (once, durably) and upload one stub copy.
+    async fn stub(&self, env: &mut Envelope, i: usize) -> anyhow::Result<Attempt> {
+        if env.jobs[i].id.is_none() {
+            match self.encrypt(env, &env.jobs[i]).await {
+                Ok(id) => env.jobs[i].id = Some(id),
+                // Permanent: the key is gone or unusable.
+                Err(e) => return Ok(Attempt::Fail(format!("cannot encrypt: {e:#}"))),
+            }
+            // The id is durable before the upload: a retry after a crash
+            // uploads these same bytes, so the outbox stores one copy.
+            self.spool.save(env)?;
+        }
+        let job = &env.jobs[i];
+        let id = job.id.clone().unwrap_or_default();
+        let fprs: Vec<_> = job
+            .rcpts
+            .iter()
+            .filter_map(|r| match &r.route {
+                Route::Stub { fpr } => Some(fpr.clone()),
+                Route::Relay => None,
+            })
+            .collect();
+        Ok(match self.outbox.upload(&id, &fprs, &self.spool.out_path(&id)).await {
+            Ok(_) => Attempt::Done(JobState::Uploaded),
+            Err(e) if e.is_temporary() => Attempt::Retry(e.to_string()),
+            Err(e) => Attempt::Fail(format!("the outbox refused the message: {e}")),
+        })
+    }
+
+    /// Send a relay job over ordinary SMTP through the configured relay.
+    async fn relay(&self, env: &Envelope, job: &Job) -> Attempt {
+        let Some(cfg) = &self.relay else {
+            return Attempt::Fail("no SMTP relay is configured any more".into());
+        };
+        use lettre::transport::smtp::authentication::Credentials;
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+        let builder = match cfg.tls {
+            RelayTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)),
+            RelayTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host),
+            RelayTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host),
+        };
+        let mut builder = match builder {
+            Ok(b) => b.port(cfg.port).timeout(Some(Duration::from_secs(120))),
+            Err(e) => return Attempt::Fail(format!("relay {}: {e}", cfg.host)),
+        };
+        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+            builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+        }
+        let transport = builder.build();
+        let from = env.from.parse().map_err(|e| format!("sender {}: {e}", env.from));
+        let to: Result<Vec<lettre::Address>, String> =
+            job.rcpts.iter().map(|r| r.addr.parse().map_err(|e| format!("recipient {}: {e}", r.addr))).collect();
+        let envelope = match (from, to) {
+            (Ok(f), Ok(t)) => lettre::address::Envelope::new(Some(f), t),
+            (Err(e), _) | (_, Err(e)) => return Attempt::Fail(e),
+        };
+        let envelope = match envelope {
+            Ok(e) => e,
+            Err(e) => return Attempt::Fail(e.to_string()),
+        };
+        let message = match self.relay_bytes(env) {
+            Ok(m) => m,
+            Err(e) => return Attempt::Retry(format!("reading the spool: {e}")),
+        };
+        match transport.send_raw(&envelope, message.as_ref()).await {
+            Ok(_) => Attempt::Done(JobState::Relayed),
+            Err(e) if e.is_permanent() => Attempt::Fail(format!("the relay refused the message: {e}")),
+            Err(e) => Attempt::Retry(format!("relay {}:{}: {e}", cfg.host, cfg.port)),
+        }
+    }
+
+    /// The message as the relay gets it: the spool file mapped into memory
+    /// (not copied), or, if it has a Bcc: field, a copy without it.
+    fn relay_bytes(&self, env: &Envelope) -> io::Result<RelayBytes> {
+        let f = File::open(self.spool.msg_path(&env.qid))?;
+        // SAFETY: spool files are never modified once committed.
+        let map = unsafe { memmap2::Mmap::map(&f)? };
+        let hlen = stubmail::mail::header_len(&map).unwrap_or(map.len());
+        let stripped = stubmail::mail::remove_fields(&map[..hlen], &["Bcc"]);
+        if stripped.len() == hlen {
+            return Ok(RelayBytes::Mapped(map));
+        }
+        let mut v = stripped;
+        v.extend_from_slice(&map[hlen..]);
+        Ok(RelayBytes::Owned(v))
+    }
+
+    /// The one place a bounce still makes sense: tell the user, in their
+    /// own mailbox, that a message could not be delivered.
+    fn failure_notice(&self, env: &Envelope, job: &Job) -> anyhow::Result<()> {
+        let Some(md) = &self.notices else { return Ok(()) };
+        let header = read_header(&mut File::open(self.spool.msg_path(&env.qid))?).unwrap_or_default();
+        let subject = mail_parser::MessageParser::default()
+            .parse_headers(&header[..])
+            .and_then(|m| m.subject().map(str::to_string))
+            .unwrap_or_default();
+        let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.addr.as_str()).collect();
+        let now = stubmail::time::unix_now();
+        let text = format!(
+            "From: Mail Delivery System <MAILER-DAEMON@localhost>\n\
+             To: <{from}>\n\
+             Subject: Undelivered Mail: {subject}\n\
+             Date: {date}\n\
+             Message-ID: <{qid}.{now}.failure@smtp2stub>\n\
+             Auto-Submitted: auto-replied\n\
+             MIME-Version: 1.0\n\
+             Content-Type: text/plain; charset=utf-8\n\n\
+             Your message could not be delivered to: {rcpts}\n\n\
+             Reason: {reason}\n\
+             Queue id: {qid}\n\n\
+             The headers of your message follow.\n\n{headers}",
+            from = env.from,
+            date = stubmail::time::rfc5322(now),
+            qid = env.qid,
+            rcpts = rcpts.join(", "),
+            reason = job.last_error.as_deref().unwrap_or("unknown"),
+            headers = String::from_utf8_lossy(&header).replace("\r\n", "\n"),
+        );
+        let (name, mut f) = md.create_tmp()?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        md.commit(&name)?;
+        Ok(())
+    }
+
     /// Visible recipients (in To/Cc) share one copy; every other (Bcc)
     /// recipient gets a copy of their own, so no recipient learns of a Bcc
     /// from the headers or from the encryption layer's recipient list.
     fn plan(&self, env: &Envelope) -> anyhow::Result<Vec<Job>> {
         let header = read_header(&mut File::open(self.spool.msg_path(&env.qid))?)?;
         let visible = stubmail::mail::addresses(&header, &["To", "Cc"]);
+        let (stub, relay): (Vec<_>, Vec<_>) = env.rcpts.iter().cloned().partition(|r| matches!(r.route, Route::Stub { .. }));
         let (shown, hidden): (Vec<_>, Vec<_>) =
-            env.rcpts.iter().cloned().partition(|r| visible.contains(&r.addr.to_ascii_lowercase()));
-        let job = |rcpts| Job { rcpts, id: None, state: JobState::Queued, attempts: 0, next_try: 0, last_error: None };
+            stub.into_iter().partition(|r| visible.contains(&r.addr.to_ascii_lowercase()));
+        let job = |kind, rcpts| Job { kind, rcpts, id: None, state: JobState::Queued, attempts: 0, next_try: 0, last_error: None };
         let mut jobs = Vec::new();
         if !shown.is_empty() {
-            jobs.push(job(shown));
+            jobs.push(job(JobKind::Stub, shown));
         }
-        jobs.extend(hidden.into_iter().map(|r| job(vec![r])));
+        jobs.extend(hidden.into_iter().map(|r| job(JobKind::Stub, vec![r])));
+        // The relay's own SMTP envelope keeps Bcc recipients invisible.
+        if !relay.is_empty() {
+            jobs.push(job(JobKind::Relay, relay));
+        }
         Ok(jobs)
     }
 
@@ -133,10 +269,11 @@ impl Worker {
     async fn encrypt(&self, env: &Envelope, job: &Job) -> anyhow::Result<String> {
         let mut certs = Vec::new();
         for r in &job.rcpts {
+            let Route::Stub { fpr } = &r.route else { continue };
             let c = self
                 .keyring
-                .get(&r.fpr)?
-                .ok_or_else(|| anyhow::anyhow!("the key of {} ({}) is no longer in the keyring", r.addr, r.fpr))?;
+                .get(fpr)?
+                .ok_or_else(|| anyhow::anyhow!("the key of {} ({fpr}) is no longer in the keyring", r.addr))?;
             certs.push(c);
         }
         let me = self.me.clone();
@@ -184,6 +321,20 @@ fn read_header(f: &mut File) -> io::Result<Vec<u8>> {
             // huge); treat what we have as the header, the rest as body.
             f.seek(SeekFrom::Start(buf.len() as u64))?;
             return Ok(buf);
+        }
+    }
+}
+
+enum RelayBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for RelayBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            RelayBytes::Mapped(m) => m,
+            RelayBytes::Owned(v) => v,
         }
     }
 }

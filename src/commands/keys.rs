@@ -23,17 +23,23 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
                 && certs.iter().any(|c| pgp::fpr_of(c) == me.fpr()) {
                     anyhow::bail!("that is your own key; import your contacts' keys");
                 }
-            for c in home.keyring().import(certs)? {
+            let kr = home.keyring();
+            for c in kr.import(certs)? {
+                kr.vouch(&pgp::fpr_of(&c))?;
                 println!("imported {} {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "), describe(&c));
             }
         }
         KeysCommand::List => {
-            let all = home.keyring().all()?;
+            let kr = home.keyring();
+            let all = kr.all()?;
             if all.is_empty() {
                 println!("no contacts; `stubmail keys import FILE` adds one");
             }
             for c in all {
                 let state = match pgp::check_contact(&c) {
+                    Ok(_) if kr.is_discovered(&pgp::fpr_of(&c)) => {
+                        format!("{} (discovered via WKD, not yet vouched for)", describe(&c))
+                    }
                     Ok(_) => describe(&c),
                     Err(e) => format!("UNUSABLE: {e}"),
                 };

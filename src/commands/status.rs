@@ -13,7 +13,7 @@ struct Line {
     id: Option<String>,
     recipient: String,
     fingerprint: String,
-    /// queued | stored | notified | retrieved | expired | unsent | failed | unknown
+    /// queued | stored | notified | retrieved | expired | unsent | relayed | failed | unknown
     state: String,
     at: Option<String>,
     detail: Option<String>,
@@ -47,7 +47,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
                     queue_id: qid.clone(),
                     id: None,
                     recipient: r["addr"].as_str().unwrap_or("").into(),
-                    fingerprint: r["fpr"].as_str().unwrap_or("").into(),
+                    fingerprint: r["route"]["stub"]["fpr"].as_str().unwrap_or("").into(),
                     state: "queued".into(),
                     at: None,
                     detail: None,
@@ -63,7 +63,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
                 _ => None,
             };
             for r in j["rcpts"].as_array().cloned().unwrap_or_default() {
-                let fpr = r["fpr"].as_str().unwrap_or("").to_string();
+                let fpr = r["route"]["stub"]["fpr"].as_str().unwrap_or("").to_string();
                 let (state, at, detail) = match &remote {
                     Some(Ok(st)) => match st.recipients.iter().find(|x| x.fpr.as_str() == fpr) {
                         Some(x) => (serde_json::to_value(x.state)?.as_str().unwrap_or("").to_string(), Some(x.at.clone()), None),

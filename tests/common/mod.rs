@@ -62,6 +62,10 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Start `cmd` and wait (up to 60 s) for "listening on ADDR" on stdout.
     pub fn start(name: &str, mut cmd: Command, log_dir: &Path) -> Server {
         let stderr_log = log_dir.join(format!("{name}.stderr"));
@@ -158,6 +162,14 @@ impl User {
         out.split_whitespace().next().unwrap().to_string()
     }
 
+    /// Change `config.toml`.
+    pub fn edit_config(&self, f: impl FnOnce(&mut toml::Table)) {
+        let p = self.home.join("config.toml");
+        let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut t);
+        std::fs::write(&p, toml::to_string(&t).unwrap()).unwrap();
+    }
+
     pub fn maildir_new(&self) -> Vec<PathBuf> {
         let dir = self.home.join("Maildir/new");
         let mut v: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -188,6 +200,29 @@ impl User {
     pub fn http2mbox_once(&self) -> String {
         stdout(&ok(bin_cmd("http2mbox").arg("--home").arg(&self.home).arg("--once")))
     }
+}
+
+/// A loopback port that was free a moment ago (for tools that cannot bind
+/// port 0 and report it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The table `[name]` of a TOML document, created if missing.
+pub fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
+    t.entry(name).or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut().unwrap()
+}
+
+/// Run a Python snippet with arguments; returns (success, stdout+stderr).
+pub fn python(script: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Peak resident memory of a process, in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 pub fn bin_cmd(name: &str) -> Command {

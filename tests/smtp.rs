@@ -1,0 +1,304 @@
+//! smtp2stub against real clients and servers: Python's smtplib (8BITMIME,
+//! SMTPUTF8, STARTTLS, AUTH), Postfix's smtp-source (many concurrent HELO
+//! sessions) and smtp-sink (the SMTP fallback relay), WKD key discovery
+//! from a real post_manager, and a large message in bounded memory.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Setup {
+    root: tempfile::TempDir,
+    _outbox: Outbox,
+    alice: User,
+    bob: User,
+}
+
+fn setup(exchange_keys: bool) -> Setup {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "alice-outbox");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    outbox.add_account(&alice);
+    if exchange_keys {
+        alice.import(&bob.export());
+    }
+    bob.import(&alice.export());
+    // No test reaches the Internet: discovery only where a test asks for it.
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    Setup { root, _outbox: outbox, alice, bob }
+}
+
+fn states(u: &User) -> Vec<String> {
+    u.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect()
+}
+
+fn wait_states(u: &User, n: usize, state: &str) {
+    wait_for(&format!("{n} recipients in state {state}"), 120, || {
+        let s = states(u);
+        (s.len() == n && s.iter().all(|x| x == state)).then_some(())
+    });
+}
+
+#[test]
+fn smtplib_with_8bitmime_and_an_smtputf8_address() {
+    let s = setup(true);
+    s.alice.edit_config(|t| {
+        table(t, "identity").insert("aliases".into(), toml::Value::Array(vec!["alíce@example.org".into()]));
+    });
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]))
+s.ehlo()
+assert s.has_extn("smtputf8") and s.has_extn("8bitmime"), s.esmtp_features
+msg = "From: Alíce <alíce@example.org>\r\nTo: bob@example.net\r\nSubject: Grüße\r\n\r\nÜmlaut body\r\n".encode()
+s.sendmail("alíce@example.org", ["bob@example.net"], msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+s.quit()
+"#;
+    let (ok_, out) = python(script, &[&smtp.port().to_string()]);
+    assert!(ok_, "{out}");
+    wait_states(&s.alice, 1, "stored");
+    assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    let got = std::fs::read_to_string(&s.bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("Subject: Grüße\n\nÜmlaut body\n"), "{got}");
+    // The From: alias is not an address of the signing key: flagged, still delivered.
+    assert!(got.contains("(from=fail)"), "{got}");
+}
+
+#[test]
+fn smtp_source_many_concurrent_sessions() {
+    let source = require("smtp-source");
+    let s = setup(true);
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let out = ok(Command::new(source).args([
+        "-s", "10", "-m", "100", "-l", "4096", "-f", "alice@example.org", "-t", "bob@example.net", "-M", "client.test",
+    ]).arg(&smtp.addr));
+    let _ = out;
+    wait_states(&s.alice, 100, "stored");
+    let got = s.bob.http2mbox_once();
+    assert!(got.contains("delivered 100"), "{got}");
+    assert_eq!(s.bob.maildir_new().len(), 100);
+    wait_states(&s.alice, 100, "retrieved");
+}
+
+/// smtp-sink as the relay; `extra` are smtp-sink options (e.g. rejects).
+fn sink(root: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16, std::path::PathBuf) {
+    let port = free_port();
+    let dump = root.join("sink");
+    std::fs::create_dir_all(&dump).unwrap();
+    let user = String::from_utf8(ok(Command::new("id").arg("-un")).stdout).unwrap();
+    let child = Command::new(require("smtp-sink"))
+        .args(["-u", user.trim(), "-d"])
+        .arg(format!("{}/%M.", dump.display()))
+        .args(extra)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("10")
+        .spawn()
+        .unwrap();
+    wait_for("smtp-sink to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    (child, port, dump)
+}
+
+fn use_relay(u: &User, port: u16) {
+    u.edit_config(|t| {
+        let r = table(t, "relay");
+        r.insert("host".into(), "127.0.0.1".into());
+        r.insert("port".into(), (port as i64).into());
+        r.insert("tls".into(), "none".into());
+    });
+}
+
+#[test]
+fn mixed_recipients_take_their_own_paths_through_the_relay() {
+    let s = setup(true);
+    let (mut sink_proc, port, dump) = sink(s.root.path(), &[]);
+    use_relay(&s.alice, port);
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net, dave@plain.example\r\nSubject: mixed\r\n\r\nboth ways\r\n";
+    let reply = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net", "dave@plain.example"], msg).unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_for("both deliveries", 60, || {
+        let st = states(&s.alice);
+        (st.len() == 2 && st.contains(&"stored".to_string()) && st.contains(&"relayed".to_string())).then_some(())
+    });
+    let dumped: Vec<_> = std::fs::read_dir(&dump).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dumped.len(), 1);
+    let text = std::fs::read_to_string(&dumped[0]).unwrap();
+    assert!(text.contains("X-Rcpt-Args: <dave@plain.example>") && !text.contains("<bob@example.net>\n"), "{text}");
+    assert!(text.contains("Subject: mixed") && text.contains("both ways"), "{text}");
+    assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    let _ = sink_proc.kill();
+}
+
+#[test]
+fn permanent_relay_failure_leaves_a_notice_in_the_senders_mailbox() {
+    let s = setup(true);
+    let (mut sink_proc, port, _) = sink(s.root.path(), &["-f", "RCPT"]);
+    use_relay(&s.alice, port);
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: alice@example.org\r\nTo: dave@plain.example\r\nSubject: doomed\r\n\r\nx\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["dave@plain.example"], msg).unwrap().starts_with("250"));
+    wait_states(&s.alice, 1, "failed");
+    let notices = s.alice.maildir_new();
+    assert_eq!(notices.len(), 1);
+    let n = std::fs::read_to_string(&notices[0]).unwrap();
+    assert!(n.contains("Subject: Undelivered Mail: doomed") && n.contains("dave@plain.example"), "{n}");
+    assert!(n.contains("Reason: the relay refused the message"), "{n}");
+    let _ = sink_proc.kill();
+}
+
+#[test]
+fn unreachable_relay_keeps_the_message_queued() {
+    let s = setup(true);
+    use_relay(&s.alice, free_port());
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: alice@example.org\r\nTo: dave@plain.example\r\nSubject: later\r\n\r\nx\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["dave@plain.example"], msg).unwrap().starts_with("250"));
+    let detail = wait_for("a failed attempt", 60, || {
+        let st = s.alice.status_json();
+        st[0]["detail"].as_str().map(str::to_string)
+    });
+    assert_eq!(states(&s.alice), vec!["queued"]);
+    assert!(detail.contains("127.0.0.1"), "{detail}");
+    assert!(s.alice.maildir_new().is_empty(), "a temporary failure is not a failure notice");
+}
+
+#[test]
+fn no_key_and_no_relay_is_refused_at_rcpt() {
+    let s = setup(false);
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let err = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
+    assert!(err.contains("RCPT 550") && err.contains("no SMTP relay configured"), "{err}");
+}
+
+#[test]
+fn wkd_discovery_finds_a_stubmail_key() {
+    let s = setup(false);
+    // Bob's own outbox publishes his key in its Web Key Directory.
+    let bob_outbox = Outbox::start(s.root.path(), "bob-outbox");
+    bob_outbox.add_account(&s.bob);
+    let url = bob_outbox.url();
+    s.alice.edit_config(|t| {
+        let d = table(t, "discovery");
+        d.insert("wkd".into(), true.into());
+        let mut servers = toml::Table::new();
+        servers.insert("example.net".into(), url.clone().into());
+        d.insert("wkd_servers".into(), servers.into());
+    });
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: found you\r\n\r\nvia WKD\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    let list = stdout(&ok(s.alice.stubmail().args(["keys", "list"])));
+    assert!(list.contains("bob@example.net") && list.contains("discovered via WKD"), "{list}");
+    wait_states(&s.alice, 1, "stored");
+    assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    // Importing the key explicitly vouches for it.
+    s.alice.import(&s.bob.export());
+    assert!(!stdout(&ok(s.alice.stubmail().args(["keys", "list"]))).contains("discovered via WKD"));
+}
+
+#[test]
+fn starttls_and_auth_when_required() {
+    let s = setup(true);
+    let cert = s.root.path().join("cert.pem");
+    let key = s.root.path().join("key.pem");
+    ok(Command::new(require("openssl"))
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    s.alice.edit_config(|t| {
+        let smtp = table(t, "smtp");
+        smtp.insert("auth".into(), "required".into());
+        smtp.insert("password".into(), "correct horse".into());
+        smtp.insert("tls_cert".into(), cert.display().to_string().into());
+        smtp.insert("tls_key".into(), key.display().to_string().into());
+    });
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let script = r#"
+import smtplib, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+s = smtplib.SMTP("127.0.0.1", port)
+s.ehlo()
+assert s.has_extn("starttls") and not s.has_extn("auth"), s.esmtp_features
+code, _ = s.mail("alice@example.org"); assert code == 530, code
+code, _ = s.docmd("AUTH", "PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGNvcnJlY3QgaG9yc2U="); assert code == 538, code
+ctx = ssl.create_default_context(cafile=cafile); ctx.check_hostname = False
+s.starttls(context=ctx)
+s.ehlo()
+assert s.has_extn("auth") and not s.has_extn("starttls"), s.esmtp_features
+try:
+    s.login("alice@example.org", "wrong"); raise SystemExit("wrong password accepted")
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535
+s.login("alice@example.org", "correct horse")
+s.sendmail("alice@example.org", ["bob@example.net"], b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: tls\r\n\r\nsecret\r\n")
+s.quit()
+print("ok")
+"#;
+    let (good, out) = python(script, &[&smtp.port().to_string(), &cert.display().to_string()]);
+    assert!(good, "{out}");
+    wait_states(&s.alice, 1, "stored");
+}
+
+#[test]
+fn large_message_passes_in_bounded_memory() {
+    let s = setup(true);
+    s.alice.edit_config(|t| {
+        table(t, "smtp").insert("max_message_size".into(), (300i64 << 20).into());
+    });
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let before = peak_rss_kib(smtp.pid());
+    // 128 MiB of 76-column lines, generated by the client as it sends.
+    let script = r#"
+import smtplib, sys
+line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd\r\n"
+body = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n" + line * (128 * 1024 * 1024 // len(line))
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=600)
+s.sendmail("alice@example.org", ["bob@example.net"], body)
+s.quit()
+"#;
+    let (good, out) = python(script, &[&smtp.port().to_string()]);
+    assert!(good, "{out}");
+    wait_states(&s.alice, 1, "stored");
+    let peak = peak_rss_kib(smtp.pid());
+    println!("smtp2stub peak RSS: {before} KiB before, {peak} KiB after a 128 MiB message");
+    assert!(peak < 64 * 1024, "smtp2stub peak RSS {peak} KiB grew with the message size");
+}
+
+#[test]
+fn outbox_down_and_smtp2stub_restarted_nothing_is_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &url);
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    alice.import(&bob.export());
+    bob.import(&alice.export());
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    // The outbox is down: the message is accepted and waits in the spool.
+    let smtp = alice.smtp2stub(root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: patience\r\n\r\nstill here\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_for("a failed upload attempt", 60, || alice.status_json()[0]["detail"].as_str().map(str::to_string));
+    assert_eq!(alice.status_json()[0]["state"], "queued");
+    drop(smtp); // SIGKILL: no chance to clean up.
+
+    // The outbox comes up on its address; smtp2stub restarts; no manual step.
+    let data = root.path().join("alice-outbox");
+    let mut c = bin_cmd("post_manager");
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"]).arg(&data);
+    let _outbox = Server::start("alice-outbox", c, root.path());
+    ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&data).arg("--key").arg(alice.export()));
+    let _smtp = alice.smtp2stub(root.path());
+    wait_for("the upload after restart", 90, || (alice.status_json()[0]["state"] == "stored").then_some(()));
+    assert!(bob.http2mbox_once().contains("delivered 1"));
+    assert_eq!(bob.maildir_new().len(), 1);
+}
