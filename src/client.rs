@@ -50,10 +50,15 @@ pub fn init_tls() {
 /// A shared HTTP client with the timeouts a mail system wants: short
 /// connects, bounded reads, never hanging on one slow outbox.
 pub fn http_client() -> Result<reqwest::Client, ClientError> {
+    http_client_with_timeout(Duration::from_secs(60))
+}
+
+/// As [`http_client`], with `timeout` for connecting and for each read.
+pub fn http_client_with_timeout(timeout: Duration) -> Result<reqwest::Client, ClientError> {
     init_tls();
     Ok(reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .read_timeout(timeout)
         .user_agent(concat!("stubmail/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
@@ -142,14 +147,19 @@ impl OutboxClient {
         Self::json(r.send().await?).await
     }
 
-    /// Start fetching a message; the caller streams the body.
-    pub async fn fetch(&self, id: &str) -> Result<reqwest::Response, ClientError> {
-        let r = self.request(Method::GET, &format!("v1/messages/{id}"), protocol::EMPTY_SHA256)?;
+    /// Start fetching a message from byte `offset` (a resumed download);
+    /// the caller streams the body. A `206` answer continues at `offset`,
+    /// a `200` starts from the beginning.
+    pub async fn fetch(&self, id: &str, offset: u64) -> Result<reqwest::Response, ClientError> {
+        let mut r = self.request(Method::GET, &format!("v1/messages/{id}"), protocol::EMPTY_SHA256)?;
+        if offset > 0 {
+            r = r.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
         Self::check(r.send().await?).await
     }
 
-    pub async fn ack(&self, id: &str) -> Result<MessageStatus, ClientError> {
-        let body = b"{}".to_vec();
+    pub async fn ack(&self, id: &str, device: Option<&str>) -> Result<MessageStatus, ClientError> {
+        let body = serde_json::to_vec(&protocol::AckRequest { device: device.map(str::to_string) }).expect("serialisable");
         let r = self
             .request(Method::POST, &format!("v1/messages/{id}/ack"), &sha256_hex(&body))?
             .header(reqwest::header::CONTENT_TYPE, "application/json")

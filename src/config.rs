@@ -209,11 +209,75 @@ pub struct PollConfig {
     pub interval_secs: u64,
     /// Largest message fetched, in bytes.
     pub max_message_size: u64,
+    /// Seconds to wait on one outbox (connect, and each read) before giving
+    /// up on it for this cycle; a slow outbox never delays the others.
+    pub timeout_secs: u64,
+    /// Local overrides of contacts' outboxes: `{ "<FINGERPRINT>" = "URL" }`.
+    /// Otherwise the outbox comes only from the contact's own certificate.
+    pub outboxes: std::collections::BTreeMap<String, String>,
+    /// Where mail is delivered.
+    pub deliver: Delivery,
+    /// The mbox file, for `deliver = "mbox"` (e.g. /var/spool/mail/alice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mbox: Option<PathBuf>,
+    /// The command, for `deliver = "mda"`; gets the message on stdin
+    /// (like fetchmail's --mda). Exit 0 = delivered, 75 = try again later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mda: Option<String>,
+    /// POP3 server (http2mbox in daemon mode).
+    pub pop3: Pop3Config,
+}
+
+/// Delivery target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// One file per message, atomic, no locking: the default.
+    #[default]
+    Maildir,
+    /// Append to an mbox (mboxrd quoting, fcntl + dotlock locking).
+    Mbox,
+    /// Pipe each message to a command.
+    Mda,
+}
+
+/// The local POP3 server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Config {
+    /// Off unless a password is set.
+    pub listen: SocketAddr,
+    /// USER name (default: the email address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// PEM certificate and key for STLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config { listen: "127.0.0.1:1110".parse().unwrap(), username: None, password: None, tls_cert: None, tls_key: None }
+    }
 }
 
 impl Default for PollConfig {
     fn default() -> Self {
-        PollConfig { maildir: PathBuf::from("Maildir"), interval_secs: 300, max_message_size: 1 << 30 }
+        PollConfig {
+            maildir: PathBuf::from("Maildir"),
+            interval_secs: 300,
+            max_message_size: 1 << 30,
+            timeout_secs: 60,
+            outboxes: Default::default(),
+            deliver: Delivery::Maildir,
+            mbox: None,
+            mda: None,
+            pop3: Pop3Config::default(),
+        }
     }
 }
 

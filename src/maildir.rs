@@ -93,11 +93,43 @@ impl Journal {
         fsutil::write_atomic(&self.dir.join(id), name.as_bytes(), 0o600)
     }
 
+    /// Durably record that an mbox append of `len` bytes at `offset` is
+    /// about to start.
+    pub fn record_intent(&self, id: &str, offset: u64, len: u64) -> io::Result<()> {
+        fsutil::write_atomic(&self.dir.join(format!("{id}.intent")), format!("{offset} {len}").as_bytes(), 0o600)
+    }
+
+    pub fn clear_intent(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(format!("{id}.intent"))) {
+            Ok(()) => fsync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pending mbox appends: (id, offset, length).
+    pub fn intents(&self) -> io::Result<Vec<(String, u64, u64)>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let p = e?.path();
+            let Some(id) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".intent")) else { continue };
+            let text = fs::read_to_string(&p)?;
+            let mut it = text.split_whitespace().map(|x| x.parse::<u64>());
+            if let (Some(Ok(o)), Some(Ok(l))) = (it.next(), it.next()) {
+                v.push((id.to_string(), o, l));
+            }
+        }
+        Ok(v)
+    }
+
     /// Finish any delivery a crash interrupted between journal and rename.
     pub fn recover(&self, md: &Maildir) -> io::Result<usize> {
         let mut n = 0;
         for e in fs::read_dir(&self.dir)? {
             let e = e?;
+            if e.file_name().to_str().is_some_and(|n| n.ends_with(".intent")) {
+                continue;
+            }
             let Ok(name) = fs::read_to_string(e.path()) else { continue };
             let name = name.trim();
             if !name.is_empty() && !name.contains('/') && md.tmp_path(name).exists() {

@@ -110,6 +110,11 @@ impl fmt::Debug for SignatureHeader {
     }
 }
 
+/// True if `s` is a device id: 1 to 64 characters of [A-Za-z0-9_-].
+pub fn is_valid_device(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// True if `s` is a nonce: 32 lower-case hex digits.
 pub fn is_valid_nonce(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -230,6 +235,9 @@ pub struct PollRequest {
     /// The signers' own certificates, ASCII-armored (§3 of the protocol).
     #[serde(default)]
     pub certs: Vec<String>,
+    /// Which of the recipient's devices asks (several devices, one identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// One message announced by a poll answer.
@@ -392,7 +400,7 @@ mod tests {
         fn poll_json_round_trips(senders in proptest::option::of(proptest::collection::vec(fpr(), 0..5)),
                                  certs in proptest::collection::vec(".{0,50}", 0..3),
                                  items in proptest::collection::vec((fpr(), fpr(), "[0-9a-f]{64}", any::<u64>()), 0..5)) {
-            let req = PollRequest { senders, certs };
+            let req = PollRequest { senders, certs, device: None };
             prop_assert_eq!(serde_json::from_str::<PollRequest>(&serde_json::to_string(&req).unwrap()).unwrap(), req);
             let resp = PollResponse { messages: items.into_iter().map(|(s, r, id, size)| PollItem {
                 id, sender: s, recipient: r, size, stored: "2026-01-01T00:00:00Z".into() }).collect(), cookie: None };

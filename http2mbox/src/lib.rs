@@ -3,4 +3,6 @@
 //! what it finds, delivers it into the local Maildir, and only then confirms
 //! retrieval to the sender's outbox.
 
+pub mod deliver;
+pub mod mbox;
 pub mod poller;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use http2mbox::deliver::Target;
+use stubmail::config::Delivery;
 use stubmail::maildir::{Journal, Maildir};
 use http2mbox::poller::Poller;
 use stubmail::{client, Home};
@@ -33,15 +35,35 @@ fn main() -> anyhow::Result<()> {
     let config = home.load_config()?;
     let me = Arc::new(home.load_identity()?);
     let maildir_path = home.path(&config.poll.maildir);
+    let target = match config.poll.deliver {
+        Delivery::Maildir => Target::Maildir(
+            Maildir::open(&maildir_path).with_context(|| format!("opening Maildir {}", maildir_path.display()))?,
+        ),
+        Delivery::Mbox => Target::Mbox(
+            config.poll.mbox.as_ref().map(|p| home.path(p)).context("deliver = \"mbox\" needs poll.mbox = PATH")?,
+        ),
+        Delivery::Mda => Target::Mda(config.poll.mda.clone().context("deliver = \"mda\" needs poll.mda = COMMAND")?),
+    };
     let poller = Poller {
         me,
         keyring: home.keyring(),
-        http: client::http_client()?,
-        maildir: Maildir::open(&maildir_path).with_context(|| format!("opening Maildir {}", maildir_path.display()))?,
+        http: client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?,
+        target,
+        work: home.state_dir().join("work"),
         journal: Journal::open(&home.state_dir().join("delivered"))?,
         staging: home.state_dir().join("fetch"),
         max_size: config.poll.max_message_size,
         hostname: "localhost".into(),
+        device: http2mbox::poller::device_id(&home.state_dir())?,
+        overrides: config
+            .poll
+            .outboxes
+            .iter()
+            .map(|(f, u)| Ok((stubmail::protocol::Fpr::parse(f)?, u.clone())))
+            .collect::<anyhow::Result<_>>()
+            .context("poll.outboxes")?,
+        failing: Default::default(),
+        use_backoff: !cli.once,
     };
     let interval = cli.interval.unwrap_or(config.poll.interval_secs).max(1);
     let rt = tokio::runtime::Runtime::new()?;
@@ -54,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             );
             return anyhow::Ok(());
         }
-        println!("http2mbox polling every {interval} s into {}", maildir_path.display());
+        println!("http2mbox polling every {interval} s");
         let stop = stubmail::signals::shutdown_signal();
         tokio::pin!(stop);
         loop {

@@ -3,7 +3,7 @@
 //! deliver and ack each message.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,26 +15,52 @@ use stubmail::protocol::{Fpr, PollItem, PollRequest};
 use stubmail::{pgp, Identity};
 use tokio::io::AsyncWriteExt;
 
-use stubmail::maildir::{CrlfToLf, Journal, Maildir};
+use stubmail::maildir::Journal;
+
+use crate::deliver::{self, CryptoReject, Incoming, Target};
 
 /// Outboxes polled at the same time.
 const CONCURRENCY: usize = 8;
-/// Largest header block read into memory to check the From: field.
-const MAX_HEADER: usize = 1024 * 1024;
 
 /// Everything a poll cycle needs.
 pub struct Poller {
     pub me: Arc<Identity>,
     pub keyring: stubmail::keyring::Keyring,
     pub http: reqwest::Client,
-    pub maildir: Maildir,
+    pub target: Target,
     pub journal: Journal,
+    /// Private work directory for mbox/MDA staging (`state/work`).
+    pub work: PathBuf,
     /// Download staging directory (`state/fetch`).
     pub staging: PathBuf,
     /// Largest message fetched.
     pub max_size: u64,
     /// Name in trace headers.
     pub hostname: String,
+    /// This installation's device id (several devices, one identity).
+    pub device: String,
+    /// Local outbox overrides by contact fingerprint.
+    pub overrides: std::collections::BTreeMap<Fpr, String>,
+    /// Failing outboxes: consecutive failures and when to try again. Only
+    /// the daemon skips them; `--once` always tries.
+    pub failing: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    /// Skip outboxes in backoff (daemon mode).
+    pub use_backoff: bool,
+}
+
+/// This home's device id, made once and kept in `state/device-id`.
+pub fn device_id(state_dir: &std::path::Path) -> io::Result<String> {
+    let p = state_dir.join("device-id");
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        let s = s.trim().to_string();
+        if stubmail::protocol::is_valid_device(&s) {
+            return Ok(s);
+        }
+    }
+    stubmail::fsutil::ensure_private_dir(state_dir)?;
+    let id = format!("d{:016x}", rand::random::<u64>());
+    stubmail::fsutil::write_atomic(&p, id.as_bytes(), 0o600)?;
+    Ok(id)
 }
 
 /// What one cycle did.
@@ -62,16 +88,20 @@ enum Reject {
     TooLarge(u64, u64),
     #[error("content SHA-256 {0} does not match the id")]
     Digest(String),
-    #[error("signature or decryption check failed: {0}")]
-    Crypto(String),
 }
 
 impl Poller {
     /// Run one poll cycle over the whole keyring.
     pub async fn poll_once(&self) -> anyhow::Result<Report> {
         let j = self.journal.clone();
-        let md = self.maildir.clone();
-        let recovered = tokio::task::spawn_blocking(move || j.recover(&md)).await??;
+        let target = self.target.clone();
+        let work = self.work.clone();
+        let recovered = tokio::task::spawn_blocking(move || match &target {
+            Target::Maildir(md) => j.recover(md).map_err(anyhow::Error::from),
+            Target::Mbox(p) => deliver::recover_mbox(p, &j, &work),
+            Target::Mda(_) => Ok(0),
+        })
+        .await??;
         if recovered > 0 {
             tracing::info!(recovered, "finished interrupted deliveries");
         }
@@ -81,12 +111,17 @@ impl Poller {
             if pgp::check_contact(&cert).is_err() {
                 continue;
             }
-            if let Some(url) = pgp::outbox_of(&cert) {
-                let fpr = pgp::fpr_of(&cert);
+            let fpr = pgp::fpr_of(&cert);
+            if let Some(url) = self.overrides.get(&fpr).cloned().or_else(|| pgp::outbox_of(&cert)) {
                 by_outbox.entry(url).or_default().push(Contact { cert, fpr });
             }
         }
         let mut report = Report { outboxes: by_outbox.len(), ..Report::default() };
+        if self.use_backoff {
+            let now = std::time::Instant::now();
+            let failing = self.failing.lock().expect("not poisoned");
+            by_outbox.retain(|url, _| failing.get(url).is_none_or(|(_, next)| *next <= now));
+        }
         let results: Vec<_> = futures_util::stream::iter(by_outbox)
             .map(|(url, contacts)| async move {
                 let r = self.poll_outbox(&url, &contacts).await;
@@ -95,18 +130,25 @@ impl Poller {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let mut failing = self.failing.lock().expect("not poisoned");
         for (url, r) in results {
             match r {
                 Ok((d, rej)) => {
                     report.delivered += d;
                     report.rejected += rej;
+                    failing.remove(&url);
                 }
                 Err(e) => {
                     report.failed_outboxes += 1;
-                    tracing::warn!(outbox = url, "poll failed: {e:#}");
+                    let n = failing.get(&url).map_or(1, |(n, _)| n + 1);
+                    // 30 s doubling to 6 hours between tries of a failing outbox.
+                    let wait = std::time::Duration::from_secs((30u64 << n.min(10)).min(6 * 3600));
+                    failing.insert(url.clone(), (n, std::time::Instant::now() + wait));
+                    tracing::warn!(outbox = url, failures = n, "poll failed: {e:#}");
                 }
             }
         }
+        drop(failing);
         Ok(report)
     }
 
@@ -115,6 +157,7 @@ impl Poller {
         let req = PollRequest {
             senders: Some(contacts.iter().map(|c| c.fpr.clone()).collect()),
             certs: vec![pgp::armored(&self.me.cert())?],
+            device: Some(self.device.clone()),
         };
         let resp = client.poll(&req).await?;
         let (mut delivered, mut rejected) = (0, 0);
@@ -122,13 +165,11 @@ impl Poller {
             match self.take(&client, contacts, &item).await {
                 Ok(true) => delivered += 1,
                 Ok(false) => {}
-                Err(e) => match e.downcast_ref::<Reject>() {
-                    Some(r) => {
-                        rejected += 1;
-                        tracing::warn!(outbox = url, id = item.id, sender = %item.sender, "not delivered: {r}");
-                    }
-                    None => tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}"),
-                },
+                Err(e) if e.downcast_ref::<Reject>().is_some() || e.downcast_ref::<CryptoReject>().is_some() => {
+                    rejected += 1;
+                    tracing::warn!(outbox = url, id = item.id, sender = %item.sender, "not delivered: {e:#}");
+                }
+                Err(e) => tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}"),
             }
         }
         Ok((delivered, rejected))
@@ -150,7 +191,7 @@ impl Poller {
             .ok_or_else(|| Reject::UnknownSender(item.sender.clone()))?;
         if self.journal.get(&item.id)?.is_some() {
             // Delivered before a crash or a lost ack: just confirm again.
-            client.ack(&item.id).await?;
+            client.ack(&item.id, Some(&self.device)).await?;
             return Ok(false);
         }
         if item.size > self.max_size {
@@ -159,20 +200,23 @@ impl Poller {
         let staged = self.download(client, item).await?;
         let me = self.me.clone();
         let cert = sender.cert.clone();
-        let md = self.maildir.clone();
+        let target = self.target.clone();
         let journal = self.journal.clone();
+        let work = self.work.clone();
         let id = item.id.clone();
         let outbox_host = client.base().host_str().unwrap_or("outbox").to_string();
         let hostname = self.hostname.clone();
         let staged2 = staged.clone();
         let result = tokio::task::spawn_blocking(move || {
-            deliver(&me, &cert, &staged2, &md, &journal, &id, &outbox_host, &hostname)
+            std::fs::create_dir_all(&work)?;
+            let m = Incoming { me: &me, sender: &cert, staged: &staged2, id: &id, outbox_host: &outbox_host, hostname: &hostname };
+            deliver::deliver(&m, &target, &journal, &work)
         })
         .await?;
         let _ = tokio::fs::remove_file(&staged).await;
         result?;
         // Only now, with the message durably in the mailbox, confirm.
-        if let Err(e) = client.ack(&item.id).await {
+        if let Err(e) = client.ack(&item.id, Some(&self.device)).await {
             tracing::warn!(id = item.id, "delivered, ack failed (will ack on the next poll): {e}");
         }
         tracing::info!(id = item.id, sender = %item.sender, "delivered");
@@ -180,114 +224,57 @@ impl Poller {
     }
 
     /// Stream the ciphertext to a staging file, checking size and digest.
+    /// A partial file left by a broken download is resumed with a Range
+    /// request; it is removed only when its content is known to be bad.
     async fn download(&self, client: &OutboxClient, item: &PollItem) -> anyhow::Result<PathBuf> {
         tokio::fs::create_dir_all(&self.staging).await?;
         let path = self.staging.join(format!("{}.part", item.id));
-        let resp = client.fetch(&item.id).await?;
-        let mut f = tokio::fs::File::create(&path).await?;
+        let limit = item.size.min(self.max_size);
         let mut hasher = Sha256::new();
-        let mut size = 0u64;
+        let mut have = match tokio::fs::metadata(&path).await {
+            Ok(m) if m.len() > 0 && m.len() < limit => {
+                let p = path.clone();
+                let h = tokio::task::spawn_blocking(move || -> io::Result<Sha256> {
+                    let mut h = Sha256::new();
+                    io::copy(&mut std::fs::File::open(p)?, &mut h)?;
+                    Ok(h)
+                })
+                .await??;
+                hasher = h;
+                m.len()
+            }
+            _ => 0,
+        };
+        let resp = client.fetch(&item.id, have).await?;
+        let mut f = if have > 0 && resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            tracing::info!(id = item.id, offset = have, "resuming a broken download");
+            tokio::fs::OpenOptions::new().append(true).open(&path).await?
+        } else {
+            have = 0;
+            hasher = Sha256::new();
+            tokio::fs::File::create(&path).await?
+        };
+        let mut size = have;
         let mut body = resp.bytes_stream().map_err(io::Error::other);
-        let result: anyhow::Result<()> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                size += chunk.len() as u64;
-                if size > item.size.min(self.max_size) {
-                    anyhow::bail!(Reject::TooLarge(size, item.size.min(self.max_size)));
-                }
-                hasher.update(&chunk);
-                f.write_all(&chunk).await?;
+        while let Some(chunk) = body.next().await {
+            // A transport error keeps the partial file for the next try.
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            if size > limit {
+                let _ = tokio::fs::remove_file(&path).await;
+                anyhow::bail!(Reject::TooLarge(size, limit));
             }
-            f.flush().await?;
-            let got = hex::encode(hasher.finalize());
-            if got != item.id {
-                anyhow::bail!(Reject::Digest(got));
-            }
-            Ok(())
+            hasher.update(&chunk);
+            f.write_all(&chunk).await?;
         }
-        .await;
-        if let Err(e) = result {
+        f.flush().await?;
+        let got = hex::encode(hasher.finalize());
+        if got != item.id {
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(e);
+            anyhow::bail!(Reject::Digest(got));
         }
         Ok(path)
     }
-}
-
-/// Decrypt and verify a staged message and deliver it into the Maildir with
-/// trace headers; journal it. Nothing reaches `new/` unless the whole
-/// message decrypted and the signature by `sender` verified.
-#[allow(clippy::too_many_arguments)]
-fn deliver(
-    me: &Identity,
-    sender: &Cert,
-    staged: &std::path::Path,
-    md: &Maildir,
-    journal: &Journal,
-    id: &str,
-    outbox_host: &str,
-    hostname: &str,
-) -> anyhow::Result<()> {
-    let input = std::fs::File::open(staged)?;
-    let plain = pgp::decrypt_verify(me, sender, input).map_err(|e| Reject::Crypto(e.to_string()))?;
-    let mut plain = BufReader::with_capacity(64 * 1024, plain);
-    let (name, file) = md.create_tmp()?;
-    let result = (|| -> anyhow::Result<()> {
-        let header = read_header(&mut plain).map_err(|e| Reject::Crypto(e.to_string()))?;
-        let trace = trace_headers(sender, &header, id, outbox_host, hostname);
-        let mut w = CrlfToLf::new(io::BufWriter::new(file));
-        w.write_all(trace.as_bytes())?;
-        w.write_all(&header)?;
-        // Errors from `plain` here include a bad signature, found at EOF.
-        io::copy(&mut plain, &mut w).map_err(|e| Reject::Crypto(e.to_string()))?;
-        let file = w.finish()?.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        md.discard(&name);
-        return Err(e);
-    }
-    journal.record(id, &name)?;
-    md.commit(&name)?;
-    Ok(())
-}
-
-/// Read the plaintext's header block (bounded), leaving the body.
-fn read_header(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut header = Vec::new();
-    loop {
-        let before = header.len();
-        let n = r.take((MAX_HEADER - header.len().min(MAX_HEADER)) as u64).read_until(b'\n', &mut header)?;
-        if n == 0 || header.len() >= MAX_HEADER {
-            return Ok(header);
-        }
-        let line = &header[before..];
-        if line == b"\r\n" || line == b"\n" {
-            return Ok(header);
-        }
-    }
-}
-
-/// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
-fn trace_headers(sender: &Cert, header: &[u8], id: &str, outbox_host: &str, hostname: &str) -> String {
-    let fpr = pgp::fpr_of(sender);
-    let signer_emails = pgp::emails_of(sender);
-    let from = stubmail::mail::addresses(header, &["From"]);
-    let from_ok = !from.is_empty() && from.iter().all(|a| signer_emails.contains(a));
-    let signer = signer_emails.first().cloned().unwrap_or_default();
-    let now = stubmail::time::unix_now();
-    format!(
-        "Return-Path: <{signer}>\r\n\
-         Received: by {hostname} (http2mbox) from {outbox_host}\r\n\twith stubmail id {id};\r\n\t{}\r\n\
-         Authentication-Results: {hostname}; stubmail=pass smtp.mailfrom={signer}\r\n\
-         \theader.from={} (from={})\r\n\
-         Stubmail-Sender-Fingerprint: {fpr}\r\n\
-         Stubmail-Id: {id}\r\n",
-        stubmail::time::rfc5322(now),
-        from.first().map(String::as_str).unwrap_or("(none)"),
-        if from_ok { "pass" } else { "fail" },
-    )
 }
 
 #[cfg(test)]
@@ -295,20 +282,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_reading_stops_at_blank_line() {
-        let mut r = BufReader::new(&b"A: 1\r\nB: 2\r\n\r\nbody\r\n"[..]);
-        assert_eq!(read_header(&mut r).unwrap(), b"A: 1\r\nB: 2\r\n\r\n");
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).unwrap();
-        assert_eq!(rest, b"body\r\n");
-    }
-
-    #[test]
-    fn from_check_in_trace_headers() {
-        let a = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
-        let t = trace_headers(&a.cert(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me");
-        assert!(t.contains("(from=pass)"), "{t}");
-        let t = trace_headers(&a.cert(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me");
-        assert!(t.contains("(from=fail)") && t.contains(&format!("Stubmail-Sender-Fingerprint: {}", a.fpr())), "{t}");
+    fn device_id_is_stable() {
+        let d = tempfile::tempdir().unwrap();
+        let a = device_id(d.path()).unwrap();
+        assert!(stubmail::protocol::is_valid_device(&a));
+        assert_eq!(device_id(d.path()).unwrap(), a);
     }
 }

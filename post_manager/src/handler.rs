@@ -54,6 +54,8 @@ pub enum Body {
 pub struct Response {
     pub status: u16,
     pub body: Body,
+    /// `Content-Range` of a 206 answer.
+    pub content_range: Option<String>,
     /// Error code for the log, if this is an error.
     pub error: Option<&'static str>,
     /// Who signed the request, for the log.
@@ -62,7 +64,7 @@ pub struct Response {
 
 impl Response {
     fn json<T: serde::Serialize>(status: u16, v: &T) -> Response {
-        Response { status, body: Body::Json(serde_json::to_vec(v).expect("serialisable")), error: None, signer: None }
+        Response { status, body: Body::Json(serde_json::to_vec(v).expect("serialisable")), content_range: None, error: None, signer: None }
     }
     fn error(status: u16, code: &'static str, message: impl Into<String>) -> Response {
         let b = ErrorBody { error: code.into(), message: message.into() };
@@ -196,7 +198,7 @@ fn wkd(store: &Store, settings: &Settings, method: &str, target: &str) -> Option
         return Some(Response::error(405, "bad_request", "the Web Key Directory is read-only"));
     }
     let not_found = || Response::error(404, "not_found", "no key for that address here");
-    let ok_empty = || Response { status: 200, body: Body::Empty, error: None, signer: None };
+    let ok_empty = || Response { status: 200, body: Body::Empty, content_range: None, error: None, signer: None };
     let (domain, hash) = match rest.split('/').collect::<Vec<_>>().as_slice() {
         ["policy"] | [_, "policy"] => return Some(ok_empty()),
         ["hu", h] => (None, *h),
@@ -218,7 +220,7 @@ fn wkd(store: &Store, settings: &Settings, method: &str, target: &str) -> Option
         });
         if hit {
             return Some(match pgp::binary(&cert) {
-                Ok(b) => Response { status: 200, body: Body::Key(b), error: None, signer: None },
+                Ok(b) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None },
                 Err(e) => Response::error(500, "internal", e.to_string()),
             });
         }
@@ -343,34 +345,91 @@ fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response
             tracing::warn!("cannot cache certificate {}: {e:#}", c.fingerprint());
         }
     }
+    if preq.device.as_deref().is_some_and(|d| !protocol::is_valid_device(d)) {
+        return Err(Response::error(400, "bad_request", "a device id is 1-64 characters of A-Z a-z 0-9 _ -"));
+    }
     let mut messages = Vec::new();
     for s in &signers {
-        messages.extend(store.poll(s, preq.senders.as_deref()).map_err(from_store)?);
+        messages.extend(store.poll(s, preq.senders.as_deref(), preq.device.as_deref()).map_err(from_store)?);
     }
     tracing::debug!(signers = signers.len(), found = messages.len(), "poll");
     Ok(Response::json(200, &PollResponse { messages, cookie: None }).signed_by(&signers[0]))
 }
 
-fn recipient_auth(store: &Store, req: &mut Request, now: i64) -> Result<Fpr, Response> {
+/// Authenticate a recipient's request; returns the signer and the body.
+fn recipient_auth(store: &Store, req: &mut Request, now: i64) -> Result<(Fpr, Vec<u8>), Response> {
     let digest = declared_digest(req)?;
     let signers = authenticate(store, req, &digest, now, &mut |f| store.known_cert(f))?;
-    small_body_checked(req, &digest)?;
+    let body = small_body_checked(req, &digest)?;
     match signers.as_slice() {
-        [one] => Ok(one.clone()),
+        [one] => Ok((one.clone(), body)),
         _ => Err(Response::error(400, "bad_request", "this request has exactly one signer")),
     }
 }
 
 fn fetch(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
-    let who = recipient_auth(store, req, now)?;
-    let (file, size) = store.open_for(&who, id).map_err(from_store)?;
-    tracing::info!(recipient = %who, id, size, "fetch");
-    Ok(Response { status: 200, body: Body::File(file, size), error: None, signer: Some(who) })
+    let (who, _) = recipient_auth(store, req, now)?;
+    let (mut file, size) = store.open_for(&who, id).map_err(from_store)?;
+    let range = match header(req, "range") {
+        None => None,
+        Some(r) => match parse_range(&r, size) {
+            Some(r) => Some(r),
+            None => {
+                let mut resp = Response::error(416, "bad_request", format!("range {r:?} is not satisfiable; the size is {size}"));
+                resp.content_range = Some(format!("bytes */{size}"));
+                return Err(resp);
+            }
+        },
+    };
+    tracing::info!(recipient = %who, id, size, ?range, "fetch");
+    Ok(match range {
+        None => Response { status: 200, body: Body::File(file, size), content_range: None, error: None, signer: Some(who) },
+        Some((start, end)) => {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(start)).map_err(|e| from_store(e.into()))?;
+            Response {
+                status: 206,
+                body: Body::File(file, end - start + 1),
+                content_range: Some(format!("bytes {start}-{end}/{size}")),
+                error: None,
+                signer: Some(who),
+            }
+        }
+    })
+}
+
+/// A single `bytes=` range (RFC 9110 §14.1.2) as inclusive (start, end),
+/// or None if it cannot be satisfied. Multiple ranges are not offered.
+fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        // Suffix range: the last N bytes.
+        let n: u64 = b.parse().ok()?;
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() { size - 1 } else { b.parse::<u64>().ok()?.min(size - 1) };
+        (start, end)
+    };
+    (start <= end && start < size).then_some((start, end))
 }
 
 fn ack(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
-    let who = recipient_auth(store, req, now)?;
-    let st = store.ack(&who, id, now).map_err(from_store)?;
+    let (who, body) = recipient_auth(store, req, now)?;
+    let ack: protocol::AckRequest = if body.is_empty() {
+        protocol::AckRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("ack body: {e}")))?
+    };
+    if ack.device.as_deref().is_some_and(|d| !protocol::is_valid_device(d)) {
+        return Err(Response::error(400, "bad_request", "a device id is 1-64 characters of A-Z a-z 0-9 _ -"));
+    }
+    let st = store.ack(&who, id, ack.device.as_deref(), now).map_err(from_store)?;
     tracing::info!(recipient = %who, id, "retrieved");
     Ok(Response::json(200, &st).signed_by(&who))
 }
@@ -386,6 +445,23 @@ pub fn write_body(body: Body, out: &mut dyn io::Write) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn range_table() {
+        for (h, want) in [
+            ("bytes=0-", Some((0, 99))),
+            ("bytes=10-19", Some((10, 19))),
+            ("bytes=90-200", Some((90, 99))),
+            ("bytes=-5", Some((95, 99))),
+            ("bytes=100-", None),
+            ("bytes=5-4", None),
+            ("bytes=0-1,5-6", None),
+            ("items=0-1", None),
+            ("bytes=x-", None),
+        ] {
+            assert_eq!(super::parse_range(h, 100), want, "{h}");
+        }
+    }
+
     #[test]
     fn percent_decoding_table() {
         for (i, o) in [("a%2Bb", "a+b"), ("plain", "plain"), ("%", "%"), ("%4", "%4"), ("%zz", "%zz"), ("x%41", "xA"), ("%C3%A9", "é")] {

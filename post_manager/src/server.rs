@@ -101,7 +101,13 @@ async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::
     tracing::info!(%peer, method = log_method, target = log_target, status = resp.status,
         signer = resp.signer.as_ref().map(|f| f.to_string()), error = resp.error, "request");
     let ct = resp.content_type();
-    let mut b = hyper::Response::builder().status(resp.status).header(hyper::header::CONTENT_TYPE, ct);
+    let mut b = hyper::Response::builder()
+        .status(resp.status)
+        .header(hyper::header::CONTENT_TYPE, ct)
+        .header(hyper::header::ACCEPT_RANGES, "bytes");
+    if let Some(cr) = &resp.content_range {
+        b = b.header(hyper::header::CONTENT_RANGE, cr);
+    }
     let body: RespBody = match resp.body {
         Body::Empty => Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed(),
         Body::Json(v) | Body::Key(v) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),

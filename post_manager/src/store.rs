@@ -49,6 +49,9 @@ pub struct RecipientMeta {
     pub state: DeliveryState,
     /// Unix time of the last state change.
     pub at: i64,
+    /// The recipient's devices that acked it (several devices, one identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 impl Meta {
@@ -269,7 +272,7 @@ impl Store {
                 }
                 for r in recipients {
                     if m.recipient(r).is_none() {
-                        m.recipients.push(RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now });
+                        m.recipients.push(RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now, devices: vec![] });
                     }
                 }
                 self.write_meta(&m)?;
@@ -285,7 +288,7 @@ impl Store {
                     stored: now,
                     recipients: recipients
                         .iter()
-                        .map(|r| RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now })
+                        .map(|r| RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now, devices: vec![] })
                         .collect(),
                 };
                 self.write_meta(&m)?;
@@ -301,8 +304,9 @@ impl Store {
         Ok((meta.status(), created))
     }
 
-    /// Messages pending for `recipient`, optionally only from `senders`.
-    pub fn poll(&self, recipient: &Fpr, senders: Option<&[Fpr]>) -> Result<Vec<PollItem>, StoreError> {
+    /// Messages for `recipient` (optionally only from `senders`): pending
+    /// ones, and for a named device also those other devices retrieved.
+    pub fn poll(&self, recipient: &Fpr, senders: Option<&[Fpr]>, device: Option<&str>) -> Result<Vec<PollItem>, StoreError> {
         let dir = self.p(&format!("inbox/{recipient}"));
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -317,7 +321,11 @@ impl Store {
             if senders.is_some_and(|s| !s.contains(&m.sender)) {
                 continue;
             }
-            if m.recipient(recipient).is_some_and(|r| r.state.is_pending()) {
+            let wanted = m.recipient(recipient).is_some_and(|r| {
+                r.state.is_pending()
+                    || (r.state == DeliveryState::Retrieved && device.is_some_and(|d| !r.devices.iter().any(|x| x == d)))
+            });
+            if wanted {
                 out.push(PollItem {
                     id: m.id.clone(),
                     sender: m.sender.clone(),
@@ -346,19 +354,31 @@ impl Store {
         Ok((f, m.size))
     }
 
-    /// A recipient confirms durable delivery. Idempotent.
-    pub fn ack(&self, recipient: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
+    /// A recipient (one of its devices) confirms durable delivery.
+    /// Idempotent. Without a device the message leaves the recipient's
+    /// index; with one, it stays listed for the recipient's other devices.
+    pub fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
         let _lock = self.lock(id)?;
         let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         let r = m.recipients.iter_mut().find(|r| &r.fpr == recipient).ok_or(StoreError::NotFound)?;
+        let mut changed = false;
         if r.state != DeliveryState::Retrieved {
             // Also from `unsent`: a recipient that fetched before the unsend
             // has the message, and the sender's status must say so.
             r.state = DeliveryState::Retrieved;
             r.at = now;
+            changed = true;
+        }
+        if let Some(d) = device.filter(|d| !r.devices.iter().any(|x| x == d)) {
+            r.devices.push(d.to_string());
+            changed = true;
+        }
+        if changed {
             self.write_meta(&m)?;
         }
-        self.unmark(&format!("inbox/{recipient}"), id)?;
+        if device.is_none() {
+            self.unmark(&format!("inbox/{recipient}"), id)?;
+        }
         // Deliberately not filtered: the ack is the recipient's view, the
         // sender's addresses stay private.
         let mut s = m.status();
@@ -467,17 +487,17 @@ mod tests {
         // Idempotent retry.
         let (_, created) = s.put(&a, &id, std::slice::from_ref(&b), &mut &body[..], 100, 1001).unwrap();
         assert!(!created);
-        assert_eq!(s.poll(&b, None).unwrap().len(), 1);
-        assert_eq!(s.poll(&b, Some(std::slice::from_ref(&c))).unwrap().len(), 0);
-        assert_eq!(s.poll(&a, None).unwrap().len(), 0);
+        assert_eq!(s.poll(&b, None, None).unwrap().len(), 1);
+        assert_eq!(s.poll(&b, Some(std::slice::from_ref(&c)), None).unwrap().len(), 0);
+        assert_eq!(s.poll(&a, None, None).unwrap().len(), 0);
         let (mut f, n) = s.open_for(&b, &id).unwrap();
         let mut got = Vec::new();
         f.read_to_end(&mut got).unwrap();
         assert_eq!((got, n), (body.clone(), body.len() as u64));
         assert!(matches!(s.open_for(&a, &id), Err(StoreError::NotFound)));
-        s.ack(&b, &id, 1002).unwrap();
-        s.ack(&b, &id, 1003).unwrap();
-        assert!(s.poll(&b, None).unwrap().is_empty());
+        s.ack(&b, &id, None, 1002).unwrap();
+        s.ack(&b, &id, None, 1003).unwrap();
+        assert!(s.poll(&b, None, None).unwrap().is_empty());
         let st = s.status(&a, &id).unwrap();
         assert_eq!(st.recipients.iter().find(|r| r.fpr == b).unwrap().state, DeliveryState::Retrieved);
         assert!(matches!(s.status(&b, &id), Err(StoreError::NotFound)));
@@ -485,8 +505,25 @@ mod tests {
         // Unsend: C has not retrieved it; B keeps it.
         let st = s.unsend(&a, &id, 1004).unwrap();
         assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
-        assert!(s.poll(&c, None).unwrap().is_empty());
+        assert!(s.poll(&c, None, None).unwrap().is_empty());
         assert!(s.open_for(&c, &id).is_err());
+    }
+
+    #[test]
+    fn every_device_gets_every_message() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let body = b"z".to_vec();
+        let id = id_of(&body);
+        s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 10, 1).unwrap();
+        assert_eq!(s.poll(&fpr('B'), None, Some("laptop")).unwrap().len(), 1);
+        s.ack(&fpr('B'), &id, Some("laptop"), 2).unwrap();
+        assert!(s.poll(&fpr('B'), None, Some("laptop")).unwrap().is_empty());
+        assert_eq!(s.poll(&fpr('B'), None, Some("desktop")).unwrap().len(), 1, "the other device still sees it");
+        assert!(s.open_for(&fpr('B'), &id).is_ok());
+        s.ack(&fpr('B'), &id, Some("desktop"), 3).unwrap();
+        assert!(s.poll(&fpr('B'), None, Some("desktop")).unwrap().is_empty());
+        assert_eq!(s.status(&fpr('A'), &id).unwrap().recipients[0].state, DeliveryState::Retrieved);
     }
 
     #[test]
