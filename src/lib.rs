@@ -16,6 +16,7 @@ pub mod pgp;
 pub mod protocol;
 pub mod signals;
 pub mod time;
+pub mod tls;
 pub mod wkd;
 
 pub use config::{Config, Home};

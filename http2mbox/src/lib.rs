@@ -6,3 +6,4 @@
 pub mod deliver;
 pub mod mbox;
 pub mod poller;
+pub mod pop3;

@@ -46,6 +46,9 @@ pub struct Poller {
     pub failing: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
     /// Skip outboxes in backoff (daemon mode).
     pub use_backoff: bool,
+    /// Held for a whole cycle (`state/poll.lock`), so two polls — the daemon,
+    /// a POP3 login, a cron `--once` — never take the same message at once.
+    pub lock_path: PathBuf,
 }
 
 /// This home's device id, made once and kept in `state/device-id`.
@@ -93,6 +96,13 @@ enum Reject {
 impl Poller {
     /// Run one poll cycle over the whole keyring.
     pub async fn poll_once(&self) -> anyhow::Result<Report> {
+        let lock_path = self.lock_path.clone();
+        let _lock = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await??;
         let j = self.journal.clone();
         let target = self.target.clone();
         let work = self.work.clone();

@@ -115,18 +115,3 @@ pub async fn run<P: Policy + 'static>(listener: TcpListener, ctx: Arc<Ctx<P>>, s
     tracker.wait().await;
     Ok(())
 }
-
-/// Load a PEM certificate chain and key into a STARTTLS acceptor.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use anyhow::Context;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    stubmail::client::init_tls();
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("{} is not a PEM private key", key.display()))?;
-    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}

@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let listen = cli.listen.unwrap_or(config.smtp.listen);
     let auth_required = config.smtp.auth == AuthPolicy::Required || !listen.ip().is_loopback();
     let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
-        (Some(c), Some(k)) => Some(smtp2stub::tls_acceptor(&home.path(c), &home.path(k))?),
+        (Some(c), Some(k)) => Some(stubmail::tls::acceptor(&home.path(c), &home.path(k))?),
         (None, None) => None,
         _ => anyhow::bail!("set both smtp.tls_cert and smtp.tls_key, or neither"),
     };
