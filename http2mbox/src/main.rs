@@ -145,8 +145,7 @@ async fn start_pop3(
     if require_tls && tls.is_none() {
         anyhow::bail!("POP3 on {listen} (not loopback) needs poll.pop3.tls_cert and tls_key for STLS");
     }
-    let on_login: Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync> =
-        Arc::new(move || {
+    let on_login: pop3::LoginHook = Arc::new(move || {
             let poller = poller.clone();
             Box::pin(async move {
                 // A quick poll so the client sees fresh mail; never a long wait.

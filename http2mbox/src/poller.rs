@@ -73,6 +73,8 @@ pub struct Report {
     pub delivered: usize,
     pub rejected: usize,
     pub failed_outboxes: usize,
+    /// Outboxes not asked this time because they are failing (daemon).
+    pub skipped: usize,
 }
 
 /// A contact we fetch from: their certificate and where their outbox is.
@@ -131,6 +133,7 @@ impl Poller {
             let now = std::time::Instant::now();
             let failing = self.failing.lock().expect("not poisoned");
             by_outbox.retain(|url, _| failing.get(url).is_none_or(|(_, next)| *next <= now));
+            report.skipped = report.outboxes - by_outbox.len();
         }
         let results: Vec<_> = futures_util::stream::iter(by_outbox)
             .map(|(url, contacts)| async move {
@@ -290,6 +293,44 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failing_outbox_is_left_alone_for_a_while() {
+        let d = tempfile::tempdir().unwrap();
+        let me = Arc::new(Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+        // A contact whose outbox refuses connections (nothing listens there).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let carol = Identity::generate(None, "carol@example.com", &format!("http://127.0.0.1:{port}/")).unwrap();
+        let keyring = stubmail::keyring::Keyring::new(d.path().join("keyring"));
+        keyring.import(vec![carol.cert()]).unwrap();
+        let p = Poller {
+            me,
+            keyring,
+            http: stubmail::client::http_client().unwrap(),
+            target: Target::Maildir(stubmail::maildir::Maildir::open(&d.path().join("Maildir")).unwrap()),
+            journal: Journal::open(&d.path().join("journal")).unwrap(),
+            work: d.path().join("work"),
+            staging: d.path().join("fetch"),
+            max_size: 1 << 20,
+            hostname: "h".into(),
+            device: "dev".into(),
+            overrides: Default::default(),
+            failing: Default::default(),
+            use_backoff: true,
+            lock_path: d.path().join("poll.lock"),
+        };
+        let r = p.poll_once().await.unwrap();
+        assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 1, 0));
+        let r = p.poll_once().await.unwrap();
+        assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 0, 1), "in backoff: not asked again yet");
+        // An explicit local override replaces the certificate's outbox.
+        let mut p = p;
+        p.use_backoff = false;
+        p.overrides.insert(carol.fpr(), "http://127.0.0.1:9/".into());
+        let r = p.poll_once().await.unwrap();
+        assert_eq!(r.failed_outboxes, 1);
+        assert!(p.failing.lock().unwrap().contains_key("http://127.0.0.1:9/"));
+    }
 
     #[test]
     fn device_id_is_stable() {

@@ -61,7 +61,7 @@ impl Open {
         }
     }
 
-    fn open(store: &Store) -> Result<Open, OpenError> {
+    fn lock(store: &Store) -> Result<Open, OpenError> {
         match store {
             Store::Maildir(root) => {
                 std::fs::create_dir_all(root)?;
@@ -131,10 +131,8 @@ impl Open {
                             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                             Err(e) => return Err(e),
                         }
-                        if let Some(d) = p.parent() {
-                            if !dirs.contains(&d.to_path_buf()) {
-                                dirs.push(d.to_path_buf());
-                            }
+                        if let Some(d) = p.parent().filter(|d| !dirs.iter().any(|x: &PathBuf| x == d)) {
+                            dirs.push(d.to_path_buf());
                         }
                     }
                 }
@@ -294,6 +292,9 @@ fn pop3_lines(mut r: impl BufRead, mboxrd: bool, top: Option<usize>, out: &mut d
     }
 }
 
+/// Called after a successful login (a quick poll).
+pub type LoginHook = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 /// What the server needs for each session.
 pub struct Ctx {
     pub store: Store,
@@ -304,7 +305,7 @@ pub struct Ctx {
     pub require_tls: bool,
     /// Runs after a successful login, before the mailbox is opened: a quick
     /// poll, so the client sees fresh mail.
-    pub on_login: Option<Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>>,
+    pub on_login: Option<LoginHook>,
 }
 
 /// The session's state; each state carries its data.
@@ -451,7 +452,7 @@ impl Session {
                     hook().await;
                 }
                 let store = self.ctx.store.clone();
-                match tokio::task::spawn_blocking(move || Open::open(&store)).await.map_err(io::Error::other)? {
+                match tokio::task::spawn_blocking(move || Open::lock(&store)).await.map_err(io::Error::other)? {
                     Ok(mailbox) => {
                         let total: u64 = mailbox.msgs().iter().map(|m| m.size).sum();
                         reply!("+OK maildrop has {} messages ({} octets)", mailbox.msgs().len(), total);
@@ -699,7 +700,7 @@ mod tests {
     async fn one_session_per_mailbox_and_bad_passwords() {
         let (_d, root) = maildir();
         let c = ctx(Store::Maildir(root.clone()));
-        let held = Open::open(&Store::Maildir(root)).ok().unwrap();
+        let held = Open::lock(&Store::Maildir(root)).ok().unwrap();
         let out = dialogue(c.clone(), "USER bob\r\nPASS pw\r\nQUIT\r\n").await;
         assert!(out.contains("-ERR [IN-USE]"), "{out}");
         drop(held);

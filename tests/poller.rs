@@ -1,0 +1,300 @@
+//! http2mbox against real clients: POP3 with Python's poplib, fetchmail and
+//! mpop; mbox delivery; several devices for one identity; a stalling
+//! outbox; a broken download resumed with Range.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Setup {
+    root: tempfile::TempDir,
+    outbox: Outbox,
+    alice: User,
+    bob: User,
+    smtp: Server,
+}
+
+fn setup() -> Setup {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "alice-outbox");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    outbox.add_account(&alice);
+    alice.import(&bob.export());
+    bob.import(&alice.export());
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let smtp = alice.smtp2stub(root.path());
+    Setup { root, outbox, alice, bob, smtp }
+}
+
+impl Setup {
+    /// Alice sends `n` messages to Bob; returns when all are stored.
+    fn send(&self, n: usize) {
+        for i in 0..n {
+            let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: note {i}\r\n\r\nbody {i}\r\n.leading dot\r\nFrom the start\r\n");
+            assert!(smtplib_send(self.smtp.port(), "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+        }
+        wait_for("the messages to be stored", 60, || {
+            let st = self.alice.status_json();
+            let a = st.as_array().unwrap();
+            (a.len() >= n && a.iter().all(|l| l["state"] != "queued")).then_some(())
+        });
+    }
+
+    /// Bob's http2mbox daemon with POP3 on a port chosen at run time.
+    fn pop3_daemon(&self) -> Server {
+        self.bob.edit_config(|t| {
+            let poll = table(t, "poll");
+            let mut pop3 = toml::Table::new();
+            pop3.insert("password".into(), "pop-secret".into());
+            poll.insert("pop3".into(), pop3.into());
+        });
+        let mut c = bin_cmd("http2mbox");
+        c.arg("--home").arg(&self.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+        Server::start("http2mbox-bob", c, self.root.path())
+    }
+}
+
+const POPLIB: &str = r#"
+import poplib, sys, json
+p = poplib.POP3("127.0.0.1", int(sys.argv[1]), timeout=60)
+p.user("bob@example.net"); p.pass_("pop-secret")
+count, size = p.stat()
+uidls = [l.decode().split()[1] for l in p.uidl()[1]]
+msg = b"\n".join(p.retr(1)[1]).decode() if count else ""
+if len(sys.argv) > 2 and sys.argv[2] == "delete":
+    for i in range(1, count + 1): p.dele(i)
+p.quit()
+print(json.dumps({"count": count, "size": size, "uidls": uidls, "first": msg}))
+"#;
+
+fn poplib(port: u16, delete: bool) -> serde_json::Value {
+    let (good, out) = python(POPLIB, &[&port.to_string(), if delete { "delete" } else { "keep" }]);
+    assert!(good, "{out}");
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn pop3_serves_the_maildir_to_poplib_mpop_and_fetchmail() {
+    let s = setup();
+    s.send(3);
+    let pop = s.pop3_daemon();
+    // The login itself polls: the three messages are there at once.
+    let r = poplib(pop.port(), false);
+    assert_eq!(r["count"], 3, "{r}");
+    let first = r["first"].as_str().unwrap();
+    assert!(first.contains("Subject: note") && first.contains("\n.leading dot\n") && first.contains("Stubmail-Sender-Fingerprint"), "{first}");
+    let uidls = r["uidls"].clone();
+    wait_for("the outbox to say retrieved", 30, || {
+        let st = s.alice.status_json();
+        st.as_array().unwrap().iter().all(|l| l["state"] == "retrieved").then_some(())
+    });
+
+    // UIDLs are stable across sessions and restarts.
+    drop(pop);
+    let pop = s.pop3_daemon();
+    assert_eq!(poplib(pop.port(), false)["uidls"], uidls);
+
+    // mpop: USER auth without TLS, into a Maildir of its own, keeping mail.
+    let mpop_dir = s.root.path().join("mpop-maildir");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(mpop_dir.join(sub)).unwrap();
+    }
+    let out = Command::new(require("mpop"))
+        .env("HOME", s.root.path())
+        .args(["--host=127.0.0.1", &format!("--port={}", pop.port()), "--tls=off", "--auth=user", "--user=bob@example.net"])
+        .arg("--passwordeval=echo pop-secret")
+        .arg(format!("--delivery=maildir,{}", mpop_dir.display()))
+        .arg(format!("--uidls-file={}", s.root.path().join("mpop-uidls").display()))
+        .arg("--keep=on")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mpop: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(mpop_dir.join("new")).unwrap().count(), 3);
+
+    // fetchmail: fetches, hands each message to an MDA, deletes from the server.
+    let got = s.root.path().join("fetchmail-out");
+    std::fs::create_dir_all(&got).unwrap();
+    let rc = s.root.path().join("fetchmailrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "poll 127.0.0.1 protocol pop3 port {} auth password\n  user \"bob@example.net\" password \"pop-secret\"\n  sslproto \"\" mda \"/bin/sh -c 'cat > {}/msg.$$'\"\n",
+            pop.port(),
+            got.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(require("fetchmail"))
+        .env("HOME", s.root.path())
+        .arg("--fetchmailrc")
+        .arg(&rc)
+        .args(["--nodetach", "--nosyslog"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "fetchmail: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(&got).unwrap().count(), 3);
+    assert!(s.bob.maildir_new().is_empty() && std::fs::read_dir(s.bob.home.join("Maildir/cur")).unwrap().count() == 0, "fetchmail deleted them");
+    // Nothing left: fetchmail says so with exit status 1.
+    let out = Command::new(require("fetchmail")).env("HOME", s.root.path()).arg("--fetchmailrc").arg(&rc).args(["--nodetach", "--nosyslog"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn mbox_delivery_and_pop3_over_mbox() {
+    let s = setup();
+    let mbox = s.root.path().join("spool-bob");
+    s.bob.edit_config(|t| {
+        let poll = table(t, "poll");
+        poll.insert("deliver".into(), "mbox".into());
+        poll.insert("mbox".into(), mbox.display().to_string().into());
+    });
+    s.send(2);
+    assert!(s.bob.http2mbox_once().contains("delivered 2"));
+    let text = std::fs::read_to_string(&mbox).unwrap();
+    assert_eq!(text.matches("\nFrom alice@example.org ").count() + text.starts_with("From alice@example.org ") as usize, 2, "{text}");
+    assert!(text.contains("\n>From the start\n"), "mboxrd quoting: {text}");
+    let pop = s.pop3_daemon();
+    let r = poplib(pop.port(), true);
+    assert_eq!(r["count"], 2);
+    let first = r["first"].as_str().unwrap();
+    assert!(first.ends_with("\nFrom the start") && !first.contains(">From"), "unquoted for the client: {r}");
+    assert_eq!(std::fs::metadata(&mbox).unwrap().len(), 0, "both deleted at QUIT");
+}
+
+#[test]
+fn two_devices_each_receive_every_message() {
+    let s = setup();
+    // Bob's desktop: the same identity and keyring, a separate install.
+    let desktop = s.root.path().join("bob-desktop");
+    std::fs::create_dir_all(&desktop).unwrap();
+    for f in ["secret.pgp", "config.toml"] {
+        std::fs::copy(s.bob.home.join(f), desktop.join(f)).unwrap();
+    }
+    let kr = desktop.join("keyring");
+    std::fs::create_dir_all(&kr).unwrap();
+    for e in std::fs::read_dir(s.bob.home.join("keyring")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), kr.join(e.file_name())).unwrap();
+    }
+    let bob2 = User { email: "bob@example.net".into(), home: desktop };
+    s.send(2);
+    assert!(s.bob.http2mbox_once().contains("delivered 2"));
+    assert!(bob2.http2mbox_once().contains("delivered 2"), "the second device gets them too");
+    assert!(s.bob.http2mbox_once().contains("delivered 0"));
+    assert!(bob2.http2mbox_once().contains("delivered 0"));
+    assert_eq!(s.bob.maildir_new().len(), 2);
+    assert_eq!(bob2.maildir_new().len(), 2);
+}
+
+#[test]
+fn a_stalling_outbox_does_not_hold_up_the_others() {
+    let s = setup();
+    // Carol's "outbox" accepts connections and never answers.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let carol = User::init(s.root.path(), "carol", "carol@example.com", &format!("http://{}/", stall.local_addr().unwrap()));
+    s.bob.import(&carol.export());
+    s.bob.edit_config(|t| {
+        table(t, "poll").insert("timeout_secs".into(), 2i64.into());
+    });
+    s.send(1);
+    let out = s.bob.http2mbox_once();
+    assert!(out.contains("polled 2 outbox(es), delivered 1, rejected 0, unreachable 1"), "{out}");
+    drop(stall);
+}
+
+#[test]
+fn a_broken_download_resumes_with_range() {
+    let s = setup();
+    let big = format!(
+        "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n{}",
+        "resumable line of text, seventy-odd characters long, to make some bytes.\r\n".repeat(40_000)
+    );
+    assert!(smtplib_send(s.smtp.port(), "alice@example.org", &["bob@example.net"], &big).unwrap().starts_with("250"));
+    wait_for("stored", 60, || (s.alice.status_json()[0]["state"] == "stored").then_some(()));
+    let id = s.alice.status_json()[0]["id"].as_str().unwrap().to_string();
+    // The first half arrived before the connection broke.
+    let stored = std::fs::read(s.outbox.data.join("messages").join(&id)).unwrap();
+    let staging = s.bob.home.join("state/fetch");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join(format!("{id}.part")), &stored[..stored.len() / 2]).unwrap();
+    let out = s.bob.http2mbox_once_with_log();
+    assert!(out.contains("delivered 1") && out.contains("resuming a broken download"), "{out}");
+    assert!(s.outbox.server.log().contains("status=206"), "the outbox served a range");
+    let got = std::fs::read_to_string(&s.bob.maildir_new()[0]).unwrap();
+    assert!(got.ends_with(&big[big.find("Subject").unwrap()..].replace("\r\n", "\n")), "intact after resuming");
+}
+
+#[test]
+fn pop3_stls_with_poplib() {
+    let s = setup();
+    let cert = s.root.path().join("cert.pem");
+    let key = s.root.path().join("key.pem");
+    ok(Command::new(require("openssl"))
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    s.send(1);
+    s.bob.edit_config(|t| {
+        let mut pop3 = toml::Table::new();
+        pop3.insert("password".into(), "pop-secret".into());
+        pop3.insert("tls_cert".into(), cert.display().to_string().into());
+        pop3.insert("tls_key".into(), key.display().to_string().into());
+        table(t, "poll").insert("pop3".into(), pop3.into());
+    });
+    let mut c = bin_cmd("http2mbox");
+    c.arg("--home").arg(&s.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    let pop = Server::start("http2mbox-bob", c, s.root.path());
+    let script = r#"
+import poplib, ssl, sys
+p = poplib.POP3("127.0.0.1", int(sys.argv[1]))
+assert "STLS" in p.capa(), p.capa()
+ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.check_hostname = False
+p.stls(context=ctx)
+assert "STLS" not in p.capa()
+p.user("bob@example.net"); p.pass_("pop-secret")
+print(p.stat()[0]); p.quit()
+"#;
+    let (good, out) = python(script, &[&pop.port().to_string(), &cert.display().to_string()]);
+    assert!(good, "{out}");
+    assert_eq!(out.trim(), "1");
+}
+
+#[test]
+fn a_large_message_is_fetched_in_bounded_memory() {
+    let s = setup();
+    s.alice.edit_config(|t| {
+        table(t, "smtp").insert("max_message_size".into(), (300i64 << 20).into());
+    });
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let script = r#"
+import smtplib, sys
+line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd\r\n"
+body = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n" + line * (128 * 1024 * 1024 // len(line))
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=600)
+s.sendmail("alice@example.org", ["bob@example.net"], body)
+s.quit()
+"#;
+    let (good, out) = python(script, &[&smtp.port().to_string()]);
+    assert!(good, "{out}");
+    wait_for("stored", 120, || {
+        let st = s.alice.status_json();
+        st.as_array().unwrap().iter().any(|l| l["state"] == "stored").then_some(())
+    });
+    // The daemon polls at POP3 login; measure it and the outbox afterwards.
+    let pop = s.pop3_daemon();
+    let (good, out) = python("import poplib,sys\np=poplib.POP3('127.0.0.1',int(sys.argv[1]),timeout=600)\np.user('bob@example.net');p.pass_('pop-secret')\nprint(p.stat()[1]);p.quit()", &[&pop.port().to_string()]);
+    assert!(good, "{out}");
+    assert!(out.trim().parse::<u64>().unwrap() > 128 << 20, "{out}");
+    let (poller_kib, outbox_kib) = (peak_rss_kib(pop.pid()), peak_rss_kib(s.outbox.server.pid()));
+    println!("peak RSS after a 128 MiB message: http2mbox {poller_kib} KiB, post_manager {outbox_kib} KiB");
+    assert!(poller_kib < 64 * 1024, "http2mbox peak RSS {poller_kib} KiB");
+    assert!(outbox_kib < 64 * 1024, "post_manager peak RSS {outbox_kib} KiB");
+}
