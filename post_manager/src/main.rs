@@ -87,11 +87,17 @@ enum AccountCmd {
 
 fn main() -> anyhow::Result<()> {
     stubmail::logging::init("info");
+    // Started by a web server: answer one request. Nothing is parsed or
+    // scanned before the request needs it, so start-up stays cheap.
+    if post_manager::cgi::is_cgi() {
+        return Ok(post_manager::cgi::run()?);
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { listen, data, prefix, max_message_size } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
+            store.check_writable()?;
             let mut prefix = prefix;
             if !prefix.starts_with('/') {
                 prefix.insert(0, '/');

@@ -110,6 +110,32 @@ impl Store {
         &self.root
     }
 
+    /// Check that this process can write every part of the data directory.
+    /// Under a web server the CGI runs as the server's user (www-data):
+    /// the directory must belong to that user, or nothing can be stored.
+    pub fn check_writable(&self) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        for d in DIRS {
+            let p = self.p(d);
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)?;
+            // SAFETY: a valid NUL-terminated path; access() only reads it.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+                // SAFETY: geteuid has no preconditions.
+                let uid = unsafe { libc::geteuid() };
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is not writable by uid {uid}; give the data directory to the user the outbox runs as \
+                         (e.g. `chown -R www-data: {}`) — see docs/OPERATING.md",
+                        p.display(),
+                        self.root.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }

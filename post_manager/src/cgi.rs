@@ -1,0 +1,133 @@
+//! CGI mode (RFC 3875): one request per process, from the environment and
+//! stdin, answered on stdout, through exactly the handler `serve` uses.
+//!
+//! Traps handled here: Apache passes a chunked body without CONTENT_LENGTH
+//! (read to EOF, under the same limit); repeated `Stubmail-Signature`
+//! headers arrive folded into one comma-separated variable (split; the
+//! values contain no commas); REMOTE_USER, which nginx+fcgiwrap fills from
+//! unchecked credentials, is never read — every request is authenticated
+//! by its OpenPGP signature.
+
+use std::io::{self, Write};
+
+use stubmail::protocol;
+
+use crate::handler::{self, Body, Settings};
+use crate::store::Store;
+
+/// How much of an unread request body is discarded before answering.
+const DRAIN_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// True when started by a web server as a CGI program.
+pub fn is_cgi() -> bool {
+    std::env::var("GATEWAY_INTERFACE").is_ok_and(|g| g.starts_with("CGI/"))
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Settings from the environment the web server sets (see contrib/).
+pub fn settings() -> Settings {
+    let mut prefix = env("POST_MANAGER_PREFIX").or_else(|| env("SCRIPT_NAME")).unwrap_or_else(|| "/".into());
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let max_message_size = env("POST_MANAGER_MAX_MESSAGE_SIZE")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(Settings::default().max_message_size);
+    Settings { prefix, max_message_size }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        507 => "Insufficient Storage",
+        _ => "Error",
+    }
+}
+
+/// Answer one CGI request. Errors go to stderr (the web server's error log).
+pub fn run() -> io::Result<()> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let Some(data) = env("POST_MANAGER_DATA") else {
+        tracing::error!("POST_MANAGER_DATA is not set: set it in the web server's configuration (see contrib/)");
+        return write_head(&mut out, 500, "application/json", None, None).and_then(|_| {
+            out.write_all(br#"{"error":"internal","message":"the outbox is not configured (POST_MANAGER_DATA)"}"#)
+        });
+    };
+    let store = match Store::open(std::path::Path::new(&data)).and_then(|s| s.check_writable().map(|_| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("data directory {data}: {e}");
+            write_head(&mut out, 500, "application/json", None, None)?;
+            return out.write_all(br#"{"error":"internal","message":"the outbox's data directory is not usable; see the server log"}"#);
+        }
+    };
+    let settings = settings();
+    let method = env("REQUEST_METHOD").unwrap_or_else(|| "GET".into());
+    // REQUEST_URI is the path and query exactly as the client sent them,
+    // which is what it signed.
+    let target = env("REQUEST_URI").unwrap_or_else(|| {
+        let mut t = format!("{}{}", env("SCRIPT_NAME").unwrap_or_default(), env("PATH_INFO").unwrap_or_default());
+        if let Some(q) = env("QUERY_STRING") {
+            t = format!("{t}?{q}");
+        }
+        t
+    });
+    let content_length = env("CONTENT_LENGTH").and_then(|v| v.parse::<u64>().ok());
+    let headers = |name: &str| -> Vec<String> {
+        let var = format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_"));
+        match env(&var) {
+            None => vec![],
+            Some(v) if name == protocol::SIGNATURE_HEADER => v.split(',').map(|s| s.trim().to_string()).collect(),
+            Some(v) => vec![v],
+        }
+    };
+    let mut stdin = io::stdin().lock();
+    let req = handler::Request { method: &method, target: &target, headers: &headers, content_length, body: &mut stdin };
+    let resp = handler::handle(&store, &settings, req, stubmail::time::unix_now());
+    // A refused request leaves its body unread; web servers then drop the
+    // answer. Discard a bounded remainder (never into memory) so the client
+    // gets its error; anything larger was refused by the server's limit.
+    let _ = io::copy(&mut io::Read::take(&mut stdin, DRAIN_LIMIT), &mut io::sink());
+    tracing::info!(method, target, status = resp.status, signer = resp.signer.as_ref().map(|f| f.to_string()), error = resp.error, "request");
+    let len = match &resp.body {
+        Body::Empty => Some(0),
+        Body::Json(v) | Body::Key(v) => Some(v.len() as u64),
+        Body::File(_, n) => Some(*n),
+    };
+    write_head(&mut out, resp.status, resp.content_type(), len, resp.content_range.as_deref())?;
+    if method != "HEAD" {
+        match resp.body {
+            // Stream from the file: memory does not grow with the message.
+            Body::File(f, n) => {
+                io::copy(&mut io::Read::take(f, n), &mut out)?;
+            }
+            other => handler::write_body(other, &mut out)?,
+        }
+    }
+    out.flush()
+}
+
+fn write_head(out: &mut dyn Write, status: u16, ct: &str, len: Option<u64>, range: Option<&str>) -> io::Result<()> {
+    write!(out, "Status: {status} {}\r\nContent-Type: {ct}\r\nAccept-Ranges: bytes\r\n", reason(status))?;
+    if let Some(l) = len {
+        write!(out, "Content-Length: {l}\r\n")?;
+    }
+    if let Some(r) = range {
+        write!(out, "Content-Range: {r}\r\n")?;
+    }
+    out.write_all(b"\r\n")
+}

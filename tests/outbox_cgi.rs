@@ -1,0 +1,186 @@
+//! post_manager as a CGI program under the real Apache (mod_cgid) and the
+//! real nginx + fcgiwrap, using the configurations in contrib/: the same
+//! mail path as `serve`, the Web Key Directory, and refusals.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use common::*;
+
+fn is_root() -> bool {
+    stdout(&ok(Command::new("id").arg("-u"))).trim() == "0"
+}
+
+/// A web server process, killed on drop with its error log printed.
+struct Web {
+    name: &'static str,
+    children: Vec<Child>,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // Kill the whole group where the child leads one (fcgiwrap's workers).
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", c.id())]).output();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        println!("----- {} error log -----\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+}
+
+fn wait_listening(port: u16) {
+    wait_for("the web server to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+}
+
+fn contrib(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(rel)
+}
+
+fn apache(dir: &Path, data: &Path) -> Web {
+    let port = free_port();
+    let log = dir.join("apache-error.log");
+    let user = if is_root() { "User www-data\nGroup www-data\n" } else { "" };
+    let conf = format!(
+        "Define STUBMAIL_CGI {cgi}\nDefine STUBMAIL_DATA {data}\nServerRoot /etc/apache2\nServerName localhost\n\
+         Listen 127.0.0.1:{port}\nPidFile {dir}/apache.pid\nErrorLog {log}\nLogLevel info\nMutex file:{dir} default\n\
+         LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so\n\
+         LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+         LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so\n\
+         LoadModule cgid_module /usr/lib/apache2/modules/mod_cgid.so\n\
+         LoadModule env_module /usr/lib/apache2/modules/mod_env.so\n\
+         ScriptSock {dir}/cgid.sock\nDocumentRoot {dir}\n{user}Include {contrib}\n",
+        cgi = bin("post_manager").display(),
+        data = data.display(),
+        dir = dir.display(),
+        log = log.display(),
+        contrib = contrib("apache/stubmail-outbox.conf").display(),
+    );
+    let cf = dir.join("apache.conf");
+    std::fs::write(&cf, conf).unwrap();
+    let child = Command::new(require_sbin("apache2")).arg("-f").arg(&cf).arg("-DFOREGROUND").spawn().unwrap();
+    wait_listening(port);
+    Web { name: "apache", children: vec![child], log, port }
+}
+
+fn nginx(dir: &Path, data: &Path) -> Web {
+    let port = free_port();
+    let log = dir.join("nginx-error.log");
+    let sock = dir.join("fcgiwrap.sock");
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so its forked workers die with it.
+    let fcgi = Command::new(require_sbin("fcgiwrap"))
+        .process_group(0)
+        .arg("-s")
+        .arg(format!("unix:{}", sock.display()))
+        .args(["-c", "4"])
+        .spawn()
+        .unwrap();
+    wait_for("fcgiwrap's socket", 30, || sock.exists().then_some(()));
+    std::fs::copy("/etc/nginx/fastcgi_params", dir.join("fastcgi_params")).unwrap();
+    let user = if is_root() { "user root;\n" } else { "" };
+    let conf = format!(
+        "{user}daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {log} info;\nevents {{}}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  fastcgi_temp_path {dir}/fcgi;\n\
+         proxy_temp_path {dir}/proxy;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    set $stubmail_cgi {cgi};\n    set $stubmail_data {data};\n\
+         set $stubmail_fcgi unix:{sock};\n    include {contrib};\n  }}\n}}\n",
+        dir = dir.display(),
+        log = log.display(),
+        cgi = bin("post_manager").display(),
+        data = data.display(),
+        sock = sock.display(),
+        contrib = contrib("nginx/stubmail-outbox.locations").display(),
+    );
+    let cf = dir.join("nginx.conf");
+    std::fs::write(&cf, conf).unwrap();
+    let child = Command::new(require_sbin("nginx")).arg("-p").arg(dir).arg("-c").arg(&cf).spawn().unwrap();
+    wait_listening(port);
+    Web { name: "nginx", children: vec![child, fcgi], log, port }
+}
+
+fn require_sbin(tool: &str) -> PathBuf {
+    let p = Path::new("/usr/sbin").join(tool);
+    if p.exists() { p } else { require(tool) }
+}
+
+/// Alice's outbox behind `web`: the whole path, then WKD and refusals.
+fn round_trip(start: fn(&Path, &Path) -> Web) {
+    let root = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // The web server's user must reach the data directory.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = root.path().join("outbox-data");
+    let web = start(root.path(), &data);
+    let url = format!("http://127.0.0.1:{}/stubmail/", web.port);
+    let alice = User::init(root.path(), "alice", "alice@example.org", &url);
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&data).arg("--key").arg(alice.export()));
+    if is_root() && web.name == "apache" {
+        // The CGI runs as www-data: give it the data directory.
+        ok(Command::new("chown").args(["-R", "www-data:www-data"]).arg(&data));
+    }
+    alice.import(&bob.export());
+    bob.import(&alice.export());
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let smtp = alice.smtp2stub(root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: via a web server\r\n\r\nCGI works\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_for("stored via the web server", 60, || (alice.status_json()[0]["state"] == "stored").then_some(()));
+    let out = bob.http2mbox_once();
+    assert!(out.contains("delivered 1"), "{out}");
+    let got = std::fs::read_to_string(&bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("Subject: via a web server") && got.contains("CGI works"), "{got}");
+    assert_eq!(alice.status_json()[0]["state"], "retrieved");
+
+    // WKD: the hashed local part is the one GnuPG computes.
+    let wks = ["/usr/lib/gnupg/gpg-wks-client", "/usr/libexec/gpg-wks-client"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| require("gpg-wks-client"));
+    let hash = stdout(&ok(Command::new(wks).args(["--print-wkd-hash", "alice@example.org"])));
+    let hash = hash.split_whitespace().next().unwrap().to_string();
+    let script = r#"
+import sys, urllib.request, urllib.error
+base = sys.argv[1]
+def get(path, method="GET", data=None, headers={}):
+    req = urllib.request.Request(base + path, method=method, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r: return r.status, r.read()
+    except urllib.error.HTTPError as e: return e.code, e.read()
+s, body = get("/.well-known/openpgpkey/hu/" + sys.argv[2] + "?l=alice")
+assert s == 200 and len(body) > 100 and body[0] & 0x80, (s, body[:50])
+s, _ = get("/.well-known/openpgpkey/example.org/hu/" + sys.argv[2] + "?l=alice")
+assert s == 200, s
+s, _ = get("/.well-known/openpgpkey/policy"); assert s == 200, s
+s, _ = get("/.well-known/openpgpkey/hu/ybndrfg8ejkmcpqxot1uwisza345h769"); assert s == 404, s
+# Unsigned, malformed or traversing requests are refused with structured errors.
+s, body = get("/stubmail/v1/messages"); assert s == 401 and b'"error"' in body, (s, body)
+s, body = get("/stubmail/v1/messages/..%2F..%2Fetc%2Fpasswd"); assert s in (400, 404), (s, body)
+s, body = get("/stubmail/v1/messages/" + "a" * 64, method="PUT", data=b"x" * 10); assert s == 401, (s, body)
+s, body = get("/stubmail/v1/poll", method="POST", data=b"{}", headers={"Stubmail-Signature": "v1; garbage"}); assert s == 401, (s, body)
+print("ok")
+"#;
+    let (good, out) = python(script, &[&format!("http://127.0.0.1:{}", web.port), &hash]);
+    assert!(good, "{out}");
+    // Refused requests stored nothing.
+    assert_eq!(std::fs::read_dir(data.join("messages")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn outbox_as_cgi_under_apache() {
+    round_trip(apache);
+}
+
+#[test]
+fn outbox_as_cgi_under_nginx_and_fcgiwrap() {
+    round_trip(nginx);
+}
