@@ -62,7 +62,9 @@ fn apache(dir: &Path, data: &Path) -> Web {
     );
     let cf = dir.join("apache.conf");
     std::fs::write(&cf, conf).unwrap();
-    let child = Command::new(require_sbin("apache2")).arg("-f").arg(&cf).arg("-DFOREGROUND").spawn().unwrap();
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so its workers and cgid daemon die with it.
+    let child = Command::new(require_sbin("apache2")).process_group(0).arg("-f").arg(&cf).arg("-DFOREGROUND").spawn().unwrap();
     wait_listening(port);
     Web { name: "apache", children: vec![child], log, port }
 }
