@@ -470,3 +470,131 @@ mod tests {
     }
 }
 
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use stubmail::Identity;
+
+    /// A body reader that fails the test if anything reads it.
+    struct Untouchable;
+    impl Read for Untouchable {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            panic!("the body of a refused request was read");
+        }
+    }
+
+    struct Case<'a> {
+        name: &'a str,
+        method: &'a str,
+        target: String,
+        headers: Vec<(&'a str, String)>,
+        content_length: Option<u64>,
+        body: Option<Vec<u8>>,
+        now: i64,
+        want: u16,
+    }
+
+    fn run(store: &Store, settings: &Settings, c: Case) -> Response {
+        let headers = c.headers.clone();
+        let get = move |n: &str| headers.iter().filter(|(k, _)| *k == n).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        let mut untouched = Untouchable;
+        let mut bytes;
+        let body: &mut dyn Read = match &c.body {
+            Some(b) => {
+                bytes = &b[..];
+                &mut bytes
+            }
+            None => &mut untouched,
+        };
+        let req = Request { method: c.method, target: &c.target, headers: &get, content_length: c.content_length, body };
+        handle(store, settings, req, c.now)
+    }
+
+    #[test]
+    fn hostile_requests_get_4xx_and_store_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let settings = Settings { prefix: "/".into(), max_message_size: 1000 };
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        let mallory = Identity::generate(None, "mallory@example.org", "http://m/").unwrap();
+        store.add_account(&alice.cert()).unwrap();
+        let now = 1_800_000_000;
+        let body = b"ciphertext".to_vec();
+        let id = stubmail::client::sha256_hex(&body);
+        let bob = "B".repeat(40);
+        let put = |who: &Identity, ts: i64| {
+            let path = format!("/v1/messages/{id}");
+            vec![
+                (protocol::SIGNATURE_HEADER, auth::sign_request(who, "PUT", &path, &id, ts).unwrap()),
+                (protocol::DIGEST_HEADER, id.clone()),
+                (protocol::RECIPIENTS_HEADER, bob.clone()),
+            ]
+        };
+        let good = put(&alice, now);
+        let replayed = good.clone();
+        let case = |name, headers, body: Option<Vec<u8>>, content_length, want| Case {
+            name,
+            method: "PUT",
+            target: format!("/v1/messages/{id}"),
+            headers,
+            content_length,
+            body,
+            now,
+            want,
+        };
+        let cases = vec![
+            case("unsigned", vec![(protocol::DIGEST_HEADER, id.clone())], None, Some(10), 401),
+            case("stale timestamp", put(&alice, now - 3600), None, Some(10), 401),
+            case("from the future", put(&alice, now + 3600), None, Some(10), 401),
+            case("unknown account", put(&mallory, now), None, Some(10), 401),
+            case("oversized, refused before reading", put(&alice, now), None, Some(1_000_000), 413),
+            case("wrong digest for the id", {
+                let mut h = put(&alice, now);
+                h[1].1 = "0".repeat(64);
+                h
+            }, None, Some(10), 400),
+            case("body does not match the id", put(&alice, now), Some(b"tampered!!".to_vec()), Some(10), 400),
+            case("bad recipients", {
+                let mut h = put(&alice, now);
+                h[2].1 = "DEADBEEF".into();
+                h
+            }, Some(body.clone()), Some(10), 400),
+            Case { name: "path traversal", target: "/v1/messages/../../etc/passwd".into(), ..case("", put(&alice, now), None, None, 404) },
+            Case { name: "upper-case id", target: format!("/v1/messages/{}", id.to_uppercase()), ..case("", put(&alice, now), None, None, 400) },
+            Case { name: "unknown version", target: format!("/v2/messages/{id}"), ..case("", put(&alice, now), None, None, 404) },
+        ];
+        for c in cases {
+            let (name, want) = (c.name, c.want);
+            let r = run(&store, &settings, c);
+            assert_eq!(r.status, want, "{name}");
+            assert!(matches!(r.body, Body::Json(_)), "{name}: structured error body");
+            assert_eq!(std::fs::read_dir(d.path().join("messages")).unwrap().count(), 0, "{name} stored something");
+        }
+        // The genuine upload is stored once; its replay is refused.
+        let r = run(&store, &settings, case("good", good, Some(body.clone()), Some(10), 201));
+        assert_eq!(r.status, 201);
+        let r = run(&store, &settings, case("replayed", replayed, Some(body.clone()), Some(10), 401));
+        assert_eq!((r.status, r.error), (401, Some("replayed")));
+        // Polls: a malformed body and a wrong device id are 400s.
+        let poll = |b: &[u8], ts| {
+            let digest = stubmail::client::sha256_hex(b);
+            Case {
+                name: "poll",
+                method: "POST",
+                target: "/v1/poll".into(),
+                headers: vec![
+                    (protocol::SIGNATURE_HEADER, auth::sign_request(&alice, "POST", "/v1/poll", &digest, ts).unwrap()),
+                    (protocol::DIGEST_HEADER, digest),
+                ],
+                content_length: Some(b.len() as u64),
+                body: Some(b.to_vec()),
+                now,
+                want: 0,
+            }
+        };
+        assert_eq!(run(&store, &settings, poll(b"{not json", now)).status, 400);
+        assert_eq!(run(&store, &settings, poll(br#"{"device":"../x"}"#, now)).status, 400);
+        assert_eq!(run(&store, &settings, poll(br#"{"certs":[]}"#, now)).status, 200);
+    }
+}
