@@ -32,12 +32,45 @@ enum Cmd {
         /// Largest message accepted, in bytes.
         #[arg(long, default_value_t = 256 * 1024 * 1024)]
         max_message_size: u64,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// Apply the retention policy once (for cron, with CGI setups; `serve`
+    /// does this every hour by itself).
+    ///
+    /// Example: post_manager expire --data /var/lib/stubmail-outbox
+    Expire {
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// Manage the local users allowed to upload.
     Account {
         #[command(subcommand)]
         cmd: AccountCmd,
     },
+}
+
+/// Retention policy (docs/OPERATING.md).
+#[derive(clap::Args, Clone, Copy)]
+struct RetentionArgs {
+    /// Days a message waits for its recipients before it expires.
+    #[arg(long, default_value_t = 30)]
+    retention_days: u32,
+    /// Days the bytes are kept once no recipient is waiting any more.
+    #[arg(long, default_value_t = 7)]
+    keep_days: u32,
+    /// Days the delivery status is kept after that.
+    #[arg(long, default_value_t = 90)]
+    status_days: u32,
+}
+
+impl RetentionArgs {
+    fn policy(self) -> post_manager::store::Retention {
+        let d = |n: u32| n as i64 * 86400;
+        post_manager::store::Retention { pending_secs: d(self.retention_days), keep_secs: d(self.keep_days), status_secs: d(self.status_days) }
+    }
 }
 
 /// Where the outbox keeps its data: `--data DIR`, or `<home>/outbox` for a
@@ -94,7 +127,16 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Serve { listen, data, prefix, max_message_size } => {
+        Cmd::Expire { data, retention } => {
+            let store = Store::open(&data.path()?)?;
+            let e = store.expire(stubmail::time::unix_now(), retention.policy())?;
+            println!(
+                "expired {} recipient(s), deleted {} message(s), dropped {} status(es)",
+                e.recipients_expired, e.messages_deleted, e.statuses_dropped
+            );
+            Ok(())
+        }
+        Cmd::Serve { listen, data, prefix, max_message_size, retention } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
             store.check_writable()?;
@@ -113,6 +155,22 @@ fn main() -> anyhow::Result<()> {
                 println!("post_manager listening on {addr}");
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 tokio::spawn(stubmail_signals(shutdown.clone()));
+                // Retention, hourly (and once at start).
+                let (st, sd, policy) = (store.clone(), shutdown.clone(), retention.policy());
+                tokio::spawn(async move {
+                    loop {
+                        let s2 = st.clone();
+                        match tokio::task::spawn_blocking(move || s2.expire(stubmail::time::unix_now(), policy)).await {
+                            Ok(Ok(e)) if e != Default::default() => tracing::info!(?e, "retention"),
+                            Ok(Err(e)) => tracing::error!("retention: {e}"),
+                            _ => {}
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                            _ = sd.cancelled() => return,
+                        }
+                    }
+                });
                 server::run(listener, store, settings, shutdown).await?;
                 anyhow::Ok(())
             })

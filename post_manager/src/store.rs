@@ -465,6 +465,87 @@ impl Store {
     }
 }
 
+/// How long the outbox keeps things (docs/OPERATING.md, "Retention").
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// A message waits this long for its recipients; then those who have
+    /// not retrieved it see it `expired`.
+    pub pending_secs: i64,
+    /// Once no recipient is pending, the bytes stay this long (so every
+    /// device of a recipient can fetch them), then they are deleted.
+    pub keep_secs: i64,
+    /// The delivery status stays this long after that, for the sender.
+    pub status_secs: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: i64 = 86400;
+        Retention { pending_secs: 30 * DAY, keep_secs: 7 * DAY, status_secs: 90 * DAY }
+    }
+}
+
+/// What one expiry pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub recipients_expired: usize,
+    pub messages_deleted: usize,
+    pub statuses_dropped: usize,
+}
+
+impl Store {
+    /// Apply the retention policy at time `now`. Safe to run from several
+    /// processes at once (each message is changed under its lock).
+    pub fn expire(&self, now: i64, r: Retention) -> Result<Expired, StoreError> {
+        let mut out = Expired::default();
+        for e in fs::read_dir(self.p("meta"))? {
+            let name = e?.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|i| protocol::is_valid_id(i)) else {
+                continue;
+            };
+            let _lock = self.lock(id)?;
+            let Some(mut m) = self.read_meta(id)? else { continue };
+            let mut changed = false;
+            if now - m.stored > r.pending_secs {
+                for rc in m.recipients.iter_mut().filter(|rc| rc.state.is_pending()) {
+                    rc.state = DeliveryState::Expired;
+                    rc.at = now;
+                    out.recipients_expired += 1;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.write_meta(&m)?;
+            }
+            if m.recipients.iter().any(|rc| rc.state.is_pending()) {
+                continue;
+            }
+            let settled = m.recipients.iter().map(|rc| rc.at).max().unwrap_or(m.stored);
+            if now - settled > r.keep_secs {
+                for rc in &m.recipients {
+                    self.unmark(&format!("inbox/{}", rc.fpr), id)?;
+                }
+                match fs::remove_file(self.p(&format!("messages/{id}"))) {
+                    Ok(()) => {
+                        fsync_dir(&self.p("messages"))?;
+                        out.messages_deleted += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if now - settled > r.keep_secs + r.status_secs {
+                self.unmark(&format!("sent/{}", m.sender), id)?;
+                fs::remove_file(self.p(&format!("meta/{id}.json")))?;
+                fsync_dir(&self.p("meta"))?;
+                let _ = fs::remove_file(self.p(&format!("locks/{id}")));
+                out.statuses_dropped += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl stubmail::auth::NonceStore for Store {
     fn remember(&self, fpr: &Fpr, nonce: &str, _ts: i64) -> io::Result<bool> {
         let dir = self.p(&format!("nonces/{fpr}"));
@@ -533,6 +614,29 @@ mod tests {
         assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
         assert!(s.poll(&c, None, None).unwrap().is_empty());
         assert!(s.open_for(&c, &id).is_err());
+    }
+
+    #[test]
+    fn retention_expires_deletes_and_forgets() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let r = Retention { pending_secs: 100, keep_secs: 10, status_secs: 50 };
+        let body = b"m".to_vec();
+        let id = id_of(&body);
+        s.put(&fpr('A'), &id, &[fpr('B'), fpr('C')], &mut &body[..], 10, 1000).unwrap();
+        s.ack(&fpr('B'), &id, None, 1050).unwrap();
+        assert_eq!(s.expire(1090, r).unwrap(), Expired::default(), "C still has time");
+        assert_eq!(s.expire(1101, r).unwrap().recipients_expired, 1);
+        let st = s.status(&fpr('A'), &id).unwrap();
+        assert_eq!(st.recipients.iter().find(|x| x.fpr == fpr('C')).unwrap().state, DeliveryState::Expired);
+        assert!(s.poll(&fpr('C'), None, None).unwrap().is_empty());
+        assert!(s.open_for(&fpr('B'), &id).is_ok(), "kept a while after settling");
+        assert_eq!(s.expire(1112, r).unwrap().messages_deleted, 1);
+        assert!(s.open_for(&fpr('B'), &id).is_err());
+        assert!(s.status(&fpr('A'), &id).is_ok(), "the status outlives the bytes");
+        assert_eq!(s.expire(1162, r).unwrap().statuses_dropped, 1);
+        assert!(s.status(&fpr('A'), &id).is_err());
+        assert!(s.list(&fpr('A')).unwrap().is_empty());
     }
 
     #[test]
