@@ -172,6 +172,12 @@ impl OutboxClient {
         Self::json(r.send().await?).await
     }
 
+    /// The account's limits and usage (docs/PROTOCOL.md §4.7).
+    pub async fn account(&self) -> Result<protocol::AccountStatus, ClientError> {
+        let r = self.request(Method::GET, "v1/account", protocol::EMPTY_SHA256)?;
+        Self::json(r.send().await?).await
+    }
+
     pub async fn list(&self) -> Result<MessageList, ClientError> {
         let r = self.request(Method::GET, "v1/messages", protocol::EMPTY_SHA256)?;
         Self::json(r.send().await?).await

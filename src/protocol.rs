@@ -299,6 +299,20 @@ pub struct MessageList {
     pub messages: Vec<MessageStatus>,
 }
 
+/// An account's limits and usage (`GET /v1/account`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountStatus {
+    pub fpr: Option<Fpr>,
+    /// Bytes and messages stored now.
+    pub bytes: u64,
+    pub messages: u64,
+    /// Distinct recipients today (UTC).
+    pub recipients_today: u64,
+    pub max_bytes: u64,
+    pub max_messages: u64,
+    pub max_recipients_per_day: u64,
+}
+
 /// Every error answer's body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

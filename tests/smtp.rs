@@ -302,3 +302,29 @@ fn outbox_down_and_smtp2stub_restarted_nothing_is_lost() {
     assert!(bob.http2mbox_once().contains("delivered 1"));
     assert_eq!(bob.maildir_new().len(), 1);
 }
+
+#[test]
+fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "alice-outbox");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    ok(bin_cmd("post_manager")
+        .args(["account", "add", "--max-bytes", "4000", "--data"])
+        .arg(&outbox.data)
+        .arg("--key")
+        .arg(alice.export()));
+    alice.import(&bob.export());
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let smtp = alice.smtp2stub(root.path());
+    let small = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: fits\r\n\r\nsmall\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], small).unwrap().starts_with("250"));
+    wait_states(&alice, 1, "stored");
+    let line = format!("{}\r\n", "x".repeat(70));
+    let big = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: too big\r\n\r\n{}", line.repeat(80));
+    let err = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], &big).unwrap_err();
+    assert!(err.contains("552") && err.contains("over its quota"), "{err}");
+    assert_eq!(alice.status_json().as_array().unwrap().len(), 1, "the refused message was not queued");
+}

@@ -94,6 +94,8 @@ fn from_store(e: StoreError) -> Response {
         StoreError::DigestMismatch { .. } => Response::error(400, "digest_mismatch", e.to_string()),
         StoreError::TooLarge(_) => Response::error(413, "too_large", e.to_string()),
         StoreError::Conflict => Response::error(409, "conflict", e.to_string()),
+        StoreError::QuotaExceeded(m) => Response::error(507, "quota_exceeded", m),
+        StoreError::RateLimited(m) => Response::error(429, "rate_limited", m),
         StoreError::Io(ref io) if io.raw_os_error() == Some(28) => {
             Response::error(507, "unavailable", "the outbox is out of disk space; try again later")
         }
@@ -105,6 +107,7 @@ fn from_store(e: StoreError) -> Response {
 }
 
 enum Route<'a> {
+    Account,
     Poll,
     List,
     Message(&'a str),
@@ -126,6 +129,7 @@ fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response
     };
     match rel.split('/').collect::<Vec<_>>().as_slice() {
         ["poll"] => Ok(Route::Poll),
+        ["account"] => Ok(Route::Account),
         ["messages"] => Ok(Route::List),
         ["messages", id] => Ok(Route::Message(id_ok(id)?)),
         ["messages", id, "status"] => Ok(Route::Status(id_ok(id)?)),
@@ -267,6 +271,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
             s.list(f).map(|messages| Response::json(200, &MessageList { messages }))
         }),
         ("POST", Route::Ack(id)) => ack(store, &mut req, id, now),
+        ("GET", Route::Account) => sender_op(store, &mut req, now, |s, f| s.account_status(f, now).map(|st| Response::json(200, &st))),
         ("POST", Route::Poll) => poll(store, &mut req, now),
         _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
     };

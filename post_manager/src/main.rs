@@ -104,6 +104,15 @@ enum AccountCmd {
         data: DataDir,
         #[arg(long)]
         key: PathBuf,
+        /// Bytes the account may keep stored (default 1 GiB).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Messages the account may keep stored (default 10000).
+        #[arg(long)]
+        max_messages: Option<u64>,
+        /// Distinct recipients per UTC day (default 1000).
+        #[arg(long)]
+        max_recipients_per_day: Option<u64>,
     },
     /// List registered users.
     List {
@@ -181,13 +190,20 @@ fn main() -> anyhow::Result<()> {
 
 fn account(cmd: AccountCmd) -> anyhow::Result<()> {
     match cmd {
-        AccountCmd::Add { data, key } => {
+        AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day } => {
             let store = Store::open(&data.path()?)?;
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
             let certs = stubmail::pgp::parse_certs(&bytes).with_context(|| format!("{}", key.display()))?;
             for c in certs {
                 let c = c.strip_secret_key_material();
                 let f = store.add_account(&c)?;
+                let d = post_manager::store::Limits::default();
+                let limits = post_manager::store::Limits {
+                    max_bytes: max_bytes.unwrap_or(d.max_bytes),
+                    max_messages: max_messages.unwrap_or(d.max_messages),
+                    max_recipients_per_day: max_recipients_per_day.unwrap_or(d.max_recipients_per_day),
+                };
+                store.set_limits(&f, &limits)?;
                 println!("added account {f} {}", stubmail::pgp::emails_of(&c).join(", "));
             }
         }

@@ -83,6 +83,10 @@ pub enum StoreError {
     TooLarge(u64),
     #[error("this id is already stored by another sender")]
     Conflict,
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    RateLimited(String),
     #[error("storage: {0}")]
     Io(#[from] io::Error),
     #[error("corrupt state file {0}")]
@@ -95,7 +99,25 @@ pub struct Store {
     root: PathBuf,
 }
 
-const DIRS: &[&str] = &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp"];
+const DIRS: &[&str] = &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp", "rcptlog"];
+
+/// An account's limits (`accounts/<FPR>.limits.json`; defaults if absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_messages: u64,
+    pub max_recipients_per_day: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bytes: 1 << 30, max_messages: 10_000, max_recipients_per_day: 1_000 }
+    }
+}
+
+fn utc_day(now: i64) -> String {
+    stubmail::time::rfc3339(now)[..10].to_string()
+}
 
 impl Store {
     /// Open (creating the layout if needed) a data directory.
@@ -148,6 +170,65 @@ impl Store {
         let f = pgp::fpr_of(cert);
         fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o644)?;
         Ok(f)
+    }
+
+    /// Set an account's limits.
+    pub fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.limits.json")), &serde_json::to_vec_pretty(l).expect("serialisable"), 0o644)
+    }
+
+    pub fn limits(&self, f: &Fpr) -> Limits {
+        fs::read(self.p(&format!("accounts/{f}.limits.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Limits and usage of an account at `now`: stored bytes and messages
+    /// (counted from the store, so never out of step with it) and distinct
+    /// recipients of the UTC day.
+    pub fn account_status(&self, f: &Fpr, now: i64) -> Result<protocol::AccountStatus, StoreError> {
+        let l = self.limits(f);
+        let (mut bytes, mut messages) = (0, 0);
+        if let Ok(rd) = fs::read_dir(self.p(&format!("sent/{f}"))) {
+            for e in rd {
+                let name = e?.file_name();
+                let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
+                if let Ok(m) = fs::metadata(self.p(&format!("messages/{id}"))) {
+                    bytes += m.len();
+                    messages += 1;
+                }
+            }
+        }
+        Ok(protocol::AccountStatus {
+            fpr: Some(f.clone()),
+            bytes,
+            messages,
+            recipients_today: self.recipients_today(f, now)?.len() as u64,
+            max_bytes: l.max_bytes,
+            max_messages: l.max_messages,
+            max_recipients_per_day: l.max_recipients_per_day,
+        })
+    }
+
+    fn recipients_today(&self, f: &Fpr, now: i64) -> io::Result<std::collections::BTreeSet<String>> {
+        match fs::read_to_string(self.p(&format!("rcptlog/{f}/{}", utc_day(now)))) {
+            Ok(t) => Ok(t.lines().map(str::to_string).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn log_recipients(&self, f: &Fpr, now: i64, new: &[&Fpr]) -> io::Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let dir = self.p(&format!("rcptlog/{f}"));
+        fs::create_dir_all(&dir)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(dir.join(utc_day(now)))?;
+        let text: String = new.iter().map(|r| format!("{r}\n")).collect();
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
     }
 
     pub fn remove_account(&self, f: &Fpr) -> io::Result<bool> {
@@ -289,6 +370,13 @@ impl Store {
                 return Err(e);
             }
         };
+        // Limits are checked under the account's lock, with the real size,
+        // so concurrent uploads cannot together overshoot them.
+        let _account = self.lock(&format!("account-{sender}"))?;
+        if let Err(e) = self.check_limits(sender, id, size, recipients, now) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         let _lock = self.lock(id)?;
         let (meta, created) = match self.read_meta(id)? {
             Some(mut m) => {
@@ -321,6 +409,9 @@ impl Store {
                 (m, true)
             }
         };
+        let today = self.recipients_today(sender, now)?;
+        let new: Vec<&Fpr> = recipients.iter().filter(|r| !today.contains(r.as_str())).collect();
+        self.log_recipients(sender, now, &new)?;
         // Indexes last (and again on a retried upload, which repairs a crash
         // between the state write and here).
         self.mark(&format!("sent/{sender}"), id)?;
@@ -328,6 +419,31 @@ impl Store {
             self.mark(&format!("inbox/{}", r.fpr), id)?;
         }
         Ok((meta.status(), created))
+    }
+
+    fn check_limits(&self, sender: &Fpr, id: &str, size: u64, recipients: &[Fpr], now: i64) -> Result<(), StoreError> {
+        let st = self.account_status(sender, now)?;
+        let already = self.p(&format!("messages/{id}")).exists();
+        if !already && st.bytes + size > st.max_bytes {
+            return Err(StoreError::QuotaExceeded(format!(
+                "the account would hold {} bytes, over its quota of {}; unsend old messages or wait until they are fetched",
+                st.bytes + size,
+                st.max_bytes
+            )));
+        }
+        if !already && st.messages + 1 > st.max_messages {
+            return Err(StoreError::QuotaExceeded(format!("the account holds {} messages, its quota", st.messages)));
+        }
+        let today = self.recipients_today(sender, now)?;
+        let new = recipients.iter().filter(|r| !today.contains(r.as_str())).count() as u64;
+        if today.len() as u64 + new > st.max_recipients_per_day {
+            return Err(StoreError::RateLimited(format!(
+                "this would make {} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
+                today.len() as u64 + new,
+                st.max_recipients_per_day
+            )));
+        }
+        Ok(())
     }
 
     /// Messages for `recipient` (optionally only from `senders`): pending
@@ -614,6 +730,31 @@ mod tests {
         assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
         assert!(s.poll(&c, None, None).unwrap().is_empty());
         assert!(s.open_for(&c, &id).is_err());
+    }
+
+    #[test]
+    fn quotas_and_daily_recipients() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        s.set_limits(&fpr('A'), &Limits { max_bytes: 25, max_messages: 2, max_recipients_per_day: 2 }).unwrap();
+        let m = |b: &[u8]| (id_of(b), b.to_vec());
+        let (id1, b1) = m(b"0123456789");
+        s.put(&fpr('A'), &id1, &[fpr('B')], &mut &b1[..], 100, 86400).unwrap();
+        // A third distinct recipient today: refused; the same two: fine.
+        let (id2, b2) = m(b"abcdefghij");
+        assert!(matches!(s.put(&fpr('A'), &id2, &[fpr('C'), fpr('D')], &mut &b2[..], 100, 86401), Err(StoreError::RateLimited(_))));
+        s.put(&fpr('A'), &id2, &[fpr('B'), fpr('C')], &mut &b2[..], 100, 86402).unwrap();
+        // Over the byte quota, and the message count.
+        let (id3, b3) = m(b"klmnopqrst");
+        assert!(matches!(s.put(&fpr('A'), &id3, &[fpr('B')], &mut &b3[..], 100, 86403), Err(StoreError::QuotaExceeded(_))));
+        assert!(!d.path().join("messages").join(&id3).exists());
+        let st = s.account_status(&fpr('A'), 86404).unwrap();
+        assert_eq!((st.bytes, st.messages, st.recipients_today), (20, 2, 2));
+        // A new day, and space freed by unsend: accepted again.
+        s.unsend(&fpr('A'), &id1, 86405).unwrap();
+        s.put(&fpr('A'), &id3, &[fpr('D')], &mut &b3[..], 100, 2 * 86400).unwrap();
+        // Re-uploading what is already stored never counts twice.
+        s.put(&fpr('A'), &id3, &[fpr('D')], &mut &b3[..], 100, 2 * 86400).unwrap();
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Router {
     pub discovery: Option<Discovery>,
     /// A relay is configured for everyone else.
     pub relay: bool,
+    /// The user's own outbox, asked about its limits before `250`.
+    pub outbox: Option<stubmail::client::OutboxClient>,
 }
 
 /// Key discovery settings.
@@ -90,6 +92,36 @@ impl Policy for Router {
                  import their key with `stubmail keys import`, or configure [relay]"
             ),
         ))
+    }
+
+    async fn check_outbox(&self, size: u64, stub_rcpts: &[&Fpr]) -> Result<(), Reply> {
+        let Some(outbox) = &self.outbox else { return Ok(()) };
+        let st = match tokio::time::timeout(std::time::Duration::from_secs(5), outbox.account()).await {
+            Ok(Ok(st)) => st,
+            // Unreachable or slow: accept into the spool; uploads retry.
+            Ok(Err(e)) => {
+                tracing::debug!("cannot ask the outbox about its limits: {e}");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        if st.bytes + size > st.max_bytes || st.messages + stub_rcpts.len() as u64 > st.max_messages {
+            return Err(Reply::new(
+                552,
+                format!(
+                    "5.2.2 Your outbox is over its quota ({} of {} bytes, {} of {} messages); \
+                     unsend old messages or wait until recipients fetch them",
+                    st.bytes, st.max_bytes, st.messages, st.max_messages
+                ),
+            ));
+        }
+        if st.recipients_today + stub_rcpts.len() as u64 > st.max_recipients_per_day {
+            return Err(Reply::new(
+                452,
+                format!("4.5.3 Your outbox's limit of {} recipients a day is reached; try again tomorrow", st.max_recipients_per_day),
+            ));
+        }
+        Ok(())
     }
 }
 

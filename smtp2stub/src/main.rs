@@ -68,7 +68,13 @@ fn main() -> anyhow::Result<()> {
             auth_required,
             ..SessionConfig::default()
         },
-        policy: Router { own: config.own_addresses(), keyring: keyring.clone(), discovery, relay: config.relay.is_some() },
+        policy: Router {
+            own: config.own_addresses(),
+            keyring: keyring.clone(),
+            discovery,
+            relay: config.relay.is_some(),
+            outbox: Some(outbox.clone()),
+        },
         spool: spool.clone(),
         accepted: kick.clone(),
     });

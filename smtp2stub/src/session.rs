@@ -43,6 +43,10 @@ pub trait Policy: Send + Sync {
     /// How a recipient is reached: the stub path or the SMTP relay. May look
     /// the recipient's key up on the network (with a short timeout).
     fn recipient(&self, addr: &str) -> impl Future<Output = Result<Route, Reply>> + Send;
+    /// Before `250`: will the outbox take a message of `size` bytes for
+    /// `stub_rcpts` Stubmail recipients? (Ok when it cannot be asked: the
+    /// spool keeps the message and retries.)
+    fn check_outbox(&self, size: u64, stub_rcpts: &[&stubmail::protocol::Fpr]) -> impl Future<Output = Result<(), Reply>> + Send;
 }
 
 /// AUTH credentials of the one user this server submits for.
@@ -677,6 +681,21 @@ impl<P: Policy> Session<'_, P> {
             tracing::warn!(peer = %self.peer, "refused message: {}", r.text);
             return r;
         }
+        let stub: Vec<&stubmail::protocol::Fpr> = rcpts
+            .iter()
+            .filter_map(|r| match &r.route {
+                Route::Stub { fpr } => Some(fpr),
+                Route::Relay => None,
+            })
+            .collect();
+        if !stub.is_empty() {
+            if let Err(r) = self.ctx.policy.check_outbox(size, &stub).await {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                tracing::warn!(peer = %self.peer, "refused message: {}", r.text);
+                return r;
+            }
+        }
         let env = Envelope {
             qid: qid.clone(),
             from,
@@ -750,6 +769,9 @@ mod tests {
                 "dave@plain.example" => Ok(Route::Relay),
                 _ => Err(Reply::new(550, "5.1.1 unknown")),
             }
+        }
+        async fn check_outbox(&self, size: u64, _: &[&Fpr]) -> Result<(), Reply> {
+            if size > 900 { Err(Reply::new(552, "5.2.2 over quota")) } else { Ok(()) }
         }
     }
 
@@ -892,6 +914,20 @@ RCPT TO:<bob@example.net>\r\nDATA\r\n0123456789\r\n0123456789\r\n.\r\nNOOP\r\n";
         let r = dialogue(input, 9, 16).await;
         assert_eq!(r.codes(), vec![220, 250, 552, 250, 250, 354, 552, 250], "{}", r.output);
         assert!(r.queued.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_outbox_over_quota_refuses_before_250() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(&b"0123456789\r\n".repeat(100));
+        input.extend_from_slice(b".\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<dave@plain.example>\r\nDATA\r\n");
+        input.extend_from_slice(&b"0123456789\r\n".repeat(100));
+        input.extend_from_slice(b".\r\n");
+        let r = dialogue(&input, 64, 1 << 20).await;
+        // The relay-only message does not touch the outbox: accepted.
+        assert_eq!(r.codes(), vec![220, 250, 250, 250, 354, 552, 250, 250, 354, 250], "{}", r.output);
+        assert_eq!(r.queued.len(), 1);
+        assert_eq!(std::fs::read_dir(r._dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[tokio::test]
