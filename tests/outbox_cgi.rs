@@ -175,6 +175,30 @@ print("ok")
     // Refused requests stored nothing.
     assert_eq!(std::fs::read_dir(data.join("messages")).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+
+    // A chunked upload (no Content-Length), signed like any other.
+    let me = stubmail::Identity::load(&alice.home.join("secret.pgp")).unwrap();
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let id = stubmail::client::sha256_hex(&bytes);
+    let path = format!("/stubmail/v1/messages/{id}");
+    let sig = stubmail::auth::sign_request(&me, "PUT", &path, &id, stubmail::time::unix_now()).unwrap();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(7_000).map(|c| Ok(c.to_vec())).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        stubmail::client::http_client()
+            .unwrap()
+            .put(format!("http://127.0.0.1:{}{path}", web.port))
+            .header("Stubmail-Signature", sig)
+            .header("Stubmail-Content-SHA256", &id)
+            .header("Stubmail-Recipients", "B".repeat(40))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status.as_u16(), 201, "chunked upload through {}", web.name);
+    assert_eq!(std::fs::read(data.join("messages").join(&id)).unwrap(), bytes);
 }
 
 #[test]

@@ -614,6 +614,7 @@ impl Store {
     /// processes at once (each message is changed under its lock).
     pub fn expire(&self, now: i64, r: Retention) -> Result<Expired, StoreError> {
         let mut out = Expired::default();
+        self.sweep(now)?;
         for e in fs::read_dir(self.p("meta"))? {
             let name = e?.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|i| protocol::is_valid_id(i)) else {
@@ -659,6 +660,36 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Remove what crashed uploads left behind: temporary files, and stored
+    /// bytes that never got their state (the crash fell between the two;
+    /// the uploader was never told 201 and retries). Only things a day old,
+    /// so nothing in progress is touched.
+    fn sweep(&self, now: i64) -> io::Result<()> {
+        let old = |p: &Path| {
+            fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) < now - 86400)
+        };
+        for e in fs::read_dir(self.p("tmp"))?.flatten() {
+            if old(&e.path()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        for e in fs::read_dir(self.p("messages"))?.flatten() {
+            let name = e.file_name();
+            let Some(id) = name.to_str().filter(|i| protocol::is_valid_id(i)) else { continue };
+            if !self.p(&format!("meta/{id}.json")).exists() && old(&e.path()) {
+                let _lock = self.lock(id)?;
+                if !self.p(&format!("meta/{id}.json")).exists() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
