@@ -688,13 +688,12 @@ impl<P: Policy> Session<'_, P> {
                 Route::Relay => None,
             })
             .collect();
-        if !stub.is_empty() {
-            if let Err(r) = self.ctx.policy.check_outbox(size, &stub).await {
-                drop(file);
-                let _ = tokio::fs::remove_file(&tmp).await;
-                tracing::warn!(peer = %self.peer, "refused message: {}", r.text);
-                return r;
-            }
+        let verdict = if stub.is_empty() { Ok(()) } else { self.ctx.policy.check_outbox(size, &stub).await };
+        if let Err(r) = verdict {
+            drop(file);
+            let _ = tokio::fs::remove_file(&tmp).await;
+            tracing::warn!(peer = %self.peer, "refused message: {}", r.text);
+            return r;
         }
         let env = Envelope {
             qid: qid.clone(),
