@@ -7,3 +7,132 @@ pub mod deliver;
 pub mod mbox;
 pub mod poller;
 pub mod pop3;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deliver::Target;
+use poller::Poller;
+use stubmail::config::Delivery;
+use stubmail::maildir::{Journal, Maildir};
+
+/// The poller of one user's home, as its config describes.
+pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) -> anyhow::Result<Poller> {
+    let me = Arc::new(home.load_identity()?);
+    let maildir_path = home.path(&config.poll.maildir);
+    let target = match config.poll.deliver {
+        Delivery::Maildir => Target::Maildir(
+            Maildir::open(&maildir_path).with_context(|| format!("opening Maildir {}", maildir_path.display()))?,
+        ),
+        Delivery::Mbox => Target::Mbox(
+            config.poll.mbox.as_ref().map(|p| home.path(p)).context("deliver = \"mbox\" needs poll.mbox = PATH")?,
+        ),
+        Delivery::Mda => Target::Mda(config.poll.mda.clone().context("deliver = \"mda\" needs poll.mda = COMMAND")?),
+    };
+    let state = home.state_dir();
+    stubmail::fsutil::ensure_private_dir(&state)?;
+    Ok(Poller {
+        me,
+        keyring: home.keyring(),
+        http: stubmail::client::http_client_with_timeout(Duration::from_secs(config.poll.timeout_secs.max(1)))?,
+        target,
+        work: state.join("work"),
+        journal: Journal::open(&state.join("delivered"))?,
+        staging: state.join("fetch"),
+        max_size: config.poll.max_message_size,
+        hostname: "localhost".into(),
+        device: poller::device_id(&state)?,
+        overrides: config
+            .poll
+            .outboxes
+            .iter()
+            .map(|(f, u)| Ok((stubmail::protocol::Fpr::parse(f)?, u.clone())))
+            .collect::<anyhow::Result<_>>()
+            .context("poll.outboxes")?,
+        failing: Default::default(),
+        use_backoff: !once,
+        lock_path: state.join("poll.lock"),
+    })
+}
+
+/// Poll every `interval` seconds (with jitter) and, given a listener,
+/// serve POP3, until `shutdown`.
+pub async fn daemon(
+    home: &stubmail::Home,
+    config: &stubmail::Config,
+    poller: Arc<Poller>,
+    interval: u64,
+    pop3_listener: Option<tokio::net::TcpListener>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let pop3_task = match pop3_listener {
+        Some(l) => Some(start_pop3(home, config, l, poller.clone(), shutdown.clone())?),
+        None => None,
+    };
+    loop {
+        match poller.poll_once().await {
+            Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "poll"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("poll failed: {e:#}"),
+        }
+        // Jitter (±10%) so many pollers don't hit one outbox in step.
+        let jitter = rand::random::<f64>() * 0.2 - 0.1;
+        let wait = Duration::from_secs_f64(interval as f64 * (1.0 + jitter));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    if let Some(t) = pop3_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Start the POP3 server on `listener` for the configured mailbox.
+fn start_pop3(
+    home: &stubmail::Home,
+    config: &stubmail::Config,
+    listener: tokio::net::TcpListener,
+    poller: Arc<Poller>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let p = &config.poll.pop3;
+    let password = p.password.clone().context("POP3 needs poll.pop3.password")?;
+    let store = match &poller.target {
+        Target::Maildir(md) => pop3::Store::Maildir(md.root().to_path_buf()),
+        Target::Mbox(path) => pop3::Store::Mbox(path.clone()),
+        Target::Mda(_) => anyhow::bail!("POP3 serves a Maildir or an mbox; with deliver = \"mda\" there is no mailbox to serve"),
+    };
+    let tls = match (&p.tls_cert, &p.tls_key) {
+        (Some(c), Some(k)) => Some(stubmail::tls::acceptor(&home.path(c), &home.path(k))?),
+        (None, None) => None,
+        _ => anyhow::bail!("set both poll.pop3.tls_cert and poll.pop3.tls_key, or neither"),
+    };
+    let listen = listener.local_addr()?;
+    let require_tls = !listen.ip().is_loopback();
+    if require_tls && tls.is_none() {
+        anyhow::bail!("POP3 on {listen} (not loopback) needs poll.pop3.tls_cert and tls_key for STLS");
+    }
+    let on_login: pop3::LoginHook = Arc::new(move || {
+        let poller = poller.clone();
+        Box::pin(async move {
+            // A quick poll so the client sees fresh mail; never a long wait.
+            match tokio::time::timeout(Duration::from_secs(10), poller.poll_once()).await {
+                Ok(Err(e)) => tracing::warn!("poll at login failed: {e:#}"),
+                Err(_) => tracing::warn!("poll at login took too long; serving what is here"),
+                Ok(Ok(_)) => {}
+            }
+        })
+    });
+    let ctx = Arc::new(pop3::Ctx {
+        store,
+        username: p.username.clone().unwrap_or_else(|| config.identity.email.clone()),
+        password,
+        tls,
+        require_tls,
+        on_login: Some(on_login),
+    });
+    Ok(tokio::spawn(pop3::run(listener, ctx, shutdown)))
+}

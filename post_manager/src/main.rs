@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use post_manager::{handler::Settings, server, store::Store};
+use post_manager::{handler::Settings, store::Store};
 
 #[derive(Parser)]
 #[command(version, about = "Stubmail outbox: stores senders' mail until recipients fetch it")]
@@ -164,23 +164,7 @@ fn main() -> anyhow::Result<()> {
                 println!("post_manager listening on {addr}");
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 tokio::spawn(stubmail_signals(shutdown.clone()));
-                // Retention, hourly (and once at start).
-                let (st, sd, policy) = (store.clone(), shutdown.clone(), retention.policy());
-                tokio::spawn(async move {
-                    loop {
-                        let s2 = st.clone();
-                        match tokio::task::spawn_blocking(move || s2.expire(stubmail::time::unix_now(), policy)).await {
-                            Ok(Ok(e)) if e != Default::default() => tracing::info!(?e, "retention"),
-                            Ok(Err(e)) => tracing::error!("retention: {e}"),
-                            _ => {}
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-                            _ = sd.cancelled() => return,
-                        }
-                    }
-                });
-                server::run(listener, store, settings, shutdown).await?;
+                post_manager::serve(listener, store, settings, retention.policy(), shutdown).await?;
                 anyhow::Ok(())
             })
         }

@@ -147,3 +147,68 @@ pub async fn run<P: Policy + 'static>(listener: TcpListener, ctx: Arc<Ctx<P>>, s
     tracker.wait().await;
     Ok(())
 }
+
+/// Run smtp2stub for one user's home on `listener` until `shutdown`:
+/// the SMTP sessions and the upload/relay worker.
+pub async fn serve_home(
+    home: &stubmail::Home,
+    config: &stubmail::Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use stubmail::client;
+    let me = Arc::new(home.load_identity()?);
+    let listen = listener.local_addr()?;
+    let auth_required = config.smtp.auth == stubmail::config::AuthPolicy::Required || !listen.ip().is_loopback();
+    let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+        (Some(c), Some(k)) => Some(stubmail::tls::acceptor(&home.path(c), &home.path(k))?),
+        (None, None) => None,
+        _ => anyhow::bail!("set both smtp.tls_cert and smtp.tls_key, or neither"),
+    };
+    let credentials = config.smtp.password.clone().map(|password| session::Credentials {
+        username: config.smtp.username.clone().unwrap_or_else(|| config.identity.email.clone()),
+        password,
+    });
+    if auth_required && (tls.is_none() || credentials.is_none()) {
+        anyhow::bail!(
+            "{listen} needs AUTH (it is not loopback, or smtp.auth = \"required\"): \
+             set smtp.password, smtp.tls_cert and smtp.tls_key in {}",
+            home.config_file().display()
+        );
+    }
+    let spool = spool::Spool::open(&home.spool_dir()).context("opening the spool")?;
+    let keyring = home.keyring();
+    let outbox = client::OutboxClient::new(client::http_client()?, &config.identity.outbox, me.clone())?;
+    let http = client::http_client()?;
+    let discovery = config.discovery.wkd.then(|| Discovery {
+        http,
+        timeout: std::time::Duration::from_secs(config.discovery.timeout_secs.max(1)),
+        servers: config.discovery.wkd_servers.clone(),
+    });
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let ctx = Arc::new(Ctx {
+        config: session::SessionConfig {
+            max_size: config.smtp.max_message_size,
+            tls,
+            credentials,
+            auth_required,
+            ..session::SessionConfig::default()
+        },
+        policy: Router {
+            own: config.own_addresses(),
+            keyring: keyring.clone(),
+            discovery,
+            relay: config.relay.is_some(),
+            outbox: Some(outbox.clone()),
+        },
+        spool: spool.clone(),
+        accepted: kick.clone(),
+    });
+    let notices = stubmail::maildir::Maildir::open(&home.path(&config.poll.maildir)).ok();
+    let worker = worker::Worker { spool, keyring, me, outbox, relay: config.relay.clone(), notices };
+    let w = tokio::spawn(worker.run(kick, shutdown.clone()));
+    run(listener, ctx, shutdown).await?;
+    let _ = w.await;
+    Ok(())
+}

@@ -29,10 +29,40 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Run your whole node in one process: your outbox, smtp2stub, and
+    /// http2mbox with POP3, on loopback. Creates your identity on first run.
+    #[command(after_help = "Examples:\n  stubmail up --email alice@example.org\n  stubmail up --outbox-listen 0.0.0.0:8080 --outbox-url https://alice.example.org/")]
+    Up {
+        /// Your address (asked on a terminal if missing on first run).
+        #[arg(long)]
+        email: Option<String>,
+        /// Your name, for a new identity.
+        #[arg(long)]
+        name: Option<String>,
+        /// SMTP listen address for your mail client.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        smtp: std::net::SocketAddr,
+        /// POP3 listen address for your mail client.
+        #[arg(long, default_value = "127.0.0.1:1110")]
+        pop3: std::net::SocketAddr,
+        /// Where your own outbox listens (contacts fetch your mail there).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        outbox_listen: std::net::SocketAddr,
+        /// The public URL of your outbox, bound into a new identity
+        /// (default: http://<outbox-listen>/).
+        #[arg(long)]
+        outbox_url: Option<String>,
+    },
     /// Your own identity.
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
+    },
+    /// Withdraw a sent message from every recipient who has not fetched it yet.
+    #[command(after_help = "Example (the id is in `stubmail status`):\n  stubmail unsend 3f2a…c9e1")]
+    Unsend {
+        /// The message id (64 hex digits), or its queue id while still queued.
+        id: String,
     },
     /// Your keyring: the address book and the whitelist.
     Keys {

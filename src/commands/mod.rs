@@ -3,6 +3,7 @@
 mod init;
 mod keys;
 mod status;
+mod up;
 
 use crate::cli::{Cli, Command, IdentityCommand};
 use stubmail::Home;
@@ -24,5 +25,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { command } => keys::run(&home, command),
         Command::Status { json } => status::run(&home, json),
+        Command::Unsend { id } => status::unsend(&home, &id),
+        Command::Up { email, name, smtp, pop3, outbox_listen, outbox_url } => {
+            up::run(&home, up::Args { email, name, smtp, pop3, outbox_listen, outbox_url })
+        }
     }
 }

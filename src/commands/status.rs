@@ -103,3 +103,25 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `stubmail unsend ID`: withdraw a stored message from every recipient
+/// who has not fetched it.
+pub fn unsend(home: &Home, id: &str) -> anyhow::Result<()> {
+    if !stubmail::protocol::is_valid_id(id) {
+        anyhow::bail!("{id:?} is not a message id (64 lower-case hex digits); `stubmail status` lists them");
+    }
+    let config = home.load_config()?;
+    let me = Arc::new(home.load_identity()?);
+    let outbox = OutboxClient::new(client::http_client()?, &config.identity.outbox, me)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let st = rt.block_on(outbox.unsend(id)).map_err(|e| match e {
+        client::ClientError::Server { status, .. } if status == 404 => {
+            anyhow::anyhow!("your outbox has no message {id} of yours (`stubmail status` lists them)")
+        }
+        e => e.into(),
+    })?;
+    for r in &st.recipients {
+        println!("{}  {}", r.fpr, serde_json::to_value(r.state)?.as_str().unwrap_or(""));
+    }
+    Ok(())
+}

@@ -66,6 +66,12 @@ impl Server {
         self.child.id()
     }
 
+    /// Send SIGINT (Ctrl-C) and wait up to 60 s for a clean exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        ok(Command::new("kill").args(["-INT", &self.child.id().to_string()]));
+        wait_for("the process to exit after SIGINT", 60, || self.child.try_wait().unwrap())
+    }
+
     /// Start `cmd` and wait (up to 60 s) for "listening on ADDR" on stdout.
     pub fn start(name: &str, mut cmd: Command, log_dir: &Path) -> Server {
         let stderr_log = log_dir.join(format!("{name}.stderr"));

@@ -1,0 +1,86 @@
+//! `stubmail up`: a whole personal node in one process, used by real mail
+//! clients (Python's smtplib to send, poplib to read), and Ctrl-C.
+
+mod common;
+
+use common::*;
+
+struct Node {
+    user: User,
+    server: Server,
+    smtp: u16,
+    pop3: u16,
+}
+
+fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
+    let home = root.join(name);
+    let mut c = bin_cmd("stubmail");
+    c.arg("--home").arg(&home).args([
+        "up", "--email", email, "--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--outbox-listen", "127.0.0.1:0",
+    ]);
+    let server = Server::start(&format!("up-{name}"), c, root);
+    let port = |k: &str| {
+        server.addr.split_whitespace().find_map(|p| p.strip_prefix(k)).unwrap().rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let (smtp, pop3) = (port("smtp="), port("pop3="));
+    let user = User { email: email.into(), home };
+    user.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    Node { user, server, smtp, pop3 }
+}
+
+#[test]
+fn two_personal_nodes_exchange_mail() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = up(root.path(), "alice", "alice@example.org");
+    let bob = up(root.path(), "bob", "bob@example.net");
+    // The keyring is the address book: exchange keys (the nodes read it live).
+    alice.user.import(&bob.user.export());
+    bob.user.import(&alice.user.export());
+    let config = std::fs::read_to_string(bob.user.home.join("config.toml")).unwrap();
+    let t: toml::Table = toml::from_str(&config).unwrap();
+    let pop_password = t["poll"]["pop3"]["password"].as_str().unwrap().to_string();
+    assert_eq!(pop_password.len(), 16);
+
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: from node to node\r\n\r\nhello from up\r\n";
+    // smtp2stub in Alice's node was started before the keys were exchanged:
+    // it reads the keyring at each RCPT, so no restart is needed.
+    let reply = smtplib_send(alice.smtp, "alice@example.org", &["bob@example.net"], msg).unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_for("stored in Alice's own outbox", 60, || (alice.user.status_json()[0]["state"] == "stored").then_some(()));
+
+    // Bob's mail client logs in over POP3; the login polls Alice's outbox.
+    let script = r#"
+import poplib, sys
+p = poplib.POP3("127.0.0.1", int(sys.argv[1]), timeout=60)
+p.user("bob@example.net"); p.pass_(sys.argv[2])
+n = p.stat()[0]
+print(n, b"\n".join(p.retr(1)[1]).decode() if n else "")
+p.quit()
+"#;
+    let (good, out) = python(script, &[&bob.pop3.to_string(), &pop_password]);
+    assert!(good, "{out}");
+    assert!(out.starts_with("1 ") && out.contains("hello from up"), "{out}");
+    wait_for("retrieved", 30, || (alice.user.status_json()[0]["state"] == "retrieved").then_some(()));
+
+    // Unsend: the retrieved message stays retrieved; a second one is withdrawn.
+    let msg2 = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: oops\r\n\r\nnever mind\r\n";
+    assert!(smtplib_send(alice.smtp, "alice@example.org", &["bob@example.net"], msg2).unwrap().starts_with("250"));
+    let id2 = wait_for("the second message stored", 60, || {
+        let st = alice.user.status_json();
+        st.as_array().unwrap().iter().find(|l| l["state"] == "stored").map(|l| l["id"].as_str().unwrap().to_string())
+    });
+    let out = stdout(&ok(alice.user.stubmail().args(["unsend", &id2])));
+    assert!(out.contains("unsent"), "{out}");
+    let states: Vec<String> = alice.user.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect();
+    assert!(states.contains(&"retrieved".to_string()) && states.contains(&"unsent".to_string()), "{states:?}");
+    let err = fails(alice.user.stubmail().args(["unsend", &"0".repeat(64)]));
+    assert!(err.contains("has no message"), "{err}");
+    let (good, out) = python(script, &[&bob.pop3.to_string(), &pop_password]);
+    assert!(good && out.starts_with("1 "), "the unsent message never reaches Bob: {out}");
+
+    // Ctrl-C stops the whole node cleanly.
+    let status = alice.server.interrupt();
+    assert!(status.success(), "{status:?}");
+}
