@@ -53,6 +53,13 @@ pub enum Command {
         #[arg(long)]
         outbox_url: Option<String>,
     },
+    /// See it work: two users, two nodes, one message, in a temporary directory.
+    #[command(after_help = "Example:\n  stubmail demo")]
+    Demo {
+        /// Where to put the two users' homes (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Your own identity.
     Identity {
         #[command(subcommand)]

@@ -1,7 +1,9 @@
 use anyhow::Context;
 use stubmail::{fsutil, Config, Home, Identity};
 
-pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>) -> anyhow::Result<()> {
+/// Create an identity and config. `hint`: say what to do next (the
+/// `init` command); `up` and `demo` register the key themselves.
+pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, hint: bool) -> anyhow::Result<()> {
     let key = home.secret_key();
     if key.exists() {
         anyhow::bail!("{} already exists: this home already has an identity", key.display());
@@ -30,6 +32,8 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>) -> anyhow
     println!("outbox:      {outbox}");
     println!("secret key:  {}", key.display());
     println!("config:      {}", home.config_file().display());
-    println!("next: register your key with your outbox: stubmail keys export > me.asc; post_manager account add --key me.asc");
+    if hint {
+        println!("next: register your key with your outbox: stubmail keys export > me.asc; post_manager account add --key me.asc");
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Execution of `stubmail` subcommands.
 
+mod demo;
 mod init;
 mod keys;
 mod status;
@@ -11,7 +12,7 @@ use stubmail::Home;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
-        Command::Init { email, outbox, name } => init::run(&home, &email, &outbox, name.as_deref()),
+        Command::Init { email, outbox, name } => init::run(&home, &email, &outbox, name.as_deref(), true),
         Command::Identity { command: IdentityCommand::Show } => {
             let id = home.load_identity()?;
             let cert = id.cert();
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => keys::run(&home, command),
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),
+        Command::Demo { dir } => demo::run(dir),
         Command::Up { email, name, smtp, pop3, outbox_listen, outbox_url } => {
             up::run(&home, up::Args { email, name, smtp, pop3, outbox_listen, outbox_url })
         }

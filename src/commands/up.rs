@@ -36,77 +36,99 @@ fn ask_email() -> anyhow::Result<String> {
     Ok(line.trim().to_string())
 }
 
+/// A node started in this process.
+pub struct Running {
+    pub smtp: SocketAddr,
+    pub pop3: SocketAddr,
+    pub outbox: SocketAddr,
+    pub config: Config,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Stop (if not already asked to) and wait for every part to finish
+    /// its work in hand (a message in DATA is spooled or refused, never lost).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Bind and start a node for `home` (creating its identity if needed).
+pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
+    let outbox_l = TcpListener::bind(a.outbox_listen).await.with_context(|| format!("binding the outbox on {}", a.outbox_listen))?;
+    let outbox_addr = outbox_l.local_addr()?;
+    if !home.secret_key().exists() {
+        let email = match a.email.clone() {
+            Some(e) => e,
+            None => ask_email()?,
+        };
+        let url = a.outbox_url.clone().unwrap_or_else(|| format!("http://{outbox_addr}/"));
+        super::init::run(home, &email, &url, a.name.as_deref(), false)?;
+    }
+    let mut config = home.load_config()?;
+    // Passwords for the mail client, made once and kept in config.toml (0600).
+    let mut changed = false;
+    if config.smtp.password.is_none() {
+        config.smtp.password = Some(random_password());
+        changed = true;
+    }
+    if config.poll.pop3.password.is_none() {
+        config.poll.pop3.password = Some(random_password());
+        changed = true;
+    }
+    if changed {
+        save_config(home, &config)?;
+    }
+    // The user's own outbox, with the user as its account.
+    let me = home.load_identity()?;
+    let store = post_manager::store::Store::open(&home.data_dir.join("outbox")).context("opening the outbox")?;
+    if store.account(&me.fpr()).is_none() {
+        store.add_account(&me.cert())?;
+    }
+    let smtp_l = TcpListener::bind(a.smtp).await.with_context(|| format!("binding SMTP on {}", a.smtp))?;
+    let pop3_l = TcpListener::bind(a.pop3).await.with_context(|| format!("binding POP3 on {}", a.pop3))?;
+    let (smtp_addr, pop3_addr) = (smtp_l.local_addr()?, pop3_l.local_addr()?);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let settings = post_manager::handler::Settings::default();
+    let sd = shutdown.clone();
+    let outbox = tokio::spawn(async move { Ok(post_manager::serve(outbox_l, store, settings, Default::default(), sd).await?) });
+    let (home2, config2, sd) = (home.clone(), config.clone(), shutdown.clone());
+    let smtp = tokio::spawn(async move { smtp2stub::serve_home(&home2, &config2, smtp_l, sd).await });
+    let poller = Arc::new(http2mbox::poller_for(home, &config, false)?);
+    let interval = config.poll.interval_secs.max(1);
+    let (home3, config3, sd) = (home.clone(), config.clone(), shutdown.clone());
+    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, Some(pop3_l), sd).await });
+    Ok(Running { smtp: smtp_addr, pop3: pop3_addr, outbox: outbox_addr, config, shutdown, tasks: vec![outbox, smtp, poll] })
+}
+
 pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let outbox_l = TcpListener::bind(a.outbox_listen).await.with_context(|| format!("binding the outbox on {}", a.outbox_listen))?;
-        let outbox_addr = outbox_l.local_addr()?;
-        if !home.secret_key().exists() {
-            let email = match a.email.clone() {
-                Some(e) => e,
-                None => ask_email()?,
-            };
-            let url = a.outbox_url.clone().unwrap_or_else(|| format!("http://{outbox_addr}/"));
-            super::init::run(home, &email, &url, a.name.as_deref())?;
-        }
-        let mut config = home.load_config()?;
-        // Passwords for the mail client, made once and kept in config.toml (0600).
-        let mut changed = false;
-        if config.smtp.password.is_none() {
-            config.smtp.password = Some(random_password());
-            changed = true;
-        }
-        if config.poll.pop3.password.is_none() {
-            config.poll.pop3.password = Some(random_password());
-            changed = true;
-        }
-        if changed {
-            save_config(home, &config)?;
-        }
-        // The user's own outbox, with the user as its account.
-        let me = home.load_identity()?;
-        let store = post_manager::store::Store::open(&home.data_dir.join("outbox")).context("opening the outbox")?;
-        if store.account(&me.fpr()).is_none() {
-            store.add_account(&me.cert())?;
-        }
-        let smtp_l = TcpListener::bind(a.smtp).await.with_context(|| format!("binding SMTP on {}", a.smtp))?;
-        let pop3_l = TcpListener::bind(a.pop3).await.with_context(|| format!("binding POP3 on {}", a.pop3))?;
-        let (smtp_addr, pop3_addr) = (smtp_l.local_addr()?, pop3_l.local_addr()?);
-        let user = config.identity.email.clone();
+        let node = start(home, &a).await?;
+        let (c, smtp_addr, pop3_addr, outbox_addr) = (&node.config, node.smtp, node.pop3, node.outbox);
+        let user = c.identity.email.clone();
         println!("Stubmail node for {user} is running. Mail-client settings:");
         println!("  Outgoing (SMTP): server {}  port {}  no encryption  user {user}  password {} (not needed on loopback)",
-            smtp_addr.ip(), smtp_addr.port(), config.smtp.password.as_deref().unwrap_or(""));
+            smtp_addr.ip(), smtp_addr.port(), c.smtp.password.as_deref().unwrap_or(""));
         println!("  Incoming (POP3): server {}  port {}  no encryption  user {user}  password {}",
-            pop3_addr.ip(), pop3_addr.port(), config.poll.pop3.password.as_deref().unwrap_or(""));
-        println!("  Your outbox:     {} (served here on {outbox_addr})", config.identity.outbox);
+            pop3_addr.ip(), pop3_addr.port(), c.poll.pop3.password.as_deref().unwrap_or(""));
+        println!("  Your outbox:     {} (served here on {outbox_addr})", c.identity.outbox);
         println!("  Your key:        stubmail keys export   (give it to your contacts)");
         println!("Press Ctrl-C to stop.");
         println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr}");
         std::io::stdout().flush()?;
-
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let s = shutdown.clone();
+        let sd = node.shutdown.clone();
         tokio::spawn(async move {
             stubmail::signals::shutdown_signal().await;
-            s.cancel();
+            sd.cancel();
         });
-        let settings = post_manager::handler::Settings::default();
-        let outbox = tokio::spawn(post_manager::serve(outbox_l, store, settings, Default::default(), shutdown.clone()));
-        let home2 = home.clone();
-        let config2 = config.clone();
-        let sd = shutdown.clone();
-        let smtp = tokio::spawn(async move { smtp2stub::serve_home(&home2, &config2, smtp_l, sd).await });
-        let poller = Arc::new(http2mbox::poller_for(home, &config, false)?);
-        let interval = config.poll.interval_secs.max(1);
-        let poll = http2mbox::daemon(home, &config, poller, interval, Some(pop3_l), shutdown.clone());
-        let result = poll.await;
-        // Whichever part stops, stop them all, then wait for each to finish
-        // its work in hand (a message in DATA is spooled or refused, never lost).
-        shutdown.cancel();
-        let (o, s) = (outbox.await, smtp.await);
-        result?;
-        o??;
-        s??;
+        node.shutdown.cancelled().await;
+        node.stop().await?;
         println!("stubmail: stopped");
         Ok(())
     })
