@@ -89,7 +89,7 @@ p.quit()
 fn demo_shows_a_message_travel() {
     let root = tempfile::tempdir().unwrap();
     let out = stdout(&ok(bin_cmd("stubmail").arg("demo").arg("--dir").arg(root.path())));
-    assert!(out.contains("stored in ALICE's outbox") && out.contains(": stored"), "{out}");
+    assert!(out.contains("stored it in ALICE's outbox") && out.contains(": stored"), "{out}");
     assert!(out.contains("delivered 1.") && out.contains("| Subject: Hello Bob"), "{out}");
     assert!(out.contains("status for that message: retrieved"), "{out}");
     assert_eq!(std::fs::read_dir(root.path().join("bob/Maildir/new")).unwrap().count(), 1);
