@@ -80,6 +80,17 @@ p.quit()
     let (good, out) = python(script, &[&bob.pop3.to_string(), &pop_password]);
     assert!(good && out.starts_with("1 "), "the unsent message never reaches Bob: {out}");
 
+    // The doctor finds a healthy node healthy, and a loose key file not.
+    let out = stdout(&ok(alice.user.stubmail().arg("doctor")));
+    assert!(out.contains("outbox") && out.contains("knows you") && out.contains("serves your key") && out.contains("no problems found"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let key = alice.user.home.join("secret.pgp");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = alice.user.stubmail().arg("doctor").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fix: chmod 600 {}", key.display())), "{}", String::from_utf8_lossy(&o.stdout));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
     // Ctrl-C stops the whole node cleanly.
     let status = alice.server.interrupt();
     assert!(status.success(), "{status:?}");
@@ -93,4 +104,18 @@ fn demo_shows_a_message_travel() {
     assert!(out.contains("delivered 1.") && out.contains("| Subject: Hello Bob"), "{out}");
     assert!(out.contains("status for that message: retrieved"), "{out}");
     assert_eq!(std::fs::read_dir(root.path().join("bob/Maildir/new")).unwrap().count(), 1);
+}
+
+#[test]
+fn doctor_names_an_unregistered_key_and_an_unreachable_outbox() {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "outbox");
+    let u = User::init(root.path(), "u", "u@example.org", &outbox.url());
+    let o = u.stubmail().arg("doctor").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("your key is not an account on your outbox") && out.contains("post_manager account add"), "{out}");
+    drop(outbox);
+    let out = String::from_utf8_lossy(&u.stubmail().arg("doctor").output().unwrap().stdout).into_owned();
+    assert!(out.contains("is unreachable") && out.contains("stubmail up"), "{out}");
 }

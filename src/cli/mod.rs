@@ -53,6 +53,10 @@ pub enum Command {
         #[arg(long)]
         outbox_url: Option<String>,
     },
+    /// Check your setup: config, key permissions, ports, your outbox, your
+    /// published key and the clock; every problem comes with its fix.
+    #[command(after_help = "Example:\n  stubmail doctor")]
+    Doctor,
     /// See it work: two users, two nodes, one message, in a temporary directory.
     #[command(after_help = "Example:\n  stubmail demo")]
     Demo {

@@ -1,6 +1,7 @@
 //! Execution of `stubmail` subcommands.
 
 mod demo;
+mod doctor;
 mod init;
 mod keys;
 mod status;
@@ -28,6 +29,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),
         Command::Demo { dir } => demo::run(dir),
+        Command::Doctor => {
+            if !doctor::run(&home)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Up { email, name, smtp, pop3, outbox_listen, outbox_url } => {
             up::run(&home, up::Args { email, name, smtp, pop3, outbox_listen, outbox_url })
         }

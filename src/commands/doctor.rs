@@ -1,0 +1,160 @@
+//! `stubmail doctor`: check a home and say how to fix each problem.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stubmail::client::{self, ClientError, OutboxClient};
+use stubmail::{fsutil, pgp, Home};
+
+#[derive(Default)]
+struct Report {
+    problems: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str) {
+        println!("ok       {what}");
+    }
+    fn note(&self, what: &str) {
+        println!("note     {what}");
+    }
+    fn problem(&mut self, what: &str, fix: &str) {
+        self.problems += 1;
+        println!("PROBLEM  {what}\n         fix: {fix}");
+    }
+}
+
+pub fn run(home: &Home) -> anyhow::Result<bool> {
+    let mut r = Report::default();
+    let config = match home.load_config() {
+        Ok(c) => {
+            r.ok(&format!("config {}", home.config_file().display()));
+            c
+        }
+        Err(e) => {
+            r.problem(&format!("{e:#}"), "create one with `stubmail init --email ADDRESS --outbox URL` (or `stubmail up`)");
+            return Ok(false);
+        }
+    };
+    if fsutil::mode_of(&home.config_file()).is_ok_and(|m| m & 0o077 != 0)
+        && (config.smtp.password.is_some() || config.poll.pop3.password.is_some())
+    {
+        r.problem("config.toml holds passwords and others can read it", &format!("chmod 600 {}", home.config_file().display()));
+    }
+    let me = match home.load_identity() {
+        Ok(me) => {
+            r.ok(&format!("secret key {} ({})", home.secret_key().display(), me.fpr()));
+            Some(Arc::new(me))
+        }
+        Err(e) => {
+            let fix = if e.to_string().contains("chmod 600") {
+                format!("chmod 600 {}", home.secret_key().display())
+            } else {
+                "restore the key from your backup, or make a new identity with `stubmail init`".into()
+            };
+            r.problem(&format!("secret key: {e:#}"), &fix);
+            None
+        }
+    };
+    match home.keyring().all() {
+        Ok(all) => {
+            let with_outbox = all.iter().filter(|c| pgp::outbox_of(c).is_some()).count();
+            r.ok(&format!("keyring: {} contact(s), {with_outbox} with a Stubmail outbox", all.len()));
+            for c in &all {
+                if let Err(e) = pgp::check_contact(c) {
+                    r.problem(&format!("contact {e}"), &format!("stubmail keys remove {} (then import a current key)", pgp::fpr_of(c)));
+                }
+            }
+        }
+        Err(e) => r.problem(&format!("keyring: {e}"), &format!("check {}", home.keyring_dir().display())),
+    }
+    for (name, addr) in [("SMTP", config.smtp.listen), ("POP3", config.poll.pop3.listen)] {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => r.note(&format!("{name} port {addr} is free (your node is not running)")),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                r.note(&format!("{name} port {addr} is in use: fine if your node runs there; otherwise change it in config.toml"))
+            }
+            Err(e) => r.problem(&format!("{name} port {addr}: {e}"), "choose another listen address in config.toml"),
+        }
+    }
+    if let Some(relay) = &config.relay {
+        let target = format!("{}:{}", relay.host, relay.port);
+        match std::net::ToSocketAddrs::to_socket_addrs(&target)
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)))
+        {
+            Some(Ok(_)) => r.ok(&format!("SMTP relay {target} answers")),
+            _ => r.problem(&format!("SMTP relay {target} does not answer"), "check [relay] host and port in config.toml"),
+        }
+    }
+    if let Some(me) = me {
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(check_outbox(&mut r, &config, me))?;
+    }
+    if r.problems == 0 {
+        println!("\nno problems found");
+    } else {
+        println!("\n{} problem(s) found", r.problems);
+    }
+    Ok(r.problems == 0)
+}
+
+async fn check_outbox(r: &mut Report, config: &stubmail::Config, me: Arc<stubmail::Identity>) -> anyhow::Result<()> {
+    let url = &config.identity.outbox;
+    let http = client::http_client_with_timeout(Duration::from_secs(10))?;
+    let outbox = match OutboxClient::new(http.clone(), url, me.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            r.problem(&format!("outbox {url}: {e}"), "set identity.outbox to your outbox's http(s) URL");
+            return Ok(());
+        }
+    };
+    // The clock, from the outbox's Date header.
+    if let Ok(resp) = http.get(url.as_str()).send().await {
+        let date = resp.headers().get(reqwest::header::DATE).and_then(|d| d.to_str().ok()).and_then(|d| httpdate_parse(d));
+        if let Some(t) = date {
+            let skew = (stubmail::time::unix_now() - t).abs();
+            if skew > 60 {
+                r.problem(&format!("this clock differs from the outbox's by {skew} s"), "synchronise the clock (e.g. systemd-timesyncd or chrony)");
+            } else {
+                r.ok(&format!("clock agrees with the outbox's (within {skew} s)"));
+            }
+        }
+    }
+    match outbox.account().await {
+        Ok(st) => r.ok(&format!(
+            "outbox {url} knows you: {} message(s), {} of {} bytes",
+            st.messages, st.bytes, st.max_bytes
+        )),
+        Err(ClientError::Transport(e)) => {
+            r.problem(&format!("outbox {url} is unreachable: {e}"), "start it (`stubmail up` runs one for you) or fix identity.outbox");
+            return Ok(());
+        }
+        Err(ClientError::Server { body, .. }) if body.error == "stale_timestamp" => {
+            r.problem(&format!("the outbox refuses your requests: {}", body.message), "synchronise the clock");
+        }
+        Err(ClientError::Server { body, .. }) if body.error == "unauthenticated" => r.problem(
+            "your key is not an account on your outbox",
+            "ask its operator to run `post_manager account add --key` with the output of `stubmail keys export`",
+        ),
+        Err(e) => r.problem(&format!("outbox {url}: {e}"), "see the outbox's log"),
+    }
+    // Does the outbox publish your key, so contacts can discover it?
+    let origin = reqwest::Url::parse(url).ok().map(|u| u.origin().ascii_serialization());
+    let found = stubmail::wkd::lookup(&http, &config.identity.email, origin.as_deref(), Duration::from_secs(10)).await;
+    if found.iter().any(|c| pgp::fpr_of(c) == me.fpr()) {
+        r.ok("your outbox serves your key in its Web Key Directory");
+    } else {
+        r.problem(
+            "your outbox does not serve your key in its Web Key Directory",
+            "outboxes serve their accounts' keys at /.well-known/openpgpkey/: register this key as an account (see above)",
+        );
+    }
+    Ok(())
+}
+
+fn httpdate_parse(s: &str) -> Option<i64> {
+    let t = httpdate::parse_http_date(s).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
+}
