@@ -66,3 +66,15 @@ fn main() -> anyhow::Result<()> {
         http2mbox::daemon(&home, &config, poller, interval, pop3, shutdown).await
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_example_in_help_parses() {
+        stubmail::help::check_examples(super::Cli::command(), "http2mbox", &|w| {
+            super::Cli::try_parse_from(w).map(|_| ()).map_err(|e| e.to_string())
+        });
+    }
+}

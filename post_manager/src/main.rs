@@ -18,8 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the outbox as a standalone HTTP server.
-    ///
-    /// Example: post_manager serve --listen 127.0.0.1:8080 --data /var/lib/stubmail-outbox
+    #[command(after_help = "Example:\n  post_manager serve --listen 127.0.0.1:8080 --data /var/lib/stubmail-outbox")]
     Serve {
         /// Address to listen on (loopback by default; put a TLS proxy in front for the Internet).
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -37,8 +36,7 @@ enum Cmd {
     },
     /// Apply the retention policy once (for cron, with CGI setups; `serve`
     /// does this every hour by itself).
-    ///
-    /// Example: post_manager expire --data /var/lib/stubmail-outbox
+    #[command(after_help = "Example:\n  post_manager expire --data /var/lib/stubmail-outbox --retention-days 30")]
     Expire {
         #[command(flatten)]
         data: DataDir,
@@ -97,8 +95,7 @@ impl DataDir {
 #[derive(Subcommand)]
 enum AccountCmd {
     /// Register a user by their certificate (`stubmail keys export > alice.asc`).
-    ///
-    /// Example: post_manager account add --data /var/lib/stubmail-outbox --key alice.asc
+    #[command(after_help = "Examples:\n  post_manager account add --data /var/lib/stubmail-outbox --key alice.asc\n  post_manager account add --data /var/lib/stubmail-outbox --key bob.asc --max-bytes 2000000000")]
     Add {
         #[command(flatten)]
         data: DataDir,
@@ -115,11 +112,13 @@ enum AccountCmd {
         max_recipients_per_day: Option<u64>,
     },
     /// List registered users.
+    #[command(after_help = "Example:\n  post_manager account list --data /var/lib/stubmail-outbox")]
     List {
         #[command(flatten)]
         data: DataDir,
     },
     /// Remove a user by full fingerprint.
+    #[command(after_help = "Example:\n  post_manager account remove --data /var/lib/stubmail-outbox 0123456789ABCDEF0123456789ABCDEF01234567")]
     Remove {
         #[command(flatten)]
         data: DataDir,
@@ -210,4 +209,16 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
 async fn stubmail_signals(token: tokio_util::sync::CancellationToken) {
     stubmail::signals::shutdown_signal().await;
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_example_in_help_parses() {
+        stubmail::help::check_examples(super::Cli::command(), "post_manager", &|w| {
+            super::Cli::try_parse_from(w).map(|_| ()).map_err(|e| e.to_string())
+        });
+    }
 }

@@ -37,3 +37,15 @@ fn main() -> anyhow::Result<()> {
         smtp2stub::serve_home(&home, &config, listener, shutdown).await
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_example_in_help_parses() {
+        stubmail::help::check_examples(super::Cli::command(), "smtp2stub", &|w| {
+            super::Cli::try_parse_from(w).map(|_| ()).map_err(|e| e.to_string())
+        });
+    }
+}

@@ -101,6 +101,7 @@ pub enum KeysCommand {
         file: PathBuf,
     },
     /// List your contacts.
+    #[command(after_help = "Example:\n  stubmail keys list")]
     List,
     /// Remove a contact by address or full fingerprint.
     #[command(after_help = "Example:\n  stubmail keys remove bob@example.net")]
@@ -112,4 +113,16 @@ pub enum IdentityCommand {
     /// Print your fingerprint, address and outbox.
     #[command(after_help = "Example:\n  stubmail identity show")]
     Show,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn every_example_in_help_parses() {
+        stubmail::help::check_examples(super::Cli::command(), "stubmail", &|w| {
+            super::Cli::try_parse_from(w).map(|_| ()).map_err(|e| e.to_string())
+        });
+    }
 }
