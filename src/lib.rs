@@ -14,6 +14,7 @@ pub mod logging;
 pub mod mail;
 pub mod maildir;
 pub mod pgp;
+pub mod progress;
 pub mod protocol;
 pub mod signals;
 pub mod time;

@@ -298,3 +298,28 @@ s.quit()
     assert!(poller_kib < 64 * 1024, "http2mbox peak RSS {poller_kib} KiB");
     assert!(outbox_kib < 64 * 1024, "post_manager peak RSS {outbox_kib} KiB");
 }
+
+#[test]
+fn progress_shows_on_a_terminal_and_nowhere_else() {
+    let s = setup();
+    let big = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n{}", "a line of text to fill a few megabytes of message body......\r\n".repeat(60_000));
+    for _ in 0..2 {
+        assert!(smtplib_send(s.smtp.port(), "alice@example.org", &["bob@example.net"], &big).unwrap().starts_with("250"));
+    }
+    wait_for("stored", 60, || {
+        let st = s.alice.status_json();
+        (st.as_array().unwrap().iter().filter(|l| l["state"] == "stored").count() == 2).then_some(())
+    });
+    // On a pipe (cron, systemd, this test): no progress output at all.
+    let plain = s.bob.http2mbox_once_with_log();
+    assert!(plain.contains("delivered 2") && !plain.contains("fetching"), "{plain}");
+    // On a terminal (a pseudo-terminal from script(1)): a progress bar.
+    let s2 = setup();
+    assert!(smtplib_send(s2.smtp.port(), "alice@example.org", &["bob@example.net"], &big).unwrap().starts_with("250"));
+    wait_for("stored", 60, || (s2.alice.status_json()[0]["state"] == "stored").then_some(()));
+    let cmd = format!("{} --home {} --once", bin("http2mbox").display(), s2.bob.home.display());
+    let out = ok(Command::new(require("script")).args(["-qec", &cmd, "/dev/null"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fetching") && text.contains("MiB"), "{text}");
+    assert!(text.contains("delivered 1"), "{text}");
+}

@@ -135,14 +135,22 @@ impl Poller {
             by_outbox.retain(|url, _| failing.get(url).is_none_or(|(_, next)| *next <= now));
             report.skipped = report.outboxes - by_outbox.len();
         }
+        let bar = stubmail::progress::items(by_outbox.len() as u64, "polling outboxes");
+        let bar_ref = &bar;
         let results: Vec<_> = futures_util::stream::iter(by_outbox)
             .map(|(url, contacts)| async move {
                 let r = self.poll_outbox(&url, &contacts).await;
+                if let Some(b) = bar_ref {
+                    b.inc(1);
+                }
                 (url, r)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
         let mut failing = self.failing.lock().expect("not poisoned");
         for (url, r) in results {
             match r {
@@ -268,11 +276,18 @@ impl Poller {
             tokio::fs::File::create(&path).await?
         };
         let mut size = have;
+        let bar = stubmail::progress::bytes(item.size, &format!("fetching {}…", &item.id[..12]));
+        if let Some(b) = &bar {
+            b.set_position(have);
+        }
         let mut body = resp.bytes_stream().map_err(io::Error::other);
         while let Some(chunk) = body.next().await {
             // A transport error keeps the partial file for the next try.
             let chunk = chunk?;
             size += chunk.len() as u64;
+            if let Some(b) = &bar {
+                b.set_position(size);
+            }
             if size > limit {
                 let _ = tokio::fs::remove_file(&path).await;
                 anyhow::bail!(Reject::TooLarge(size, limit));

@@ -24,7 +24,12 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
                     anyhow::bail!("that is your own key; import your contacts' keys");
                 }
             let kr = home.keyring();
-            for c in kr.import(certs)? {
+            let bar = stubmail::progress::items(certs.len() as u64, "importing");
+            let imported = kr.import(certs)?;
+            for c in imported {
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
                 kr.vouch(&pgp::fpr_of(&c))?;
                 println!("imported {} {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "), describe(&c));
             }
