@@ -16,6 +16,7 @@ pub mod maildir;
 pub mod pgp;
 pub mod progress;
 pub mod protocol;
+pub mod server;
 pub mod signals;
 pub mod time;
 pub mod tls;

@@ -12,3 +12,12 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// Cancel `token` when the process is asked to stop.
+pub fn cancel_on_signal(token: &tokio_util::sync::CancellationToken) {
+    let t = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        t.cancel();
+    });
+}

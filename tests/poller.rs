@@ -234,13 +234,7 @@ fn a_broken_download_resumes_with_range() {
 #[test]
 fn pop3_stls_with_poplib() {
     let s = setup();
-    let cert = s.root.path().join("cert.pem");
-    let key = s.root.path().join("key.pem");
-    ok(Command::new(require("openssl"))
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
+    let (cert, key) = self_signed(s.root.path());
     s.send(1);
     s.bob.edit_config(|t| {
         let mut pop3 = toml::Table::new();

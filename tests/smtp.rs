@@ -205,13 +205,7 @@ fn wkd_discovery_finds_a_stubmail_key() {
 #[test]
 fn starttls_and_auth_when_required() {
     let s = setup(true);
-    let cert = s.root.path().join("cert.pem");
-    let key = s.root.path().join("key.pem");
-    ok(Command::new(require("openssl"))
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
+    let (cert, key) = self_signed(s.root.path());
     s.alice.edit_config(|t| {
         let smtp = table(t, "smtp");
         smtp.insert("auth".into(), "required".into());

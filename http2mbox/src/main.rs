@@ -45,11 +45,7 @@ fn main() -> anyhow::Result<()> {
             return anyhow::Ok(());
         }
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            stubmail::signals::shutdown_signal().await;
-            s.cancel();
-        });
+        stubmail::signals::cancel_on_signal(&shutdown);
         let pop3 = match config.poll.pop3.password {
             Some(_) => {
                 let listen = cli.pop3_listen.unwrap_or(config.poll.pop3.listen);

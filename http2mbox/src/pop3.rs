@@ -436,7 +436,7 @@ impl Session {
                     reply!("-ERR USER first");
                     return Ok(None);
                 };
-                let ok = constant_eq(u.as_bytes(), self.ctx.username.as_bytes()) & constant_eq(arg.as_bytes(), self.ctx.password.as_bytes());
+                let ok = stubmail::server::constant_eq(u.as_bytes(), self.ctx.username.as_bytes()) & stubmail::server::constant_eq(arg.as_bytes(), self.ctx.password.as_bytes());
                 if !ok {
                     self.failures += 1;
                     tracing::warn!(peer = %self.peer, failures = self.failures, "POP3 login failed");
@@ -596,34 +596,17 @@ impl Write for ChannelWriter {
     }
 }
 
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut d = (a.len() != b.len()) as u8;
-    for (i, x) in a.iter().enumerate() {
-        d |= x ^ b.get(i).copied().unwrap_or(0);
-    }
-    d == 0
-}
-
 /// Accept POP3 sessions until `shutdown`.
 pub async fn run(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, shutdown: tokio_util::sync::CancellationToken) -> io::Result<()> {
-    let tracker = tokio_util::task::TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!("accept: {e}"); continue; }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    stubmail::server::accept_loop(listener, shutdown, |stream, peer| {
         let ctx = ctx.clone();
-        tracker.spawn(async move {
+        async move {
             if let Err(e) = serve(stream, peer.to_string(), ctx).await {
                 tracing::debug!(%peer, "POP3 session ended: {e}");
             }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        }
+    })
+    .await;
     Ok(())
 }
 

@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
                 let addr = listener.local_addr()?;
                 println!("post_manager listening on {addr}");
                 let shutdown = tokio_util::sync::CancellationToken::new();
-                tokio::spawn(stubmail_signals(shutdown.clone()));
+                stubmail::signals::cancel_on_signal(&shutdown);
                 post_manager::serve(listener, store, settings, retention.policy(), shutdown).await?;
                 anyhow::Ok(())
             })
@@ -204,11 +204,6 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn stubmail_signals(token: tokio_util::sync::CancellationToken) {
-    stubmail::signals::shutdown_signal().await;
-    token.cancel();
 }
 
 #[cfg(test)]

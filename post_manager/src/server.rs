@@ -16,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::handler::{self, Body, Settings};
 use crate::store::Store;
@@ -31,18 +30,10 @@ struct Shared {
 /// Serve until `shutdown` is cancelled; then finish in-flight requests.
 pub async fn run(listener: TcpListener, store: Store, settings: Settings, shutdown: CancellationToken) -> io::Result<()> {
     let shared = Arc::new(Shared { store, settings });
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!("accept: {e}"); continue; }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+    let sd = shutdown.clone();
+    stubmail::server::accept_loop(listener, shutdown, move |stream, peer| {
+        let (shared, shutdown) = (shared.clone(), sd.clone());
+        async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(respond(shared, req, peer).await) }
@@ -59,10 +50,9 @@ pub async fn run(listener: TcpListener, store: Store, settings: Settings, shutdo
                     let _ = conn.await;
                 }
             }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        }
+    })
+    .await;
     Ok(())
 }
 

@@ -13,7 +13,6 @@ use stubmail::keyring::Keyring;
 use stubmail::protocol::Fpr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use session::{Ctx, Policy, Reply};
 use spool::Route;
@@ -127,24 +126,15 @@ impl Policy for Router {
 
 /// Accept SMTP sessions until `shutdown`; then let open sessions finish.
 pub async fn run<P: Policy + 'static>(listener: TcpListener, ctx: Arc<Ctx<P>>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!("accept: {e}"); continue; }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    stubmail::server::accept_loop(listener, shutdown, |stream, peer| {
         let ctx = ctx.clone();
-        tracker.spawn(async move {
+        async move {
             if let Err(e) = session::serve(stream, peer.to_string(), &ctx).await {
                 tracing::debug!(%peer, "session ended: {e}");
             }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        }
+    })
+    .await;
     Ok(())
 }
 

@@ -29,11 +29,7 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         println!("smtp2stub listening on {}", listener.local_addr()?);
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            stubmail::signals::shutdown_signal().await;
-            s.cancel();
-        });
+        stubmail::signals::cancel_on_signal(&shutdown);
         smtp2stub::serve_home(&home, &config, listener, shutdown).await
     })
 }

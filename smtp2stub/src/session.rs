@@ -65,14 +65,8 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Constant-time comparison, so timing reveals nothing of the password.
     fn check(&self, user: &[u8], pass: &[u8]) -> bool {
-        fn eq(a: &[u8], b: &[u8]) -> bool {
-            let mut d = (a.len() != b.len()) as u8;
-            for (i, x) in a.iter().enumerate() {
-                d |= x ^ b.get(i).copied().unwrap_or(0);
-            }
-            d == 0
-        }
-        eq(user, self.username.as_bytes()) & eq(pass, self.password.as_bytes())
+        use stubmail::server::constant_eq;
+        constant_eq(user, self.username.as_bytes()) & constant_eq(pass, self.password.as_bytes())
     }
 }
 

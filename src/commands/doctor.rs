@@ -112,7 +112,7 @@ async fn check_outbox(r: &mut Report, config: &stubmail::Config, me: Arc<stubmai
     };
     // The clock, from the outbox's Date header.
     if let Ok(resp) = http.get(url.as_str()).send().await {
-        let date = resp.headers().get(reqwest::header::DATE).and_then(|d| d.to_str().ok()).and_then(|d| httpdate_parse(d));
+        let date = resp.headers().get(reqwest::header::DATE).and_then(|d| d.to_str().ok()).and_then(httpdate_parse);
         if let Some(t) = date {
             let skew = (stubmail::time::unix_now() - t).abs();
             if skew > 60 {

@@ -122,11 +122,7 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
         println!("Press Ctrl-C to stop.");
         println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr}");
         std::io::stdout().flush()?;
-        let sd = node.shutdown.clone();
-        tokio::spawn(async move {
-            stubmail::signals::shutdown_signal().await;
-            sd.cancel();
-        });
+        stubmail::signals::cancel_on_signal(&node.shutdown);
         node.shutdown.cancelled().await;
         node.stop().await?;
         println!("stubmail: stopped");
