@@ -119,3 +119,40 @@ fn doctor_names_an_unregistered_key_and_an_unreachable_outbox() {
     let out = String::from_utf8_lossy(&u.stubmail().arg("doctor").output().unwrap().stdout).into_owned();
     assert!(out.contains("is unreachable") && out.contains("stubmail up"), "{out}");
 }
+
+#[test]
+fn first_run_asks_for_the_address_on_a_terminal() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("carol");
+    let cmd = format!(
+        "{} --home {} up --smtp 127.0.0.1:0 --pop3 127.0.0.1:0 --outbox-listen 127.0.0.1:0",
+        bin("stubmail").display(),
+        home.display()
+    );
+    let mut child = Command::new(require("script"))
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env_remove("STUBMAIL_HOME")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"carol@example.com\n").unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("listening on") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(seen.contains("Your email address:"), "{seen}");
+    assert!(seen.contains("Stubmail node for carol@example.com is running"), "{seen}");
+    let ident = stdout(&ok(bin_cmd("stubmail").arg("--home").arg(&home).args(["identity", "show"])));
+    assert!(ident.contains("carol@example.com"), "{ident}");
+}
