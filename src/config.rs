@@ -78,6 +78,28 @@ impl Home {
     }
 }
 
+/// A password from the config: written as a plain string in the file, but
+/// never shown by `Debug` (logs, error messages).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// `config.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,7 +142,7 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     /// Password for AUTH. Keep config.toml 0600.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM certificate chain offered with STARTTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -165,7 +187,7 @@ pub struct RelayConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 fn default_relay_port() -> u16 {
@@ -251,7 +273,7 @@ pub struct Pop3Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM certificate and key for STLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -313,5 +335,18 @@ mod tests {
         let minimal: Config = toml::from_str("[identity]\nemail='a@x.org'\noutbox='http://x/'\n").unwrap();
         assert!(minimal.smtp.listen.ip().is_loopback());
         assert!(toml::from_str::<Config>("[identity]\nemail='a@x.org'\noutbox='http://x/'\ntypo=1\n").is_err());
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug() {
+        let c: Config = toml::from_str(
+            "[identity]\nemail='a@x.org'\noutbox='http://x/'\n[smtp]\npassword='hunter2'\n[poll.pop3]\npassword='hunter3'\n\
+             [relay]\nhost='h'\npassword='hunter4'\n",
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter") && d.contains("<redacted>"), "{d}");
+        assert_eq!(c.smtp.password.as_ref().unwrap().expose(), "hunter2");
+        assert!(toml::to_string(&c).unwrap().contains("password = \"hunter2\""), "the file keeps the plain value");
     }
 }

@@ -99,7 +99,7 @@ fn start_pop3(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let p = &config.poll.pop3;
-    let password = p.password.clone().context("POP3 needs poll.pop3.password")?;
+    let password = p.password.as_ref().context("POP3 needs poll.pop3.password")?.expose().to_string();
     let store = match &poller.target {
         Target::Maildir(md) => pop3::Store::Maildir(md.root().to_path_buf()),
         Target::Mbox(path) => pop3::Store::Mbox(path.clone()),

@@ -156,9 +156,9 @@ pub async fn serve_home(
         (None, None) => None,
         _ => anyhow::bail!("set both smtp.tls_cert and smtp.tls_key, or neither"),
     };
-    let credentials = config.smtp.password.clone().map(|password| session::Credentials {
+    let credentials = config.smtp.password.as_ref().map(|p| session::Credentials {
         username: config.smtp.username.clone().unwrap_or_else(|| config.identity.email.clone()),
-        password,
+        password: p.expose().to_string(),
     });
     if auth_required && (tls.is_none() || credentials.is_none()) {
         anyhow::bail!(

@@ -164,7 +164,7 @@ impl Worker {
             Err(e) => return Attempt::Fail(format!("relay {}: {e}", cfg.host)),
         };
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+            builder = builder.credentials(Credentials::new(u.clone(), p.expose().to_string()));
         }
         let transport = builder.build();
         let from = env.from.parse().map_err(|e| format!("sender {}: {e}", env.from));

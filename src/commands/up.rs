@@ -74,11 +74,11 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     // Passwords for the mail client, made once and kept in config.toml (0600).
     let mut changed = false;
     if config.smtp.password.is_none() {
-        config.smtp.password = Some(random_password());
+        config.smtp.password = Some(stubmail::config::Secret::new(random_password()));
         changed = true;
     }
     if config.poll.pop3.password.is_none() {
-        config.poll.pop3.password = Some(random_password());
+        config.poll.pop3.password = Some(stubmail::config::Secret::new(random_password()));
         changed = true;
     }
     if changed {
@@ -114,9 +114,9 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
         let user = c.identity.email.clone();
         println!("Stubmail node for {user} is running. Mail-client settings:");
         println!("  Outgoing (SMTP): server {}  port {}  no encryption  user {user}  password {} (not needed on loopback)",
-            smtp_addr.ip(), smtp_addr.port(), c.smtp.password.as_deref().unwrap_or(""));
+            smtp_addr.ip(), smtp_addr.port(), c.smtp.password.as_ref().map_or("", |p| p.expose()));
         println!("  Incoming (POP3): server {}  port {}  no encryption  user {user}  password {}",
-            pop3_addr.ip(), pop3_addr.port(), c.poll.pop3.password.as_deref().unwrap_or(""));
+            pop3_addr.ip(), pop3_addr.port(), c.poll.pop3.password.as_ref().map_or("", |p| p.expose()));
         println!("  Your outbox:     {} (served here on {outbox_addr})", c.identity.outbox);
         println!("  Your key:        stubmail keys export   (give it to your contacts)");
         println!("Press Ctrl-C to stop.");
