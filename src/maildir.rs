@@ -127,7 +127,16 @@ impl Journal {
         let mut n = 0;
         for e in fs::read_dir(&self.dir)? {
             let e = e?;
-            if e.file_name().to_str().is_some_and(|n| n.ends_with(".intent")) {
+            let file = e.file_name();
+            let Some(file) = file.to_str() else { continue };
+            if file.starts_with(".tmp.") {
+                // A journal write cut short by a crash: the entry never
+                // happened, so its message was never delivered and will be
+                // fetched again. Acting on it would deliver it twice.
+                let _ = fs::remove_file(e.path());
+                continue;
+            }
+            if !crate::protocol::is_valid_id(file) {
                 continue;
             }
             let Ok(name) = fs::read_to_string(e.path()) else { continue };
@@ -206,6 +215,21 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_write_cut_short_is_not_a_delivery() {
+        // The crash the crash test found: killed inside the journal's own
+        // atomic write, leaving its temporary file behind.
+        let d = tempfile::tempdir().unwrap();
+        let md = Maildir::open(&d.path().join("Maildir")).unwrap();
+        let j = Journal::open(&d.path().join("journal")).unwrap();
+        let (name, mut f) = md.create_tmp().unwrap();
+        f.write_all(b"Subject: x\n\nhi\n").unwrap();
+        std::fs::write(d.path().join("journal").join(".tmp.123.456.789"), &name).unwrap();
+        assert_eq!(j.recover(&md).unwrap(), 0, "not delivered: it will be fetched again");
+        assert!(!md.root().join("new").join(&name).exists());
+        assert_eq!(std::fs::read_dir(d.path().join("journal")).unwrap().count(), 0, "the leftover is removed");
+    }
+
+    #[test]
     fn journal_recovers_interrupted_delivery() {
         let d = tempfile::tempdir().unwrap();
         let md = Maildir::open(&d.path().join("Maildir")).unwrap();
@@ -213,12 +237,13 @@ mod tests {
         let (name, mut f) = md.create_tmp().unwrap();
         f.write_all(b"Subject: x\n\nhi\n").unwrap();
         f.sync_all().unwrap();
-        j.record("abc", &name).unwrap();
+        let id = "a".repeat(64);
+        j.record(&id, &name).unwrap();
         // Crash here: the file is still in tmp/.
         assert_eq!(j.recover(&md).unwrap(), 1);
         assert!(md.root().join("new").join(&name).exists());
         assert_eq!(j.recover(&md).unwrap(), 0);
-        assert_eq!(j.get("abc").unwrap().as_deref(), Some(name.as_str()));
-        assert_eq!(j.get("def").unwrap(), None);
+        assert_eq!(j.get(&id).unwrap().as_deref(), Some(name.as_str()));
+        assert_eq!(j.get(&"b".repeat(64)).unwrap(), None);
     }
 }

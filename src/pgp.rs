@@ -459,6 +459,16 @@ mod tests {
     }
 
     #[test]
+    fn rsa_secret_keys_are_refused() {
+        let (cert, _) = CertBuilder::general_purpose(["<r@example.org>"])
+            .set_cipher_suite(CipherSuite::RSA2k)
+            .generate()
+            .unwrap();
+        let e = Identity::from_cert(cert).unwrap_err().to_string();
+        assert!(e.contains("RSA secret keys are refused") && e.contains("stubmail init"), "{e}");
+    }
+
+    #[test]
     fn secret_key_permissions_enforced() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();

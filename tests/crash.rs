@@ -144,7 +144,20 @@ fn trial(seed: u64, messages: usize) {
         accepted.iter().all(|s| d.contains_key(s)).then_some(d)
     });
     for s in &accepted {
-        assert_eq!(got[s], 1, "seed {seed}: {s} delivered {} times", got[s]);
+        if got[s] != 1 {
+            // Say how: same Stubmail-Id twice (poller) or two ids (sender side)?
+            let mut copies = String::new();
+            for sub in ["new", "cur"] {
+                for e in std::fs::read_dir(maildir.join(sub)).unwrap().flatten() {
+                    let t = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    if t.contains(&format!("Subject: {s}\n")) {
+                        let ids: Vec<&str> = t.lines().filter(|l| l.starts_with("Stubmail-Id:") || l.contains("with ESMTP id")).collect();
+                        copies.push_str(&format!("{}: {ids:?}\n", e.path().display()));
+                    }
+                }
+            }
+            panic!("seed {seed}: {s} delivered {} times:\n{copies}", got[s]);
+        }
     }
     assert!(got.values().all(|n| *n == 1), "seed {seed}: a duplicate: {got:?}");
     println!("seed {seed}: {} of {messages} accepted, kills (smtp2stub, outbox, http2mbox) = {kills:?}; all delivered once", accepted.len());

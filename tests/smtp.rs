@@ -238,6 +238,32 @@ print("ok")
     let (good, out) = python(script, &[&smtp.port().to_string(), &cert.display().to_string()]);
     assert!(good, "{out}");
     wait_states(&s.alice, 1, "stored");
+
+    // STARTTLS command injection: commands pipelined in the clear after
+    // STARTTLS must not be executed inside the TLS session.
+    let inject = r#"
+import socket, ssl, sys
+port, cafile = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port), timeout=30)
+f = s.makefile("rb")
+def reply():
+    while True:
+        l = f.readline().decode()
+        if l[3:4] != "-": return l
+reply()
+s.sendall(b"EHLO x\r\n"); reply()
+s.sendall(b"STARTTLS\r\nRSET\r\nMAIL FROM:<alice@example.org>\r\n")
+assert reply().startswith("220"), "no 220 to STARTTLS"
+ctx = ssl.create_default_context(cafile=cafile); ctx.check_hostname = False
+t = ctx.wrap_socket(s, server_hostname="localhost")
+tf = t.makefile("rb")
+t.sendall(b"NOOP\r\n")
+first = tf.readline().decode()
+assert first.startswith("250 2.0.0 OK"), "an injected command was answered: " + first
+print("ok")
+"#;
+    let (good, out) = python(inject, &[&smtp.port().to_string(), &cert.display().to_string()]);
+    assert!(good, "{out}");
 }
 
 #[test]

@@ -246,6 +246,11 @@ impl Store {
         let mut v = Vec::new();
         for e in fs::read_dir(self.p("accounts"))? {
             let p = e?.path();
+            // Only `<FPR>.pgp`: not limits files, not leftovers of a write
+            // a crash cut short.
+            if p.extension().and_then(|x| x.to_str()) != Some("pgp") || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
             if let Some(c) = fs::read(&p).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next()) {
                 v.push(c);
             }

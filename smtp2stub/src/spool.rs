@@ -187,6 +187,9 @@ impl Spool {
         let mut v = Vec::new();
         for e in std::fs::read_dir(self.root.join("sent"))? {
             let p = e?.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
             if let Ok(env) = std::fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice(&b)?)) {
                 v.push(env);
             }

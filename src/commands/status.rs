@@ -27,6 +27,10 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
     for dir in ["queue", "sent"] {
         if let Ok(rd) = std::fs::read_dir(spool.join(dir)) {
             for e in rd.flatten() {
+                // Envelopes only, not leftovers of a write a crash cut short.
+                if e.path().extension().and_then(|x| x.to_str()) != Some("json") {
+                    continue;
+                }
                 if let Ok(v) = std::fs::read(e.path()).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
                     && let Ok(v) = v {
                         envs.push(v);
