@@ -135,6 +135,10 @@ pub struct SmtpConfig {
     pub listen: SocketAddr,
     /// Largest message accepted (SIZE), in bytes.
     pub max_message_size: u64,
+    /// Refuse new mail (452) while the spool has less free space than this,
+    /// keeping room to encrypt and send what is queued (like Postfix's
+    /// queue_minfree).
+    pub min_free_bytes: u64,
     /// AUTH policy: `auto` requires it on non-loopback addresses only.
     pub auth: AuthPolicy,
     /// User name for AUTH PLAIN/LOGIN (default: the email address).
@@ -156,6 +160,7 @@ impl Default for SmtpConfig {
         SmtpConfig {
             listen: "127.0.0.1:2525".parse().unwrap(),
             max_message_size: 50 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
             auth: AuthPolicy::Auto,
             username: None,
             password: None,

@@ -183,6 +183,7 @@ pub async fn serve_home(
             tls,
             credentials,
             auth_required,
+            min_free_bytes: config.smtp.min_free_bytes,
             ..session::SessionConfig::default()
         },
         policy: Router {

@@ -89,6 +89,8 @@ pub struct SessionConfig {
     pub credentials: Option<Credentials>,
     /// MAIL needs a successful AUTH first (off loopback, or configured).
     pub auth_required: bool,
+    /// Below this much free spool space, DATA is refused with 452.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SessionConfig {
@@ -102,6 +104,7 @@ impl Default for SessionConfig {
             tls: None,
             credentials: None,
             auth_required: false,
+            min_free_bytes: 0,
         }
     }
 }
@@ -190,6 +193,8 @@ struct DataState {
     rx: DataReceiver,
     scan: Scan,
     size: u64,
+    /// Writing to the spool failed (e.g. disk full): answer 452 at the end.
+    write_failed: bool,
 }
 
 /// Everything a session needs from the server.
@@ -335,7 +340,14 @@ impl<P: Policy> Session<'_, P> {
                         let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
                     }
                 } else if let Some(f) = d.file.as_mut() {
-                    f.write_all(&chunk).await?;
+                    if let Err(e) = f.write_all(&chunk).await {
+                        // Disk full or failing: keep reading to the end of
+                        // DATA, then answer with a temporary error.
+                        tracing::error!(qid = d.qid, "spool write failed: {e}");
+                        d.file = None;
+                        d.write_failed = true;
+                        let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
+                    }
                 }
                 if done {
                     let reply = self.end_data().await;
@@ -540,6 +552,12 @@ impl<P: Policy> Session<'_, P> {
                     self.state = State::Ready { helo };
                     Reply::new(530, "5.7.0 Authentication required")
                 }
+                State::Ready { helo } if self.spool_is_full() => {
+                    // Checked at MAIL, as Postfix checks queue_minfree: no
+                    // transaction is left half open.
+                    self.state = State::Ready { helo };
+                    Reply::new(452, "4.3.1 Insufficient system storage; try again later")
+                }
                 State::Ready { helo } => {
                     if from.size as u64 > self.ctx.config.max_size {
                         self.state = State::Ready { helo };
@@ -635,6 +653,20 @@ impl<P: Policy> Session<'_, P> {
         }
     }
 
+    /// Too little free space to take a message and still encrypt and send
+    /// the queued ones.
+    fn spool_is_full(&self) -> bool {
+        let min = self.ctx.config.min_free_bytes;
+        min > 0
+            && self.ctx.spool.free_bytes().is_ok_and(|free| {
+                let full = free < min;
+                if full {
+                    tracing::warn!(free, min, "spool nearly full: refusing new mail for now");
+                }
+                full
+            })
+    }
+
     async fn begin_data(&self, helo: String, from: String, rcpts: Vec<Rcpt>) -> io::Result<DataState> {
         let qid = Spool::new_qid();
         let mut file = tokio::fs::OpenOptions::new()
@@ -655,7 +687,7 @@ impl<P: Policy> Session<'_, P> {
         // The CRLF that ended the DATA command begins the data: prime the
         // receiver so a leading "." is unstuffed and ".\r\n" ends at once.
         rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
-        Ok(DataState { helo, from, rcpts, qid, file: Some(file), rx, scan: Scan::default(), size: 0 })
+        Ok(DataState { helo, from, rcpts, qid, file: Some(file), rx, scan: Scan::default(), size: 0, write_failed: false })
     }
 
     /// DATA ended: check, fsync, commit to the spool, and only then 250.
@@ -663,9 +695,12 @@ impl<P: Policy> Session<'_, P> {
         let State::Data(d) = std::mem::replace(&mut self.state, State::Fresh) else {
             return Reply::new(451, "4.3.0 Internal state error");
         };
-        let DataState { helo, from, rcpts, qid, file, scan, size, .. } = *d;
+        let DataState { helo, from, rcpts, qid, file, scan, size, write_failed, .. } = *d;
         self.state = State::Ready { helo: helo.clone() };
         let tmp = self.ctx.spool.tmp_path(&qid);
+        if write_failed {
+            return Reply::new(452, "4.3.1 Insufficient system storage; try again later");
+        }
         let Some(file) = file else {
             return Reply::new(552, format!("5.3.4 Message size exceeds the limit of {} bytes", self.ctx.config.max_size));
         };
@@ -715,7 +750,11 @@ impl<P: Policy> Session<'_, P> {
             Err(e) => {
                 tracing::error!(qid, "spool commit failed: {e}");
                 let _ = tokio::fs::remove_file(&tmp).await;
-                Reply::new(451, "4.3.0 Could not store the message durably; try again later")
+                if e.raw_os_error() == Some(28) {
+                    Reply::new(452, "4.3.1 Insufficient system storage; try again later")
+                } else {
+                    Reply::new(451, "4.3.0 Could not store the message durably; try again later")
+                }
             }
         }
     }

@@ -117,6 +117,18 @@ impl Spool {
         format!("{:x}{r:016x}", stubmail::time::unix_now())
     }
 
+    /// Free bytes on the spool's filesystem (for unprivileged users).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
     pub fn tmp_path(&self, qid: &str) -> PathBuf {
         self.root.join("tmp").join(format!("{qid}.eml"))
     }

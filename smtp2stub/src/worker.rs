@@ -123,6 +123,10 @@ impl Worker {
         if env.jobs[i].id.is_none() {
             match self.encrypt(env, &env.jobs[i]).await {
                 Ok(id) => env.jobs[i].id = Some(id),
+                // A local I/O failure (disk full) passes; try again later.
+                Err(e) if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some()) => {
+                    return Ok(Attempt::Retry(format!("cannot write the encrypted copy: {e:#}")));
+                }
                 // Permanent: the key is gone or unusable.
                 Err(e) => return Ok(Attempt::Fail(format!("cannot encrypt: {e:#}"))),
             }
