@@ -339,8 +339,8 @@ impl<P: Policy> Session<'_, P> {
                     if d.file.take().is_some() {
                         let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
                     }
-                } else if let Some(f) = d.file.as_mut() {
-                    if let Err(e) = f.write_all(&chunk).await {
+                } else if let Some(f) = d.file.as_mut()
+                    && let Err(e) = f.write_all(&chunk).await {
                         // Disk full or failing: keep reading to the end of
                         // DATA, then answer with a temporary error.
                         tracing::error!(qid = d.qid, "spool write failed: {e}");
@@ -348,7 +348,6 @@ impl<P: Policy> Session<'_, P> {
                         d.write_failed = true;
                         let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
                     }
-                }
                 if done {
                     let reply = self.end_data().await;
                     reply.write_to(out);
