@@ -25,6 +25,25 @@ pub fn header_len(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Read a message's header block, at most `max` bytes, including the blank
+/// line that ends it; the reader is left at the body. A message without a
+/// blank line is all header.
+pub fn read_header(r: &mut impl std::io::BufRead, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{BufRead, Read};
+    let mut header = Vec::new();
+    loop {
+        let before = header.len();
+        let n = r.take((max - header.len().min(max)) as u64).read_until(b'\n', &mut header)?;
+        if n == 0 || header.len() >= max {
+            return Ok(header);
+        }
+        let line = &header[before..];
+        if line == b"\r\n" || line == b"\n" {
+            return Ok(header);
+        }
+    }
+}
+
 /// Remove every field named in `names` (case-insensitive), with its
 /// continuation lines, from a header block.
 pub fn remove_fields(header: &[u8], names: &[&str]) -> Vec<u8> {
@@ -68,6 +87,15 @@ mod tests {
         assert_eq!(header_len(b"A: b\n\nbody"), Some(6));
         assert_eq!(header_len(b"\r\nbody"), Some(2));
         assert_eq!(header_len(b"A: b\r\nC: d\r\n"), None);
+    }
+
+    #[test]
+    fn header_reading_stops_at_blank_line() {
+        let mut r = std::io::BufReader::new(&b"A: 1\r\nB: 2\r\n\r\nbody\r\n"[..]);
+        assert_eq!(read_header(&mut r, 1 << 20).unwrap(), b"A: 1\r\nB: 2\r\n\r\n");
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut rest).unwrap();
+        assert_eq!(rest, b"body\r\n");
     }
 
     #[test]

@@ -9,36 +9,12 @@ use std::process::Command;
 
 use common::*;
 
-/// Alice and Bob, with Alice's outbox running and keys exchanged.
-struct Pair {
-    root: tempfile::TempDir,
-    outbox: Outbox,
-    alice: User,
-    bob: User,
-}
-
 fn pair() -> Pair {
-    let root = tempfile::tempdir().unwrap();
-    let outbox = Outbox::start(root.path(), "alice-outbox");
-    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
-    // Bob's own outbox is never contacted in these tests.
-    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
-    outbox.add_account(&alice);
-    alice.import(&bob.export());
-    bob.import(&alice.export());
-    Pair { root, outbox, alice, bob }
-}
-
-/// The states `stubmail status --json` reports for each recipient.
-fn states(u: &User) -> Vec<String> {
-    u.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect()
+    Pair::start(true)
 }
 
 fn wait_stored(u: &User, n: usize) {
-    wait_for("the message to be stored in the outbox", 60, || {
-        let s = states(u);
-        (s.len() == n && s.iter().all(|x| x == "stored")).then_some(())
-    });
+    wait_states(u, n, "stored");
 }
 
 #[test]

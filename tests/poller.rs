@@ -17,16 +17,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let root = tempfile::tempdir().unwrap();
-    let outbox = Outbox::start(root.path(), "alice-outbox");
-    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
-    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
-    outbox.add_account(&alice);
-    alice.import(&bob.export());
-    bob.import(&alice.export());
-    alice.edit_config(|t| {
-        table(t, "discovery").insert("wkd".into(), false.into());
-    });
+    let Pair { root, outbox, alice, bob } = Pair::start(true);
     let smtp = alice.smtp2stub(root.path());
     Setup { root, outbox, alice, bob, smtp }
 }
@@ -268,16 +259,7 @@ fn a_large_message_is_fetched_in_bounded_memory() {
         table(t, "smtp").insert("max_message_size".into(), (300i64 << 20).into());
     });
     let smtp = s.alice.smtp2stub(s.root.path());
-    let script = r#"
-import smtplib, sys
-line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd\r\n"
-body = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n" + line * (128 * 1024 * 1024 // len(line))
-s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=600)
-s.sendmail("alice@example.org", ["bob@example.net"], body)
-s.quit()
-"#;
-    let (good, out) = python(script, &[&smtp.port().to_string()]);
-    assert!(good, "{out}");
+    smtplib_send_big(smtp.port(), 128);
     wait_for("stored", 120, || {
         let st = s.alice.status_json();
         st.as_array().unwrap().iter().any(|l| l["state"] == "stored").then_some(())

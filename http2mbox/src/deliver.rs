@@ -4,7 +4,7 @@
 //! (MDA) it becomes visible, and acked only after that.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ fn render(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     let input = File::open(m.staged)?;
     let plain = pgp::decrypt_verify(m.me, m.sender, input).map_err(|e| CryptoReject(e.to_string()))?;
     let mut plain = BufReader::with_capacity(64 * 1024, plain);
-    let header = read_header(&mut plain).map_err(|e| CryptoReject(e.to_string()))?;
+    let header = stubmail::mail::read_header(&mut plain, MAX_HEADER).map_err(|e| CryptoReject(e.to_string()))?;
     let trace = trace_headers(m.sender, &header, m.id, m.outbox_host, m.hostname);
     let mut w = CrlfToLf::new(out);
     w.write_all(trace.as_bytes())?;
@@ -217,22 +217,6 @@ impl<W: Write> Write for EnsureNewline<W> {
     }
 }
 
-/// Read the plaintext's header block (bounded), leaving the body.
-fn read_header(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut header = Vec::new();
-    loop {
-        let before = header.len();
-        let n = r.take((MAX_HEADER - header.len().min(MAX_HEADER)) as u64).read_until(b'\n', &mut header)?;
-        if n == 0 || header.len() >= MAX_HEADER {
-            return Ok(header);
-        }
-        let line = &header[before..];
-        if line == b"\r\n" || line == b"\n" {
-            return Ok(header);
-        }
-    }
-}
-
 /// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
 fn trace_headers(sender: &Cert, header: &[u8], id: &str, outbox_host: &str, hostname: &str) -> String {
     let fpr = pgp::fpr_of(sender);
@@ -257,15 +241,6 @@ fn trace_headers(sender: &Cert, header: &[u8], id: &str, outbox_host: &str, host
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_reading_stops_at_blank_line() {
-        let mut r = BufReader::new(&b"A: 1\r\nB: 2\r\n\r\nbody\r\n"[..]);
-        assert_eq!(read_header(&mut r).unwrap(), b"A: 1\r\nB: 2\r\n\r\n");
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).unwrap();
-        assert_eq!(rest, b"body\r\n");
-    }
 
     #[test]
     fn from_check_in_trace_headers() {

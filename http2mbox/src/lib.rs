@@ -105,11 +105,7 @@ fn start_pop3(
         Target::Mbox(path) => pop3::Store::Mbox(path.clone()),
         Target::Mda(_) => anyhow::bail!("POP3 serves a Maildir or an mbox; with deliver = \"mda\" there is no mailbox to serve"),
     };
-    let tls = match (&p.tls_cert, &p.tls_key) {
-        (Some(c), Some(k)) => Some(stubmail::tls::acceptor(&home.path(c), &home.path(k))?),
-        (None, None) => None,
-        _ => anyhow::bail!("set both poll.pop3.tls_cert and poll.pop3.tls_key, or neither"),
-    };
+    let tls = stubmail::tls::from_config(home, &p.tls_cert, &p.tls_key, "poll.pop3")?;
     let listen = listener.local_addr()?;
     let require_tls = !listen.ip().is_loopback();
     if require_tls && tls.is_none() {

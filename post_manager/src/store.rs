@@ -189,17 +189,7 @@ impl Store {
     /// recipients of the UTC day.
     pub fn account_status(&self, f: &Fpr, now: i64) -> Result<protocol::AccountStatus, StoreError> {
         let l = self.limits(f);
-        let (mut bytes, mut messages) = (0, 0);
-        if let Ok(rd) = fs::read_dir(self.p(&format!("sent/{f}"))) {
-            for e in rd {
-                let name = e?.file_name();
-                let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
-                if let Ok(m) = fs::metadata(self.p(&format!("messages/{id}"))) {
-                    bytes += m.len();
-                    messages += 1;
-                }
-            }
-        }
+        let (bytes, messages) = self.usage(f)?;
         Ok(protocol::AccountStatus {
             fpr: Some(f.clone()),
             bytes,
@@ -211,6 +201,23 @@ impl Store {
         })
     }
 
+    /// Bytes and messages an account stores now, counted from the store
+    /// (one stat per message), so never out of step with it.
+    fn usage(&self, f: &Fpr) -> io::Result<(u64, u64)> {
+        let (mut bytes, mut messages) = (0, 0);
+        if let Ok(rd) = fs::read_dir(self.p(&format!("sent/{f}"))) {
+            for e in rd {
+                let name = e?.file_name();
+                let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
+                if let Ok(m) = fs::metadata(self.p(&format!("messages/{id}"))) {
+                    bytes += m.len();
+                    messages += 1;
+                }
+            }
+        }
+        Ok((bytes, messages))
+    }
+
     fn recipients_today(&self, f: &Fpr, now: i64) -> io::Result<std::collections::BTreeSet<String>> {
         match fs::read_to_string(self.p(&format!("rcptlog/{f}/{}", utc_day(now)))) {
             Ok(t) => Ok(t.lines().map(str::to_string).collect()),
@@ -219,7 +226,7 @@ impl Store {
         }
     }
 
-    fn log_recipients(&self, f: &Fpr, now: i64, new: &[&Fpr]) -> io::Result<()> {
+    fn log_recipients(&self, f: &Fpr, now: i64, new: &[Fpr]) -> io::Result<()> {
         if new.is_empty() {
             return Ok(());
         }
@@ -378,10 +385,13 @@ impl Store {
         // Limits are checked under the account's lock, with the real size,
         // so concurrent uploads cannot together overshoot them.
         let _account = self.lock(&format!("account-{sender}"))?;
-        if let Err(e) = self.check_limits(sender, id, size, recipients, now) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let new_today = match self.check_limits(sender, id, size, recipients, now) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         let _lock = self.lock(id)?;
         let (meta, created) = match self.read_meta(id)? {
             Some(mut m) => {
@@ -414,9 +424,7 @@ impl Store {
                 (m, true)
             }
         };
-        let today = self.recipients_today(sender, now)?;
-        let new: Vec<&Fpr> = recipients.iter().filter(|r| !today.contains(r.as_str())).collect();
-        self.log_recipients(sender, now, &new)?;
+        self.log_recipients(sender, now, &new_today)?;
         // Indexes last (and again on a retried upload, which repairs a crash
         // between the state write and here).
         self.mark(&format!("sent/{sender}"), id)?;
@@ -426,29 +434,32 @@ impl Store {
         Ok((meta.status(), created))
     }
 
-    fn check_limits(&self, sender: &Fpr, id: &str, size: u64, recipients: &[Fpr], now: i64) -> Result<(), StoreError> {
-        let st = self.account_status(sender, now)?;
+    /// Check an upload against the account's limits; returns the recipients
+    /// that are new today (to be logged once the upload is stored).
+    fn check_limits(&self, sender: &Fpr, id: &str, size: u64, recipients: &[Fpr], now: i64) -> Result<Vec<Fpr>, StoreError> {
+        let l = self.limits(sender);
+        let (bytes, messages) = self.usage(sender)?;
         let already = self.p(&format!("messages/{id}")).exists();
-        if !already && st.bytes + size > st.max_bytes {
+        if !already && bytes + size > l.max_bytes {
             return Err(StoreError::QuotaExceeded(format!(
                 "the account would hold {} bytes, over its quota of {}; unsend old messages or wait until they are fetched",
-                st.bytes + size,
-                st.max_bytes
+                bytes + size,
+                l.max_bytes
             )));
         }
-        if !already && st.messages + 1 > st.max_messages {
-            return Err(StoreError::QuotaExceeded(format!("the account holds {} messages, its quota", st.messages)));
+        if !already && messages + 1 > l.max_messages {
+            return Err(StoreError::QuotaExceeded(format!("the account holds {messages} messages, its quota")));
         }
         let today = self.recipients_today(sender, now)?;
-        let new = recipients.iter().filter(|r| !today.contains(r.as_str())).count() as u64;
-        if today.len() as u64 + new > st.max_recipients_per_day {
+        let new: Vec<Fpr> = recipients.iter().filter(|r| !today.contains(r.as_str())).cloned().collect();
+        let total = (today.len() + new.len()) as u64;
+        if total > l.max_recipients_per_day {
             return Err(StoreError::RateLimited(format!(
-                "this would make {} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
-                today.len() as u64 + new,
-                st.max_recipients_per_day
+                "this would make {total} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
+                l.max_recipients_per_day
             )));
         }
-        Ok(())
+        Ok(new)
     }
 
     /// Messages for `recipient` (optionally only from `senders`): pending

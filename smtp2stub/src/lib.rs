@@ -151,11 +151,7 @@ pub async fn serve_home(
     let me = Arc::new(home.load_identity()?);
     let listen = listener.local_addr()?;
     let auth_required = config.smtp.auth == stubmail::config::AuthPolicy::Required || !listen.ip().is_loopback();
-    let tls = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
-        (Some(c), Some(k)) => Some(stubmail::tls::acceptor(&home.path(c), &home.path(k))?),
-        (None, None) => None,
-        _ => anyhow::bail!("set both smtp.tls_cert and smtp.tls_key, or neither"),
-    };
+    let tls = stubmail::tls::from_config(home, &config.smtp.tls_cert, &config.smtp.tls_key, "smtp")?;
     let credentials = config.smtp.password.as_ref().map(|p| session::Credentials {
         username: config.smtp.username.clone().unwrap_or_else(|| config.identity.email.clone()),
         password: p.expose().to_string(),

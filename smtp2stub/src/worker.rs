@@ -213,7 +213,7 @@ impl Worker {
     /// own mailbox, that a message could not be delivered.
     fn failure_notice(&self, env: &Envelope, job: &Job) -> anyhow::Result<()> {
         let Some(md) = &self.notices else { return Ok(()) };
-        let header = read_header(&mut File::open(self.spool.msg_path(&env.qid))?).unwrap_or_default();
+        let header = spool_header(&self.spool.msg_path(&env.qid)).unwrap_or_default();
         let subject = mail_parser::MessageParser::default()
             .parse_headers(&header[..])
             .and_then(|m| m.subject().map(str::to_string))
@@ -251,7 +251,7 @@ impl Worker {
     /// recipient gets a copy of their own, so no recipient learns of a Bcc
     /// from the headers or from the encryption layer's recipient list.
     fn plan(&self, env: &Envelope) -> anyhow::Result<Vec<Job>> {
-        let header = read_header(&mut File::open(self.spool.msg_path(&env.qid))?)?;
+        let header = spool_header(&self.spool.msg_path(&env.qid))?;
         let visible = stubmail::mail::addresses(&header, &["To", "Cc"]);
         let (stub, relay): (Vec<_>, Vec<_>) = env.rcpts.iter().cloned().partition(|r| matches!(r.route, Route::Stub { .. }));
         let (shown, hidden): (Vec<_>, Vec<_>) =
@@ -285,8 +285,8 @@ impl Worker {
         let out_dir = self.spool.out_dir();
         let spool = self.spool.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-            let mut f = File::open(&src)?;
-            let header = read_header(&mut f)?;
+            let mut f = io::BufReader::new(File::open(&src)?);
+            let header = stubmail::mail::read_header(&mut f, MAX_HEADER)?;
             let header = stubmail::mail::remove_fields(&header, &["Bcc"]);
             let mut plain = io::Cursor::new(header).chain(f);
             let tmp = out_dir.join(stubmail::fsutil::unique_name(".enc."));
@@ -306,27 +306,9 @@ impl Worker {
     }
 }
 
-/// Read the header block from the start of a file; the file is left
-/// positioned right after it.
-fn read_header(f: &mut File) -> io::Result<Vec<u8>> {
-    use std::io::{Seek, SeekFrom};
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        let n = f.read(&mut chunk)?;
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(len) = stubmail::mail::header_len(&buf) {
-            f.seek(SeekFrom::Start(len as u64))?;
-            buf.truncate(len);
-            return Ok(buf);
-        }
-        if n == 0 || buf.len() > MAX_HEADER {
-            // No blank line: the whole message is header (or the header is
-            // huge); treat what we have as the header, the rest as body.
-            f.seek(SeekFrom::Start(buf.len() as u64))?;
-            return Ok(buf);
-        }
-    }
+/// The header block of a spooled message.
+fn spool_header(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    stubmail::mail::read_header(&mut io::BufReader::new(File::open(path)?), MAX_HEADER)
 }
 
 enum RelayBytes {

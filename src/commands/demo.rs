@@ -76,7 +76,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn state(st: &stubmail::protocol::MessageStatus) -> String {
-    serde_json::to_value(st.recipients[0].state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    super::wire_name(&st.recipients[0].state)
 }
 
 /// A minimal SMTP client: enough for the demo to be its own mail client.

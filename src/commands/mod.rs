@@ -10,6 +10,11 @@ mod up;
 use crate::cli::{Cli, Command, IdentityCommand};
 use stubmail::Home;
 
+/// A state as the wire and the spool spell it (serde's lower-case name).
+pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {

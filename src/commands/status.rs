@@ -7,6 +7,8 @@ use serde::Serialize;
 use stubmail::client::{self, OutboxClient};
 use stubmail::Home;
 
+use super::wire_name;
+
 #[derive(Serialize)]
 struct Line {
     queue_id: String,
@@ -20,38 +22,29 @@ struct Line {
 }
 
 pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
+    use smtp2stub::spool::{JobState, Route, Spool};
     let config = home.load_config()?;
     let me = Arc::new(home.load_identity()?);
-    let spool = home.spool_dir();
-    let mut envs = Vec::new();
-    for dir in ["queue", "sent"] {
-        if let Ok(rd) = std::fs::read_dir(spool.join(dir)) {
-            for e in rd.flatten() {
-                // Envelopes only, not leftovers of a write a crash cut short.
-                if e.path().extension().and_then(|x| x.to_str()) != Some("json") {
-                    continue;
-                }
-                if let Ok(v) = std::fs::read(e.path()).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
-                    && let Ok(v) = v {
-                        envs.push(v);
-                    }
-            }
-        }
-    }
-    envs.sort_by_key(|v| v["received"].as_i64().unwrap_or(0));
+    let spool = Spool::open(&home.spool_dir())?;
+    let mut envs = spool.queued()?;
+    envs.extend(spool.sent()?);
+    envs.sort_by(|a, b| a.received.cmp(&b.received).then(a.qid.cmp(&b.qid)));
     let rt = tokio::runtime::Runtime::new()?;
     let outbox = OutboxClient::new(client::http_client()?, &config.identity.outbox, me)?;
     let mut lines = Vec::new();
     for env in &envs {
-        let qid = env["qid"].as_str().unwrap_or("").to_string();
-        let jobs = env["jobs"].as_array().cloned().unwrap_or_default();
-        if jobs.is_empty() {
-            for r in env["rcpts"].as_array().cloned().unwrap_or_default() {
+        let fpr_of = |r: &smtp2stub::spool::Rcpt| match &r.route {
+            Route::Stub { fpr } => fpr.to_string(),
+            Route::Relay => String::new(),
+        };
+        if env.jobs.is_empty() {
+            // Accepted, not yet planned: everyone is queued.
+            for r in &env.rcpts {
                 lines.push(Line {
-                    queue_id: qid.clone(),
+                    queue_id: env.qid.clone(),
                     id: None,
-                    recipient: r["addr"].as_str().unwrap_or("").into(),
-                    fingerprint: r["route"]["stub"]["fpr"].as_str().unwrap_or("").into(),
+                    recipient: r.addr.clone(),
+                    fingerprint: fpr_of(r),
                     state: "queued".into(),
                     at: None,
                     detail: None,
@@ -59,27 +52,26 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
             }
             continue;
         }
-        for j in jobs {
-            let id = j["id"].as_str().map(str::to_string);
-            let job_state = j["state"].as_str().unwrap_or("queued");
-            let remote = match (&id, job_state) {
-                (Some(id), "uploaded") => Some(rt.block_on(outbox.status(id))),
+        for j in &env.jobs {
+            let remote = match (&j.id, j.state) {
+                (Some(id), JobState::Uploaded) => Some(rt.block_on(outbox.status(id))),
                 _ => None,
             };
-            for r in j["rcpts"].as_array().cloned().unwrap_or_default() {
-                let fpr = r["route"]["stub"]["fpr"].as_str().unwrap_or("").to_string();
+            for r in &j.rcpts {
+                let fpr = fpr_of(r);
                 let (state, at, detail) = match &remote {
                     Some(Ok(st)) => match st.recipients.iter().find(|x| x.fpr.as_str() == fpr) {
-                        Some(x) => (serde_json::to_value(x.state)?.as_str().unwrap_or("").to_string(), Some(x.at.clone()), None),
+                        Some(x) => (wire_name(&x.state), Some(x.at.clone()), None),
                         None => ("unknown".into(), None, Some("the outbox does not list this recipient".into())),
                     },
-                    Some(Err(e)) => ("stored".into(), None, Some(format!("outbox not reachable: {e}"))),
-                    None => (job_state.to_string(), None, j["last_error"].as_str().map(str::to_string)),
+                    // Stored once; what happened since cannot be asked now.
+                    Some(Err(e)) => ("unknown".into(), None, Some(format!("outbox not reachable: {e}"))),
+                    None => (wire_name(&j.state), None, j.last_error.clone()),
                 };
                 lines.push(Line {
-                    queue_id: qid.clone(),
-                    id: id.clone(),
-                    recipient: r["addr"].as_str().unwrap_or("").into(),
+                    queue_id: env.qid.clone(),
+                    id: j.id.clone(),
+                    recipient: r.addr.clone(),
                     fingerprint: fpr,
                     state,
                     at,
@@ -125,7 +117,7 @@ pub fn unsend(home: &Home, id: &str) -> anyhow::Result<()> {
         e => e.into(),
     })?;
     for r in &st.recipients {
-        println!("{}  {}", r.fpr, serde_json::to_value(r.state)?.as_str().unwrap_or(""));
+        println!("{}  {}", r.fpr, wire_name(&r.state));
     }
     Ok(())
 }
