@@ -30,6 +30,10 @@ use crate::protocol::Fpr;
 /// Notation on the self-signed User ID binding that names the owner's outbox.
 pub const OUTBOX_NOTATION: &str = "outbox@stubmail.org";
 
+/// Notation on the self-signed User ID binding that names the owner's notify
+/// endpoint (`udp://HOST:PORT`), where outboxes send notification stubs.
+pub const NOTIFY_NOTATION: &str = "notify@stubmail.org";
+
 /// The one policy every check uses.
 pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
 
@@ -76,17 +80,30 @@ impl Identity {
     /// expiry (a mail identity should not silently stop working; revoke it
     /// instead).
     pub fn generate(name: Option<&str>, email: &str, outbox: &str) -> Result<Identity> {
+        Identity::generate_with(name, email, outbox, None)
+    }
+
+    /// [`Identity::generate`], also binding a notify endpoint
+    /// (`udp://HOST:PORT`) for notification stubs.
+    pub fn generate_with(name: Option<&str>, email: &str, outbox: &str, notify: Option<&str>) -> Result<Identity> {
         check_email(email)?;
+        if let Some(n) = notify
+            && crate::protocol::udp::parse_notify_endpoint(n).is_none() {
+                return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
+            }
         let uid = match name {
             Some(n) if !n.trim().is_empty() => format!("{} <{email}>", n.trim()),
             _ => format!("<{email}>"),
         };
-        let template = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
+        let mut template = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
             OUTBOX_NOTATION,
             outbox.as_bytes(),
             NotationDataFlags::empty().set_human_readable(),
             false,
         )?;
+        if let Some(n) = notify {
+            template = template.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
+        }
         let (cert, _rev) = CertBuilder::new()
             .set_profile(openpgp::Profile::RFC4880)?
             .set_features(Features::empty().set_seipdv1())?
@@ -271,6 +288,25 @@ pub fn outbox_of(cert: &Cert) -> Option<String> {
     vc.userids().find_map(|u| from(&u))
 }
 
+/// The notify endpoint (`HOST:PORT`) the owner bound into the certificate,
+/// if any and well-formed.
+pub fn notify_of(cert: &Cert) -> Option<String> {
+    let vc = cert.with_policy(&POLICY, None).ok()?;
+    let from = |u: &ValidUserIDAmalgamation| {
+        u.binding_signature()
+            .notation(NOTIFY_NOTATION)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(crate::protocol::udp::parse_notify_endpoint)
+            .map(str::to_string)
+    };
+    if let Ok(p) = vc.primary_userid()
+        && let Some(o) = from(&p) {
+            return Some(o);
+        }
+    vc.userids().find_map(|u| from(&u))
+}
+
 /// Verify a detached signature over `data` by `cert` (the named signer,
 /// nobody else).
 pub fn verify_detached(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<()> {
@@ -399,10 +435,19 @@ mod tests {
     }
 
     #[test]
+    fn identity_binds_a_notify_endpoint_next_to_the_outbox() {
+        let a = Identity::generate_with(None, "a@example.org", "http://o/", Some("udp://127.0.0.1:2526")).unwrap();
+        assert_eq!(notify_of(&a.cert()).as_deref(), Some("127.0.0.1:2526"));
+        assert_eq!(outbox_of(&a.cert()).as_deref(), Some("http://o/"));
+        assert!(Identity::generate_with(None, "a@example.org", "http://o/", Some("tcp://x:1")).is_err());
+    }
+
+    #[test]
     fn identity_binds_outbox_and_email() {
         let a = alice();
         let c = a.cert();
         assert_eq!(outbox_of(&c).as_deref(), Some("http://127.0.0.1:1/"));
+        assert_eq!(notify_of(&c), None);
         assert_eq!(emails_of(&c), vec!["alice@example.org"]);
         assert_eq!(check_contact(&c).unwrap(), vec!["alice@example.org"]);
         assert!(!c.is_tsk());

@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod udp;
+
 /// Protocol version, the path prefix of every endpoint.
 pub const VERSION_PREFIX: &str = "v1/";
 /// Header carrying one requester signature (may repeat).
@@ -255,8 +257,63 @@ pub struct PollItem {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollResponse {
     pub messages: Vec<PollItem>,
+    /// One cookie per signer, for UDP polls (§8); absent when the outbox
+    /// answers no UDP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<Cookie>,
+    /// The UDP port of the outbox's poll service, on the outbox URL's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<String>,
+    pub udp_port: Option<u16>,
+}
+
+/// A UDP poll cookie: its id and MAC key, both hex. It stands for the
+/// signer, the device and the senders of the signed poll that issued it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cookie {
+    pub recipient: Fpr,
+    /// 16 octets, hex.
+    pub id: String,
+    /// 32 octets, hex. A secret: never printed through `Debug`.
+    pub key: String,
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cookie({}, {})", self.recipient, self.id)
+    }
+}
+
+impl Cookie {
+    /// The id and key as octets, if well-formed.
+    pub fn decode(&self) -> Option<(udp::CookieId, udp::CookieKey)> {
+        let mut id = [0u8; 16];
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&self.id, &mut id).ok()?;
+        hex::decode_to_slice(&self.key, &mut key).ok()?;
+        Some((id, key))
+    }
+}
+
+/// Body of `POST /v1/messages/<id>/notify`: stubs the sender signed, for the
+/// outbox to send (and resend) to each recipient's notify endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyRequest {
+    pub stubs: Vec<NotifyStub>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyStub {
+    /// The recipient's certificate, ASCII-armored: the outbox takes the
+    /// endpoint only from the recipient's own self-signature.
+    pub cert: String,
+    /// The stub datagram (§8), standard base64.
+    pub stub: String,
+}
+
+/// Answer to a notify request: how many stubs will be sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyResponse {
+    pub accepted: usize,
 }
 
 /// Answer to an upload.
@@ -417,7 +474,7 @@ mod tests {
             let req = PollRequest { senders, certs, device: None };
             prop_assert_eq!(serde_json::from_str::<PollRequest>(&serde_json::to_string(&req).unwrap()).unwrap(), req);
             let resp = PollResponse { messages: items.into_iter().map(|(s, r, id, size)| PollItem {
-                id, sender: s, recipient: r, size, stored: "2026-01-01T00:00:00Z".into() }).collect(), cookie: None };
+                id, sender: s, recipient: r, size, stored: "2026-01-01T00:00:00Z".into() }).collect(), ..Default::default() };
             prop_assert_eq!(serde_json::from_str::<PollResponse>(&serde_json::to_string(&resp).unwrap()).unwrap(), resp);
         }
     }

@@ -358,7 +358,7 @@ fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response
         messages.extend(store.poll(s, preq.senders.as_deref(), preq.device.as_deref()).map_err(from_store)?);
     }
     tracing::debug!(signers = signers.len(), found = messages.len(), "poll");
-    Ok(Response::json(200, &PollResponse { messages, cookie: None }).signed_by(&signers[0]))
+    Ok(Response::json(200, &PollResponse { messages, ..Default::default() }).signed_by(&signers[0]))
 }
 
 /// Authenticate a recipient's request; returns the signer and the body.
