@@ -113,6 +113,8 @@ enum Route<'a> {
     Message(&'a str),
     Status(&'a str),
     Ack(&'a str),
+    Notify(&'a str),
+    Cert(Fpr),
 }
 
 fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response> {
@@ -134,6 +136,8 @@ fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response
         ["messages", id] => Ok(Route::Message(id_ok(id)?)),
         ["messages", id, "status"] => Ok(Route::Status(id_ok(id)?)),
         ["messages", id, "ack"] => Ok(Route::Ack(id_ok(id)?)),
+        ["messages", id, "notify"] => Ok(Route::Notify(id_ok(id)?)),
+        ["certs", f] => Ok(Route::Cert(Fpr::parse(f).map_err(|_| not_found())?)),
         _ => Err(not_found()),
     }
 }
@@ -273,6 +277,13 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         ("POST", Route::Ack(id)) => ack(store, &mut req, id, now),
         ("GET", Route::Account) => sender_op(store, &mut req, now, |s, f| s.account_status(f, now).map(|st| Response::json(200, &st))),
         ("POST", Route::Poll) => poll(store, &mut req, now),
+        ("POST", Route::Notify(id)) => notify(store, &mut req, id, now),
+        ("GET", Route::Cert(f)) => Ok(match store.account(&f).map(|c| pgp::binary(&c)) {
+            // Public like WKD: an account's certificate, by fingerprint (for
+            // a recipient deciding on a stranger's introduction).
+            Some(Ok(b)) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None },
+            _ => Response::error(404, "not_found", "no account with that fingerprint here"),
+        }),
         _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
     };
     result.unwrap_or_else(|e| e)
@@ -358,7 +369,67 @@ fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response
         messages.extend(store.poll(s, preq.senders.as_deref(), preq.device.as_deref()).map_err(from_store)?);
     }
     tracing::debug!(signers = signers.len(), found = messages.len(), "poll");
-    Ok(Response::json(200, &PollResponse { messages, ..Default::default() }).signed_by(&signers[0]))
+    let mut resp = PollResponse { messages, ..Default::default() };
+    // Cookies only while a UDP service runs on this data directory.
+    if let Some(a) = crate::udp::advert(store) {
+        for s in &signers {
+            match crate::udp::issue(store, s, preq.device.as_deref(), preq.senders.as_deref()) {
+                Ok(c) => resp.cookies.push(c),
+                Err(e) => tracing::warn!("cannot issue a UDP cookie: {e}"),
+            }
+        }
+        if !resp.cookies.is_empty() {
+            resp.udp_port = Some(a.port);
+        }
+    }
+    Ok(Response::json(200, &resp).signed_by(&signers[0]))
+}
+
+/// A sender hands over signed stubs for the recipients of one message; the
+/// UDP service sends them. Each stub must be the sender's own, for this
+/// message and a pending recipient of it, and goes only to the endpoint
+/// bound in that recipient's own certificate.
+fn notify(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    use base64::Engine as _;
+    let digest = declared_digest(req)?;
+    let signers = authenticate(store, req, &digest, now, &mut account_lookup(store))?;
+    let body = small_body_checked(req, &digest)?;
+    let [sender] = signers.as_slice() else {
+        return Err(Response::error(400, "bad_request", "this request has exactly one signer"));
+    };
+    let nreq: protocol::NotifyRequest =
+        serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("notify body: {e}")))?;
+    let status = store.status(sender, id).map_err(from_store)?;
+    let sender_cert = store.account(sender).ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
+    if crate::udp::advert(store).is_none() {
+        return Ok(Response::json(202, &protocol::NotifyResponse { accepted: 0 }).signed_by(sender));
+    }
+    let mut accepted = 0;
+    for n in nreq.stubs.iter().take(protocol::MAX_RECIPIENTS) {
+        let check = || -> Result<crate::udp::QueuedStub, String> {
+            let cert = pgp::parse_certs(n.cert.as_bytes()).map_err(|e| e.to_string())?.into_iter().next().ok_or("no certificate")?;
+            let rcpt = pgp::fpr_of(&cert);
+            if !status.recipients.iter().any(|r| r.fpr == rcpt && r.state.is_pending()) {
+                return Err(format!("{rcpt} is not waiting for this message"));
+            }
+            let endpoint = pgp::notify_of(&cert).ok_or("the recipient's certificate binds no notify endpoint")?;
+            let raw = base64::engine::general_purpose::STANDARD.decode(&n.stub).map_err(|e| e.to_string())?;
+            let (stub, signed, sig) = protocol::udp::Stub::decode(&raw).map_err(|e| e.to_string())?;
+            if &stub.sender != sender || stub.recipient != rcpt || stub.id != id {
+                return Err("the stub names another sender, recipient or message".into());
+            }
+            pgp::verify_detached(&sender_cert, signed, sig).map_err(|e| format!("stub signature: {e}"))?;
+            Ok(crate::udp::QueuedStub { id: id.to_string(), recipient: rcpt, endpoint, stub: n.stub.clone() })
+        };
+        match check() {
+            Ok(q) => match crate::udp::queue_stub(store, &q) {
+                Ok(()) => accepted += 1,
+                Err(e) => tracing::warn!("cannot queue a stub: {e}"),
+            },
+            Err(e) => tracing::info!(%sender, id, "stub refused: {e}"),
+        }
+    }
+    Ok(Response::json(202, &protocol::NotifyResponse { accepted }).signed_by(sender))
 }
 
 /// Authenticate a recipient's request; returns the signer and the body.

@@ -8,16 +8,22 @@ pub mod cgi;
 pub mod handler;
 pub mod server;
 pub mod store;
+pub mod udp;
 
-/// Serve the outbox on `listener` until `shutdown`, applying the retention
-/// policy every hour (and once at start).
+/// Serve the outbox on `listener` (and UDP polls and stubs on `udp`) until
+/// `shutdown`, applying the retention policy every hour (and once at start).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    udp: Option<(std::net::UdpSocket, udp::UdpSettings)>,
     store: store::Store,
     settings: handler::Settings,
     retention: store::Retention,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
+    let udp_task = udp.map(|(socket, us)| {
+        let (st, sd) = (store.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || udp::run(socket, st, us, sd))
+    });
     let (st, sd) = (store.clone(), shutdown.clone());
     tokio::spawn(async move {
         loop {
@@ -33,5 +39,32 @@ pub async fn serve(
             }
         }
     });
-    server::run(listener, store, settings, shutdown).await
+    let r = server::run(listener, store, settings, shutdown.clone()).await;
+    if let Some(t) = udp_task {
+        shutdown.cancel();
+        match t.await {
+            Ok(Err(e)) => tracing::error!("UDP service: {e}"),
+            Err(e) => tracing::error!("UDP service: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    r
+}
+
+/// Bind the UDP service for `serve`: `off`, an address, or (`auto`) the
+/// HTTP listener's address and port number (TCP and UDP ports are separate
+/// namespaces), falling back to a free port on the same address.
+pub fn bind_udp(spec: &str, http: std::net::SocketAddr) -> anyhow::Result<Option<std::net::UdpSocket>> {
+    use anyhow::Context as _;
+    match spec {
+        "off" => Ok(None),
+        "auto" => Ok(Some(match std::net::UdpSocket::bind(http) {
+            Ok(s) => s,
+            Err(_) => std::net::UdpSocket::bind((http.ip(), 0)).with_context(|| format!("binding UDP on {}", http.ip()))?,
+        })),
+        a => {
+            let addr: std::net::SocketAddr = a.parse().with_context(|| format!("--udp {a:?}: expected off, auto or IP:PORT"))?;
+            Ok(Some(std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?))
+        }
+    }
 }

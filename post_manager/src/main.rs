@@ -33,6 +33,24 @@ enum Cmd {
         max_message_size: u64,
         #[command(flatten)]
         retention: RetentionArgs,
+        /// UDP poll and notification service: `auto` (the HTTP address and
+        /// port number), `off`, or IP:PORT.
+        #[arg(long, default_value = "auto")]
+        udp: String,
+        #[command(flatten)]
+        udp_limits: UdpArgs,
+    },
+    /// Run only the UDP poll and notification service, next to a CGI outbox
+    /// sharing the data directory (see contrib/systemd).
+    #[command(after_help = "Example:\n  post_manager udp --listen 0.0.0.0:8080 --data /var/lib/stubmail-outbox")]
+    Udp {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        data: DataDir,
+        #[command(flatten)]
+        udp_limits: UdpArgs,
     },
     /// Apply the retention policy once (for cron, with CGI setups; `serve`
     /// does this every hour by itself).
@@ -62,6 +80,27 @@ struct RetentionArgs {
     /// Days the delivery status is kept after that.
     #[arg(long, default_value_t = 90)]
     status_days: u32,
+}
+
+/// Limits of the UDP service.
+#[derive(clap::Args, Clone, Copy)]
+struct UdpArgs {
+    /// Port announced to pollers, when a NAT or port forward puts the
+    /// service on another port than the one bound.
+    #[arg(long)]
+    udp_advertise_port: Option<u16>,
+    /// UDP datagrams per second accepted from one source address.
+    #[arg(long, default_value_t = 50.0)]
+    udp_rate: f64,
+    /// Burst above that rate.
+    #[arg(long, default_value_t = 100.0)]
+    udp_burst: f64,
+}
+
+impl UdpArgs {
+    fn settings(self) -> post_manager::udp::UdpSettings {
+        post_manager::udp::UdpSettings { advertise_port: self.udp_advertise_port, rate_per_source: self.udp_rate, burst_per_source: self.udp_burst }
+    }
 }
 
 impl RetentionArgs {
@@ -144,7 +183,19 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Serve { listen, data, prefix, max_message_size, retention } => {
+        Cmd::Udp { listen, data, udp_limits } => {
+            let data = data.path()?;
+            let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
+            store.check_writable()?;
+            let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+            println!("post_manager udp listening on {}", socket.local_addr()?);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let sd = shutdown.clone();
+            rt.spawn(async move { stubmail::signals::cancel_on_signal(&sd) });
+            Ok(post_manager::udp::run(socket, store, udp_limits.settings(), shutdown)?)
+        }
+        Cmd::Serve { listen, data, prefix, max_message_size, retention, udp, udp_limits } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
             store.check_writable()?;
@@ -160,10 +211,15 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
                 let addr = listener.local_addr()?;
+                let udp = post_manager::bind_udp(&udp, addr)?;
+                if let Some(u) = &udp {
+                    println!("post_manager udp on {}", u.local_addr()?);
+                }
                 println!("post_manager listening on {addr}");
                 let shutdown = tokio_util::sync::CancellationToken::new();
                 stubmail::signals::cancel_on_signal(&shutdown);
-                post_manager::serve(listener, store, settings, retention.policy(), shutdown).await?;
+                let udp = udp.map(|u| (u, udp_limits.settings()));
+                post_manager::serve(listener, udp, store, settings, retention.policy(), shutdown).await?;
                 anyhow::Ok(())
             })
         }

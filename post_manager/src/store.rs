@@ -15,6 +15,10 @@
 //! nonces/<FPR>/<nonce>      replay protection, pruned after NONCE_MEMORY
 //! locks/<id>                lock files
 //! tmp/                      uploads in progress
+//! cookies/<id>.json         UDP poll cookies (soft state, see `udp`)
+//! cookies/current/<FPR>.<device>  the current cookie of a recipient's device
+//! notify/<id>.<FPR>.json    notification stubs still to be (re)sent
+//! udp.json                  the UDP service's port, while it runs
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -99,7 +103,8 @@ pub struct Store {
     root: PathBuf,
 }
 
-const DIRS: &[&str] = &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp", "rcptlog"];
+const DIRS: &[&str] =
+    &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify"];
 
 /// An account's limits (`accounts/<FPR>.limits.json`; defaults if absent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,8 +163,40 @@ impl Store {
         Ok(())
     }
 
-    fn p(&self, rel: &str) -> PathBuf {
+    pub(crate) fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// When a recipient's index last changed (a message arrived, was
+    /// acked, unsent or expired): lets the UDP service answer from a cache.
+    pub fn inbox_mtime(&self, recipient: &Fpr) -> Option<std::time::SystemTime> {
+        fs::metadata(self.p(&format!("inbox/{recipient}"))).and_then(|m| m.modified()).ok()
+    }
+
+    /// Mark an index changed whose files did not change (a device's ack).
+    fn touch_inbox(&self, recipient: &Fpr) {
+        let dir = self.p(&format!("inbox/{recipient}"));
+        if let Ok(f) = File::open(&dir) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// A recipient's delivery state of a message (None: no such message or
+    /// not a recipient).
+    pub fn recipient_state(&self, id: &str, recipient: &Fpr) -> Result<Option<DeliveryState>, StoreError> {
+        Ok(self.read_meta(id)?.and_then(|m| m.recipient(recipient).map(|r| r.state)))
+    }
+
+    /// A stub was sent: `stored` becomes `notified`, so the sender sees it.
+    pub fn mark_notified(&self, id: &str, recipient: &Fpr, now: i64) -> Result<(), StoreError> {
+        let _lock = self.lock(id)?;
+        let Some(mut m) = self.read_meta(id)? else { return Ok(()) };
+        if let Some(r) = m.recipients.iter_mut().find(|r| &r.fpr == recipient && r.state == DeliveryState::Stored) {
+            r.state = DeliveryState::Notified;
+            r.at = now;
+            self.write_meta(&m)?;
+        }
+        Ok(())
     }
 
     // ---- accounts and certificates -------------------------------------
@@ -536,6 +573,8 @@ impl Store {
         }
         if device.is_none() {
             self.unmark(&format!("inbox/{recipient}"), id)?;
+        } else if changed {
+            self.touch_inbox(recipient);
         }
         // Deliberately not filtered: the ack is the recipient's view, the
         // sender's addresses stay private.

@@ -96,7 +96,8 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = post_manager::handler::Settings::default();
     let sd = shutdown.clone();
-    let outbox = tokio::spawn(async move { Ok(post_manager::serve(outbox_l, store, settings, Default::default(), sd).await?) });
+    let udp = post_manager::bind_udp("auto", outbox_l.local_addr()?)?.map(|u| (u, Default::default()));
+    let outbox = tokio::spawn(async move { Ok(post_manager::serve(outbox_l, udp, store, settings, Default::default(), sd).await?) });
     let (home2, config2, sd) = (home.clone(), config.clone(), shutdown.clone());
     let smtp = tokio::spawn(async move { smtp2stub::serve_home(&home2, &config2, smtp_l, sd).await });
     let poller = Arc::new(http2mbox::poller_for(home, &config, false)?);
