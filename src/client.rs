@@ -138,6 +138,77 @@ impl OutboxClient {
         Self::json(req.send().await?).await
     }
 
+    /// Hand the outbox signed stubs for the recipients of message `id`.
+    pub async fn notify(&self, id: &str, req: &protocol::NotifyRequest) -> Result<protocol::NotifyResponse, ClientError> {
+        let body = serde_json::to_vec(req).expect("serialisable");
+        let r = self
+            .request(Method::POST, &format!("v1/messages/{id}/notify"), &sha256_hex(&body))?
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        Self::json(r.send().await?).await
+    }
+
+    /// An account's public certificate, by fingerprint (unsigned, like WKD).
+    pub async fn account_cert(http: &reqwest::Client, base: &str, f: &Fpr) -> Result<Vec<u8>, ClientError> {
+        let mut s = base.to_string();
+        if !s.ends_with('/') {
+            s.push('/');
+        }
+        let url = Url::parse(&s).and_then(|u| u.join(&format!("v1/certs/{f}"))).map_err(|_| ClientError::BadUrl(s.clone()))?;
+        let r = Self::check(http.get(url).send().await?).await?;
+        const MAX_CERT: usize = 1 << 20;
+        let b = r.bytes().await?;
+        if b.len() > MAX_CERT {
+            return Err(ClientError::Local("certificate over 1 MiB".into()));
+        }
+        Ok(b.to_vec())
+    }
+
+    /// One UDP poll round trip (§8) to the outbox's host at `port` for
+    /// these cookies. `counter` must exceed every counter used before with
+    /// them. Returns each cookie's status, or `None` if no authentic
+    /// answer for all of them arrived within `timeout` (then: signed poll).
+    pub async fn udp_poll(
+        &self,
+        port: u16,
+        cookies: &[(protocol::udp::CookieId, protocol::udp::CookieKey)],
+        counter: u64,
+        timeout: std::time::Duration,
+    ) -> Option<Vec<protocol::udp::PollStatus>> {
+        use protocol::udp;
+        let host = self.base.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addr = tokio::net::lookup_host((host.as_str(), port)).await.ok()?.next()?;
+        let bind: std::net::SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
+        sock.connect(addr).await.ok()?;
+        let mut out = Vec::with_capacity(cookies.len());
+        for chunk in cookies.chunks(udp::MAX_COOKIES) {
+            let entries: Vec<_> = chunk.iter().map(|(id, key)| udp::PollEntry::new(*id, key, counter)).collect();
+            sock.send(&udp::encode_poll(&entries).ok()?).await.ok()?;
+            let mut buf = [0u8; udp::MAX_DATAGRAM];
+            // Ignore stray or forged datagrams until the deadline.
+            let deadline = tokio::time::Instant::now() + timeout;
+            let statuses = loop {
+                let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await.ok()?.ok()?;
+                let Ok(reply) = udp::decode_reply(&buf[..n]) else { continue };
+                let got: Option<Vec<_>> = chunk
+                    .iter()
+                    .map(|(id, key)| reply.iter().find(|r| &r.cookie == id && r.verify(key, counter)).map(|r| r.status))
+                    .collect();
+                let authentic = chunk.iter().any(|(id, key)| reply.iter().any(|r| &r.cookie == id && r.verify(key, counter)));
+                match got {
+                    Some(s) => break s,
+                    // The outbox answered but not for every cookie (some are
+                    // unknown to it now): no need to wait for the timeout.
+                    None if authentic => return None,
+                    None => continue,
+                }
+            };
+            out.extend(statuses);
+        }
+        Some(out)
+    }
+
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, ClientError> {
         let body = serde_json::to_vec(req).expect("serialisable");
         let r = self

@@ -114,6 +114,32 @@ pub struct Config {
     pub relay: Option<RelayConfig>,
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// Notification stubs: where http2mbox listens, and first contact.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// The notification stub listener (docs/PROTOCOL.md §8). Its public
+/// address is bound into the certificate (`stubmail init --notify`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// UDP address http2mbox listens on for stubs; none: no stubs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Keep stubs from strangers in a quarantine list for `stubmail intro`
+    /// (off: strangers' stubs are dropped).
+    pub first_contact: bool,
+    /// Stubs kept per stranger.
+    pub max_per_sender: usize,
+    /// Strangers kept in quarantine at once.
+    pub max_senders: usize,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig { listen: None, first_contact: false, max_per_sender: 20, max_senders: 200 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -253,6 +279,10 @@ pub struct PollConfig {
     pub mda: Option<String>,
     /// POP3 server (http2mbox in daemon mode).
     pub pop3: Pop3Config,
+    /// Between signed polls, ask with one UDP datagram per outbox (daemon).
+    pub udp: bool,
+    /// Milliseconds to wait for a UDP answer before a signed poll instead.
+    pub udp_timeout_ms: u64,
 }
 
 /// Delivery target.
@@ -304,6 +334,8 @@ impl Default for PollConfig {
             mbox: None,
             mda: None,
             pop3: Pop3Config::default(),
+            udp: true,
+            udp_timeout_ms: 1000,
         }
     }
 }
@@ -316,6 +348,7 @@ impl Config {
             poll: PollConfig::default(),
             relay: None,
             discovery: DiscoveryConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 

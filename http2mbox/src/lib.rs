@@ -5,6 +5,7 @@
 
 pub mod deliver;
 pub mod mbox;
+pub mod notify;
 pub mod poller;
 pub mod pop3;
 
@@ -53,6 +54,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         failing: Default::default(),
         use_backoff: !once,
         lock_path: state.join("poll.lock"),
+        udp: poller::UdpState::new(!once && config.poll.udp, Duration::from_millis(config.poll.udp_timeout_ms.max(1))),
     })
 }
 
@@ -70,7 +72,20 @@ pub async fn daemon(
         Some(l) => Some(start_pop3(home, config, l, poller.clone(), shutdown.clone())?),
         None => None,
     };
-    loop {
+    // Stubs from contacts arrive here as "poll this sender now".
+    let (stub_tx, mut stub_rx) = tokio::sync::mpsc::channel::<stubmail::protocol::Fpr>(1024);
+    if let Some(addr) = config.notify.listen {
+        let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding the notify listener {addr}"))?;
+        println!("http2mbox notify on {}", socket.local_addr()?);
+        let quarantine = if config.notify.first_contact {
+            Some(notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?)
+        } else {
+            None
+        };
+        let judge = notify::Judge::new(poller.me.fpr(), poller.keyring.clone(), quarantine);
+        tokio::spawn(notify::listen(socket, judge, stub_tx.clone(), shutdown.clone()));
+    }
+    'cycles: loop {
         match poller.poll_once().await {
             Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "poll"),
             Ok(_) => {}
@@ -78,12 +93,32 @@ pub async fn daemon(
         }
         // Jitter (±10%) so many pollers don't hit one outbox in step.
         let jitter = rand::random::<f64>() * 0.2 - 0.1;
-        let wait = Duration::from_secs_f64(interval as f64 * (1.0 + jitter));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => break,
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(interval as f64 * (1.0 + jitter));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.cancelled() => break 'cycles,
+                Some(first) = stub_rx.recv() => {
+                    // Stubs that came in meanwhile share this poll.
+                    let mut senders = vec![first];
+                    while let Ok(f) = stub_rx.try_recv() {
+                        senders.push(f);
+                    }
+                    senders.sort();
+                    senders.dedup();
+                    match poller.poll_senders(&senders).await {
+                        Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "poll after a stub"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!("poll failed: {e:#}"),
+                    }
+                    // Bounds the polls replayed stubs can cause; stubs that
+                    // arrive meanwhile are served by the next poll.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
+    drop(stub_tx);
     if let Some(t) = pop3_task {
         let _ = t.await;
     }

@@ -49,6 +49,45 @@ pub struct Poller {
     /// Held for a whole cycle (`state/poll.lock`), so two polls — the daemon,
     /// a POP3 login, a cron `--once` — never take the same message at once.
     pub lock_path: PathBuf,
+    /// Cheap UDP polls with the cookies signed polls handed out.
+    pub udp: UdpState,
+}
+
+/// The UDP poll side of the poller (docs/PROTOCOL.md §8).
+#[derive(Debug, Default)]
+pub struct UdpState {
+    /// Use UDP polls at all (daemon mode; `--once` always polls over HTTP).
+    pub enabled: bool,
+    /// How long to wait for a UDP answer before a signed poll instead.
+    pub timeout: std::time::Duration,
+    /// By outbox URL: the cookie of its last signed poll.
+    cookies: std::sync::Mutex<std::collections::HashMap<String, UdpCookie>>,
+    /// Last counter used; counters are microseconds since the epoch, so they
+    /// keep growing across restarts without being stored.
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl UdpState {
+    pub fn new(enabled: bool, timeout: std::time::Duration) -> UdpState {
+        UdpState { enabled, timeout, ..Default::default() }
+    }
+
+    fn next_counter(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let prev = self.counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| Some(now.max(c + 1))).unwrap_or(0);
+        now.max(prev + 1)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct UdpCookie {
+    port: u16,
+    id: stubmail::protocol::udp::CookieId,
+    key: stubmail::protocol::udp::CookieKey,
+    /// The senders the signed poll asked about: the cookie answers for
+    /// them only, so a changed address book needs a new cookie.
+    senders: Vec<Fpr>,
 }
 
 /// This home's device id, made once and kept in `state/device-id`.
@@ -75,6 +114,22 @@ pub struct Report {
     pub failed_outboxes: usize,
     /// Outboxes not asked this time because they are failing (daemon).
     pub skipped: usize,
+    /// Signed HTTP polls made.
+    pub http_polls: usize,
+    /// UDP poll datagrams sent.
+    pub udp_datagrams: usize,
+    /// Outboxes a UDP answer showed idle (no HTTP request needed).
+    pub udp_quiet: usize,
+}
+
+/// What polling one outbox did.
+#[derive(Debug, Default)]
+struct OutboxResult {
+    delivered: usize,
+    rejected: usize,
+    http: bool,
+    udp_datagrams: usize,
+    quiet: bool,
 }
 
 /// A contact we fetch from: their certificate and where their outbox is.
@@ -98,6 +153,16 @@ enum Reject {
 impl Poller {
     /// Run one poll cycle over the whole keyring.
     pub async fn poll_once(&self) -> anyhow::Result<Report> {
+        self.cycle(None).await
+    }
+
+    /// Poll now, over signed HTTP, the outboxes of these contacts (a stub
+    /// said they have mail for us).
+    pub async fn poll_senders(&self, senders: &[Fpr]) -> anyhow::Result<Report> {
+        self.cycle(Some(senders)).await
+    }
+
+    async fn cycle(&self, only: Option<&[Fpr]>) -> anyhow::Result<Report> {
         let lock_path = self.lock_path.clone();
         let _lock = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
             let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
@@ -128,8 +193,12 @@ impl Poller {
                 by_outbox.entry(url).or_default().push(Contact { cert, fpr });
             }
         }
+        if let Some(only) = only {
+            by_outbox.retain(|_, cs| cs.iter().any(|c| only.contains(&c.fpr)));
+        }
         let mut report = Report { outboxes: by_outbox.len(), ..Report::default() };
-        if self.use_backoff {
+        // A stub shows the outbox is up: no backoff for those.
+        if self.use_backoff && only.is_none() {
             let now = std::time::Instant::now();
             let failing = self.failing.lock().expect("not poisoned");
             by_outbox.retain(|url, _| failing.get(url).is_none_or(|(_, next)| *next <= now));
@@ -139,7 +208,7 @@ impl Poller {
         let bar_ref = &bar;
         let results: Vec<_> = futures_util::stream::iter(by_outbox)
             .map(|(url, contacts)| async move {
-                let r = self.poll_outbox(&url, &contacts).await;
+                let r = self.poll_outbox(&url, &contacts, only.is_none()).await;
                 if let Some(b) = bar_ref {
                     b.inc(1);
                 }
@@ -154,9 +223,12 @@ impl Poller {
         let mut failing = self.failing.lock().expect("not poisoned");
         for (url, r) in results {
             match r {
-                Ok((d, rej)) => {
-                    report.delivered += d;
-                    report.rejected += rej;
+                Ok(o) => {
+                    report.delivered += o.delivered;
+                    report.rejected += o.rejected;
+                    report.http_polls += o.http as usize;
+                    report.udp_datagrams += o.udp_datagrams;
+                    report.udp_quiet += o.quiet as usize;
                     failing.remove(&url);
                 }
                 Err(e) => {
@@ -173,14 +245,41 @@ impl Poller {
         Ok(report)
     }
 
-    async fn poll_outbox(&self, url: &str, contacts: &[Contact]) -> anyhow::Result<(usize, usize)> {
+    async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool) -> anyhow::Result<OutboxResult> {
         let client = OutboxClient::new(self.http.clone(), url, self.me.clone())?;
-        let req = PollRequest {
-            senders: Some(contacts.iter().map(|c| c.fpr.clone()).collect()),
-            certs: vec![pgp::armored(&self.me.cert())?],
-            device: Some(self.device.clone()),
-        };
+        let mut senders: Vec<Fpr> = contacts.iter().map(|c| c.fpr.clone()).collect();
+        senders.sort();
+        let mut out = OutboxResult::default();
+        if udp_allowed && self.udp.enabled {
+            let cookie = self.udp.cookies.lock().expect("not poisoned").get(url).filter(|c| c.senders == senders).cloned();
+            if let Some(c) = cookie {
+                out.udp_datagrams += 1;
+                let st = client.udp_poll(c.port, &[(c.id, c.key)], self.udp.next_counter(), self.udp.timeout).await;
+                match st.as_deref() {
+                    Some([stubmail::protocol::udp::PollStatus::Nothing]) => {
+                        out.quiet = true;
+                        return Ok(out);
+                    }
+                    Some(_) => {}
+                    None => tracing::debug!(outbox = url, "no UDP answer: signed poll"),
+                }
+            }
+        }
+        let req = PollRequest { senders: Some(senders.clone()), certs: vec![pgp::armored(&self.me.cert())?], device: Some(self.device.clone()) };
+        out.http = true;
         let resp = client.poll(&req).await?;
+        {
+            let mut cookies = self.udp.cookies.lock().expect("not poisoned");
+            let mine = resp.cookies.iter().find(|c| c.recipient == self.me.fpr()).and_then(|c| c.decode());
+            match (resp.udp_port, mine) {
+                (Some(port), Some((id, key))) => {
+                    cookies.insert(url.to_string(), UdpCookie { port, id, key, senders });
+                }
+                _ => {
+                    cookies.remove(url);
+                }
+            }
+        }
         let (mut delivered, mut rejected) = (0, 0);
         for item in resp.messages {
             match self.take(&client, contacts, &item).await {
@@ -193,7 +292,9 @@ impl Poller {
                 Err(e) => tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}"),
             }
         }
-        Ok((delivered, rejected))
+        out.delivered = delivered;
+        out.rejected = rejected;
+        Ok(out)
     }
 
     /// Fetch, check, deliver and ack one message. Ok(true) if newly delivered.
@@ -333,6 +434,7 @@ mod tests {
             failing: Default::default(),
             use_backoff: true,
             lock_path: d.path().join("poll.lock"),
+            udp: Default::default(),
         };
         let r = p.poll_once().await.unwrap();
         assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 1, 0));

@@ -554,9 +554,9 @@ mod tests {
     fn a_new_cookie_revokes_the_old_one_and_mail_is_reported() {
         let (_d, store, mut svc) = setup();
         let (alice, carol) = (fpr('A'), fpr('C'));
-        let old = issue(&store, &fpr('B'), Some("dev1"), Some(&[alice.clone()])).unwrap();
+        let old = issue(&store, &fpr('B'), Some("dev1"), Some(std::slice::from_ref(&alice))).unwrap();
         assert!(svc.answer(SRC, &poll(&old, 1)).is_some());
-        let new = issue(&store, &fpr('B'), Some("dev1"), Some(&[alice.clone()])).unwrap();
+        let new = issue(&store, &fpr('B'), Some("dev1"), Some(std::slice::from_ref(&alice))).unwrap();
         svc.scanned = None; // as if 100 ms passed
         assert!(svc.answer(SRC, &poll(&new, 1)).is_some());
         assert_eq!(svc.answer(SRC, &poll(&old, 2)), None, "revoked");

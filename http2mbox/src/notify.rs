@@ -1,0 +1,368 @@
+//! Notification stubs (docs/PROTOCOL.md §8): a contact's outbox says "I
+//! have mail for you", so we poll it now instead of at the next interval.
+//!
+//! A stub never carries content and never names where to poll: for a
+//! contact we poll the outbox bound in *their certificate*, after checking
+//! the stub's signature with it. A stub from a stranger is dropped, or, with
+//! first contact enabled, held in a bounded quarantine until the user
+//! decides (`stubmail intro`); nothing is fetched before that, and nothing
+//! at all is fetched on the word of an unauthenticated datagram.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use stubmail::keyring::Keyring;
+use stubmail::pgp;
+use stubmail::protocol::udp::{Stub, MAX_DATAGRAM};
+use stubmail::protocol::Fpr;
+use tokio_util::sync::CancellationToken;
+
+/// Stubs made longer ago than this are ignored (the outbox's retention).
+const MAX_STUB_AGE: i64 = 31 * 86400;
+/// Clock difference tolerated for a stub made "in the future".
+const MAX_STUB_FUTURE: i64 = 86400;
+/// New strangers one source address may put in quarantine per hour.
+const NEW_STRANGERS_PER_SOURCE_HOUR: u32 = 10;
+
+/// A stranger's introduction: what their stubs claim, unverified until
+/// the user accepts (then the certificate is fetched from `outbox` and the
+/// stubs' signatures are checked with it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Intro {
+    pub sender: Fpr,
+    /// The outbox URL the stubs name.
+    pub outbox: String,
+    /// Unix time of the first stub.
+    pub first_seen: i64,
+    pub stubs: Vec<HeldStub>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldStub {
+    pub id: String,
+    pub size: u64,
+    /// When the sender says it made the stub.
+    pub made: i64,
+    /// The datagram, base64: its signature is checked on acceptance.
+    pub datagram: String,
+}
+
+impl HeldStub {
+    /// The signed octets and the signature.
+    pub fn parts(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let raw = base64::engine::general_purpose::STANDARD.decode(&self.datagram).ok()?;
+        let (_, signed, sig) = Stub::decode(&raw).ok()?;
+        Some((signed.to_vec(), sig.to_vec()))
+    }
+}
+
+/// What became of a stranger's stub.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    New,
+    Added,
+    Duplicate,
+    SenderFull,
+    QuarantineFull,
+    Rejected,
+}
+
+/// The quarantine: `state/quarantine/<FPR>.json`, and
+/// `state/quarantine/rejected/<FPR>` for strangers the user turned away.
+#[derive(Clone, Debug)]
+pub struct Quarantine {
+    dir: PathBuf,
+    pub max_per_sender: usize,
+    pub max_senders: usize,
+}
+
+impl Quarantine {
+    pub fn open(state_dir: &Path, max_per_sender: usize, max_senders: usize) -> io::Result<Quarantine> {
+        let dir = state_dir.join("quarantine");
+        stubmail::fsutil::ensure_private_dir(&dir.join("rejected"))?;
+        Ok(Quarantine { dir, max_per_sender, max_senders })
+    }
+
+    fn file(&self, f: &Fpr) -> PathBuf {
+        self.dir.join(format!("{f}.json"))
+    }
+
+    /// Every held introduction, oldest first.
+    pub fn list(&self) -> io::Result<Vec<Intro>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name();
+            let Some(f) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| Fpr::parse(n).ok()) else { continue };
+            if let Some(i) = self.get(&f) {
+                out.push(i);
+            }
+        }
+        out.sort_by_key(|i| i.first_seen);
+        Ok(out)
+    }
+
+    pub fn get(&self, f: &Fpr) -> Option<Intro> {
+        serde_json::from_slice(&std::fs::read(self.file(f)).ok()?).ok()
+    }
+
+    pub fn is_rejected(&self, f: &Fpr) -> bool {
+        self.dir.join("rejected").join(f.as_str()).exists()
+    }
+
+    /// Hold a stranger's stub, within the limits.
+    pub fn hold(&self, stub: &Stub, datagram: &[u8], now: i64) -> io::Result<Held> {
+        if self.is_rejected(&stub.sender) {
+            return Ok(Held::Rejected);
+        }
+        let held = HeldStub {
+            id: stub.id.clone(),
+            size: stub.size,
+            made: stub.made,
+            datagram: base64::engine::general_purpose::STANDARD.encode(datagram),
+        };
+        let (intro, result) = match self.get(&stub.sender) {
+            Some(mut i) => {
+                if i.stubs.iter().any(|s| s.id == stub.id) {
+                    return Ok(Held::Duplicate);
+                }
+                if i.stubs.len() >= self.max_per_sender {
+                    return Ok(Held::SenderFull);
+                }
+                i.stubs.push(held);
+                (i, Held::Added)
+            }
+            None => {
+                let n = std::fs::read_dir(&self.dir)?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))).count();
+                if n >= self.max_senders {
+                    return Ok(Held::QuarantineFull);
+                }
+                (Intro { sender: stub.sender.clone(), outbox: stub.outbox.clone(), first_seen: now, stubs: vec![held] }, Held::New)
+            }
+        };
+        stubmail::fsutil::write_atomic(&self.file(&stub.sender), &serde_json::to_vec_pretty(&intro).expect("serialisable"), 0o600)?;
+        Ok(result)
+    }
+
+    /// Forget an introduction (accepted: the sender is now a contact).
+    pub fn remove(&self, f: &Fpr) -> io::Result<bool> {
+        match std::fs::remove_file(self.file(f)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Turn a stranger away: forget their stubs and drop future ones.
+    pub fn reject(&self, f: &Fpr) -> io::Result<bool> {
+        let had = self.remove(f)?;
+        stubmail::fsutil::write_atomic(&self.dir.join("rejected").join(f.as_str()), b"", 0o600)?;
+        Ok(had)
+    }
+}
+
+/// What to do with one datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A contact's authentic stub: poll their outbox now.
+    Poll(Fpr),
+    /// A stranger's stub, now in quarantine.
+    Held(Held),
+    /// Ignored, and why (for the debug log).
+    Dropped(&'static str),
+}
+
+/// Judges incoming stubs.
+pub struct Judge {
+    pub me: Fpr,
+    pub keyring: Keyring,
+    /// Present when first contact is enabled.
+    pub quarantine: Option<Quarantine>,
+    /// New strangers per source address in the current hour.
+    strangers: HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl Judge {
+    pub fn new(me: Fpr, keyring: Keyring, quarantine: Option<Quarantine>) -> Judge {
+        Judge { me, keyring, quarantine, strangers: HashMap::new() }
+    }
+
+    pub fn judge(&mut self, src: IpAddr, datagram: &[u8], now: i64) -> Verdict {
+        if datagram.len() > MAX_DATAGRAM {
+            return Verdict::Dropped("oversized");
+        }
+        let Ok((stub, signed, sig)) = Stub::decode(datagram) else {
+            return Verdict::Dropped("malformed");
+        };
+        if stub.recipient != self.me {
+            return Verdict::Dropped("for someone else");
+        }
+        if stub.made < now - MAX_STUB_AGE || stub.made > now + MAX_STUB_FUTURE {
+            return Verdict::Dropped("stale");
+        }
+        match self.keyring.get(&stub.sender) {
+            Ok(Some(cert)) => {
+                if pgp::check_contact(&cert).is_err() {
+                    return Verdict::Dropped("the contact's certificate is not usable (expired or revoked?)");
+                }
+                match pgp::verify_detached(&cert, signed, sig) {
+                    Ok(()) => Verdict::Poll(stub.sender),
+                    Err(_) => Verdict::Dropped("bad signature"),
+                }
+            }
+            Ok(None) => {
+                let Some(q) = &self.quarantine else { return Verdict::Dropped("stranger") };
+                if q.get(&stub.sender).is_none() && !q.is_rejected(&stub.sender) {
+                    let hour = Duration::from_secs(3600);
+                    let e = self.strangers.entry(src).or_insert((0, Instant::now()));
+                    if e.1.elapsed() > hour {
+                        *e = (0, Instant::now());
+                    }
+                    if e.0 >= NEW_STRANGERS_PER_SOURCE_HOUR {
+                        return Verdict::Dropped("too many strangers from this address");
+                    }
+                    e.0 += 1;
+                    if self.strangers.len() > 10_000 {
+                        self.strangers.retain(|_, (_, t)| t.elapsed() < hour);
+                    }
+                }
+                match q.hold(&stub, datagram, now) {
+                    Ok(h) => Verdict::Held(h),
+                    Err(e) => {
+                        tracing::warn!("quarantine: {e}");
+                        Verdict::Dropped("quarantine not writable")
+                    }
+                }
+            }
+            Err(_) => Verdict::Dropped("keyring unreadable"),
+        }
+    }
+}
+
+/// Receive stubs on `socket` until `shutdown`, sending contacts with mail
+/// waiting to `polls`.
+pub async fn listen(
+    socket: tokio::net::UdpSocket,
+    mut judge: Judge,
+    polls: tokio::sync::mpsc::Sender<Fpr>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let (n, src) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!("stub receive: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let datagram = buf[..n].to_vec();
+        let now = stubmail::time::unix_now();
+        // Signature checks and quarantine writes touch files: off the runtime.
+        let (j, verdict) = match tokio::task::spawn_blocking(move || {
+            let v = judge.judge(src.ip(), &datagram, now);
+            (judge, v)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!("stub judge failed: {e}");
+                return;
+            }
+        };
+        judge = j;
+        match verdict {
+            Verdict::Poll(f) => {
+                tracing::debug!(sender = %f, "stub: polling now");
+                // A full queue already holds polls to make: nothing lost.
+                let _ = polls.try_send(f);
+            }
+            Verdict::Held(h) => tracing::info!(%src, "stub from a stranger: {h:?}"),
+            Verdict::Dropped(why) => tracing::debug!(%src, "stub dropped: {why}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stubmail::Identity;
+
+    fn stub_from(sender: &Identity, to: &Fpr, id_byte: u8, made: i64) -> Vec<u8> {
+        let s = Stub { sender: sender.fpr(), recipient: to.clone(), id: hex::encode([id_byte; 32]), size: 10, made, outbox: "http://127.0.0.1:1/".into() };
+        let sig = sender.sign_detached(&s.signed_part().unwrap()).unwrap();
+        s.encode(&sig).unwrap()
+    }
+
+    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn contacts_trigger_polls_strangers_are_held_or_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        let mallory = Identity::generate(None, "mallory@example.com", "http://m/").unwrap();
+        let keyring = Keyring::new(d.path().join("keyring"));
+        keyring.import(vec![alice.cert()]).unwrap();
+        let mut j = Judge::new(bob.fpr(), keyring.clone(), None);
+        assert_eq!(j.judge(SRC, &stub_from(&alice, &bob.fpr(), 1, NOW), NOW), Verdict::Poll(alice.fpr()));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 1, NOW), NOW), Verdict::Dropped("stranger"));
+        assert_eq!(j.judge(SRC, &stub_from(&alice, &mallory.fpr(), 1, NOW), NOW), Verdict::Dropped("for someone else"));
+        assert_eq!(j.judge(SRC, &stub_from(&alice, &bob.fpr(), 1, NOW - 40 * 86400), NOW), Verdict::Dropped("stale"));
+        // Mallory signs a stub claiming to be from Alice.
+        let forged = {
+            let s = Stub { sender: alice.fpr(), recipient: bob.fpr(), id: hex::encode([2; 32]), size: 1, made: NOW, outbox: "http://m/".into() };
+            s.encode(&mallory.sign_detached(&s.signed_part().unwrap()).unwrap()).unwrap()
+        };
+        assert_eq!(j.judge(SRC, &forged, NOW), Verdict::Dropped("bad signature"));
+        let mut tampered = stub_from(&alice, &bob.fpr(), 3, NOW);
+        tampered[50] ^= 1;
+        assert_eq!(j.judge(SRC, &tampered, NOW), Verdict::Dropped("bad signature"));
+        assert_eq!(j.judge(SRC, &vec![0; MAX_DATAGRAM + 1], NOW), Verdict::Dropped("oversized"));
+        assert_eq!(j.judge(SRC, b"SMN1garbage", NOW), Verdict::Dropped("malformed"));
+
+        // First contact on: the stranger is held, within limits.
+        let q = Quarantine::open(&d.path().join("state"), 3, 2).unwrap();
+        let mut j = Judge::new(bob.fpr(), keyring, Some(q.clone()));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::New));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::Duplicate));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 2, NOW), NOW), Verdict::Held(Held::Added));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 3, NOW), NOW), Verdict::Held(Held::Added));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 4, NOW), NOW), Verdict::Held(Held::SenderFull));
+        let list = q.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].stubs.len(), 3);
+        let s2 = Identity::generate(None, "s2@example.com", "http://s/").unwrap();
+        let s3 = Identity::generate(None, "s3@example.com", "http://s/").unwrap();
+        assert_eq!(j.judge(SRC, &stub_from(&s2, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::New));
+        assert_eq!(j.judge(SRC, &stub_from(&s3, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::QuarantineFull));
+        assert!(q.reject(&mallory.fpr()).unwrap());
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 5, NOW), NOW), Verdict::Held(Held::Rejected));
+        assert_eq!(q.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn one_source_cannot_introduce_endless_strangers() {
+        let d = tempfile::tempdir().unwrap();
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let q = Quarantine::open(&d.path().join("state"), 3, 1000).unwrap();
+        let mut j = Judge::new(bob.fpr(), Keyring::new(d.path().join("keyring")), Some(q));
+        let mut held = 0;
+        for i in 0..15 {
+            let s = Identity::generate(None, &format!("s{i}@example.com"), "http://s/").unwrap();
+            if matches!(j.judge(SRC, &stub_from(&s, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::New)) {
+                held += 1;
+            }
+        }
+        assert_eq!(held, NEW_STRANGERS_PER_SOURCE_HOUR as usize);
+    }
+}
