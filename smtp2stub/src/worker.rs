@@ -145,10 +145,45 @@ impl Worker {
             })
             .collect();
         Ok(match self.outbox.upload(&id, &fprs, &self.spool.out_path(&id)).await {
-            Ok(_) => Attempt::Done(JobState::Uploaded),
+            Ok(up) => {
+                self.notify(&id, up.size, &fprs).await;
+                Attempt::Done(JobState::Uploaded)
+            }
             Err(e) if e.is_temporary() => Attempt::Retry(e.to_string()),
             Err(e) => Attempt::Fail(format!("the outbox refused the message: {e}")),
         })
+    }
+
+    /// Hand the outbox a signed notification stub for each recipient whose
+    /// certificate binds a notify endpoint. Best effort: stubs only make
+    /// delivery faster; the recipients' polls find the mail regardless.
+    async fn notify(&self, id: &str, size: u64, recipients: &[stubmail::protocol::Fpr]) {
+        use base64::Engine as _;
+        use stubmail::protocol::{udp::Stub, NotifyRequest, NotifyStub};
+        let made = stubmail::time::unix_now();
+        let mut req = NotifyRequest::default();
+        for r in recipients {
+            let Ok(Some(cert)) = self.keyring.get(r) else { continue };
+            if stubmail::pgp::notify_of(&cert).is_none() {
+                continue;
+            }
+            let stub = Stub { sender: self.me.fpr(), recipient: r.clone(), id: id.to_string(), size, made, outbox: self.outbox.base().to_string() };
+            let made = (|| -> anyhow::Result<NotifyStub> {
+                let sig = self.me.sign_detached(&stub.signed_part()?)?;
+                Ok(NotifyStub { cert: stubmail::pgp::armored(&cert)?, stub: base64::engine::general_purpose::STANDARD.encode(stub.encode(&sig)?) })
+            })();
+            match made {
+                Ok(n) => req.stubs.push(n),
+                Err(e) => tracing::warn!(id, recipient = %r, "no stub: {e:#}"),
+            }
+        }
+        if req.stubs.is_empty() {
+            return;
+        }
+        match self.outbox.notify(id, &req).await {
+            Ok(r) => tracing::debug!(id, accepted = r.accepted, "stubs handed to the outbox"),
+            Err(e) => tracing::info!(id, "the outbox took no stubs (recipients will find the mail by polling): {e}"),
+        }
     }
 
     /// Send a relay job over ordinary SMTP through the configured relay.

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Create your identity: an OpenPGP key bound to your outbox, and a config.
-    #[command(after_help = "Example:\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/")]
+    #[command(after_help = "Examples:\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/ --notify udp://alice.example.org:2526")]
     Init {
         /// Your email address.
         #[arg(long)]
@@ -28,6 +28,16 @@ pub enum Command {
         /// Your name, for the User ID.
         #[arg(long)]
         name: Option<String>,
+        /// Where outboxes may send you "you have mail" stubs
+        /// (udp://HOST:PORT); bound into your key. http2mbox listens there
+        /// (config `notify.listen`) when HOST is an IP address.
+        #[arg(long)]
+        notify: Option<String>,
+    },
+    /// Strangers who asked to write to you (first contact, `notify.first_contact`).
+    Intro {
+        #[command(subcommand)]
+        command: IntroCommand,
     },
     /// Run your whole node in one process: your outbox, smtp2stub, and
     /// http2mbox with POP3, on loopback. Creates your identity on first run.
@@ -106,6 +116,20 @@ pub enum KeysCommand {
     /// Remove a contact by address or full fingerprint.
     #[command(after_help = "Example:\n  stubmail keys remove bob@example.net")]
     Remove { contact: String },
+}
+
+#[derive(Subcommand)]
+pub enum IntroCommand {
+    /// Show the strangers whose stubs are held: nothing was fetched from them.
+    #[command(after_help = "Example:\n  stubmail intro list")]
+    List,
+    /// Accept a stranger: fetch and check their certificate from their
+    /// outbox, add them to your keyring, and fetch their mail.
+    #[command(after_help = "Example:\n  stubmail intro accept 0123456789ABCDEF0123456789ABCDEF01234567")]
+    Accept { fingerprint: String },
+    /// Turn a stranger away: forget their stubs and drop future ones.
+    #[command(after_help = "Example:\n  stubmail intro reject 0123456789ABCDEF0123456789ABCDEF01234567")]
+    Reject { fingerprint: String },
 }
 
 #[derive(Subcommand)]

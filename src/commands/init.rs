@@ -3,7 +3,7 @@ use stubmail::{fsutil, Config, Home, Identity};
 
 /// Create an identity and config. `hint`: say what to do next (the
 /// `init` command); `up` and `demo` register the key themselves.
-pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, hint: bool) -> anyhow::Result<()> {
+pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, notify: Option<&str>, hint: bool) -> anyhow::Result<()> {
     let key = home.secret_key();
     if key.exists() {
         anyhow::bail!("{} already exists: this home already has an identity", key.display());
@@ -16,11 +16,14 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, hint: boo
     if !outbox.ends_with('/') {
         outbox.push('/');
     }
-    let id = Identity::generate(name, email, &outbox)?;
+    let id = Identity::generate_with(name, email, &outbox, notify)?;
     fsutil::ensure_private_dir(&home.data_dir)?;
     fsutil::ensure_private_dir(&home.config_dir)?;
     fsutil::write_atomic(&key, &id.to_armored_secret()?, 0o600).context("writing the secret key")?;
-    let config = Config::new(email, &outbox);
+    let mut config = Config::new(email, &outbox);
+    // Listen where the key says, when that is an address of this machine's
+    // kind (an IP); behind a NAT, set notify.listen by hand.
+    config.notify.listen = notify.and_then(stubmail::protocol::udp::parse_notify_endpoint).and_then(|a| a.parse().ok());
     let text = format!(
         "# Stubmail configuration. See README.md.\n{}",
         toml::to_string_pretty(&config).expect("serialisable")
@@ -30,6 +33,9 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, hint: boo
     }
     println!("created identity {} <{email}>", id.fpr());
     println!("outbox:      {outbox}");
+    if let Some(n) = notify {
+        println!("notify:      {n}");
+    }
     println!("secret key:  {}", key.display());
     println!("config:      {}", home.config_file().display());
     if hint {

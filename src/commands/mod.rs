@@ -3,6 +3,7 @@
 mod demo;
 mod doctor;
 mod init;
+mod intro;
 mod keys;
 mod status;
 mod up;
@@ -18,15 +19,17 @@ pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
-        Command::Init { email, outbox, name } => init::run(&home, &email, &outbox, name.as_deref(), true),
+        Command::Init { email, outbox, name, notify } => init::run(&home, &email, &outbox, name.as_deref(), notify.as_deref(), true),
+        Command::Intro { command } => intro::run(&home, command),
         Command::Identity { command: IdentityCommand::Show } => {
             let id = home.load_identity()?;
             let cert = id.cert();
             println!(
-                "{} {} outbox {}",
+                "{} {} outbox {}{}",
                 id.fpr(),
                 stubmail::pgp::emails_of(&cert).join(","),
-                stubmail::pgp::outbox_of(&cert).unwrap_or_else(|| "(none)".into())
+                stubmail::pgp::outbox_of(&cert).unwrap_or_else(|| "(none)".into()),
+                stubmail::pgp::notify_of(&cert).map(|n| format!(" notify udp://{n}")).unwrap_or_default()
             );
             Ok(())
         }

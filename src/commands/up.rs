@@ -68,7 +68,7 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
             None => ask_email()?,
         };
         let url = a.outbox_url.clone().unwrap_or_else(|| format!("http://{outbox_addr}/"));
-        super::init::run(home, &email, &url, a.name.as_deref(), false)?;
+        super::init::run(home, &email, &url, a.name.as_deref(), None, false)?;
     }
     let mut config = home.load_config()?;
     // Passwords for the mail client, made once and kept in config.toml (0600).

@@ -1,0 +1,79 @@
+//! `stubmail intro`: first contact. Strangers' stubs wait in quarantine
+//! (http2mbox, `notify.first_contact = true`); nothing is fetched from a
+//! stranger until the user accepts them here.
+
+use anyhow::Context;
+use stubmail::protocol::Fpr;
+use stubmail::{pgp, Home};
+
+use crate::cli::IntroCommand;
+
+pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
+    let config = home.load_config()?;
+    let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
+    match cmd {
+        IntroCommand::List => {
+            let list = q.list()?;
+            if list.is_empty() {
+                println!("no introductions waiting");
+                if !config.notify.first_contact {
+                    println!("(first contact is off: set notify.first_contact = true to hold strangers' stubs)");
+                }
+            }
+            for i in list {
+                let bytes: u64 = i.stubs.iter().map(|s| s.size).sum();
+                println!(
+                    "{}  {} message(s), {} bytes, outbox {}, since {} (unverified until accepted)",
+                    i.sender,
+                    i.stubs.len(),
+                    bytes,
+                    i.outbox,
+                    stubmail::time::rfc3339(i.first_seen)
+                );
+            }
+            Ok(())
+        }
+        IntroCommand::Reject { fingerprint } => {
+            let f = Fpr::parse(&fingerprint)?;
+            let had = q.reject(&f)?;
+            println!("{f}: rejected{}; their stubs are dropped from now on", if had { " and forgotten" } else { "" });
+            Ok(())
+        }
+        IntroCommand::Accept { fingerprint } => {
+            let f = Fpr::parse(&fingerprint)?;
+            let intro = q.get(&f).with_context(|| format!("no introduction from {f}; see `stubmail intro list`"))?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
+            let bytes = rt
+                .block_on(stubmail::client::OutboxClient::account_cert(&http, &intro.outbox, &f))
+                .with_context(|| format!("fetching {f}'s certificate from {}", intro.outbox))?;
+            let cert = pgp::parse_certs(&bytes)?.into_iter().find(|c| pgp::fpr_of(c) == f).with_context(|| {
+                format!("{} served no certificate with fingerprint {f}", intro.outbox)
+            })?;
+            pgp::check_contact(&cert).with_context(|| format!("{f}'s certificate is not usable"))?;
+            // The stubs named this outbox; the certificate must bind it, or
+            // the stubs were not the sender's to make.
+            let bound = pgp::outbox_of(&cert).unwrap_or_default();
+            if bound.trim_end_matches('/') != intro.outbox.trim_end_matches('/') {
+                anyhow::bail!("{f}'s certificate binds outbox {bound:?}, not {:?} as the stubs claimed; not accepted", intro.outbox);
+            }
+            let signed = intro
+                .stubs
+                .iter()
+                .filter_map(|s| s.parts())
+                .any(|(data, sig)| pgp::verify_detached(&cert, &data, &sig).is_ok());
+            if !signed {
+                anyhow::bail!("none of the held stubs is signed by {f}: they were forged; not accepted (try `stubmail intro reject {f}`)");
+            }
+            home.keyring().import(vec![cert.clone()])?;
+            q.remove(&f)?;
+            println!("accepted {f} <{}>", pgp::emails_of(&cert).join(", "));
+            let poller = http2mbox::poller_for(home, &config, true)?;
+            match rt.block_on(poller.poll_senders(std::slice::from_ref(&f))) {
+                Ok(r) => println!("fetched {} message(s) from them", r.delivered),
+                Err(e) => println!("their mail will arrive with the next poll ({e:#})"),
+            }
+            Ok(())
+        }
+    }
+}
