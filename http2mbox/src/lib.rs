@@ -76,7 +76,7 @@ pub async fn daemon(
     let (stub_tx, mut stub_rx) = tokio::sync::mpsc::channel::<stubmail::protocol::Fpr>(1024);
     if let Some(addr) = config.notify.listen {
         let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding the notify listener {addr}"))?;
-        println!("http2mbox notify on {}", socket.local_addr()?);
+        println!("http2mbox notify listening on {}", socket.local_addr()?);
         let quarantine = if config.notify.first_contact {
             Some(notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?)
         } else {

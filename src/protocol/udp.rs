@@ -37,6 +37,9 @@ pub const MAX_STUB_URL: usize = 255;
 /// Longest stub signature accepted (an Ed25519 OpenPGP signature is ~120).
 pub const MAX_STUB_SIG: usize = 600;
 
+// The no-amplification rule, checked by the compiler.
+const _: () = assert!(REPLY_ENTRY < POLL_ENTRY);
+
 pub type CookieId = [u8; 16];
 pub type CookieKey = [u8; 32];
 pub type Mac16 = [u8; 16];
@@ -342,7 +345,6 @@ mod tests {
     #[test]
     fn a_reply_is_never_larger_than_its_request() {
         // Both the per-entry and the whole-datagram sizes, for every count.
-        assert!(REPLY_ENTRY < POLL_ENTRY);
         for n in 1..=MAX_COOKIES {
             let req: Vec<_> = (0..n).map(|i| PollEntry::new([i as u8; 16], &KEY, 9)).collect();
             let rep: Vec<_> = (0..n).map(|i| ReplyEntry::new([i as u8; 16], &KEY, 9, PollStatus::Mail)).collect();

@@ -59,6 +59,8 @@ pub struct Server {
     pub addr: String,
     child: Child,
     stderr_log: PathBuf,
+    /// Every stdout line so far.
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -80,10 +82,13 @@ impl Server {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines2 = lines.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut line = String::new();
             while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                lines2.lock().unwrap().push(line.trim().to_string());
                 if let Some(a) = line.trim().split("listening on ").nth(1) {
                     let _ = tx.send(a.to_string());
                 }
@@ -91,7 +96,7 @@ impl Server {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Server { name: name.into(), addr, child, stderr_log },
+            Ok(addr) => Server { name: name.into(), addr, child, stderr_log, lines },
             Err(_) => {
                 let _ = child.kill();
                 let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
@@ -102,6 +107,11 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The rest of the first stdout line starting with `prefix`.
+    pub fn stdout_after(&self, prefix: &str) -> Option<String> {
+        self.lines.lock().unwrap().iter().find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()))
     }
 
     pub fn log(&self) -> String {
@@ -139,8 +149,13 @@ pub struct User {
 impl User {
     /// `stubmail init` in `<root>/<name>`.
     pub fn init(root: &Path, name: &str, email: &str, outbox: &str) -> User {
+        User::init_with(root, name, email, outbox, &[])
+    }
+
+    /// `stubmail init` with extra arguments (e.g. `--notify`).
+    pub fn init_with(root: &Path, name: &str, email: &str, outbox: &str, args: &[&str]) -> User {
         let home = root.join(name);
-        ok(bin_cmd("stubmail").arg("--home").arg(&home).args(["init", "--email", email, "--outbox", outbox, "--name", name]));
+        ok(bin_cmd("stubmail").arg("--home").arg(&home).args(["init", "--email", email, "--outbox", outbox, "--name", name]).args(args));
         User { email: email.into(), home }
     }
 
@@ -257,9 +272,14 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn start(root: &Path, name: &str) -> Outbox {
+        Outbox::start_with(root, name, &[])
+    }
+
+    /// With extra `serve` arguments.
+    pub fn start_with(root: &Path, name: &str, args: &[&str]) -> Outbox {
         let data = root.join(name);
         let mut c = bin_cmd("post_manager");
-        c.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(&data);
+        c.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(&data).args(args);
         let server = Server::start(name, c, root);
         Outbox { server, data }
     }
@@ -372,4 +392,74 @@ s.quit()
 "#;
     let (good, out) = python(script, &[&port.to_string(), &mib.to_string()]);
     assert!(good, "{out}");
+}
+
+/// A UDP relay that drops a share of the datagrams in each direction
+/// (deterministically, from `seed`): the lossy network between a poller and
+/// an outbox, or between an outbox and a notify endpoint.
+pub struct LossyUdp {
+    pub port: u16,
+    pub forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyUdp {
+    pub fn start(target: std::net::SocketAddr, drop_share: f64, seed: u64) -> LossyUdp {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(target).unwrap();
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let port = front.local_addr().unwrap().port();
+        let (forwarded, dropped, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let client = Arc::new(Mutex::new(None));
+        let rng = Arc::new(Mutex::new(seed | 1));
+        let drop_now = move |rng: &Mutex<u64>| {
+            let mut x = rng.lock().unwrap();
+            // xorshift64: reproducible, no dependency.
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            (*x % 10_000) as f64 / 10_000.0 < drop_share
+        };
+        let (f2, b2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+        for dir in 0..2 {
+            let (from, to) = if dir == 0 { (f2.try_clone().unwrap(), b2.try_clone().unwrap()) } else { (b2.try_clone().unwrap(), f2.try_clone().unwrap()) };
+            let (fw, dr, st, cl, rng) = (forwarded.clone(), dropped.clone(), stop.clone(), client.clone(), rng.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while !st.load(Ordering::Relaxed) {
+                    let Ok((n, src)) = from.recv_from(&mut buf) else { continue };
+                    if dir == 0 {
+                        *cl.lock().unwrap() = Some(src);
+                    }
+                    if drop_now(&rng) {
+                        dr.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let sent = if dir == 0 { to.send(&buf[..n]) } else { cl.lock().unwrap().map_or(Ok(0), |c| to.send_to(&buf[..n], c)) };
+                    if sent.is_ok() {
+                        fw.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        LossyUdp { port, forwarded, dropped, stop }
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (self.forwarded.load(Ordering::Relaxed), self.dropped.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for LossyUdp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
