@@ -120,12 +120,20 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
     let web = start(root.path(), &data);
     let url = format!("http://127.0.0.1:{}/stubmail/", web.port);
     let alice = User::init(root.path(), "alice", "alice@example.org", &url);
-    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    // Bob's notify endpoint: this test listens there itself.
+    let stubs = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stubs.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let notify = format!("udp://{}", stubs.local_addr().unwrap());
+    let bob = User::init_with(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/", &["--notify", &notify]);
     ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&data).arg("--key").arg(alice.export()));
     if is_root() && web.name == "apache" {
         // The CGI runs as www-data: give it the data directory.
         ok(Command::new("chown").args(["-R", "www-data:www-data"]).arg(&data));
     }
+    // The UDP companion of a CGI outbox, sharing its data directory.
+    let mut c = bin_cmd("post_manager");
+    c.args(["udp", "--listen", "127.0.0.1:0", "--data"]).arg(&data);
+    let companion = Server::start(&format!("post_manager-udp-{}", web.name), c, root.path());
     alice.import(&bob.export());
     bob.import(&alice.export());
     alice.edit_config(|t| {
@@ -134,7 +142,32 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
     let smtp = alice.smtp2stub(root.path());
     let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: via a web server\r\n\r\nCGI works\r\n";
     assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
-    wait_for("stored via the web server", 60, || (alice.status_json()[0]["state"] == "stored").then_some(()));
+    wait_for("stored via the web server", 60, || {
+        matches!(alice.status_json()[0]["state"].as_str(), Some("stored" | "notified")).then_some(())
+    });
+    // The CGI queued Alice's signed stub; the companion sent it to Bob.
+    let mut buf = [0u8; 2048];
+    let n = stubs.recv(&mut buf).expect("a stub from the UDP companion");
+    let (stub, _, _) = stubmail::protocol::udp::Stub::decode(&buf[..n]).unwrap();
+    assert_eq!((stub.sender.to_string(), stub.recipient.to_string()), (alice.fingerprint(), bob.fingerprint()));
+    assert_eq!(stub.id, alice.status_json()[0]["id"].as_str().unwrap());
+    wait_for("the notified state", 30, || (alice.status_json()[0]["state"] == "notified").then_some(()));
+    // Signed polls through the web server hand out cookies the companion knows.
+    let bob_id = std::sync::Arc::new(stubmail::Identity::load(&bob.home.join("secret.pgp")).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let statuses = rt.block_on(async {
+        let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob_id.clone()).unwrap();
+        let req = stubmail::protocol::PollRequest {
+            senders: None,
+            certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()],
+            device: Some("d1".into()),
+        };
+        let resp = client.poll(&req).await.unwrap();
+        assert_eq!(resp.udp_port, Some(companion.port()), "the cookie names the companion's port");
+        let cookie = resp.cookies[0].decode().unwrap();
+        client.udp_poll(companion.port(), &[cookie], 1, std::time::Duration::from_secs(5)).await
+    });
+    assert_eq!(statuses, Some(vec![stubmail::protocol::udp::PollStatus::Mail]), "the companion sees the waiting message");
     let out = bob.http2mbox_once();
     assert!(out.contains("delivered 1"), "{out}");
     let got = std::fs::read_to_string(&bob.maildir_new()[0]).unwrap();

@@ -591,4 +591,52 @@ mod tests {
         let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         assert!(svc.answer(other, &poll(&c, 21)).is_some(), "another source has its own bucket");
     }
+
+    #[test]
+    fn stubs_are_resent_with_backoff_until_the_recipient_has_the_message() {
+        let (_d, store, _) = setup();
+        let bob = fpr('B');
+        let body = b"ciphertext for bob";
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
+        store.put(&fpr('A'), &id, std::slice::from_ref(&bob), &mut &body[..], 1 << 20, 1).unwrap();
+        let endpoint = UdpSocket::bind("127.0.0.1:0").unwrap();
+        endpoint.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        use base64::Engine as _;
+        let q = QueuedStub {
+            id: id.clone(),
+            recipient: bob.clone(),
+            endpoint: endpoint.local_addr().unwrap().to_string(),
+            stub: base64::engine::general_purpose::STANDARD.encode(b"SMN1 stub bytes"),
+        };
+        queue_stub(&store, &q).unwrap();
+        let mut n = Notifier::new(store.clone(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        let mut buf = [0u8; 64];
+        let next = n.tick().expect("scheduled again");
+        assert_eq!(endpoint.recv(&mut buf).unwrap(), 15, "sent at once");
+        assert!(next > Instant::now() + Duration::from_secs(1), "then after a backoff");
+        assert_eq!(store.recipient_state(&id, &bob).unwrap(), Some(stubmail::protocol::DeliveryState::Notified));
+        n.tick();
+        assert!(endpoint.recv(&mut buf).is_err(), "nothing before the backoff ends");
+        // Each wait doubles.
+        let waits: Vec<Duration> = (0..3)
+            .map(|_| {
+                for s in n.queue.values_mut() {
+                    s.next = Instant::now();
+                }
+                let next = n.tick().unwrap();
+                endpoint.recv(&mut buf).unwrap();
+                next.saturating_duration_since(Instant::now())
+            })
+            .collect();
+        assert!(waits[0] > Duration::from_secs(3) && waits[1] > Duration::from_secs(7) && waits[2] > Duration::from_secs(15), "{waits:?}");
+        // Retrieved: the stub is dropped, not sent again.
+        store.ack(&bob, &id, None, 2).unwrap();
+        for s in n.queue.values_mut() {
+            s.next = Instant::now();
+        }
+        assert_eq!(n.tick(), None);
+        assert!(endpoint.recv(&mut buf).is_err());
+        assert_eq!(fs::read_dir(store.p("notify")).unwrap().count(), 0);
+        assert_eq!(n.sent, 4);
+    }
 }
