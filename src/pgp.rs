@@ -271,15 +271,12 @@ pub fn emails_of(cert: &Cert) -> Vec<String> {
     v
 }
 
-/// The outbox URL the owner bound into the certificate (primary User ID
-/// first), or `None` for a certificate without one (an ordinary PGP user).
-pub fn outbox_of(cert: &Cert) -> Option<String> {
+/// A human-readable notation the owner bound on a self-signed User ID
+/// binding (primary User ID first) that `accept` takes.
+fn bound_notation(cert: &Cert, name: &str, accept: impl Fn(&str) -> Option<String>) -> Option<String> {
     let vc = cert.with_policy(&POLICY, None).ok()?;
     let from = |u: &ValidUserIDAmalgamation| {
-        u.binding_signature()
-            .notation(OUTBOX_NOTATION)
-            .next()
-            .and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
+        u.binding_signature().notation(name).next().and_then(|v| std::str::from_utf8(v).ok()).and_then(&accept)
     };
     if let Ok(p) = vc.primary_userid()
         && let Some(o) = from(&p) {
@@ -288,23 +285,16 @@ pub fn outbox_of(cert: &Cert) -> Option<String> {
     vc.userids().find_map(|u| from(&u))
 }
 
+/// The outbox URL the owner bound into the certificate (primary User ID
+/// first), or `None` for a certificate without one (an ordinary PGP user).
+pub fn outbox_of(cert: &Cert) -> Option<String> {
+    bound_notation(cert, OUTBOX_NOTATION, |v| Some(v.to_string()))
+}
+
 /// The notify endpoint (`HOST:PORT`) the owner bound into the certificate,
 /// if any and well-formed.
 pub fn notify_of(cert: &Cert) -> Option<String> {
-    let vc = cert.with_policy(&POLICY, None).ok()?;
-    let from = |u: &ValidUserIDAmalgamation| {
-        u.binding_signature()
-            .notation(NOTIFY_NOTATION)
-            .next()
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(crate::protocol::udp::parse_notify_endpoint)
-            .map(str::to_string)
-    };
-    if let Ok(p) = vc.primary_userid()
-        && let Some(o) = from(&p) {
-            return Some(o);
-        }
-    vc.userids().find_map(|u| from(&u))
+    bound_notation(cert, NOTIFY_NOTATION, |v| crate::protocol::udp::parse_notify_endpoint(v).map(str::to_string))
 }
 
 /// Verify a detached signature over `data` by `cert` (the named signer,
