@@ -598,7 +598,9 @@ impl Write for ChannelWriter {
 
 /// Accept POP3 sessions until `shutdown`.
 pub async fn run(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, shutdown: tokio_util::sync::CancellationToken) -> io::Result<()> {
-    stubmail::server::accept_loop(listener, shutdown, |stream, peer| {
+    const LIMITS: stubmail::server::ConnLimits =
+        stubmail::server::ConnLimits::new(b"-ERR [SYS/TEMP] too many connections from your address; try again later\r\n");
+    stubmail::server::accept_loop(listener, shutdown, LIMITS, |stream, peer| {
         let ctx = ctx.clone();
         async move {
             if let Err(e) = serve(stream, peer.to_string(), ctx).await {

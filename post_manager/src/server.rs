@@ -31,7 +31,10 @@ struct Shared {
 pub async fn run(listener: TcpListener, store: Store, settings: Settings, shutdown: CancellationToken) -> io::Result<()> {
     let shared = Arc::new(Shared { store, settings });
     let sd = shutdown.clone();
-    stubmail::server::accept_loop(listener, shutdown, move |stream, peer| {
+    const LIMITS: stubmail::server::ConnLimits = stubmail::server::ConnLimits::new(
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    stubmail::server::accept_loop(listener, shutdown, LIMITS, move |stream, peer| {
         let (shared, shutdown) = (shared.clone(), sd.clone());
         async move {
             let svc = service_fn(move |req| {

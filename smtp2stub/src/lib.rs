@@ -126,7 +126,9 @@ impl Policy for Router {
 
 /// Accept SMTP sessions until `shutdown`; then let open sessions finish.
 pub async fn run<P: Policy + 'static>(listener: TcpListener, ctx: Arc<Ctx<P>>, shutdown: CancellationToken) -> std::io::Result<()> {
-    stubmail::server::accept_loop(listener, shutdown, |stream, peer| {
+    const LIMITS: stubmail::server::ConnLimits =
+        stubmail::server::ConnLimits::new(b"421 4.7.0 Too many connections from your address; try again later\r\n");
+    stubmail::server::accept_loop(listener, shutdown, LIMITS, |stream, peer| {
         let ctx = ctx.clone();
         async move {
             if let Err(e) = session::serve(stream, peer.to_string(), &ctx).await {
