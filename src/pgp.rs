@@ -177,7 +177,7 @@ impl Identity {
             .for_signing()
             .secret()
             .next()
-            .ok_or_else(|| invalid("no usable signing key (expired or revoked?)"))?;
+            .ok_or_else(|| invalid("no usable signing key: expired, revoked, or made after this machine's clock time (check the clock)"))?;
         Ok(ka.key().clone().into_keypair()?)
     }
 

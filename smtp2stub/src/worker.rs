@@ -80,7 +80,12 @@ impl Worker {
         }
         let now = stubmail::time::unix_now();
         for i in 0..env.jobs.len() {
-            if env.jobs[i].state != JobState::Queued || env.jobs[i].next_try > now {
+            let j = &env.jobs[i];
+            // A retry time further ahead than the job's own backoff was set
+            // by a clock that has since gone back (it was wrong, or fixed):
+            // retry now rather than wait for the wrong clock's future.
+            let due = j.next_try <= now || j.next_try > now + backoff(j.attempts);
+            if j.state != JobState::Queued || !due {
                 continue;
             }
             let attempt = match env.jobs[i].kind {
