@@ -63,12 +63,16 @@ impl Keyring {
         Ok(out)
     }
 
-    /// Import certificates: every one is checked first (valid, not revoked
-    /// or expired, has an email User ID); if any fails, nothing changes.
-    /// An already-known certificate is merged (new User IDs, revocations).
+    /// Import certificates: every new one is checked first (valid, not
+    /// revoked or expired, has an email User ID); if any fails, nothing
+    /// changes. An already-known certificate is merged whatever its state,
+    /// so a contact's revocation is always taken (and the contact is then
+    /// no longer polled nor sent to).
     pub fn import(&self, certs: Vec<Cert>) -> Result<Vec<Cert>, KeyringError> {
         for c in &certs {
-            pgp::check_contact(c)?;
+            if self.get(&pgp::fpr_of(c))?.is_none() {
+                pgp::check_contact(c)?;
+            }
         }
         crate::fsutil::ensure_dir(&self.dir).map_err(|e| self.io(e))?;
         let mut done = Vec::new();

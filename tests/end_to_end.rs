@@ -90,6 +90,35 @@ fn swaks_pipelined_submission_and_no_open_relay() {
 }
 
 #[test]
+fn a_sender_key_revoked_mid_flight_is_not_delivered_and_nothing_is_lost() {
+    use stubmail::openpgp::{self, cert::prelude::*, parse::Parse, serialize::SerializeInto, types::ReasonForRevocation};
+    let p = Pair::start(true);
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: in flight\r\n\r\nhi\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_states(&p.alice, 1, "stored");
+    // Alice's key is compromised and revoked while the message waits; Bob
+    // learns of it (an update of a known contact is always taken).
+    let tsk = openpgp::Cert::from_file(p.alice.home.join("secret.pgp")).unwrap();
+    let mut signer = tsk.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+    let rev = CertRevocationBuilder::new()
+        .set_reason_for_revocation(ReasonForRevocation::KeyCompromised, b"laptop stolen")
+        .unwrap()
+        .build(&mut signer, &tsk, None)
+        .unwrap();
+    let revoked = tsk.insert_packets(rev).unwrap().0.strip_secret_key_material();
+    let file = p.root.path().join("alice-revoked.asc");
+    std::fs::write(&file, revoked.armored().to_vec().unwrap()).unwrap();
+    let out = stdout(&ok(p.bob.stubmail().args(["keys", "import"]).arg(&file)));
+    assert!(out.contains("NOT USABLE"), "{out}");
+    // Bob's poll no longer trusts Alice: nothing is fetched or delivered...
+    assert!(p.bob.http2mbox_once().contains("delivered 0"));
+    assert!(p.bob.maildir_new().is_empty());
+    // ...and nothing is lost: the outbox still holds it, and says so.
+    assert_eq!(states(&p.alice), vec!["stored"]);
+}
+
+#[test]
 fn mail_signed_by_a_stranger_is_never_delivered() {
     let p = pair();
     // Mallory is another user of the same outbox provider, unknown to Bob.

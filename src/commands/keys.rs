@@ -60,6 +60,9 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 fn describe(c: &stubmail::openpgp::Cert) -> String {
+    if let Err(e) = pgp::check_contact(c) {
+        return format!("NOT USABLE ({e}): neither polled nor sent to");
+    }
     match pgp::outbox_of(c) {
         Some(o) => format!("stubmail outbox {o}"),
         None => "no outbox (ordinary OpenPGP user)".into(),
