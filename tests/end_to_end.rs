@@ -119,6 +119,25 @@ fn a_sender_key_revoked_mid_flight_is_not_delivered_and_nothing_is_lost() {
 }
 
 #[test]
+fn tampered_ciphertext_in_the_outbox_is_refused_and_not_acked() {
+    let p = Pair::start(true);
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: tamper\r\n\r\nhi\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_states(&p.alice, 1, "stored");
+    // A hostile outbox (or a bad disk) flips one bit of the stored message.
+    let stored = std::fs::read_dir(p.outbox.data.join("messages")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&stored, &bytes).unwrap();
+    let out = p.bob.http2mbox_once_with_log();
+    assert!(out.contains("delivered 0") && out.contains("rejected 1") && out.contains("does not match the id"), "{out}");
+    assert!(p.bob.maildir_new().is_empty());
+    assert_eq!(states(&p.alice), vec!["stored"], "not acked: the sender sees it undelivered");
+}
+
+#[test]
 fn mail_signed_by_a_stranger_is_never_delivered() {
     let p = pair();
     // Mallory is another user of the same outbox provider, unknown to Bob.

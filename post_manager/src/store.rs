@@ -238,9 +238,53 @@ impl Store {
         })
     }
 
-    /// Bytes and messages an account stores now, counted from the store
-    /// (one stat per message), so never out of step with it.
+    /// Bytes and messages an account stores now. Read from a cache,
+    /// `accounts/<FPR>.usage`, kept under the account's lock by uploads and
+    /// unsends; retention drops it for the accounts it touched, and a
+    /// missing or unreadable cache is recounted from the store (one stat
+    /// per message). Without the cache every upload and every SMTP
+    /// transaction paid that recount: quadratic in the account's size.
     fn usage(&self, f: &Fpr) -> io::Result<(u64, u64)> {
+        let cache = self.p(&format!("accounts/{f}.usage"));
+        if let Some(u) = fs::read_to_string(&cache).ok().and_then(|t| {
+            let (b, m) = t.trim().split_once(' ')?;
+            Some((b.parse().ok()?, m.parse().ok()?))
+        }) {
+            return Ok(u);
+        }
+        let u = self.count_usage(f)?;
+        self.write_usage(f, u)?;
+        Ok(u)
+    }
+
+    /// Soft state: not fsync'd; after a crash it is recounted or, at
+    /// worst, off by the last change until retention's next pass.
+    fn write_usage(&self, f: &Fpr, (bytes, messages): (u64, u64)) -> io::Result<()> {
+        let path = self.p(&format!("accounts/{f}.usage"));
+        let tmp = self.p(&format!("accounts/.{}", fsutil::unique_name("usage.")));
+        fs::write(&tmp, format!("{bytes} {messages}\n"))?;
+        fs::rename(&tmp, &path).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    /// Change the cached usage; the caller holds the account's lock.
+    fn adjust_usage(&self, f: &Fpr, bytes: i64, messages: i64) -> io::Result<()> {
+        let (b, m) = self.usage(f)?;
+        self.write_usage(f, (b.saturating_add_signed(bytes), m.saturating_add_signed(messages)))
+    }
+
+    /// Drop the cache (it is recounted when next needed).
+    fn forget_usage(&self, f: &Fpr) -> io::Result<()> {
+        let _account = self.lock(&format!("account-{f}"))?;
+        match fs::remove_file(self.p(&format!("accounts/{f}.usage"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Count an account's usage from the store itself.
+    fn count_usage(&self, f: &Fpr) -> io::Result<(u64, u64)> {
         let (mut bytes, mut messages) = (0, 0);
         if let Ok(rd) = fs::read_dir(self.p(&format!("sent/{f}"))) {
             for e in rd {
@@ -276,6 +320,7 @@ impl Store {
     }
 
     pub fn remove_account(&self, f: &Fpr) -> io::Result<bool> {
+        let _ = fs::remove_file(self.p(&format!("accounts/{f}.usage")));
         match fs::remove_file(self.p(&format!("accounts/{f}.pgp"))) {
             Ok(()) => {
                 fsync_dir(&self.p("accounts"))?;
@@ -458,6 +503,7 @@ impl Store {
                         .collect(),
                 };
                 self.write_meta(&m)?;
+                self.adjust_usage(sender, size as i64, 1)?;
                 (m, true)
             }
         };
@@ -612,6 +658,8 @@ impl Store {
     /// Withdraw a message from every recipient who has not retrieved it. If
     /// nobody retrieved it, its bytes are deleted.
     pub fn unsend(&self, sender: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
+        // Account, then message: the order uploads take them in.
+        let _account = self.lock(&format!("account-{sender}"))?;
         let _lock = self.lock(id)?;
         let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         if &m.sender != sender {
@@ -627,7 +675,10 @@ impl Store {
         }
         if !m.recipients.iter().any(|r| r.state == DeliveryState::Retrieved) {
             match fs::remove_file(self.p(&format!("messages/{id}"))) {
-                Ok(()) => fsync_dir(&self.p("messages"))?,
+                Ok(()) => {
+                    fsync_dir(&self.p("messages"))?;
+                    self.adjust_usage(sender, -(m.size as i64), -1)?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
@@ -669,6 +720,7 @@ impl Store {
     /// processes at once (each message is changed under its lock).
     pub fn expire(&self, now: i64, r: Retention) -> Result<Expired, StoreError> {
         let mut out = Expired::default();
+        let mut touched = std::collections::BTreeSet::new();
         self.sweep(now)?;
         for e in fs::read_dir(self.p("meta"))? {
             let name = e?.file_name();
@@ -701,6 +753,7 @@ impl Store {
                     Ok(()) => {
                         fsync_dir(&self.p("messages"))?;
                         out.messages_deleted += 1;
+                        touched.insert(m.sender.clone());
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e.into()),
@@ -713,6 +766,11 @@ impl Store {
                 let _ = fs::remove_file(self.p(&format!("locks/{id}")));
                 out.statuses_dropped += 1;
             }
+        }
+        // Not adjusted message by message: that would take an account's
+        // lock under a message's, the reverse of uploads. Recounted instead.
+        for f in touched {
+            self.forget_usage(&f)?;
         }
         Ok(out)
     }
@@ -816,6 +874,32 @@ mod tests {
         assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
         assert!(s.poll(&c, None, None).unwrap().is_empty());
         assert!(s.open_for(&c, &id).is_err());
+    }
+
+    #[test]
+    fn cached_usage_follows_uploads_unsends_and_retention() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let a = fpr('A');
+        let check = |s: &Store| assert_eq!(s.usage(&a).unwrap(), s.count_usage(&a).unwrap());
+        let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
+        for b in &bodies {
+            s.put(&a, &id_of(b), &[fpr('B')], &mut &b[..], 1 << 20, 100).unwrap();
+            check(&s);
+        }
+        // A retried upload does not count twice.
+        s.put(&a, &id_of(&bodies[0]), &[fpr('B')], &mut &bodies[0][..], 1 << 20, 100).unwrap();
+        assert_eq!(s.usage(&a).unwrap(), (60, 5));
+        s.unsend(&a, &id_of(&bodies[1]), 101).unwrap();
+        check(&s);
+        s.ack(&fpr('B'), &id_of(&bodies[2]), None, 101).unwrap();
+        let r = Retention { pending_secs: 1000, keep_secs: 10, status_secs: 1000 };
+        assert_eq!(s.expire(200, r).unwrap().messages_deleted, 1);
+        check(&s);
+        assert_eq!(s.usage(&a).unwrap(), (60 - 11 - 12, 3));
+        // A lost or garbled cache is recounted.
+        std::fs::write(d.path().join(format!("accounts/{a}.usage")), "garbage").unwrap();
+        check(&s);
     }
 
     #[test]
