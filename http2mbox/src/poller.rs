@@ -21,6 +21,8 @@ use crate::deliver::{self, CryptoReject, Incoming, Target};
 
 /// Outboxes polled at the same time.
 const CONCURRENCY: usize = 8;
+/// Messages of one outbox fetched and delivered at the same time.
+const MESSAGES_AT_ONCE: usize = 4;
 
 /// Everything a poll cycle needs.
 pub struct Poller {
@@ -281,8 +283,18 @@ impl Poller {
             }
         }
         let (mut delivered, mut rejected) = (0, 0);
-        for item in resp.messages {
-            match self.take(&client, contacts, &item).await {
+        // A few messages at once: each waits on the network and on fsync.
+        // A message id appears once per poll answer, so no two tasks ever
+        // take the same message.
+        let client = &client;
+        let mut results = futures_util::stream::iter(resp.messages)
+            .map(|item| async move {
+                let r = self.take(client, contacts, &item).await;
+                (item, r)
+            })
+            .buffer_unordered(MESSAGES_AT_ONCE);
+        while let Some((item, r)) = results.next().await {
+            match r {
                 Ok(true) => delivered += 1,
                 Ok(false) => {}
                 Err(e) if e.downcast_ref::<Reject>().is_some() || e.downcast_ref::<CryptoReject>().is_some() => {

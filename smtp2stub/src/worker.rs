@@ -19,6 +19,9 @@ use stubmail::maildir::Maildir;
 
 use crate::spool::{Envelope, Job, JobKind, JobState, Route, Spool};
 
+/// Messages moved to the outbox at once.
+const CONCURRENCY: usize = 8;
+
 /// Largest header block read into memory when planning a message.
 const MAX_HEADER: usize = 1024 * 1024;
 
@@ -64,12 +67,17 @@ impl Worker {
     pub async fn pass(&self) -> anyhow::Result<()> {
         let spool = self.spool.clone();
         let queued = tokio::task::spawn_blocking(move || spool.queued()).await??;
-        for env in queued {
-            let qid = env.qid.clone();
-            if let Err(e) = self.process(env).await {
-                tracing::error!(qid, "{e:#}");
-            }
-        }
+        // Several messages at once: each one waits mostly on the outbox
+        // (a signed upload), so one at a time left both ends idle.
+        use futures_util::StreamExt;
+        futures_util::stream::iter(queued)
+            .for_each_concurrent(CONCURRENCY, |env| async move {
+                let qid = env.qid.clone();
+                if let Err(e) = self.process(env).await {
+                    tracing::error!(qid, "{e:#}");
+                }
+            })
+            .await;
         Ok(())
     }
 
