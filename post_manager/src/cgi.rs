@@ -36,7 +36,7 @@ pub fn settings() -> Settings {
     let max_message_size = env("POST_MANAGER_MAX_MESSAGE_SIZE")
         .and_then(|v| v.parse().ok())
         .unwrap_or(Settings::default().max_message_size);
-    Settings { prefix, max_message_size }
+    Settings { prefix, max_message_size, ..Settings::default() }
 }
 
 fn reason(status: u16) -> &'static str {

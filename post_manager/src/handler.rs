@@ -22,11 +22,14 @@ pub struct Settings {
     pub prefix: String,
     /// Largest stored message accepted, in bytes.
     pub max_message_size: u64,
+    /// Connections `serve` holds per client address (behind a reverse
+    /// proxy every request comes from the proxy: raise it there).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024 }
+        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024, max_connections_per_ip: 32 }
     }
 }
 

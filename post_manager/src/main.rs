@@ -33,6 +33,10 @@ enum Cmd {
         max_message_size: u64,
         #[command(flatten)]
         retention: RetentionArgs,
+        /// Connections held per client address (slowloris defence); behind a
+        /// reverse proxy all come from the proxy, so raise it there.
+        #[arg(long, default_value_t = 32)]
+        max_connections_per_ip: usize,
         /// UDP poll and notification service: `auto` (the HTTP address and
         /// port number), `off`, or IP:PORT.
         #[arg(long, default_value = "auto")]
@@ -195,7 +199,7 @@ fn main() -> anyhow::Result<()> {
             rt.spawn(async move { stubmail::signals::cancel_on_signal(&sd) });
             Ok(post_manager::udp::run(socket, store, udp_limits.settings(), shutdown)?)
         }
-        Cmd::Serve { listen, data, prefix, max_message_size, retention, udp, udp_limits } => {
+        Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, udp, udp_limits } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
             store.check_writable()?;
@@ -206,7 +210,7 @@ fn main() -> anyhow::Result<()> {
             if !prefix.ends_with('/') {
                 prefix.push('/');
             }
-            let settings = Settings { prefix, max_message_size };
+            let settings = Settings { prefix, max_message_size, max_connections_per_ip };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

@@ -29,12 +29,15 @@ struct Shared {
 
 /// Serve until `shutdown` is cancelled; then finish in-flight requests.
 pub async fn run(listener: TcpListener, store: Store, settings: Settings, shutdown: CancellationToken) -> io::Result<()> {
+    let limits = stubmail::server::ConnLimits {
+        max_per_ip: settings.max_connections_per_ip.max(1),
+        ..stubmail::server::ConnLimits::new(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+    };
     let shared = Arc::new(Shared { store, settings });
     let sd = shutdown.clone();
-    const LIMITS: stubmail::server::ConnLimits = stubmail::server::ConnLimits::new(
-        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
-    stubmail::server::accept_loop(listener, shutdown, LIMITS, move |stream, peer| {
+    stubmail::server::accept_loop(listener, shutdown, limits, move |stream, peer| {
         let (shared, shutdown) = (shared.clone(), sd.clone());
         async move {
             let svc = service_fn(move |req| {
