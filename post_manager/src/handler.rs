@@ -594,7 +594,7 @@ mod hostile {
     fn hostile_requests_get_4xx_and_store_nothing() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path()).unwrap();
-        let settings = Settings { prefix: "/".into(), max_message_size: 1000 };
+        let settings = Settings { prefix: "/".into(), max_message_size: 1000, ..Settings::default() };
         let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
         let mallory = Identity::generate(None, "mallory@example.org", "http://m/").unwrap();
         store.add_account(&alice.cert()).unwrap();
