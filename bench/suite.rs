@@ -131,8 +131,12 @@ fn wait_port(port: u16) {
 /// Alice (outbox with roomy quotas) and Bob, who know each other; Bob binds
 /// a notify endpoint and listens there when `notify`.
 fn pair(notify: bool) -> Pair {
+    pair_with(notify, &[])
+}
+
+fn pair_with(notify: bool, outbox_args: &[&str]) -> Pair {
     let root = tempfile::tempdir().unwrap();
-    let outbox = Outbox::start(root.path(), "alice-outbox");
+    let outbox = Outbox::start_with(root.path(), "alice-outbox", outbox_args);
     let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
     let bob = if notify {
         let p = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -419,7 +423,15 @@ fn udp_throughput(s: &Scale, http_polls_per_sec: f64) -> Row {
 
 fn large_message(s: &Scale) -> Vec<Row> {
     let mib = s.large_mib;
-    let p = pair(true);
+    let limit = ((mib as u64 + 64) << 20).to_string();
+    let p = pair_with(true, &["--max-message-size", &limit]);
+    let limit_i = ((mib as i64) + 64) << 20;
+    p.alice.edit_config(|t| {
+        table(t, "smtp").insert("max_message_size".into(), limit_i.into());
+    });
+    p.bob.edit_config(|t| {
+        table(t, "poll").insert("max_message_size".into(), limit_i.into());
+    });
     let mut c = bin_cmd("http2mbox");
     c.arg("--home").arg(&p.bob.home).args(["--interval", "3600"]);
     let bob = Server::start("http2mbox-bob", c, p.root.path());
