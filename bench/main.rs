@@ -9,10 +9,14 @@ mod suite;
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let scale = if smoke { suite::Scale::smoke() } else { suite::Scale::full() };
-    let rows = suite::run(&scale);
+    // `--only TEXT`: just the benchmarks whose name contains TEXT (for
+    // profiling one of them); RESULTS.md is then left alone.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let rows = suite::run_only(&scale, only.as_deref());
     let table = suite::markdown(&rows);
     println!("{table}");
-    if smoke {
+    if smoke || only.is_some() {
         return;
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -81,6 +81,11 @@ fn row(name: &str, ours: String, anchor: String, ratio: Option<f64>, target: &st
 
 /// Run everything; a benchmark that cannot run says why in its row.
 pub fn run(scale: &Scale) -> Vec<Row> {
+    run_only(scale, None)
+}
+
+/// Run the benchmarks whose name contains `only` (all for `None`).
+pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
     stubmail::client::init_tls();
     let mut rows = Vec::new();
     type Bench = fn(&Scale) -> Vec<Row>;
@@ -93,6 +98,9 @@ pub fn run(scale: &Scale) -> Vec<Row> {
         ("CGI", cgi),
     ];
     for (name, f) in benches {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         eprintln!("bench: {name} ({})", scale.name);
         let t = Instant::now();
         rows.extend(f(scale));

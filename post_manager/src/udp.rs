@@ -363,7 +363,7 @@ pub struct Notifier {
     store: Store,
     socket: UdpSocket,
     queue: HashMap<String, Scheduled>,
-    scanned: Option<SystemTime>,
+    scanned: Option<(SystemTime, Instant)>,
     resolved: HashMap<String, (Option<SocketAddr>, Instant)>,
     pub sent: u64,
 }
@@ -376,10 +376,15 @@ impl Notifier {
     fn scan(&mut self, now: Instant) {
         let dir = self.store.p("notify");
         let Ok(mtime) = fs::metadata(&dir).and_then(|m| m.modified()) else { return };
-        if self.scanned.is_some_and(|m| m == mtime && settled(mtime)) {
+        if self.scanned.is_some_and(|(m, _)| m == mtime && settled(mtime)) {
             return;
         }
-        self.scanned = Some(mtime);
+        // Under load the directory changes all the time: list it at most
+        // ten times a second.
+        if self.scanned.is_some_and(|(_, at)| now.duration_since(at) < Duration::from_millis(100)) {
+            return;
+        }
+        self.scanned = Some((mtime, now));
         let Ok(rd) = fs::read_dir(&dir) else { return };
         for e in rd.flatten() {
             let Some(name) = e.file_name().to_str().filter(|n| n.ends_with(".json") && !n.starts_with('.')).map(str::to_string)
