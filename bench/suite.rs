@@ -623,27 +623,21 @@ fn pop3(s: &Scale) -> Vec<Row> {
     let dove_mpop = mpop(root.path(), dport, "bob", "dovecot");
     let _ = dc.kill();
     let _ = dc.wait();
-    let n = s.pop3_messages;
-    vec![
-        row(
-            &format!("POP3, {n} × 4 KB with Python poplib"),
-            format!("{:.0} msg/s", n as f64 / ours_py),
-            format!("{:.0} msg/s (Dovecot)", n as f64 / dove_py),
-            Some(dove_py / ours_py),
-            "≥ 1.0×",
-            dove_py / ours_py >= 1.0,
-            "same Maildir, login to QUIT".into(),
-        ),
-        row(
-            &format!("POP3, {n} × 4 KB with mpop"),
-            format!("{:.0} msg/s", n as f64 / ours_mpop),
-            format!("{:.0} msg/s (Dovecot)", n as f64 / dove_mpop),
-            Some(dove_mpop / ours_mpop),
-            "≥ 1.0×",
-            dove_mpop / ours_mpop >= 1.0,
-            "same Maildir, whole mpop run (keep on)".into(),
-        ),
-    ]
+    let n = s.pop3_messages as f64;
+    [("Python poplib", ours_py, dove_py, "same Maildir, login to QUIT"), ("mpop", ours_mpop, dove_mpop, "same Maildir, whole mpop run (keep on)")]
+        .into_iter()
+        .map(|(client, ours, dove, note)| {
+            row(
+                &format!("POP3, {n} × 4 KB with {client}"),
+                format!("{:.0} msg/s", n / ours),
+                format!("{:.0} msg/s (Dovecot)", n / dove),
+                Some(dove / ours),
+                "≥ 1.0×",
+                dove / ours >= 1.0,
+                note.into(),
+            )
+        })
+        .collect()
 }
 
 // ---- 6. CGI ------------------------------------------------------------

@@ -7,7 +7,9 @@ use std::sync::{Arc, LazyLock};
 
 use http2mbox::pop3::{serve, Ctx, Store};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "duplex.rs"]
+mod duplex;
 
 static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| {
     let d = tempfile::tempdir().unwrap();
@@ -38,23 +40,8 @@ fuzz_target!(|input: &[u8]| {
         require_tls: false,
         on_login: None,
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
-    let output = rt.block_on(async {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            let _ = cw.write_all(&input).await;
-            let _ = cw.shutdown().await;
-        });
-        let reader = tokio::spawn(async move {
-            let mut v = Vec::new();
-            let _ = cr.read_to_end(&mut v).await;
-            v
-        });
+    let output = duplex::dialogue(input, |server| async move {
         let _ = serve(server, "127.0.0.1:1".into(), ctx).await;
-        let _ = writer.await;
-        reader.await.unwrap()
     });
     assert!(output.starts_with(b"+OK"), "greeting {:?}", String::from_utf8_lossy(&output));
     // Whatever was deleted, nothing was altered or invented.

@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use smtp2stub::session::{serve, Ctx, Policy, Reply, SessionConfig};
 use smtp2stub::spool::{Route, Spool};
 use stubmail::protocol::Fpr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "duplex.rs"]
+mod duplex;
 
 struct AnyPolicy;
 impl Policy for AnyPolicy {
@@ -31,29 +33,15 @@ impl Policy for AnyPolicy {
 static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().unwrap());
 
 fuzz_target!(|input: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
     let ctx = Ctx {
         config: SessionConfig { max_size: 64 * 1024, min_free_bytes: 0, ..SessionConfig::default() },
         policy: AnyPolicy,
         spool: Spool::open(DIR.path()).unwrap(),
         accepted: Arc::new(tokio::sync::Notify::new()),
     };
-    let output = rt.block_on(async {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            let _ = cw.write_all(&input).await;
-            let _ = cw.shutdown().await;
-        });
-        let reader = tokio::spawn(async move {
-            let mut v = Vec::new();
-            let _ = cr.read_to_end(&mut v).await;
-            v
-        });
-        let _ = serve(server, "127.0.0.1:1".into(), &ctx).await;
-        let _ = writer.await;
-        reader.await.unwrap()
+    let ctx = &ctx;
+    let output = duplex::dialogue(input, |server| async move {
+        let _ = serve(server, "127.0.0.1:1".into(), ctx).await;
     });
     for line in output.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         assert!(line.len() >= 5 && line[..3].iter().all(u8::is_ascii_digit) && matches!(line[3], b' ' | b'-') && line.ends_with(b"\r"), "bad reply line {:?}", String::from_utf8_lossy(line));
