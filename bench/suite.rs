@@ -127,6 +127,18 @@ pub fn markdown(rows: &[Row]) -> String {
     s
 }
 
+/// A child process killed (with its process group, if it leads one) when
+/// dropped, so a failing benchmark leaves nothing running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).stderr(Stdio::null()).output();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sbin(tool: &str) -> PathBuf {
     let p = Path::new("/usr/sbin").join(tool);
     if p.exists() { p } else { require(tool) }
@@ -189,11 +201,10 @@ fn smtp_ingest(s: &Scale) -> Vec<Row> {
         // It refuses to run as root without dropping privileges.
         sink.args(["-u", "nobody"]);
     }
-    let mut sink = sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap();
+    let sink = Killed(sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap());
     wait_port(port);
     let sink_secs = smtp_source(port, n);
-    let _ = sink.kill();
-    let _ = sink.wait();
+    drop(sink);
     // Ours: smtp2stub fsyncs each message into its spool before 250, while
     // its worker signs, encrypts and uploads them.
     let p = pair(false);
@@ -549,7 +560,7 @@ fn mpop(dir: &Path, port: u16, user: &str, tag: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn dovecot(dir: &Path, maildir: &Path) -> Option<(std::process::Child, u16)> {
+fn dovecot(dir: &Path, maildir: &Path) -> Option<(Killed, u16)> {
     let bin = sbin("dovecot");
     let port = free_port();
     let id = |args: &[&str]| stdout(&ok(Command::new("id").args(args))).trim().to_string();
@@ -582,7 +593,8 @@ fn dovecot(dir: &Path, maildir: &Path) -> Option<(std::process::Child, u16)> {
         ),
     )
     .unwrap();
-    let child = Command::new(bin).arg("-F").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    use std::os::unix::process::CommandExt;
+    let child = Killed(Command::new(bin).process_group(0).arg("-F").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?);
     let up = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -610,7 +622,7 @@ fn pop3(s: &Scale) -> Vec<Row> {
     let mut c = bin_cmd("http2mbox");
     c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
     let ours = Server::start("http2mbox-pop3", c, root.path());
-    let Some((mut dc, dport)) = dovecot(root.path(), &md) else {
+    let Some((dc, dport)) = dovecot(root.path(), &md) else {
         return vec![row("POP3", "—".into(), "Dovecot did not start".into(), None, "≥ 1.0×", false, "see dovecot.log".into())];
     };
     // Warm both (first login, indexes), then measure.
@@ -621,8 +633,7 @@ fn pop3(s: &Scale) -> Vec<Row> {
     assert_eq!((n1, n2), (s.pop3_messages, s.pop3_messages));
     let ours_mpop = mpop(root.path(), ours.port(), "bob@example.net", "ours");
     let dove_mpop = mpop(root.path(), dport, "bob", "dovecot");
-    let _ = dc.kill();
-    let _ = dc.wait();
+    drop(dc);
     let n = s.pop3_messages as f64;
     [("Python poplib", ours_py, dove_py, "same Maildir, login to QUIT"), ("mpop", ours_mpop, dove_mpop, "same Maildir, whole mpop run (keep on)")]
         .into_iter()
@@ -688,7 +699,7 @@ fn cgi(s: &Scale) -> Vec<Row> {
     let cf = dir.join("apache.conf");
     std::fs::write(&cf, conf).unwrap();
     use std::os::unix::process::CommandExt;
-    let mut apache = Command::new(sbin("apache2")).process_group(0).arg("-f").arg(&cf).arg("-DFOREGROUND").spawn().unwrap();
+    let apache = Killed(Command::new(sbin("apache2")).process_group(0).arg("-f").arg(&cf).arg("-DFOREGROUND").spawn().unwrap());
     wait_port(port);
     // A public request through the whole CGI path (WKD policy, 200).
     let ours_url = format!("http://127.0.0.1:{port}/stubmail/.well-known/openpgpkey/policy");
@@ -696,9 +707,7 @@ fn cgi(s: &Scale) -> Vec<Row> {
     assert_eq!(check.trim(), "200", "the CGI answers");
     let ours = wrk(&ours_url, s.wrk_seconds);
     let anchor = wrk(&format!("http://127.0.0.1:{port}/hello"), s.wrk_seconds);
-    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", apache.id())]).output();
-    let _ = apache.kill();
-    let _ = apache.wait();
+    drop(apache);
     vec![row(
         "CGI under Apache mod_cgid (wrk, 8 connections)",
         format!("{ours:.0} req/s"),
