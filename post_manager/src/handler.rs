@@ -675,5 +675,14 @@ mod hostile {
         assert_eq!(run(&store, &settings, poll(b"{not json", now)).status, 400);
         assert_eq!(run(&store, &settings, poll(br#"{"device":"../x"}"#, now)).status, 400);
         assert_eq!(run(&store, &settings, poll(br#"{"certs":[]}"#, now)).status, 200);
+        // Account names (fingerprints) in paths: only 40 hex digits reach
+        // the store; traversal and partial names are one 404.
+        let get = |target: String| Case { name: "certs", method: "GET", target, headers: vec![], content_length: None, body: None, now, want: 0 };
+        for t in ["/v1/certs/../../accounts", "/v1/certs/..%2F..%2Faccounts%2F", "/v1/certs/DEADBEEF", &format!("/v1/certs/{}.pgp", alice.fpr())] {
+            assert_eq!(run(&store, &settings, get(t.to_string())).status, 404, "{t}");
+        }
+        let r = run(&store, &settings, get(format!("/v1/certs/{}", alice.fpr().as_str().to_lowercase())));
+        assert!(r.status == 200 && matches!(r.body, Body::Key(_)), "a real account, any case");
+        assert_eq!(run(&store, &settings, get(format!("/v1/certs/{}", mallory.fpr()))).status, 404, "not an account");
     }
 }
