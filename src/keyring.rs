@@ -32,6 +32,11 @@ impl Keyring {
         Keyring { dir }
     }
 
+    /// The directory holding the certificates.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     fn io(&self, source: std::io::Error) -> KeyringError {
         KeyringError::Io { path: self.dir.display().to_string(), source }
     }

@@ -55,6 +55,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         use_backoff: !once,
         lock_path: state.join("poll.lock"),
         udp: poller::UdpState::new(!once && config.poll.udp, Duration::from_millis(config.poll.udp_timeout_ms.max(1))),
+        contact_cache: Default::default(),
     })
 }
 

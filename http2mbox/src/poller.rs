@@ -53,6 +53,21 @@ pub struct Poller {
     pub lock_path: PathBuf,
     /// Cheap UDP polls with the cookies signed polls handed out.
     pub udp: UdpState,
+    /// Checked contacts by keyring file, kept while the file is unchanged.
+    pub contact_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, CachedContact>>,
+}
+
+/// One keyring file as last read: its identity (inode, size, mtime; the
+/// keyring replaces files by rename, so a change always shows) and the
+/// contact in it, if usable. Checking a certificate verifies its
+/// self-signatures: for 10,000 contacts that was most of an idle cycle.
+#[derive(Clone)]
+pub struct CachedContact {
+    stamp: (u64, u64, std::time::SystemTime),
+    /// Checked again after an hour: a key can expire without its file
+    /// changing.
+    checked: std::time::Instant,
+    contact: Option<(Cert, Fpr, Option<String>)>,
 }
 
 /// The UDP poll side of the poller (docs/PROTOCOL.md §8).
@@ -186,12 +201,8 @@ impl Poller {
         }
         // Group contacts by the outbox bound into their own certificate.
         let mut by_outbox: BTreeMap<String, Vec<Contact>> = BTreeMap::new();
-        for cert in self.keyring.all()? {
-            if pgp::check_contact(&cert).is_err() {
-                continue;
-            }
-            let fpr = pgp::fpr_of(&cert);
-            if let Some(url) = self.overrides.get(&fpr).cloned().or_else(|| pgp::outbox_of(&cert)) {
+        for (cert, fpr, bound) in self.contacts()? {
+            if let Some(url) = self.overrides.get(&fpr).cloned().or(bound) {
                 by_outbox.entry(url).or_default().push(Contact { cert, fpr });
             }
         }
@@ -245,6 +256,47 @@ impl Poller {
         }
         drop(failing);
         Ok(report)
+    }
+
+    /// The usable contacts of the keyring with the outbox each binds,
+    /// reusing what was checked before for unchanged files.
+    fn contacts(&self) -> anyhow::Result<Vec<(Cert, Fpr, Option<String>)>> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.keyring.dir();
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        };
+        let mut cache = self.contact_cache.lock().expect("not poisoned");
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for e in rd {
+            let path = e?.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("pgp") {
+                continue;
+            }
+            let Ok(m) = std::fs::metadata(&path) else { continue };
+            let stamp = (m.ino(), m.len(), m.modified()?);
+            seen.insert(path.clone());
+            let entry = match cache.get(&path) {
+                Some(c) if c.stamp == stamp && c.checked.elapsed() < std::time::Duration::from_secs(3600) => c.clone(),
+                _ => {
+                    let cert = std::fs::read(&path).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next());
+                    let contact = cert.filter(|c| pgp::check_contact(c).is_ok()).map(|c| {
+                        let (f, o) = (pgp::fpr_of(&c), pgp::outbox_of(&c));
+                        (c, f, o)
+                    });
+                    let c = CachedContact { stamp, checked: std::time::Instant::now(), contact };
+                    cache.insert(path, c.clone());
+                    c
+                }
+            };
+            out.extend(entry.contact);
+        }
+        cache.retain(|p, _| seen.contains(p));
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
     }
 
     async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool) -> anyhow::Result<OutboxResult> {
@@ -447,6 +499,7 @@ mod tests {
             use_backoff: true,
             lock_path: d.path().join("poll.lock"),
             udp: Default::default(),
+            contact_cache: Default::default(),
         };
         let r = p.poll_once().await.unwrap();
         assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 1, 0));
@@ -459,6 +512,41 @@ mod tests {
         let r = p.poll_once().await.unwrap();
         assert_eq!(r.failed_outboxes, 1);
         assert!(p.failing.lock().unwrap().contains_key("http://127.0.0.1:9/"));
+    }
+
+    #[tokio::test]
+    async fn the_contact_cache_follows_the_keyring() {
+        let d = tempfile::tempdir().unwrap();
+        let me = Arc::new(Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+        let keyring = stubmail::keyring::Keyring::new(d.path().join("keyring"));
+        let carol = Identity::generate(None, "carol@example.com", "http://c/").unwrap();
+        let dave = Identity::generate(None, "dave@example.com", "http://d/").unwrap();
+        keyring.import(vec![carol.cert()]).unwrap();
+        let p = Poller {
+            me,
+            keyring: keyring.clone(),
+            http: stubmail::client::http_client().unwrap(),
+            target: Target::Maildir(stubmail::maildir::Maildir::open(&d.path().join("Maildir")).unwrap()),
+            journal: Journal::open(&d.path().join("journal")).unwrap(),
+            work: d.path().join("work"),
+            staging: d.path().join("fetch"),
+            max_size: 1 << 20,
+            hostname: "h".into(),
+            device: "dev".into(),
+            overrides: Default::default(),
+            failing: Default::default(),
+            use_backoff: true,
+            lock_path: d.path().join("poll.lock"),
+            udp: Default::default(),
+            contact_cache: Default::default(),
+        };
+        let names = |p: &Poller| p.contacts().unwrap().into_iter().map(|(_, f, o)| (f, o.unwrap())).collect::<Vec<_>>();
+        assert_eq!(names(&p), vec![(carol.fpr(), "http://c/".to_string())]);
+        keyring.import(vec![dave.cert()]).unwrap();
+        assert_eq!(names(&p).len(), 2, "a new contact is seen");
+        keyring.remove("carol@example.com").unwrap();
+        assert_eq!(names(&p), vec![(dave.fpr(), "http://d/".to_string())], "a removed one is gone");
+        assert_eq!(p.contact_cache.lock().unwrap().len(), 1);
     }
 
     #[test]
