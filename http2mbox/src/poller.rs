@@ -474,6 +474,28 @@ impl Poller {
 mod tests {
     use super::*;
 
+    /// A poller over a temporary directory, for these tests.
+    fn poller(d: &std::path::Path, me: Arc<Identity>, keyring: stubmail::keyring::Keyring) -> Poller {
+        Poller {
+            me,
+            keyring,
+            http: stubmail::client::http_client().unwrap(),
+            target: Target::Maildir(stubmail::maildir::Maildir::open(&d.join("Maildir")).unwrap()),
+            journal: Journal::open(&d.join("journal")).unwrap(),
+            work: d.join("work"),
+            staging: d.join("fetch"),
+            max_size: 1 << 20,
+            hostname: "h".into(),
+            device: "dev".into(),
+            overrides: Default::default(),
+            failing: Default::default(),
+            use_backoff: true,
+            lock_path: d.join("poll.lock"),
+            udp: Default::default(),
+            contact_cache: Default::default(),
+        }
+    }
+
     #[tokio::test]
     async fn a_failing_outbox_is_left_alone_for_a_while() {
         let d = tempfile::tempdir().unwrap();
@@ -483,24 +505,7 @@ mod tests {
         let carol = Identity::generate(None, "carol@example.com", &format!("http://127.0.0.1:{port}/")).unwrap();
         let keyring = stubmail::keyring::Keyring::new(d.path().join("keyring"));
         keyring.import(vec![carol.cert()]).unwrap();
-        let p = Poller {
-            me,
-            keyring,
-            http: stubmail::client::http_client().unwrap(),
-            target: Target::Maildir(stubmail::maildir::Maildir::open(&d.path().join("Maildir")).unwrap()),
-            journal: Journal::open(&d.path().join("journal")).unwrap(),
-            work: d.path().join("work"),
-            staging: d.path().join("fetch"),
-            max_size: 1 << 20,
-            hostname: "h".into(),
-            device: "dev".into(),
-            overrides: Default::default(),
-            failing: Default::default(),
-            use_backoff: true,
-            lock_path: d.path().join("poll.lock"),
-            udp: Default::default(),
-            contact_cache: Default::default(),
-        };
+        let p = poller(d.path(), me, keyring);
         let r = p.poll_once().await.unwrap();
         assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 1, 0));
         let r = p.poll_once().await.unwrap();
@@ -522,24 +527,7 @@ mod tests {
         let carol = Identity::generate(None, "carol@example.com", "http://c/").unwrap();
         let dave = Identity::generate(None, "dave@example.com", "http://d/").unwrap();
         keyring.import(vec![carol.cert()]).unwrap();
-        let p = Poller {
-            me,
-            keyring: keyring.clone(),
-            http: stubmail::client::http_client().unwrap(),
-            target: Target::Maildir(stubmail::maildir::Maildir::open(&d.path().join("Maildir")).unwrap()),
-            journal: Journal::open(&d.path().join("journal")).unwrap(),
-            work: d.path().join("work"),
-            staging: d.path().join("fetch"),
-            max_size: 1 << 20,
-            hostname: "h".into(),
-            device: "dev".into(),
-            overrides: Default::default(),
-            failing: Default::default(),
-            use_backoff: true,
-            lock_path: d.path().join("poll.lock"),
-            udp: Default::default(),
-            contact_cache: Default::default(),
-        };
+        let p = poller(d.path(), me, keyring.clone());
         let names = |p: &Poller| p.contacts().unwrap().into_iter().map(|(_, f, o)| (f, o.unwrap())).collect::<Vec<_>>();
         assert_eq!(names(&p), vec![(carol.fpr(), "http://c/".to_string())]);
         keyring.import(vec![dave.cert()]).unwrap();
