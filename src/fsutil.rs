@@ -51,6 +51,19 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Replace `path` atomically but not durably (temp file in the same
+/// directory, rename; no fsync): for soft state that is rebuilt or
+/// recounted when lost (UDP cookies, queued stubs, usage caches).
+pub fn write_replace(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}", unique_name("tmp.")));
+    let result = fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// The permission bits of a file, or an error naming the file.
 pub fn mode_of(path: &Path) -> io::Result<u32> {
     Ok(fs::metadata(path)?.permissions().mode() & 0o7777)

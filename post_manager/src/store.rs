@@ -260,12 +260,7 @@ impl Store {
     /// Soft state: not fsync'd; after a crash it is recounted or, at
     /// worst, off by the last change until retention's next pass.
     fn write_usage(&self, f: &Fpr, (bytes, messages): (u64, u64)) -> io::Result<()> {
-        let path = self.p(&format!("accounts/{f}.usage"));
-        let tmp = self.p(&format!("accounts/.{}", fsutil::unique_name("usage.")));
-        fs::write(&tmp, format!("{bytes} {messages}\n"))?;
-        fs::rename(&tmp, &path).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        fsutil::write_replace(&self.p(&format!("accounts/{f}.usage")), format!("{bytes} {messages}\n").as_bytes())
     }
 
     /// Change the cached usage; the caller holds the account's lock.

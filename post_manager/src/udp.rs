@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use stubmail::protocol::udp::{self, CookieId, CookieKey, PollStatus, ReplyEntry};
+use stubmail::fsutil::write_replace;
 use stubmail::protocol::{Cookie, Fpr};
 use tokio_util::sync::CancellationToken;
 
@@ -57,16 +58,6 @@ impl Default for UdpSettings {
 
 fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-/// Write a soft-state file: atomic (temp + rename) but not fsync'd.
-fn write_soft(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(".{}", stubmail::fsutil::unique_name("tmp.")));
-    fs::write(&tmp, data)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
 }
 
 /// `udp.json`: written by the running UDP service, read by poll handlers.
@@ -114,14 +105,14 @@ pub fn issue(store: &Store, recipient: &Fpr, device: Option<&str>, senders: Opti
         key: key_hex.clone(),
         issued_ns: wall_ns(),
     };
-    write_soft(&store.p(&format!("cookies/{id_hex}.json")), &serde_json::to_vec(&f).expect("serialisable"))?;
+    write_replace(&store.p(&format!("cookies/{id_hex}.json")), &serde_json::to_vec(&f).expect("serialisable"))?;
     // The device id is [A-Za-z0-9_-] (checked by the handler), safe in a name.
     let current = store.p(&format!("cookies/current/{recipient}.{}", device.unwrap_or("_")));
     if let Ok(old) = fs::read_to_string(&current)
         && old.len() == 32 && old.bytes().all(|b| b.is_ascii_hexdigit()) {
             let _ = fs::remove_file(store.p(&format!("cookies/{old}.json")));
         }
-    write_soft(&current, id_hex.as_bytes())?;
+    write_replace(&current, id_hex.as_bytes())?;
     Ok(Cookie { recipient: recipient.clone(), id: id_hex, key: key_hex })
 }
 
@@ -348,7 +339,7 @@ pub struct QueuedStub {
 
 /// Queue a stub for the notifier.
 pub fn queue_stub(store: &Store, q: &QueuedStub) -> io::Result<()> {
-    write_soft(&store.p(&format!("notify/{}.{}.json", q.id, q.recipient)), &serde_json::to_vec(q).expect("serialisable"))
+    write_replace(&store.p(&format!("notify/{}.{}.json", q.id, q.recipient)), &serde_json::to_vec(q).expect("serialisable"))
 }
 
 struct Scheduled {
@@ -463,7 +454,7 @@ pub fn run(socket: UdpSocket, store: Store, settings: UdpSettings, shutdown: Can
     let local = socket.local_addr()?;
     let started_ns = wall_ns();
     let advert = Advert { port: settings.advertise_port.unwrap_or(local.port()), started_ns, pid: std::process::id() };
-    write_soft(&store.p("udp.json"), &serde_json::to_vec(&advert).expect("serialisable"))?;
+    write_replace(&store.p("udp.json"), &serde_json::to_vec(&advert).expect("serialisable"))?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let notify_socket = socket.try_clone()?;
     let (st, sd) = (store.clone(), shutdown.clone());
