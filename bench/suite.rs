@@ -378,20 +378,7 @@ fn udp_throughput(s: &Scale, http_polls_per_sec: f64) -> Row {
     use stubmail::protocol::udp::{self, PollEntry};
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "1e9", "--udp-burst", "1e9"]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (cookies, port) = rt.block_on(async {
-        let mut out = Vec::new();
-        let mut port = 0;
-        for i in 0..udp::MAX_COOKIES {
-            let me = Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), "http://127.0.0.1:9/").unwrap());
-            let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox.url(), me.clone()).unwrap();
-            let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()], device: Some("d".into()) };
-            let resp = c.poll(&req).await.unwrap();
-            port = resp.udp_port.unwrap();
-            out.push(resp.cookies[0].decode().unwrap());
-        }
-        (out, port)
-    });
+    let (cookies, port) = udp_cookies(&outbox.url(), udp::MAX_COOKIES);
     let stop = Instant::now() + Duration::from_secs_f64(s.udp_seconds);
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let threads: Vec<_> = (0..2)

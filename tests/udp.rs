@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -143,29 +142,6 @@ fn mail_arrives_when_half_the_datagrams_are_lost() {
     assert!(fw > 0 && dropped > 0);
 }
 
-/// Signed polls by `k` fresh recipients: their cookies and the UDP port.
-fn cookies(outbox_url: &str, k: usize) -> (Vec<(udp::CookieId, udp::CookieKey)>, u16) {
-    stubmail::client::init_tls();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut out = Vec::new();
-        let mut port = 0;
-        for i in 0..k {
-            let me = Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), "http://127.0.0.1:9/").unwrap());
-            let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), outbox_url, me.clone()).unwrap();
-            let req = stubmail::protocol::PollRequest {
-                senders: None,
-                certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()],
-                device: Some("d1".into()),
-            };
-            let resp = c.poll(&req).await.unwrap();
-            port = resp.udp_port.expect("the outbox announces its UDP port");
-            out.push(resp.cookies[0].decode().unwrap());
-        }
-        (out, port)
-    })
-}
-
 /// Bytes in and out of one exchange with the outbox's UDP service.
 struct Probe {
     sock: UdpSocket,
@@ -196,7 +172,7 @@ impl Probe {
 fn forged_replayed_guessed_and_oversized_datagrams_get_no_answer_and_no_answer_is_larger() {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "10000", "--udp-burst", "10000"]);
-    let (cs, port) = cookies(&outbox.url(), 30);
+    let (cs, port) = udp_cookies(&outbox.url(), 30);
     let advertised: u16 = outbox.server.stdout_after("post_manager udp on ").unwrap().rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(port, advertised);
     let mut p = Probe::new(port);
@@ -250,7 +226,7 @@ fn forged_replayed_guessed_and_oversized_datagrams_get_no_answer_and_no_answer_i
 fn one_source_gets_no_more_answers_than_its_rate_allows() {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "0.01", "--udp-burst", "3"]);
-    let (cs, port) = cookies(&outbox.url(), 1);
+    let (cs, port) = udp_cookies(&outbox.url(), 1);
     let (id, key) = cs[0];
     let mut p = Probe::new(port);
     let answered = (1..=10u64).filter(|c| p.ask(&udp::encode_poll(&[PollEntry::new(id, &key, *c)]).unwrap()).is_some()).count();

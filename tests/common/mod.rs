@@ -463,3 +463,26 @@ impl Drop for LossyUdp {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Signed polls by `k` fresh recipients: their cookies and the UDP port.
+pub fn udp_cookies(outbox_url: &str, k: usize) -> (Vec<(stubmail::protocol::udp::CookieId, stubmail::protocol::udp::CookieKey)>, u16) {
+    stubmail::client::init_tls();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        let mut port = 0;
+        for i in 0..k {
+            let me = std::sync::Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), "http://127.0.0.1:9/").unwrap());
+            let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), outbox_url, me.clone()).unwrap();
+            let req = stubmail::protocol::PollRequest {
+                senders: None,
+                certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()],
+                device: Some("d1".into()),
+            };
+            let resp = c.poll(&req).await.unwrap();
+            port = resp.udp_port.expect("the outbox announces its UDP port");
+            out.push(resp.cookies[0].decode().unwrap());
+        }
+        (out, port)
+    })
+}
