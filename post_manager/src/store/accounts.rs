@@ -1,0 +1,208 @@
+//! Accounts (`accounts/`): who may upload, their limits, cached usage,
+//! and the per-day recipient log (`rcptlog/`).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+use stubmail::fsutil::{self, fsync_dir};
+use stubmail::pgp;
+use stubmail::protocol::{self, Fpr};
+use stubmail::openpgp::Cert;
+
+use super::{Store, StoreError};
+
+/// An account's limits (`accounts/<FPR>.limits.json`; defaults if absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_messages: u64,
+    pub max_recipients_per_day: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bytes: 1 << 30, max_messages: 10_000, max_recipients_per_day: 1_000 }
+    }
+}
+
+pub(super) fn utc_day(now: i64) -> String {
+    stubmail::time::rfc3339(now)[..10].to_string()
+}
+
+impl Store {
+    /// Register a local user who may upload. The certificate must be usable.
+    pub fn add_account(&self, cert: &Cert) -> anyhow::Result<Fpr> {
+        pgp::check_contact(cert)?;
+        let f = pgp::fpr_of(cert);
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o644)?;
+        Ok(f)
+    }
+
+    /// Set an account's limits.
+    pub fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.limits.json")), &serde_json::to_vec_pretty(l).expect("serialisable"), 0o644)
+    }
+
+    pub fn limits(&self, f: &Fpr) -> Limits {
+        fs::read(self.p(&format!("accounts/{f}.limits.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Limits and usage of an account at `now`: stored bytes and messages
+    /// (counted from the store, so never out of step with it) and distinct
+    /// recipients of the UTC day.
+    pub fn account_status(&self, f: &Fpr, now: i64) -> Result<protocol::AccountStatus, StoreError> {
+        let l = self.limits(f);
+        let (bytes, messages) = self.usage(f)?;
+        Ok(protocol::AccountStatus {
+            fpr: Some(f.clone()),
+            bytes,
+            messages,
+            recipients_today: self.recipients_today(f, now)?.len() as u64,
+            max_bytes: l.max_bytes,
+            max_messages: l.max_messages,
+            max_recipients_per_day: l.max_recipients_per_day,
+        })
+    }
+
+    /// Bytes and messages an account stores now. Read from a cache,
+    /// `accounts/<FPR>.usage`, kept under the account's lock by uploads and
+    /// unsends; retention drops it for the accounts it touched, and a
+    /// missing or unreadable cache is recounted from the store (one stat
+    /// per message). Without the cache every upload and every SMTP
+    /// transaction paid that recount: quadratic in the account's size.
+    pub(super) fn usage(&self, f: &Fpr) -> io::Result<(u64, u64)> {
+        let cache = self.p(&format!("accounts/{f}.usage"));
+        if let Some(u) = fs::read_to_string(&cache).ok().and_then(|t| {
+            let (b, m) = t.trim().split_once(' ')?;
+            Some((b.parse().ok()?, m.parse().ok()?))
+        }) {
+            return Ok(u);
+        }
+        let u = self.count_usage(f)?;
+        self.write_usage(f, u)?;
+        Ok(u)
+    }
+
+    /// Soft state: not fsync'd; after a crash it is recounted or, at
+    /// worst, off by the last change until retention's next pass.
+    pub(super) fn write_usage(&self, f: &Fpr, (bytes, messages): (u64, u64)) -> io::Result<()> {
+        fsutil::write_replace(&self.p(&format!("accounts/{f}.usage")), format!("{bytes} {messages}\n").as_bytes())
+    }
+
+    /// Change the cached usage; the caller holds the account's lock.
+    pub(super) fn adjust_usage(&self, f: &Fpr, bytes: i64, messages: i64) -> io::Result<()> {
+        let (b, m) = self.usage(f)?;
+        self.write_usage(f, (b.saturating_add_signed(bytes), m.saturating_add_signed(messages)))
+    }
+
+    /// Drop the cache (it is recounted when next needed).
+    pub(super) fn forget_usage(&self, f: &Fpr) -> io::Result<()> {
+        let _account = self.lock(&format!("account-{f}"))?;
+        match fs::remove_file(self.p(&format!("accounts/{f}.usage"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Count an account's usage from the store itself.
+    pub(super) fn count_usage(&self, f: &Fpr) -> io::Result<(u64, u64)> {
+        let (mut bytes, mut messages) = (0, 0);
+        if let Ok(rd) = fs::read_dir(self.p(&format!("sent/{f}"))) {
+            for e in rd {
+                let name = e?.file_name();
+                let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
+                if let Ok(m) = fs::metadata(self.p(&format!("messages/{id}"))) {
+                    bytes += m.len();
+                    messages += 1;
+                }
+            }
+        }
+        Ok((bytes, messages))
+    }
+
+    pub(super) fn recipients_today(&self, f: &Fpr, now: i64) -> io::Result<std::collections::BTreeSet<String>> {
+        match fs::read_to_string(self.p(&format!("rcptlog/{f}/{}", utc_day(now)))) {
+            Ok(t) => Ok(t.lines().map(str::to_string).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn log_recipients(&self, f: &Fpr, now: i64, new: &[Fpr]) -> io::Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let dir = self.p(&format!("rcptlog/{f}"));
+        fs::create_dir_all(&dir)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(dir.join(utc_day(now)))?;
+        let text: String = new.iter().map(|r| format!("{r}\n")).collect();
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    }
+
+    pub fn remove_account(&self, f: &Fpr) -> io::Result<bool> {
+        let _ = fs::remove_file(self.p(&format!("accounts/{f}.usage")));
+        match fs::remove_file(self.p(&format!("accounts/{f}.pgp"))) {
+            Ok(()) => {
+                fsync_dir(&self.p("accounts"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn accounts(&self) -> io::Result<Vec<Cert>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(self.p("accounts"))? {
+            let p = e?.path();
+            // Only `<FPR>.pgp`: not limits files, not leftovers of a write
+            // a crash cut short.
+            if p.extension().and_then(|x| x.to_str()) != Some("pgp") || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            if let Some(c) = fs::read(&p).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next()) {
+                v.push(c);
+            }
+        }
+        Ok(v)
+    }
+
+    /// The certificate of an account, if `f` is one.
+    pub fn account(&self, f: &Fpr) -> Option<Cert> {
+        self.read_cert(&format!("accounts/{f}.pgp"))
+    }
+
+    /// Check an upload against the account's limits; returns the recipients
+    /// that are new today (to be logged once the upload is stored).
+    pub(super) fn check_limits(&self, sender: &Fpr, id: &str, size: u64, recipients: &[Fpr], now: i64) -> Result<Vec<Fpr>, StoreError> {
+        let l = self.limits(sender);
+        let (bytes, messages) = self.usage(sender)?;
+        let already = self.p(&format!("messages/{id}")).exists();
+        if !already && bytes + size > l.max_bytes {
+            return Err(StoreError::QuotaExceeded(format!(
+                "the account would hold {} bytes, over its quota of {}; unsend old messages or wait until they are fetched",
+                bytes + size,
+                l.max_bytes
+            )));
+        }
+        if !already && messages + 1 > l.max_messages {
+            return Err(StoreError::QuotaExceeded(format!("the account holds {messages} messages, its quota")));
+        }
+        let today = self.recipients_today(sender, now)?;
+        let new: Vec<Fpr> = recipients.iter().filter(|r| !today.contains(r.as_str())).cloned().collect();
+        let total = (today.len() + new.len()) as u64;
+        if total > l.max_recipients_per_day {
+            return Err(StoreError::RateLimited(format!(
+                "this would make {total} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
+                l.max_recipients_per_day
+            )));
+        }
+        Ok(new)
+    }
+
+}

@@ -1,0 +1,171 @@
+//! The store's behaviour across its areas.
+
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+use stubmail::protocol::{DeliveryState, Fpr};
+
+use super::*;
+
+fn fpr(c: char) -> Fpr {
+    Fpr::parse(&c.to_string().repeat(40)).unwrap()
+}
+
+fn id_of(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+#[test]
+fn put_poll_fetch_ack_status() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
+    let body = b"ciphertext".to_vec();
+    let id = id_of(&body);
+    let (st, created) = s.put(&a, &id, &[b.clone(), c.clone()], &mut &body[..], 100, 1000).unwrap();
+    assert!(created);
+    assert_eq!(st.recipients.len(), 2);
+    // Idempotent retry.
+    let (_, created) = s.put(&a, &id, std::slice::from_ref(&b), &mut &body[..], 100, 1001).unwrap();
+    assert!(!created);
+    assert_eq!(s.poll(&b, None, None).unwrap().len(), 1);
+    assert_eq!(s.poll(&b, Some(std::slice::from_ref(&c)), None).unwrap().len(), 0);
+    assert_eq!(s.poll(&a, None, None).unwrap().len(), 0);
+    let (mut f, n) = s.open_for(&b, &id).unwrap();
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!((got, n), (body.clone(), body.len() as u64));
+    assert!(matches!(s.open_for(&a, &id), Err(StoreError::NotFound)));
+    s.ack(&b, &id, None, 1002).unwrap();
+    s.ack(&b, &id, None, 1003).unwrap();
+    assert!(s.poll(&b, None, None).unwrap().is_empty());
+    let st = s.status(&a, &id).unwrap();
+    assert_eq!(st.recipients.iter().find(|r| r.fpr == b).unwrap().state, DeliveryState::Retrieved);
+    assert!(matches!(s.status(&b, &id), Err(StoreError::NotFound)));
+    assert_eq!(s.list(&a).unwrap().len(), 1);
+    // Unsend: C has not retrieved it; B keeps it.
+    let st = s.unsend(&a, &id, 1004).unwrap();
+    assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
+    assert!(s.poll(&c, None, None).unwrap().is_empty());
+    assert!(s.open_for(&c, &id).is_err());
+}
+
+#[test]
+fn cached_usage_follows_uploads_unsends_and_retention() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let a = fpr('A');
+    let check = |s: &Store| assert_eq!(s.usage(&a).unwrap(), s.count_usage(&a).unwrap());
+    let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
+    for b in &bodies {
+        s.put(&a, &id_of(b), &[fpr('B')], &mut &b[..], 1 << 20, 100).unwrap();
+        check(&s);
+    }
+    // A retried upload does not count twice.
+    s.put(&a, &id_of(&bodies[0]), &[fpr('B')], &mut &bodies[0][..], 1 << 20, 100).unwrap();
+    assert_eq!(s.usage(&a).unwrap(), (60, 5));
+    s.unsend(&a, &id_of(&bodies[1]), 101).unwrap();
+    check(&s);
+    s.ack(&fpr('B'), &id_of(&bodies[2]), None, 101).unwrap();
+    let r = Retention { pending_secs: 1000, keep_secs: 10, status_secs: 1000 };
+    assert_eq!(s.expire(200, r).unwrap().messages_deleted, 1);
+    check(&s);
+    assert_eq!(s.usage(&a).unwrap(), (60 - 11 - 12, 3));
+    // A lost or garbled cache is recounted.
+    std::fs::write(d.path().join(format!("accounts/{a}.usage")), "garbage").unwrap();
+    check(&s);
+}
+
+#[test]
+fn quotas_and_daily_recipients() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    s.set_limits(&fpr('A'), &Limits { max_bytes: 25, max_messages: 2, max_recipients_per_day: 2 }).unwrap();
+    let m = |b: &[u8]| (id_of(b), b.to_vec());
+    let (id1, b1) = m(b"0123456789");
+    s.put(&fpr('A'), &id1, &[fpr('B')], &mut &b1[..], 100, 86400).unwrap();
+    // A third distinct recipient today: refused; the same two: fine.
+    let (id2, b2) = m(b"abcdefghij");
+    assert!(matches!(s.put(&fpr('A'), &id2, &[fpr('C'), fpr('D')], &mut &b2[..], 100, 86401), Err(StoreError::RateLimited(_))));
+    s.put(&fpr('A'), &id2, &[fpr('B'), fpr('C')], &mut &b2[..], 100, 86402).unwrap();
+    // Over the byte quota, and the message count.
+    let (id3, b3) = m(b"klmnopqrst");
+    assert!(matches!(s.put(&fpr('A'), &id3, &[fpr('B')], &mut &b3[..], 100, 86403), Err(StoreError::QuotaExceeded(_))));
+    assert!(!d.path().join("messages").join(&id3).exists());
+    let st = s.account_status(&fpr('A'), 86404).unwrap();
+    assert_eq!((st.bytes, st.messages, st.recipients_today), (20, 2, 2));
+    // A new day, and space freed by unsend: accepted again.
+    s.unsend(&fpr('A'), &id1, 86405).unwrap();
+    s.put(&fpr('A'), &id3, &[fpr('D')], &mut &b3[..], 100, 2 * 86400).unwrap();
+    // Re-uploading what is already stored never counts twice.
+    s.put(&fpr('A'), &id3, &[fpr('D')], &mut &b3[..], 100, 2 * 86400).unwrap();
+}
+
+#[test]
+fn retention_expires_deletes_and_forgets() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let r = Retention { pending_secs: 100, keep_secs: 10, status_secs: 50 };
+    let body = b"m".to_vec();
+    let id = id_of(&body);
+    s.put(&fpr('A'), &id, &[fpr('B'), fpr('C')], &mut &body[..], 10, 1000).unwrap();
+    s.ack(&fpr('B'), &id, None, 1050).unwrap();
+    assert_eq!(s.expire(1090, r).unwrap(), Expired::default(), "C still has time");
+    assert_eq!(s.expire(1101, r).unwrap().recipients_expired, 1);
+    let st = s.status(&fpr('A'), &id).unwrap();
+    assert_eq!(st.recipients.iter().find(|x| x.fpr == fpr('C')).unwrap().state, DeliveryState::Expired);
+    assert!(s.poll(&fpr('C'), None, None).unwrap().is_empty());
+    assert!(s.open_for(&fpr('B'), &id).is_ok(), "kept a while after settling");
+    assert_eq!(s.expire(1112, r).unwrap().messages_deleted, 1);
+    assert!(s.open_for(&fpr('B'), &id).is_err());
+    assert!(s.status(&fpr('A'), &id).is_ok(), "the status outlives the bytes");
+    assert_eq!(s.expire(1162, r).unwrap().statuses_dropped, 1);
+    assert!(s.status(&fpr('A'), &id).is_err());
+    assert!(s.list(&fpr('A')).unwrap().is_empty());
+}
+
+#[test]
+fn every_device_gets_every_message() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let body = b"z".to_vec();
+    let id = id_of(&body);
+    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 10, 1).unwrap();
+    assert_eq!(s.poll(&fpr('B'), None, Some("laptop")).unwrap().len(), 1);
+    s.ack(&fpr('B'), &id, Some("laptop"), 2).unwrap();
+    assert!(s.poll(&fpr('B'), None, Some("laptop")).unwrap().is_empty());
+    assert_eq!(s.poll(&fpr('B'), None, Some("desktop")).unwrap().len(), 1, "the other device still sees it");
+    assert!(s.open_for(&fpr('B'), &id).is_ok());
+    s.ack(&fpr('B'), &id, Some("desktop"), 3).unwrap();
+    assert!(s.poll(&fpr('B'), None, Some("desktop")).unwrap().is_empty());
+    assert_eq!(s.status(&fpr('A'), &id).unwrap().recipients[0].state, DeliveryState::Retrieved);
+}
+
+#[test]
+fn bad_uploads_store_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let body = b"x".repeat(1000);
+    let id = id_of(&body);
+    assert!(matches!(s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 999, 1), Err(StoreError::TooLarge(_))));
+    let wrong = id_of(b"other");
+    assert!(matches!(s.put(&fpr('A'), &wrong, &[fpr('B')], &mut &body[..], 9999, 1), Err(StoreError::DigestMismatch { .. })));
+    for dir in ["messages", "meta", "tmp", "inbox"] {
+        assert_eq!(fs::read_dir(d.path().join(dir)).unwrap().count(), 0, "{dir}");
+    }
+    // Another sender cannot take over an id.
+    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 9999, 1).unwrap();
+    assert!(matches!(s.put(&fpr('C'), &id, &[fpr('B')], &mut &body[..], 9999, 1), Err(StoreError::Conflict)));
+}
+
+#[test]
+fn unsend_before_retrieval_deletes_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let body = b"y".to_vec();
+    let id = id_of(&body);
+    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 10, 1).unwrap();
+    assert!(matches!(s.unsend(&fpr('B'), &id, 2), Err(StoreError::NotFound)));
+    s.unsend(&fpr('A'), &id, 2).unwrap();
+    assert!(!d.path().join("messages").join(&id).exists());
+}
