@@ -18,7 +18,9 @@ use rand::{Rng, SeedableRng};
 
 /// One SMTP transaction over a fresh connection; Ok(true) only on 250
 /// after DATA. Any failure (the server was killed) is Ok(false)/Err.
-fn send(port: u16, subject: &str) -> std::io::Result<bool> {
+/// One SMTP transaction by hand (AUTH PLAIN with `auth`, the base64 of
+/// `\0user\0password`); Ok(true) only on `250` after DATA.
+fn send(port: u16, auth: &str, subject: &str) -> std::io::Result<bool> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = s.try_clone()?;
@@ -37,6 +39,7 @@ fn send(port: u16, subject: &str) -> std::io::Result<bool> {
     reply()?;
     for (cmd, want) in [
         ("EHLO crash\r\n".to_string(), "250"),
+        (format!("AUTH PLAIN {auth}\r\n"), "235"),
         ("MAIL FROM:<alice@example.org>\r\n".into(), "250"),
         ("RCPT TO:<bob@example.net>\r\n".into(), "250"),
         ("DATA\r\n".into(), "354"),
@@ -91,6 +94,11 @@ fn trial(seed: u64, messages: usize) {
         pop3.insert("password".into(), "x".into());
         table(t, "poll").insert("pop3".into(), pop3.into());
     });
+    let (user, pass) = alice.smtp_login().expect("an SMTP password");
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))
+    };
     let start_smtp = || {
         let mut c = bin_cmd("smtp2stub");
         c.arg("--home").arg(&alice.home).args(["--listen", &format!("127.0.0.1:{smtp_port}")]);
@@ -126,7 +134,7 @@ fn trial(seed: u64, messages: usize) {
         });
         for i in 0..messages {
             let subject = format!("crash-{seed}-{i}");
-            match send(smtp_port, &subject) {
+            match send(smtp_port, &auth, &subject) {
                 Ok(true) => accepted.push(subject),
                 Ok(false) => {}
                 // Killed mid-transaction or not yet back: not accepted.

@@ -62,10 +62,12 @@ fn swaks_pipelined_submission_and_no_open_relay() {
     let p = pair();
     let smtp = p.alice.smtp2stub(p.root.path());
     let port = smtp.port().to_string();
+    let (user, pass) = p.alice.smtp_login().expect("stubmail init made an SMTP password");
+    let auth = ["--auth", "PLAIN", "--auth-user", user.as_str(), "--auth-password", pass.as_str()];
     let out = ok(Command::new(&swaks).args([
         "--server", "127.0.0.1", "--port", &port, "--pipeline", "--from", "alice@example.org", "--to",
         "bob@example.net", "--header", "Subject: via swaks", "--body", "pipelined body",
-    ]));
+    ]).args(auth));
     let text = stdout(&out);
     assert!(text.contains("250-PIPELINING") && !text.contains("<** "), "{text}");
     assert!(text.contains("250 2.0.0 OK: queued as"), "{text}");
@@ -73,12 +75,14 @@ fn swaks_pipelined_submission_and_no_open_relay() {
     // Never an open relay: a foreign sender and an unknown recipient are refused.
     let out = Command::new(&swaks)
         .args(["--server", "127.0.0.1", "--port", &port, "--from", "mallory@evil.example", "--to", "bob@example.net"])
+        .args(auth)
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("550 5.7.1"), "{}", String::from_utf8_lossy(&out.stdout));
     let out = Command::new(&swaks)
         .args(["--server", "127.0.0.1", "--port", &port, "--from", "alice@example.org", "--to", "victim@elsewhere.example"])
+        .args(auth)
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("550 5.1.1"), "{}", String::from_utf8_lossy(&out.stdout));

@@ -29,7 +29,9 @@ fn small_spool_smtp2stub(root: &std::path::Path, alice: &User) -> Server {
         .arg(&alice.home)
         .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info");
-    Server::start("smtp2stub-small-spool", c, root)
+    let s = Server::start("smtp2stub-small-spool", c, root);
+    register_smtp_login(s.port(), alice.smtp_login().expect("an SMTP password"));
+    s
 }
 
 /// Alice (outbox on a port where nothing listens yet) and Bob.
@@ -54,7 +56,7 @@ fn a_write_error_during_data_gives_452_and_the_session_goes_on() {
     let smtp = small_spool_smtp2stub(root.path(), &alice);
     let script = r#"
 import smtplib, sys
-s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=60)
+s = login_smtp("127.0.0.1", int(sys.argv[1]), timeout=60)
 big = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 30000
 try:
     s.sendmail("alice@example.org", ["bob@example.net"], big); print("big:250")
@@ -91,7 +93,7 @@ fn a_full_spool_gives_temporary_errors_and_loses_nothing() {
 import smtplib, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 line = b"x" * 70 + b"\r\n"
-s = smtplib.SMTP("127.0.0.1", port, timeout=60)
+s = login_smtp("127.0.0.1", port, timeout=60)
 codes = []
 for i in range(n):
     msg = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: full-" + str(i).encode() + b"\r\n\r\n" + line * 1400
@@ -157,6 +159,7 @@ fn a_clock_beyond_the_window_gives_temporary_errors_and_recovers_by_itself() {
     let mut c = bin_cmd("smtp2stub");
     c.arg("--home").arg(&p.alice.home).args(["--listen", "127.0.0.1:0"]);
     let smtp = Server::start("smtp2stub-fast-clock", skewed("+900s", c), p.root.path());
+    register_smtp_login(smtp.port(), p.alice.smtp_login().expect("an SMTP password"));
     let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: skew\r\n\r\nlate but whole\r\n";
     let reply = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap();
     assert!(reply.starts_with("250"), "accepted into the spool: {reply}");

@@ -70,7 +70,7 @@ fn smtp_slowloris_takes_only_its_share() {
     // A client from another address sends mail as if nothing happened.
     let script = r#"
 import smtplib, sys
-s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30, source_address=("127.0.0.2", 0))
+s = login_smtp("127.0.0.1", int(sys.argv[1]), timeout=30, source_address=("127.0.0.2", 0))
 s.sendmail("alice@example.org", ["bob@example.net"], b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: despite slowloris\r\n\r\nhi\r\n")
 s.quit()
 print("sent")

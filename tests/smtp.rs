@@ -22,7 +22,7 @@ fn smtplib_with_8bitmime_and_an_smtputf8_address() {
     let smtp = s.alice.smtp2stub(s.root.path());
     let script = r#"
 import smtplib, sys
-s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]))
+s = login_smtp("127.0.0.1", int(sys.argv[1]))
 s.ehlo()
 assert s.has_extn("smtputf8") and s.has_extn("8bitmime"), s.esmtp_features
 msg = "From: Alíce <alíce@example.org>\r\nTo: bob@example.net\r\nSubject: Grüße\r\n\r\nÜmlaut body\r\n".encode()
@@ -43,6 +43,10 @@ s.quit()
 fn smtp_source_many_concurrent_sessions() {
     let source = require("smtp-source");
     let s = setup(true);
+    // smtp-source cannot AUTH: the documented opt-out for single-user machines.
+    s.alice.edit_config(|t| {
+        table(t, "smtp").insert("auth".into(), "loopback-open".into());
+    });
     let smtp = s.alice.smtp2stub(s.root.path());
     let out = ok(Command::new(source).args([
         "-s", "10", "-m", "100", "-l", "4096", "-f", "alice@example.org", "-t", "bob@example.net", "-M", "client.test",
@@ -198,7 +202,8 @@ assert s.has_extn("auth") and not s.has_extn("starttls"), s.esmtp_features
 try:
     s.login("alice@example.org", "wrong"); raise SystemExit("wrong password accepted")
 except smtplib.SMTPAuthenticationError as e:
-    assert e.smtp_code == 535
+    assert e.smtp_code in (535, 454)  # PLAIN, then LOGIN (held at once)
+import time; time.sleep(0.3)  # a failure holds the next login for 0.25 s
 s.login("alice@example.org", "correct horse")
 s.sendmail("alice@example.org", ["bob@example.net"], b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: tls\r\n\r\nsecret\r\n")
 s.quit()
@@ -306,4 +311,70 @@ fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
     let err = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], &big).unwrap_err();
     assert!(err.contains("552") && err.contains("over its quota"), "{err}");
     assert_eq!(alice.status_json().as_array().unwrap().len(), 1, "the refused message was not queued");
+}
+
+/// Eve's Web Key Directory serves her certificate with a second User ID,
+/// Bob's address. Looking up eve@evil.example must not make that key speak
+/// for bob@example.net: only Eve's User ID is kept, and mail to Bob is
+/// never encrypted to Eve.
+#[test]
+fn a_wkd_key_claiming_someone_elses_address_speaks_only_for_its_own() {
+    use stubmail::openpgp::serialize::SerializeInto;
+    use stubmail::openpgp::{packet::signature::SignatureBuilder, packet::UserID, types::SignatureType, Packet};
+    let s = setup(false);
+    let eve = stubmail::Identity::generate(Some("Eve"), "eve@evil.example", &s.outbox.url()).unwrap();
+    let cert = eve.cert();
+    let mut kp = eve.signing_keypair().unwrap();
+    let uid = UserID::from("Bob <bob@example.net>");
+    let template = SignatureBuilder::new(SignatureType::PositiveCertification)
+        .set_notation(
+            stubmail::pgp::OUTBOX_NOTATION,
+            s.outbox.url().as_bytes(),
+            stubmail::openpgp::packet::signature::subpacket::NotationDataFlags::empty().set_human_readable(),
+            false,
+        )
+        .unwrap();
+    let sig = uid.bind(&mut kp, &cert, template).unwrap();
+    let two = cert.insert_packets(vec![Packet::from(uid), sig.into()]).unwrap().0;
+    assert_eq!(stubmail::pgp::emails_of(&two).len(), 2);
+    // A static WKD (direct method) served by Python's http.server.
+    let www = s.root.path().join("eve-wkd");
+    let hu = www.join(".well-known/openpgpkey/hu");
+    std::fs::create_dir_all(&hu).unwrap();
+    std::fs::write(hu.join(stubmail::wkd::local_hash("eve")), two.to_vec().unwrap()).unwrap();
+    let port = free_port();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _wkd = Killed(
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(&www)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the WKD server", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    s.alice.edit_config(|t| {
+        let d = table(t, "discovery");
+        d.insert("wkd".into(), true.into());
+        let mut servers = toml::Table::new();
+        servers.insert("evil.example".into(), format!("http://127.0.0.1:{port}/").into());
+        d.insert("wkd_servers".into(), servers.into());
+        d.insert("timeout_secs".into(), 2.into());
+    });
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: alice@example.org\r\nTo: eve@evil.example\r\nSubject: hi Eve\r\n\r\nhello\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["eve@evil.example"], msg).unwrap().starts_with("250"));
+    let list = stdout(&ok(s.alice.stubmail().args(["keys", "list"])));
+    assert!(list.contains(eve.fpr().as_str()) && list.contains("eve@evil.example"), "{list}");
+    assert!(!list.contains("bob@example.net"), "Eve's key does not speak for Bob: {list}");
+    // Mail to Bob is not routed to Eve's key (Alice has no key for Bob).
+    let err = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
+    assert!(err.contains("RCPT 550"), "{err}");
 }

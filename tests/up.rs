@@ -27,6 +27,11 @@ fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
     user.edit_config(|t| {
         table(t, "discovery").insert("wkd".into(), false.into());
     });
+    // AUTH is required on loopback too; `up` prints the password it made.
+    let (login, pass) = user.smtp_login().expect("up made an SMTP password");
+    let printed = server.stdout_after("Outgoing (SMTP):").expect("up prints the mail-client settings");
+    assert!(printed.contains(&format!("user {login}")) && printed.contains(&format!("password {pass}")), "{printed}");
+    register_smtp_login(smtp, (login, pass));
     Node { user, server, smtp, pop3 }
 }
 

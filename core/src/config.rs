@@ -63,6 +63,36 @@ impl Home {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid config: {e}", p.display()))
     }
 
+    /// Write `config.toml` (0600: it holds the mail-client passwords).
+    pub fn save_config(&self, config: &Config) -> anyhow::Result<()> {
+        let text = format!("# Stubmail configuration. See README.md.\n{}", toml::to_string_pretty(config)?);
+        crate::fsutil::write_atomic(&self.config_file(), text.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// Read `config.toml` and give it the SMTP password it lacks (a home
+    /// made before AUTH was required on loopback), and with `pop3` the POP3
+    /// one, saving it and saying so on stderr: the user's mail client
+    /// needs the new password.
+    pub fn load_config_with_passwords(&self, pop3: bool) -> anyhow::Result<Config> {
+        let mut c = self.load_config()?;
+        let mut made = c.ensure_smtp_password();
+        if pop3 {
+            made.extend(c.ensure_pop3_password());
+        }
+        if !made.is_empty() {
+            self.save_config(&c)?;
+            for what in made {
+                eprintln!(
+                    "stubmail: generated a password for {what} and stored it in {} (mode 0600); \
+                     your mail client needs it: `stubmail identity show` prints the settings",
+                    self.config_file().display()
+                );
+            }
+        }
+        Ok(c)
+    }
+
     /// The user's identity (secret key), refusing loose permissions.
     pub fn load_identity(&self) -> anyhow::Result<crate::Identity> {
         Ok(crate::Identity::load(&self.secret_key())?)
@@ -165,7 +195,7 @@ pub struct SmtpConfig {
     /// keeping room to encrypt and send what is queued (like Postfix's
     /// queue_minfree).
     pub min_free_bytes: u64,
-    /// AUTH policy: `auto` requires it on non-loopback addresses only.
+    /// AUTH policy: `always` (default), `tls` or `loopback-open`; see [`AuthPolicy`].
     pub auth: AuthPolicy,
     /// User name for AUTH PLAIN/LOGIN (default: the email address).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,7 +217,7 @@ impl Default for SmtpConfig {
             listen: "127.0.0.1:2525".parse().unwrap(),
             max_message_size: 50 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,
-            auth: AuthPolicy::Auto,
+            auth: AuthPolicy::Always,
             username: None,
             password: None,
             tls_cert: None,
@@ -196,13 +226,25 @@ impl Default for SmtpConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthPolicy {
-    /// Required off loopback, not needed on loopback.
-    Auto,
-    /// Always required (and only after STARTTLS).
-    Required,
+    /// AUTH on every listener, loopback included (the default): any local
+    /// user, and any program or web page that can reach 127.0.0.1, could
+    /// otherwise send mail signed as you. On loopback the password may be
+    /// sent without TLS (it never leaves the machine); elsewhere only after
+    /// STARTTLS. `auto`, the old default (no AUTH on loopback), now means
+    /// this.
+    #[default]
+    #[serde(alias = "auto")]
+    Always,
+    /// AUTH only after STARTTLS, on every listener (`required` before).
+    #[serde(alias = "required")]
+    Tls,
+    /// No AUTH on loopback listeners (AUTH still required elsewhere). Only
+    /// for a machine where no other user and no untrusted program runs:
+    /// anything that can connect to the port sends as you.
+    LoopbackOpen,
 }
 
 /// The smarthost for recipients without a Stubmail key.
@@ -262,6 +304,14 @@ pub struct PollConfig {
     pub interval_secs: u64,
     /// Largest message fetched, in bytes.
     pub max_message_size: u64,
+    /// Largest message once decrypted and decompressed, in bytes: a few KB
+    /// of compressed OpenPGP can expand to gigabytes, and a message is
+    /// written out before its signature (at its end) is checked.
+    pub max_decrypted_size: u64,
+    /// Name of this machine in trace headers: the authserv-id of the
+    /// `Authentication-Results` http2mbox adds (default: the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     /// Seconds to wait on one outbox (connect, and each read) before giving
     /// up on it for this cycle; a slow outbox never delays the others.
     pub timeout_secs: u64,
@@ -328,6 +378,8 @@ impl Default for PollConfig {
             maildir: PathBuf::from("Maildir"),
             interval_secs: 300,
             max_message_size: 1 << 30,
+            max_decrypted_size: 256 << 20,
+            hostname: None,
             timeout_secs: 60,
             outboxes: Default::default(),
             deliver: Delivery::Maildir,
@@ -340,6 +392,15 @@ impl Default for PollConfig {
     }
 }
 
+/// 16 characters from an alphabet without look-alikes (80 bits), easy to
+/// type into a mail client.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut r = rand::rng();
+    (0..16).map(|_| CHARS[r.random_range(0..CHARS.len())] as char).collect()
+}
+
 impl Config {
     pub fn new(email: &str, outbox: &str) -> Config {
         Config {
@@ -350,6 +411,36 @@ impl Config {
             discovery: DiscoveryConfig::default(),
             notify: NotifyConfig::default(),
         }
+    }
+
+    /// Give smtp2stub a random password if it has none (AUTH is required
+    /// on every listener); returns what was generated.
+    pub fn ensure_smtp_password(&mut self) -> Vec<&'static str> {
+        if self.smtp.password.is_some() {
+            return vec![];
+        }
+        self.smtp.password = Some(Secret::new(random_password()));
+        vec!["smtp.password"]
+    }
+
+    /// Give POP3 a random password if it has none (which turns POP3 on in
+    /// http2mbox: `stubmail up` serves it).
+    pub fn ensure_pop3_password(&mut self) -> Vec<&'static str> {
+        if self.poll.pop3.password.is_some() {
+            return vec![];
+        }
+        self.poll.pop3.password = Some(Secret::new(random_password()));
+        vec!["poll.pop3.password"]
+    }
+
+    /// The user name mail clients log in with (SMTP and POP3).
+    pub fn smtp_username(&self) -> String {
+        self.smtp.username.clone().unwrap_or_else(|| self.identity.email.clone())
+    }
+
+    /// The user name mail clients log in to POP3 with.
+    pub fn pop3_username(&self) -> String {
+        self.poll.pop3.username.clone().unwrap_or_else(|| self.identity.email.clone())
     }
 
     /// Every address this user may send as, lower-cased.

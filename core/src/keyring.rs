@@ -19,6 +19,12 @@ pub enum KeyringError {
     NotFound(String),
     #[error("{0:?} matches several contacts; name one by its full fingerprint")]
     Ambiguous(String),
+    #[error(
+        "<{address}> already belongs to contact {old}, and certificate {new} claims it too: one address, one contact. \
+         If {new} is now the right key for <{address}> (say, a new key), import it with `stubmail keys import --replace FILE`, \
+         which removes {old}; otherwise keep the contact you have"
+    )]
+    AddressTaken { address: String, old: Fpr, new: Fpr },
 }
 
 /// A directory of certificates, `<FINGERPRINT>.pgp` each (binary).
@@ -73,10 +79,53 @@ impl Keyring {
     /// changes. An already-known certificate is merged whatever its state,
     /// so a contact's revocation is always taken (and the contact is then
     /// no longer polled nor sent to).
+    ///
+    /// One address, one contact: a certificate (or the merge of an update
+    /// into a known one) that claims an address already bound to another
+    /// usable contact is refused, naming both, unless `replace` says to
+    /// remove the other contact.
     pub fn import(&self, certs: Vec<Cert>) -> Result<Vec<Cert>, KeyringError> {
+        self.import_with(certs, false)
+    }
+
+    /// [`Keyring::import`], removing the contacts whose addresses the new
+    /// certificates claim (`stubmail keys import --replace`).
+    pub fn import_replacing(&self, certs: Vec<Cert>) -> Result<Vec<Cert>, KeyringError> {
+        self.import_with(certs, true)
+    }
+
+    fn import_with(&self, certs: Vec<Cert>, replace: bool) -> Result<Vec<Cert>, KeyringError> {
         for c in &certs {
             if self.get(&pgp::fpr_of(c))?.is_none() {
                 pgp::check_contact(c)?;
+            }
+        }
+        // Who holds which address now (usable contacts only: a revoked or
+        // expired key speaks for nobody).
+        let mut owner: std::collections::BTreeMap<String, Fpr> = Default::default();
+        for c in self.all()? {
+            if let Ok(emails) = pgp::check_contact(&c) {
+                for e in emails {
+                    owner.insert(e, pgp::fpr_of(&c));
+                }
+            }
+        }
+        let mut remove = Vec::new();
+        for c in &certs {
+            let f = pgp::fpr_of(c);
+            let claimed = match self.get(&f)? {
+                Some(old) => pgp::emails_of(&old.merge_public(c.clone()).map_err(PgpError::from)?),
+                None => pgp::emails_of(c),
+            };
+            for address in claimed {
+                match owner.get(&address) {
+                    Some(old) if *old != f && replace => remove.push(old.clone()),
+                    Some(old) if *old != f => return Err(KeyringError::AddressTaken { address, old: old.clone(), new: f }),
+                    _ => {
+                        // Also between the certificates of this one import.
+                        owner.insert(address, f.clone());
+                    }
+                }
             }
         }
         crate::fsutil::ensure_dir(&self.dir).map_err(|e| self.io(e))?;
@@ -91,6 +140,13 @@ impl Keyring {
             crate::fsutil::write_atomic(&self.file(&f), &pgp::binary(&merged)?, 0o644).map_err(|e| self.io(e))?;
             done.push(merged);
         }
+        for f in remove {
+            if self.get(&f)?.is_some() {
+                std::fs::remove_file(self.file(&f)).map_err(|e| self.io(e))?;
+                let _ = std::fs::remove_file(self.dir.join(format!("{f}.discovered")));
+            }
+        }
+        crate::fsutil::fsync_dir(&self.dir).map_err(|e| self.io(e))?;
         Ok(done)
     }
 
@@ -184,6 +240,39 @@ mod tests {
         k.remove(b.fpr().as_str()).unwrap();
         assert!(k.all().unwrap().is_empty());
         assert!(matches!(k.remove("bob@example.net"), Err(KeyringError::NotFound(_))));
+    }
+
+    #[test]
+    fn one_address_one_contact_unless_replaced() {
+        use sequoia_openpgp::cert::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path().join("kr"));
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        k.import(vec![alice.cert()]).unwrap();
+        // Eve's key also claims alice@example.org: refused, naming both.
+        let (eve, _) = CertBuilder::general_purpose(["<eve@evil.example>", "<Alice@Example.org>"]).generate().unwrap();
+        let e = k.import(vec![eve.clone()]).unwrap_err().to_string();
+        assert!(e.contains(alice.fpr().as_str()) && e.contains(pgp::fpr_of(&eve).as_str()) && e.contains("--replace"), "{e}");
+        assert_eq!(k.all().unwrap().len(), 1, "nothing changed");
+        // Two new certificates claiming one address in one import: refused.
+        let (x, _) = CertBuilder::general_purpose(["<x@example.org>"]).generate().unwrap();
+        let (y, _) = CertBuilder::general_purpose(["<x@example.org>"]).generate().unwrap();
+        assert!(k.import(vec![x, y]).is_err());
+        assert_eq!(k.all().unwrap().len(), 1);
+        // An update of a known contact may not add someone else's address.
+        let (bob, _) = CertBuilder::general_purpose(["<bob@example.net>"]).generate().unwrap();
+        k.import(vec![bob.clone()]).unwrap();
+        let mut kp = bob.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+        let uid = sequoia_openpgp::packet::UserID::from("<alice@example.org>");
+        let sig = uid.bind(&mut kp, &bob, sequoia_openpgp::packet::signature::SignatureBuilder::new(sequoia_openpgp::types::SignatureType::PositiveCertification)).unwrap();
+        let bob2 = bob.clone().insert_packets(vec![sequoia_openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+        assert!(matches!(k.import(vec![bob2]), Err(KeyringError::AddressTaken { .. })));
+        assert_eq!(k.by_email("alice@example.org").unwrap().len(), 1);
+        // Said explicitly: the new key replaces the old contact.
+        let alice2 = Identity::generate(None, "alice@example.org", "http://a2/").unwrap();
+        k.import_replacing(vec![alice2.cert()]).unwrap();
+        let now: Vec<_> = k.by_email("alice@example.org").unwrap().iter().map(pgp::fpr_of).collect();
+        assert_eq!(now, vec![alice2.fpr()]);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod fsutil;
+pub mod guard;
 pub mod help;
 pub mod keyring;
 pub mod logging;

@@ -63,6 +63,31 @@ pub fn remove_fields(header: &[u8], names: &[&str]) -> Vec<u8> {
     out
 }
 
+/// Remove every field for which `drop(name, value)` says so (the value
+/// with its continuation lines), from a header block.
+pub fn remove_fields_where(header: &[u8], mut drop: impl FnMut(&[u8], &[u8]) -> bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len());
+    let lines: Vec<&[u8]> = header.split_inclusive(|&b| b == b'\n').collect();
+    let mut i = 0;
+    while i < lines.len() {
+        // One field: its first line and the continuation lines after it.
+        let mut j = i + 1;
+        while j < lines.len() && matches!(lines[j].first(), Some(b' ' | b'\t')) {
+            j += 1;
+        }
+        let field: Vec<u8> = lines[i..j].concat();
+        let skip = match field.iter().position(|&b| b == b':') {
+            Some(c) if !matches!(lines[i].first(), Some(b' ' | b'\t')) => drop(field[..c].trim_ascii(), &field[c + 1..]),
+            _ => false,
+        };
+        if !skip {
+            out.extend_from_slice(&field);
+        }
+        i = j;
+    }
+    out
+}
+
 /// Lower-cased addresses in the given address fields (e.g. To, Cc).
 pub fn addresses(header: &[u8], fields: &[&str]) -> Vec<String> {
     let Some(msg) = mail_parser::MessageParser::default().parse_headers(header) else { return vec![] };

@@ -166,7 +166,8 @@ impl Identity {
         fpr_of(&self.cert)
     }
 
-    fn signing_keypair(&self) -> Result<KeyPair> {
+    /// The signing key pair (for building OpenPGP messages, e.g. in tests).
+    pub fn signing_keypair(&self) -> Result<KeyPair> {
         let ka = self
             .cert
             .keys()
@@ -269,6 +270,22 @@ pub fn emails_of(cert: &Cert) -> Vec<String> {
         .collect();
     v.dedup();
     v
+}
+
+/// The certificate with only the User IDs whose email is `email`
+/// (lower-cased compare): what a key found by looking `email` up (WKD) may
+/// speak for, as `gpg --locate-keys` keeps only the matching User ID.
+/// `None` if no User ID carries exactly that address.
+pub fn only_userid_for(cert: Cert, email: &str) -> Option<Cert> {
+    let want = email.to_ascii_lowercase();
+    let matches = |u: &openpgp::packet::UserID| u.email().ok().flatten().is_some_and(|e| e.to_ascii_lowercase() == want);
+    if !cert.userids().any(|u| matches(u.userid())) {
+        return None;
+    }
+    let kept = cert.retain_userids(|u| matches(u.userid()));
+    // Attributes (photos) speak for no address either.
+    let kept = kept.retain_user_attributes(|_| false);
+    emails_of(&kept).contains(&want).then_some(kept)
 }
 
 /// A human-readable notation the owner bound on a self-signed User ID

@@ -89,10 +89,14 @@ pub async fn lookup(http: &reqwest::Client, address: &str, base: Option<&str>, t
         if body.len() > 1024 * 1024 {
             continue;
         }
+        // A certificate found for `want` speaks for `want` only: its other
+        // User IDs (say, someone else's address) are dropped, and one
+        // without a User ID of exactly `want` is no answer at all.
         let certs: Vec<Cert> = pgp::parse_certs(&body)
             .unwrap_or_default()
             .into_iter()
-            .filter(|c| pgp::check_contact(c).is_ok_and(|e| e.contains(&want)))
+            .filter_map(|c| pgp::only_userid_for(c, &want))
+            .filter(|c| pgp::check_contact(c).is_ok())
             .collect();
         if !certs.is_empty() {
             return certs;
@@ -104,6 +108,15 @@ pub async fn lookup(http: &reqwest::Client, address: &str, base: Option<&str>, t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wkd_key_with_someone_elses_user_id_speaks_only_for_the_address_looked_up() {
+        use sequoia_openpgp::cert::prelude::*;
+        let (eve, _) = CertBuilder::general_purpose(["<eve@evil.example>", "Alice <alice@example.org>"]).generate().unwrap();
+        let kept = pgp::only_userid_for(eve.clone(), "Eve@Evil.Example").unwrap();
+        assert_eq!(pgp::emails_of(&kept), vec!["eve@evil.example"]);
+        assert!(pgp::only_userid_for(eve, "bob@example.net").is_none(), "no User ID with the address: no answer");
+    }
 
     #[test]
     fn hash_matches_the_draft_example() {

@@ -39,6 +39,7 @@ fuzz_target!(|input: &[u8]| {
         tls: None,
         require_tls: false,
         on_login: None,
+        throttle: Default::default(),
     });
     let output = duplex::dialogue(input, |server| async move {
         let _ = serve(server, "127.0.0.1:1".into(), ctx).await;

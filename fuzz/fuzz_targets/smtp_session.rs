@@ -34,7 +34,7 @@ static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| tempfile::tempdir().u
 
 fuzz_target!(|input: &[u8]| {
     let ctx = Ctx {
-        config: SessionConfig { max_size: 64 * 1024, min_free_bytes: 0, ..SessionConfig::default() },
+        config: SessionConfig { max_size: 64 * 1024, min_free_bytes: 0, auth_required: false, ..SessionConfig::default() },
         policy: AnyPolicy,
         spool: Spool::open(DIR.path()).unwrap(),
         accepted: Arc::new(tokio::sync::Notify::new()),

@@ -36,11 +36,48 @@ pub struct Incoming<'a> {
     pub staged: &'a Path,
     pub id: &'a str,
     pub outbox_host: &'a str,
+    /// This machine's name: the authserv-id of our Authentication-Results.
     pub hostname: &'a str,
+    /// Largest decrypted (decompressed) message written: a few KB of
+    /// compressed OpenPGP can expand to gigabytes.
+    pub max_plain: u64,
+    /// Which contacts claim each address (lower-cased): `from=pass` needs
+    /// the From: address to be the signer's and no other contact's.
+    pub claims: &'a Claims,
 }
 
-/// Largest header block read into memory to check the From: field.
+/// Address → the contacts whose certificates claim it.
+pub type Claims = std::collections::BTreeMap<String, Vec<stubmail::protocol::Fpr>>;
+
+/// Largest header block: the From: check reads all of it, so a message
+/// whose header is longer is refused rather than checked in part.
 const MAX_HEADER: usize = 1024 * 1024;
+
+/// Fails the read once more than `left` bytes came through. Wraps the
+/// decryptor's output, so decompression stops there, before the bytes
+/// reach the disk.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Ask for one byte more than allowed, to tell "exactly the limit"
+        // from "over it".
+        let want = buf.len().min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "the decrypted message is larger than {} bytes (poll.max_message_size): refused",
+                self.limit
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
 
 /// Decrypt, verify and write the message with trace headers and LF line
 /// endings into `out`. Fails (and the caller discards `out`) unless the
@@ -48,9 +85,16 @@ const MAX_HEADER: usize = 1024 * 1024;
 fn render(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     let input = File::open(m.staged)?;
     let plain = pgp::decrypt_verify(m.me, m.sender, input).map_err(|e| CryptoReject(e.to_string()))?;
+    let plain = Bounded { inner: plain, left: m.max_plain, limit: m.max_plain };
     let mut plain = BufReader::with_capacity(64 * 1024, plain);
     let header = stubmail::mail::read_header(&mut plain, MAX_HEADER).map_err(|e| CryptoReject(e.to_string()))?;
-    let trace = trace_headers(m.sender, &header, m.id, m.outbox_host, m.hostname);
+    if header.len() >= MAX_HEADER && !(header.ends_with(b"\n\n") || header.ends_with(b"\n\r\n")) {
+        return Err(CryptoReject(format!("the header block is longer than {MAX_HEADER} bytes: refused unchecked")).into());
+    }
+    // RFC 8601 §5: our own verdicts are ours alone. Whatever a sender wrote
+    // in our name (or as a Stubmail header) goes before ours is added.
+    let header = strip_forged_trace(&header, m.hostname);
+    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname);
     let mut w = CrlfToLf::new(out);
     w.write_all(trace.as_bytes())?;
     w.write_all(&header)?;
@@ -217,12 +261,45 @@ impl<W: Write> Write for EnsureNewline<W> {
     }
 }
 
+/// The header without what only we may write: every `Stubmail-*` field,
+/// `Return-Path` (the delivering agent's to add), and each
+/// `Authentication-Results` whose authserv-id is ours.
+fn strip_forged_trace(header: &[u8], hostname: &str) -> Vec<u8> {
+    stubmail::mail::remove_fields_where(header, |name, value| {
+        let name = String::from_utf8_lossy(name);
+        if name.len() >= 9 && name[..9].eq_ignore_ascii_case("stubmail-") || name.eq_ignore_ascii_case("return-path") {
+            return true;
+        }
+        if name.eq_ignore_ascii_case("authentication-results") {
+            // authserv-id: the first token, comments (CFWS) aside. One we
+            // cannot read is dropped too: it might be meant as ours.
+            let v = String::from_utf8_lossy(value);
+            let mut plain = String::new();
+            let mut depth = 0usize;
+            for ch in v.chars() {
+                match ch {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    c if depth == 0 => plain.push(c),
+                    _ => {}
+                }
+            }
+            let id = plain.split(|c: char| c == ';' || c.is_whitespace()).find(|t| !t.is_empty()).unwrap_or("");
+            return id.is_empty() || id.eq_ignore_ascii_case(hostname);
+        }
+        false
+    })
+}
+
 /// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
-fn trace_headers(sender: &Cert, header: &[u8], id: &str, outbox_host: &str, hostname: &str) -> String {
+fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str) -> String {
     let fpr = pgp::fpr_of(sender);
     let signer_emails = pgp::emails_of(sender);
     let from = stubmail::mail::addresses(header, &["From"]);
-    let from_ok = !from.is_empty() && from.iter().all(|a| signer_emails.contains(a));
+    // Every From: address is a User ID of the signer, and belongs to no
+    // other contact (one address, one contact).
+    let from_ok = !from.is_empty()
+        && from.iter().all(|a| signer_emails.contains(a) && claims.get(a).is_none_or(|owners| owners.iter().all(|o| *o == fpr)));
     let signer = signer_emails.first().cloned().unwrap_or_default();
     let now = stubmail::time::unix_now();
     format!(
@@ -245,10 +322,100 @@ mod tests {
     #[test]
     fn from_check_in_trace_headers() {
         let a = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
-        let t = trace_headers(&a.cert(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me");
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me");
         assert!(t.contains("(from=pass)"), "{t}");
-        let t = trace_headers(&a.cert(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me");
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me");
         assert!(t.contains("(from=fail)") && t.contains(&format!("Stubmail-Sender-Fingerprint: {}", a.fpr())), "{t}");
+        // The signer's address, but another contact claims it too: fail.
+        let mut claims = Claims::new();
+        claims.insert("alice@example.org".into(), vec![a.fpr(), stubmail::protocol::Fpr::parse(&"E".repeat(40)).unwrap()]);
+        let t = trace_headers(&a.cert(), &claims, b"From: alice@example.org\r\n\r\n", "ab", "h", "me");
+        assert!(t.contains("(from=fail)"), "{t}");
+        // Two From: fields, one of them the signer's: fail.
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: carol@example.com\r\nFrom: alice@example.org\r\n\r\n", "ab", "h", "me");
+        assert!(t.contains("(from=fail)"), "{t}");
+    }
+
+    #[test]
+    fn forged_trace_headers_are_removed_before_ours_are_added() {
+        let h = b"Authentication-Results: Me.Example; stubmail=pass\r\n\theader.from=alice@example.org (from=pass)\r\n\
+Authentication-Results: mx.other.example; dkim=pass\r\n\
+Authentication-Results: (comment) me.example; spf=pass\r\n\
+Authentication-Results: other.example (me.example); spf=pass\r\n\
+Stubmail-Sender-Fingerprint: AAAA\r\nSTUBMAIL-ID: x\r\nReturn-Path: <alice@example.org>\r\n\
+Subject: hi\r\n\r\n";
+        let got = String::from_utf8(strip_forged_trace(h, "me.example")).unwrap();
+        assert_eq!(got, "Authentication-Results: mx.other.example; dkim=pass\r\nAuthentication-Results: other.example (me.example); spf=pass\r\nSubject: hi\r\n\r\n");
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_bound_and_writes_nothing_beyond_it() {
+        use stubmail::openpgp::serialize::stream::{Compressor, Encryptor, LiteralWriter, Message, Signer};
+        use stubmail::openpgp::types::CompressionAlgorithm;
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Identity::generate(None, "alice@example.org", "http://a/").unwrap(),
+            Identity::generate(None, "bob@example.net", "http://b/").unwrap(),
+        );
+        // 64 MiB of zeros, bzip2'd inside a signed, encrypted message: a
+        // few hundred bytes of ciphertext.
+        let mut ct = Vec::new();
+        {
+            let policy = stubmail::openpgp::policy::StandardPolicy::new();
+            let bc = b.cert();
+            let recipients = bc.keys().with_policy(&policy, None).supported().for_transport_encryption();
+            let m = Message::new(&mut ct);
+            let m = Encryptor::for_recipients(m, recipients).build().unwrap();
+            let m = Compressor::new(m).algo(CompressionAlgorithm::BZip2).build().unwrap();
+            let m = Signer::new(m, a.signing_keypair().unwrap()).unwrap().build().unwrap();
+            let mut w = LiteralWriter::new(m).build().unwrap();
+            w.write_all(b"From: alice@example.org\r\nSubject: bomb\r\n\r\n").unwrap();
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..64 {
+                w.write_all(&zeros).unwrap();
+            }
+            w.finalize().unwrap();
+        }
+        assert!(ct.len() < 64 * 1024, "a small ciphertext: {}", ct.len());
+        let id = stubmail::client::sha256_hex(&ct);
+        let p = d.path().join("bomb.part");
+        std::fs::write(&p, &ct).unwrap();
+        let cert = a.cert();
+        let md = Maildir::open(&d.path().join("Maildir")).unwrap();
+        let journal = Journal::open(&d.path().join("journal")).unwrap();
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new() };
+        let e = deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap_err();
+        assert!(e.downcast_ref::<CryptoReject>().is_some() && e.to_string().contains("larger than"), "{e:#}");
+        for sub in ["tmp", "new", "cur"] {
+            assert_eq!(std::fs::read_dir(d.path().join("Maildir").join(sub)).unwrap().count(), 0, "{sub}: nothing left");
+        }
+        assert_eq!(journal.get(&id).unwrap(), None);
+        // The same message under a bound it fits: delivered whole.
+        let m = Incoming { max_plain: 65 << 20, ..m };
+        let md = Maildir::open(&d.path().join("Maildir")).unwrap();
+        deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap();
+    }
+
+    #[test]
+    fn a_header_block_past_the_limit_is_refused_not_checked_in_part() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Identity::generate(None, "alice@example.org", "http://a/").unwrap(),
+            Identity::generate(None, "bob@example.net", "http://b/").unwrap(),
+        );
+        // From: carol, 1.1 MiB of header fields, then From: alice.
+        let mut text = b"From: carol@example.com\r\n".to_vec();
+        for i in 0..15_000 {
+            text.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(60)).as_bytes());
+        }
+        text.extend_from_slice(b"From: alice@example.org\r\nSubject: s\r\n\r\nbody\r\n");
+        let (p, id) = staged(d.path(), &a, &b, &text);
+        let cert = a.cert();
+        let md = Maildir::open(&d.path().join("Maildir")).unwrap();
+        let journal = Journal::open(&d.path().join("journal")).unwrap();
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
+        let e = deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap_err();
+        assert!(e.to_string().contains("header block is longer"), "{e:#}");
     }
 
     /// A message encrypted for `me` by `sender`, staged in `dir`.
@@ -275,7 +442,7 @@ mod tests {
         let cert = a.cert();
         let text = b"From: alice@example.org\r\nSubject: s\r\n\r\nFrom the start\r\n>From quoted\r\nno final newline";
         let (p, id) = staged(d.path(), &a, &b, text);
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h" };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
         deliver(&m, &Target::Mbox(mbox_path.clone()), &journal, &work).unwrap();
         let got = std::fs::read_to_string(&mbox_path).unwrap();
         assert!(got.starts_with("From alice@example.org "), "{got}");
@@ -284,7 +451,7 @@ mod tests {
 
         // A torn append: intent recorded, half the bytes written, crash.
         let (p2, id2) = staged(d.path(), &a, &b, b"Subject: two\r\n\r\nsecond\r\n");
-        let m2 = Incoming { me: &b, sender: &cert, staged: &p2, id: &id2, outbox_host: "o", hostname: "h" };
+        let m2 = Incoming { me: &b, sender: &cert, staged: &p2, id: &id2, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
         let rendered = work.join(format!("{id2}.mbox"));
         let before = std::fs::metadata(&mbox_path).unwrap().len();
         deliver(&m2, &Target::Mbox(mbox_path.clone()), &journal, &work).unwrap();
@@ -320,13 +487,13 @@ mod tests {
         let journal = Journal::open(&d.path().join("journal")).unwrap();
         let cert = a.cert();
         let (p, id) = staged(d.path(), &a, &b, b"Subject: mda\r\n\r\npiped\r\n");
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h" };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
         let out = d.path().join("out.txt");
         let cmd = format!("cat > {}", out.display());
         deliver(&m, &Target::Mda(cmd), &journal, d.path()).unwrap();
         assert!(std::fs::read_to_string(&out).unwrap().ends_with("Subject: mda\n\npiped\n"));
         let (p, id) = staged(d.path(), &a, &b, b"Subject: x\r\n\r\nx\r\n");
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h" };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
         assert!(deliver(&m, &Target::Mda("exit 75".into()), &journal, d.path()).is_err());
         assert_eq!(journal.get(&id).unwrap(), None);
     }

@@ -42,7 +42,9 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         journal: Journal::open(&state.join("delivered"))?,
         staging: state.join("fetch"),
         max_size: config.poll.max_message_size,
-        hostname: "localhost".into(),
+        max_plain: config.poll.max_decrypted_size,
+        hostname: config.poll.hostname.clone().unwrap_or_else(this_host),
+        set_aside: poller::SetAside::new(state.join("rejected")),
         device: poller::device_id(&state)?,
         overrides: config
             .poll
@@ -56,6 +58,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         lock_path: state.join("poll.lock"),
         udp: poller::UdpState::new(!once && config.poll.udp, Duration::from_millis(config.poll.udp_timeout_ms.max(1))),
         contact_cache: Default::default(),
+        claims: Default::default(),
     })
 }
 
@@ -160,11 +163,21 @@ fn start_pop3(
     });
     let ctx = Arc::new(pop3::Ctx {
         store,
-        username: p.username.clone().unwrap_or_else(|| config.identity.email.clone()),
+        username: config.pop3_username(),
         password,
         tls,
         require_tls,
         on_login: Some(on_login),
+        throttle: Default::default(),
     });
     Ok(tokio::spawn(pop3::run(listener, ctx, shutdown)))
+}
+
+/// This machine's name, for trace headers (`poll.hostname` overrides it).
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+        .unwrap_or_else(|| "localhost".into())
 }

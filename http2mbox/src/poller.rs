@@ -37,6 +37,10 @@ pub struct Poller {
     pub staging: PathBuf,
     /// Largest message fetched.
     pub max_size: u64,
+    /// Largest message once decrypted (`poll.max_decrypted_size`).
+    pub max_plain: u64,
+    /// Messages that failed their checks, set aside after a few tries.
+    pub set_aside: SetAside,
     /// Name in trace headers.
     pub hostname: String,
     /// This installation's device id (several devices, one identity).
@@ -55,6 +59,8 @@ pub struct Poller {
     pub udp: UdpState,
     /// Checked contacts by keyring file, kept while the file is unchanged.
     pub contact_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, CachedContact>>,
+    /// Which contacts claim each address, as of this cycle's keyring.
+    pub claims: std::sync::Mutex<Arc<deliver::Claims>>,
 }
 
 /// One keyring file as last read: its identity (inode, size, mtime; the
@@ -120,6 +126,96 @@ pub fn device_id(state_dir: &std::path::Path) -> io::Result<String> {
     let id = format!("d{:016x}", rand::random::<u64>());
     stubmail::fsutil::write_atomic(&p, id.as_bytes(), 0o600)?;
     Ok(id)
+}
+
+/// Messages that failed their checks (bad signature, not for us, too
+/// large once decrypted, wrong digest …), in `state/rejected/<id>.json`.
+/// After [`SetAside::TRIES`] failures a message is set aside: never
+/// fetched or decrypted again (a hostile sender's bomb costs its work a
+/// bounded number of times), never acked (the sender must not read
+/// "retrieved"); `stubmail status` and `doctor` show them with their
+/// senders. Bounded: at most [`SetAside::MAX`] records, oldest dropped.
+#[derive(Clone, Debug)]
+pub struct SetAside {
+    dir: PathBuf,
+}
+
+/// One message's failures.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Rejected {
+    pub id: String,
+    /// The sender the outbox announced (whose signature was required).
+    pub sender: Fpr,
+    /// The outbox it was announced by.
+    pub outbox: String,
+    /// Why it failed, last time.
+    pub reason: String,
+    /// How many times it failed.
+    pub attempts: u32,
+    /// Unix time of the last failure.
+    pub last: i64,
+}
+
+impl SetAside {
+    /// Failures before a message is set aside.
+    pub const TRIES: u32 = 3;
+    /// Records kept at most.
+    pub const MAX: usize = 10_000;
+
+    pub fn new(dir: PathBuf) -> SetAside {
+        SetAside { dir }
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn get(&self, id: &str) -> Option<Rejected> {
+        std::fs::read(self.path(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Is this message set aside (failed too often to try again)?
+    pub fn is_set_aside(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|r| r.attempts >= Self::TRIES)
+    }
+
+    /// Count a failure.
+    pub fn record(&self, id: &str, sender: &Fpr, outbox: &str, reason: &str) -> io::Result<Rejected> {
+        stubmail::fsutil::ensure_private_dir(&self.dir)?;
+        let attempts = self.get(id).map_or(0, |r| r.attempts) + 1;
+        let r = Rejected {
+            id: id.to_string(),
+            sender: sender.clone(),
+            outbox: outbox.chars().take(300).collect(),
+            reason: reason.chars().take(500).collect(),
+            attempts,
+            last: stubmail::time::unix_now(),
+        };
+        stubmail::fsutil::write_replace(&self.path(id), &serde_json::to_vec(&r).expect("serialisable"))?;
+        if attempts == 1 {
+            self.prune()?;
+        }
+        Ok(r)
+    }
+
+    /// Every record, newest first.
+    pub fn list(&self) -> io::Result<Vec<Rejected>> {
+        let mut v: Vec<Rejected> = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd.flatten().filter_map(|e| std::fs::read(e.path()).ok()).filter_map(|b| serde_json::from_slice(&b).ok()).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(e),
+        };
+        v.sort_by(|a, b| b.last.cmp(&a.last).then(a.id.cmp(&b.id)));
+        Ok(v)
+    }
+
+    fn prune(&self) -> io::Result<()> {
+        let all = self.list()?;
+        for r in all.iter().skip(Self::MAX) {
+            let _ = std::fs::remove_file(self.path(&r.id));
+        }
+        Ok(())
+    }
 }
 
 /// What one cycle did.
@@ -201,7 +297,15 @@ impl Poller {
         }
         // Group contacts by the outbox bound into their own certificate.
         let mut by_outbox: BTreeMap<String, Vec<Contact>> = BTreeMap::new();
-        for (cert, fpr, bound) in self.contacts()? {
+        let contacts = self.contacts()?;
+        let mut claims = deliver::Claims::new();
+        for (cert, fpr, _) in &contacts {
+            for e in pgp::emails_of(cert) {
+                claims.entry(e).or_default().push(fpr.clone());
+            }
+        }
+        *self.claims.lock().expect("not poisoned") = Arc::new(claims);
+        for (cert, fpr, bound) in contacts {
             if let Some(url) = self.overrides.get(&fpr).cloned().or(bound) {
                 by_outbox.entry(url).or_default().push(Contact { cert, fpr });
             }
@@ -352,6 +456,16 @@ impl Poller {
                 Err(e) if e.downcast_ref::<Reject>().is_some() || e.downcast_ref::<CryptoReject>().is_some() => {
                     rejected += 1;
                     tracing::warn!(outbox = url, id = item.id, sender = %item.sender, "not delivered: {e:#}");
+                    // Only ids that can name a file are recorded.
+                    if stubmail::protocol::is_valid_id(&item.id) {
+                        match self.set_aside.record(&item.id, &item.sender, url, &format!("{e:#}")) {
+                            Ok(r) if r.attempts >= SetAside::TRIES => {
+                                tracing::warn!(id = item.id, sender = %item.sender, "set aside after {} failures: `stubmail status` lists it", r.attempts)
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("cannot record a rejected message: {e}"),
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}"),
             }
@@ -380,6 +494,10 @@ impl Poller {
             client.ack(&item.id, Some(&self.device)).await?;
             return Ok(false);
         }
+        if self.set_aside.is_set_aside(&item.id) {
+            // Failed its checks too often: not fetched or decrypted again.
+            return Ok(false);
+        }
         if item.size > self.max_size {
             anyhow::bail!(Reject::TooLarge(item.size, self.max_size));
         }
@@ -392,10 +510,12 @@ impl Poller {
         let id = item.id.clone();
         let outbox_host = client.base().host_str().unwrap_or("outbox").to_string();
         let hostname = self.hostname.clone();
+        let max_plain = self.max_plain;
+        let claims = self.claims.lock().expect("not poisoned").clone();
         let staged2 = staged.clone();
         let result = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&work)?;
-            let m = Incoming { me: &me, sender: &cert, staged: &staged2, id: &id, outbox_host: &outbox_host, hostname: &hostname };
+            let m = Incoming { me: &me, sender: &cert, staged: &staged2, id: &id, outbox_host: &outbox_host, hostname: &hostname, max_plain, claims: &claims };
             deliver::deliver(&m, &target, &journal, &work)
         })
         .await?;
@@ -486,6 +606,8 @@ mod tests {
             staging: d.join("fetch"),
             max_size: 1 << 20,
             hostname: "h".into(),
+            max_plain: 1 << 30,
+            set_aside: SetAside::new(d.join("rejected")),
             device: "dev".into(),
             overrides: Default::default(),
             failing: Default::default(),
@@ -493,6 +615,7 @@ mod tests {
             lock_path: d.join("poll.lock"),
             udp: Default::default(),
             contact_cache: Default::default(),
+            claims: Default::default(),
         }
     }
 

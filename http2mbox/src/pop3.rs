@@ -306,6 +306,8 @@ pub struct Ctx {
     /// Runs after a successful login, before the mailbox is opened: a quick
     /// poll, so the client sees fresh mail.
     pub on_login: Option<LoginHook>,
+    /// Failed logins, counted across every connection.
+    pub throttle: Arc<stubmail::guard::LoginThrottle>,
 }
 
 /// The session's state; each state carries its data.
@@ -382,6 +384,13 @@ impl Session {
                 stream.flush().await?;
                 return Ok(Flow::Close);
             }
+            if stubmail::guard::looks_like_http(&line) {
+                // A web page speaking HTTP to us through the user's browser.
+                tracing::warn!(peer = %self.peer, "HTTP request on the POP3 port; closing");
+                stream.write_all(b"-ERR this is a POP3 server, not HTTP\r\n").await?;
+                stream.flush().await?;
+                return Ok(Flow::Close);
+            }
             let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
             let (cmd, arg) = match text.split_once(' ') {
                 Some((c, a)) => (c.to_ascii_uppercase(), a.to_string()),
@@ -436,18 +445,26 @@ impl Session {
                     reply!("-ERR USER first");
                     return Ok(None);
                 };
-                let ok = stubmail::server::constant_eq(u.as_bytes(), self.ctx.username.as_bytes()) & stubmail::server::constant_eq(arg.as_bytes(), self.ctx.password.as_bytes());
+                // Failures count against the client's address and the
+                // account across connections; hang up after three.
+                let user_ok = stubmail::server::constant_eq(u.as_bytes(), self.ctx.username.as_bytes());
+                let ip = stubmail::guard::peer_ip(&self.peer);
+                let account = user_ok.then_some(self.ctx.username.as_str());
+                if let Err(t) = self.ctx.throttle.check(ip, account) {
+                    self.failures += 1;
+                    tracing::warn!(peer = %self.peer, "POP3 login refused: too many recent failures");
+                    reply!("-ERR [SYS/TEMP] too many failed logins; try again in {} seconds", t.secs());
+                    return Ok((self.failures >= 3).then_some(Flow::Close));
+                }
+                let ok = user_ok & stubmail::server::constant_eq(arg.as_bytes(), self.ctx.password.as_bytes());
                 if !ok {
+                    self.ctx.throttle.failed(ip, account);
                     self.failures += 1;
                     tracing::warn!(peer = %self.peer, failures = self.failures, "POP3 login failed");
-                    // Slow password guessing down; hang up after three tries.
-                    tokio::time::sleep(Duration::from_millis(500 * self.failures as u64)).await;
                     reply!("-ERR [AUTH] invalid user name or password");
-                    if self.failures >= 3 {
-                        return Ok(Some(Flow::Close));
-                    }
-                    return Ok(None);
+                    return Ok((self.failures >= 3).then_some(Flow::Close));
                 }
+                self.ctx.throttle.succeeded(ip, account);
                 if let Some(hook) = &self.ctx.on_login {
                     hook().await;
                 }
@@ -618,7 +635,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     fn ctx(store: Store) -> Arc<Ctx> {
-        Arc::new(Ctx { store, username: "bob".into(), password: "pw".into(), tls: None, require_tls: false, on_login: None })
+        Arc::new(Ctx { store, username: "bob".into(), password: "pw".into(), tls: None, require_tls: false, on_login: None, throttle: Default::default() })
     }
 
     async fn dialogue(ctx: Arc<Ctx>, input: &str) -> String {
@@ -689,9 +706,26 @@ mod tests {
         let out = dialogue(c.clone(), "USER bob\r\nPASS pw\r\nQUIT\r\n").await;
         assert!(out.contains("-ERR [IN-USE]"), "{out}");
         drop(held);
-        let out = dialogue(c, "USER bob\r\nPASS no\r\nUSER bob\r\nPASS no\r\nUSER bob\r\nPASS no\r\nUSER bob\r\nPASS pw\r\n").await;
-        assert_eq!(out.matches("-ERR [AUTH]").count(), 3, "{out}");
+        let out = dialogue(c.clone(), "USER bob\r\nPASS no\r\nUSER bob\r\nPASS no\r\nUSER bob\r\nPASS no\r\nUSER bob\r\nPASS pw\r\n").await;
+        // The first failure is checked; the next attempts come too soon and
+        // are refused unchecked; three failures hang up.
+        assert_eq!(out.matches("-ERR [AUTH]").count(), 1, "{out}");
+        assert_eq!(out.matches("-ERR [SYS/TEMP] too many failed logins").count(), 2, "{out}");
         assert!(!out.contains("maildrop"), "the connection closed after three failures: {out}");
+        // Another connection at once: held too, even with the right password.
+        let out = dialogue(c.clone(), "USER bob\r\nPASS pw\r\nQUIT\r\n").await;
+        assert!(out.contains("-ERR [SYS/TEMP]") && !out.contains("maildrop"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn http_on_the_pop3_port_is_closed_at_its_first_line() {
+        let (_d, root) = maildir();
+        let c = ctx(Store::Maildir(root));
+        let form = "POST / HTTP/1.1\r\nHost: 127.0.0.1:1110\r\n\r\nUSER bob\r\nPASS pw\r\nDELE 1\r\nQUIT\r\n";
+        let out = dialogue(c.clone(), form).await;
+        assert!(out.ends_with("-ERR this is a POP3 server, not HTTP\r\n") && !out.contains("maildrop"), "{out}");
+        let out = dialogue(c, "USER bob\r\nHost: x\r\nPASS pw\r\n").await;
+        assert!(out.ends_with("not HTTP\r\n") && !out.contains("maildrop"), "{out}");
     }
 
     #[tokio::test]

@@ -39,15 +39,26 @@ pub struct Discovery {
 }
 
 impl Router {
-    /// The newest usable certificate with an outbox for `addr`.
+    /// The one usable certificate with an outbox for `addr`. Never a pick
+    /// between two by age: if two contacts claim the address (a keyring
+    /// from before "one address, one contact"), the user must say which.
     fn stub_cert(&self, addr: &str) -> Result<Option<Fpr>, Reply> {
         let certs = self.keyring.by_email(addr).map_err(|e| {
             tracing::error!("keyring: {e}");
             Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
         })?;
-        let mut stub: Vec<_> = certs.into_iter().filter(|c| stubmail::pgp::outbox_of(c).is_some()).collect();
-        stub.sort_by_key(|c| std::cmp::Reverse(c.primary_key().key().creation_time()));
-        Ok(stub.first().map(stubmail::pgp::fpr_of))
+        let stub: Vec<Fpr> = certs.iter().filter(|c| stubmail::pgp::outbox_of(c).is_some()).map(stubmail::pgp::fpr_of).collect();
+        match stub.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            many => Err(Reply::new(
+                550,
+                format!(
+                    "5.7.0 <{addr}> is claimed by several contacts ({}); keep one: `stubmail keys remove FINGERPRINT`",
+                    many.iter().map(Fpr::as_str).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
     }
 }
 
@@ -152,16 +163,28 @@ pub async fn serve_home(
     use stubmail::client;
     let me = Arc::new(home.load_identity()?);
     let listen = listener.local_addr()?;
-    let auth_required = config.smtp.auth == stubmail::config::AuthPolicy::Required || !listen.ip().is_loopback();
     let tls = stubmail::tls::from_config(home, &config.smtp.tls_cert, &config.smtp.tls_key, "smtp")?;
     let credentials = config.smtp.password.as_ref().map(|p| session::Credentials {
-        username: config.smtp.username.clone().unwrap_or_else(|| config.identity.email.clone()),
+        username: config.smtp_username(),
         password: p.expose().to_string(),
     });
-    if auth_required && (tls.is_none() || credentials.is_none()) {
+    let loopback = listen.ip().is_loopback();
+    use stubmail::config::AuthPolicy;
+    let (auth_required, auth_in_clear) = match config.smtp.auth {
+        AuthPolicy::Always => (true, loopback),
+        AuthPolicy::Tls => (true, false),
+        AuthPolicy::LoopbackOpen => (!loopback, false),
+    };
+    if auth_required && credentials.is_none() {
         anyhow::bail!(
-            "{listen} needs AUTH (it is not loopback, or smtp.auth = \"required\"): \
-             set smtp.password, smtp.tls_cert and smtp.tls_key in {}",
+            "{listen} requires AUTH and smtp.password is not set in {}: run `stubmail identity show` (it makes one)",
+            home.config_file().display()
+        );
+    }
+    if auth_required && !auth_in_clear && tls.is_none() {
+        anyhow::bail!(
+            "{listen} accepts AUTH only after STARTTLS (it is not loopback, or smtp.auth = \"tls\"): \
+             set smtp.tls_cert and smtp.tls_key in {}",
             home.config_file().display()
         );
     }
@@ -181,6 +204,7 @@ pub async fn serve_home(
             tls,
             credentials,
             auth_required,
+            auth_in_clear,
             min_free_bytes: config.smtp.min_free_bytes,
             ..session::SessionConfig::default()
         },

@@ -22,7 +22,8 @@ fn main() -> anyhow::Result<()> {
     stubmail::logging::init("info");
     let cli = Cli::parse();
     let home = Home::resolve(cli.home.as_deref())?;
-    let config = home.load_config()?;
+    // A home from before AUTH was required everywhere gets its password now.
+    let config = home.load_config_with_passwords(false)?;
     let listen = cli.listen.unwrap_or(config.smtp.listen);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -87,8 +87,13 @@ pub struct SessionConfig {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// AUTH PLAIN/LOGIN, if credentials are configured.
     pub credentials: Option<Credentials>,
-    /// MAIL needs a successful AUTH first (off loopback, or configured).
+    /// MAIL needs a successful AUTH first (every listener by default).
     pub auth_required: bool,
+    /// AUTH may be used without TLS: only on loopback, where the password
+    /// never leaves the machine. Elsewhere AUTH waits for STARTTLS.
+    pub auth_in_clear: bool,
+    /// Failed logins, counted across every connection of the listener.
+    pub throttle: Arc<stubmail::guard::LoginThrottle>,
     /// Below this much free spool space, DATA is refused with 452.
     pub min_free_bytes: u64,
 }
@@ -103,7 +108,9 @@ impl Default for SessionConfig {
             max_errors: 20,
             tls: None,
             credentials: None,
-            auth_required: false,
+            auth_required: true,
+            auth_in_clear: true,
+            throttle: Default::default(),
             min_free_bytes: 0,
         }
     }
@@ -221,6 +228,7 @@ where
         state: State::Fresh,
         rx: RequestReceiver::default(),
         discard_line: false,
+        line_head: Vec::new(),
         errors: 0,
         tls: false,
         authenticated: false,
@@ -256,6 +264,8 @@ struct Session<'c, P> {
     rx: RequestReceiver,
     /// After an over-long command line: skip to its end.
     discard_line: bool,
+    /// The first bytes of the command line being read, to recognise HTTP.
+    line_head: Vec<u8>,
     errors: u32,
     /// The connection is encrypted.
     tls: bool,
@@ -263,6 +273,9 @@ struct Session<'c, P> {
     authenticated: bool,
     auth_failures: u32,
 }
+
+/// Bytes of a command line kept to tell HTTP from SMTP.
+const LINE_HEAD: usize = 32;
 
 /// Longest AUTH response line accepted.
 const MAX_AUTH_LINE: usize = 2048;
@@ -365,7 +378,24 @@ impl<P: Policy> Session<'_, P> {
                 }
                 continue;
             }
-            let req = match self.rx.ingest(it) {
+            let before = it.as_slice();
+            let parsed = self.rx.ingest(it);
+            let used = &before[..before.len() - it.as_slice().len()];
+            let room = LINE_HEAD.saturating_sub(self.line_head.len());
+            self.line_head.extend_from_slice(&used[..used.len().min(room)]);
+            if !matches!(parsed, Err(ParseError::NeedsMoreData { .. })) {
+                let head = std::mem::take(&mut self.line_head);
+                if stubmail::guard::looks_like_http(&head) {
+                    // A web page speaking HTTP to us through the user's
+                    // browser: nothing it sends is a command.
+                    tracing::warn!(peer = %self.peer, "HTTP request on the SMTP port; closing");
+                    self.abort_data().await;
+                    self.state = State::Fresh;
+                    Reply::new(554, "5.7.0 This is an SMTP server, not HTTP; closing").write_to(out);
+                    return Ok(Flow::Close);
+                }
+            }
+            let req = match parsed {
                 Ok(r) => r.into_owned(),
                 Err(ParseError::NeedsMoreData { .. }) => break,
                 Err(e) => {
@@ -435,7 +465,7 @@ impl<P: Policy> Session<'_, P> {
             lines.push("STARTTLS".into());
         }
         // AUTH is offered only where a password may safely cross the wire.
-        if c.credentials.is_some() && (self.tls || !c.auth_required) {
+        if c.credentials.is_some() && (self.tls || c.auth_in_clear) {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         lines.push("HELP".into());
@@ -459,7 +489,7 @@ impl<P: Policy> Session<'_, P> {
         if self.authenticated {
             return Reply::new(503, "5.5.1 Already authenticated");
         }
-        if self.ctx.config.auth_required && !self.tls {
+        if !self.ctx.config.auth_in_clear && !self.tls {
             return Reply::new(538, "5.7.11 Encryption required: use STARTTLS before AUTH");
         }
         match mechanism {
@@ -519,16 +549,29 @@ impl<P: Policy> Session<'_, P> {
     }
 
     async fn auth_result(&mut self, user: &[u8], pass: &[u8]) -> Reply {
-        let ok = self.ctx.config.credentials.as_ref().is_some_and(|c| c.check(user, pass));
-        if ok {
+        let Some(creds) = self.ctx.config.credentials.as_ref() else {
+            return Reply::new(502, "5.5.1 AUTH is not needed on this listener");
+        };
+        // Failures count against the client's address and, when it named
+        // the real user, the account, across all connections: parallel
+        // connections guess no faster than one.
+        let ip = stubmail::guard::peer_ip(&self.peer);
+        let account = stubmail::server::constant_eq(user, creds.username.as_bytes()).then_some(creds.username.as_str());
+        let throttle = &self.ctx.config.throttle;
+        if let Err(t) = throttle.check(ip, account) {
+            self.auth_failures += 1;
+            tracing::warn!(peer = %self.peer, "authentication refused: too many recent failures");
+            return Reply::new(454, format!("4.7.0 Too many failed logins; try again in {} seconds", t.secs()));
+        }
+        if creds.check(user, pass) {
+            throttle.succeeded(ip, account);
             self.authenticated = true;
             tracing::info!(peer = %self.peer, "authenticated");
             Reply::new(235, "2.7.0 Authentication successful")
         } else {
+            throttle.failed(ip, account);
             self.auth_failures += 1;
             tracing::warn!(peer = %self.peer, failures = self.auth_failures, "authentication failed");
-            // Slow down password guessing.
-            tokio::time::sleep(Duration::from_millis(500 * self.auth_failures as u64)).await;
             Reply::new(535, "5.7.8 Authentication credentials invalid")
         }
     }
@@ -827,7 +870,7 @@ mod tests {
     }
 
     async fn dialogue(input: &[u8], chunk: usize, max_size: u64) -> Run {
-        dialogue_with(input, chunk, SessionConfig { max_size, ..SessionConfig::default() }).await
+        dialogue_with(input, chunk, SessionConfig { max_size, auth_required: false, ..SessionConfig::default() }).await
     }
 
     pub async fn dialogue_with(input: &[u8], chunk: usize, config: SessionConfig) -> Run {
@@ -975,10 +1018,12 @@ mod auth_tests {
     use super::tests_support::*;
     use super::*;
 
-    fn creds(required: bool) -> SessionConfig {
+    /// AUTH required; `in_clear`: allowed without TLS (a loopback listener).
+    fn creds(in_clear: bool) -> SessionConfig {
         SessionConfig {
             credentials: Some(Credentials { username: "alice".into(), password: "pw".into() }),
-            auth_required: required,
+            auth_required: true,
+            auth_in_clear: in_clear,
             ..SessionConfig::default()
         }
     }
@@ -997,10 +1042,10 @@ mod auth_tests {
             (two_step, vec![220, 250, 334, 235, 250, 221]),
         ] {
             let input = format!("EHLO c\r\n{how}{MAIL}QUIT\r\n");
-            let r = run(input.as_bytes(), 3, creds(true)).await;
-            // Plain text with auth required: refused before any credential is read.
-            assert_eq!(r.codes()[..3], [220, 250, 538], "{how}: {}", r.output);
             let r = run(input.as_bytes(), 3, creds(false)).await;
+            // Plain text off loopback: refused before any credential is read.
+            assert_eq!(r.codes()[..3], [220, 250, 538], "{how}: {}", r.output);
+            let r = run(input.as_bytes(), 3, creds(true)).await;
             assert_eq!(r.codes(), codes, "{how}: {}", r.output);
             assert!(r.output.contains("250-AUTH PLAIN LOGIN"), "{}", r.output);
         }
@@ -1008,13 +1053,63 @@ mod auth_tests {
 
     #[tokio::test]
     async fn mail_needs_auth_when_required_and_guessing_is_cut_off() {
-        let r = run(format!("EHLO c\r\n{MAIL}QUIT\r\n").as_bytes(), 100, creds(true)).await;
+        for in_clear in [false, true] {
+            let r = run(format!("EHLO c\r\n{MAIL}QUIT\r\n").as_bytes(), 100, creds(in_clear)).await;
+            assert_eq!(r.codes(), vec![220, 250, 530, 221], "{}", r.output);
+            assert_eq!(r.output.contains("AUTH PLAIN"), in_clear, "AUTH offered in the clear only on loopback: {}", r.output);
+        }
+        // The default: no credentials configured means no mail at all.
+        let r = run(format!("EHLO c\r\n{MAIL}QUIT\r\n").as_bytes(), 100, SessionConfig::default()).await;
         assert_eq!(r.codes(), vec![220, 250, 530, 221], "{}", r.output);
-        assert!(!r.output.contains("AUTH PLAIN"), "no AUTH offered in the clear: {}", r.output);
+        // A failure holds the next attempt (any connection) for a while;
+        // held attempts are not checked, and three failures hang up.
         let bad = "AUTH PLAIN AGFsaWNlAG5v\r\n"; // \0alice\0no
-        let r = run(format!("EHLO c\r\n{bad}{bad}{bad}{bad}NOOP\r\n").as_bytes(), 100, creds(false)).await;
-        assert_eq!(r.codes(), vec![220, 250, 535, 535, 535, 421], "{}", r.output);
-        let r = run(b"EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH CRAM-MD5\r\nNOOP\r\n", 100, creds(false)).await;
+        let good = "AUTH PLAIN AGFsaWNlAHB3\r\n";
+        let r = run(format!("EHLO c\r\n{bad}{good}{bad}{bad}NOOP\r\n").as_bytes(), 100, creds(true)).await;
+        assert_eq!(r.codes(), vec![220, 250, 535, 454, 454, 421], "{}", r.output);
+        let r = run(b"EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH CRAM-MD5\r\nNOOP\r\n", 100, creds(true)).await;
         assert_eq!(r.codes(), vec![220, 250, 334, 501, 504, 250], "{}", r.output);
+    }
+
+    #[tokio::test]
+    async fn failures_on_one_connection_hold_logins_on_the_next() {
+        let config = creds(true);
+        let bad = "AUTH PLAIN AGFsaWNlAG5v\r\n";
+        let good = "AUTH PLAIN AGFsaWNlAHB3\r\n";
+        let r = run(format!("EHLO c\r\n{bad}QUIT\r\n").as_bytes(), 100, config.clone()).await;
+        assert_eq!(r.codes(), vec![220, 250, 535, 221], "{}", r.output);
+        // The clone shares the listener's throttle, as every connection does.
+        let r = run(format!("EHLO c\r\n{good}QUIT\r\n").as_bytes(), 100, config.clone()).await;
+        assert_eq!(r.codes(), vec![220, 250, 454, 221], "{}", r.output);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = run(format!("EHLO c\r\n{good}{MAIL}QUIT\r\n").as_bytes(), 100, config).await;
+        assert_eq!(r.codes(), vec![220, 250, 235, 250, 221], "{}", r.output);
+    }
+
+    /// What a browser sends for `<form method=post enctype=text/plain
+    /// action=http://127.0.0.1:2525/>` whose field hides an SMTP dialogue.
+    const FORM_POST: &str = "POST / HTTP/1.1\r\nHost: 127.0.0.1:2525\r\nUser-Agent: Mozilla/5.0\r\n\
+Content-Type: text/plain\r\nContent-Length: 200\r\n\r\n\
+a=\r\nEHLO c\r\nAUTH PLAIN AGFsaWNlAHB3\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n\
+DATA\r\nSubject: forged\r\n\r\nfrom a web page\r\n.\r\nQUIT\r\n";
+
+    #[tokio::test]
+    async fn http_on_the_smtp_port_is_closed_at_its_first_line() {
+        for chunk in [1, 2, 3, 7, 16, 31, 32, 33, 64, 1000] {
+            for config in [creds(true), SessionConfig { auth_required: false, ..SessionConfig::default() }] {
+                let r = run(FORM_POST.as_bytes(), chunk, config).await;
+                assert_eq!(r.codes(), vec![220, 554], "chunk {chunk}: {}", r.output);
+                assert!(r.queued.is_empty(), "nothing queued");
+            }
+        }
+        // Also in the middle of a session, and for a header line alone.
+        for (input, codes) in [
+            ("EHLO c\r\nGET / HTTP/1.1\r\nQUIT\r\n", vec![220, 250, 554]),
+            ("EHLO c\r\nHost: 127.0.0.1\r\nQUIT\r\n", vec![220, 250, 554]),
+            ("CONNECT 127.0.0.1:25 HTTP/1.1\r\n", vec![220, 554]),
+        ] {
+            let r = run(input.as_bytes(), 5, creds(true)).await;
+            assert_eq!(r.codes(), codes, "{input:?}: {}", r.output);
+        }
     }
 }

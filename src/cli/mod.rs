@@ -105,10 +105,15 @@ pub enum KeysCommand {
     #[command(after_help = "Example:\n  stubmail keys export > alice.asc")]
     Export,
     /// Add contacts' certificates (armored or binary, e.g. from `gpg --export`).
-    #[command(after_help = "Examples:\n  stubmail keys import bob.asc\n  gpg --export bob@example.net | stubmail keys import -")]
+    #[command(after_help = "Examples:\n  stubmail keys import bob.asc\n  gpg --export bob@example.net | stubmail keys import -\n  stubmail keys import --replace bob-new-key.asc")]
     Import {
         /// A file, or - for standard input.
         file: PathBuf,
+        /// One address, one contact: remove the contacts whose addresses
+        /// these certificates claim (e.g. a contact's new key). Without it,
+        /// such an import is refused.
+        #[arg(long)]
+        replace: bool,
     },
     /// List your contacts.
     #[command(after_help = "Example:\n  stubmail keys list")]

@@ -42,7 +42,8 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         println!("2. They exchange keys: the keyring is the address book and the whitelist.");
         let text = "From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: Hello Bob\r\n\r\n\
                     Hello Bob, this message waited in my outbox until you fetched it.\r\n";
-        let reply = smtp_send(alice.smtp, "alice@example.org", "bob@example.net", text).await?;
+        let pass = alice.config.smtp.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default();
+        let reply = smtp_send(alice.smtp, (&alice.config.smtp_username(), &pass), "alice@example.org", "bob@example.net", text).await?;
         println!("3. Alice's mail client sends over SMTP to {}: {reply}", alice.smtp);
         let outbox = OutboxClient::new(client::http_client()?, &alice.config.identity.outbox, ai.clone())?;
         let mut stored = None;
@@ -80,7 +81,8 @@ fn state(st: &stubmail::protocol::MessageStatus) -> String {
 }
 
 /// A minimal SMTP client: enough for the demo to be its own mail client.
-async fn smtp_send(addr: std::net::SocketAddr, from: &str, to: &str, text: &str) -> anyhow::Result<String> {
+async fn smtp_send(addr: std::net::SocketAddr, (user, pass): (&str, &str), from: &str, to: &str, text: &str) -> anyhow::Result<String> {
+    use base64::Engine;
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -98,6 +100,8 @@ async fn smtp_send(addr: std::net::SocketAddr, from: &str, to: &str, text: &str)
     reply(&mut r).await?;
     for (cmd, want) in [
         ("EHLO demo".to_string(), "250"),
+        // AUTH is required on loopback too, as from any mail client.
+        (format!("AUTH PLAIN {}", base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"))), "235"),
         (format!("MAIL FROM:<{from}>"), "250"),
         (format!("RCPT TO:<{to}>"), "250"),
         ("DATA".into(), "354"),

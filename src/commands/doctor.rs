@@ -41,6 +41,20 @@ pub fn run(home: &Home) -> anyhow::Result<bool> {
     {
         r.problem("config.toml holds passwords and others can read it", &format!("chmod 600 {}", home.config_file().display()));
     }
+    match (&config.smtp.password, config.smtp.auth) {
+        (_, stubmail::config::AuthPolicy::LoopbackOpen) => r.note(
+            "smtp.auth = \"loopback-open\": any program or user of this machine can send mail signed as you \
+             (remove the line to require the password)",
+        ),
+        (Some(_), _) => r.ok("SMTP requires AUTH; the password is smtp.password in config.toml (`stubmail identity show` prints it)"),
+        (None, _) => r.problem("smtp.password is not set: smtp2stub requires AUTH", "stubmail identity show  (makes one and prints it)"),
+    }
+    if let Ok(set) = http2mbox::poller::SetAside::new(home.state_dir().join("rejected")).list() {
+        let aside = set.iter().filter(|x| x.attempts >= http2mbox::poller::SetAside::TRIES).count();
+        if aside > 0 {
+            r.note(&format!("{aside} received message(s) failed their checks and are set aside: `stubmail status` lists them with their senders"));
+        }
+    }
     let me = match home.load_identity() {
         Ok(me) => {
             r.ok(&format!("secret key {} ({})", home.secret_key().display(), me.fpr()));

@@ -21,6 +21,8 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, notify: O
     fsutil::ensure_private_dir(&home.config_dir)?;
     fsutil::write_atomic(&key, &id.to_armored_secret()?, 0o600).context("writing the secret key")?;
     let mut config = Config::new(email, &outbox);
+    // AUTH is required on every SMTP listener: the mail client's password.
+    config.ensure_smtp_password();
     // Listen where the key says, when that is an address of this machine's
     // kind (an IP); behind a NAT, set notify.listen by hand.
     config.notify.listen = notify.and_then(stubmail::protocol::udp::parse_notify_endpoint).and_then(|a| a.parse().ok());
@@ -38,6 +40,10 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, notify: O
     }
     println!("secret key:  {}", key.display());
     println!("config:      {}", home.config_file().display());
+    if let Ok(c) = home.load_config() {
+        println!("Mail-client settings (smtp2stub and http2mbox, once running):");
+        print!("{}", super::identity::client_settings(&c, c.smtp.listen, c.poll.pop3.listen));
+    }
     if hint {
         println!("next: register your key with your outbox: stubmail keys export > me.asc; post_manager account add --key me.asc");
     }

@@ -11,7 +11,7 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
             let id = home.load_identity()?;
             print!("{}", pgp::armored(&id.cert())?);
         }
-        KeysCommand::Import { file } => {
+        KeysCommand::Import { file, replace } => {
             let mut bytes = Vec::new();
             if file.as_os_str() == "-" {
                 std::io::stdin().read_to_end(&mut bytes)?;
@@ -25,7 +25,7 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
                 }
             let kr = home.keyring();
             let bar = stubmail::progress::items(certs.len() as u64, "importing");
-            let imported = kr.import(certs)?;
+            let imported = if replace { kr.import_replacing(certs)? } else { kr.import(certs)? };
             for c in imported {
                 if let Some(b) = &bar {
                     b.inc(1);

@@ -2,6 +2,7 @@
 
 mod demo;
 mod doctor;
+pub(crate) mod identity;
 mod init;
 mod intro;
 mod keys;
@@ -21,18 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init { email, outbox, name, notify } => init::run(&home, &email, &outbox, name.as_deref(), notify.as_deref(), true),
         Command::Intro { command } => intro::run(&home, command),
-        Command::Identity { command: IdentityCommand::Show } => {
-            let id = home.load_identity()?;
-            let cert = id.cert();
-            println!(
-                "{} {} outbox {}{}",
-                id.fpr(),
-                stubmail::pgp::emails_of(&cert).join(","),
-                stubmail::pgp::outbox_of(&cert).unwrap_or_else(|| "(none)".into()),
-                stubmail::pgp::notify_of(&cert).map(|n| format!(" notify udp://{n}")).unwrap_or_default()
-            );
-            Ok(())
-        }
+        Command::Identity { command: IdentityCommand::Show } => identity::show(&home),
         Command::Keys { command } => keys::run(&home, command),
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),

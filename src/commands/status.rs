@@ -87,6 +87,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
     if lines.is_empty() {
         println!("no sent mail");
     }
+    print_set_aside(home)?;
     for l in lines {
         println!(
             "{:<24} {:<30} {:<10} {}{}",
@@ -96,6 +97,21 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
             l.at.unwrap_or_default(),
             l.detail.map(|d| format!(" ({d})")).unwrap_or_default()
         );
+    }
+    Ok(())
+}
+
+/// Received messages http2mbox set aside: they failed their checks (bad
+/// signature, too large once decrypted, …) too often to be fetched again.
+fn print_set_aside(home: &Home) -> anyhow::Result<()> {
+    let set = http2mbox::poller::SetAside::new(home.state_dir().join("rejected")).list()?;
+    let aside: Vec<_> = set.iter().filter(|r| r.attempts >= http2mbox::poller::SetAside::TRIES).collect();
+    if aside.is_empty() {
+        return Ok(());
+    }
+    println!("\nreceived mail set aside (failed its checks {} times; not fetched again, not acked):", http2mbox::poller::SetAside::TRIES);
+    for r in aside {
+        println!("  {}  from {}  at {}  {}  ({})", r.id, r.sender, r.outbox, stubmail::time::rfc3339(r.last), r.reason);
     }
     Ok(())
 }

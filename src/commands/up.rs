@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use stubmail::{fsutil, Config, Home};
+use stubmail::{Config, Home};
 use tokio::net::TcpListener;
 
 pub struct Args {
@@ -16,13 +16,6 @@ pub struct Args {
     pub pop3: SocketAddr,
     pub outbox_listen: SocketAddr,
     pub outbox_url: Option<String>,
-}
-
-fn random_password() -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let mut r = rand::rng();
-    (0..16).map(|_| CHARS[r.random_range(0..CHARS.len())] as char).collect()
 }
 
 fn ask_email() -> anyhow::Result<String> {
@@ -49,12 +42,20 @@ pub struct Running {
 impl Running {
     /// Stop (if not already asked to) and wait for every part to finish
     /// its work in hand (a message in DATA is spooled or refused, never lost).
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.await??;
         }
         Ok(())
+    }
+}
+
+/// A node dropped without `stop` (an error on the way) is still told to
+/// stop, so the process can end instead of waiting on its listeners.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -70,20 +71,8 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
         let url = a.outbox_url.clone().unwrap_or_else(|| format!("http://{outbox_addr}/"));
         super::init::run(home, &email, &url, a.name.as_deref(), None, false)?;
     }
-    let mut config = home.load_config()?;
     // Passwords for the mail client, made once and kept in config.toml (0600).
-    let mut changed = false;
-    if config.smtp.password.is_none() {
-        config.smtp.password = Some(stubmail::config::Secret::new(random_password()));
-        changed = true;
-    }
-    if config.poll.pop3.password.is_none() {
-        config.poll.pop3.password = Some(stubmail::config::Secret::new(random_password()));
-        changed = true;
-    }
-    if changed {
-        save_config(home, &config)?;
-    }
+    let config = home.load_config_with_passwords(true)?;
     // The user's own outbox, with the user as its account.
     let me = home.load_identity()?;
     let store = post_manager::store::Store::open(&home.data_dir.join("outbox")).context("opening the outbox")?;
@@ -114,10 +103,7 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
         let (c, smtp_addr, pop3_addr, outbox_addr) = (&node.config, node.smtp, node.pop3, node.outbox);
         let user = c.identity.email.clone();
         println!("Stubmail node for {user} is running. Mail-client settings:");
-        println!("  Outgoing (SMTP): server {}  port {}  no encryption  user {user}  password {} (not needed on loopback)",
-            smtp_addr.ip(), smtp_addr.port(), c.smtp.password.as_ref().map_or("", |p| p.expose()));
-        println!("  Incoming (POP3): server {}  port {}  no encryption  user {user}  password {}",
-            pop3_addr.ip(), pop3_addr.port(), c.poll.pop3.password.as_ref().map_or("", |p| p.expose()));
+        print!("{}", super::identity::client_settings(c, smtp_addr, pop3_addr));
         println!("  Your outbox:     {} (served here on {outbox_addr})", c.identity.outbox);
         println!("  Your key:        stubmail keys export   (give it to your contacts)");
         println!("Press Ctrl-C to stop.");
@@ -129,10 +115,4 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
         println!("stubmail: stopped");
         Ok(())
     })
-}
-
-fn save_config(home: &Home, config: &Config) -> anyhow::Result<()> {
-    let text = format!("# Stubmail configuration. See README.md.\n{}", toml::to_string_pretty(config)?);
-    fsutil::write_atomic(&home.config_file(), text.as_bytes(), 0o600)?;
-    Ok(())
 }

@@ -209,7 +209,30 @@ impl User {
     pub fn smtp2stub(&self, logs: &Path) -> Server {
         let mut c = bin_cmd("smtp2stub");
         c.arg("--home").arg(&self.home).args(["--listen", "127.0.0.1:0"]);
-        Server::start(&format!("smtp2stub-{}", self.email), c, logs)
+        let s = Server::start(&format!("smtp2stub-{}", self.email), c, logs);
+        if let Some(login) = self.smtp_login() {
+            register_smtp_login(s.port(), login);
+        }
+        s
+    }
+
+    /// Turn POP3 on in http2mbox with this password.
+    pub fn set_pop3_password(&self, password: &str) {
+        self.edit_config(|t| {
+            let mut pop3 = toml::Table::new();
+            pop3.insert("password".into(), password.into());
+            table(t, "poll").insert("pop3".into(), pop3.into());
+        });
+    }
+
+    /// The SMTP user name and password from `config.toml` (AUTH is
+    /// required on every listener; `stubmail init` made the password).
+    pub fn smtp_login(&self) -> Option<(String, String)> {
+        let t: toml::Table = toml::from_str(&std::fs::read_to_string(self.home.join("config.toml")).ok()?).ok()?;
+        let smtp = t.get("smtp")?.as_table()?;
+        let pass = smtp.get("password")?.as_str()?.to_string();
+        let user = smtp.get("username").and_then(|u| u.as_str()).unwrap_or(&self.email).to_string();
+        Some((user, pass))
     }
 
     /// `http2mbox --once`: its stdout and its log.
@@ -235,8 +258,29 @@ pub fn table<'a>(t: &'a mut toml::Table, name: &str) -> &'a mut toml::Table {
 }
 
 /// Run a Python snippet with arguments; returns (success, stdout+stderr).
+/// Defined for every script run by [`python`]: `login_smtp(host, port,
+/// ...)` is `smtplib.SMTP(...)` followed by the AUTH a mail client does,
+/// with the login of the smtp2stub the test started on that port.
+const PY_PRELUDE: &str = r#"
+import smtplib as _smtplib, json as _json, os as _os
+def login_smtp(host, port, *a, **k):
+    s = _smtplib.SMTP(host, port, *a, **k)
+    login = _json.loads(_os.environ.get("STUBMAIL_TEST_SMTP_LOGINS", "{}")).get(str(port))
+    if login:
+        s.login(*login)
+    return s
+"#;
+
 pub fn python(script: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3");
+    let logins: std::collections::HashMap<String, (String, String)> =
+        SMTP_LOGINS.lock().unwrap().iter().map(|(p, l)| (p.to_string(), l.clone())).collect();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{PY_PRELUDE}\n{script}"))
+        .args(args)
+        .env("STUBMAIL_TEST_SMTP_LOGINS", serde_json::to_string(&logins).unwrap())
+        .output()
+        .expect("python3");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -293,14 +337,32 @@ impl Outbox {
     }
 }
 
+/// The login of each smtp2stub the tests started, by port: the helpers
+/// below log in as a mail client would (AUTH PLAIN) when one is known.
+static SMTP_LOGINS: std::sync::Mutex<Vec<(u16, (String, String))>> = std::sync::Mutex::new(Vec::new());
+
+pub fn register_smtp_login(port: u16, login: (String, String)) {
+    let mut l = SMTP_LOGINS.lock().unwrap();
+    l.retain(|(p, _)| *p != port);
+    l.push((port, login));
+}
+
+/// `[user, password]` as JSON for a Python helper (`null`: no AUTH).
+fn login_json(port: u16) -> String {
+    let l = SMTP_LOGINS.lock().unwrap();
+    serde_json::to_string(&l.iter().find(|(p, _)| *p == port).map(|(_, (u, pw))| vec![u.clone(), pw.clone()])).unwrap()
+}
+
 /// Send one message with Python's smtplib; returns the server's reply to DATA.
 pub fn smtplib_send(port: u16, from: &str, to: &[&str], message: &str) -> Result<String, String> {
     let script = r#"
 import smtplib, sys, json
 port, sender, rcpts, msg = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.stdin.buffer.read()
+login = json.loads(sys.argv[4])
 s = smtplib.SMTP("127.0.0.1", port, timeout=60)
 s.ehlo("client.test")
 try:
+    if login: s.login(*login)
     code, resp = s.mail(sender, ["BODY=8BITMIME"])
     if code != 250: print(f"MAIL {code} {resp.decode()}"); sys.exit(3)
     for r in rcpts:
@@ -318,6 +380,7 @@ finally:
         .arg(port.to_string())
         .arg(from)
         .arg(serde_json::to_string(to).unwrap())
+        .arg(login_json(port))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -383,14 +446,16 @@ pub fn wait_states(u: &User, n: usize, state: &str) {
 /// client as it sends) with Python's smtplib.
 pub fn smtplib_send_big(port: u16, mib: usize) {
     let script = r#"
-import smtplib, sys
+import smtplib, sys, json
 line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd\r\n"
 body = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: big\r\n\r\n" + line * (int(sys.argv[2]) * 1024 * 1024 // len(line))
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=600)
+login = json.loads(sys.argv[3])
+if login: s.login(*login)
 s.sendmail("alice@example.org", ["bob@example.net"], body)
 s.quit()
 "#;
-    let (good, out) = python(script, &[&port.to_string(), &mib.to_string()]);
+    let (good, out) = python(script, &[&port.to_string(), &mib.to_string(), &login_json(port)]);
     assert!(good, "{out}");
 }
 
