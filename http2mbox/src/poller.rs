@@ -594,6 +594,22 @@ impl Poller {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_message_failing_its_checks_is_set_aside_after_three_tries() {
+        let d = tempfile::tempdir().unwrap();
+        let set = SetAside::new(d.path().join("rejected"));
+        let (id, sender) = ("a".repeat(64), Fpr::parse(&"B".repeat(40)).unwrap());
+        for n in 1..SetAside::TRIES {
+            assert_eq!(set.record(&id, &sender, "http://o/", "bad signature").unwrap().attempts, n);
+            assert!(!set.is_set_aside(&id), "tried again after {n}");
+        }
+        set.record(&id, &sender, "http://o/", "decrypted message is larger than 1 bytes").unwrap();
+        assert!(set.is_set_aside(&id));
+        let l = set.list().unwrap();
+        assert_eq!((l.len(), l[0].sender.clone(), l[0].attempts), (1, sender, SetAside::TRIES));
+        assert!(l[0].reason.contains("larger than"));
+    }
+
     /// A poller over a temporary directory, for these tests.
     fn poller(d: &std::path::Path, me: Arc<Identity>, keyring: stubmail::keyring::Keyring) -> Poller {
         Poller {

@@ -278,10 +278,14 @@ impl Store {
         let _lock = self.lock(id)?;
         let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         let r = m.recipients.iter_mut().find(|r| &r.fpr == recipient).ok_or(StoreError::NotFound)?;
+        if matches!(r.state, DeliveryState::Unsent | DeliveryState::Expired) {
+            // Withdrawn or expired for this recipient: gone, as far as it
+            // can tell. An ack here would make it `retrieved` again and
+            // open the bytes to it (SECURITY.md).
+            return Err(StoreError::NotFound);
+        }
         let mut changed = false;
         if r.state != DeliveryState::Retrieved {
-            // Also from `unsent`: a recipient that fetched before the unsend
-            // has the message, and the sender's status must say so.
             r.state = DeliveryState::Retrieved;
             r.at = now;
             changed = true;

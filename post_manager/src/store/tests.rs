@@ -48,6 +48,12 @@ fn put_poll_fetch_ack_status() {
     assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
     assert!(s.poll(&c, None, None).unwrap().is_empty());
     assert!(s.open_for(&c, &id).is_err());
+    // C acks anyway, then tries to fetch: nothing changes, nothing opens.
+    assert!(matches!(s.ack(&c, &id, None, 1005), Err(StoreError::NotFound)));
+    assert!(matches!(s.ack(&c, &id, Some("dev"), 1005), Err(StoreError::NotFound)));
+    assert!(matches!(s.open_for(&c, &id), Err(StoreError::NotFound)));
+    let st = s.status(&a, &id).unwrap();
+    assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent, "the sender still sees it unsent");
 }
 
 #[test]
