@@ -261,14 +261,37 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Signed polls the outbox answered so far (its log).
+fn polls_answered(p: &Pair) -> usize {
+    p.outbox.server.log().matches("target=\"/v1/poll\" status=200").count()
+}
+
+/// The steady state the figures are about: Bob has had mail from Alice's
+/// outbox before (it keeps a recipient's certificate, and so sends stubs,
+/// only once the recipient has polled it with mail waiting), and his
+/// daemon's first signed poll is over. One message, delivered by a
+/// `--once` poll and removed, then Bob's daemon.
+fn warm_up(p: &Pair, smtp_port: u16) -> Server {
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: warm-up\r\n\r\nwarm-up\r\n";
+    assert!(smtplib_send(smtp_port, "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_for("the warm-up message stored", 60, || (count(&p.outbox.data.join("messages")) == 1).then_some(()));
+    assert!(p.bob.http2mbox_once().contains("delivered 1"));
+    for f in p.bob.maildir_new() {
+        std::fs::remove_file(f).unwrap();
+    }
+    let before = polls_answered(p);
+    let mut c = bin_cmd("http2mbox");
+    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600"]);
+    let bob = Server::start("http2mbox-bob", c, p.root.path());
+    wait_for("Bob's first poll", 60, || (polls_answered(p) > before).then_some(()));
+    bob
+}
+
 fn end_to_end(s: &Scale) -> Vec<Row> {
     let n = s.e2e_messages;
     let p = pair(true);
-    let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600"]);
-    let _bob = Server::start("http2mbox-bob", c, p.root.path());
-    wait_for("Bob's first poll", 60, || std::fs::read_dir(p.outbox.data.join("cookies/current")).ok()?.next().map(|_| ()));
     let smtp = p.alice.smtp2stub(p.root.path());
+    let _bob = warm_up(&p, smtp.port());
     let (user, pass) = p.alice.smtp_login().expect("an SMTP password");
     let login = serde_json::to_string(&[user, pass]).unwrap();
     let (good, out) = python(SEND_MANY, &[&smtp.port().to_string(), &n.to_string(), "4", &login]);
@@ -328,6 +351,13 @@ fn poll_cost(s: &Scale) -> Vec<Row> {
     for chunk in certs.chunks(500) {
         keyring.import(chunk.to_vec()).unwrap();
     }
+    // Each outbox has an account whose certificate binds its URL: that is
+    // how an outbox knows the URL signed requests are made for.
+    for (i, o) in outboxes.iter().enumerate().take(certs.len()) {
+        let f = root.path().join(format!("account-{i}.asc"));
+        std::fs::write(&f, stubmail::pgp::armored(&certs[i]).unwrap()).unwrap();
+        ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&o.data).arg("--key").arg(&f));
+    }
     let home = stubmail::Home::single(&bob.home);
     let config = home.load_config().unwrap();
     let poller = http2mbox::poller_for(&home, &config, false).unwrap();
@@ -386,7 +416,7 @@ fn udp_throughput(s: &Scale, http_polls_per_sec: f64) -> Row {
     use stubmail::protocol::udp::{self, PollEntry};
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "1e9", "--udp-burst", "1e9"]);
-    let (cookies, port) = udp_cookies(&outbox.url(), udp::MAX_COOKIES);
+    let (cookies, port) = udp_cookies(&outbox, udp::MAX_COOKIES);
     let stop = Instant::now() + Duration::from_secs_f64(s.udp_seconds);
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let threads: Vec<_> = (0..2)
@@ -446,11 +476,8 @@ fn large_message(s: &Scale) -> Vec<Row> {
     p.bob.edit_config(|t| {
         table(t, "poll").insert("max_message_size".into(), limit_i.into());
     });
-    let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600"]);
-    let bob = Server::start("http2mbox-bob", c, p.root.path());
-    wait_for("Bob's first poll", 60, || std::fs::read_dir(p.outbox.data.join("cookies/current")).ok()?.next().map(|_| ()));
     let smtp = p.alice.smtp2stub(p.root.path());
+    let bob = warm_up(&p, smtp.port());
     let t = Instant::now();
     smtplib_send_big(smtp.port(), mib);
     let new = p.bob.home.join("Maildir/new");

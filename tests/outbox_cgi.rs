@@ -127,6 +127,19 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
     let bob = User::init_with(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/", &["--notify", &notify]);
     ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&data).arg("--key").arg(alice.export()));
     if is_root() && web.name == "apache" {
+        ok(Command::new("chown").args(["-R", "www-data:www-data"]).arg(&data));
+    }
+    // The outbox sends stubs only to recipients that polled it with mail
+    // waiting (their own certificate, not one a sender hands over).
+    had_mail_before(&url, &data, &bob.fingerprint());
+    let bob_id = std::sync::Arc::new(stubmail::Identity::load(&bob.home.join("secret.pgp")).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob_id.clone()).unwrap();
+        let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()], device: None };
+        client.poll(&req).await.unwrap();
+    });
+    if is_root() && web.name == "apache" {
         // The CGI runs as www-data: give it the data directory.
         ok(Command::new("chown").args(["-R", "www-data:www-data"]).arg(&data));
     }
@@ -153,8 +166,6 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
     assert_eq!(stub.id, alice.status_json()[0]["id"].as_str().unwrap());
     wait_for("the notified state", 30, || (alice.status_json()[0]["state"] == "notified").then_some(()));
     // Signed polls through the web server hand out cookies the companion knows.
-    let bob_id = std::sync::Arc::new(stubmail::Identity::load(&bob.home.join("secret.pgp")).unwrap());
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let statuses = rt.block_on(async {
         let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob_id.clone()).unwrap();
         let req = stubmail::protocol::PollRequest {
@@ -205,8 +216,8 @@ print("ok")
 "#;
     let (good, out) = python(script, &[&format!("http://127.0.0.1:{}", web.port), &hash]);
     assert!(good, "{out}");
-    // Refused requests stored nothing.
-    assert_eq!(std::fs::read_dir(data.join("messages")).unwrap().count(), 1);
+    // Refused requests stored nothing (Alice's message, and the earlier one).
+    assert_eq!(std::fs::read_dir(data.join("messages")).unwrap().count(), 2);
     assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
 
     // A chunked upload (no Content-Length), signed like any other.
@@ -214,7 +225,7 @@ print("ok")
     let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let id = stubmail::client::sha256_hex(&bytes);
     let path = format!("/stubmail/v1/messages/{id}");
-    let sig = stubmail::auth::sign_request(&me, "PUT", &path, &id, stubmail::time::unix_now()).unwrap();
+    let sig = stubmail::auth::sign_request(&me, &url, "PUT", &path, &id, stubmail::time::unix_now()).unwrap();
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(7_000).map(|c| Ok(c.to_vec())).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {

@@ -20,10 +20,10 @@ fn body(i: usize, size: usize) -> Vec<u8> {
 }
 
 /// Upload through a CGI process, as a web server would run it.
-fn cgi_upload(data: &Path, me: &Identity, bytes: &[u8], rcpt: &str) -> u16 {
+fn cgi_upload(data: &Path, outbox: &str, me: &Identity, bytes: &[u8], rcpt: &str) -> u16 {
     let id = hex::encode(Sha256::digest(bytes));
     let path = format!("/stubmail/v1/messages/{id}");
-    let sig = stubmail::auth::sign_request(me, "PUT", &path, &id, stubmail::time::unix_now()).unwrap();
+    let sig = stubmail::auth::sign_request(me, outbox, "PUT", &path, &id, stubmail::time::unix_now()).unwrap();
     let mut child = Command::new(bin("post_manager"))
         .env_clear()
         .env("GATEWAY_INTERFACE", "CGI/1.1")
@@ -66,12 +66,17 @@ fn check_consistent(data: &Path) -> Vec<String> {
 fn cgi_processes_and_serve_instances_share_one_data_directory() {
     let root = tempfile::tempdir().unwrap();
     let a = Outbox::start(root.path(), "outbox");
-    let mut c = bin_cmd("post_manager");
-    c.args(["serve", "--listen", "127.0.0.1:0", "--prefix", "/stubmail/", "--data"]).arg(&a.data);
-    let b = Server::start("outbox-2", c, root.path());
-    let mut c = bin_cmd("post_manager");
-    c.args(["serve", "--listen", "127.0.0.1:0", "--prefix", "/stubmail/", "--data"]).arg(&a.data);
-    let b2 = Server::start("outbox-3", c, root.path());
+    // Two more instances, each also known by its own URL (--public-url):
+    // a signed request is bound to the outbox URL it was made for.
+    let instance = |name: &str| {
+        let port = free_port();
+        let mut c = bin_cmd("post_manager");
+        c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--prefix", "/stubmail/"])
+            .args(["--public-url", &format!("http://127.0.0.1:{port}/stubmail/"), "--data"])
+            .arg(&a.data);
+        Server::start(name, c, root.path())
+    };
+    let (b, b2) = (instance("outbox-2"), instance("outbox-3"));
     let alice = User::init(root.path(), "alice", "alice@example.org", &a.url());
     a.add_account(&alice);
     let me = Arc::new(Identity::load(&alice.home.join("secret.pgp")).unwrap());
@@ -79,13 +84,13 @@ fn cgi_processes_and_serve_instances_share_one_data_directory() {
     let n = 24;
     let mut handles = Vec::new();
     for i in 0..n {
-        let (me, data, rcpt) = (me.clone(), a.data.clone(), rcpt.clone());
+        let (me, data, rcpt, account_url) = (me.clone(), a.data.clone(), rcpt.clone(), a.url());
         let url = [format!("http://{}/stubmail/", b.addr), format!("http://{}/stubmail/", b2.addr)][i % 2].clone();
         let dir = root.path().to_path_buf();
         handles.push(std::thread::spawn(move || {
             let bytes = body(i, 200_000 + i * 1000);
             if i % 3 == 0 {
-                return cgi_upload(&data, &me, &bytes, &rcpt);
+                return cgi_upload(&data, &account_url, &me, &bytes, &rcpt);
             }
             let id = hex::encode(Sha256::digest(&bytes));
             let f = dir.join(format!("up-{i}"));
@@ -132,6 +137,7 @@ fn kill_9_during_uploads_leaves_the_store_consistent() {
     // Kill the server while the uploads are in flight.
     wait_for("uploads in progress", 30, || (std::fs::read_dir(a.data.join("tmp")).unwrap().count() > 0).then_some(()));
     let data = a.data.clone();
+    let listen = a.server.addr.clone();
     drop(a);
     for h in handles {
         if let Some(id) = h.join().unwrap() {
@@ -142,9 +148,10 @@ fn kill_9_during_uploads_leaves_the_store_consistent() {
     for id in &acked {
         assert!(ids.contains(id), "{id} was acknowledged but is not stored");
     }
-    // A restarted server sees a usable store and accepts new uploads.
+    // A restarted server (same address: the URL Alice's key binds) sees a
+    // usable store and accepts new uploads.
     let mut c = bin_cmd("post_manager");
-    c.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(&data);
+    c.args(["serve", "--listen", &listen, "--data"]).arg(&data);
     let s = Server::start("outbox-again", c, root.path());
     let bytes = body(99, 1000);
     let f = root.path().join("after");

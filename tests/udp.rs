@@ -41,6 +41,7 @@ fn net(outbox_args: &[&str], cert_port: u16, listen_port: u16) -> Net {
     alice.edit_config(|t| {
         table(t, "discovery").insert("wkd".into(), false.into());
     });
+    had_mail_before(&outbox.url(), &outbox.data, &bob.fingerprint());
     Net { root, outbox, alice, bob }
 }
 
@@ -172,7 +173,7 @@ impl Probe {
 fn forged_replayed_guessed_and_oversized_datagrams_get_no_answer_and_no_answer_is_larger() {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "10000", "--udp-burst", "10000"]);
-    let (cs, port) = udp_cookies(&outbox.url(), 30);
+    let (cs, port) = udp_cookies(&outbox, 30);
     let advertised: u16 = outbox.server.stdout_after("post_manager udp on ").unwrap().rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(port, advertised);
     let mut p = Probe::new(port);
@@ -226,7 +227,7 @@ fn forged_replayed_guessed_and_oversized_datagrams_get_no_answer_and_no_answer_i
 fn one_source_gets_no_more_answers_than_its_rate_allows() {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "0.01", "--udp-burst", "3"]);
-    let (cs, port) = udp_cookies(&outbox.url(), 1);
+    let (cs, port) = udp_cookies(&outbox, 1);
     let (id, key) = cs[0];
     let mut p = Probe::new(port);
     let answered = (1..=10u64).filter(|c| p.ask(&udp::encode_poll(&[PollEntry::new(id, &key, *c)]).unwrap()).is_some()).count();

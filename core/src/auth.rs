@@ -8,11 +8,14 @@ use crate::pgp;
 use crate::protocol::{self, Fpr, SignatureHeader, MAX_CLOCK_SKEW};
 use crate::Identity;
 
-/// A fresh `Stubmail-Signature` value for one request.
-pub fn sign_request(me: &Identity, method: &str, path: &str, body_sha256: &str, now: i64) -> Result<String, pgp::PgpError> {
+/// A fresh `Stubmail-Signature` value for one request to the outbox whose
+/// base URL is `outbox` (any form; it is normalised by
+/// [`protocol::outbox_id`]).
+pub fn sign_request(me: &Identity, outbox: &str, method: &str, path: &str, body_sha256: &str, now: i64) -> Result<String, pgp::PgpError> {
     use rand::Rng;
     let nonce = hex::encode(rand::rng().random::<[u8; 16]>());
-    let data = protocol::canonical_request(method, path, now, &nonce, body_sha256);
+    let outbox = protocol::outbox_id(outbox).unwrap_or_else(|| outbox.to_string());
+    let data = protocol::canonical_request(&outbox, method, path, now, &nonce, body_sha256);
     let sig = me.sign_detached(&data)?;
     Ok(SignatureHeader { fpr: me.fpr(), ts: now, nonce, sig }.format())
 }
@@ -51,17 +54,42 @@ pub trait NonceStore {
     fn remember(&self, fpr: &Fpr, nonce: &str, ts: i64) -> std::io::Result<bool>;
 }
 
-/// Check every signature header of a request; return the verified signers.
-/// `lookup` gives the certificate that may sign for a fingerprint.
-pub fn verify_request(
+/// A request whose signatures verified, its nonces not yet recorded.
+#[derive(Debug)]
+pub struct Verified {
+    /// The signers, each once, in header order.
+    pub signers: Vec<Fpr>,
+    headers: Vec<SignatureHeader>,
+}
+
+impl Verified {
+    /// Record the nonces (replay protection): the request counts from here.
+    /// A request the server answers without keeping anything (a stranger's
+    /// empty poll) may skip this, and then writes nothing.
+    pub fn remember(self, nonces: &dyn NonceStore) -> Result<Vec<Fpr>, AuthError> {
+        for h in &self.headers {
+            if !nonces.remember(&h.fpr, &h.nonce, h.ts).map_err(|e| AuthError::Storage(e.to_string()))? {
+                return Err(AuthError::Replayed);
+            }
+        }
+        Ok(self.signers)
+    }
+}
+
+/// Check every signature header of a request, made for one of `outboxes`
+/// (this outbox's base URLs, as [`protocol::outbox_id`] writes them): a
+/// request made for another outbox does not verify here. `lookup` gives
+/// the certificate that may sign for a fingerprint. Nonces are not
+/// recorded: see [`Verified::remember`].
+pub fn verify_signatures(
     headers: &[&str],
+    outboxes: &[String],
     method: &str,
     path: &str,
     body_sha256: &str,
     now: i64,
     lookup: &mut dyn FnMut(&Fpr) -> Option<Cert>,
-    nonces: &dyn NonceStore,
-) -> Result<Vec<Fpr>, AuthError> {
+) -> Result<Verified, AuthError> {
     if headers.is_empty() {
         return Err(AuthError::Missing);
     }
@@ -82,19 +110,36 @@ pub fn verify_request(
         if pgp::fpr_of(&cert) != h.fpr {
             return Err(AuthError::Unauthenticated);
         }
-        let data = protocol::canonical_request(method, path, h.ts, &h.nonce, body_sha256);
-        pgp::verify_detached(&cert, &data, &h.sig).map_err(|_| AuthError::Unauthenticated)?;
-    }
-    let mut out = Vec::new();
-    for h in parsed {
-        if !nonces.remember(&h.fpr, &h.nonce, h.ts).map_err(|e| AuthError::Storage(e.to_string()))? {
-            return Err(AuthError::Replayed);
-        }
-        if !out.contains(&h.fpr) {
-            out.push(h.fpr);
+        let ok = outboxes.iter().any(|o| {
+            let data = protocol::canonical_request(o, method, path, h.ts, &h.nonce, body_sha256);
+            pgp::verify_detached(&cert, &data, &h.sig).is_ok()
+        });
+        if !ok {
+            return Err(AuthError::Unauthenticated);
         }
     }
-    Ok(out)
+    let mut signers = Vec::new();
+    for h in &parsed {
+        if !signers.contains(&h.fpr) {
+            signers.push(h.fpr.clone());
+        }
+    }
+    Ok(Verified { signers, headers: parsed })
+}
+
+/// [`verify_signatures`], then record the nonces; returns the signers.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_request(
+    headers: &[&str],
+    outboxes: &[String],
+    method: &str,
+    path: &str,
+    body_sha256: &str,
+    now: i64,
+    lookup: &mut dyn FnMut(&Fpr) -> Option<Cert>,
+    nonces: &dyn NonceStore,
+) -> Result<Vec<Fpr>, AuthError> {
+    verify_signatures(headers, outboxes, method, path, body_sha256, now, lookup)?.remember(nonces)
 }
 
 #[cfg(test)]
@@ -117,27 +162,34 @@ mod tests {
         let m = Identity::generate(None, "m@example.org", "http://m/").unwrap();
         let now = 1_800_000_000;
         let store = Mem::default();
+        const O: &str = "http://Outbox.example:80/base";
+        let o = vec![protocol::outbox_id(O).unwrap()];
         let d = protocol::EMPTY_SHA256;
         let mut look = |f: &Fpr| if *f == a.fpr() { Some(a.cert()) } else { None };
-        let h = sign_request(&a, "GET", "/v1/messages", d, now).unwrap();
-        assert_eq!(verify_request(&[&h], "GET", "/v1/messages", d, now + 10, &mut look, &store).unwrap(), vec![a.fpr()]);
+        let h = sign_request(&a, O, "GET", "/v1/messages", d, now).unwrap();
+        assert_eq!(verify_request(&[&h], &o, "GET", "/v1/messages", d, now + 10, &mut look, &store).unwrap(), vec![a.fpr()]);
         // The same header again is a replay.
-        assert_eq!(verify_request(&[&h], "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Replayed));
+        assert_eq!(verify_request(&[&h], &o, "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Replayed));
         // Each part of the canonical request is covered.
-        let h = sign_request(&a, "GET", "/v1/messages", d, now).unwrap();
-        assert_eq!(verify_request(&[&h], "POST", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
-        assert_eq!(verify_request(&[&h], "GET", "/v1/poll", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
-        assert_eq!(verify_request(&[&h], "GET", "/v1/messages", &"0".repeat(64), now, &mut look, &store), Err(AuthError::Unauthenticated));
+        let h = sign_request(&a, O, "GET", "/v1/messages", d, now).unwrap();
+        assert_eq!(verify_request(&[&h], &o, "POST", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
+        assert_eq!(verify_request(&[&h], &o, "GET", "/v1/poll", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
+        assert_eq!(verify_request(&[&h], &o, "GET", "/v1/messages", &"0".repeat(64), now, &mut look, &store), Err(AuthError::Unauthenticated));
         // Stale in both directions.
-        assert!(matches!(verify_request(&[&h], "GET", "/v1/messages", d, now + 301, &mut look, &store), Err(AuthError::Stale { .. })));
-        assert!(matches!(verify_request(&[&h], "GET", "/v1/messages", d, now - 301, &mut look, &store), Err(AuthError::Stale { .. })));
+        assert!(matches!(verify_request(&[&h], &o, "GET", "/v1/messages", d, now + 301, &mut look, &store), Err(AuthError::Stale { .. })));
+        assert!(matches!(verify_request(&[&h], &o, "GET", "/v1/messages", d, now - 301, &mut look, &store), Err(AuthError::Stale { .. })));
         // Unknown signer and a signer claiming someone else's fingerprint.
-        let hm = sign_request(&m, "GET", "/v1/messages", d, now).unwrap();
-        assert_eq!(verify_request(&[&hm], "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
+        let hm = sign_request(&m, O, "GET", "/v1/messages", d, now).unwrap();
+        assert_eq!(verify_request(&[&hm], &o, "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
         let forged = hm.replace(m.fpr().as_str(), a.fpr().as_str());
-        assert_eq!(verify_request(&[&forged], "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
-        assert_eq!(verify_request(&[], "GET", "/", d, now, &mut look, &store), Err(AuthError::Missing));
+        assert_eq!(verify_request(&[&forged], &o, "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
+        assert_eq!(verify_request(&[], &o, "GET", "/", d, now, &mut look, &store), Err(AuthError::Missing));
         // A failed request consumed no nonce: the valid one still works.
-        assert!(verify_request(&[&h], "GET", "/v1/messages", d, now, &mut look, &store).is_ok());
+        assert!(verify_request(&[&h], &o, "GET", "/v1/messages", d, now, &mut look, &store).is_ok());
+        // Made for another outbox: refused here, and its nonce untouched.
+        let h = sign_request(&a, "http://other.example/base/", "GET", "/v1/messages", d, now).unwrap();
+        assert_eq!(verify_request(&[&h], &o, "GET", "/v1/messages", d, now, &mut look, &store), Err(AuthError::Unauthenticated));
+        let both = vec![o[0].clone(), "http://other.example/base/".to_string()];
+        assert!(verify_request(&[&h], &both, "GET", "/v1/messages", d, now, &mut look, &store).is_ok(), "an outbox known by two URLs");
     }
 }

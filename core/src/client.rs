@@ -98,7 +98,7 @@ impl OutboxClient {
         if let Some(q) = url.query() {
             path = format!("{path}?{q}");
         }
-        let sig = crate::auth::sign_request(&self.me, method.as_str(), &path, body_sha256, crate::time::unix_now())
+        let sig = crate::auth::sign_request(&self.me, self.base.as_str(), method.as_str(), &path, body_sha256, crate::time::unix_now())
             .map_err(|e| ClientError::Local(e.to_string()))?;
         Ok(self
             .http

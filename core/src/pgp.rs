@@ -272,6 +272,56 @@ pub fn emails_of(cert: &Cert) -> Vec<String> {
     v
 }
 
+/// Largest certificate an outbox keeps for a recipient, once reduced.
+pub const MAX_REMEMBERED_CERT: usize = 64 * 1024;
+
+/// A certificate reduced to what an outbox needs to check its owner's
+/// requests: the primary key, at most 8 User IDs and 8 subkeys, each with
+/// the owner's own signatures and revocations only — no third-party
+/// certifications, no photos, no unknown packets. A peer's certificate can
+/// then not grow without bound (certifications by throwaway keys, one more
+/// per poll). Refused if still over [`MAX_REMEMBERED_CERT`] bytes.
+pub fn reduced(cert: &Cert) -> Result<Cert> {
+    use openpgp::Packet;
+    let mut p: Vec<Packet> = vec![cert.primary_key().key().clone().into()];
+    let pk = cert.primary_key();
+    p.extend(pk.self_signatures().map(|s| Packet::from(s.clone())));
+    p.extend(pk.self_revocations().map(|s| Packet::from(s.clone())));
+    for u in cert.userids().take(8) {
+        p.push(u.userid().clone().into());
+        p.extend(u.self_signatures().map(|s| Packet::from(s.clone())));
+        p.extend(u.self_revocations().map(|s| Packet::from(s.clone())));
+    }
+    for k in cert.keys().subkeys().take(8) {
+        p.push(k.key().clone().into());
+        p.extend(k.self_signatures().map(|s| Packet::from(s.clone())));
+        p.extend(k.self_revocations().map(|s| Packet::from(s.clone())));
+    }
+    let c = Cert::from_packets(p.into_iter())?;
+    let size = binary(&c)?.len();
+    if size > MAX_REMEMBERED_CERT {
+        return Err(invalid(format!("certificate {} is {size} bytes even reduced", c.fingerprint())));
+    }
+    Ok(c)
+}
+
+/// Is the certificate revoked (by its owner, valid under the policy)?
+pub fn is_revoked(cert: &Cert) -> bool {
+    cert.with_policy(&POLICY, None)
+        .is_ok_and(|vc| matches!(vc.revocation_status(), openpgp::types::RevocationStatus::Revoked(_)))
+}
+
+/// `known` with the owner's revocations of its primary key taken from
+/// `presented` (the same certificate, as a peer presented it): only
+/// revocation signatures are taken, nothing else of what the peer sent.
+pub fn with_revocations_from(known: &Cert, presented: &Cert) -> Result<Cert> {
+    if known.fingerprint() != presented.fingerprint() {
+        return Err(invalid("not the same certificate"));
+    }
+    let revs: Vec<openpgp::Packet> = presented.primary_key().self_revocations().map(|s| s.clone().into()).collect();
+    Ok(known.clone().insert_packets(revs)?.0)
+}
+
 /// The certificate with only the User IDs whose email is `email`
 /// (lower-cased compare): what a key found by looking `email` up (WKD) may
 /// speak for, as `gpg --locate-keys` keeps only the matching User ID.

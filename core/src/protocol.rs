@@ -130,8 +130,10 @@ impl SignatureHeader {
             return Err(Bad("too long"));
         }
         let mut parts = s.split(';').map(str::trim);
-        if parts.next() != Some("v1") {
-            return Err(Bad("must start with \"v1;\""));
+        match parts.next() {
+            Some("v2") => {}
+            Some("v1") => return Err(Bad("v1 signatures are not bound to an outbox and are refused: upgrade Stubmail (v2)")),
+            _ => return Err(Bad("must start with \"v2;\"")),
         }
         let (mut fpr, mut ts, mut nonce, mut sig) = (None, None, None, None);
         for p in parts {
@@ -169,7 +171,7 @@ impl SignatureHeader {
     pub fn format(&self) -> String {
         use base64::Engine;
         format!(
-            "v1; fpr={}; ts={}; nonce={}; sig={}",
+            "v2; fpr={}; ts={}; nonce={}; sig={}",
             self.fpr,
             self.ts,
             self.nonce,
@@ -178,9 +180,41 @@ impl SignatureHeader {
     }
 }
 
-/// The bytes a requester signs (docs/PROTOCOL.md §3).
-pub fn canonical_request(method: &str, path: &str, ts: i64, nonce: &str, body_sha256: &str) -> Vec<u8> {
-    format!("stubmail-request-v1\n{method}\n{path}\n{ts}\n{nonce}\n{body_sha256}\n").into_bytes()
+/// The bytes a requester signs (docs/PROTOCOL.md §3). `outbox` is the
+/// outbox's base URL as [`outbox_id`] writes it: a request signed for one
+/// outbox does not verify at another.
+pub fn canonical_request(outbox: &str, method: &str, path: &str, ts: i64, nonce: &str, body_sha256: &str) -> Vec<u8> {
+    format!("stubmail-request-v2\n{outbox}\n{method}\n{path}\n{ts}\n{nonce}\n{body_sha256}\n").into_bytes()
+}
+
+/// An outbox's base URL in the one form both ends sign: scheme and host in
+/// lower case, no default port, no query or fragment, path ending in `/`.
+/// `None` for anything but an http(s) URL with a host.
+pub fn outbox_id(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return None;
+    }
+    let mut authority = authority.to_ascii_lowercase();
+    let default = if scheme == "http" { ":80" } else { ":443" };
+    if let Some(a) = authority.strip_suffix(default) {
+        authority = a.to_string();
+    }
+    let mut path = path.to_string();
+    if !path.ends_with('/') {
+        path.push('/');
+    }
+    Some(format!("{scheme}://{authority}{path}"))
 }
 
 /// Parse the `Stubmail-Recipients` header: comma-separated distinct
@@ -406,20 +440,23 @@ mod tests {
     #[test]
     fn signature_header_table() {
         let n = "0".repeat(32);
-        let ok = format!("v1; fpr={F}; ts=1700000000; nonce={n}; sig=AAEC");
+        let ok = format!("v2; fpr={F}; ts=1700000000; nonce={n}; sig=AAEC");
         let h = SignatureHeader::parse(&ok).unwrap();
         assert_eq!(h.sig, vec![0, 1, 2]);
         assert_eq!(h.ts, 1700000000);
+        // v1 (not bound to an outbox) is refused, and says why.
+        let v1 = SignatureHeader::parse(&format!("v1; fpr={F}; ts=1; nonce={n}; sig=AA==")).unwrap_err().to_string();
+        assert!(v1.contains("not bound to an outbox"), "{v1}");
         let cases = [
-            format!("v2; fpr={F}; ts=1; nonce={n}; sig=AA=="),
-            format!("v1; fpr={F}; ts=-1; nonce={n}; sig=AA=="),
-            format!("v1; fpr={F}; ts=1; nonce=xyz; sig=AA=="),
-            format!("v1; fpr={F}; ts=1; nonce={n}; sig=!!"),
-            format!("v1; fpr={F}; ts=1; nonce={n}"),
-            format!("v1; fpr={F}; fpr={F}; ts=1; nonce={n}; sig=AA=="),
-            format!("v1; fpr=DEADBEEF; ts=1; nonce={n}; sig=AA=="),
-            format!("v1; fpr={F}; ts=1; nonce={n}; sig=AA==; extra=1"),
-            format!("v1; fpr={F}; ts=99999999999999; nonce={n}; sig=AA=="),
+            format!("v3; fpr={F}; ts=1; nonce={n}; sig=AA=="),
+            format!("v2; fpr={F}; ts=-1; nonce={n}; sig=AA=="),
+            format!("v2; fpr={F}; ts=1; nonce=xyz; sig=AA=="),
+            format!("v2; fpr={F}; ts=1; nonce={n}; sig=!!"),
+            format!("v2; fpr={F}; ts=1; nonce={n}"),
+            format!("v2; fpr={F}; fpr={F}; ts=1; nonce={n}; sig=AA=="),
+            format!("v2; fpr=DEADBEEF; ts=1; nonce={n}; sig=AA=="),
+            format!("v2; fpr={F}; ts=1; nonce={n}; sig=AA==; extra=1"),
+            format!("v2; fpr={F}; ts=99999999999999; nonce={n}; sig=AA=="),
             "v1".to_string(),
             String::new(),
             "x".repeat(10000),
@@ -431,8 +468,24 @@ mod tests {
 
     #[test]
     fn canonical_is_line_based() {
-        let c = canonical_request("GET", "/v1/poll", 5, "n", EMPTY_SHA256);
-        assert_eq!(c, format!("stubmail-request-v1\nGET\n/v1/poll\n5\nn\n{EMPTY_SHA256}\n").into_bytes());
+        let c = canonical_request("http://o/", "GET", "/v1/poll", 5, "n", EMPTY_SHA256);
+        assert_eq!(c, format!("stubmail-request-v2\nhttp://o/\nGET\n/v1/poll\n5\nn\n{EMPTY_SHA256}\n").into_bytes());
+    }
+
+    #[test]
+    fn outbox_ids_are_one_form() {
+        for (url, id) in [
+            ("http://Example.ORG", Some("http://example.org/")),
+            ("HTTPS://mail.example.org:443/stubmail?x=1#f", Some("https://mail.example.org/stubmail/")),
+            ("http://127.0.0.1:8080/a/", Some("http://127.0.0.1:8080/a/")),
+            ("http://[::1]:80/", Some("http://[::1]/")),
+            ("ftp://x/", None),
+            ("http:///x", None),
+            ("http://user@x/", None),
+            ("x", None),
+        ] {
+            assert_eq!(outbox_id(url).as_deref(), id, "{url}");
+        }
     }
 
     #[test]

@@ -28,6 +28,11 @@ const MAX_STUB_AGE: i64 = 31 * 86400;
 const MAX_STUB_FUTURE: i64 = 86400;
 /// New strangers one source address may put in quarantine per hour.
 const NEW_STRANGERS_PER_SOURCE_HOUR: u32 = 10;
+/// Polls one contact's stubs may cause: at most one per this interval (a
+/// stub inside it schedules one poll at its end).
+const MIN_POLL_SPACING: Duration = Duration::from_secs(2);
+/// Stubs remembered, so a replayed one causes nothing.
+const SEEN_STUBS: usize = 4096;
 
 /// A stranger's introduction: what their stubs claim, unverified until
 /// the user accepts (then the certificate is fetched from `outbox` and the
@@ -170,6 +175,9 @@ impl Quarantine {
 pub enum Verdict {
     /// A contact's authentic stub: poll their outbox now.
     Poll(Fpr),
+    /// A contact's authentic stub, but their outbox was polled moments
+    /// ago: poll it once more after this delay.
+    PollLater(Fpr, Duration),
     /// A stranger's stub, now in quarantine.
     Held(Held),
     /// Ignored, and why (for the debug log).
@@ -184,11 +192,17 @@ pub struct Judge {
     pub quarantine: Option<Quarantine>,
     /// New strangers per source address in the current hour.
     strangers: HashMap<IpAddr, (u32, Instant)>,
+    /// Stubs already acted on (sender, message id, made): a replay of a
+    /// captured stub triggers nothing. Bounded by [`SEEN_STUBS`].
+    seen: HashMap<(Fpr, String, i64), Instant>,
+    /// When each contact's outbox is (or is scheduled to be) polled next
+    /// because of a stub.
+    polled: HashMap<Fpr, Instant>,
 }
 
 impl Judge {
     pub fn new(me: Fpr, keyring: Keyring, quarantine: Option<Quarantine>) -> Judge {
-        Judge { me, keyring, quarantine, strangers: HashMap::new() }
+        Judge { me, keyring, quarantine, strangers: HashMap::new(), seen: HashMap::new(), polled: HashMap::new() }
     }
 
     pub fn judge(&mut self, src: IpAddr, datagram: &[u8], now: i64) -> Verdict {
@@ -210,7 +224,7 @@ impl Judge {
                     return Verdict::Dropped("the contact's certificate is not usable (expired or revoked?)");
                 }
                 match pgp::verify_detached(&cert, signed, sig) {
-                    Ok(()) => Verdict::Poll(stub.sender),
+                    Ok(()) => self.schedule(&stub, Instant::now()),
                     Err(_) => Verdict::Dropped("bad signature"),
                 }
             }
@@ -239,6 +253,41 @@ impl Judge {
                 }
             }
             Err(_) => Verdict::Dropped("keyring unreadable"),
+        }
+    }
+}
+
+impl Judge {
+    /// An authentic stub of a contact: poll now, later, or not at all (a
+    /// replay, or a poll already scheduled).
+    fn schedule(&mut self, stub: &Stub, now: Instant) -> Verdict {
+        let key = (stub.sender.clone(), stub.id.clone(), stub.made);
+        if self.seen.contains_key(&key) {
+            return Verdict::Dropped("replayed stub");
+        }
+        if self.seen.len() >= SEEN_STUBS {
+            // Forget the older half; a stub older than that is long acted on.
+            let mut ages: Vec<Instant> = self.seen.values().copied().collect();
+            ages.sort();
+            let cut = ages[ages.len() / 2];
+            self.seen.retain(|_, t| *t > cut);
+        }
+        self.seen.insert(key, now);
+        let next = self.polled.get(&stub.sender).copied();
+        match next {
+            Some(t) if t > now => Verdict::Dropped("a poll of this contact is already scheduled"),
+            Some(t) if now.duration_since(t) < MIN_POLL_SPACING => {
+                let at = t + MIN_POLL_SPACING;
+                self.polled.insert(stub.sender.clone(), at);
+                Verdict::PollLater(stub.sender.clone(), at - now)
+            }
+            _ => {
+                if self.polled.len() > 10_000 {
+                    self.polled.retain(|_, t| now.saturating_duration_since(*t) < MIN_POLL_SPACING);
+                }
+                self.polled.insert(stub.sender.clone(), now);
+                Verdict::Poll(stub.sender.clone())
+            }
         }
     }
 }
@@ -285,6 +334,16 @@ pub async fn listen(
                 // A full queue already holds polls to make: nothing lost.
                 let _ = polls.try_send(f);
             }
+            Verdict::PollLater(f, wait) => {
+                tracing::debug!(sender = %f, ?wait, "stub: polling again shortly");
+                // At most one of these per contact at a time (the judge
+                // schedules no second one before this fires).
+                let polls = polls.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = polls.try_send(f);
+                });
+            }
             Verdict::Held(h) => tracing::info!(%src, "stub from a stranger: {h:?}"),
             Verdict::Dropped(why) => tracing::debug!(%src, "stub dropped: {why}"),
         }
@@ -295,6 +354,31 @@ pub async fn listen(
 mod tests {
     use super::*;
     use stubmail::Identity;
+
+    #[test]
+    fn a_replayed_stub_causes_no_poll_and_stubs_cause_at_most_one_poll_per_contact_in_two_seconds() {
+        let d = tempfile::tempdir().unwrap();
+        let keyring = Keyring::new(d.path().join("kr"));
+        let (alice, bob) = (
+            Identity::generate(None, "alice@example.org", "http://a/").unwrap(),
+            Identity::generate(None, "bob@example.net", "http://b/").unwrap(),
+        );
+        keyring.import(vec![alice.cert()]).unwrap();
+        let mut j = Judge::new(bob.fpr(), keyring, None);
+        let now = stubmail::time::unix_now();
+        let src: IpAddr = "127.0.0.1".parse().unwrap();
+        let one = stub_from(&alice, &bob.fpr(), 1, now);
+        assert_eq!(j.judge(src, &one, now), Verdict::Poll(alice.fpr()));
+        for _ in 0..2000 {
+            assert_eq!(j.judge(src, &one, now), Verdict::Dropped("replayed stub"));
+        }
+        // A second, new message at once: one poll later, not now.
+        let two = stub_from(&alice, &bob.fpr(), 2, now);
+        assert!(matches!(j.judge(src, &two, now), Verdict::PollLater(f, w) if f == alice.fpr() && w <= MIN_POLL_SPACING));
+        // A third while that is pending: nothing more.
+        let three = stub_from(&alice, &bob.fpr(), 3, now);
+        assert_eq!(j.judge(src, &three, now), Verdict::Dropped("a poll of this contact is already scheduled"));
+    }
 
     fn stub_from(sender: &Identity, to: &Fpr, id_byte: u8, made: i64) -> Vec<u8> {
         let s = Stub { sender: sender.fpr(), recipient: to.clone(), id: hex::encode([id_byte; 32]), size: 10, made, outbox: "http://127.0.0.1:1/".into() };

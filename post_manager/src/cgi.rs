@@ -36,7 +36,11 @@ pub fn settings() -> Settings {
     let max_message_size = env("POST_MANAGER_MAX_MESSAGE_SIZE")
         .and_then(|v| v.parse().ok())
         .unwrap_or(Settings::default().max_message_size);
-    Settings { prefix, max_message_size, ..Settings::default() }
+    // Base URLs besides the accounts' own, space-separated.
+    let public_urls = env("POST_MANAGER_PUBLIC_URL")
+        .map(|v| v.split_whitespace().filter_map(stubmail::protocol::outbox_id).collect())
+        .unwrap_or_default();
+    Settings { prefix, max_message_size, public_urls, ..Settings::default() }
 }
 
 fn reason(status: u16) -> &'static str {

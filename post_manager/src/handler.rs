@@ -25,11 +25,15 @@ pub struct Settings {
     /// Connections `serve` holds per client address (behind a reverse
     /// proxy every request comes from the proxy: raise it there).
     pub max_connections_per_ip: usize,
+    /// Base URLs this outbox answers to besides those its accounts'
+    /// certificates bind (`--public-url`, `POST_MANAGER_PUBLIC_URL`), as
+    /// [`protocol::outbox_id`] writes them.
+    pub public_urls: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024, max_connections_per_ip: 32 }
+        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024, max_connections_per_ip: 32, public_urls: vec![] }
     }
 }
 
@@ -162,17 +166,39 @@ fn header(req: &Request, name: &str) -> Option<String> {
     (req.headers)(name).into_iter().next()
 }
 
-/// Verify the request's signatures. `lookup` finds who may sign.
+/// What every request is checked against.
+struct Ctx<'a> {
+    store: &'a Store,
+    /// The base URLs a request may be signed for.
+    outboxes: Vec<String>,
+}
+
+/// Verify the request's signatures (made for this outbox) and record their
+/// nonces. `lookup` finds who may sign.
 fn authenticate(
-    store: &Store,
+    ctx: &Ctx,
     req: &Request,
     digest: &str,
     now: i64,
     lookup: &mut dyn FnMut(&Fpr) -> Option<stubmail::openpgp::Cert>,
 ) -> Result<Vec<Fpr>, Response> {
+    verify(ctx, req, digest, now, lookup)?.remember(ctx.store).map_err(|e| {
+        tracing::warn!(target = req.target, "refused: {e}");
+        from_auth(e)
+    })
+}
+
+/// Verify the request's signatures, recording nothing yet.
+fn verify(
+    ctx: &Ctx,
+    req: &Request,
+    digest: &str,
+    now: i64,
+    lookup: &mut dyn FnMut(&Fpr) -> Option<stubmail::openpgp::Cert>,
+) -> Result<auth::Verified, Response> {
     let sigs = (req.headers)(protocol::SIGNATURE_HEADER);
     let refs: Vec<&str> = sigs.iter().map(String::as_str).collect();
-    auth::verify_request(&refs, req.method, req.target, digest, now, lookup, store).map_err(|e| {
+    auth::verify_signatures(&refs, &ctx.outboxes, req.method, req.target, digest, now, lookup).map_err(|e| {
         tracing::warn!(target = req.target, "refused: {e}");
         from_auth(e)
     })
@@ -269,18 +295,24 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let mut outboxes = settings.public_urls.clone();
+    match store.outbox_urls() {
+        Ok(u) => outboxes.extend(u),
+        Err(e) => tracing::error!("cannot read the outbox's URLs: {e}"),
+    }
+    let ctx = &Ctx { store, outboxes };
     let result = match (req.method, r) {
-        ("PUT", Route::Message(id)) => upload(store, settings, &mut req, id, now),
-        ("GET", Route::Message(id)) => fetch(store, &mut req, id, now),
-        ("DELETE", Route::Message(id)) => sender_op(store, &mut req, now, |s, f| s.unsend(f, id, now).map(|st| Response::json(200, &st))),
-        ("GET", Route::Status(id)) => sender_op(store, &mut req, now, |s, f| s.status(f, id).map(|st| Response::json(200, &st))),
-        ("GET", Route::List) => sender_op(store, &mut req, now, |s, f| {
+        ("PUT", Route::Message(id)) => upload(ctx, settings, &mut req, id, now),
+        ("GET", Route::Message(id)) => fetch(ctx, &mut req, id, now),
+        ("DELETE", Route::Message(id)) => sender_op(ctx, &mut req, now, |s, f| s.unsend(f, id, now).map(|st| Response::json(200, &st))),
+        ("GET", Route::Status(id)) => sender_op(ctx, &mut req, now, |s, f| s.status(f, id).map(|st| Response::json(200, &st))),
+        ("GET", Route::List) => sender_op(ctx, &mut req, now, |s, f| {
             s.list(f).map(|messages| Response::json(200, &MessageList { messages }))
         }),
-        ("POST", Route::Ack(id)) => ack(store, &mut req, id, now),
-        ("GET", Route::Account) => sender_op(store, &mut req, now, |s, f| s.account_status(f, now).map(|st| Response::json(200, &st))),
-        ("POST", Route::Poll) => poll(store, &mut req, now),
-        ("POST", Route::Notify(id)) => notify(store, &mut req, id, now),
+        ("POST", Route::Ack(id)) => ack(ctx, &mut req, id, now),
+        ("GET", Route::Account) => sender_op(ctx, &mut req, now, |s, f| s.account_status(f, now).map(|st| Response::json(200, &st))),
+        ("POST", Route::Poll) => poll(ctx, &mut req, now),
+        ("POST", Route::Notify(id)) => notify(ctx, &mut req, id, now),
         ("GET", Route::Cert(f)) => Ok(match store.account(&f).map(|c| pgp::binary(&c)) {
             // Public like WKD: an account's certificate, by fingerprint (for
             // a recipient deciding on a stranger's introduction).
@@ -296,7 +328,8 @@ fn account_lookup(store: &Store) -> impl FnMut(&Fpr) -> Option<stubmail::openpgp
     |f| store.account(f)
 }
 
-fn upload(store: &Store, settings: &Settings, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+fn upload(ctx: &Ctx, settings: &Settings, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
     let digest = declared_digest(req)?;
     if digest != id {
         return Err(Response::error(400, "digest_mismatch", "Stubmail-Content-SHA256 must equal the message id"));
@@ -305,7 +338,7 @@ fn upload(store: &Store, settings: &Settings, req: &mut Request, id: &str, now: 
     if req.content_length.is_some_and(|l| l > settings.max_message_size) {
         return Err(Response::error(413, "too_large", format!("messages over {} bytes are refused", settings.max_message_size)));
     }
-    let signers = authenticate(store, req, &digest, now, &mut account_lookup(store))?;
+    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(store))?;
     let [sender] = signers.as_slice() else {
         return Err(Response::error(400, "bad_request", "an upload has exactly one signer"));
     };
@@ -320,13 +353,14 @@ fn upload(store: &Store, settings: &Settings, req: &mut Request, id: &str, now: 
 }
 
 fn sender_op(
-    store: &Store,
+    ctx: &Ctx,
     req: &mut Request,
     now: i64,
     op: impl FnOnce(&Store, &Fpr) -> Result<Response, StoreError>,
 ) -> Result<Response, Response> {
+    let store = ctx.store;
     let digest = declared_digest(req)?;
-    let signers = authenticate(store, req, &digest, now, &mut account_lookup(store))?;
+    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(store))?;
     small_body_checked(req, &digest)?;
     let [sender] = signers.as_slice() else {
         return Err(Response::error(400, "bad_request", "this request has exactly one signer"));
@@ -334,7 +368,8 @@ fn sender_op(
     Ok(op(store, sender).map_err(from_store)?.signed_by(sender))
 }
 
-fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response> {
+fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
     let digest = declared_digest(req)?;
     // The body carries the signers' certificates, so it is read first (it is
     // small and bounded), but nothing in it is trusted until verified.
@@ -351,21 +386,48 @@ fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response
         .take(100)
         .filter_map(|a| pgp::parse_certs(a.as_bytes()).ok())
         .flatten()
+        .take(100)
         .collect();
+    // A revocation once seen sticks (PROTOCOL §3): a presented certificate
+    // that revokes one we keep is stored before anything else, so the
+    // revoked key is refused from now on, here and in every request.
+    for c in &presented {
+        if let Err(e) = store.take_revocation(c) {
+            tracing::warn!("cannot store a revocation of {}: {e:#}", c.fingerprint());
+        }
+    }
     let mut lookup = |f: &Fpr| {
-        presented.iter().find(|c| &pgp::fpr_of(c) == f).cloned().or_else(|| store.known_cert(f))
+        let known = store.known_cert(f);
+        if known.as_ref().is_some_and(pgp::is_revoked) {
+            return known;
+        }
+        // A fresher certificate (a new subkey, a later expiry) may be
+        // presented; it is the same key, its fingerprint says so.
+        presented.iter().find(|c| &pgp::fpr_of(c) == f).cloned().or(known)
     };
-    let signers = authenticate(store, req, &digest, now, &mut lookup)?;
+    let verified = verify(ctx, req, &digest, now, &mut lookup)?;
     if !body_ok {
         return Err(Response::error(400, "digest_mismatch", "the body does not match Stubmail-Content-SHA256"));
     }
-    for c in presented.iter().filter(|c| signers.contains(&pgp::fpr_of(c))) {
+    if preq.device.as_deref().is_some_and(|d| !protocol::is_valid_device(d)) {
+        return Err(Response::error(400, "bad_request", "a device id is 1-64 characters of A-Z a-z 0-9 _ -"));
+    }
+    // A stranger (no account, never sent anything here) gets the empty
+    // answer anyone gets, and leaves nothing behind: no certificate, no
+    // cookie, no nonce. (A replay of such a poll gets the same nothing.)
+    let known: Vec<Fpr> = verified.signers.iter().filter(|f| store.account(f).is_some() || store.ever_had_mail(f)).cloned().collect();
+    if known.is_empty() {
+        let first = verified.signers[0].clone();
+        return Ok(Response::json(200, &PollResponse::default()).signed_by(&first));
+    }
+    let signers = verified.remember(store).map_err(|e| {
+        tracing::warn!(target = req.target, "refused: {e}");
+        from_auth(e)
+    })?;
+    for c in presented.iter().filter(|c| known.contains(&pgp::fpr_of(c))) {
         if let Err(e) = store.remember_cert(c) {
             tracing::warn!("cannot cache certificate {}: {e:#}", c.fingerprint());
         }
-    }
-    if preq.device.as_deref().is_some_and(|d| !protocol::is_valid_device(d)) {
-        return Err(Response::error(400, "bad_request", "a device id is 1-64 characters of A-Z a-z 0-9 _ -"));
     }
     let mut messages = Vec::new();
     for s in &signers {
@@ -375,7 +437,7 @@ fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response
     let mut resp = PollResponse { messages, ..Default::default() };
     // Cookies only while a UDP service runs on this data directory.
     if let Some(a) = crate::udp::advert(store) {
-        for s in &signers {
+        for s in &known {
             match crate::udp::issue(store, s, preq.device.as_deref(), preq.senders.as_deref()) {
                 Ok(c) => resp.cookies.push(c),
                 Err(e) => tracing::warn!("cannot issue a UDP cookie: {e}"),
@@ -392,10 +454,11 @@ fn poll(store: &Store, req: &mut Request, now: i64) -> Result<Response, Response
 /// UDP service sends them. Each stub must be the sender's own, for this
 /// message and a pending recipient of it, and goes only to the endpoint
 /// bound in that recipient's own certificate.
-fn notify(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
     use base64::Engine as _;
     let digest = declared_digest(req)?;
-    let signers = authenticate(store, req, &digest, now, &mut account_lookup(store))?;
+    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(store))?;
     let body = small_body_checked(req, &digest)?;
     let [sender] = signers.as_slice() else {
         return Err(Response::error(400, "bad_request", "this request has exactly one signer"));
@@ -410,8 +473,12 @@ fn notify(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Respon
     let mut accepted = 0;
     for n in nreq.stubs.iter().take(protocol::MAX_RECIPIENTS) {
         let check = || -> Result<crate::udp::QueuedStub, String> {
-            let cert = pgp::parse_certs(n.cert.as_bytes()).map_err(|e| e.to_string())?.into_iter().next().ok_or("no certificate")?;
-            let rcpt = pgp::fpr_of(&cert);
+            // Whom the sender means; the endpoint, though, comes only from the
+            // certificate the recipient presented in its own signed poll here
+            // (or its account): never from one the sender hands over.
+            let named = pgp::parse_certs(n.cert.as_bytes()).map_err(|e| e.to_string())?.into_iter().next().ok_or("no certificate")?;
+            let rcpt = pgp::fpr_of(&named);
+            let cert = store.known_cert(&rcpt).ok_or("the recipient has not polled this outbox: no stub until it does")?;
             if !status.recipients.iter().any(|r| r.fpr == rcpt && r.state.is_pending()) {
                 return Err(format!("{rcpt} is not waiting for this message"));
             }
@@ -436,9 +503,10 @@ fn notify(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Respon
 }
 
 /// Authenticate a recipient's request; returns the signer and the body.
-fn recipient_auth(store: &Store, req: &mut Request, now: i64) -> Result<(Fpr, Vec<u8>), Response> {
+fn recipient_auth(ctx: &Ctx, req: &mut Request, now: i64) -> Result<(Fpr, Vec<u8>), Response> {
+    let store = ctx.store;
     let digest = declared_digest(req)?;
-    let signers = authenticate(store, req, &digest, now, &mut |f| store.known_cert(f))?;
+    let signers = authenticate(ctx, req, &digest, now, &mut |f| store.known_cert(f))?;
     let body = small_body_checked(req, &digest)?;
     match signers.as_slice() {
         [one] => Ok((one.clone(), body)),
@@ -446,8 +514,9 @@ fn recipient_auth(store: &Store, req: &mut Request, now: i64) -> Result<(Fpr, Ve
     }
 }
 
-fn fetch(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
-    let (who, _) = recipient_auth(store, req, now)?;
+fn fetch(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
+    let (who, _) = recipient_auth(ctx, req, now)?;
     let (mut file, size) = store.open_for(&who, id).map_err(from_store)?;
     let range = match header(req, "range") {
         None => None,
@@ -498,8 +567,9 @@ fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-fn ack(store: &Store, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
-    let (who, body) = recipient_auth(store, req, now)?;
+fn ack(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
+    let (who, body) = recipient_auth(ctx, req, now)?;
     let ack: protocol::AckRequest = if body.is_empty() {
         protocol::AckRequest::default()
     } else {
@@ -602,14 +672,16 @@ mod hostile {
         let body = b"ciphertext".to_vec();
         let id = stubmail::client::sha256_hex(&body);
         let bob = "B".repeat(40);
-        let put = |who: &Identity, ts: i64| {
+        let put_to = |outbox: &str, who: &Identity, ts: i64| {
             let path = format!("/v1/messages/{id}");
             vec![
-                (protocol::SIGNATURE_HEADER, auth::sign_request(who, "PUT", &path, &id, ts).unwrap()),
+                (protocol::SIGNATURE_HEADER, auth::sign_request(who, outbox, "PUT", &path, &id, ts).unwrap()),
                 (protocol::DIGEST_HEADER, id.clone()),
                 (protocol::RECIPIENTS_HEADER, bob.clone()),
             ]
         };
+        // Alice's certificate binds http://a/: the outbox knows itself by it.
+        let put = |who: &Identity, ts: i64| put_to("http://a/", who, ts);
         let good = put(&alice, now);
         let replayed = good.clone();
         let case = |name, headers, body: Option<Vec<u8>>, content_length, want| Case {
@@ -627,6 +699,7 @@ mod hostile {
             case("stale timestamp", put(&alice, now - 3600), None, Some(10), 401),
             case("from the future", put(&alice, now + 3600), None, Some(10), 401),
             case("unknown account", put(&mallory, now), None, Some(10), 401),
+            case("made for another outbox", put_to("http://b.example/", &alice, now), None, Some(10), 401),
             case("oversized, refused before reading", put(&alice, now), None, Some(1_000_000), 413),
             case("wrong digest for the id", {
                 let mut h = put(&alice, now);
@@ -663,7 +736,7 @@ mod hostile {
                 method: "POST",
                 target: "/v1/poll".into(),
                 headers: vec![
-                    (protocol::SIGNATURE_HEADER, auth::sign_request(&alice, "POST", "/v1/poll", &digest, ts).unwrap()),
+                    (protocol::SIGNATURE_HEADER, auth::sign_request(&alice, "http://a/", "POST", "/v1/poll", &digest, ts).unwrap()),
                     (protocol::DIGEST_HEADER, digest),
                 ],
                 content_length: Some(b.len() as u64),

@@ -37,6 +37,11 @@ enum Cmd {
         /// reverse proxy all come from the proxy, so raise it there.
         #[arg(long, default_value_t = 32)]
         max_connections_per_ip: usize,
+        /// A base URL clients reach this outbox by, besides those its
+        /// accounts' certificates bind (repeatable). Signed requests are
+        /// bound to the outbox URL they were made for.
+        #[arg(long = "public-url", value_name = "URL")]
+        public_urls: Vec<String>,
         /// UDP poll and notification service: `auto` (the HTTP address and
         /// port number), `off`, or IP:PORT.
         #[arg(long, default_value = "auto")]
@@ -199,7 +204,7 @@ fn main() -> anyhow::Result<()> {
             rt.spawn(async move { stubmail::signals::cancel_on_signal(&sd) });
             Ok(post_manager::udp::run(socket, store, udp_limits.settings(), shutdown)?)
         }
-        Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, udp, udp_limits } => {
+        Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, public_urls, udp, udp_limits } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
             store.check_writable()?;
@@ -210,7 +215,11 @@ fn main() -> anyhow::Result<()> {
             if !prefix.ends_with('/') {
                 prefix.push('/');
             }
-            let settings = Settings { prefix, max_message_size, max_connections_per_ip };
+            let public_urls = public_urls
+                .iter()
+                .map(|u| stubmail::protocol::outbox_id(u).with_context(|| format!("--public-url {u:?} is not an http(s) URL")))
+                .collect::<anyhow::Result<_>>()?;
+            let settings = Settings { prefix, max_message_size, max_connections_per_ip, public_urls };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

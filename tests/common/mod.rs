@@ -429,6 +429,27 @@ impl Pair {
     }
 }
 
+/// Someone (another account of the outbox, not one of the recipient's
+/// contacts) has sent `recipient` mail at this outbox before. An outbox
+/// keeps a recipient's certificate, cookies and nonces, and sends it stubs,
+/// only once it has had mail there (SECURITY.md: strangers leave nothing);
+/// tests of the steady state start from here. The recipient never fetches
+/// this message: it polls only for its contacts.
+pub fn had_mail_before(outbox_url: &str, data: &Path, recipient: &str) {
+    stubmail::client::init_tls();
+    let other = std::sync::Arc::new(stubmail::Identity::generate(None, "earlier@example.com", outbox_url).unwrap());
+    let f = data.with_file_name(format!("earlier-{}.asc", other.fpr()));
+    std::fs::write(&f, stubmail::pgp::armored(&other.cert()).unwrap()).unwrap();
+    ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(data).arg("--key").arg(&f));
+    let body = format!("not really a message for {recipient}").into_bytes();
+    let id = stubmail::client::sha256_hex(&body);
+    let file = data.with_file_name(format!("earlier-{id}"));
+    std::fs::write(&file, &body).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), outbox_url, other).unwrap();
+    rt.block_on(c.upload(&id, &[stubmail::protocol::Fpr::parse(recipient).unwrap()], &file)).unwrap();
+}
+
 /// The states `stubmail status --json` reports, one per recipient.
 pub fn states(u: &User) -> Vec<String> {
     u.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect()
@@ -530,15 +551,26 @@ impl Drop for LossyUdp {
 }
 
 /// Signed polls by `k` fresh recipients: their cookies and the UDP port.
-pub fn udp_cookies(outbox_url: &str, k: usize) -> (Vec<(stubmail::protocol::udp::CookieId, stubmail::protocol::udp::CookieKey)>, u16) {
+pub fn udp_cookies(outbox: &Outbox, k: usize) -> (Vec<(stubmail::protocol::udp::CookieId, stubmail::protocol::udp::CookieKey)>, u16) {
     stubmail::client::init_tls();
+    let outbox_url = outbox.url();
+    // Accounts of the outbox: a stranger's poll gets no cookie (it keeps
+    // nothing for strangers with no mail there).
+    let ids: Vec<_> = (0..k)
+        .map(|i| {
+            let me = std::sync::Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), &outbox_url).unwrap());
+            let f = outbox.data.with_file_name(format!("{}-r{i}.asc", me.fpr()));
+            std::fs::write(&f, stubmail::pgp::armored(&me.cert()).unwrap()).unwrap();
+            ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&outbox.data).arg("--key").arg(&f));
+            me
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut out = Vec::new();
         let mut port = 0;
-        for i in 0..k {
-            let me = std::sync::Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), "http://127.0.0.1:9/").unwrap());
-            let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), outbox_url, me.clone()).unwrap();
+        for me in ids {
+            let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox_url, me.clone()).unwrap();
             let req = stubmail::protocol::PollRequest {
                 senders: None,
                 certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()],

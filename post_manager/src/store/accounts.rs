@@ -26,6 +26,9 @@ impl Default for Limits {
     }
 }
 
+/// The outbox's own base URLs, one per line.
+const URLS: &str = "accounts/urls";
+
 pub(super) fn utc_day(now: i64) -> String {
     stubmail::time::rfc3339(now)[..10].to_string()
 }
@@ -36,7 +39,34 @@ impl Store {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
         fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o644)?;
+        if let Some(url) = pgp::outbox_of(cert).and_then(|u| protocol::outbox_id(&u)) {
+            let _lock = self.lock("urls")?;
+            let mut urls = self.outbox_urls()?;
+            if !urls.contains(&url) {
+                urls.push(url);
+                fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o644)?;
+            }
+        }
         Ok(f)
+    }
+
+    /// The base URLs this outbox is known by: those its accounts' own
+    /// certificates bind (`accounts/urls`, kept by `add_account`; made
+    /// from the accounts if missing). Signed requests are bound to one of
+    /// them (docs/PROTOCOL.md §3); an operator adds others with
+    /// `--public-url`.
+    pub fn outbox_urls(&self) -> io::Result<Vec<String>> {
+        match fs::read_to_string(self.p(URLS)) {
+            Ok(t) => Ok(t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut urls: Vec<String> =
+                    self.accounts()?.iter().filter_map(|c| pgp::outbox_of(c).and_then(|u| protocol::outbox_id(&u))).collect();
+                urls.sort();
+                urls.dedup();
+                Ok(urls)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Set an account's limits.

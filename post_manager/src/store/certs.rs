@@ -21,17 +21,47 @@ impl Store {
         self.read_cert(&format!("certs/{f}.pgp")).or_else(|| self.account(f))
     }
 
-    /// Merge a verified recipient certificate into the cache (merge, never
-    /// replace: a revocation once seen sticks).
+    /// Keep a verified recipient's certificate, reduced (own signatures
+    /// only, few User IDs and subkeys, bounded size: see
+    /// [`pgp::reduced`]), replacing the one kept before — unless that one
+    /// is revoked: a revocation once seen sticks.
     pub fn remember_cert(&self, cert: &Cert) -> anyhow::Result<()> {
         let f = pgp::fpr_of(cert);
         let path = self.p(&format!("certs/{f}.pgp"));
         let _lock = self.lock(&format!("cert-{f}"))?;
-        let merged = match self.read_cert(&format!("certs/{f}.pgp")) {
-            Some(old) => old.merge_public(cert.clone())?,
-            None => cert.clone(),
-        };
-        fsutil::write_atomic(&path, &pgp::binary(&merged)?, 0o644)?;
+        if self.read_cert(&format!("certs/{f}.pgp")).is_some_and(|old| pgp::is_revoked(&old)) {
+            return Ok(());
+        }
+        let bytes = pgp::binary(&pgp::reduced(cert)?)?;
+        if fs::read(&path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        fsutil::write_atomic(&path, &bytes, 0o644)?;
         Ok(())
+    }
+
+    /// If `presented` revokes a certificate this outbox keeps (a recipient's
+    /// or an account's), store the revocation (only the revocation
+    /// signatures are taken). Returns whether it did.
+    pub fn take_revocation(&self, presented: &Cert) -> anyhow::Result<bool> {
+        let f = pgp::fpr_of(presented);
+        if !pgp::is_revoked(presented) {
+            return Ok(false);
+        }
+        let mut took = false;
+        for rel in [format!("certs/{f}.pgp"), format!("accounts/{f}.pgp")] {
+            let _lock = self.lock(&format!("cert-{f}"))?;
+            let Some(known) = self.read_cert(&rel) else { continue };
+            if pgp::is_revoked(&known) {
+                continue;
+            }
+            let merged = pgp::with_revocations_from(&known, presented)?;
+            if pgp::is_revoked(&merged) {
+                fsutil::write_atomic(&self.p(&rel), &pgp::binary(&merged)?, 0o644)?;
+                tracing::info!(fpr = %f, "stored a revocation");
+                took = true;
+            }
+        }
+        Ok(took)
     }
 }

@@ -64,6 +64,12 @@ impl Store {
         fs::metadata(self.p(&format!("inbox/{recipient}"))).and_then(|m| m.modified()).ok()
     }
 
+    /// Has this outbox ever held mail for `recipient`? (Its index
+    /// directory is made with its first message and kept.)
+    pub fn ever_had_mail(&self, recipient: &Fpr) -> bool {
+        self.p(&format!("inbox/{recipient}")).is_dir()
+    }
+
     /// Mark an index changed whose files did not change (a device's ack).
     pub(super) fn touch_inbox(&self, recipient: &Fpr) {
         let dir = self.p(&format!("inbox/{recipient}"));

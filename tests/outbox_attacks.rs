@@ -1,0 +1,133 @@
+//! Attacks on the outbox, against the real `post_manager` (SECURITY.md,
+//! "The outbox gives strangers nothing to hold"): requests replayed at
+//! another outbox, strangers' polls, certificates that grow, stubs aimed
+//! at a victim, revocations.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use stubmail::client::{self, OutboxClient};
+use stubmail::openpgp::cert::prelude::*;
+use stubmail::openpgp::packet::signature::SignatureBuilder;
+use stubmail::openpgp::types::{ReasonForRevocation, SignatureType};
+use stubmail::protocol::{self, PollRequest};
+use stubmail::{pgp, Identity};
+
+fn rt() -> tokio::runtime::Runtime {
+    client::init_tls();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Files under `dir`, recursively.
+fn files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten().map(|e| if e.path().is_dir() { files(&e.path()) } else { 1 }).sum()
+}
+
+/// A signed poll made for `signed_for`, sent to `sent_to`; its status.
+fn poll_status(me: &Identity, cert: &Cert, signed_for: &str, sent_to: &str) -> u16 {
+    let body = serde_json::to_vec(&PollRequest { senders: None, certs: vec![pgp::armored(cert).unwrap()], device: None }).unwrap();
+    let digest = client::sha256_hex(&body);
+    let sig = stubmail::auth::sign_request(me, signed_for, "POST", "/v1/poll", &digest, stubmail::time::unix_now()).unwrap();
+    rt().block_on(async {
+        client::http_client()
+            .unwrap()
+            .post(format!("{sent_to}v1/poll"))
+            .header(protocol::SIGNATURE_HEADER, sig)
+            .header(protocol::DIGEST_HEADER, digest)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+#[test]
+fn a_request_captured_at_one_outbox_is_refused_at_another() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (Outbox::start(root.path(), "outbox-a"), Outbox::start(root.path(), "outbox-b"));
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    for o in [&a, &b] {
+        had_mail_before(&o.url(), &o.data, bob.fpr().as_str());
+    }
+    assert_eq!(poll_status(&bob, &bob.cert(), &a.url(), &a.url()), 200, "made for A, at A");
+    assert_eq!(poll_status(&bob, &bob.cert(), &a.url(), &b.url()), 401, "made for A, replayed at B");
+    assert_eq!(poll_status(&bob, &bob.cert(), &b.url(), &b.url()), 200, "made for B, at B");
+}
+
+#[test]
+fn a_strangers_poll_leaves_nothing_and_a_growing_certificate_is_kept_small() {
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    had_mail_before(&o.url(), &o.data, &"F".repeat(40));
+    let before = files(&o.data);
+    // Strangers: keys of their own, no account, no mail here.
+    for i in 0..40 {
+        let s = Arc::new(Identity::generate(None, &format!("s{i}@example.com"), "http://127.0.0.1:9/").unwrap());
+        let c = OutboxClient::new(client::http_client().unwrap(), &o.url(), s.clone()).unwrap();
+        let req = PollRequest { senders: None, certs: vec![pgp::armored(&s.cert()).unwrap()], device: Some("d".into()) };
+        let resp = rt().block_on(c.poll(&req)).unwrap();
+        assert!(resp.messages.is_empty() && resp.cookies.is_empty() && resp.udp_port.is_none(), "the empty answer anyone gets");
+    }
+    assert_eq!(files(&o.data), before, "no certificate, cookie or nonce file for strangers");
+    assert_eq!(files(&o.data.join("certs")), 0);
+
+    // A recipient with mail here presents a certificate loaded with
+    // third-party certifications, more each time: what the outbox keeps
+    // stays small and does not grow.
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    had_mail_before(&o.url(), &o.data, bob.fpr().as_str());
+    let mut cert = bob.cert();
+    let mut sizes = Vec::new();
+    for round in 0..3 {
+        for _ in 0..100 {
+            let (other, _) = CertBuilder::general_purpose([format!("<x{round}@spam.example>")]).generate().unwrap();
+            let mut kp = other.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+            let uid = cert.userids().next().unwrap().userid().clone();
+            let sig = uid.certify(&mut kp, &cert, SignatureType::GenericCertification, None, None).unwrap();
+            cert = cert.insert_packets(vec![stubmail::openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+        }
+        assert_eq!(poll_status(&bob, &cert, &o.url(), &o.url()), 200);
+        sizes.push(std::fs::metadata(o.data.join(format!("certs/{}.pgp", bob.fpr()))).unwrap().len());
+    }
+    assert!(pgp::binary(&cert).unwrap().len() > 30_000, "the presented certificate is large");
+    assert!(sizes.iter().all(|s| *s == sizes[0] && *s < 4096), "kept certificate sizes: {sizes:?}");
+}
+
+#[test]
+fn a_revocation_presented_once_is_kept_and_the_old_certificate_refused_after() {
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    had_mail_before(&o.url(), &o.data, bob.fpr().as_str());
+    assert_eq!(poll_status(&bob, &bob.cert(), &o.url(), &o.url()), 200);
+    // Bob's key is compromised; he revokes it and his poller presents the
+    // revoked certificate once.
+    let mut kp = bob.signing_keypair().unwrap();
+    let rev = bob.cert().revoke(&mut kp, ReasonForRevocation::KeyCompromised, b"lost the laptop").unwrap();
+    let revoked = bob.cert().insert_packets(vec![stubmail::openpgp::Packet::from(rev)]).unwrap().0;
+    assert_eq!(poll_status(&bob, &revoked, &o.url(), &o.url()), 401);
+    // Whoever holds the key now, presenting the old certificate: refused.
+    assert_eq!(poll_status(&bob, &bob.cert(), &o.url(), &o.url()), 401, "a revocation once seen sticks");
+    let kept = pgp::parse_certs(&std::fs::read(o.data.join(format!("certs/{}.pgp", bob.fpr()))).unwrap()).unwrap();
+    assert!(pgp::is_revoked(&kept[0]));
+    // A forged "revocation" (signed by another key) is not taken.
+    let carol = Identity::generate(None, "carol@example.net", "http://127.0.0.1:9/").unwrap();
+    had_mail_before(&o.url(), &o.data, carol.fpr().as_str());
+    assert_eq!(poll_status(&carol, &carol.cert(), &o.url(), &o.url()), 200);
+    let (mallory, _) = CertBuilder::general_purpose(["<m@evil.example>"]).generate().unwrap();
+    let mut mk = mallory.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+    let forged = SignatureBuilder::new(SignatureType::KeyRevocation)
+        .set_reason_for_revocation(ReasonForRevocation::KeyCompromised, b"")
+        .unwrap()
+        .sign_direct_key(&mut mk, Some(carol.cert().primary_key().key()))
+        .unwrap();
+    let fake = carol.cert().insert_packets(vec![stubmail::openpgp::Packet::from(forged)]).unwrap().0;
+    let _ = poll_status(&carol, &fake, &o.url(), &o.url());
+    assert_eq!(poll_status(&carol, &carol.cert(), &o.url(), &o.url()), 200, "a forged revocation changes nothing");
+}
