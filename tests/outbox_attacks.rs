@@ -131,3 +131,42 @@ fn a_revocation_presented_once_is_kept_and_the_old_certificate_refused_after() {
     let _ = poll_status(&carol, &fake, &o.url(), &o.url());
     assert_eq!(poll_status(&carol, &carol.cert(), &o.url(), &o.url()), 200, "a forged revocation changes nothing");
 }
+
+#[test]
+fn a_sender_cannot_aim_stubs_at_an_address_the_recipient_never_presented() {
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &o.url());
+    o.add_account(&alice);
+    let me = Arc::new(Identity::load(&alice.home.join("secret.pgp")).unwrap());
+    // A throwaway "recipient" whose certificate names a victim's address.
+    let victim = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    victim.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    let notify = format!("udp://{}", victim.local_addr().unwrap());
+    let fake = Identity::generate_with(None, "throwaway@example.com", "http://127.0.0.1:9/", Some(&notify)).unwrap();
+    let body = b"ciphertext".to_vec();
+    let id = client::sha256_hex(&body);
+    let file = root.path().join("ct");
+    std::fs::write(&file, &body).unwrap();
+    let c = OutboxClient::new(client::http_client().unwrap(), &o.url(), me.clone()).unwrap();
+    rt().block_on(c.upload(&id, &[fake.fpr()], &file)).unwrap();
+    let stub = protocol::udp::Stub { sender: me.fpr(), recipient: fake.fpr(), id: id.clone(), size: 10, made: stubmail::time::unix_now(), outbox: o.url() };
+    let sig = me.sign_detached(&stub.signed_part().unwrap()).unwrap();
+    use base64::Engine as _;
+    let req = protocol::NotifyRequest {
+        stubs: vec![protocol::NotifyStub {
+            cert: pgp::armored(&fake.cert()).unwrap(),
+            stub: base64::engine::general_purpose::STANDARD.encode(stub.encode(&sig).unwrap()),
+        }],
+    };
+    let resp = rt().block_on(c.notify(&id, &req)).unwrap();
+    assert_eq!(resp.accepted, 0, "the recipient never presented that certificate here");
+    let mut buf = [0u8; 2048];
+    assert!(victim.recv(&mut buf).is_err(), "nothing reached the victim");
+    // The control: once that key polls here itself (it has mail waiting),
+    // its own certificate names the endpoint, and the stub goes out.
+    assert_eq!(poll_status(&fake, &fake.cert(), &o.url(), &o.url()), 200);
+    let resp = rt().block_on(c.notify(&id, &req)).unwrap();
+    assert_eq!(resp.accepted, 1);
+    assert!(victim.recv(&mut buf).is_ok(), "sent to the endpoint the recipient presented");
+}

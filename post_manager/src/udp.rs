@@ -349,6 +349,36 @@ struct Scheduled {
     next: Instant,
 }
 
+/// Stubs one destination address receives: a burst, then one per this
+/// interval. Recipients' keys are made by anyone, so many of them can
+/// name one victim's address as their notify endpoint; the outbox must
+/// not be the means of flooding it.
+pub const STUBS_PER_DESTINATION_BURST: f64 = 10.0;
+pub const STUBS_PER_DESTINATION_EVERY: Duration = Duration::from_secs(5);
+/// Stubs of one sending account, all destinations together.
+pub const STUBS_PER_ACCOUNT_BURST: f64 = 100.0;
+pub const STUBS_PER_ACCOUNT_EVERY: Duration = Duration::from_millis(200);
+
+/// A token bucket.
+#[derive(Clone, Copy, Debug)]
+struct StubBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl StubBucket {
+    fn take(b: Option<&mut StubBucket>, burst: f64, every: Duration, now: Instant) -> (bool, StubBucket) {
+        let mut x = b.copied().unwrap_or(StubBucket { tokens: burst, at: now });
+        x.tokens = (x.tokens + now.duration_since(x.at).as_secs_f64() / every.as_secs_f64()).min(burst);
+        x.at = now;
+        let ok = x.tokens >= 1.0;
+        if ok {
+            x.tokens -= 1.0;
+        }
+        (ok, x)
+    }
+}
+
 /// Sends queued stubs with backoff until the recipient's ack or expiry.
 pub struct Notifier {
     store: Store,
@@ -356,12 +386,27 @@ pub struct Notifier {
     queue: HashMap<String, Scheduled>,
     scanned: Option<(SystemTime, Instant)>,
     resolved: HashMap<String, (Option<SocketAddr>, Instant)>,
+    /// Token buckets by destination address and by sending account.
+    per_destination: HashMap<IpAddr, StubBucket>,
+    per_account: HashMap<String, StubBucket>,
     pub sent: u64,
+    /// Stubs put off by the rate limits (sent later).
+    pub deferred: u64,
 }
 
 impl Notifier {
     pub fn new(store: Store, socket: UdpSocket) -> Notifier {
-        Notifier { store, socket, queue: HashMap::new(), scanned: None, resolved: HashMap::new(), sent: 0 }
+        Notifier {
+            store,
+            socket,
+            queue: HashMap::new(),
+            scanned: None,
+            resolved: HashMap::new(),
+            per_destination: HashMap::new(),
+            per_account: HashMap::new(),
+            sent: 0,
+            deferred: 0,
+        }
     }
 
     fn scan(&mut self, now: Instant) {
@@ -428,6 +473,28 @@ impl Notifier {
             }
             let endpoint = s.stub.endpoint.clone();
             let addr = self.resolve(&endpoint, now);
+            // Both limits must allow it; otherwise it waits a second and
+            // counts as neither sent nor tried.
+            if let Some(a) = addr {
+                let account = udp::Stub::decode(&self.queue[&name].datagram).map(|(st, _, _)| st.sender.to_string()).unwrap_or_default();
+                let (d_ok, d) = StubBucket::take(self.per_destination.get_mut(&a.ip()), STUBS_PER_DESTINATION_BURST, STUBS_PER_DESTINATION_EVERY, now);
+                let (a_ok, b) = StubBucket::take(self.per_account.get_mut(&account), STUBS_PER_ACCOUNT_BURST, STUBS_PER_ACCOUNT_EVERY, now);
+                if !(d_ok && a_ok) {
+                    self.deferred += 1;
+                    if let Some(s) = self.queue.get_mut(&name) {
+                        s.next = now + Duration::from_secs(1);
+                    }
+                    continue;
+                }
+                if self.per_destination.len() > 100_000 {
+                    self.per_destination.clear();
+                }
+                if self.per_account.len() > 100_000 {
+                    self.per_account.clear();
+                }
+                self.per_destination.insert(a.ip(), d);
+                self.per_account.insert(account, b);
+            }
             let Some(s) = self.queue.get_mut(&name) else { continue };
             if let Some(addr) = addr {
                 match self.socket.send_to(&s.datagram, addr) {
@@ -586,6 +653,40 @@ mod tests {
         assert_eq!(answered, 5);
         let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
         assert!(svc.answer(other, &poll(&c, 21)).is_some(), "another source has its own bucket");
+    }
+
+    #[test]
+    fn many_recipients_naming_one_victims_address_get_it_a_trickle_not_a_flood() {
+        let (_d, store, _) = setup();
+        let victim = UdpSocket::bind("127.0.0.1:0").unwrap();
+        victim.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        use base64::Engine as _;
+        // 200 throwaway recipients, each with a message waiting, all naming
+        // the victim's address.
+        for i in 0..200u32 {
+            let r = Fpr::parse(&format!("{:040X}", i + 1)).unwrap();
+            let body = format!("ciphertext {i}");
+            let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+            store.put(&fpr('A'), &id, std::slice::from_ref(&r), &mut body.as_bytes(), 1 << 20, 1).unwrap();
+            let q = QueuedStub {
+                id,
+                recipient: r,
+                endpoint: victim.local_addr().unwrap().to_string(),
+                stub: base64::engine::general_purpose::STANDARD.encode(b"SMN1 stub bytes"),
+            };
+            queue_stub(&store, &q).unwrap();
+        }
+        let mut n = Notifier::new(store, UdpSocket::bind("127.0.0.1:0").unwrap());
+        for _ in 0..5 {
+            n.tick();
+        }
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while victim.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, STUBS_PER_DESTINATION_BURST as usize, "a burst, then one per {STUBS_PER_DESTINATION_EVERY:?}");
+        assert!(n.deferred >= 190, "the rest wait: {}", n.deferred);
     }
 
     #[test]
