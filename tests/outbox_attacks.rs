@@ -170,3 +170,34 @@ fn a_sender_cannot_aim_stubs_at_an_address_the_recipient_never_presented() {
     assert_eq!(resp.accepted, 1);
     assert!(victim.recv(&mut buf).is_ok(), "sent to the endpoint the recipient presented");
 }
+
+/// Every path under `dir` whose mode lets group or others in.
+fn loose(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            out.push(format!("{} {mode:o}", e.path().display()));
+        }
+        if e.path().is_dir() {
+            out.extend(loose(&e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_data_directory_made_by_post_manager_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    // Uploads, a recipient's poll (certificate, cookie, nonces), the UDP
+    // service's files: all there.
+    had_mail_before(&o.url(), &o.data, bob.fpr().as_str());
+    assert_eq!(poll_status(&bob, &bob.cert(), &o.url(), &o.url()), 200);
+    assert!(files(&o.data.join("cookies")) > 0 && files(&o.data.join("nonces")) > 0 && files(&o.data.join("certs")) > 0);
+    assert_eq!(std::fs::metadata(&o.data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(loose(&o.data), Vec::<String>::new(), "nothing readable by other local users");
+}

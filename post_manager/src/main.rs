@@ -132,12 +132,41 @@ struct DataDir {
 }
 
 impl DataDir {
+    /// The data directory. Run as root on a directory another user owns
+    /// (a CGI setup's www-data), this process becomes that user first: the
+    /// files it makes are private (0600) and must be the server's, or the
+    /// outbox could not read them.
     fn path(&self) -> anyhow::Result<PathBuf> {
-        self.data
+        let p = self
+            .data
             .clone()
             .or_else(|| self.home.as_ref().map(|h| h.join("outbox")))
-            .ok_or_else(|| anyhow::anyhow!("pass --data DIR (or --home DIR for a personal outbox)"))
+            .ok_or_else(|| anyhow::anyhow!("pass --data DIR (or --home DIR for a personal outbox)"))?;
+        become_owner_of(&p)?;
+        Ok(p)
     }
+}
+
+/// As root, take the uid and gid of the owner of `dir` (if it exists and
+/// is not root's).
+fn become_owner_of(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Ok(m) = std::fs::metadata(dir) else { return Ok(()) };
+    if m.uid() == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain system calls on this process's credentials; group
+    // first, while still allowed to change it.
+    let ok = unsafe { libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(m.gid()) == 0 && libc::setuid(m.uid()) == 0 };
+    if !ok {
+        anyhow::bail!("cannot become uid {} (the owner of {}): {}", m.uid(), dir.display(), std::io::Error::last_os_error());
+    }
+    tracing::debug!(uid = m.uid(), "running as the owner of the data directory");
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -176,6 +205,12 @@ enum AccountCmd {
 
 fn main() -> anyhow::Result<()> {
     stubmail::logging::init("info");
+    // The data directory holds who mails whom, UDP cookie keys and nonces:
+    // everything post_manager creates is private to the user it runs as
+    // (0700 directories, 0600 files). Under a web server that is the
+    // server's user, for the CGI and its UDP companion alike (OPERATING.md).
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     // Started by a web server: answer one request. Nothing is parsed or
     // scanned before the request needs it, so start-up stays cheap.
     if post_manager::cgi::is_cgi() {
@@ -243,8 +278,10 @@ fn main() -> anyhow::Result<()> {
 fn account(cmd: AccountCmd) -> anyhow::Result<()> {
     match cmd {
         AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day } => {
-            let store = Store::open(&data.path()?)?;
+            // Read before becoming the data directory's owner (who may not
+            // be able to read the administrator's file).
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let store = Store::open(&data.path()?)?;
             let certs = stubmail::pgp::parse_certs(&bytes).with_context(|| format!("{}", key.display()))?;
             for c in certs {
                 let c = c.strip_secret_key_material();

@@ -38,13 +38,13 @@ impl Store {
     pub fn add_account(&self, cert: &Cert) -> anyhow::Result<Fpr> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
-        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o644)?;
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o600)?;
         if let Some(url) = pgp::outbox_of(cert).and_then(|u| protocol::outbox_id(&u)) {
             let _lock = self.lock("urls")?;
             let mut urls = self.outbox_urls()?;
             if !urls.contains(&url) {
                 urls.push(url);
-                fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o644)?;
+                fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o600)?;
             }
         }
         Ok(f)
@@ -71,7 +71,7 @@ impl Store {
 
     /// Set an account's limits.
     pub fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
-        fsutil::write_atomic(&self.p(&format!("accounts/{f}.limits.json")), &serde_json::to_vec_pretty(l).expect("serialisable"), 0o644)
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.limits.json")), &serde_json::to_vec_pretty(l).expect("serialisable"), 0o600)
     }
 
     pub fn limits(&self, f: &Fpr) -> Limits {

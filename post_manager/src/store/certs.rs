@@ -36,7 +36,7 @@ impl Store {
         if fs::read(&path).is_ok_and(|old| old == bytes) {
             return Ok(());
         }
-        fsutil::write_atomic(&path, &bytes, 0o644)?;
+        fsutil::write_atomic(&path, &bytes, 0o600)?;
         Ok(())
     }
 
@@ -57,7 +57,7 @@ impl Store {
             }
             let merged = pgp::with_revocations_from(&known, presented)?;
             if pgp::is_revoked(&merged) {
-                fsutil::write_atomic(&self.p(&rel), &pgp::binary(&merged)?, 0o644)?;
+                fsutil::write_atomic(&self.p(&rel), &pgp::binary(&merged)?, 0o600)?;
                 tracing::info!(fpr = %f, "stored a revocation");
                 took = true;
             }

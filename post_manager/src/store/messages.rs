@@ -107,7 +107,7 @@ impl Store {
 
     pub(super) fn write_meta(&self, m: &Meta) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
-        fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o644)
+        fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o600)
     }
 
     /// Create an empty index file durably (idempotent).
