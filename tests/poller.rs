@@ -299,3 +299,82 @@ fn progress_shows_on_a_terminal_and_nowhere_else() {
     assert!(text.contains("fetching") && text.contains("MiB"), "{text}");
     assert!(text.contains("delivered 1"), "{text}");
 }
+
+/// Hostile "outboxes" in one Python process, one port each: `huge` answers
+/// a poll with 200 and an endless JSON body, `error` with 500 and an
+/// endless error body, `drip` with headers and then one byte a second.
+const HOSTILE_OUTBOXES: &str = r#"
+import sys, time, threading, http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        mode = self.server.mode
+        n = int(self.headers.get("Content-Length", "0")); self.rfile.read(n)
+        self.send_response(500 if mode == "error" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            if mode == "drip":
+                for _ in range(120):
+                    self.wfile.write(b"1\r\n \r\n"); self.wfile.flush(); time.sleep(1)
+            else:
+                chunk = b" " * 65536
+                line = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+                for _ in range(12288):  # 768 MiB
+                    self.wfile.write(line)
+        except Exception:
+            pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+for mode in sys.argv[1:]:
+    s = S(("127.0.0.1", 0), H); s.mode = mode
+    print(mode, s.server_address[1], flush=True)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+time.sleep(600)
+"#;
+
+#[test]
+fn hostile_outboxes_cannot_exhaust_memory_or_hold_the_cycle() {
+    use std::io::BufRead;
+    let s = setup();
+    let modes = ["huge", "error", "drip", "drip", "drip", "drip", "drip", "drip", "drip", "drip", "drip", "drip"];
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(HOSTILE_OUTBOXES)
+        .args(modes)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for (i, _) in modes.iter().enumerate() {
+        let line = lines.next().unwrap().unwrap();
+        let port = line.split_whitespace().nth(1).unwrap();
+        let c = User::init(s.root.path(), &format!("hostile{i}"), &format!("h{i}@hostile.example"), &format!("http://127.0.0.1:{port}/"));
+        s.bob.import(&c.export());
+    }
+    s.bob.edit_config(|t| {
+        table(t, "poll").insert("timeout_secs".into(), 3i64.into());
+    });
+    s.send(1);
+    // http2mbox --once, its peak memory measured by its parent.
+    let script = r#"
+import resource, subprocess, sys, time
+t = time.time()
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print("secs", round(time.time() - t, 1), "maxrss_kib", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(p.stdout); print(p.stderr[-3000:])
+"#;
+    let http2mbox = bin("http2mbox");
+    let (good, out) = python(script, &[http2mbox.to_str().unwrap(), "--home", s.bob.home.to_str().unwrap(), "--once"]);
+    let _ = child.kill();
+    assert!(good, "{out}");
+    let num = |k: &str| out.split_whitespace().skip_while(|w| *w != k).nth(1).unwrap().parse::<f64>().unwrap();
+    assert!(out.contains("delivered 1") && out.contains("unreachable 12"), "Alice's mail arrives; the 12 hostile outboxes fail: {out}");
+    assert!(num("maxrss_kib") < 200.0 * 1024.0, "768 MiB answers are not held in memory: {out}");
+    // Ten outboxes dripping a byte a second, with a 3 s deadline per request:
+    // together they hold the cycle for one deadline, not ten.
+    assert!(num("secs") < 12.0, "the cycle is not held by dripping outboxes: {out}");
+    assert!(out.contains("larger than"), "the oversized answers are named: {out}");
+}

@@ -22,6 +22,8 @@ pub enum ClientError {
     Server { status: StatusCode, body: ErrorBody },
     #[error("{0}")]
     Local(String),
+    #[error("the answer is larger than {0} bytes: refused")]
+    TooLarge(usize),
 }
 
 impl ClientError {
@@ -63,6 +65,35 @@ pub fn http_client_with_timeout(timeout: Duration) -> Result<reqwest::Client, Cl
         .build()?)
 }
 
+/// Largest error body read from a peer (only its first 300 characters are
+/// shown anyway).
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest JSON answer read from an outbox (a poll answer lists at most a
+/// few thousand messages of a few hundred bytes each).
+pub const MAX_JSON_ANSWER: usize = 16 << 20;
+/// Every request to an outbox is over within this long, its whole answer
+/// included (a fetch gets more, by its size): a peer that sends one byte
+/// just inside each read timeout gains nothing.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+/// The slowest transfer a fetch is given time for.
+pub const MIN_FETCH_RATE: u64 = 64 * 1024;
+
+/// Read a response's body, at most `max` bytes: whatever a peer claims or
+/// sends, no more is held in memory.
+pub async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ClientError> {
+    if resp.content_length().is_some_and(|l| l > max as u64) {
+        return Err(ClientError::TooLarge(max));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > max {
+            return Err(ClientError::TooLarge(max));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -73,6 +104,8 @@ pub struct OutboxClient {
     http: reqwest::Client,
     base: Url,
     me: Arc<Identity>,
+    /// Whole-request deadline (see [`REQUEST_DEADLINE`]).
+    deadline: Duration,
 }
 
 impl OutboxClient {
@@ -85,11 +118,18 @@ impl OutboxClient {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError::BadUrl(s));
         }
-        Ok(OutboxClient { http, base, me })
+        Ok(OutboxClient { http, base, me, deadline: REQUEST_DEADLINE })
     }
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    /// A whole-request deadline other than [`REQUEST_DEADLINE`] (e.g. the
+    /// poller's `poll.timeout_secs`).
+    pub fn with_deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
     }
 
     fn request(&self, method: Method, rel: &str, body_sha256: &str) -> Result<reqwest::RequestBuilder, ClientError> {
@@ -103,6 +143,7 @@ impl OutboxClient {
         Ok(self
             .http
             .request(method, url)
+            .timeout(self.deadline)
             .header(protocol::SIGNATURE_HEADER, sig)
             .header(protocol::DIGEST_HEADER, body_sha256))
     }
@@ -112,7 +153,7 @@ impl OutboxClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let text = resp.text().await.unwrap_or_default();
+        let text = read_limited(resp, MAX_ERROR_BODY).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or(ErrorBody {
             error: if status.is_server_error() { "internal".into() } else { "bad_request".into() },
             message: text.chars().take(300).collect(),
@@ -122,7 +163,8 @@ impl OutboxClient {
 
     async fn json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
         let resp = Self::check(resp).await?;
-        Ok(resp.json().await?)
+        let body = read_limited(resp, MAX_JSON_ANSWER).await?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Local(format!("the outbox's answer is not what the protocol says: {e}")))
     }
 
     /// Upload a stored message from a file; `id` must be its SHA-256.
@@ -155,13 +197,8 @@ impl OutboxClient {
             s.push('/');
         }
         let url = Url::parse(&s).and_then(|u| u.join(&format!("v1/certs/{f}"))).map_err(|_| ClientError::BadUrl(s.clone()))?;
-        let r = Self::check(http.get(url).send().await?).await?;
-        const MAX_CERT: usize = 1 << 20;
-        let b = r.bytes().await?;
-        if b.len() > MAX_CERT {
-            return Err(ClientError::Local("certificate over 1 MiB".into()));
-        }
-        Ok(b.to_vec())
+        let r = Self::check(http.get(url).timeout(REQUEST_DEADLINE).send().await?).await?;
+        read_limited(r, 1 << 20).await
     }
 
     /// One UDP poll round trip (§8) to the outbox's host at `port` for
@@ -221,8 +258,11 @@ impl OutboxClient {
     /// Start fetching a message from byte `offset` (a resumed download);
     /// the caller streams the body. A `206` answer continues at `offset`,
     /// a `200` starts from the beginning.
-    pub async fn fetch(&self, id: &str, offset: u64) -> Result<reqwest::Response, ClientError> {
-        let mut r = self.request(Method::GET, &format!("v1/messages/{id}"), protocol::EMPTY_SHA256)?;
+    /// `size`: the size announced, which buys the transfer its time (at
+    /// [`MIN_FETCH_RATE`]) on top of the deadline.
+    pub async fn fetch(&self, id: &str, offset: u64, size: u64) -> Result<reqwest::Response, ClientError> {
+        let time = self.deadline + Duration::from_secs(size.saturating_sub(offset) / MIN_FETCH_RATE);
+        let mut r = self.request(Method::GET, &format!("v1/messages/{id}"), protocol::EMPTY_SHA256)?.timeout(time);
         if offset > 0 {
             r = r.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }

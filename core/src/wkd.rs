@@ -85,10 +85,8 @@ pub async fn lookup(http: &reqwest::Client, address: &str, base: Option<&str>, t
                 continue;
             }
         };
-        let Ok(body) = resp.bytes().await else { continue };
-        if body.len() > 1024 * 1024 {
-            continue;
-        }
+        // A WKD answer is one certificate: bounded like any peer's answer.
+        let Ok(body) = crate::client::read_limited(resp, 1 << 20).await else { continue };
         // A certificate found for `want` speaks for `want` only: its other
         // User IDs (say, someone else's address) are dropped, and one
         // without a User ID of exactly `want` is no answer at all.

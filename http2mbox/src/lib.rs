@@ -42,6 +42,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         journal: Journal::open(&state.join("delivered"))?,
         staging: state.join("fetch"),
         max_size: config.poll.max_message_size,
+        deadline: Duration::from_secs(config.poll.timeout_secs.max(1)),
         max_plain: config.poll.max_decrypted_size,
         hostname: config.poll.hostname.clone().unwrap_or_else(this_host),
         set_aside: poller::SetAside::new(state.join("rejected")),

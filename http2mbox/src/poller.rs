@@ -19,8 +19,9 @@ use stubmail::maildir::Journal;
 
 use crate::deliver::{self, CryptoReject, Incoming, Target};
 
-/// Outboxes polled at the same time.
-const CONCURRENCY: usize = 8;
+/// Outboxes polled at the same time: a stalled one holds its slot until
+/// its deadline, so there are enough slots for many.
+const CONCURRENCY: usize = 32;
 /// Messages of one outbox fetched and delivered at the same time.
 const MESSAGES_AT_ONCE: usize = 4;
 
@@ -37,6 +38,9 @@ pub struct Poller {
     pub staging: PathBuf,
     /// Largest message fetched.
     pub max_size: u64,
+    /// Each request to an outbox is over within this long (`poll.timeout_secs`;
+    /// a fetch gets more by its size).
+    pub deadline: std::time::Duration,
     /// Largest message once decrypted (`poll.max_decrypted_size`).
     pub max_plain: u64,
     /// Messages that failed their checks, set aside after a few tries.
@@ -404,7 +408,7 @@ impl Poller {
     }
 
     async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool) -> anyhow::Result<OutboxResult> {
-        let client = OutboxClient::new(self.http.clone(), url, self.me.clone())?;
+        let client = OutboxClient::new(self.http.clone(), url, self.me.clone())?.with_deadline(self.deadline);
         let mut senders: Vec<Fpr> = contacts.iter().map(|c| c.fpr.clone()).collect();
         senders.sort();
         let mut out = OutboxResult::default();
@@ -551,7 +555,7 @@ impl Poller {
             }
             _ => 0,
         };
-        let resp = client.fetch(&item.id, have).await?;
+        let resp = client.fetch(&item.id, have, limit).await?;
         let mut f = if have > 0 && resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
             tracing::info!(id = item.id, offset = have, "resuming a broken download");
             tokio::fs::OpenOptions::new().append(true).open(&path).await?
@@ -621,6 +625,7 @@ mod tests {
             work: d.join("work"),
             staging: d.join("fetch"),
             max_size: 1 << 20,
+            deadline: std::time::Duration::from_secs(5),
             hostname: "h".into(),
             max_plain: 1 << 30,
             set_aside: SetAside::new(d.join("rejected")),
