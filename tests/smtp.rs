@@ -378,3 +378,26 @@ fn a_wkd_key_claiming_someone_elses_address_speaks_only_for_its_own() {
     let err = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
     assert!(err.contains("RCPT 550"), "{err}");
 }
+
+/// An alias added with `stubmail identity add-address` is a User ID of the
+/// sender's key: recipients see it verified, after fetching the current
+/// key from the sender's outbox by themselves.
+#[test]
+fn an_address_added_to_the_key_is_verified_at_the_recipient() {
+    let s = setup(true);
+    let out = stdout(&ok(s.alice.stubmail().args(["identity", "add-address", "alice.smith@example.org"])));
+    assert!(out.contains("added alice.smith@example.org"), "{out}");
+    let shown = stdout(&ok(s.alice.stubmail().args(["identity", "show"])));
+    assert!(shown.contains("alice.smith@example.org") && shown.contains("alice@example.org"), "{shown}");
+    // The outbox's operator registers the updated key (Bob keeps the old one).
+    s.outbox.add_account(&s.alice);
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: Alice Smith <alice.smith@example.org>\r\nTo: bob@example.net\r\nSubject: from my other address\r\n\r\nhi\r\n";
+    assert!(smtplib_send(smtp.port(), "alice.smith@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_states(&s.alice, 1, "stored");
+    assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    let got = std::fs::read_to_string(&s.bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("header.from=alice.smith@example.org (from=pass)"), "{got}");
+    let list = stdout(&ok(s.bob.stubmail().args(["keys", "list"])));
+    assert!(list.contains("alice.smith@example.org"), "Bob's keyring has Alice's current key: {list}");
+}

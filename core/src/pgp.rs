@@ -152,6 +152,41 @@ impl Identity {
         Ok(id)
     }
 
+    /// Add a User ID with another address of the same person, bound like
+    /// the first (the outbox and notify notations), so that recipients see
+    /// `from=pass` for mail from it. The name is the primary User ID's.
+    pub fn add_address(&mut self, email: &str) -> Result<()> {
+        check_email(email)?;
+        let want = email.to_ascii_lowercase();
+        if emails_of(&self.cert).contains(&want) {
+            return Err(invalid(format!("{email} is already an address of this key")));
+        }
+        let outbox = outbox_of(&self.cert).ok_or_else(|| invalid("this key binds no outbox".to_string()))?;
+        let name = self
+            .cert
+            .with_policy(&POLICY, None)
+            .ok()
+            .and_then(|vc| vc.primary_userid().ok().and_then(|u| u.userid().name().ok().flatten().map(str::to_string)));
+        let uid = match name {
+            Some(n) if !n.trim().is_empty() => format!("{} <{email}>", n.trim()),
+            _ => format!("<{email}>"),
+        };
+        let mut template = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
+            OUTBOX_NOTATION,
+            outbox.as_bytes(),
+            NotationDataFlags::empty().set_human_readable(),
+            false,
+        )?;
+        if let Some(n) = notify_of(&self.cert) {
+            template = template.add_notation(NOTIFY_NOTATION, format!("udp://{n}").as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
+        }
+        let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
+        let uid = UserID::from(uid);
+        let sig = uid.bind(&mut kp, &self.cert, template)?;
+        self.cert = self.cert.clone().insert_packets(vec![openpgp::Packet::from(uid), sig.into()])?.0;
+        Ok(())
+    }
+
     /// Armored secret key, for the 0600 key file.
     pub fn to_armored_secret(&self) -> Result<Vec<u8>> {
         Ok(self.cert.as_tsk().armored().to_vec()?)

@@ -60,6 +60,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         udp: poller::UdpState::new(!once && config.poll.udp, Duration::from_millis(config.poll.udp_timeout_ms.max(1))),
         contact_cache: Default::default(),
         claims: Default::default(),
+        refreshed: Default::default(),
     })
 }
 

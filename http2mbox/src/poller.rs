@@ -65,6 +65,8 @@ pub struct Poller {
     pub contact_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, CachedContact>>,
     /// Which contacts claim each address, as of this cycle's keyring.
     pub claims: std::sync::Mutex<Arc<deliver::Claims>>,
+    /// When each contact's certificate was last fetched from their outbox.
+    pub refreshed: std::sync::Mutex<std::collections::HashMap<Fpr, std::time::Instant>>,
 }
 
 /// One keyring file as last read: its identity (inode, size, mtime; the
@@ -442,6 +444,18 @@ impl Poller {
                 }
             }
         }
+        // Contacts with mail here: their current certificate, from their
+        // own outbox (a new address of theirs, a new subkey), at most hourly.
+        let mut fresh: std::collections::HashMap<Fpr, Cert> = Default::default();
+        let mut with_mail: Vec<&Fpr> = resp.messages.iter().map(|m| &m.sender).collect();
+        with_mail.sort();
+        with_mail.dedup();
+        for f in with_mail {
+            if let Some(c) = self.refresh_contact(url, f, contacts).await {
+                fresh.insert(f.clone(), c);
+            }
+        }
+        let fresh = &fresh;
         let (mut delivered, mut rejected) = (0, 0);
         // A few messages at once: each waits on the network and on fsync.
         // A message id appears once per poll answer, so no two tasks ever
@@ -449,7 +463,7 @@ impl Poller {
         let client = &client;
         let mut results = futures_util::stream::iter(resp.messages)
             .map(|item| async move {
-                let r = self.take(client, contacts, &item).await;
+                let r = self.take(client, contacts, fresh, &item).await;
                 (item, r)
             })
             .buffer_unordered(MESSAGES_AT_ONCE);
@@ -480,7 +494,43 @@ impl Poller {
     }
 
     /// Fetch, check, deliver and ack one message. Ok(true) if newly delivered.
-    async fn take(&self, client: &OutboxClient, contacts: &[Contact], item: &PollItem) -> anyhow::Result<bool> {
+    /// Fetch a contact's certificate from their outbox (public, bounded)
+    /// and merge it into the keyring — the same key only, and "one
+    /// address, one contact" still holds. At most once an hour a contact.
+    async fn refresh_contact(&self, url: &str, f: &Fpr, contacts: &[Contact]) -> Option<Cert> {
+        if !contacts.iter().any(|c| &c.fpr == f) {
+            return None;
+        }
+        {
+            let mut r = self.refreshed.lock().expect("not poisoned");
+            if r.get(f).is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
+                return None;
+            }
+            r.insert(f.clone(), std::time::Instant::now());
+        }
+        let bytes = match OutboxClient::account_cert(&self.http, url, f).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(contact = %f, "no current certificate from the outbox: {e}");
+                return None;
+            }
+        };
+        let cert = pgp::parse_certs(&bytes).ok()?.into_iter().find(|c| &pgp::fpr_of(c) == f)?;
+        // Only the owner's own signatures, few User IDs and subkeys: an
+        // outbox cannot grow the keyring.
+        let cert = pgp::reduced(&cert).ok()?;
+        let kr = self.keyring.clone();
+        match tokio::task::spawn_blocking(move || kr.import(vec![cert])).await {
+            Ok(Ok(mut merged)) => merged.pop(),
+            Ok(Err(e)) => {
+                tracing::warn!(contact = %f, "the contact's current certificate is not taken: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn take(&self, client: &OutboxClient, contacts: &[Contact], fresh: &std::collections::HashMap<Fpr, Cert>, item: &PollItem) -> anyhow::Result<bool> {
         if !stubmail::protocol::is_valid_id(&item.id) {
             anyhow::bail!(Reject::Digest(item.id.chars().take(80).collect()));
         }
@@ -507,7 +557,7 @@ impl Poller {
         }
         let staged = self.download(client, item).await?;
         let me = self.me.clone();
-        let cert = sender.cert.clone();
+        let cert = fresh.get(&item.sender).cloned().unwrap_or_else(|| sender.cert.clone());
         let target = self.target.clone();
         let journal = self.journal.clone();
         let work = self.work.clone();
@@ -637,6 +687,7 @@ mod tests {
             udp: Default::default(),
             contact_cache: Default::default(),
             claims: Default::default(),
+            refreshed: Default::default(),
         }
     }
 

@@ -139,9 +139,17 @@ pub enum IntroCommand {
 
 #[derive(Subcommand)]
 pub enum IdentityCommand {
-    /// Print your fingerprint, address and outbox.
+    /// Print your fingerprint, address and outbox, and your mail client's settings.
     #[command(after_help = "Example:\n  stubmail identity show")]
     Show,
+    /// Another address of yours (an alias) that you send as: added to your
+    /// key as a User ID bound to your outbox, so recipients see it verified
+    /// (`from=pass`), and to `identity.aliases`.
+    #[command(after_help = "Example:\n  stubmail identity add-address alice.smith@example.org")]
+    AddAddress {
+        /// The address.
+        address: String,
+    },
 }
 
 #[cfg(test)]

@@ -51,3 +51,28 @@ pub fn show(home: &Home) -> anyhow::Result<()> {
     print!("{}", client_settings(&c, c.smtp.listen, c.poll.pop3.listen));
     Ok(())
 }
+
+/// `stubmail identity add-address ADDR`.
+pub fn add_address(home: &Home, address: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut id = home.load_identity()?;
+    id.add_address(address)?;
+    stubmail::fsutil::write_atomic(&home.secret_key(), &id.to_armored_secret()?, 0o600).context("writing the secret key")?;
+    let mut c = home.load_config()?;
+    if !c.identity.aliases.iter().any(|a| a.eq_ignore_ascii_case(address)) {
+        c.identity.aliases.push(address.to_string());
+        home.save_config(&c)?;
+    }
+    // The personal outbox of `stubmail up` lives in this home: update its
+    // account at once. Another outbox needs its operator.
+    let own = home.data_dir.join("outbox");
+    if own.join("accounts").is_dir() {
+        post_manager::store::Store::open(&own)?.add_account(&id.cert())?;
+        println!("updated your account in {}", own.display());
+    }
+    println!("added {address} to your key {} and to identity.aliases", id.fpr());
+    println!("your contacts' http2mbox fetch the updated key from your outbox when your mail from {address} arrives;");
+    println!("if your outbox is not run by `stubmail up`, register the updated key with it:");
+    println!("  stubmail keys export > me.asc; post_manager account add --data DIR --key me.asc");
+    Ok(())
+}

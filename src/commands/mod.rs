@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { email, outbox, name, notify } => init::run(&home, &email, &outbox, name.as_deref(), notify.as_deref(), true),
         Command::Intro { command } => intro::run(&home, command),
         Command::Identity { command: IdentityCommand::Show } => identity::show(&home),
+        Command::Identity { command: IdentityCommand::AddAddress { address } } => identity::add_address(&home, &address),
         Command::Keys { command } => keys::run(&home, command),
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),
