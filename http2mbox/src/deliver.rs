@@ -82,7 +82,7 @@ impl<R: Read> Read for Bounded<R> {
 /// Decrypt, verify and write the message with trace headers and LF line
 /// endings into `out`. Fails (and the caller discards `out`) unless the
 /// whole message decrypted and the signature by `sender` verified.
-fn render(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn render(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     let input = File::open(m.staged)?;
     let plain = pgp::decrypt_verify(m.me, m.sender, input).map_err(|e| CryptoReject(e.to_string()))?;
     let plain = Bounded { inner: plain, left: m.max_plain, limit: m.max_plain };
