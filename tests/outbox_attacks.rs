@@ -201,3 +201,22 @@ fn a_data_directory_made_by_post_manager_is_private() {
     assert_eq!(std::fs::metadata(&o.data).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(loose(&o.data), Vec::<String>::new(), "nothing readable by other local users");
 }
+
+#[test]
+fn an_account_binding_another_outboxs_url_needs_the_operators_word() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (Outbox::start(root.path(), "outbox-a"), Outbox::start(root.path(), "outbox-b"));
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    for o in [&a, &b] {
+        had_mail_before(&o.url(), &o.data, bob.fpr().as_str());
+    }
+    // Mallory, an account holder at B, registers a key that binds A's URL.
+    let mallory = User::init(root.path(), "mallory", "mallory@example.org", &a.url());
+    let err = fails(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&b.data).arg("--key").arg(mallory.export()));
+    assert!(err.contains("--new-url") && err.contains(&a.url()), "{err}");
+    // So Bob's poll made for A stays invalid at B.
+    assert_eq!(poll_status(&bob, &bob.cert(), &a.url(), &b.url()), 401);
+    // The operator can say a URL is another name of this outbox.
+    ok(bin_cmd("post_manager").args(["account", "add", "--new-url", "--data"]).arg(&b.data).arg("--key").arg(mallory.export()));
+    assert_eq!(poll_status(&bob, &bob.cert(), &a.url(), &b.url()), 200, "then it is one of B's names");
+}

@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 /// in a colon, and none is an HTTP method.
 pub fn looks_like_http(line: &[u8]) -> bool {
     const METHODS: &[&str] = &["GET", "POST", "PUT", "HEAD", "CONNECT", "OPTIONS", "DELETE", "PATCH", "TRACE", "PRI"];
-    let first = line.split(|&b| b == b' ' || b == b'\t' || b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let line = line.trim_ascii();
+    // Any request line, whatever its method: `X / HTTP/1.1`.
+    let upper = line.to_ascii_uppercase();
+    if [&b" HTTP/1.0"[..], b" HTTP/1.1", b" HTTP/2.0", b" HTTP/2"].iter().any(|v| upper.ends_with(v)) {
+        return true;
+    }
+    let first = line.split(|&b| b == b' ' || b == b'\t').next().unwrap_or_default();
     if first.len() > 1 && first.ends_with(b":") {
         return true;
     }
@@ -170,6 +176,10 @@ mod tests {
             b"Content-Type: text/plain",
             b"OPTIONS * HTTP/1.1",
             b"PRI * HTTP/2.0",
+            b"  POST / HTTP/1.1",
+            b"EHLO / HTTP/1.1\r\n",
+            b"USER / http/1.0",
+            b"\tHost: x",
         ] {
             assert!(looks_like_http(l), "{:?}", String::from_utf8_lossy(l));
         }

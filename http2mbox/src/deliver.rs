@@ -70,7 +70,7 @@ impl<R: Read> Read for Bounded<R> {
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
             return Err(io::Error::other(format!(
-                "the decrypted message is larger than {} bytes (poll.max_message_size): refused",
+                "the decrypted message is larger than {} bytes (poll.max_decrypted_size): refused",
                 self.limit
             )));
         }

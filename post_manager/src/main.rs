@@ -187,6 +187,11 @@ enum AccountCmd {
         /// Distinct recipients per UTC day (default 1000).
         #[arg(long)]
         max_recipients_per_day: Option<u64>,
+        /// The certificate binds an outbox URL this outbox is not known by
+        /// yet: take it as another name of this outbox (signed requests
+        /// made for it become valid here).
+        #[arg(long)]
+        new_url: bool,
     },
     /// List registered users.
     #[command(after_help = "Example:\n  post_manager account list --data /var/lib/stubmail-outbox")]
@@ -277,7 +282,7 @@ fn main() -> anyhow::Result<()> {
 
 fn account(cmd: AccountCmd) -> anyhow::Result<()> {
     match cmd {
-        AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day } => {
+        AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day, new_url } => {
             // Read before becoming the data directory's owner (who may not
             // be able to read the administrator's file).
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
@@ -285,7 +290,7 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             let certs = stubmail::pgp::parse_certs(&bytes).with_context(|| format!("{}", key.display()))?;
             for c in certs {
                 let c = c.strip_secret_key_material();
-                let f = store.add_account(&c)?;
+                let f = if new_url { store.add_account_new_url(&c)? } else { store.add_account(&c)? };
                 let d = post_manager::store::Limits::default();
                 let limits = post_manager::store::Limits {
                     max_bytes: max_bytes.unwrap_or(d.max_bytes),

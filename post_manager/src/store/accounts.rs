@@ -34,19 +34,43 @@ pub(super) fn utc_day(now: i64) -> String {
 }
 
 impl Store {
-    /// Register a local user who may upload. The certificate must be usable.
+    /// Register a local user who may upload. The certificate must be usable,
+    /// and the outbox URL it binds one this outbox is known by (the first
+    /// account's URL makes the first name): an account binding another
+    /// outbox's URL would make requests signed for that outbox valid here.
+    /// [`Store::add_account_new_url`] accepts a new name, when the operator
+    /// says so.
     pub fn add_account(&self, cert: &Cert) -> anyhow::Result<Fpr> {
+        self.add_account_with(cert, false)
+    }
+
+    /// [`Store::add_account`], taking the URL the certificate binds as
+    /// another name of this outbox (`post_manager account add --new-url`).
+    pub fn add_account_new_url(&self, cert: &Cert) -> anyhow::Result<Fpr> {
+        self.add_account_with(cert, true)
+    }
+
+    fn add_account_with(&self, cert: &Cert, new_url: bool) -> anyhow::Result<Fpr> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
-        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o600)?;
-        if let Some(url) = pgp::outbox_of(cert).and_then(|u| protocol::outbox_id(&u)) {
-            let _lock = self.lock("urls")?;
-            let mut urls = self.outbox_urls()?;
-            if !urls.contains(&url) {
-                urls.push(url);
-                fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o600)?;
+        let url = pgp::outbox_of(cert).and_then(|u| protocol::outbox_id(&u));
+        let _lock = self.lock("urls")?;
+        let mut urls = self.outbox_urls()?;
+        if let Some(url) = &url
+            && !urls.contains(url)
+        {
+            if !urls.is_empty() && !new_url {
+                anyhow::bail!(
+                    "certificate {f} binds the outbox URL {url}, but this outbox is known as {}. \
+                     If {url} is another name of this outbox, run again with --new-url; \
+                     an account binding another outbox's URL would make requests signed for that outbox valid here",
+                    urls.join(", ")
+                );
             }
+            urls.push(url.clone());
+            fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o600)?;
         }
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o600)?;
         Ok(f)
     }
 
