@@ -447,7 +447,8 @@ impl Session {
                 };
                 // Failures count against the client's address and the
                 // account across connections; hang up after three.
-                let user_ok = stubmail::server::constant_eq(u.as_bytes(), self.ctx.username.as_bytes());
+                // User names are addresses: any case.
+                let user_ok = stubmail::server::constant_eq(u.to_ascii_lowercase().as_bytes(), self.ctx.username.to_ascii_lowercase().as_bytes());
                 let ip = stubmail::guard::peer_ip(&self.peer);
                 let account = user_ok.then_some(self.ctx.username.as_str());
                 if let Err(t) = self.ctx.throttle.check(ip, account) {

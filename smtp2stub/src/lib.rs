@@ -151,6 +151,34 @@ pub async fn run<P: Policy + 'static>(listener: TcpListener, ctx: Arc<Ctx<P>>, s
     Ok(())
 }
 
+/// Whether a listener on `listen` requires AUTH and allows it without TLS;
+/// an error naming the fix when the config cannot serve it (no password,
+/// or no TLS where AUTH needs it). Checked before anything says
+/// "listening".
+pub fn auth_policy(home: &stubmail::Home, config: &stubmail::Config, listen: std::net::SocketAddr, tls: bool) -> anyhow::Result<(bool, bool)> {
+    use stubmail::config::AuthPolicy;
+    let loopback = listen.ip().is_loopback();
+    let (auth_required, auth_in_clear) = match config.smtp.auth {
+        AuthPolicy::Always => (true, loopback),
+        AuthPolicy::Tls => (true, false),
+        AuthPolicy::LoopbackOpen => (!loopback, false),
+    };
+    if auth_required && config.smtp.password.is_none() {
+        anyhow::bail!(
+            "{listen} requires AUTH and smtp.password is not set in {}: run `stubmail identity show` (it makes one)",
+            home.config_file().display()
+        );
+    }
+    if auth_required && !auth_in_clear && !tls {
+        anyhow::bail!(
+            "{listen} accepts AUTH only after STARTTLS (it is not loopback, or smtp.auth = \"tls\"): \
+             set smtp.tls_cert and smtp.tls_key in {}",
+            home.config_file().display()
+        );
+    }
+    Ok((auth_required, auth_in_clear))
+}
+
 /// Run smtp2stub for one user's home on `listener` until `shutdown`:
 /// the SMTP sessions and the upload/relay worker.
 pub async fn serve_home(
@@ -168,26 +196,7 @@ pub async fn serve_home(
         username: config.smtp_username(),
         password: p.expose().to_string(),
     });
-    let loopback = listen.ip().is_loopback();
-    use stubmail::config::AuthPolicy;
-    let (auth_required, auth_in_clear) = match config.smtp.auth {
-        AuthPolicy::Always => (true, loopback),
-        AuthPolicy::Tls => (true, false),
-        AuthPolicy::LoopbackOpen => (!loopback, false),
-    };
-    if auth_required && credentials.is_none() {
-        anyhow::bail!(
-            "{listen} requires AUTH and smtp.password is not set in {}: run `stubmail identity show` (it makes one)",
-            home.config_file().display()
-        );
-    }
-    if auth_required && !auth_in_clear && tls.is_none() {
-        anyhow::bail!(
-            "{listen} accepts AUTH only after STARTTLS (it is not loopback, or smtp.auth = \"tls\"): \
-             set smtp.tls_cert and smtp.tls_key in {}",
-            home.config_file().display()
-        );
-    }
+    let (auth_required, auth_in_clear) = auth_policy(home, config, listen, tls.is_some())?;
     let spool = spool::Spool::open(&home.spool_dir()).context("opening the spool")?;
     let keyring = home.keyring();
     let outbox = client::OutboxClient::new(client::http_client()?, &config.identity.outbox, me.clone())?;

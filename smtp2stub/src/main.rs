@@ -28,6 +28,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        // A config that cannot serve this address fails before "listening".
+        let tls = config.smtp.tls_cert.is_some() && config.smtp.tls_key.is_some();
+        smtp2stub::auth_policy(&home, &config, listener.local_addr()?, tls)?;
         println!("smtp2stub listening on {}", listener.local_addr()?);
         let shutdown = tokio_util::sync::CancellationToken::new();
         stubmail::signals::cancel_on_signal(&shutdown);

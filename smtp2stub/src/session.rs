@@ -66,7 +66,11 @@ impl Credentials {
     /// Constant-time comparison, so timing reveals nothing of the password.
     fn check(&self, user: &[u8], pass: &[u8]) -> bool {
         use stubmail::server::constant_eq;
-        constant_eq(user, self.username.as_bytes()) & constant_eq(pass, self.password.as_bytes())
+        // User names are addresses: any case (RFC 5321 domains are).
+        self.is_user(user) & constant_eq(pass, self.password.as_bytes())
+    }
+    fn is_user(&self, user: &[u8]) -> bool {
+        stubmail::server::constant_eq(&user.to_ascii_lowercase(), self.username.to_ascii_lowercase().as_bytes())
     }
 }
 
@@ -556,7 +560,7 @@ impl<P: Policy> Session<'_, P> {
         // the real user, the account, across all connections: parallel
         // connections guess no faster than one.
         let ip = stubmail::guard::peer_ip(&self.peer);
-        let account = stubmail::server::constant_eq(user, creds.username.as_bytes()).then_some(creds.username.as_str());
+        let account = creds.is_user(user).then_some(creds.username.as_str());
         let throttle = &self.ctx.config.throttle;
         if let Err(t) = throttle.check(ip, account) {
             self.auth_failures += 1;
