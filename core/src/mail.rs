@@ -76,8 +76,11 @@ pub fn remove_fields_where(header: &[u8], mut drop: impl FnMut(&[u8], &[u8]) -> 
             j += 1;
         }
         let field: Vec<u8> = lines[i..j].concat();
-        let skip = match field.iter().position(|&b| b == b':') {
-            Some(c) if !matches!(lines[i].first(), Some(b' ' | b'\t')) => drop(field[..c].trim_ascii(), &field[c + 1..]),
+        // The name as a lenient reader (mail-parser, some clients) takes it:
+        // leading colons skipped (":From: x" is a From field to them).
+        let lead = field.iter().take_while(|&&b| b == b':').count();
+        let skip = match field[lead..].iter().position(|&b| b == b':') {
+            Some(c) if !matches!(lines[i].first(), Some(b' ' | b'\t')) => drop(field[lead..lead + c].trim_ascii(), &field[lead + c + 1..]),
             _ => false,
         };
         if !skip {

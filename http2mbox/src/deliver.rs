@@ -341,6 +341,7 @@ mod tests {
         let h = b"Authentication-Results: Me.Example; stubmail=pass\r\n\theader.from=alice@example.org (from=pass)\r\n\
 Authentication-Results: mx.other.example; dkim=pass\r\n\
 Authentication-Results: (comment) me.example; spf=pass\r\n\
+:Authentication-Results: me.example; dkim=pass\r\n\
 Authentication-Results: other.example (me.example); spf=pass\r\n\
 Stubmail-Sender-Fingerprint: AAAA\r\nSTUBMAIL-ID: x\r\nReturn-Path: <alice@example.org>\r\n\
 Subject: hi\r\n\r\n";
