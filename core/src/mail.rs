@@ -77,10 +77,14 @@ pub fn remove_fields_where(header: &[u8], mut drop: impl FnMut(&[u8], &[u8]) -> 
         }
         let field: Vec<u8> = lines[i..j].concat();
         // The name as a lenient reader (mail-parser, some clients) takes it:
-        // leading colons skipped (":From: x" is a From field to them).
+        // leading colons skipped, blanks and control bytes inside ignored
+        // (":fro m: x" is a From field to mail-parser).
         let lead = field.iter().take_while(|&&b| b == b':').count();
         let skip = match field[lead..].iter().position(|&b| b == b':') {
-            Some(c) if !matches!(lines[i].first(), Some(b' ' | b'\t')) => drop(field[lead..lead + c].trim_ascii(), &field[lead + c + 1..]),
+            Some(c) if !matches!(lines[i].first(), Some(b' ' | b'\t')) => {
+                let name: Vec<u8> = field[lead..lead + c].iter().copied().filter(|b| !b.is_ascii_whitespace() && !b.is_ascii_control()).collect();
+                drop(&name, &field[lead + c + 1..])
+            }
             _ => false,
         };
         if !skip {

@@ -393,6 +393,24 @@ pub fn outbox_of(cert: &Cert) -> Option<String> {
     bound_notation(cert, OUTBOX_NOTATION, |v| Some(v.to_string()))
 }
 
+/// Every outbox URL the owner bound on any valid User ID (an outbox must
+/// know them all before it takes the certificate as an account).
+pub fn outboxes_of(cert: &Cert) -> Vec<String> {
+    let Ok(vc) = cert.with_policy(&POLICY, None) else { return vec![] };
+    let mut v: Vec<String> = vc
+        .userids()
+        .flat_map(|u| {
+            u.binding_signature()
+                .notation(OUTBOX_NOTATION)
+                .filter_map(|x| std::str::from_utf8(x).ok().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// The notify endpoint (`HOST:PORT`) the owner bound into the certificate,
 /// if any and well-formed.
 pub fn notify_of(cert: &Cert) -> Option<String> {

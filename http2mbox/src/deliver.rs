@@ -285,7 +285,10 @@ fn strip_forged_trace(header: &[u8], hostname: &str) -> Vec<u8> {
                 }
             }
             let id = plain.split(|c: char| c == ';' || c.is_whitespace()).find(|t| !t.is_empty()).unwrap_or("");
-            return id.is_empty() || id.eq_ignore_ascii_case(hostname);
+            // RFC 8601: the id may be a quoted string; a DNS name may end
+            // in a dot. All of these are ours.
+            let id = id.trim_matches('"').trim_end_matches('.');
+            return id.is_empty() || id.eq_ignore_ascii_case(hostname.trim_end_matches('.'));
         }
         false
     })
@@ -342,6 +345,10 @@ mod tests {
 Authentication-Results: mx.other.example; dkim=pass\r\n\
 Authentication-Results: (comment) me.example; spf=pass\r\n\
 :Authentication-Results: me.example; dkim=pass\r\n\
+Authentication-Results: \"me.example\"; stubmail=pass\r\n\
+Authentication-Results: ME.example.; stubmail=pass\r\n\
+Authentication-Results : me.example; stubmail=pass\r\n\
+Authentication-\x20Results: me.example; stubmail=pass\r\n\
 Authentication-Results: other.example (me.example); spf=pass\r\n\
 Stubmail-Sender-Fingerprint: AAAA\r\nSTUBMAIL-ID: x\r\nReturn-Path: <alice@example.org>\r\n\
 Subject: hi\r\n\r\n";

@@ -12,6 +12,13 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, notify: O
     if !matches!(url.scheme(), "http" | "https") {
         anyhow::bail!("--outbox must be an http:// or https:// URL");
     }
+    // The outbox's base URL is signed into every request (PROTOCOL §3):
+    // no user part, query or fragment, nothing to read two ways.
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some()
+        || outbox.trim() != outbox || outbox.contains('\\')
+    {
+        anyhow::bail!("--outbox {outbox:?} must be a plain base URL like https://mail.example.org/stubmail/ (no user, query or fragment)");
+    }
     let mut outbox = outbox.to_string();
     if !outbox.ends_with('/') {
         outbox.push('/');

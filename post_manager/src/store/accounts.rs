@@ -53,12 +53,17 @@ impl Store {
     fn add_account_with(&self, cert: &Cert, new_url: bool) -> anyhow::Result<Fpr> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
-        let url = pgp::outbox_of(cert).and_then(|u| protocol::outbox_id(&u));
+        // Every URL any of its User IDs binds (the primary one first).
+        let mut bound: Vec<String> = pgp::outbox_of(cert).into_iter().chain(pgp::outboxes_of(cert)).collect();
+        bound.dedup();
         let _lock = self.lock("urls")?;
         let mut urls = self.outbox_urls()?;
-        if let Some(url) = &url
-            && !urls.contains(url)
-        {
+        let mut changed = false;
+        for raw in bound {
+            let Some(url) = protocol::outbox_id(&raw) else { continue };
+            if urls.contains(&url) {
+                continue;
+            }
             if !urls.is_empty() && !new_url {
                 anyhow::bail!(
                     "certificate {f} binds the outbox URL {url}, but this outbox is known as {}. \
@@ -67,7 +72,10 @@ impl Store {
                     urls.join(", ")
                 );
             }
-            urls.push(url.clone());
+            urls.push(url);
+            changed = true;
+        }
+        if changed {
             fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o600)?;
         }
         fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o600)?;
@@ -83,10 +91,23 @@ impl Store {
         match fs::read_to_string(self.p(URLS)) {
             Ok(t) => Ok(t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A data directory from before the list was kept: its
+                // accounts' URLs, if they agree on one. If they name several,
+                // none is taken on trust (one of them could be another
+                // outbox's): the operator says which with --public-url, or
+                // `account add --new-url`, which writes the list.
                 let mut urls: Vec<String> =
                     self.accounts()?.iter().filter_map(|c| pgp::outbox_of(c).and_then(|u| protocol::outbox_id(&u))).collect();
                 urls.sort();
                 urls.dedup();
+                if urls.len() > 1 {
+                    tracing::error!(
+                        "the accounts bind several outbox URLs ({}) and {URLS} is missing: no signed request is accepted \
+                         for them until the operator names this outbox's URLs (serve --public-url, or account add --new-url)",
+                        urls.join(", ")
+                    );
+                    return Ok(vec![]);
+                }
                 Ok(urls)
             }
             Err(e) => Err(e),

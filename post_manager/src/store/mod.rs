@@ -12,7 +12,9 @@
 //! meta/<id>.json            per-message delivery state (Meta)
 //! inbox/<RCPT-FPR>/<id>     index: messages pending for a recipient (empty files)
 //! sent/<SENDER-FPR>/<id>    index: messages of a sender (empty files)
-//! nonces/<FPR>/<nonce>      replay protection, pruned after NONCE_MEMORY
+//! nonces/<FPR>/<window>/<nonce>  replay protection, by windows of request time
+//! accounts/urls             this outbox's own base URLs (signed requests name one)
+//! rcptlog/<FPR>/<day>       an account's distinct recipients per UTC day
 //! locks/<id>                lock files
 //! tmp/                      uploads in progress
 //! cookies/<id>.json         UDP poll cookies (soft state, see `udp`)

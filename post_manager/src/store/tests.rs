@@ -175,3 +175,39 @@ fn unsend_before_retrieval_deletes_bytes() {
     s.unsend(&fpr('A'), &id, 2).unwrap();
     assert!(!d.path().join("messages").join(&id).exists());
 }
+
+#[test]
+fn only_urls_the_operator_accepted_are_this_outboxs_names() {
+    use stubmail::Identity;
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let alice = Identity::generate(None, "alice@example.org", "http://b.example/").unwrap();
+    s.add_account(&alice.cert()).unwrap();
+    assert_eq!(s.outbox_urls().unwrap(), vec!["http://b.example/".to_string()], "the first account names the outbox");
+    // Another outbox's URL, on the primary User ID or on any other one.
+    let mallory = Identity::generate(None, "mallory@example.org", "http://a.example/").unwrap();
+    assert!(s.add_account(&mallory.cert()).unwrap_err().to_string().contains("--new-url"));
+    let mut sneaky = Identity::generate(None, "sneaky@example.org", "http://b.example/").unwrap();
+    sneaky.add_address("other@example.org").unwrap();
+    // (add_address binds the same URL: build a second User ID bound to A by hand.)
+    let mut kp = sneaky.signing_keypair().unwrap();
+    let uid = stubmail::openpgp::packet::UserID::from("<third@example.org>");
+    let tmpl = stubmail::openpgp::packet::signature::SignatureBuilder::new(stubmail::openpgp::types::SignatureType::PositiveCertification)
+        .set_notation(
+            stubmail::pgp::OUTBOX_NOTATION,
+            b"http://a.example/",
+            stubmail::openpgp::packet::signature::subpacket::NotationDataFlags::empty().set_human_readable(),
+            false,
+        )
+        .unwrap();
+    let sig = uid.bind(&mut kp, &sneaky.cert(), tmpl).unwrap();
+    let two = sneaky.cert().insert_packets(vec![stubmail::openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+    assert!(s.add_account(&two).unwrap_err().to_string().contains("http://a.example/"), "every User ID's URL counts");
+    assert_eq!(s.outbox_urls().unwrap().len(), 1);
+    s.add_account_new_url(&mallory.cert()).unwrap();
+    assert_eq!(s.outbox_urls().unwrap().len(), 2, "the operator's word");
+    // A data directory from before the list was kept, whose accounts name
+    // two URLs: neither is taken on trust.
+    std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
+    assert!(s.outbox_urls().unwrap().is_empty());
+}
