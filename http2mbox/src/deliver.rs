@@ -83,6 +83,17 @@ impl<R: Read> Read for Bounded<R> {
 /// endings into `out`. Fails (and the caller discards `out`) unless the
 /// whole message decrypted and the signature by `sender` verified.
 pub fn render(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
+    // sequoia-openpgp 2.4.2 panics on some truncated encrypted messages (a
+    // SEIPD packet shorter than its prefix, found by the decrypt_message
+    // fuzz target). A contact's message must never take the poller down,
+    // nor be retried for ever: a panic in here is a refusal like any other.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| render_checked(m, out))) {
+        Ok(r) => r,
+        Err(_) => Err(CryptoReject("the OpenPGP parser failed on this message (caught): refused".into()).into()),
+    }
+}
+
+fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     let input = File::open(m.staged)?;
     let plain = pgp::decrypt_verify(m.me, m.sender, input).map_err(|e| CryptoReject(e.to_string()))?;
     let plain = Bounded { inner: plain, left: m.max_plain, limit: m.max_plain };
@@ -402,6 +413,24 @@ Subject: hi\r\n\r\n";
         let m = Incoming { max_plain: 65 << 20, ..m };
         let md = Maildir::open(&d.path().join("Maildir")).unwrap();
         deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap();
+    }
+
+    #[test]
+    fn a_message_that_makes_the_openpgp_parser_panic_is_refused_not_a_crash() {
+        // Found by the decrypt_message fuzz target: a PKESK to Bob, then a
+        // SEIPD packet shorter than its prefix; sequoia-openpgp 2.4.2
+        // unwraps an EOF there.
+        use stubmail::openpgp::parse::Parse;
+        let data = |f: &str| std::fs::read(format!("{}/testdata/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let key = |f: &str| Identity::from_cert(stubmail::openpgp::Cert::from_bytes(&data(f)).unwrap()).unwrap();
+        let (a, b) = (key("alice.asc"), key("bob.asc"));
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bad.part");
+        std::fs::write(&p, data("truncated-seipd.pgp")).unwrap();
+        let cert = a.cert();
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: "x", outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new() };
+        let e = render(&m, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("OpenPGP parser failed"), "{e:#}");
     }
 
     #[test]
