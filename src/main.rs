@@ -9,6 +9,15 @@ use clap::Parser;
 fn main() {
     stubmail::logging::init("warn");
     let cli = cli::Cli::parse();
+    // Like any Unix tool, a one-shot command printing into a closed pipe
+    // (`stubmail … | head`) ends quietly instead of panicking on the failed
+    // print. Not the servers (`up`, `demo`): they keep Rust's default,
+    // where a peer hanging up is an error to handle, not a signal.
+    if !matches!(cli.command, cli::Command::Up { .. } | cli::Command::Demo { .. }) {
+        // SAFETY: restores the default action of one signal, before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Err(e) = commands::run(cli) {
         eprintln!("stubmail: {e:#}");
         std::process::exit(1);

@@ -161,3 +161,23 @@ fn first_run_asks_for_the_address_on_a_terminal() {
     let ident = stdout(&ok(bin_cmd("stubmail").arg("--home").arg(&home).args(["identity", "show"])));
     assert!(ident.contains("carol@example.com"), "{ident}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("u");
+    let stubmail = bin("stubmail");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            // The reader is gone before stubmail prints a line.
+            "{{ sleep 0.3; '{}' --home '{}' init --email u@example.org --outbox http://127.0.0.1:9/; }} | true",
+            stubmail.display(),
+            home.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(home.join("secret.pgp").exists(), "the identity is made all the same");
+}
