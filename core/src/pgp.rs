@@ -91,19 +91,8 @@ impl Identity {
             && crate::protocol::udp::parse_notify_endpoint(n).is_none() {
                 return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
             }
-        let uid = match name {
-            Some(n) if !n.trim().is_empty() => format!("{} <{email}>", n.trim()),
-            _ => format!("<{email}>"),
-        };
-        let mut template = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
-            OUTBOX_NOTATION,
-            outbox.as_bytes(),
-            NotationDataFlags::empty().set_human_readable(),
-            false,
-        )?;
-        if let Some(n) = notify {
-            template = template.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
-        }
+        let uid = user_id(name.map(str::to_string), email);
+        let template = binding_template(outbox, notify)?;
         let (cert, _rev) = CertBuilder::new()
             .set_profile(openpgp::Profile::RFC4880)?
             .set_features(Features::empty().set_seipdv1())?
@@ -167,19 +156,8 @@ impl Identity {
             .with_policy(&POLICY, None)
             .ok()
             .and_then(|vc| vc.primary_userid().ok().and_then(|u| u.userid().name().ok().flatten().map(str::to_string)));
-        let uid = match name {
-            Some(n) if !n.trim().is_empty() => format!("{} <{email}>", n.trim()),
-            _ => format!("<{email}>"),
-        };
-        let mut template = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
-            OUTBOX_NOTATION,
-            outbox.as_bytes(),
-            NotationDataFlags::empty().set_human_readable(),
-            false,
-        )?;
-        if let Some(n) = notify_of(&self.cert) {
-            template = template.add_notation(NOTIFY_NOTATION, format!("udp://{n}").as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
-        }
+        let uid = user_id(name, email);
+        let template = binding_template(&outbox, notify_of(&self.cert).map(|n| format!("udp://{n}")).as_deref())?;
         let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
         let uid = UserID::from(uid);
         let sig = uid.bind(&mut kp, &self.cert, template)?;
@@ -247,6 +225,29 @@ fn check_email(email: &str) -> Result<()> {
         && email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
         && !email.chars().any(|c| c.is_whitespace() || matches!(c, '<' | '>' | ',' | ';'));
     if ok { Ok(()) } else { Err(invalid(format!("{email:?} is not an email address like alice@example.org"))) }
+}
+
+/// `Name <email>`, or `<email>` without a name.
+fn user_id(name: Option<String>, email: &str) -> String {
+    match name {
+        Some(n) if !n.trim().is_empty() => format!("{} <{email}>", n.trim()),
+        _ => format!("<{email}>"),
+    }
+}
+
+/// The self-signature template binding a User ID to the owner's outbox
+/// (and notify endpoint, `udp://HOST:PORT`).
+fn binding_template(outbox: &str, notify: Option<&str>) -> Result<SignatureBuilder> {
+    let mut t = SignatureBuilder::new(SignatureType::PositiveCertification).set_notation(
+        OUTBOX_NOTATION,
+        outbox.as_bytes(),
+        NotationDataFlags::empty().set_human_readable(),
+        false,
+    )?;
+    if let Some(n) = notify {
+        t = t.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
+    }
+    Ok(t)
 }
 
 /// Parse armored or binary certificates (as `gpg --export` prints them).
