@@ -75,7 +75,7 @@ pub const MAX_JSON_ANSWER: usize = 16 << 20;
 /// included (a fetch gets more, by its size): a peer that sends one byte
 /// just inside each read timeout gains nothing.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
-/// The slowest transfer a fetch is given time for.
+/// The slowest transfer an upload or a fetch is given time for.
 pub const MIN_FETCH_RATE: u64 = 64 * 1024;
 
 /// Read a response's body, at most `max` bytes: whatever a peer claims or
@@ -132,6 +132,12 @@ impl OutboxClient {
         self
     }
 
+    /// The deadline of a request moving `bytes` of message: the usual one,
+    /// plus the time those bytes take at [`MIN_FETCH_RATE`].
+    fn transfer_deadline(&self, bytes: u64) -> Duration {
+        self.deadline + Duration::from_secs(bytes / MIN_FETCH_RATE)
+    }
+
     fn request(&self, method: Method, rel: &str, body_sha256: &str) -> Result<reqwest::RequestBuilder, ClientError> {
         let url = self.base.join(rel).map_err(|_| ClientError::BadUrl(rel.into()))?;
         let mut path = url.path().to_string();
@@ -173,6 +179,8 @@ impl OutboxClient {
         let len = f.metadata().await.map_err(|e| ClientError::Local(e.to_string()))?.len();
         let req = self
             .request(Method::PUT, &format!("v1/messages/{id}"), id)?
+            // The deadline is for the answer; the bytes get their time.
+            .timeout(self.transfer_deadline(len))
             .header(protocol::RECIPIENTS_HEADER, protocol::format_recipients(recipients))
             .header(reqwest::header::CONTENT_TYPE, "application/pgp-encrypted")
             .header(reqwest::header::CONTENT_LENGTH, len)
@@ -191,13 +199,13 @@ impl OutboxClient {
     }
 
     /// An account's public certificate, by fingerprint (unsigned, like WKD).
-    pub async fn account_cert(http: &reqwest::Client, base: &str, f: &Fpr) -> Result<Vec<u8>, ClientError> {
+    pub async fn account_cert(http: &reqwest::Client, base: &str, f: &Fpr, deadline: Duration) -> Result<Vec<u8>, ClientError> {
         let mut s = base.to_string();
         if !s.ends_with('/') {
             s.push('/');
         }
         let url = Url::parse(&s).and_then(|u| u.join(&format!("v1/certs/{f}"))).map_err(|_| ClientError::BadUrl(s.clone()))?;
-        let r = Self::check(http.get(url).timeout(REQUEST_DEADLINE).send().await?).await?;
+        let r = Self::check(http.get(url).timeout(deadline).send().await?).await?;
         read_limited(r, 1 << 20).await
     }
 
@@ -261,8 +269,9 @@ impl OutboxClient {
     /// `size`: the size announced, which buys the transfer its time (at
     /// [`MIN_FETCH_RATE`]) on top of the deadline.
     pub async fn fetch(&self, id: &str, offset: u64, size: u64) -> Result<reqwest::Response, ClientError> {
-        let time = self.deadline + Duration::from_secs(size.saturating_sub(offset) / MIN_FETCH_RATE);
-        let mut r = self.request(Method::GET, &format!("v1/messages/{id}"), protocol::EMPTY_SHA256)?.timeout(time);
+        let mut r = self
+            .request(Method::GET, &format!("v1/messages/{id}"), protocol::EMPTY_SHA256)?
+            .timeout(self.transfer_deadline(size.saturating_sub(offset)));
         if offset > 0 {
             r = r.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }

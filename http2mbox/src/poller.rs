@@ -79,7 +79,18 @@ pub struct CachedContact {
     /// Checked again after an hour: a key can expire without its file
     /// changing.
     checked: std::time::Instant,
-    contact: Option<(Cert, Fpr, Option<String>)>,
+    contact: Option<Checked>,
+}
+
+/// A usable contact, as checked once per keyring file.
+#[derive(Clone)]
+struct Checked {
+    cert: Cert,
+    fpr: Fpr,
+    /// The outbox its certificate binds.
+    outbox: Option<String>,
+    /// Its addresses (what the check found), for "one address, one contact".
+    emails: Vec<String>,
 }
 
 /// The UDP poll side of the poller (docs/PROTOCOL.md §8).
@@ -304,14 +315,15 @@ impl Poller {
         // Group contacts by the outbox bound into their own certificate.
         let mut by_outbox: BTreeMap<String, Vec<Contact>> = BTreeMap::new();
         let contacts = self.contacts()?;
+        // From the cache's addresses: no certificate is checked again here.
         let mut claims = deliver::Claims::new();
-        for (cert, fpr, _) in &contacts {
-            for e in pgp::emails_of(cert) {
-                claims.entry(e).or_default().push(fpr.clone());
+        for c in &contacts {
+            for e in &c.emails {
+                claims.entry(e.clone()).or_default().push(c.fpr.clone());
             }
         }
         *self.claims.lock().expect("not poisoned") = Arc::new(claims);
-        for (cert, fpr, bound) in contacts {
+        for Checked { cert, fpr, outbox: bound, .. } in contacts {
             if let Some(url) = self.overrides.get(&fpr).cloned().or(bound) {
                 by_outbox.entry(url).or_default().push(Contact { cert, fpr });
             }
@@ -370,7 +382,7 @@ impl Poller {
 
     /// The usable contacts of the keyring with the outbox each binds,
     /// reusing what was checked before for unchanged files.
-    fn contacts(&self) -> anyhow::Result<Vec<(Cert, Fpr, Option<String>)>> {
+    fn contacts(&self) -> anyhow::Result<Vec<Checked>> {
         use std::os::unix::fs::MetadataExt;
         let dir = self.keyring.dir();
         let rd = match std::fs::read_dir(dir) {
@@ -393,9 +405,9 @@ impl Poller {
                 Some(c) if c.stamp == stamp && c.checked.elapsed() < std::time::Duration::from_secs(3600) => c.clone(),
                 _ => {
                     let cert = std::fs::read(&path).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next());
-                    let contact = cert.filter(|c| pgp::check_contact(c).is_ok()).map(|c| {
-                        let (f, o) = (pgp::fpr_of(&c), pgp::outbox_of(&c));
-                        (c, f, o)
+                    let contact = cert.and_then(|c| {
+                        let emails = pgp::check_contact(&c).ok()?;
+                        Some(Checked { fpr: pgp::fpr_of(&c), outbox: pgp::outbox_of(&c), cert: c, emails })
                     });
                     let c = CachedContact { stamp, checked: std::time::Instant::now(), contact };
                     cache.insert(path, c.clone());
@@ -405,7 +417,7 @@ impl Poller {
             out.extend(entry.contact);
         }
         cache.retain(|p, _| seen.contains(p));
-        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out.sort_by(|a, b| a.fpr.cmp(&b.fpr));
         Ok(out)
     }
 
@@ -508,7 +520,7 @@ impl Poller {
             }
             r.insert(f.clone(), std::time::Instant::now());
         }
-        let bytes = match OutboxClient::account_cert(&self.http, url, f).await {
+        let bytes = match OutboxClient::account_cert(&self.http, url, f, self.deadline).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(contact = %f, "no current certificate from the outbox: {e}");
@@ -723,7 +735,7 @@ mod tests {
         let dave = Identity::generate(None, "dave@example.com", "http://d/").unwrap();
         keyring.import(vec![carol.cert()]).unwrap();
         let p = poller(d.path(), me, keyring.clone());
-        let names = |p: &Poller| p.contacts().unwrap().into_iter().map(|(_, f, o)| (f, o.unwrap())).collect::<Vec<_>>();
+        let names = |p: &Poller| p.contacts().unwrap().into_iter().map(|c| (c.fpr, c.outbox.unwrap())).collect::<Vec<_>>();
         assert_eq!(names(&p), vec![(carol.fpr(), "http://c/".to_string())]);
         keyring.import(vec![dave.cert()]).unwrap();
         assert_eq!(names(&p).len(), 2, "a new contact is seen");

@@ -169,8 +169,23 @@ fn header(req: &Request, name: &str) -> Option<String> {
 /// What every request is checked against.
 struct Ctx<'a> {
     store: &'a Store,
-    /// The base URLs a request may be signed for.
-    outboxes: Vec<String>,
+    settings: &'a Settings,
+    /// The base URLs a request may be signed for: read once, and only by a
+    /// request that is signed (not by WKD or certificate lookups).
+    outboxes: std::cell::OnceCell<Vec<String>>,
+}
+
+impl Ctx<'_> {
+    fn outboxes(&self) -> &[String] {
+        self.outboxes.get_or_init(|| {
+            let mut o = self.settings.public_urls.clone();
+            match self.store.outbox_urls() {
+                Ok(u) => o.extend(u),
+                Err(e) => tracing::error!("cannot read the outbox's URLs: {e}"),
+            }
+            o
+        })
+    }
 }
 
 /// Verify the request's signatures (made for this outbox) and record their
@@ -198,7 +213,7 @@ fn verify(
 ) -> Result<auth::Verified, Response> {
     let sigs = (req.headers)(protocol::SIGNATURE_HEADER);
     let refs: Vec<&str> = sigs.iter().map(String::as_str).collect();
-    auth::verify_signatures(&refs, &ctx.outboxes, req.method, req.target, digest, now, lookup).map_err(|e| {
+    auth::verify_signatures(&refs, ctx.outboxes(), req.method, req.target, digest, now, lookup).map_err(|e| {
         tracing::warn!(target = req.target, "refused: {e}");
         from_auth(e)
     })
@@ -295,12 +310,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let mut outboxes = settings.public_urls.clone();
-    match store.outbox_urls() {
-        Ok(u) => outboxes.extend(u),
-        Err(e) => tracing::error!("cannot read the outbox's URLs: {e}"),
-    }
-    let ctx = &Ctx { store, outboxes };
+    let ctx = &Ctx { store, settings, outboxes: Default::default() };
     let result = match (req.method, r) {
         ("PUT", Route::Message(id)) => upload(ctx, settings, &mut req, id, now),
         ("GET", Route::Message(id)) => fetch(ctx, &mut req, id, now),
@@ -415,7 +425,7 @@ fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
     // A stranger (no account, never sent anything here) gets the empty
     // answer anyone gets, and leaves nothing behind: no certificate, no
     // cookie, no nonce. (A replay of such a poll gets the same nothing.)
-    let known: Vec<Fpr> = verified.signers.iter().filter(|f| store.account(f).is_some() || store.ever_had_mail(f)).cloned().collect();
+    let known: Vec<Fpr> = verified.signers.iter().filter(|f| store.ever_had_mail(f) || store.account(f).is_some()).cloned().collect();
     if known.is_empty() {
         let first = verified.signers[0].clone();
         return Ok(Response::json(200, &PollResponse::default()).signed_by(&first));

@@ -278,8 +278,9 @@ struct Session<'c, P> {
     auth_failures: u32,
 }
 
-/// Bytes of a command line kept to tell HTTP from SMTP.
-const LINE_HEAD: usize = 32;
+/// Bytes of a command line kept to tell HTTP from SMTP: a whole command
+/// line (RFC 5321 allows 512), so a request line is seen to its version.
+const LINE_HEAD: usize = 1024;
 
 /// Longest AUTH response line accepted.
 const MAX_AUTH_LINE: usize = 2048;
@@ -1111,6 +1112,8 @@ DATA\r\nSubject: forged\r\n\r\nfrom a web page\r\n.\r\nQUIT\r\n";
             ("EHLO c\r\nGET / HTTP/1.1\r\nQUIT\r\n", vec![220, 250, 554]),
             ("EHLO c\r\nHost: 127.0.0.1\r\nQUIT\r\n", vec![220, 250, 554]),
             ("CONNECT 127.0.0.1:25 HTTP/1.1\r\n", vec![220, 554]),
+            // A request line whose method is a mail verb, the version far out.
+            (&*format!("EHLO /{} HTTP/1.1\r\nQUIT\r\n", "p".repeat(200)), vec![220, 554]),
         ] {
             let r = run(input.as_bytes(), 5, creds(true)).await;
             assert_eq!(r.codes(), codes, "{input:?}: {}", r.output);

@@ -45,7 +45,7 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
             let bytes = rt
-                .block_on(stubmail::client::OutboxClient::account_cert(&http, &intro.outbox, &f))
+                .block_on(stubmail::client::OutboxClient::account_cert(&http, &intro.outbox, &f, stubmail::client::REQUEST_DEADLINE))
                 .with_context(|| format!("fetching {f}'s certificate from {}", intro.outbox))?;
             let cert = pgp::parse_certs(&bytes)?.into_iter().find(|c| pgp::fpr_of(c) == f).with_context(|| {
                 format!("{} served no certificate with fingerprint {f}", intro.outbox)

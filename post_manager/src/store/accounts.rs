@@ -108,6 +108,11 @@ impl Store {
                     );
                     return Ok(vec![]);
                 }
+                // Agreed: keep the list, so no request parses every account
+                // again (an account added later keeps it up to date).
+                if !urls.is_empty() {
+                    let _ = fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o600);
+                }
                 Ok(urls)
             }
             Err(e) => Err(e),

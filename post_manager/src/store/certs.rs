@@ -44,10 +44,12 @@ impl Store {
     /// or an account's), store the revocation (only the revocation
     /// signatures are taken). Returns whether it did.
     pub fn take_revocation(&self, presented: &Cert) -> anyhow::Result<bool> {
-        let f = pgp::fpr_of(presented);
-        if !pgp::is_revoked(presented) {
+        // Cheap first: no revocation signature, nothing to check (this runs
+        // for every certificate of every poll).
+        if presented.primary_key().self_revocations().next().is_none() || !pgp::is_revoked(presented) {
             return Ok(false);
         }
+        let f = pgp::fpr_of(presented);
         let mut took = false;
         for rel in [format!("certs/{f}.pgp"), format!("accounts/{f}.pgp")] {
             let _lock = self.lock(&format!("cert-{f}"))?;
