@@ -22,7 +22,7 @@ fn alice_to_bob_through_all_three_programs() {
     let p = pair();
     let smtp = p.alice.smtp2stub(p.root.path());
     let message = "From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n\
-Subject: Pull, not push\r\nMessage-ID: <e2e-1@example.org>\r\nMIME-Version: 1.0\r\n\
+Subject: Pull, not push\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <e2e-1@example.org>\r\nMIME-Version: 1.0\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
 Hi Bob,\r\n.a line that starts with a dot\r\nGrüße aus dem Postausgang.\r\n";
     let reply = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], message).unwrap();
@@ -261,6 +261,34 @@ fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
     std::fs::write(&rev_file, rev.replace(":-----BEGIN", "-----BEGIN")).unwrap();
     ok(gpg(&gh).arg("--import").arg(&rev_file));
     bad("revoked.pgp", &ok(gpg(&gh).args(["--export", "gone@example.com"])).stdout, "revoked");
+
+    // A whole `gpg --export` at once, as a GnuPG user moves an address
+    // book: the usable keys go in, each refused one is named with its
+    // address and reason, and a summary ends the report.
+    ok(gpg(&gh).args(["--quick-gen-key", "Dave <dave@example.com>", "future-default", "default", "never"]));
+    let all = root.path().join("all.pgp");
+    std::fs::write(&all, ok(gpg(&gh).arg("--export")).stdout).unwrap();
+    let out = ok(u.stubmail().args(["keys", "import"]).arg(&all));
+    let (so, se) = (stdout(&out), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(so.contains("imported") && so.contains("dave@example.com") && so.contains("carol@example.com"), "{so}");
+    assert!(se.contains("old@example.com") && se.contains("expired on"), "{se}");
+    assert!(se.contains("gone@example.com") && se.contains("revoked"), "{se}");
+    assert!(se.contains("no valid User ID with an email"), "{se}");
+    assert!(so.contains("5 certificate(s): 2 imported, 3 skipped"), "{so}");
+    assert!(list(&u).contains("dave@example.com"));
+    // Secret key material: only the public part goes into the keyring.
+    ok(gpg(&gh).args(["--quick-gen-key", "Erin <erin@example.com>", "future-default", "default", "never"]));
+    let secret = root.path().join("erin-secret.pgp");
+    std::fs::write(&secret, ok(gpg(&gh).args(["--export-secret-keys", "erin@example.com"])).stdout).unwrap();
+    let out = ok(u.stubmail().args(["keys", "import"]).arg(&secret));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only its public part is imported"), "{out:?}");
+    for f in std::fs::read_dir(u.home.join("keyring")).unwrap() {
+        let c = stubmail::pgp::parse_certs(&std::fs::read(f.unwrap().path()).unwrap()).map(|mut v| v.remove(0));
+        assert!(c.is_err() || !c.unwrap().is_tsk(), "secret key material in the keyring");
+    }
+    // Our own key: nothing to import, and the message says why.
+    let err = fails(u.stubmail().args(["keys", "import"]).arg(u.export()));
+    assert!(err.contains("your own key") && err.contains("nothing was imported"), "{err}");
 
     // Remove by address; then it is gone.
     ok(u.stubmail().args(["keys", "remove", "carol@example.com"]));

@@ -256,7 +256,7 @@ fn large_message_passes_in_bounded_memory() {
 }
 
 #[test]
-fn outbox_down_and_smtp2stub_restarted_nothing_is_lost() {
+fn outbox_down_retries_at_5_s_doubling_a_restart_retries_at_once_and_nothing_is_lost() {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/");
@@ -273,6 +273,20 @@ fn outbox_down_and_smtp2stub_restarted_nothing_is_lost() {
     assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
     wait_for("a failed upload attempt", 60, || alice.status_json()[0]["detail"].as_str().map(str::to_string));
     assert_eq!(alice.status_json()[0]["state"], "queued");
+    // Retries as README says: 5 s after the first failure, then 10 s.
+    let job = |attempts: u64| {
+        wait_for(&format!("failed upload {attempts}"), 30, || {
+            let q = std::fs::read_dir(alice.home.join("spool/queue")).ok()?.next()?.ok()?.path();
+            let env: serde_json::Value = serde_json::from_slice(&std::fs::read(q).ok()?).ok()?;
+            let j = env["jobs"].get(0)?.clone();
+            (j["attempts"] == attempts).then_some(j)
+        })
+    };
+    let wait = |j: &serde_json::Value| j["next_try"].as_i64().unwrap() - stubmail::time::unix_now();
+    let first = job(1);
+    assert!((0..=5).contains(&wait(&first)), "first retry in {} s, README says 5 s: {first}", wait(&first));
+    let second = job(2);
+    assert!((6..=10).contains(&wait(&second)), "second retry in {} s, README says 10 s: {second}", wait(&second));
     drop(smtp); // SIGKILL: no chance to clean up.
 
     // The outbox comes up on its address; smtp2stub restarts; no manual step.
@@ -281,8 +295,12 @@ fn outbox_down_and_smtp2stub_restarted_nothing_is_lost() {
     c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"]).arg(&data);
     let _outbox = Server::start("alice-outbox", c, root.path());
     ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&data).arg("--key").arg(alice.export()));
+    // A restarted smtp2stub tries its queue at once, not at the 10 s the
+    // backoff had set.
+    let started = std::time::Instant::now();
     let _smtp = alice.smtp2stub(root.path());
     wait_for("the upload after restart", 90, || (alice.status_json()[0]["state"] == "stored").then_some(()));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(bob.http2mbox_once().contains("delivered 1"));
     assert_eq!(bob.maildir_new().len(), 1);
 }

@@ -95,6 +95,43 @@ pub fn remove_fields_where(header: &[u8], mut drop: impl FnMut(&[u8], &[u8]) -> 
     out
 }
 
+/// Does the header block have a field of this name (case-insensitive,
+/// blanks before the colon allowed)?
+pub fn has_field(header: &[u8], name: &str) -> bool {
+    header.split_inclusive(|&b| b == b'\n').any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && line[name.len()..].iter().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b':')
+    })
+}
+
+/// Add the fields a header block lacks, before the blank line that ends
+/// it (RFC 6409 §8: a submission server adds a missing Date: and
+/// Message-ID:). `fields` are (name, value) pairs; a field already
+/// present is left as it is.
+pub fn add_missing_fields(header: &[u8], fields: &[(&str, &str)]) -> Vec<u8> {
+    let end = if header.ends_with(b"\r\n\r\n") || header == b"\r\n" {
+        header.len() - 2
+    } else if header.ends_with(b"\n\n") || header == b"\n" {
+        header.len() - 1
+    } else {
+        header.len()
+    };
+    // The header's own line ending (the spool's is CRLF).
+    let eol = if header.contains(&b'\n') && !header.contains(&b'\r') { "\n" } else { "\r\n" };
+    let mut out = header[..end].to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.extend_from_slice(eol.as_bytes());
+    }
+    for (name, value) in fields {
+        if !has_field(header, name) {
+            out.extend_from_slice(format!("{name}: {value}{eol}").as_bytes());
+        }
+    }
+    out.extend_from_slice(&header[end..]);
+    out
+}
+
 /// Lower-cased addresses in the given address fields (e.g. To, Cc).
 pub fn addresses(header: &[u8], fields: &[&str]) -> Vec<String> {
     let Some(msg) = mail_parser::MessageParser::default().parse_headers(header) else { return vec![] };
@@ -142,5 +179,18 @@ mod tests {
     fn reads_addresses() {
         let h = b"To: Bob <Bob@Example.net>, c@x.org\r\nCc: \"D\" <d@y.org>\r\nFrom: a@x.org\r\n\r\n";
         assert_eq!(addresses(h, &["To", "Cc"]), vec!["bob@example.net", "c@x.org", "d@y.org"]);
+    }
+
+    #[test]
+    fn missing_date_and_message_id_are_added_before_the_blank_line() {
+        let add = |h: &[u8]| super::add_missing_fields(h, &[("Date", "D"), ("Message-ID", "<m@x>")]);
+        assert_eq!(add(b"Subject: s\r\n\r\n"), b"Subject: s\r\nDate: D\r\nMessage-ID: <m@x>\r\n\r\n");
+        assert_eq!(add(b"DATE : old\r\nmessage-id:<a@b>\r\n\r\n"), b"DATE : old\r\nmessage-id:<a@b>\r\n\r\n");
+        // A header without a blank line (a message without a body).
+        assert_eq!(add(b"Subject: s\r\n"), b"Subject: s\r\nDate: D\r\nMessage-ID: <m@x>\r\n");
+        assert_eq!(add(b"Subject: s"), b"Subject: s\r\nDate: D\r\nMessage-ID: <m@x>\r\n");
+        assert_eq!(add(b"Subject: s\n\n"), b"Subject: s\nDate: D\nMessage-ID: <m@x>\n\n");
+        // "Date-Extra:" is not "Date:", and a continuation line is no field.
+        assert!(!super::has_field(b"Date-Extra: x\r\nSubject: a\r\n Date: y\r\n", "Date"));
     }
 }

@@ -285,7 +285,15 @@ pub fn check_contact(cert: &Cert) -> Result<Vec<String>> {
     if let openpgp::types::RevocationStatus::Revoked(_) = vc.revocation_status() {
         return Err(invalid(format!("certificate {fp} is revoked")));
     }
-    vc.alive().map_err(|e| invalid(format!("certificate {fp} is expired or not yet valid: {e}")))?;
+    if let Err(e) = vc.alive() {
+        return Err(invalid(match vc.primary_key().key_expiration_time() {
+            Some(t) if t <= std::time::SystemTime::now() => {
+                let unix = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                format!("certificate {fp} expired on {}", crate::time::rfc5322(unix))
+            }
+            _ => format!("certificate {fp} is expired or not yet valid: {e}"),
+        }));
+    }
     let emails = emails_of(cert);
     if emails.is_empty() {
         return Err(invalid(format!("certificate {fp} has no valid User ID with an email address")));
@@ -294,6 +302,16 @@ pub fn check_contact(cert: &Cert) -> Result<Vec<String>> {
         return Err(invalid(format!("certificate {fp} has no usable encryption key")));
     }
     Ok(emails)
+}
+
+/// Every email address a certificate's User IDs name, valid or not, for
+/// reports about a certificate that is refused.
+pub fn all_emails_of(cert: &Cert) -> Vec<String> {
+    let mut v: Vec<String> =
+        cert.userids().filter_map(|u| u.userid().email().ok().flatten().map(str::to_ascii_lowercase)).collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// The email addresses of a certificate's valid User IDs, lower-cased.

@@ -88,7 +88,8 @@ pub async fn daemon(
         } else {
             None
         };
-        let judge = notify::Judge::new(poller.me.fpr(), poller.keyring.clone(), quarantine);
+        let mut judge = notify::Judge::new(poller.me.fpr(), poller.keyring.clone(), quarantine);
+        judge.own = Some(poller.me.cert());
         tokio::spawn(notify::listen(socket, judge, stub_tx.clone(), shutdown.clone()));
     }
     'cycles: loop {

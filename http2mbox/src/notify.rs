@@ -187,6 +187,9 @@ pub enum Verdict {
 /// Judges incoming stubs.
 pub struct Judge {
     pub me: Fpr,
+    /// The user's own certificate: their stubs (mail to oneself, sent
+    /// from another device) are a contact's.
+    pub own: Option<stubmail::openpgp::Cert>,
     pub keyring: Keyring,
     /// Present when first contact is enabled.
     pub quarantine: Option<Quarantine>,
@@ -202,7 +205,7 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(me: Fpr, keyring: Keyring, quarantine: Option<Quarantine>) -> Judge {
-        Judge { me, keyring, quarantine, strangers: HashMap::new(), seen: HashMap::new(), polled: HashMap::new() }
+        Judge { me, own: None, keyring, quarantine, strangers: HashMap::new(), seen: HashMap::new(), polled: HashMap::new() }
     }
 
     pub fn judge(&mut self, src: IpAddr, datagram: &[u8], now: i64) -> Verdict {
@@ -218,7 +221,11 @@ impl Judge {
         if stub.made < now - MAX_STUB_AGE || stub.made > now + MAX_STUB_FUTURE {
             return Verdict::Dropped("stale");
         }
-        match self.keyring.get(&stub.sender) {
+        let cert = match &self.own {
+            Some(c) if stub.sender == self.me => Ok(Some(c.clone())),
+            _ => self.keyring.get(&stub.sender),
+        };
+        match cert {
             Ok(Some(cert)) => {
                 if pgp::check_contact(&cert).is_err() {
                     return Verdict::Dropped("the contact's certificate is not usable (expired or revoked?)");

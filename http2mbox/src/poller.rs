@@ -417,6 +417,15 @@ impl Poller {
             out.extend(entry.contact);
         }
         cache.retain(|p, _| seen.contains(p));
+        // The user is their own contact: mail to oneself waits in one's
+        // own outbox, for every device of the identity to fetch.
+        let mine = self.me.cert();
+        let fpr = self.me.fpr();
+        if !out.iter().any(|c| c.fpr == fpr) {
+            if let Ok(emails) = pgp::check_contact(&mine) {
+                out.push(Checked { outbox: pgp::outbox_of(&mine), fpr, cert: mine, emails });
+            }
+        }
         out.sort_by(|a, b| a.fpr.cmp(&b.fpr));
         Ok(out)
     }
@@ -510,7 +519,7 @@ impl Poller {
     /// and merge it into the keyring — the same key only, and "one
     /// address, one contact" still holds. At most once an hour a contact.
     async fn refresh_contact(&self, url: &str, f: &Fpr, contacts: &[Contact]) -> Option<Cert> {
-        if !contacts.iter().any(|c| &c.fpr == f) {
+        if !contacts.iter().any(|c| &c.fpr == f) || *f == self.me.fpr() {
             return None;
         }
         {
@@ -713,10 +722,11 @@ mod tests {
         let keyring = stubmail::keyring::Keyring::new(d.path().join("keyring"));
         keyring.import(vec![carol.cert()]).unwrap();
         let p = poller(d.path(), me, keyring);
+        // Carol's outbox and Bob's own (mail to himself), both down.
         let r = p.poll_once().await.unwrap();
-        assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 1, 0));
+        assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (2, 2, 0));
         let r = p.poll_once().await.unwrap();
-        assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (1, 0, 1), "in backoff: not asked again yet");
+        assert_eq!((r.outboxes, r.failed_outboxes, r.skipped), (2, 0, 2), "in backoff: not asked again yet");
         // An explicit local override replaces the certificate's outbox.
         let mut p = p;
         p.use_backoff = false;
@@ -734,8 +744,13 @@ mod tests {
         let carol = Identity::generate(None, "carol@example.com", "http://c/").unwrap();
         let dave = Identity::generate(None, "dave@example.com", "http://d/").unwrap();
         keyring.import(vec![carol.cert()]).unwrap();
+        let own = me.fpr();
         let p = poller(d.path(), me, keyring.clone());
-        let names = |p: &Poller| p.contacts().unwrap().into_iter().map(|c| (c.fpr, c.outbox.unwrap())).collect::<Vec<_>>();
+        // The user is always their own contact (mail to oneself).
+        assert_eq!(p.contacts().unwrap().iter().filter(|c| c.fpr == own).count(), 1);
+        let names = |p: &Poller| {
+            p.contacts().unwrap().into_iter().filter(|c| c.fpr != own).map(|c| (c.fpr, c.outbox.unwrap())).collect::<Vec<_>>()
+        };
         assert_eq!(names(&p), vec![(carol.fpr(), "http://c/".to_string())]);
         keyring.import(vec![dave.cert()]).unwrap();
         assert_eq!(names(&p).len(), 2, "a new contact is seen");

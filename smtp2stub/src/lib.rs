@@ -21,6 +21,10 @@ use spool::Route;
 pub struct Router {
     /// The user's own addresses, lower-cased: the only allowed MAIL FROM.
     pub own: Vec<String>,
+    /// The user's own fingerprint: mail to an own address is a Stubmail
+    /// message to oneself, stored in one's own outbox like any other, so
+    /// every device of the identity fetches it.
+    pub me: Option<Fpr>,
     pub keyring: Keyring,
     /// Look unknown recipients up by WKD (None: discovery off).
     pub discovery: Option<Discovery>,
@@ -75,6 +79,11 @@ impl Policy for Router {
     }
 
     async fn recipient(&self, addr: &str) -> Result<Route, Reply> {
+        if let Some(me) = &self.me {
+            if self.own.contains(&addr.to_ascii_lowercase()) {
+                return Ok(Route::Stub { fpr: me.clone() });
+            }
+        }
         if let Some(fpr) = self.stub_cert(addr)? {
             return Ok(Route::Stub { fpr });
         }
@@ -219,6 +228,7 @@ pub async fn serve_home(
         },
         policy: Router {
             own: config.own_addresses(),
+            me: Some(me.fpr()),
             keyring: keyring.clone(),
             discovery,
             relay: config.relay.is_some(),

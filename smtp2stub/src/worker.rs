@@ -51,8 +51,14 @@ pub fn backoff(attempts: u32) -> i64 {
 impl Worker {
     /// Work the queue until shutdown; wake on `kick` or every few seconds.
     pub async fn run(self, kick: Arc<Notify>, shutdown: CancellationToken) {
+        // A (re)started smtp2stub tries its whole queue at once: whatever
+        // failed before may work now (the outbox is back, the user fixed
+        // the config), and the user restarted to see it go.
+        let mut everything = true;
         loop {
-            if let Err(e) = self.pass().await {
+            let pass = self.pass(everything).await;
+            everything = false;
+            if let Err(e) = pass {
                 tracing::error!("queue pass failed: {e:#}");
             }
             tokio::select! {
@@ -63,8 +69,8 @@ impl Worker {
         }
     }
 
-    /// One pass over the queue.
-    pub async fn pass(&self) -> anyhow::Result<()> {
+    /// One pass over the queue: the jobs that are due, or all of them.
+    pub async fn pass(&self, everything: bool) -> anyhow::Result<()> {
         let spool = self.spool.clone();
         let queued = tokio::task::spawn_blocking(move || spool.queued()).await??;
         // Several messages at once: each one waits mostly on the outbox
@@ -73,7 +79,7 @@ impl Worker {
         futures_util::stream::iter(queued)
             .for_each_concurrent(CONCURRENCY, |env| async move {
                 let qid = env.qid.clone();
-                if let Err(e) = self.process(env).await {
+                if let Err(e) = self.process(env, everything).await {
                     tracing::error!(qid, "{e:#}");
                 }
             })
@@ -81,7 +87,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn process(&self, mut env: Envelope) -> anyhow::Result<()> {
+    async fn process(&self, mut env: Envelope, everything: bool) -> anyhow::Result<()> {
         if env.jobs.is_empty() {
             env.jobs = self.plan(&env)?;
             self.spool.save(&env)?;
@@ -92,7 +98,7 @@ impl Worker {
             // A retry time further ahead than the job's own backoff was set
             // by a clock that has since gone back (it was wrong, or fixed):
             // retry now rather than wait for the wrong clock's future.
-            let due = j.next_try <= now || j.next_try > now + backoff(j.attempts);
+            let due = everything || j.next_try <= now || j.next_try > now + backoff(j.attempts);
             if j.state != JobState::Queued || !due {
                 continue;
             }
@@ -108,8 +114,9 @@ impl Worker {
                     job.last_error = None;
                 }
                 Attempt::Retry(e) => {
-                    job.attempts += 1;
+                    // 5 s after the first failure, then doubling (README).
                     job.next_try = now + backoff(job.attempts);
+                    job.attempts += 1;
                     tracing::warn!(qid = env.qid, attempts = job.attempts, "will retry: {e}");
                     job.last_error = Some(e);
                 }
@@ -176,7 +183,7 @@ impl Worker {
         let made = stubmail::time::unix_now();
         let mut req = NotifyRequest::default();
         for r in recipients {
-            let Ok(Some(cert)) = self.keyring.get(r) else { continue };
+            let Ok(Some(cert)) = self.cert_of(r) else { continue };
             if stubmail::pgp::notify_of(&cert).is_none() {
                 continue;
             }
@@ -248,8 +255,8 @@ impl Worker {
         // SAFETY: spool files are never modified once committed.
         let map = unsafe { memmap2::Mmap::map(&f)? };
         let hlen = stubmail::mail::header_len(&map).unwrap_or(map.len());
-        let stripped = stubmail::mail::remove_fields(&map[..hlen], &["Bcc"]);
-        if stripped.len() == hlen {
+        let stripped = submitted_header(&map[..hlen], env);
+        if stripped[..] == map[..hlen] {
             return Ok(RelayBytes::Mapped(map));
         }
         let mut v = stripped;
@@ -317,25 +324,34 @@ impl Worker {
         Ok(jobs)
     }
 
+    /// A recipient's certificate: a contact's from the keyring, or the
+    /// user's own (mail to oneself).
+    fn cert_of(&self, fpr: &stubmail::protocol::Fpr) -> anyhow::Result<Option<stubmail::openpgp::Cert>> {
+        if *fpr == self.me.fpr() {
+            return Ok(Some(self.me.cert()));
+        }
+        Ok(self.keyring.get(fpr)?)
+    }
+
     /// Sign and encrypt one copy into `out/<id>.pgp`, durably; return its id.
     async fn encrypt(&self, env: &Envelope, job: &Job) -> anyhow::Result<String> {
         let mut certs = Vec::new();
         for r in &job.rcpts {
             let Route::Stub { fpr } = &r.route else { continue };
             let c = self
-                .keyring
-                .get(fpr)?
+                .cert_of(fpr)?
                 .ok_or_else(|| anyhow::anyhow!("the key of {} ({fpr}) is no longer in the keyring", r.addr))?;
             certs.push(c);
         }
         let me = self.me.clone();
+        let env = env.clone();
         let src = self.spool.msg_path(&env.qid);
         let out_dir = self.spool.out_dir();
         let spool = self.spool.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
             let mut f = io::BufReader::new(File::open(&src)?);
             let header = stubmail::mail::read_header(&mut f, MAX_HEADER)?;
-            let header = stubmail::mail::remove_fields(&header, &["Bcc"]);
+            let header = submitted_header(&header, &env);
             let mut plain = io::Cursor::new(header).chain(f);
             let tmp = out_dir.join(stubmail::fsutil::unique_name(".enc."));
             let mut w = HashWriter { inner: File::create(&tmp)?, hasher: Sha256::new() };
@@ -352,6 +368,17 @@ impl Worker {
         })
         .await?
     }
+}
+
+/// The header as it leaves: without Bcc:, and with the Date: and
+/// Message-ID: a client left out (RFC 6409 §8). Both come from the
+/// envelope, so every copy and every retry carries the same ones.
+fn submitted_header(header: &[u8], env: &Envelope) -> Vec<u8> {
+    let stripped = stubmail::mail::remove_fields(header, &["Bcc"]);
+    let domain = env.from.rsplit_once('@').map_or("localhost", |(_, d)| d);
+    let date = stubmail::time::rfc5322(env.received);
+    let id = format!("<{}@{domain}>", env.qid);
+    stubmail::mail::add_missing_fields(&stripped, &[("Date", &date), ("Message-ID", &id)])
 }
 
 /// The header block of a spooled message.

@@ -19,20 +19,7 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
                 bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             }
             let certs = pgp::parse_certs(&bytes)?;
-            if let Ok(me) = home.load_identity()
-                && certs.iter().any(|c| pgp::fpr_of(c) == me.fpr()) {
-                    anyhow::bail!("that is your own key; import your contacts' keys");
-                }
-            let kr = home.keyring();
-            let bar = stubmail::progress::items(certs.len() as u64, "importing");
-            let imported = if replace { kr.import_replacing(certs)? } else { kr.import(certs)? };
-            for c in imported {
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-                kr.vouch(&pgp::fpr_of(&c))?;
-                println!("imported {} {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "), describe(&c));
-            }
+            import_each(home, certs, replace)?;
         }
         KeysCommand::List => {
             let kr = home.keyring();
@@ -55,6 +42,56 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
             let c = home.keyring().remove(&contact)?;
             println!("removed {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "));
         }
+    }
+    Ok(())
+}
+
+/// Import each certificate on its own, as `gpg --import` does: the usable
+/// ones go in, each refused one is named with its reason, and a summary
+/// ends the report. An error (non-zero exit) only if nothing was imported.
+fn import_each(home: &Home, certs: Vec<stubmail::openpgp::Cert>, replace: bool) -> anyhow::Result<()> {
+    let me = home.load_identity().ok().map(|m| m.fpr());
+    let kr = home.keyring();
+    let bar = stubmail::progress::items(certs.len() as u64, "importing");
+    let total = certs.len();
+    let (mut imported, mut skipped) = (0usize, 0usize);
+    for c in certs {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+        let f = pgp::fpr_of(&c);
+        let who = pgp::all_emails_of(&c).join(", ");
+        if me.as_ref() == Some(&f) {
+            skipped += 1;
+            eprintln!("skipped  {f} {who}: that is your own key (mail to your own addresses needs no import)");
+            continue;
+        }
+        if c.is_tsk() {
+            // A contact's secret has no business in an address book; take
+            // the public part only, and say so.
+            eprintln!("warning: {f} came with secret key material; only its public part is imported");
+        }
+        let one = vec![c.strip_secret_key_material()];
+        match if replace { kr.import_replacing(one) } else { kr.import(one) } {
+            Ok(done) => {
+                for c in done {
+                    kr.vouch(&pgp::fpr_of(&c))?;
+                    imported += 1;
+                    println!("imported {} {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "), describe(&c));
+                }
+            }
+            Err(e) => {
+                skipped += 1;
+                eprintln!("skipped  {f} {who}: {e}");
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!("{total} certificate(s): {imported} imported, {skipped} skipped");
+    if imported == 0 {
+        anyhow::bail!("nothing was imported (the reasons are above)");
     }
     Ok(())
 }
