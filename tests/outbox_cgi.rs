@@ -206,6 +206,9 @@ assert s == 200 and len(body) > 100 and body[0] & 0x80, (s, body[:50])
 s, _ = get("/.well-known/openpgpkey/example.org/hu/" + sys.argv[2] + "?l=alice")
 assert s == 200, s
 s, _ = get("/.well-known/openpgpkey/policy"); assert s == 200, s
+# The WKD draft asks for CORS on key lookups, through the web server too.
+with urllib.request.urlopen(base + "/.well-known/openpgpkey/hu/" + sys.argv[2] + "?l=alice", timeout=30) as r:
+    assert r.headers.get("Access-Control-Allow-Origin") == "*", dict(r.headers)
 s, _ = get("/.well-known/openpgpkey/hu/ybndrfg8ejkmcpqxot1uwisza345h769"); assert s == 404, s
 # Unsigned, malformed or traversing requests are refused with structured errors.
 s, body = get("/stubmail/v1/messages"); assert s == 401 and b'"error"' in body, (s, body)

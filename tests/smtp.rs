@@ -163,6 +163,21 @@ fn wkd_discovery_finds_a_stubmail_key() {
         servers.insert("example.net".into(), url.clone().into());
         d.insert("wkd_servers".into(), servers.into());
     });
+    // Web clients may read the directory (the WKD draft asks for CORS);
+    // signed endpoints answer without it.
+    let script = r#"
+import sys, urllib.request, urllib.error
+def origin(path):
+    try:
+        with urllib.request.urlopen(sys.argv[1] + path, timeout=30) as r: return r.headers.get("Access-Control-Allow-Origin")
+    except urllib.error.HTTPError as e: return e.headers.get("Access-Control-Allow-Origin")
+assert origin(".well-known/openpgpkey/policy") == "*"
+assert origin(".well-known/openpgpkey/hu/ybndrfg8ejkmcpqxot1uwisza345h769") == "*"
+assert origin("v1/messages") is None
+print("ok")
+"#;
+    let (good, out) = python(script, &[&url]);
+    assert!(good, "{out}");
     let smtp = s.alice.smtp2stub(s.root.path());
     let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: found you\r\n\r\nvia WKD\r\n";
     assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));

@@ -67,7 +67,7 @@ pub fn run() -> io::Result<()> {
     let mut out = io::BufWriter::new(io::stdout().lock());
     let Some(data) = env("POST_MANAGER_DATA") else {
         tracing::error!("POST_MANAGER_DATA is not set: set it in the web server's configuration (see contrib/)");
-        return write_head(&mut out, 500, "application/json", None, None).and_then(|_| {
+        return write_head(&mut out, 500, "application/json", None, None, false).and_then(|_| {
             out.write_all(br#"{"error":"internal","message":"the outbox is not configured (POST_MANAGER_DATA)"}"#)
         });
     };
@@ -75,7 +75,7 @@ pub fn run() -> io::Result<()> {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("data directory {data}: {e}");
-            write_head(&mut out, 500, "application/json", None, None)?;
+            write_head(&mut out, 500, "application/json", None, None, false)?;
             return out.write_all(br#"{"error":"internal","message":"the outbox's data directory is not usable; see the server log"}"#);
         }
     };
@@ -112,7 +112,7 @@ pub fn run() -> io::Result<()> {
         Body::Json(v) | Body::Key(v) => Some(v.len() as u64),
         Body::File(_, n) => Some(*n),
     };
-    write_head(&mut out, resp.status, resp.content_type(), len, resp.content_range.as_deref())?;
+    write_head(&mut out, resp.status, resp.content_type(), len, resp.content_range.as_deref(), resp.cors)?;
     if method != "HEAD" {
         match resp.body {
             // Stream from the file: memory does not grow with the message.
@@ -125,13 +125,16 @@ pub fn run() -> io::Result<()> {
     out.flush()
 }
 
-fn write_head(out: &mut dyn Write, status: u16, ct: &str, len: Option<u64>, range: Option<&str>) -> io::Result<()> {
+fn write_head(out: &mut dyn Write, status: u16, ct: &str, len: Option<u64>, range: Option<&str>, cors: bool) -> io::Result<()> {
     write!(out, "Status: {status} {}\r\nContent-Type: {ct}\r\nAccept-Ranges: bytes\r\n", reason(status))?;
     if let Some(l) = len {
         write!(out, "Content-Length: {l}\r\n")?;
     }
     if let Some(r) = range {
         write!(out, "Content-Range: {r}\r\n")?;
+    }
+    if cors {
+        out.write_all(b"Access-Control-Allow-Origin: *\r\n")?;
     }
     out.write_all(b"\r\n")
 }

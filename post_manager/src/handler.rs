@@ -67,11 +67,15 @@ pub struct Response {
     pub error: Option<&'static str>,
     /// Who signed the request, for the log.
     pub signer: Option<Fpr>,
+    /// `Access-Control-Allow-Origin: *`: a public answer web clients may
+    /// read (the WKD draft asks it of key lookups). Never on signed
+    /// endpoints: a web page gains nothing from reading those.
+    pub cors: bool,
 }
 
 impl Response {
     fn json<T: serde::Serialize>(status: u16, v: &T) -> Response {
-        Response { status, body: Body::Json(serde_json::to_vec(v).expect("serialisable")), content_range: None, error: None, signer: None }
+        Response { status, body: Body::Json(serde_json::to_vec(v).expect("serialisable")), content_range: None, error: None, signer: None, cors: false }
     }
     fn error(status: u16, code: &'static str, message: impl Into<String>) -> Response {
         let b = ErrorBody { error: code.into(), message: message.into() };
@@ -250,7 +254,7 @@ fn wkd(store: &Store, settings: &Settings, method: &str, target: &str) -> Option
         return Some(Response::error(405, "bad_request", "the Web Key Directory is read-only"));
     }
     let not_found = || Response::error(404, "not_found", "no key for that address here");
-    let ok_empty = || Response { status: 200, body: Body::Empty, content_range: None, error: None, signer: None };
+    let ok_empty = || Response { status: 200, body: Body::Empty, content_range: None, error: None, signer: None, cors: false };
     let (domain, hash) = match rest.split('/').collect::<Vec<_>>().as_slice() {
         ["policy"] | [_, "policy"] => return Some(ok_empty()),
         ["hu", h] => (None, *h),
@@ -272,7 +276,7 @@ fn wkd(store: &Store, settings: &Settings, method: &str, target: &str) -> Option
         });
         if hit {
             return Some(match pgp::binary(&cert) {
-                Ok(b) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None },
+                Ok(b) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None, cors: false },
                 Err(e) => Response::error(500, "internal", e.to_string()),
             });
         }
@@ -303,7 +307,8 @@ fn percent_decode(s: &str) -> String {
 
 /// Handle one request.
 pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) -> Response {
-    if let Some(resp) = wkd(store, settings, req.method, req.target) {
+    if let Some(mut resp) = wkd(store, settings, req.method, req.target) {
+        resp.cors = true;
         return resp;
     }
     let r = match route(settings, req.target) {
@@ -326,7 +331,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         ("GET", Route::Cert(f)) => Ok(match store.account(&f).map(|c| pgp::binary(&c)) {
             // Public like WKD: an account's certificate, by fingerprint (for
             // a recipient deciding on a stranger's introduction).
-            Some(Ok(b)) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None },
+            Some(Ok(b)) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None, cors: false },
             _ => Response::error(404, "not_found", "no account with that fingerprint here"),
         }),
         _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
@@ -541,7 +546,7 @@ fn fetch(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, R
     };
     tracing::info!(recipient = %who, id, size, ?range, "fetch");
     Ok(match range {
-        None => Response { status: 200, body: Body::File(file, size), content_range: None, error: None, signer: Some(who) },
+        None => Response { status: 200, body: Body::File(file, size), content_range: None, error: None, signer: Some(who), cors: false },
         Some((start, end)) => {
             use std::io::Seek;
             file.seek(io::SeekFrom::Start(start)).map_err(|e| from_store(e.into()))?;
@@ -551,6 +556,7 @@ fn fetch(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, R
                 content_range: Some(format!("bytes {start}-{end}/{size}")),
                 error: None,
                 signer: Some(who),
+                cors: false,
             }
         }
     })

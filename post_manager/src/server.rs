@@ -101,6 +101,9 @@ async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::
         .status(resp.status)
         .header(hyper::header::CONTENT_TYPE, ct)
         .header(hyper::header::ACCEPT_RANGES, "bytes");
+    if resp.cors {
+        b = b.header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    }
     if let Some(cr) = &resp.content_range {
         b = b.header(hyper::header::CONTENT_RANGE, cr);
     }
