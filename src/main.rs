@@ -7,8 +7,10 @@ mod commands;
 use clap::Parser;
 
 fn main() {
-    stubmail::logging::init("warn");
     let cli = cli::Cli::parse();
+    // A running node says what it does (listening, polls, deliveries);
+    // one-shot commands speak only of trouble.
+    stubmail::logging::init(if matches!(cli.command, cli::Command::Up { .. }) { "info" } else { "warn" });
     // Like any Unix tool, a one-shot command printing into a closed pipe
     // (`stubmail … | head`) ends quietly instead of panicking on the failed
     // print. Not the servers (`up`, `demo`): they keep Rust's default,

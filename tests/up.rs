@@ -181,3 +181,97 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(home.join("secret.pgp").exists(), "the identity is made all the same");
 }
+
+/// `stubmail up` again on an existing home, without flags.
+fn up_again(root: &std::path::Path, node: &Node, log: &str) -> Server {
+    let mut c = bin_cmd("stubmail");
+    c.arg("--home").arg(&node.user.home).arg("up");
+    Server::start(log, c, root)
+}
+
+fn config_of(u: &User) -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(u.home.join("config.toml")).unwrap()).unwrap()
+}
+
+#[test]
+fn nodes_keep_their_addresses_run_once_per_home_and_deliver_within_seconds() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = up(root.path(), "alice", "alice@example.org");
+    let mut bob = up(root.path(), "bob", "bob@example.net");
+    // The first run wrote the addresses it got into config.toml, and bound a
+    // loopback notify endpoint into the key.
+    let t = config_of(&bob.user);
+    let notify = t["notify"]["listen"].as_str().expect("up binds a notify endpoint").to_string();
+    assert_eq!(t["smtp"]["listen"].as_str().unwrap(), format!("127.0.0.1:{}", bob.smtp));
+    assert_eq!(t["poll"]["pop3"]["listen"].as_str().unwrap(), format!("127.0.0.1:{}", bob.pop3));
+    assert!(t["outbox"]["listen"].as_str().is_some(), "{t}");
+    let cert = stubmail::pgp::parse_certs(&std::fs::read(bob.user.export()).unwrap()).unwrap().remove(0);
+    assert_eq!(stubmail::pgp::notify_of(&cert), Some(notify.clone()));
+    assert!(bob.server.stdout_after("Notify endpoint:").unwrap().contains(&notify));
+
+    // One node per home: a second `up`, or an smtp2stub, names the first.
+    let mut c = bin_cmd("stubmail");
+    c.arg("--home").arg(&alice.user.home).arg("up");
+    let err = fails(&mut c);
+    assert!(err.contains("already runs") && err.contains("stubmail up") && err.contains(&format!("smtp 127.0.0.1:{}", alice.smtp)), "{err}");
+    let err = fails(bin_cmd("smtp2stub").arg("--home").arg(&alice.user.home).args(["--listen", "127.0.0.1:0"]));
+    assert!(err.contains("already runs smtp2stub") && err.contains("stubmail up"), "{err}");
+    let err = fails(bin_cmd("http2mbox").arg("--home").arg(&alice.user.home));
+    assert!(err.contains("already runs http2mbox"), "{err}");
+    // `--once` is "check now": it runs beside the node.
+    ok(bin_cmd("http2mbox").arg("--home").arg(&alice.user.home).arg("--once"));
+    // The doctor checks the addresses in use.
+    let out = stdout(&ok(alice.user.stubmail().arg("doctor")));
+    assert!(out.contains(&format!("SMTP answers on 127.0.0.1:{}", alice.smtp)), "{out}");
+    assert!(out.contains(&format!("POP3 answers on 127.0.0.1:{}", alice.pop3)), "{out}");
+
+    alice.user.import(&bob.user.export());
+    bob.user.import(&alice.user.export());
+    let send = |n: u32| {
+        let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: number {n}\r\n\r\nhello\r\n");
+        assert!(smtplib_send(alice.smtp, "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+        std::time::Instant::now()
+    };
+    let arrived = |n: u32| {
+        bob.user.maildir_new().iter().any(|f| std::fs::read_to_string(f).unwrap().contains(&format!("Subject: number {n}\n")))
+    };
+    // The first message from a new contact: found by a poll ("check now").
+    send(1);
+    wait_for("message 1 stored", 30, || (alice.user.status_json()[0]["state"] == "stored").then_some(()));
+    assert!(bob.user.http2mbox_once().contains("delivered 1"));
+    // From then on a notification stub brings each message within seconds.
+    let t0 = send(2);
+    wait_for("message 2 delivered", 30, || arrived(2).then_some(()));
+    let took = t0.elapsed();
+    println!("SMTP 250 -> Maildir with a notify endpoint: {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+
+    // Without a notify endpoint (Bob's node restarted without one, polling
+    // by UDP every 2 s): the next UDP poll finds it.
+    bob.server.interrupt();
+    bob.user.edit_config(|t| {
+        t.get_mut("notify").unwrap().as_table_mut().unwrap().remove("listen");
+        table(t, "poll").insert("udp_interval_secs".into(), 2.into());
+    });
+    let bob_again = up_again(root.path(), &bob, "up-bob-again");
+    // Its UDP cookie comes from the first signed poll, at start.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let t0 = send(3);
+    wait_for("message 3 delivered", 30, || arrived(3).then_some(()));
+    let took = t0.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    drop(bob_again);
+
+    // Restarted without flags, a node comes back on the addresses it had.
+    alice.server.interrupt();
+    let again = up_again(root.path(), &alice, "up-alice-again");
+    assert!(again.addr.contains(&format!("smtp=127.0.0.1:{}", alice.smtp)), "{}", again.addr);
+    assert!(again.addr.contains(&format!("pop3=127.0.0.1:{}", alice.pop3)), "{}", again.addr);
+    // A flag overrides the file for one run only.
+    drop(again);
+    let mut c = bin_cmd("stubmail");
+    c.arg("--home").arg(&alice.user.home).args(["up", "--smtp", "127.0.0.1:0"]);
+    let other = Server::start("up-alice-flag", c, root.path());
+    assert!(!other.addr.contains(&format!("smtp=127.0.0.1:{} ", alice.smtp)), "{}", other.addr);
+    assert_eq!(config_of(&alice.user)["smtp"]["listen"].as_str().unwrap(), format!("127.0.0.1:{}", alice.smtp));
+}

@@ -147,6 +147,26 @@ pub struct Config {
     /// Notification stubs: where http2mbox listens, and first contact.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// The user's own outbox as `stubmail up` serves it.
+    #[serde(default, skip_serializing_if = "OutboxConfig::is_unset")]
+    pub outbox: OutboxConfig,
+}
+
+/// `[outbox]`: where `stubmail up` serves the user's own outbox (written by
+/// the first `up`, so later runs and the systemd unit keep the address the
+/// certificate binds).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// TCP (and UDP poll) address of the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl OutboxConfig {
+    fn is_unset(&self) -> bool {
+        self.listen.is_none()
+    }
 }
 
 /// The notification stub listener (docs/PROTOCOL.md §8). Its public
@@ -333,6 +353,10 @@ pub struct PollConfig {
     pub udp: bool,
     /// Milliseconds to wait for a UDP answer before a signed poll instead.
     pub udp_timeout_ms: u64,
+    /// Seconds between UDP polls of the outboxes that hand out cookies (one
+    /// datagram each, so often is cheap); outboxes without one are polled
+    /// over signed HTTP every `interval_secs`.
+    pub udp_interval_secs: u64,
 }
 
 /// Delivery target.
@@ -388,6 +412,7 @@ impl Default for PollConfig {
             pop3: Pop3Config::default(),
             udp: true,
             udp_timeout_ms: 1000,
+            udp_interval_secs: 30,
         }
     }
 }
@@ -410,6 +435,7 @@ impl Config {
             relay: None,
             discovery: DiscoveryConfig::default(),
             notify: NotifyConfig::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod logging;
 pub mod mail;
 pub mod maildir;
+pub mod node;
 pub mod pgp;
 pub mod progress;
 pub mod protocol;

@@ -165,6 +165,40 @@ impl Identity {
         Ok(())
     }
 
+    /// Bind every valid User ID anew to this outbox (and notify endpoint,
+    /// `udp://HOST:PORT`, or none): a new self-signature on each, newer than
+    /// the old ones, which it supersedes. Contacts who get the updated
+    /// certificate (from the outbox's `/v1/certs`, WKD, or a re-import) poll
+    /// the new outbox.
+    pub fn rebind(&mut self, outbox: &str, notify: Option<&str>) -> Result<()> {
+        if let Some(n) = notify
+            && crate::protocol::udp::parse_notify_endpoint(n).is_none()
+        {
+            return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
+        }
+        let vc = self.cert.with_policy(&POLICY, None)?;
+        let uids: Vec<UserID> = vc
+            .userids()
+            .filter(|u| !matches!(u.revocation_status(), openpgp::types::RevocationStatus::Revoked(_)))
+            .map(|u| u.userid().clone())
+            .collect();
+        // A binding only supersedes one made strictly earlier: wait out the
+        // second of the last one (at most a second; `init` then `rebind`).
+        let newest = vc.userids().filter_map(|u| u.binding_signature().signature_creation_time()).max();
+        while newest.is_some_and(|t| std::time::SystemTime::now() <= t + std::time::Duration::from_secs(1)) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
+        let mut packets: Vec<openpgp::Packet> = Vec::new();
+        for uid in uids {
+            let sig = uid.bind(&mut kp, &self.cert, binding_template(outbox, notify)?)?;
+            packets.push(uid.into());
+            packets.push(sig.into());
+        }
+        self.cert = self.cert.clone().insert_packets(packets)?.0;
+        Ok(())
+    }
+
     /// Armored secret key, for the 0600 key file.
     pub fn to_armored_secret(&self) -> Result<Vec<u8>> {
         Ok(self.cert.as_tsk().armored().to_vec()?)
@@ -569,6 +603,23 @@ mod tests {
         assert_eq!(notify_of(&a.cert()).as_deref(), Some("127.0.0.1:2526"));
         assert_eq!(outbox_of(&a.cert()).as_deref(), Some("http://o/"));
         assert!(Identity::generate_with(None, "a@example.org", "http://o/", Some("tcp://x:1")).is_err());
+    }
+
+    #[test]
+    fn rebinding_moves_every_address_to_the_new_outbox_and_notify() {
+        let mut a = alice();
+        a.add_address("al@example.org").unwrap();
+        a.rebind("https://new.example.org/", Some("udp://127.0.0.1:2600")).unwrap();
+        let c = a.cert();
+        assert_eq!(outbox_of(&c).as_deref(), Some("https://new.example.org/"));
+        assert_eq!(outboxes_of(&c), vec!["https://new.example.org/"], "no User ID keeps the old URL");
+        assert_eq!(notify_of(&c).as_deref(), Some("127.0.0.1:2600"));
+        assert_eq!(check_contact(&c).unwrap().len(), 2);
+        // And back without notify: the newest binding wins.
+        a.rebind("http://127.0.0.1:1/", None).unwrap();
+        assert_eq!(notify_of(&a.cert()), None);
+        assert_eq!(outboxes_of(&a.cert()), vec!["http://127.0.0.1:1/"]);
+        assert!(a.rebind("http://x/", Some("tcp://x:1")).is_err());
     }
 
     #[test]

@@ -58,20 +58,30 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         use_backoff: !once,
         lock_path: state.join("poll.lock"),
         udp: poller::UdpState::new(!once && config.poll.udp, Duration::from_millis(config.poll.udp_timeout_ms.max(1))),
+        http_every: Duration::from_secs(config.poll.interval_secs.max(1)),
+        last_http: Default::default(),
         contact_cache: Default::default(),
         claims: Default::default(),
         refreshed: Default::default(),
     })
 }
 
-/// Poll every `interval` seconds (with jitter) and, given a listener,
-/// serve POP3, until `shutdown`.
+/// The notify listener `notify.listen` asks for, if any (bound before
+/// anything says "listening").
+pub async fn bind_notify(config: &stubmail::Config) -> anyhow::Result<Option<tokio::net::UdpSocket>> {
+    let Some(addr) = config.notify.listen else { return Ok(None) };
+    Ok(Some(tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding the notify listener {addr}"))?))
+}
+
+/// Poll every `interval` seconds (with jitter) and, given listeners,
+/// serve POP3 and take notification stubs, until `shutdown`.
 pub async fn daemon(
     home: &stubmail::Home,
     config: &stubmail::Config,
     poller: Arc<Poller>,
     interval: u64,
     pop3_listener: Option<tokio::net::TcpListener>,
+    notify_socket: Option<tokio::net::UdpSocket>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let pop3_task = match pop3_listener {
@@ -80,9 +90,7 @@ pub async fn daemon(
     };
     // Stubs from contacts arrive here as "poll this sender now".
     let (stub_tx, mut stub_rx) = tokio::sync::mpsc::channel::<stubmail::protocol::Fpr>(1024);
-    if let Some(addr) = config.notify.listen {
-        let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding the notify listener {addr}"))?;
-        println!("http2mbox notify listening on {}", socket.local_addr()?);
+    if let Some(socket) = notify_socket {
         let quarantine = if config.notify.first_contact {
             Some(notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?)
         } else {
@@ -92,15 +100,30 @@ pub async fn daemon(
         judge.own = Some(poller.me.cert());
         tokio::spawn(notify::listen(socket, judge, stub_tx.clone(), shutdown.clone()));
     }
+    // Cycles come every `udp_interval_secs` while UDP polls are on (a
+    // datagram per outbox that hands out cookies); signed HTTP polls of the
+    // others keep to `interval` (Poller::http_every).
+    let every = if poller.udp.enabled { interval.min(config.poll.udp_interval_secs.max(1)) } else { interval };
+    // What the node does, at info: every cycle that found something or
+    // failed, the first, and otherwise a summary once an hour.
+    let mut said = None::<tokio::time::Instant>;
     'cycles: loop {
-        match poller.poll_once().await {
-            Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "poll"),
-            Ok(_) => {}
+        match poller.poll_scheduled().await {
+            Ok(r) => {
+                let hourly = said.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+                if r.delivered > 0 || r.rejected > 0 || r.failed_outboxes > 0 || hourly {
+                    tracing::info!(
+                        outboxes = r.outboxes, http = r.http_polls, udp = r.udp_datagrams, delivered = r.delivered,
+                        rejected = r.rejected, unreachable = r.failed_outboxes, "polled"
+                    );
+                    said = Some(tokio::time::Instant::now());
+                }
+            }
             Err(e) => tracing::error!("poll failed: {e:#}"),
         }
         // Jitter (±10%) so many pollers don't hit one outbox in step.
         let jitter = rand::random::<f64>() * 0.2 - 0.1;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(interval as f64 * (1.0 + jitter));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(every as f64 * (1.0 + jitter));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -114,7 +137,7 @@ pub async fn daemon(
                     senders.sort();
                     senders.dedup();
                     match poller.poll_senders(&senders).await {
-                        Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "poll after a stub"),
+                        Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "polled after a notification stub"),
                         Ok(_) => {}
                         Err(e) => tracing::error!("poll failed: {e:#}"),
                     }

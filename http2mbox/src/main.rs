@@ -32,8 +32,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let home = Home::resolve(cli.home.as_deref())?;
     let config = home.load_config()?;
-    let poller = Arc::new(http2mbox::poller_for(&home, &config, cli.once)?);
     let interval = cli.interval.unwrap_or(config.poll.interval_secs).max(1);
+    let mut poller = http2mbox::poller_for(&home, &config, cli.once)?;
+    poller.http_every = std::time::Duration::from_secs(interval);
+    let poller = Arc::new(poller);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         if cli.once {
@@ -44,6 +46,11 @@ fn main() -> anyhow::Result<()> {
             );
             return anyhow::Ok(());
         }
+        // One polling daemon per home; `--once` ("check now") needs none.
+        let mut lock = stubmail::node::hold(&home.state_dir(), "http2mbox", "http2mbox")?;
+        if let Some(n) = config.notify.listen {
+            lock.listening("notify", n)?;
+        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         stubmail::signals::cancel_on_signal(&shutdown);
         let pop3 = match config.poll.pop3.password {
@@ -51,6 +58,7 @@ fn main() -> anyhow::Result<()> {
                 let listen = cli.pop3_listen.unwrap_or(config.poll.pop3.listen);
                 let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding POP3 on {listen}"))?;
                 println!("http2mbox POP3 listening on {}", l.local_addr()?);
+                lock.listening("pop3", l.local_addr()?)?;
                 Some(l)
             }
             None => {
@@ -58,8 +66,12 @@ fn main() -> anyhow::Result<()> {
                 None
             }
         };
+        let notify = http2mbox::bind_notify(&config).await?;
+        if let Some(s) = &notify {
+            println!("http2mbox notify listening on {}", s.local_addr()?);
+        }
         println!("http2mbox polling every {interval} s");
-        http2mbox::daemon(&home, &config, poller, interval, pop3, shutdown).await
+        http2mbox::daemon(&home, &config, poller, interval, pop3, notify, shutdown).await
     })
 }
 

@@ -61,6 +61,12 @@ pub struct Poller {
     pub lock_path: PathBuf,
     /// Cheap UDP polls with the cookies signed polls handed out.
     pub udp: UdpState,
+    /// A scheduled cycle polls an outbox without a UDP cookie over signed
+    /// HTTP only this often (`poll.interval_secs`); cycles run more often
+    /// than that for the UDP polls (`poll.udp_interval_secs`).
+    pub http_every: std::time::Duration,
+    /// By outbox URL: when it was last polled over signed HTTP.
+    pub last_http: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Checked contacts by keyring file, kept while the file is unchanged.
     pub contact_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, CachedContact>>,
     /// Which contacts claim each address, as of this cycle's keyring.
@@ -281,18 +287,25 @@ enum Reject {
 }
 
 impl Poller {
-    /// Run one poll cycle over the whole keyring.
+    /// Check every outbox now (`--once`, a POP3 login): UDP where a cookie
+    /// answers for it, signed HTTP everywhere else.
     pub async fn poll_once(&self) -> anyhow::Result<Report> {
-        self.cycle(None).await
+        self.cycle(None, false).await
+    }
+
+    /// A cycle of the daemon's schedule: UDP polls where a cookie allows,
+    /// signed HTTP polls only where `http_every` has passed.
+    pub async fn poll_scheduled(&self) -> anyhow::Result<Report> {
+        self.cycle(None, true).await
     }
 
     /// Poll now, over signed HTTP, the outboxes of these contacts (a stub
     /// said they have mail for us).
     pub async fn poll_senders(&self, senders: &[Fpr]) -> anyhow::Result<Report> {
-        self.cycle(Some(senders)).await
+        self.cycle(Some(senders), false).await
     }
 
-    async fn cycle(&self, only: Option<&[Fpr]>) -> anyhow::Result<Report> {
+    async fn cycle(&self, only: Option<&[Fpr]>, scheduled: bool) -> anyhow::Result<Report> {
         let lock_path = self.lock_path.clone();
         let _lock = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
             let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
@@ -343,7 +356,7 @@ impl Poller {
         let bar_ref = &bar;
         let results: Vec<_> = futures_util::stream::iter(by_outbox)
             .map(|(url, contacts)| async move {
-                let r = self.poll_outbox(&url, &contacts, only.is_none()).await;
+                let r = self.poll_outbox(&url, &contacts, only.is_none(), scheduled).await;
                 if let Some(b) = bar_ref {
                     b.inc(1);
                 }
@@ -430,7 +443,7 @@ impl Poller {
         Ok(out)
     }
 
-    async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool) -> anyhow::Result<OutboxResult> {
+    async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool, scheduled: bool) -> anyhow::Result<OutboxResult> {
         let client = OutboxClient::new(self.http.clone(), url, self.me.clone())?.with_deadline(self.deadline);
         let mut senders: Vec<Fpr> = contacts.iter().map(|c| c.fpr.clone()).collect();
         senders.sort();
@@ -448,10 +461,17 @@ impl Poller {
                     Some(_) => {}
                     None => tracing::debug!(outbox = url, "no UDP answer: signed poll"),
                 }
+            } else if scheduled
+                && self.last_http.lock().expect("not poisoned").get(url).is_some_and(|t| t.elapsed() < self.http_every)
+            {
+                // No cookie to ask with: a signed poll on the slow schedule.
+                out.quiet = true;
+                return Ok(out);
             }
         }
         let req = PollRequest { senders: Some(senders.clone()), certs: vec![pgp::armored(&self.me.cert())?], device: Some(self.device.clone()) };
         out.http = true;
+        self.last_http.lock().expect("not poisoned").insert(url.to_string(), std::time::Instant::now());
         let resp = client.poll(&req).await?;
         {
             let mut cookies = self.udp.cookies.lock().expect("not poisoned");
@@ -706,6 +726,8 @@ mod tests {
             use_backoff: true,
             lock_path: d.join("poll.lock"),
             udp: Default::default(),
+            http_every: std::time::Duration::from_secs(300),
+            last_http: Default::default(),
             contact_cache: Default::default(),
             claims: Default::default(),
             refreshed: Default::default(),

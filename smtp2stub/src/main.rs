@@ -25,9 +25,13 @@ fn main() -> anyhow::Result<()> {
     // A home from before AUTH was required everywhere gets its password now.
     let config = home.load_config_with_passwords(false)?;
     let listen = cli.listen.unwrap_or(config.smtp.listen);
+    // One smtp2stub per home (one spool, one worker): a second one names
+    // the first and stops.
+    let mut lock = stubmail::node::hold(&home.state_dir(), "smtp2stub", "smtp2stub")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        lock.listening("smtp", listener.local_addr()?)?;
         // A config that cannot serve this address fails before "listening".
         let tls = config.smtp.tls_cert.is_some() && config.smtp.tls_key.is_some();
         smtp2stub::auth_policy(&home, &config, listener.local_addr()?, tls)?;

@@ -49,15 +49,18 @@ pub enum Command {
         /// Your name, for a new identity.
         #[arg(long)]
         name: Option<String>,
-        /// SMTP listen address for your mail client.
-        #[arg(long, default_value = "127.0.0.1:2525")]
-        smtp: std::net::SocketAddr,
-        /// POP3 listen address for your mail client.
-        #[arg(long, default_value = "127.0.0.1:1110")]
-        pop3: std::net::SocketAddr,
-        /// Where your own outbox listens (contacts fetch your mail there).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        outbox_listen: std::net::SocketAddr,
+        /// SMTP listen address for your mail client (default: smtp.listen
+        /// in config.toml, else 127.0.0.1:2525).
+        #[arg(long)]
+        smtp: Option<std::net::SocketAddr>,
+        /// POP3 listen address for your mail client (default:
+        /// poll.pop3.listen in config.toml, else 127.0.0.1:1110).
+        #[arg(long)]
+        pop3: Option<std::net::SocketAddr>,
+        /// Where your own outbox listens, contacts fetch your mail there
+        /// (default: outbox.listen in config.toml, else 127.0.0.1:8080).
+        #[arg(long)]
+        outbox_listen: Option<std::net::SocketAddr>,
         /// The public URL of your outbox, bound into a new identity
         /// (default: http://<outbox-listen>/).
         #[arg(long)]

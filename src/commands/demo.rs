@@ -22,9 +22,9 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         let args = |email: &str, name: &str| up::Args {
             email: Some(email.into()),
             name: Some(name.into()),
-            smtp: any,
-            pop3: any,
-            outbox_listen: any,
+            smtp: Some(any),
+            pop3: Some(any),
+            outbox_listen: Some(any),
             outbox_url: None,
         };
         let (ah, bh) = (Home::single(&dir.join("alice")), Home::single(&dir.join("bob")));

@@ -82,13 +82,37 @@ pub fn run(home: &Home) -> anyhow::Result<bool> {
         }
         Err(e) => r.problem(&format!("keyring: {e}"), &format!("check {}", home.keyring_dir().display())),
     }
-    for (name, addr) in [("SMTP", config.smtp.listen), ("POP3", config.poll.pop3.listen)] {
-        match std::net::TcpListener::bind(addr) {
-            Ok(_) => r.note(&format!("{name} port {addr} is free (your node is not running)")),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                r.note(&format!("{name} port {addr} is in use: fine if your node runs there; otherwise change it in config.toml"))
+    // The addresses in use: those the running programs recorded in their
+    // locks (a flag may have overridden config.toml), else the config's.
+    let state = home.state_dir();
+    for (role, name, key, configured) in
+        [("smtp2stub", "SMTP", "smtp", config.smtp.listen), ("http2mbox", "POP3", "pop3", config.poll.pop3.listen)]
+    {
+        match stubmail::node::holder(&state, role) {
+            Some(h) => {
+                let Some(addr) = h.listening.get(key).and_then(|a| a.parse::<std::net::SocketAddr>().ok()) else {
+                    r.ok(&format!("{role} runs: {h}"));
+                    continue;
+                };
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    Ok(_) => r.ok(&format!("{name} answers on {addr}: {h}")),
+                    Err(e) => r.problem(
+                        &format!("{name} on {addr} does not answer ({e}), though {h} holds this home"),
+                        "restart your node (Ctrl-C, then `stubmail up`)",
+                    ),
+                }
+                if addr != configured {
+                    r.note(&format!("{name} runs on {addr}, config.toml says {configured}: the next start without flags uses {configured}"));
+                }
             }
-            Err(e) => r.problem(&format!("{name} port {addr}: {e}"), "choose another listen address in config.toml"),
+            None => match std::net::TcpListener::bind(configured) {
+                Ok(_) => r.note(&format!("{name} port {configured} is free ({role} is not running for this home)")),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => r.problem(
+                    &format!("{name} port {configured} (config.toml) is taken by another program; {role} of this home is not running"),
+                    "stop that program, or choose another listen address in config.toml",
+                ),
+                Err(e) => r.problem(&format!("{name} port {configured}: {e}"), "choose another listen address in config.toml"),
+            },
         }
     }
     if let Some(relay) = &config.relay {

@@ -12,11 +12,18 @@ use tokio::net::TcpListener;
 pub struct Args {
     pub email: Option<String>,
     pub name: Option<String>,
-    pub smtp: SocketAddr,
-    pub pop3: SocketAddr,
-    pub outbox_listen: SocketAddr,
+    /// Listen addresses from the command line: they override config.toml
+    /// for this run (and, on the first run, are written to it).
+    pub smtp: Option<SocketAddr>,
+    pub pop3: Option<SocketAddr>,
+    pub outbox_listen: Option<SocketAddr>,
     pub outbox_url: Option<String>,
 }
+
+/// Where a new node listens unless told otherwise.
+const DEFAULT_SMTP: &str = "127.0.0.1:2525";
+const DEFAULT_POP3: &str = "127.0.0.1:1110";
+const DEFAULT_OUTBOX: &str = "127.0.0.1:8080";
 
 fn ask_email() -> anyhow::Result<String> {
     if !std::io::stdin().is_terminal() {
@@ -34,9 +41,12 @@ pub struct Running {
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
     pub outbox: SocketAddr,
+    pub notify: Option<SocketAddr>,
     pub config: Config,
     pub shutdown: tokio_util::sync::CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// This home's roles, held while the node runs (one node per home).
+    _locks: Vec<stubmail::node::RoleLock>,
 }
 
 impl Running {
@@ -59,29 +69,84 @@ impl Drop for Running {
     }
 }
 
+/// The outbox address an older home's certificate implies: its own URL,
+/// when that names a loopback IP and port (homes made by `up` before it
+/// wrote `[outbox] listen`).
+fn outbox_from_url(url: &str) -> Option<SocketAddr> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let ip: std::net::IpAddr = u.host_str()?.trim_matches(['[', ']']).parse().ok()?;
+    (ip.is_loopback() && u.scheme() == "http").then(|| SocketAddr::new(ip, u.port_or_known_default().unwrap_or(80)))
+}
+
+/// A free loopback UDP port for the notify endpoint of a new node.
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0").context("finding a UDP port for notification stubs")?.local_addr()?)
+}
+
 /// Bind and start a node for `home` (creating its identity if needed).
+/// Addresses come from the command line, else config.toml, else the
+/// defaults; the first run writes them to config.toml, so later runs (and
+/// the systemd unit) keep the addresses the certificate binds.
 pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
-    let outbox_l = TcpListener::bind(a.outbox_listen).await.with_context(|| format!("binding the outbox on {}", a.outbox_listen))?;
+    // One node per home, before anything binds: a second `up` names the first.
+    let state = home.state_dir();
+    let mut locks = vec![
+        stubmail::node::hold(&state, "smtp2stub", "stubmail up")?,
+        stubmail::node::hold(&state, "http2mbox", "stubmail up")?,
+    ];
+    let first = !home.secret_key().exists();
+    let known = if first { None } else { Some(home.load_config()?) };
+    let parse = |s: &str| -> SocketAddr { s.parse().expect("a valid default") };
+    let outbox_listen = a
+        .outbox_listen
+        .or(known.as_ref().and_then(|c| c.outbox.listen))
+        .or(known.as_ref().and_then(|c| outbox_from_url(&c.identity.outbox)))
+        .unwrap_or_else(|| parse(DEFAULT_OUTBOX));
+    let smtp = a.smtp.or(known.as_ref().map(|c| c.smtp.listen)).unwrap_or_else(|| parse(DEFAULT_SMTP));
+    let pop3 = a.pop3.or(known.as_ref().map(|c| c.poll.pop3.listen)).unwrap_or_else(|| parse(DEFAULT_POP3));
+    let outbox_l = TcpListener::bind(outbox_listen).await.with_context(|| format!("binding the outbox on {outbox_listen}"))?;
     let outbox_addr = outbox_l.local_addr()?;
-    if !home.secret_key().exists() {
+    if first {
         let email = match a.email.clone() {
             Some(e) => e,
             None => ask_email()?,
         };
         let url = a.outbox_url.clone().unwrap_or_else(|| format!("http://{outbox_addr}/"));
-        super::init::run(home, &email, &url, a.name.as_deref(), None, false)?;
+        // A node on loopback gets a notify endpoint there: contacts on this
+        // machine deliver within seconds, not at the next poll.
+        let notify = if outbox_addr.ip().is_loopback() { Some(format!("udp://{}", free_udp_port()?)) } else { None };
+        super::init::run(home, &email, &url, a.name.as_deref(), notify.as_deref(), false)?;
+    } else {
+        add_notify_endpoint(home, outbox_addr)?;
     }
     // Passwords for the mail client, made once and kept in config.toml (0600).
-    let config = home.load_config_with_passwords(true)?;
-    // The user's own outbox, with the user as its account.
+    let mut config = home.load_config_with_passwords(true)?;
+    // The user's own outbox, with the user as its account (updated when the
+    // key changed: a new address, a notify endpoint).
     let me = home.load_identity()?;
     let store = post_manager::store::Store::open(&home.data_dir.join("outbox")).context("opening the outbox")?;
-    if store.account(&me.fpr()).is_none() {
+    if store.account(&me.fpr()).is_none_or(|c| c != me.cert()) {
         store.add_account(&me.cert())?;
     }
-    let smtp_l = TcpListener::bind(a.smtp).await.with_context(|| format!("binding SMTP on {}", a.smtp))?;
-    let pop3_l = TcpListener::bind(a.pop3).await.with_context(|| format!("binding POP3 on {}", a.pop3))?;
+    let smtp_l = TcpListener::bind(smtp).await.with_context(|| format!("binding SMTP on {smtp}"))?;
+    let pop3_l = TcpListener::bind(pop3).await.with_context(|| format!("binding POP3 on {pop3}"))?;
+    let notify_s = http2mbox::bind_notify(&config).await?;
     let (smtp_addr, pop3_addr) = (smtp_l.local_addr()?, pop3_l.local_addr()?);
+    // This run's addresses (a flag may override the file for one run); the
+    // first run's are the node's from now on.
+    config.smtp.listen = smtp_addr;
+    config.poll.pop3.listen = pop3_addr;
+    if first {
+        config.outbox.listen = Some(outbox_addr);
+        home.save_config(&config)?;
+    }
+    locks[0].listening("smtp", smtp_addr)?;
+    locks[0].listening("outbox", outbox_addr)?;
+    locks[1].listening("pop3", pop3_addr)?;
+    if let Some(n) = config.notify.listen {
+        locks[1].listening("notify", n)?;
+    }
+    tracing::info!(smtp = %smtp_addr, pop3 = %pop3_addr, outbox = %outbox_addr, notify = ?config.notify.listen, "listening");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = post_manager::handler::Settings::default();
     let sd = shutdown.clone();
@@ -92,8 +157,40 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     let poller = Arc::new(http2mbox::poller_for(home, &config, false)?);
     let interval = config.poll.interval_secs.max(1);
     let (home3, config3, sd) = (home.clone(), config.clone(), shutdown.clone());
-    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, Some(pop3_l), sd).await });
-    Ok(Running { smtp: smtp_addr, pop3: pop3_addr, outbox: outbox_addr, config, shutdown, tasks: vec![outbox, smtp, poll] })
+    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, Some(pop3_l), notify_s, sd).await });
+    Ok(Running {
+        smtp: smtp_addr,
+        pop3: pop3_addr,
+        outbox: outbox_addr,
+        notify: config.notify.listen,
+        config,
+        shutdown,
+        tasks: vec![outbox, smtp, poll],
+        _locks: locks,
+    })
+}
+
+/// A node on loopback whose key binds no notify endpoint (made before
+/// `up` gave one by default) gets one now: the key is bound anew, and
+/// config.toml says where to listen. Contacts learn it from the outbox's
+/// `/v1/certs` when they next fetch mail.
+fn add_notify_endpoint(home: &Home, outbox_addr: SocketAddr) -> anyhow::Result<()> {
+    let mut config = home.load_config()?;
+    if !outbox_addr.ip().is_loopback() || config.notify.listen.is_some() {
+        return Ok(());
+    }
+    let mut me = home.load_identity()?;
+    if stubmail::pgp::notify_of(&me.cert()).is_some() {
+        return Ok(());
+    }
+    let Some(outbox) = stubmail::pgp::outbox_of(&me.cert()) else { return Ok(()) };
+    let notify = free_udp_port()?;
+    me.rebind(&outbox, Some(&format!("udp://{notify}")))?;
+    stubmail::fsutil::write_atomic(&home.secret_key(), &me.to_armored_secret()?, 0o600).context("writing the secret key")?;
+    config.notify.listen = Some(notify);
+    home.save_config(&config)?;
+    tracing::info!(%notify, "your key now binds a notify endpoint: contacts on this machine deliver at once");
+    Ok(())
 }
 
 pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
@@ -101,10 +198,12 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = start(home, &a).await?;
         let (c, smtp_addr, pop3_addr, outbox_addr) = (&node.config, node.smtp, node.pop3, node.outbox);
+        let notify = node.notify.map_or("none (contacts find your mail by polling)".to_string(), |n| format!("udp://{n}"));
         let user = c.identity.email.clone();
         println!("Stubmail node for {user} is running. Mail-client settings:");
         print!("{}", super::identity::client_settings(c, smtp_addr, pop3_addr));
         println!("  Your outbox:     {} (served here on {outbox_addr})", c.identity.outbox);
+        println!("  Notify endpoint: {notify}");
         println!("  Your key:        stubmail keys export   (give it to your contacts)");
         println!("Press Ctrl-C to stop.");
         println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr}");
