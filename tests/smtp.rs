@@ -34,7 +34,7 @@ s.quit()
     wait_states(&s.alice, 1, "stored");
     assert!(s.bob.http2mbox_once().contains("delivered 1"));
     let got = std::fs::read_to_string(&s.bob.maildir_new()[0]).unwrap();
-    assert!(got.contains("Subject: Grüße\n\nÜmlaut body\n"), "{got}");
+    assert!(got.contains("Subject: Grüße\n") && got.ends_with("\n\nÜmlaut body\n"), "{got}");
     // The From: alias is not an address of the signing key: flagged, still delivered.
     assert!(got.contains("(from=fail)"), "{got}");
 }
@@ -318,6 +318,48 @@ fn outbox_down_retries_at_5_s_doubling_a_restart_retries_at_once_and_nothing_is_
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(bob.http2mbox_once().contains("delivered 1"));
     assert_eq!(bob.maildir_new().len(), 1);
+}
+
+#[test]
+fn a_message_unsent_while_queued_is_never_uploaded() {
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let alice = User::init(root.path(), "alice", "alice@example.org", &format!("http://127.0.0.1:{port}/"));
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    alice.import(&bob.export());
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    // The outbox is down: the message waits in the spool.
+    let smtp = alice.smtp2stub(root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= regret\r\n\r\nx\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    let qid = wait_for("a failed upload", 30, || {
+        let st = alice.status_json();
+        st[0]["detail"].as_str()?;
+        Some(st[0]["queue_id"].as_str().unwrap().to_string())
+    });
+    // `status` shows the queue id and the decoded Subject; `unsend` takes
+    // a prefix of the queue id.
+    let status = stdout(&ok(alice.stubmail().arg("status")));
+    assert!(status.contains(&qid) && status.contains("Grüße regret") && status.contains("queued"), "{status}");
+    let out = stdout(&ok(alice.stubmail().args(["unsend", &qid[..10]])));
+    assert!(out.contains("bob@example.net") && out.contains("never uploaded"), "{out}");
+    assert_eq!(states(&alice), vec!["unsent"]);
+    // The outbox comes back and smtp2stub keeps running: nothing goes up.
+    let data = root.path().join("alice-outbox");
+    ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&data).arg("--key").arg(alice.export()));
+    let mut c = bin_cmd("post_manager");
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"]).arg(&data);
+    let _outbox = Server::start("alice-outbox", c, root.path());
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    drop(smtp);
+    let _smtp = alice.smtp2stub(root.path());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(std::fs::read_dir(data.join("messages")).map_or(0, |d| d.count()), 0, "an unsent message was uploaded");
+    assert_eq!(states(&alice), vec!["unsent"]);
+    let err = fails(alice.stubmail().args(["unsend", &qid]));
+    assert!(err.contains("never stored"), "{err}");
 }
 
 #[test]

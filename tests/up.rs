@@ -39,7 +39,7 @@ fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
 fn two_personal_nodes_exchange_mail() {
     let root = tempfile::tempdir().unwrap();
     let mut alice = up(root.path(), "alice", "alice@example.org");
-    let bob = up(root.path(), "bob", "bob@example.net");
+    let mut bob = up(root.path(), "bob", "bob@example.net");
     // The keyring is the address book: exchange keys (the nodes read it live).
     alice.user.import(&bob.user.export());
     bob.user.import(&alice.user.export());
@@ -69,19 +69,28 @@ p.quit()
     assert!(out.starts_with("1 ") && out.contains("hello from up"), "{out}");
     wait_for("retrieved", 30, || (alice.user.status_json()[0]["state"] == "retrieved").then_some(()));
 
-    // Unsend: the retrieved message stays retrieved; a second one is withdrawn.
+    // Unsend: the retrieved message stays retrieved; a second one is
+    // withdrawn (Bob's node is off meanwhile: with it on, the notification
+    // stub has it fetched within a second).
+    bob.server.interrupt();
     let msg2 = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: oops\r\n\r\nnever mind\r\n";
     assert!(smtplib_send(alice.smtp, "alice@example.org", &["bob@example.net"], msg2).unwrap().starts_with("250"));
     let id2 = wait_for("the second message stored", 60, || {
         let st = alice.user.status_json();
-        st.as_array().unwrap().iter().find(|l| l["state"] == "stored").map(|l| l["id"].as_str().unwrap().to_string())
+        st.as_array().unwrap().iter().find(|l| l["state"] == "stored" || l["state"] == "notified").map(|l| l["id"].as_str().unwrap().to_string())
     });
-    let out = stdout(&ok(alice.user.stubmail().args(["unsend", &id2])));
+    // `status` shows what `unsend` takes: a short id, and the Subject.
+    let status = stdout(&ok(alice.user.stubmail().arg("status")));
+    assert!(status.contains(&id2[..12]) && status.contains("oops") && status.contains("stubmail unsend ID"), "{status}");
+    let out = stdout(&ok(alice.user.stubmail().args(["unsend", &id2[..8]])));
     assert!(out.contains("unsent"), "{out}");
     let states: Vec<String> = alice.user.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect();
     assert!(states.contains(&"retrieved".to_string()) && states.contains(&"unsent".to_string()), "{states:?}");
     let err = fails(alice.user.stubmail().args(["unsend", &"0".repeat(64)]));
     assert!(err.contains("has no message"), "{err}");
+    let err = fails(alice.user.stubmail().args(["unsend", "0"]));
+    assert!(err.contains("at least 4"), "{err}");
+    let _bob = up_again(root.path(), &bob, "up-bob-again");
     let (good, out) = python(script, &[&bob.pop3.to_string(), &pop_password]);
     assert!(good && out.starts_with("1 "), "the unsent message never reaches Bob: {out}");
 

@@ -779,6 +779,7 @@ impl<P: Policy> Session<'_, P> {
             helo,
             peer: self.peer.clone(),
             jobs: vec![],
+            subject: None,
         };
         let spool = self.ctx.spool.clone();
         let committed = async {

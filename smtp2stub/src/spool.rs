@@ -9,6 +9,8 @@
 //! spool/out/<id>.pgp         a signed+encrypted copy; its id is recorded in
 //!                            the Envelope before the upload starts, so a
 //!                            retry uploads the same bytes (idempotent)
+//! spool/queue/<qid>.lock     held (flock) by whoever works on the envelope:
+//!                            the worker, or `stubmail unsend` withdrawing it
 //! spool/sent/<qid>.json      finished envelopes: the local half of
 //!                            `stubmail status`
 //! ```
@@ -38,6 +40,10 @@ pub struct Envelope {
     /// The copies to make and upload. Empty until planned.
     #[serde(default)]
     pub jobs: Vec<Job>,
+    /// The message's Subject, for `stubmail status` (kept when the
+    /// message itself is gone). Set when the copies are planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,6 +102,9 @@ pub enum JobState {
     Relayed,
     /// Given up (permanent error); see `last_error`.
     Failed,
+    /// Withdrawn by the user (`stubmail unsend`) before it left: never
+    /// uploaded or relayed.
+    Unsent,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +164,29 @@ impl Spool {
         self.save(env)
     }
 
+    /// Hold the envelope `qid` (blocking until whoever holds it is done):
+    /// the worker holds it while it works on the envelope, `stubmail
+    /// unsend` while it withdraws it, so a message withdrawn while queued
+    /// is never uploaded afterwards. Released when the file is dropped.
+    pub fn lock(&self, qid: &str) -> io::Result<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("queue").join(format!("{qid}.lock")))?;
+        f.lock()?;
+        Ok(f)
+    }
+
+    /// The queued envelope `qid`, if it is still queued.
+    pub fn load(&self, qid: &str) -> io::Result<Option<Envelope>> {
+        match std::fs::read(self.queue_path(qid)) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Durably record an envelope's progress.
     pub fn save(&self, env: &Envelope) -> io::Result<()> {
         let b = serde_json::to_vec_pretty(env).expect("serialisable");
@@ -184,6 +216,7 @@ impl Spool {
         let b = serde_json::to_vec_pretty(env).expect("serialisable");
         fsutil::write_atomic(&self.root.join("sent").join(format!("{}.json", env.qid)), &b, 0o600)?;
         std::fs::remove_file(self.queue_path(&env.qid))?;
+        let _ = std::fs::remove_file(self.root.join("queue").join(format!("{}.lock", env.qid)));
         fsync_dir(&self.root.join("queue"))?;
         let _ = std::fs::remove_file(self.msg_path(&env.qid));
         for j in &env.jobs {

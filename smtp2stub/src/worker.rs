@@ -87,9 +87,20 @@ impl Worker {
         Ok(())
     }
 
-    async fn process(&self, mut env: Envelope, everything: bool) -> anyhow::Result<()> {
+    async fn process(&self, env: Envelope, everything: bool) -> anyhow::Result<()> {
+        // Held for the whole envelope; read anew under the lock, so what
+        // `stubmail unsend` withdrew meanwhile is seen (and never sent).
+        let spool = self.spool.clone();
+        let qid = env.qid.clone();
+        let (_lock, env) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let lock = spool.lock(&qid)?;
+            Ok((lock, spool.load(&qid)?))
+        })
+        .await??;
+        let Some(mut env) = env else { return Ok(()) };
         if env.jobs.is_empty() {
             env.jobs = self.plan(&env)?;
+            env.subject = spool_header(&self.spool.msg_path(&env.qid)).ok().and_then(|h| subject_of(&h));
             self.spool.save(&env)?;
         }
         let now = stubmail::time::unix_now();
@@ -269,10 +280,7 @@ impl Worker {
     fn failure_notice(&self, env: &Envelope, job: &Job) -> anyhow::Result<()> {
         let Some(md) = &self.notices else { return Ok(()) };
         let header = spool_header(&self.spool.msg_path(&env.qid)).unwrap_or_default();
-        let subject = mail_parser::MessageParser::default()
-            .parse_headers(&header[..])
-            .and_then(|m| m.subject().map(str::to_string))
-            .unwrap_or_default();
+        let subject = subject_of(&header).unwrap_or_default();
         let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.addr.as_str()).collect();
         let now = stubmail::time::unix_now();
         let text = format!(
@@ -381,8 +389,13 @@ fn submitted_header(header: &[u8], env: &Envelope) -> Vec<u8> {
     stubmail::mail::add_missing_fields(&stripped, &[("Date", &date), ("Message-ID", &id)])
 }
 
+/// A header block's Subject, decoded (RFC 2047).
+pub fn subject_of(header: &[u8]) -> Option<String> {
+    mail_parser::MessageParser::default().parse_headers(header).and_then(|m| m.subject().map(str::to_string))
+}
+
 /// The header block of a spooled message.
-fn spool_header(path: &std::path::Path) -> io::Result<Vec<u8>> {
+pub fn spool_header(path: &std::path::Path) -> io::Result<Vec<u8>> {
     stubmail::mail::read_header(&mut io::BufReader::new(File::open(path)?), MAX_HEADER)
 }
 

@@ -82,10 +82,12 @@ pub enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
-    /// Withdraw a sent message from every recipient who has not fetched it yet.
-    #[command(after_help = "Example (the id is in `stubmail status`):\n  stubmail unsend 3f2a…c9e1")]
+    /// Withdraw a sent message from every recipient who has not fetched it
+    /// yet; one still queued in smtp2stub's spool is never uploaded.
+    #[command(after_help = "Example (`stubmail status` shows the ids):\n  stubmail unsend 3f2ac9e1")]
     Unsend {
-        /// The message id (64 hex digits), or its queue id while still queued.
+        /// The message id or the queue id, or a unique prefix of either
+        /// (at least 4 hex digits), as `stubmail status` shows them.
         id: String,
     },
     /// Your keyring: the address book and the whitelist.

@@ -13,6 +13,7 @@ use super::wire_name;
 struct Line {
     queue_id: String,
     id: Option<String>,
+    subject: String,
     recipient: String,
     fingerprint: String,
     /// queued | stored | notified | retrieved | expired | unsent | relayed | failed | unknown
@@ -33,6 +34,11 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
     let outbox = OutboxClient::new(client::http_client()?, &config.identity.outbox, me)?;
     let mut lines = Vec::new();
     for env in &envs {
+        let subject = env
+            .subject
+            .clone()
+            .or_else(|| smtp2stub::worker::spool_header(&spool.msg_path(&env.qid)).ok().and_then(|h| smtp2stub::worker::subject_of(&h)))
+            .unwrap_or_default();
         let fpr_of = |r: &smtp2stub::spool::Rcpt| match &r.route {
             Route::Stub { fpr } => fpr.to_string(),
             Route::Relay => String::new(),
@@ -43,6 +49,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
                 lines.push(Line {
                     queue_id: env.qid.clone(),
                     id: None,
+                    subject: subject.clone(),
                     recipient: r.addr.clone(),
                     fingerprint: fpr_of(r),
                     state: "queued".into(),
@@ -71,6 +78,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
                 lines.push(Line {
                     queue_id: env.qid.clone(),
                     id: j.id.clone(),
+                    subject: subject.clone(),
                     recipient: r.addr.clone(),
                     fingerprint: fpr,
                     state,
@@ -88,15 +96,28 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
         println!("no sent mail");
     }
     print_set_aside(home)?;
-    for l in lines {
+    if !lines.is_empty() {
+        println!("{:<24} {:<12} {:<30} {:<10} {:<20} SUBJECT", "QUEUE ID", "MESSAGE ID", "RECIPIENT", "STATE", "AT");
+    }
+    let mut unsendable = false;
+    for l in &lines {
+        unsendable |= matches!(l.state.as_str(), "queued" | "stored" | "notified");
+        // A short prefix, as git shows commits: `unsend` takes it.
+        let short = l.id.as_deref().map_or("-", |i| &i[..12.min(i.len())]);
+        let subject: String = l.subject.chars().take(60).collect();
         println!(
-            "{:<24} {:<30} {:<10} {}{}",
+            "{:<24} {:<12} {:<30} {:<10} {:<20} {subject}{}",
             l.queue_id,
+            short,
             l.recipient,
             l.state,
-            l.at.unwrap_or_default(),
-            l.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+            l.at.as_deref().unwrap_or("-"),
+            l.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
         );
+    }
+    if unsendable {
+        println!("
+withdraw one not yet fetched: stubmail unsend ID  (its message id or queue id, or a unique prefix of either)");
     }
     Ok(())
 }
@@ -116,24 +137,148 @@ fn print_set_aside(home: &Home) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `stubmail unsend ID`: withdraw a stored message from every recipient
-/// who has not fetched it.
-pub fn unsend(home: &Home, id: &str) -> anyhow::Result<()> {
-    if !stubmail::protocol::is_valid_id(id) {
-        anyhow::bail!("{id:?} is not a message id (64 lower-case hex digits); `stubmail status` lists them");
+/// What `stubmail unsend` was asked to withdraw.
+#[derive(Debug, PartialEq, Eq)]
+enum Unsend {
+    /// An envelope still in the spool (some copy not yet uploaded).
+    Queued(String),
+    /// A message in the outbox, by its id.
+    Stored(String),
+    /// Something that never reached the outbox (why, for the user).
+    Nothing(String),
+}
+
+/// Resolve a message id, a queue id, or a unique prefix of either (at
+/// least 4 characters, as git takes commits) against the spool.
+fn resolve(spool: &smtp2stub::spool::Spool, what: &str) -> anyhow::Result<Unsend> {
+    use smtp2stub::spool::JobState;
+    let what = what.trim().to_ascii_lowercase();
+    if what.len() < 4 || !what.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("{what:?} is not a message id or queue id (hex digits, at least 4); `stubmail status` lists them");
     }
+    let queued = spool.queued()?;
+    let sent = spool.sent()?;
+    // (what it names, the key it matched)
+    let mut hits: Vec<(Unsend, String)> = Vec::new();
+    for (env, in_queue) in queued.iter().map(|e| (e, true)).chain(sent.iter().map(|e| (e, false))) {
+        if env.qid.starts_with(&what) {
+            let t = if in_queue { Unsend::Queued(env.qid.clone()) } else { Unsend::Stored(String::new()) };
+            hits.push((t, env.qid.clone()));
+        }
+        for j in &env.jobs {
+            let Some(id) = &j.id else { continue };
+            if id.starts_with(&what) {
+                let t = match j.state {
+                    JobState::Queued if in_queue => Unsend::Queued(env.qid.clone()),
+                    JobState::Uploaded => Unsend::Stored(id.clone()),
+                    s => Unsend::Nothing(format!("{id} was never stored in your outbox ({}): nothing to withdraw", wire_name(&s))),
+                };
+                hits.push((t, id.clone()));
+            }
+        }
+    }
+    // A finished envelope's queue id means its stored copies.
+    let mut expanded = Vec::new();
+    for (t, key) in hits {
+        match t {
+            Unsend::Stored(id) if id.is_empty() => {
+                let env = sent.iter().find(|e| e.qid == key).expect("matched above");
+                let ids: Vec<&String> = env.jobs.iter().filter(|j| j.state == JobState::Uploaded).filter_map(|j| j.id.as_ref()).collect();
+                match ids.as_slice() {
+                    [one] => expanded.push((Unsend::Stored((*one).clone()), key)),
+                    [] => anyhow::bail!("queue id {key} was never stored in your outbox: nothing to withdraw"),
+                    _ => anyhow::bail!(
+                        "queue id {key} went out as {} copies (one per Bcc recipient); name one: {}",
+                        ids.len(),
+                        ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            }
+            t => expanded.push((t, key)),
+        }
+    }
+    expanded.sort_by(|a, b| a.1.cmp(&b.1));
+    expanded.dedup_by(|a, b| a.0 == b.0);
+    match expanded.len() {
+        1 => Ok(expanded.remove(0).0),
+        // Not in this spool (sent from another device, or the spool was
+        // cleaned): a full id still goes to the outbox.
+        0 if stubmail::protocol::is_valid_id(&what) => Ok(Unsend::Stored(what)),
+        0 => anyhow::bail!("no message or queue id starts with {what}; `stubmail status` lists them"),
+        _ => anyhow::bail!(
+            "{what} is ambiguous: it starts {}; give more digits",
+            expanded.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `stubmail unsend ID`: withdraw a message from every recipient who has
+/// not fetched it — from the spool if it has not left yet (it is then never
+/// uploaded), and from the outbox where it is stored.
+pub fn unsend(home: &Home, what: &str) -> anyhow::Result<()> {
+    use smtp2stub::spool::{JobState, Route, Spool};
+    let spool = Spool::open(&home.spool_dir())?;
     let config = home.load_config()?;
     let me = Arc::new(home.load_identity()?);
     let outbox = OutboxClient::new(client::http_client()?, &config.identity.outbox, me)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let st = rt.block_on(outbox.unsend(id)).map_err(|e| match e {
-        client::ClientError::Server { status, .. } if status == 404 => {
-            anyhow::anyhow!("your outbox has no message {id} of yours (`stubmail status` lists them)")
+    let withdraw = |id: &str| -> anyhow::Result<()> {
+        let st = rt.block_on(outbox.unsend(id)).map_err(|e| match e {
+            client::ClientError::Server { status, .. } if status == 404 => {
+                anyhow::anyhow!("your outbox has no message {id} of yours (`stubmail status` lists them)")
+            }
+            e => e.into(),
+        })?;
+        for r in &st.recipients {
+            println!("{}  {}  {}", &id[..12], r.fpr, wire_name(&r.state));
         }
-        e => e.into(),
-    })?;
-    for r in &st.recipients {
-        println!("{}  {}", r.fpr, wire_name(&r.state));
+        Ok(())
+    };
+    match resolve(&spool, what)? {
+        Unsend::Stored(id) => withdraw(&id),
+        Unsend::Nothing(why) => anyhow::bail!(why),
+        Unsend::Queued(qid) => {
+            // Wait for the worker to finish what it is doing with it (an
+            // upload in progress), then take it out of its hands.
+            let _lock = spool.lock(&qid)?;
+            let Some(mut env) = spool.load(&qid)? else {
+                anyhow::bail!("{qid} left the queue meanwhile; run `stubmail unsend` again with its message id from `stubmail status`");
+            };
+            let mut uploaded = Vec::new();
+            for j in &mut env.jobs {
+                match j.state {
+                    JobState::Queued => {
+                        j.state = JobState::Unsent;
+                        for r in &j.rcpts {
+                            let how = if matches!(r.route, Route::Relay) { "not relayed" } else { "never uploaded" };
+                            println!("{qid}  {}  unsent ({how})", r.addr);
+                        }
+                    }
+                    JobState::Uploaded => uploaded.extend(j.id.clone()),
+                    _ => {}
+                }
+            }
+            if env.jobs.is_empty() {
+                // Not planned yet: every recipient is withdrawn as one.
+                for r in &env.rcpts {
+                    println!("{qid}  {}  unsent (never uploaded)", r.addr);
+                }
+                env.jobs.push(smtp2stub::spool::Job {
+                    kind: smtp2stub::spool::JobKind::Stub,
+                    rcpts: env.rcpts.clone(),
+                    id: None,
+                    state: JobState::Unsent,
+                    attempts: 0,
+                    next_try: 0,
+                    last_error: None,
+                });
+            }
+            spool.save(&env)?;
+            spool.finish(&env)?;
+            for id in uploaded {
+                withdraw(&id)?;
+            }
+            Ok(())
+        }
     }
-    Ok(())
 }
