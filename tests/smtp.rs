@@ -270,18 +270,24 @@ fn large_message_passes_in_bounded_memory() {
     assert!(peak < 64 * 1024, "smtp2stub peak RSS {peak} KiB grew with the message size");
 }
 
-#[test]
-fn outbox_down_retries_at_5_s_doubling_a_restart_retries_at_once_and_nothing_is_lost() {
+/// Alice, whose outbox (on the returned port) is not running yet, and Bob
+/// in her keyring.
+fn outbox_down() -> (tempfile::TempDir, u16, User, User) {
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/");
-    let alice = User::init(root.path(), "alice", "alice@example.org", &url);
+    let alice = User::init(root.path(), "alice", "alice@example.org", &format!("http://127.0.0.1:{port}/"));
     let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
     alice.import(&bob.export());
-    bob.import(&alice.export());
     alice.edit_config(|t| {
         table(t, "discovery").insert("wkd".into(), false.into());
     });
+    (root, port, alice, bob)
+}
+
+#[test]
+fn outbox_down_retries_at_5_s_doubling_a_restart_retries_at_once_and_nothing_is_lost() {
+    let (root, port, alice, bob) = outbox_down();
+    bob.import(&alice.export());
     // The outbox is down: the message is accepted and waits in the spool.
     let smtp = alice.smtp2stub(root.path());
     let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: patience\r\n\r\nstill here\r\n";
@@ -322,14 +328,7 @@ fn outbox_down_retries_at_5_s_doubling_a_restart_retries_at_once_and_nothing_is_
 
 #[test]
 fn a_message_unsent_while_queued_is_never_uploaded() {
-    let root = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let alice = User::init(root.path(), "alice", "alice@example.org", &format!("http://127.0.0.1:{port}/"));
-    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
-    alice.import(&bob.export());
-    alice.edit_config(|t| {
-        table(t, "discovery").insert("wkd".into(), false.into());
-    });
+    let (root, port, alice, _bob) = outbox_down();
     // The outbox is down: the message waits in the spool.
     let smtp = alice.smtp2stub(root.path());
     let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= regret\r\n\r\nx\r\n";
