@@ -197,8 +197,26 @@ fn a_stalling_outbox_does_not_hold_up_the_others() {
     s.send(1);
     let out = s.bob.http2mbox_once();
     // Alice's, Carol's, and Bob's own (mail to himself; not there in these tests).
-    assert!(out.contains("polled 3 outbox(es), delivered 1, rejected 0, unreachable 2"), "{out}");
+    assert!(out.contains("polled 3 outbox(es), delivered 1, rejected 0, incomplete 0, unreachable 2"), "{out}");
     drop(stall);
+}
+
+#[test]
+fn a_fetch_that_fails_is_reported_incomplete_with_a_nonzero_exit() {
+    let s = setup();
+    s.send(1);
+    let id = s.alice.status_json()[0]["id"].as_str().unwrap().to_string();
+    // The outbox announces the message but cannot serve it (its file is gone).
+    let file = s.outbox.data.join("messages").join(&id);
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let out = bin_cmd("http2mbox").arg("--home").arg(&s.bob.home).arg("--once").output().unwrap();
+    let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(text.contains("delivered 0") && text.contains("incomplete 1") && text.contains("next poll"), "{text}");
+    // Nothing lost: once the outbox serves it again, it arrives.
+    std::fs::write(&file, bytes).unwrap();
+    assert!(s.bob.http2mbox_once().contains("delivered 1, rejected 0, incomplete 0"));
 }
 
 #[test]

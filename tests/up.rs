@@ -82,6 +82,8 @@ p.quit()
     // `status` shows what `unsend` takes: a short id, and the Subject.
     let status = stdout(&ok(alice.user.stubmail().arg("status")));
     assert!(status.contains(&id2[..12]) && status.contains("oops") && status.contains("stubmail unsend ID"), "{status}");
+    // ... and the account's usage against every quota (doctor too).
+    assert!(status.contains("your outbox: 2 of ") && status.contains(" messages, ") && status.contains("1 of ") && status.contains("recipients today"), "{status}");
     let out = stdout(&ok(alice.user.stubmail().args(["unsend", &id2[..8]])));
     assert!(out.contains("unsent"), "{out}");
     let states: Vec<String> = alice.user.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect();
@@ -97,6 +99,7 @@ p.quit()
     // The doctor finds a healthy node healthy, and a loose key file not.
     let out = stdout(&ok(alice.user.stubmail().arg("doctor")));
     assert!(out.contains("outbox") && out.contains("knows you") && out.contains("serves your key") && out.contains("no problems found"), "{out}");
+    assert!(out.contains("recipients today") && out.contains(" bytes, "), "{out}");
     use std::os::unix::fs::PermissionsExt;
     let key = alice.user.home.join("secret.pgp");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -404,6 +404,32 @@ pub struct AccountStatus {
     pub max_recipients_per_day: u64,
 }
 
+impl AccountStatus {
+    /// Usage against every quota, for people: "3 of 10000 messages, …".
+    pub fn usage(&self) -> String {
+        format!(
+            "{} of {} messages, {} of {} bytes, {} of {} recipients today",
+            self.messages, self.max_messages, self.bytes, self.max_bytes, self.recipients_today, self.max_recipients_per_day
+        )
+    }
+
+    /// The quotas at or past 90 %, named.
+    pub fn nearly_full(&self) -> Vec<&'static str> {
+        let near = |used: u64, max: u64| max > 0 && used.saturating_mul(10) >= max.saturating_mul(9);
+        let mut v = Vec::new();
+        if near(self.messages, self.max_messages) {
+            v.push("messages");
+        }
+        if near(self.bytes, self.max_bytes) {
+            v.push("bytes");
+        }
+        if near(self.recipients_today, self.max_recipients_per_day) {
+            v.push("recipients today");
+        }
+        v
+    }
+}
+
 /// Every error answer's body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

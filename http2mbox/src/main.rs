@@ -16,7 +16,10 @@ struct Cli {
     /// The user's Stubmail directory (default: XDG config and data dirs).
     #[arg(long, env = stubmail::config::HOME_ENV)]
     home: Option<PathBuf>,
-    /// Poll once and exit (exit status 0 even when there is no mail).
+    /// Poll once and exit: status 0 when every announced message was taken
+    /// (or there was none), 75 (EX_TEMPFAIL) when some could not be (a fetch
+    /// cut off; they wait for the next poll). Unreachable outboxes are
+    /// reported, not an error: a contact's outbox may be down.
     #[arg(long)]
     once: bool,
     /// Seconds between polls (overrides the config).
@@ -41,9 +44,13 @@ fn main() -> anyhow::Result<()> {
         if cli.once {
             let r = poller.poll_once().await?;
             println!(
-                "http2mbox: polled {} outbox(es), delivered {}, rejected {}, unreachable {}",
-                r.outboxes, r.delivered, r.rejected, r.failed_outboxes
+                "http2mbox: polled {} outbox(es), delivered {}, rejected {}, incomplete {}, unreachable {}",
+                r.outboxes, r.delivered, r.rejected, r.incomplete, r.failed_outboxes
             );
+            if r.incomplete > 0 {
+                eprintln!("http2mbox: {} message(s) could not be taken this time; they wait in their outboxes for the next poll", r.incomplete);
+                std::process::exit(75);
+            }
             return anyhow::Ok(());
         }
         // One polling daemon per home; `--once` ("check now") needs none.

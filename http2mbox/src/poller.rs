@@ -247,6 +247,9 @@ pub struct Report {
     pub outboxes: usize,
     pub delivered: usize,
     pub rejected: usize,
+    /// Messages announced but not taken this time (a fetch cut off, a
+    /// delivery that failed): they stay in the outbox for the next poll.
+    pub incomplete: usize,
     pub failed_outboxes: usize,
     /// Outboxes not asked this time because they are failing (daemon).
     pub skipped: usize,
@@ -263,6 +266,7 @@ pub struct Report {
 struct OutboxResult {
     delivered: usize,
     rejected: usize,
+    incomplete: usize,
     http: bool,
     udp_datagrams: usize,
     quiet: bool,
@@ -374,6 +378,7 @@ impl Poller {
                 Ok(o) => {
                     report.delivered += o.delivered;
                     report.rejected += o.rejected;
+                    report.incomplete += o.incomplete;
                     report.http_polls += o.http as usize;
                     report.udp_datagrams += o.udp_datagrams;
                     report.udp_quiet += o.quiet as usize;
@@ -497,7 +502,7 @@ impl Poller {
             }
         }
         let fresh = &fresh;
-        let (mut delivered, mut rejected) = (0, 0);
+        let (mut delivered, mut rejected, mut incomplete) = (0, 0, 0);
         // A few messages at once: each waits on the network and on fsync.
         // A message id appears once per poll answer, so no two tasks ever
         // take the same message.
@@ -526,11 +531,15 @@ impl Poller {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}"),
+                Err(e) => {
+                    incomplete += 1;
+                    tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}");
+                }
             }
         }
         out.delivered = delivered;
         out.rejected = rejected;
+        out.incomplete = incomplete;
         Ok(out)
     }
 

@@ -161,10 +161,16 @@ async fn check_outbox(r: &mut Report, config: &stubmail::Config, me: Arc<stubmai
         }
     }
     match outbox.account().await {
-        Ok(st) => r.ok(&format!(
-            "outbox {url} knows you: {} message(s), {} of {} bytes",
-            st.messages, st.bytes, st.max_bytes
-        )),
+        Ok(st) => {
+            r.ok(&format!("outbox {url} knows you: {}", st.usage()));
+            let near = st.nearly_full();
+            if !near.is_empty() {
+                r.problem(
+                    &format!("your outbox is (nearly) at its limit of {}", near.join(", ")),
+                    "`stubmail unsend ID` old messages nobody fetched, wait for recipients to fetch, or ask the operator for more",
+                );
+            }
+        }
         Err(ClientError::Transport(e)) => {
             r.problem(&format!("outbox {url} is unreachable: {e}"), "start it (`stubmail up` runs one for you) or fix identity.outbox");
             return Ok(());

@@ -96,6 +96,10 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
         println!("no sent mail");
     }
     print_set_aside(home)?;
+    match rt.block_on(outbox.account()) {
+        Ok(st) => println!("your outbox: {}\n", st.usage()),
+        Err(e) => println!("your outbox: not reachable ({e})\n"),
+    }
     if !lines.is_empty() {
         println!("{:<24} {:<12} {:<30} {:<10} {:<20} SUBJECT", "QUEUE ID", "MESSAGE ID", "RECIPIENT", "STATE", "AT");
     }
