@@ -287,3 +287,56 @@ fn nodes_keep_their_addresses_run_once_per_home_and_deliver_within_seconds() {
     assert!(!other.addr.contains(&format!("smtp=127.0.0.1:{} ", alice.smtp)), "{}", other.addr);
     assert_eq!(config_of(&alice.user)["smtp"]["listen"].as_str().unwrap(), format!("127.0.0.1:{}", alice.smtp));
 }
+
+#[test]
+fn moving_to_another_outbox_is_one_command_and_contacts_follow() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = up(root.path(), "alice", "alice@example.org");
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    bob.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+        table(t, "poll").insert("cert_refresh_secs".into(), 1.into());
+    });
+    alice.user.import(&bob.export());
+    bob.import(&alice.user.export());
+    let send = |port: u16, n: u32| {
+        let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: move {n}\r\n\r\nx\r\n");
+        assert!(smtplib_send(port, "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    };
+    send(alice.smtp, 1);
+    wait_for("message 1 stored", 30, || (alice.user.status_json()[0]["state"] == "stored").then_some(()));
+    assert!(bob.http2mbox_once().contains("delivered 1"));
+
+    // Alice edits config.toml by hand: the doctor sees the key and the
+    // config disagree, and its fix is the command.
+    let o2 = Outbox::start(root.path(), "o2");
+    alice.user.edit_config(|t| {
+        table(t, "identity").insert("outbox".into(), o2.url().into());
+    });
+    let out = String::from_utf8_lossy(&alice.user.stubmail().arg("doctor").output().unwrap().stdout).into_owned();
+    let fix = format!("stubmail identity set-outbox {}", o2.url());
+    assert!(out.contains("your key binds the outbox") && out.contains(&fix), "{out}");
+    let out = stdout(&ok(alice.user.stubmail().args(["identity", "set-outbox", &o2.url()])));
+    assert!(out.contains("does not know your key yet") && out.contains("post_manager account add"), "{out}");
+    let cert = stubmail::pgp::parse_certs(&std::fs::read(alice.user.export()).unwrap()).unwrap().remove(0);
+    assert_eq!(stubmail::pgp::outbox_of(&cert), Some(o2.url()));
+    assert!(stubmail::pgp::notify_of(&cert).is_some(), "the notify endpoint stays bound");
+    o2.add_account(&alice.user);
+    // Restarted, Alice's node sends to the new outbox.
+    alice.server.interrupt();
+    let alice_again = up_again(root.path(), &alice, "up-alice-moved");
+    let smtp = alice_again.addr.split_whitespace().find_map(|p| p.strip_prefix("smtp=")).unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    send(smtp, 2);
+    wait_for("message 2 in the new outbox", 30, || {
+        (std::fs::read_dir(o2.data.join("messages")).map_or(0, |d| d.count()) == 1).then_some(())
+    });
+    // Bob never re-imports: his poll of Alice's old outbox fetches her
+    // current key, which names the new one; the next poll goes there.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    bob.http2mbox_once();
+    let list = stdout(&ok(bob.stubmail().args(["keys", "list"])));
+    assert!(list.contains(&o2.url()), "{list}");
+    let out = bob.http2mbox_once();
+    assert!(out.contains("delivered 1"), "{out}");
+    assert!(bob.maildir_new().iter().any(|f| std::fs::read_to_string(f).unwrap().contains("Subject: move 2")));
+}

@@ -357,6 +357,9 @@ pub struct PollConfig {
     /// datagram each, so often is cheap); outboxes without one are polled
     /// over signed HTTP every `interval_secs`.
     pub udp_interval_secs: u64,
+    /// Seconds between fetches of each contact's current certificate from
+    /// their outbox (a contact who moved is followed; a revocation learned).
+    pub cert_refresh_secs: u64,
 }
 
 /// Delivery target.
@@ -413,6 +416,7 @@ impl Default for PollConfig {
             udp: true,
             udp_timeout_ms: 1000,
             udp_interval_secs: 30,
+            cert_refresh_secs: 86400,
         }
     }
 }

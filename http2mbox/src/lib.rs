@@ -62,7 +62,8 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         last_http: Default::default(),
         contact_cache: Default::default(),
         claims: Default::default(),
-        refreshed: Default::default(),
+        refreshed: state.join("refreshed"),
+        cert_refresh: Duration::from_secs(config.poll.cert_refresh_secs.max(1)),
     })
 }
 

@@ -22,6 +22,9 @@ use crate::deliver::{self, CryptoReject, Incoming, Target};
 /// Outboxes polled at the same time: a stalled one holds its slot until
 /// its deadline, so there are enough slots for many.
 const CONCURRENCY: usize = 32;
+/// Contacts of one outbox whose certificates a cycle refreshes on their
+/// schedule (more wait for the next cycle).
+const PERIODIC_REFRESHES: usize = 8;
 /// Messages of one outbox fetched and delivered at the same time.
 const MESSAGES_AT_ONCE: usize = 4;
 
@@ -71,8 +74,15 @@ pub struct Poller {
     pub contact_cache: std::sync::Mutex<std::collections::HashMap<PathBuf, CachedContact>>,
     /// Which contacts claim each address, as of this cycle's keyring.
     pub claims: std::sync::Mutex<Arc<deliver::Claims>>,
-    /// When each contact's certificate was last fetched from their outbox.
-    pub refreshed: std::sync::Mutex<std::collections::HashMap<Fpr, std::time::Instant>>,
+    /// When each contact's certificate was last fetched from their outbox:
+    /// `<dir>/<FPR>`'s mtime (kept across runs, so `--once` from cron
+    /// refreshes on the same schedule as the daemon).
+    pub refreshed: PathBuf,
+    /// Every contact's certificate is fetched anew from their outbox this
+    /// often (`poll.cert_refresh_secs`, a day), with mail or without: a
+    /// contact who moved to another outbox is followed, a revocation
+    /// learned.
+    pub cert_refresh: std::time::Duration,
 }
 
 /// One keyring file as last read: its identity (inode, size, mtime; the
@@ -491,15 +501,20 @@ impl Poller {
             }
         }
         // Contacts with mail here: their current certificate, from their
-        // own outbox (a new address of theirs, a new subkey), at most hourly.
+        // own outbox (a new address of theirs, a new subkey), at most hourly;
+        // every contact of this outbox once per `cert_refresh` (a few a
+        // cycle), so a move to another outbox is followed.
         let mut fresh: std::collections::HashMap<Fpr, Cert> = Default::default();
         let mut with_mail: Vec<&Fpr> = resp.messages.iter().map(|m| &m.sender).collect();
         with_mail.sort();
         with_mail.dedup();
         for f in with_mail {
-            if let Some(c) = self.refresh_contact(url, f, contacts).await {
+            if let Some(c) = self.refresh_contact(url, f, contacts, std::time::Duration::from_secs(3600)).await {
                 fresh.insert(f.clone(), c);
             }
+        }
+        for c in contacts.iter().filter(|c| !fresh.contains_key(&c.fpr)).take(PERIODIC_REFRESHES) {
+            self.refresh_contact(url, &c.fpr, contacts, self.cert_refresh).await;
         }
         let fresh = &fresh;
         let (mut delivered, mut rejected, mut incomplete) = (0, 0, 0);
@@ -547,16 +562,20 @@ impl Poller {
     /// Fetch a contact's certificate from their outbox (public, bounded)
     /// and merge it into the keyring — the same key only, and "one
     /// address, one contact" still holds. At most once an hour a contact.
-    async fn refresh_contact(&self, url: &str, f: &Fpr, contacts: &[Contact]) -> Option<Cert> {
+    async fn refresh_contact(&self, url: &str, f: &Fpr, contacts: &[Contact], min_age: std::time::Duration) -> Option<Cert> {
         if !contacts.iter().any(|c| &c.fpr == f) || *f == self.me.fpr() {
             return None;
         }
-        {
-            let mut r = self.refreshed.lock().expect("not poisoned");
-            if r.get(f).is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(3600)) {
-                return None;
-            }
-            r.insert(f.clone(), std::time::Instant::now());
+        let stamp = self.refreshed.join(f.as_str());
+        let last = std::fs::metadata(&stamp).and_then(|m| m.modified()).ok();
+        if last.is_some_and(|t| t.elapsed().is_ok_and(|age| age < min_age)) {
+            return None;
+        }
+        // Stamped before the fetch: an outbox that fails is not asked
+        // again until the next period.
+        if stubmail::fsutil::ensure_private_dir(&self.refreshed).is_ok() {
+            let _ = std::fs::write(&stamp, b"");
+            let _ = std::fs::File::options().write(true).open(&stamp).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         }
         let bytes = match OutboxClient::account_cert(&self.http, url, f, self.deadline).await {
             Ok(b) => b,
@@ -739,7 +758,8 @@ mod tests {
             last_http: Default::default(),
             contact_cache: Default::default(),
             claims: Default::default(),
-            refreshed: Default::default(),
+            refreshed: d.join("refreshed"),
+            cert_refresh: std::time::Duration::from_secs(86400),
         }
     }
 

@@ -155,6 +155,18 @@ pub enum IdentityCommand {
         /// The address.
         address: String,
     },
+    /// Move to another outbox: binds your key to URL anew, updates
+    /// config.toml, and keeps your old outbox (if `stubmail up` runs it)
+    /// serving the updated key, so contacts' pollers follow the move.
+    #[command(after_help = "Examples:\n  stubmail identity set-outbox https://outbox.example.org/alice/\n  stubmail identity set-outbox --here https://alice.example.org/")]
+    SetOutbox {
+        /// The new outbox's base URL.
+        url: String,
+        /// URL is another name of the outbox `stubmail up` runs for you
+        /// (say, behind a reverse proxy with HTTPS): it takes the name.
+        #[arg(long)]
+        here: bool,
+    },
 }
 
 #[cfg(test)]

@@ -58,6 +58,18 @@ pub fn run(home: &Home) -> anyhow::Result<bool> {
     let me = match home.load_identity() {
         Ok(me) => {
             r.ok(&format!("secret key {} ({})", home.secret_key().display(), me.fpr()));
+            // Contacts poll the outbox the key binds; smtp2stub uploads to
+            // the config's. Two different ones: mail nobody will fetch.
+            let bound = pgp::outbox_of(&me.cert()).unwrap_or_default();
+            if stubmail::protocol::outbox_id(&bound) != stubmail::protocol::outbox_id(&config.identity.outbox) {
+                r.problem(
+                    &format!(
+                        "your key binds the outbox {bound}, but identity.outbox in config.toml is {}: contacts poll {bound}, mail goes to the other",
+                        config.identity.outbox
+                    ),
+                    &format!("stubmail identity set-outbox {}", config.identity.outbox),
+                );
+            }
             Some(Arc::new(me))
         }
         Err(e) => {

@@ -76,3 +76,54 @@ pub fn add_address(home: &Home, address: &str) -> anyhow::Result<()> {
     println!("  stubmail keys export > me.asc; post_manager account add --data DIR --key me.asc");
     Ok(())
 }
+
+/// `stubmail identity set-outbox URL`: move to another outbox.
+pub fn set_outbox(home: &Home, url: &str, here: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use stubmail::client::{ClientError, OutboxClient};
+    use stubmail::pgp;
+    let url = super::init::outbox_url(url)?;
+    let mut id = home.load_identity()?;
+    let old = pgp::outbox_of(&id.cert()).unwrap_or_default();
+    if stubmail::protocol::outbox_id(&old) == stubmail::protocol::outbox_id(&url) {
+        anyhow::bail!("your key already binds {old}");
+    }
+    let notify = pgp::notify_of(&id.cert()).map(|n| format!("udp://{n}"));
+    id.rebind(&url, notify.as_deref())?;
+    stubmail::fsutil::write_atomic(&home.secret_key(), &id.to_armored_secret()?, 0o600).context("writing the secret key")?;
+    let mut c = home.load_config()?;
+    c.identity.outbox = url.clone();
+    home.save_config(&c)?;
+    println!("your key {} now binds the outbox {url} (was {old})", id.fpr());
+    // The outbox `stubmail up` runs in this home: with --here the new URL is
+    // one of its names; otherwise it keeps serving the updated key to the
+    // contacts who still poll it.
+    let own = home.data_dir.join("outbox");
+    if own.join("accounts").is_dir() {
+        let store = post_manager::store::Store::open(&own)?;
+        if here {
+            store.add_account_new_url(&id.cert())?;
+            println!("your node's outbox answers as {url} too");
+        } else {
+            store.update_account_cert(&id.cert())?;
+            println!("your node's outbox keeps serving your updated key to contacts who still poll {old}");
+        }
+    } else if here {
+        anyhow::bail!("--here: this home runs no outbox (`stubmail up` runs one); register with {url}'s operator instead");
+    }
+    // The new outbox: does it know this key?
+    let me = std::sync::Arc::new(id);
+    let rt = tokio::runtime::Runtime::new()?;
+    let outbox = OutboxClient::new(stubmail::client::http_client()?, &url, me)?;
+    match rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), outbox.account()).await }) {
+        Ok(Ok(_)) => println!("{url} knows your key: new mail goes there once your node restarts (Ctrl-C, `stubmail up`)"),
+        Ok(Err(ClientError::Server { status, .. })) if status == 401 || status == 403 => {
+            println!("{url} does not know your key yet; register it with its operator:");
+            println!("  stubmail keys export > me.asc; post_manager account add --data DIR --key me.asc");
+        }
+        Ok(Err(e)) => println!("{url} cannot be asked now ({e}); check it with `stubmail doctor`"),
+        Err(_) => println!("{url} did not answer in 10 s; check it with `stubmail doctor`"),
+    }
+    println!("contacts' pollers fetch your updated key within a day (poll.cert_refresh_secs), or at once when they import it");
+    Ok(())
+}

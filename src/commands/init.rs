@@ -1,6 +1,26 @@
 use anyhow::Context;
 use stubmail::{fsutil, Config, Home, Identity};
 
+/// An outbox base URL as it is bound into a key: http(s), ending in `/`.
+/// It is signed into every request (PROTOCOL §3): no user part, query or
+/// fragment, nothing to read two ways.
+pub fn outbox_url(outbox: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(outbox).with_context(|| format!("{outbox:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("the outbox must be an http:// or https:// URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some()
+        || outbox.trim() != outbox || outbox.contains('\\')
+    {
+        anyhow::bail!("{outbox:?} must be a plain base URL like https://mail.example.org/stubmail/ (no user, query or fragment)");
+    }
+    let mut outbox = outbox.to_string();
+    if !outbox.ends_with('/') {
+        outbox.push('/');
+    }
+    Ok(outbox)
+}
+
 /// Create an identity and config. `hint`: say what to do next (the
 /// `init` command); `up` and `demo` register the key themselves.
 pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, notify: Option<&str>, hint: bool) -> anyhow::Result<()> {
@@ -8,21 +28,7 @@ pub fn run(home: &Home, email: &str, outbox: &str, name: Option<&str>, notify: O
     if key.exists() {
         anyhow::bail!("{} already exists: this home already has an identity", key.display());
     }
-    let url = reqwest::Url::parse(outbox).with_context(|| format!("--outbox {outbox:?} is not a URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        anyhow::bail!("--outbox must be an http:// or https:// URL");
-    }
-    // The outbox's base URL is signed into every request (PROTOCOL §3):
-    // no user part, query or fragment, nothing to read two ways.
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some()
-        || outbox.trim() != outbox || outbox.contains('\\')
-    {
-        anyhow::bail!("--outbox {outbox:?} must be a plain base URL like https://mail.example.org/stubmail/ (no user, query or fragment)");
-    }
-    let mut outbox = outbox.to_string();
-    if !outbox.ends_with('/') {
-        outbox.push('/');
-    }
+    let outbox = outbox_url(outbox)?;
     let id = Identity::generate_with(name, email, &outbox, notify)?;
     fsutil::ensure_private_dir(&home.data_dir)?;
     fsutil::ensure_private_dir(&home.config_dir)?;

@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Intro { command } => intro::run(&home, command),
         Command::Identity { command: IdentityCommand::Show } => identity::show(&home),
         Command::Identity { command: IdentityCommand::AddAddress { address } } => identity::add_address(&home, &address),
+        Command::Identity { command: IdentityCommand::SetOutbox { url, here } } => identity::set_outbox(&home, &url, here),
         Command::Keys { command } => keys::run(&home, command),
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),

@@ -82,6 +82,26 @@ impl Store {
         Ok(f)
     }
 
+    /// Replace an existing account's certificate by the owner's newer one
+    /// that binds *another* outbox (the owner moved, `stubmail identity
+    /// set-outbox`): this outbox keeps serving it (`/v1/certs`, WKD) so
+    /// contacts who still poll here learn where to go — without taking the
+    /// other URL as one of its own names (requests signed for that outbox
+    /// stay invalid here). Only the same key, still usable.
+    pub fn update_account_cert(&self, cert: &Cert) -> anyhow::Result<()> {
+        pgp::check_contact(cert)?;
+        let f = pgp::fpr_of(cert);
+        let Some(old) = self.account(&f) else { anyhow::bail!("{f} is not an account of this outbox") };
+        // The names are fixed before the account's certificate changes.
+        let _lock = self.lock("urls")?;
+        if self.outbox_urls()?.is_empty() {
+            anyhow::bail!("this outbox does not know its own URL yet: run `post_manager account add --new-url` first");
+        }
+        let merged = old.merge_public(cert.clone())?;
+        fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(&merged)?, 0o600)?;
+        Ok(())
+    }
+
     /// The base URLs this outbox is known by: those its accounts' own
     /// certificates bind (`accounts/urls`, kept by `add_account`; made
     /// from the accounts if missing). Signed requests are bound to one of
