@@ -177,12 +177,6 @@ fn meta_state(path: &std::path::Path) -> String {
     meta["recipients"][0]["state"].as_str().unwrap().to_string()
 }
 
-/// GnuPG in a home of its own.
-fn gpg(home: &std::path::Path) -> Command {
-    let mut c = Command::new(require("gpg"));
-    c.arg("--homedir").arg(home).args(["--batch", "--no-tty", "--pinentry-mode", "loopback", "--passphrase", ""]);
-    c
-}
 
 #[test]
 fn gpg_decrypts_what_stubmail_writes() {
@@ -198,9 +192,9 @@ fn gpg_decrypts_what_stubmail_writes() {
     std::fs::create_dir_all(&gh).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&gh, std::fs::Permissions::from_mode(0o700)).unwrap();
-    ok(gpg(&gh).arg("--import").arg(p.bob.home.join("secret.pgp")));
-    ok(gpg(&gh).arg("--import").arg(p.alice.export()));
-    let out = ok(gpg(&gh).args(["--status-fd", "2", "--decrypt"]).arg(&stored));
+    ok(gpg_nopass(&gh).arg("--import").arg(p.bob.home.join("secret.pgp")));
+    ok(gpg_nopass(&gh).arg("--import").arg(p.alice.export()));
+    let out = ok(gpg_nopass(&gh).args(["--status-fd", "2", "--decrypt"]).arg(&stored));
     let plain = stdout(&out);
     assert!(plain.contains("readable by GnuPG 2.2") && plain.contains("Subject: for gpg"), "{plain}");
     let status = String::from_utf8_lossy(&out.stderr);
@@ -219,8 +213,8 @@ fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
     let list = |u: &User| stdout(&ok(u.stubmail().args(["keys", "list"])));
 
     // An ordinary GnuPG user: binary `gpg --export` output on stdin.
-    ok(gpg(&gh).args(["--quick-gen-key", "Carol <carol@example.com>", "future-default", "default", "never"]));
-    let export = ok(gpg(&gh).args(["--export", "carol@example.com"])).stdout;
+    ok(gpg_nopass(&gh).args(["--quick-gen-key", "Carol <carol@example.com>", "future-default", "default", "never"]));
+    let export = ok(gpg_nopass(&gh).args(["--export", "carol@example.com"])).stdout;
     let mut c = u.stubmail();
     c.args(["keys", "import", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
@@ -241,14 +235,14 @@ fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
     bad("corrupt.asc", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64 at all\n-----END PGP PUBLIC KEY BLOCK-----\n", "");
     bad("empty.asc", b"", "");
     // No email address in the User ID.
-    ok(gpg(&gh).args(["--quick-gen-key", "Just A Name", "future-default", "default", "never"]));
-    bad("noemail.pgp", &ok(gpg(&gh).args(["--export", "Just A Name"])).stdout, "no valid User ID with an email");
+    ok(gpg_nopass(&gh).args(["--quick-gen-key", "Just A Name", "future-default", "default", "never"]));
+    bad("noemail.pgp", &ok(gpg_nopass(&gh).args(["--export", "Just A Name"])).stdout, "no valid User ID with an email");
     // Expired: made a year ago, valid for a day.
-    ok(gpg(&gh).args(["--faked-system-time", "20250101T000000", "--quick-gen-key", "Old <old@example.com>", "future-default", "default", "1d"]));
-    bad("expired.pgp", &ok(gpg(&gh).args(["--export", "old@example.com"])).stdout, "expired");
+    ok(gpg_nopass(&gh).args(["--faked-system-time", "20250101T000000", "--quick-gen-key", "Old <old@example.com>", "future-default", "default", "1d"]));
+    bad("expired.pgp", &ok(gpg_nopass(&gh).args(["--export", "old@example.com"])).stdout, "expired");
     // Revoked: apply the revocation certificate GnuPG made at generation.
-    ok(gpg(&gh).args(["--quick-gen-key", "Gone <gone@example.com>", "future-default", "default", "never"]));
-    let fpr = stdout(&ok(gpg(&gh).args(["--with-colons", "--list-keys", "gone@example.com"])))
+    ok(gpg_nopass(&gh).args(["--quick-gen-key", "Gone <gone@example.com>", "future-default", "default", "never"]));
+    let fpr = stdout(&ok(gpg_nopass(&gh).args(["--with-colons", "--list-keys", "gone@example.com"])))
         .lines()
         .find(|l| l.starts_with("fpr:"))
         .unwrap()
@@ -259,15 +253,15 @@ fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
     let rev = std::fs::read_to_string(gh.join("openpgp-revocs.d").join(format!("{fpr}.rev"))).unwrap();
     let rev_file = root.path().join("rev.asc");
     std::fs::write(&rev_file, rev.replace(":-----BEGIN", "-----BEGIN")).unwrap();
-    ok(gpg(&gh).arg("--import").arg(&rev_file));
-    bad("revoked.pgp", &ok(gpg(&gh).args(["--export", "gone@example.com"])).stdout, "revoked");
+    ok(gpg_nopass(&gh).arg("--import").arg(&rev_file));
+    bad("revoked.pgp", &ok(gpg_nopass(&gh).args(["--export", "gone@example.com"])).stdout, "revoked");
 
     // A whole `gpg --export` at once, as a GnuPG user moves an address
     // book: the usable keys go in, each refused one is named with its
     // address and reason, and a summary ends the report.
-    ok(gpg(&gh).args(["--quick-gen-key", "Dave <dave@example.com>", "future-default", "default", "never"]));
+    ok(gpg_nopass(&gh).args(["--quick-gen-key", "Dave <dave@example.com>", "future-default", "default", "never"]));
     let all = root.path().join("all.pgp");
-    std::fs::write(&all, ok(gpg(&gh).arg("--export")).stdout).unwrap();
+    std::fs::write(&all, ok(gpg_nopass(&gh).arg("--export")).stdout).unwrap();
     let out = ok(u.stubmail().args(["keys", "import"]).arg(&all));
     let (so, se) = (stdout(&out), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(so.contains("imported") && so.contains("dave@example.com") && so.contains("carol@example.com"), "{so}");
@@ -277,9 +271,9 @@ fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
     assert!(so.contains("5 certificate(s): 2 imported, 3 skipped"), "{so}");
     assert!(list(&u).contains("dave@example.com"));
     // Secret key material: only the public part goes into the keyring.
-    ok(gpg(&gh).args(["--quick-gen-key", "Erin <erin@example.com>", "future-default", "default", "never"]));
+    ok(gpg_nopass(&gh).args(["--quick-gen-key", "Erin <erin@example.com>", "future-default", "default", "never"]));
     let secret = root.path().join("erin-secret.pgp");
-    std::fs::write(&secret, ok(gpg(&gh).args(["--export-secret-keys", "erin@example.com"])).stdout).unwrap();
+    std::fs::write(&secret, ok(gpg_nopass(&gh).args(["--export-secret-keys", "erin@example.com"])).stdout).unwrap();
     let out = ok(u.stubmail().args(["keys", "import"]).arg(&secret));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only its public part is imported"), "{out:?}");
     for f in std::fs::read_dir(u.home.join("keyring")).unwrap() {

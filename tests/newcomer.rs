@@ -100,3 +100,78 @@ fn mailparse_date_ok(line: &str) -> bool {
         && parts[3].parse::<i32>().is_ok_and(|y| y >= 2026)
         && parts[5].len() == 5
 }
+
+#[test]
+fn an_existing_gnupg_key_is_adopted_with_its_passphrase_asked_once() {
+    let root = tempfile::tempdir().unwrap();
+    let gh = root.path().join("gnupg");
+    let with_pass = |c: &mut std::process::Command| {
+        c.args(["--passphrase", "correct horse"]);
+    };
+    let mut c = gpg(&gh);
+    with_pass(&mut c);
+    ok(c.args(["--quick-gen-key", "Dana <dana@example.com>", "future-default", "default", "never"]));
+    let mut c = gpg(&gh);
+    with_pass(&mut c);
+    ok(c.args(["--quick-add-uid", "dana@example.com", "Dana <d@example.com>"]));
+    let mut c = gpg(&gh);
+    with_pass(&mut c);
+    let secret = ok(c.args(["--armor", "--export-secret-keys", "dana@example.com"])).stdout;
+    let key = root.path().join("dana-secret.asc");
+    std::fs::write(&key, &secret).unwrap();
+    let fpr = stdout(&ok(gpg(&gh).args(["--with-colons", "--list-keys", "dana@example.com"])))
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .unwrap()
+        .split(':')
+        .nth(9)
+        .unwrap()
+        .to_string();
+    let home = root.path().join("dana");
+    let init = |pass: Option<&str>| {
+        let mut c = bin_cmd("stubmail");
+        c.arg("--home").arg(&home).args(["init", "--email", "dana@example.com", "--outbox", "https://outbox.example.com/dana/", "--key"]).arg(&key);
+        c.env_remove("STUBMAIL_KEY_PASSPHRASE");
+        if let Some(p) = pass {
+            c.env("STUBMAIL_KEY_PASSPHRASE", p);
+        }
+        c
+    };
+    // No terminal and no passphrase: a clear error with the ways out.
+    let err = fails(&mut init(None));
+    assert!(err.contains("passphrase") && err.contains("STUBMAIL_KEY_PASSPHRASE") && err.contains("gpg --edit-key"), "{err}");
+    let err = fails(&mut init(Some("wrong")));
+    assert!(err.contains("wrong passphrase"), "{err}");
+    // Two addresses and no --email: which one is hers?
+    let err = fails(bin_cmd("stubmail").arg("--home").arg(&home).args(["init", "--outbox", "http://o/", "--key"]).arg(&key).env("STUBMAIL_KEY_PASSPHRASE", "correct horse"));
+    assert!(err.contains("several addresses") && err.contains("--email"), "{err}");
+    assert!(!home.join("secret.pgp").exists(), "a failed adoption leaves nothing");
+    let out = stdout(&ok(&mut init(Some("correct horse"))));
+    assert!(out.contains(&format!("adopted identity {fpr} <dana@example.com>")), "{out}");
+    // The same key, now bound to the outbox on every User ID; the second
+    // address is an alias she may send as.
+    let u = User { email: "dana@example.com".into(), home: home.clone() };
+    assert_eq!(u.fingerprint(), fpr);
+    let cert = stubmail::pgp::parse_certs(&std::fs::read(u.export()).unwrap()).unwrap().remove(0);
+    assert_eq!(stubmail::pgp::outboxes_of(&cert), vec!["https://outbox.example.com/dana/"]);
+    assert_eq!(stubmail::pgp::check_contact(&cert).unwrap().len(), 2);
+    let config: toml::Table = toml::from_str(&std::fs::read_to_string(home.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(config["identity"]["aliases"].as_array().unwrap()[0].as_str(), Some("d@example.com"));
+    // The printed next steps run as printed (the data directory aside,
+    // which is the operator's).
+    let steps: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("next:")).skip(1).map(str::trim).collect();
+    let export = steps.iter().find(|l| l.starts_with("stubmail")).unwrap();
+    ok(std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd '{}' && PATH='{}':$PATH {export}", root.path().display(), bin("stubmail").parent().unwrap().display())));
+    let add = steps.iter().find(|l| l.starts_with("post_manager")).unwrap();
+    let add = add.replace("/var/lib/stubmail-outbox", &root.path().join("outbox").display().to_string());
+    let o = ok(std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd '{}' && PATH='{}':$PATH {add}", root.path().display(), bin("stubmail").parent().unwrap().display())));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&fpr) || String::from_utf8_lossy(&o.stderr).contains(&fpr), "{o:?}");
+    // The secret key file is 0600 and unprotected (the programs use it
+    // unattended), and the key signs: an outbox request works.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(home.join("secret.pgp")).unwrap().permissions().mode() & 0o777, 0o600);
+}

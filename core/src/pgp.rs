@@ -157,7 +157,12 @@ impl Identity {
             .ok()
             .and_then(|vc| vc.primary_userid().ok().and_then(|u| u.userid().name().ok().flatten().map(str::to_string)));
         let uid = user_id(name, email);
-        let template = binding_template(&outbox, notify_of(&self.cert).map(|n| format!("udp://{n}")).as_deref())?;
+        let notify = notify_of(&self.cert).map(|n| format!("udp://{n}"));
+        // Modelled on the primary User ID's binding: a key made by GnuPG
+        // keeps its key flags and preferences there, and a new binding
+        // without them could become the one that counts.
+        let primary = self.cert.with_policy(&POLICY, None)?.primary_userid()?.binding_signature().clone();
+        let template = rebinding_template(&primary, &outbox, notify.as_deref())?;
         let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
         let uid = UserID::from(uid);
         let sig = uid.bind(&mut kp, &self.cert, template)?;
@@ -177,10 +182,10 @@ impl Identity {
             return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
         }
         let vc = self.cert.with_policy(&POLICY, None)?;
-        let uids: Vec<UserID> = vc
+        let uids: Vec<(UserID, openpgp::packet::Signature)> = vc
             .userids()
             .filter(|u| !matches!(u.revocation_status(), openpgp::types::RevocationStatus::Revoked(_)))
-            .map(|u| u.userid().clone())
+            .map(|u| (u.userid().clone(), u.binding_signature().clone()))
             .collect();
         // A binding only supersedes one made strictly earlier: wait out the
         // second of the last one (at most a second; `init` then `rebind`).
@@ -190,8 +195,10 @@ impl Identity {
         }
         let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
         let mut packets: Vec<openpgp::Packet> = Vec::new();
-        for uid in uids {
-            let sig = uid.bind(&mut kp, &self.cert, binding_template(outbox, notify)?)?;
+        for (uid, old) in uids {
+            // Everything the old binding said (key flags, preferences,
+            // expiry, primary flag), with the new notations.
+            let sig = uid.bind(&mut kp, &self.cert, rebinding_template(&old, outbox, notify)?)?;
             packets.push(uid.into());
             packets.push(sig.into());
         }
@@ -278,6 +285,43 @@ fn binding_template(outbox: &str, notify: Option<&str>) -> Result<SignatureBuild
         NotationDataFlags::empty().set_human_readable(),
         false,
     )?;
+    if let Some(n) = notify {
+        t = t.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
+    }
+    Ok(t)
+}
+
+/// Does the key hold secret key material protected by a passphrase?
+pub fn has_locked_secrets(cert: &Cert) -> bool {
+    cert.keys().secret().any(|ka| !ka.key().has_unencrypted_secret())
+}
+
+/// The key with every passphrase-protected secret unlocked.
+pub fn unlock_secrets(cert: Cert, passphrase: &str) -> Result<Cert> {
+    let pw = openpgp::crypto::Password::from(passphrase);
+    let mut packets: Vec<openpgp::Packet> = Vec::new();
+    for ka in cert.keys().secret() {
+        if ka.key().has_unencrypted_secret() {
+            continue;
+        }
+        let key = ka.key().clone().decrypt_secret(&pw).map_err(|_| invalid("wrong passphrase for the secret key"))?;
+        packets.push(if ka.primary() { key.role_into_primary().into() } else { key.role_into_subordinate().into() });
+    }
+    Ok(cert.insert_packets(packets)?.0)
+}
+
+/// A new binding modelled on `old`: its subpackets kept (key flags,
+/// algorithm preferences, features, expiry, the primary flag), its
+/// notations replaced by the outbox (and notify) ones.
+fn rebinding_template(old: &openpgp::packet::Signature, outbox: &str, notify: Option<&str>) -> Result<SignatureBuilder> {
+    use openpgp::packet::signature::subpacket::SubpacketTag;
+    let mut t = SignatureBuilder::from(old.clone())
+        .set_signature_creation_time(std::time::SystemTime::now())?
+        .modify_hashed_area(|mut a| {
+            a.remove_all(SubpacketTag::NotationData);
+            Ok(a)
+        })?
+        .set_notation(OUTBOX_NOTATION, outbox.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
     if let Some(n) = notify {
         t = t.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
     }

@@ -17,16 +17,22 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Create your identity: an OpenPGP key bound to your outbox, and a config.
-    #[command(after_help = "Examples:\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/ --notify udp://alice.example.org:2526")]
+    #[command(after_help = "Examples:\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/\n  stubmail init --email alice@example.org --outbox https://mail.example.org/stubmail/ --notify udp://alice.example.org:2526\n  stubmail init --key alice-secret.asc --outbox https://mail.example.org/stubmail/")]
     Init {
-        /// Your email address.
+        /// Your email address (with --key: one of its addresses; default
+        /// its first).
+        #[arg(long, required_unless_present = "key")]
+        email: Option<String>,
+        /// Adopt your existing OpenPGP secret key instead of making one
+        /// (`gpg --export-secret-keys --armor YOU@EXAMPLE.ORG > key.asc`).
+        /// A passphrase is asked once (or STUBMAIL_KEY_PASSPHRASE).
         #[arg(long)]
-        email: String,
+        key: Option<PathBuf>,
         /// URL of your outbox (post_manager); bound into your key.
         #[arg(long)]
         outbox: String,
         /// Your name, for the User ID.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key")]
         name: Option<String>,
         /// Where outboxes may send you "you have mail" stubs
         /// (udp://HOST:PORT); bound into your key. http2mbox listens there

@@ -73,7 +73,7 @@ pub fn add_address(home: &Home, address: &str) -> anyhow::Result<()> {
     println!("added {address} to your key {} and to identity.aliases", id.fpr());
     println!("your contacts' http2mbox fetch the updated key from your outbox when your mail from {address} arrives;");
     println!("if your outbox is not run by `stubmail up`, register the updated key with it:");
-    println!("  stubmail keys export > me.asc; post_manager account add --data DIR --key me.asc");
+    println!("{}", super::init::register_hint(home));
     Ok(())
 }
 
@@ -119,7 +119,7 @@ pub fn set_outbox(home: &Home, url: &str, here: bool) -> anyhow::Result<()> {
         Ok(Ok(_)) => println!("{url} knows your key: new mail goes there once your node restarts (Ctrl-C, `stubmail up`)"),
         Ok(Err(ClientError::Server { status, .. })) if status == 401 || status == 403 => {
             println!("{url} does not know your key yet; register it with its operator:");
-            println!("  stubmail keys export > me.asc; post_manager account add --data DIR --key me.asc");
+            println!("{}", super::init::register_hint(home));
         }
         Ok(Err(e)) => println!("{url} cannot be asked now ({e}); check it with `stubmail doctor`"),
         Err(_) => println!("{url} did not answer in 10 s; check it with `stubmail doctor`"),

@@ -20,7 +20,10 @@ pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
-        Command::Init { email, outbox, name, notify } => init::run(&home, &email, &outbox, name.as_deref(), notify.as_deref(), true),
+        Command::Init { email, key: Some(key), outbox, name: _, notify } => init::adopt(&home, &key, email.as_deref(), &outbox, notify.as_deref()),
+        Command::Init { email, key: None, outbox, name, notify } => {
+            init::run(&home, &email.unwrap_or_default(), &outbox, name.as_deref(), notify.as_deref(), true)
+        }
         Command::Intro { command } => intro::run(&home, command),
         Command::Identity { command: IdentityCommand::Show } => identity::show(&home),
         Command::Identity { command: IdentityCommand::AddAddress { address } } => identity::add_address(&home, &address),

@@ -583,3 +583,21 @@ pub fn udp_cookies(outbox: &Outbox, k: usize) -> (Vec<(stubmail::protocol::udp::
         (out, port)
     })
 }
+
+/// GnuPG in a home of its own (made, 0700, if missing), unattended, with an
+/// empty passphrase unless the caller adds its own `--passphrase`.
+pub fn gpg(home: &Path) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut c = Command::new(require("gpg"));
+    c.arg("--homedir").arg(home).args(["--batch", "--no-tty", "--pinentry-mode", "loopback"]);
+    c
+}
+
+/// [`gpg`] with the empty passphrase.
+pub fn gpg_nopass(home: &Path) -> Command {
+    let mut c = gpg(home);
+    c.args(["--passphrase", ""]);
+    c
+}
