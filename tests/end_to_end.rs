@@ -242,14 +242,7 @@ fn keyring_imports_gpg_exports_and_refuses_bad_certificates() {
     bad("expired.pgp", &ok(gpg_nopass(&gh).args(["--export", "old@example.com"])).stdout, "expired");
     // Revoked: apply the revocation certificate GnuPG made at generation.
     ok(gpg_nopass(&gh).args(["--quick-gen-key", "Gone <gone@example.com>", "future-default", "default", "never"]));
-    let fpr = stdout(&ok(gpg_nopass(&gh).args(["--with-colons", "--list-keys", "gone@example.com"])))
-        .lines()
-        .find(|l| l.starts_with("fpr:"))
-        .unwrap()
-        .split(':')
-        .nth(9)
-        .unwrap()
-        .to_string();
+    let fpr = gpg_fingerprint(&gh, "gone@example.com");
     let rev = std::fs::read_to_string(gh.join("openpgp-revocs.d").join(format!("{fpr}.rev"))).unwrap();
     let rev_file = root.path().join("rev.asc");
     std::fs::write(&rev_file, rev.replace(":-----BEGIN", "-----BEGIN")).unwrap();

@@ -119,14 +119,7 @@ fn an_existing_gnupg_key_is_adopted_with_its_passphrase_asked_once() {
     let secret = ok(c.args(["--armor", "--export-secret-keys", "dana@example.com"])).stdout;
     let key = root.path().join("dana-secret.asc");
     std::fs::write(&key, &secret).unwrap();
-    let fpr = stdout(&ok(gpg(&gh).args(["--with-colons", "--list-keys", "dana@example.com"])))
-        .lines()
-        .find(|l| l.starts_with("fpr:"))
-        .unwrap()
-        .split(':')
-        .nth(9)
-        .unwrap()
-        .to_string();
+    let fpr = gpg_fingerprint(&gh, "dana@example.com");
     let home = root.path().join("dana");
     let init = |pass: Option<&str>| {
         let mut c = bin_cmd("stubmail");

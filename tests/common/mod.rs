@@ -601,3 +601,13 @@ pub fn gpg_nopass(home: &Path) -> Command {
     c.args(["--passphrase", ""]);
     c
 }
+
+/// The fingerprint GnuPG lists for `who` in its home.
+pub fn gpg_fingerprint(home: &Path, who: &str) -> String {
+    stdout(&ok(gpg(home).args(["--with-colons", "--list-keys", who])))
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .unwrap_or_else(|| panic!("gpg lists no key for {who}"))
+        .to_string()
+}
