@@ -400,3 +400,92 @@ print(p.stdout); print(p.stderr[-3000:])
     assert!(num("secs") < 12.0, "the cycle is not held by dripping outboxes: {out}");
     assert!(out.contains("larger than"), "the oversized answers are named: {out}");
 }
+
+/// The indented code blocks of a section of contrib/mail-clients.md.
+fn recipe(section: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/mail-clients.md")).unwrap();
+    let body = doc.split("\n## ").find(|s| s.starts_with(section)).unwrap_or_else(|| panic!("no section {section}"));
+    let mut blocks: Vec<String> = Vec::new();
+    let mut in_block = false;
+    for line in body.lines() {
+        match line.strip_prefix("    ") {
+            Some(code) => {
+                if !in_block {
+                    blocks.push(String::new());
+                }
+                in_block = true;
+                let b = blocks.last_mut().unwrap();
+                b.push_str(code);
+                b.push('\n');
+            }
+            None => in_block = false,
+        }
+    }
+    blocks
+}
+
+/// A doc's placeholders made this test's values.
+fn ours(text: &str, port: u16) -> String {
+    text.replace("1110", &port.to_string()).replace("alice@example.org", "bob@example.net").replace("p9x…", "pop-secret")
+}
+
+#[test]
+fn the_mail_client_recipes_run_as_written() {
+    let s = setup();
+    let pop = s.pop3_daemon();
+    let path = format!("{}:{}", bin("http2mbox").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let sh = |home: &std::path::Path, script: &str| {
+        let out = Command::new("sh").arg("-c").arg(script).env("HOME", home).env("PATH", &path).env("STUBMAIL_HOME", &s.bob.home).output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let new_in = |home: &std::path::Path| std::fs::read_dir(home.join("Mail/new")).map_or(0, |d| d.count());
+
+    // Two more messages stored (`send` waits for a count it has reached).
+    let two_more = |total: usize| {
+        s.send(2);
+        wait_for("stored", 60, || {
+            let st = s.alice.status_json();
+            let a = st.as_array().unwrap();
+            (a.len() == total && a.iter().all(|l| l["state"] != "queued")).then_some(())
+        });
+    };
+    // mpop, as written: make the Maildir, fetch (and delete) both.
+    two_more(2);
+    let home = s.root.path().join("mpop-user");
+    std::fs::create_dir_all(&home).unwrap();
+    let mpop = recipe("mpop");
+    assert_eq!(mpop.len(), 1, "{mpop:?}");
+    let (code, out) = sh(&home, &ours(&mpop[0], pop.port()));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(new_in(&home), 2, "{out}");
+
+    // fetchmail with procmail, as written.
+    two_more(4);
+    let home = s.root.path().join("fetchmail-user");
+    std::fs::create_dir_all(&home).unwrap();
+    let fm = recipe("fetchmail");
+    assert_eq!(fm.len(), 1, "{fm:?}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(home.join(".fetchmailrc"), ours(&fm[0], pop.port())).unwrap();
+    std::fs::set_permissions(home.join(".fetchmailrc"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out) = sh(&home, "fetchmail --nodetach --nosyslog");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(new_in(&home), 2, "{out}");
+    let (code, out) = sh(&home, "fetchmail --nodetach --nosyslog");
+    assert_eq!(code, Some(1), "no mail: exit 1, as the recipe says: {out}");
+
+    // "Check now", as written (the daemon stopped: it would poll too).
+    drop(pop);
+    two_more(6);
+    let check = recipe("Check now");
+    let (code, out) = sh(s.root.path(), &check[0]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("delivered 2"), "{out}");
+
+    // Without [relay], an ordinary address gets the 550 the page quotes.
+    let relay = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/mail-clients.md")).unwrap();
+    let quoted = "no Stubmail key for\nthis address and no SMTP relay configured".replace('\n', " ");
+    assert!(relay.replace('\n', " ").contains(&quoted));
+    let err = smtplib_send(s.smtp.port(), "alice@example.org", &["carol@elsewhere.example"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
+    assert!(err.contains("550") && err.contains(&quoted), "{err}");
+}
