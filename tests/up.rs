@@ -340,3 +340,52 @@ fn moving_to_another_outbox_is_one_command_and_contacts_follow() {
     assert!(out.contains("delivered 1"), "{out}");
     assert!(bob.maildir_new().iter().any(|f| std::fs::read_to_string(f).unwrap().contains("Subject: move 2")));
 }
+
+#[test]
+fn a_second_device_is_a_command_and_a_copied_home_is_a_device_of_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let alice = up(root.path(), "alice", "alice@example.org");
+    let mut bob = up(root.path(), "bob", "bob@example.net");
+    alice.user.import(&bob.user.export());
+    bob.user.import(&alice.user.export());
+    // Bob's laptop: a device of its own, with a notify endpoint of its own.
+    let laptop_notify = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let laptop = root.path().join("bob-laptop");
+    let out = stdout(&ok(bob.user.stubmail().args(["device", "add"]).arg(&laptop).args(["--notify", &format!("udp://{laptop_notify}")])));
+    assert!(out.contains("http2mbox --home"), "{out}");
+    let cert = stubmail::pgp::parse_certs(&std::fs::read(bob.user.export()).unwrap()).unwrap().remove(0);
+    assert_eq!(stubmail::pgp::notify_all(&cert).len(), 2, "both devices' endpoints are bound");
+    // Bob's desktop node restarts to present the updated key.
+    bob.server.interrupt();
+    let _bob_again = up_again(root.path(), &bob, "up-bob-again");
+    let laptop_user = User { email: bob.user.email.clone(), home: laptop.clone() };
+    let mut c = bin_cmd("http2mbox");
+    // (On its own machine it would use the same ports; here, others.)
+    c.arg("--home").arg(&laptop).args(["--pop3-listen", "127.0.0.1:0"]);
+    let _laptop_daemon = Server::start("http2mbox-laptop", c, root.path());
+    let send = |n: u32| {
+        let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: devices {n}\r\n\r\nx\r\n");
+        assert!(smtplib_send(alice.smtp, "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    };
+    let has = |u: &User, n: u32| u.maildir_new().iter().any(|f| std::fs::read_to_string(f).unwrap().contains(&format!("Subject: devices {n}\n")));
+    // The first message from a new contact: each device checks once.
+    send(1);
+    wait_for("stored", 30, || alice.user.status_json().as_array().is_some_and(|a| a.len() == 1 && a[0]["state"] != "queued").then_some(()));
+    bob.user.http2mbox_once();
+    laptop_user.http2mbox_once();
+    assert!(has(&bob.user, 1) && has(&laptop_user, 1), "each device gets every message");
+    // Then stubs reach both devices' endpoints: both have it within seconds.
+    send(2);
+    wait_for("message 2 on both devices", 10, || (has(&bob.user, 2) && has(&laptop_user, 2)).then_some(()));
+
+    // A copy of the laptop's home (its device id came along) is a device of
+    // its own: it receives the next message too, and says why.
+    let copy = root.path().join("bob-copy");
+    ok(std::process::Command::new("cp").arg("-a").arg(&laptop).arg(&copy));
+    send(3);
+    wait_for("message 3 on the laptop", 10, || has(&laptop_user, 3).then_some(()));
+    let copy_user = User { email: bob.user.email.clone(), home: copy.clone() };
+    let out = copy_user.http2mbox_once_with_log();
+    assert!(out.contains("delivered 1") && out.contains("copied"), "{out}");
+    assert!(has(&copy_user, 3));
+}

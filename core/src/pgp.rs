@@ -157,12 +157,12 @@ impl Identity {
             .ok()
             .and_then(|vc| vc.primary_userid().ok().and_then(|u| u.userid().name().ok().flatten().map(str::to_string)));
         let uid = user_id(name, email);
-        let notify = notify_of(&self.cert).map(|n| format!("udp://{n}"));
+        let notify: Vec<String> = notify_all(&self.cert).iter().map(|n| format!("udp://{n}")).collect();
         // Modelled on the primary User ID's binding: a key made by GnuPG
         // keeps its key flags and preferences there, and a new binding
         // without them could become the one that counts.
         let primary = self.cert.with_policy(&POLICY, None)?.primary_userid()?.binding_signature().clone();
-        let template = rebinding_template(&primary, &outbox, notify.as_deref())?;
+        let template = rebinding_template(&primary, &outbox, &notify)?;
         let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
         let uid = UserID::from(uid);
         let sig = uid.bind(&mut kp, &self.cert, template)?;
@@ -176,10 +176,20 @@ impl Identity {
     /// certificate (from the outbox's `/v1/certs`, WKD, or a re-import) poll
     /// the new outbox.
     pub fn rebind(&mut self, outbox: &str, notify: Option<&str>) -> Result<()> {
-        if let Some(n) = notify
-            && crate::protocol::udp::parse_notify_endpoint(n).is_none()
-        {
-            return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
+        self.rebind_all(outbox, &notify.map(|n| vec![n.to_string()]).unwrap_or_default())
+    }
+
+    /// [`Identity::rebind`] with several notify endpoints (`udp://HOST:PORT`
+    /// each, one per device, at most [`MAX_NOTIFY_ENDPOINTS`]): contacts'
+    /// outboxes send each stub to every one.
+    pub fn rebind_all(&mut self, outbox: &str, notify: &[String]) -> Result<()> {
+        if notify.len() > MAX_NOTIFY_ENDPOINTS {
+            return Err(invalid(format!("at most {MAX_NOTIFY_ENDPOINTS} notify endpoints (one per device)")));
+        }
+        for n in notify {
+            if crate::protocol::udp::parse_notify_endpoint(n).is_none() {
+                return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
+            }
         }
         let vc = self.cert.with_policy(&POLICY, None)?;
         let uids: Vec<(UserID, openpgp::packet::Signature)> = vc
@@ -313,7 +323,7 @@ pub fn unlock_secrets(cert: Cert, passphrase: &str) -> Result<Cert> {
 /// A new binding modelled on `old`: its subpackets kept (key flags,
 /// algorithm preferences, features, expiry, the primary flag), its
 /// notations replaced by the outbox (and notify) ones.
-fn rebinding_template(old: &openpgp::packet::Signature, outbox: &str, notify: Option<&str>) -> Result<SignatureBuilder> {
+fn rebinding_template(old: &openpgp::packet::Signature, outbox: &str, notify: &[String]) -> Result<SignatureBuilder> {
     use openpgp::packet::signature::subpacket::SubpacketTag;
     let mut t = SignatureBuilder::from(old.clone())
         .set_signature_creation_time(std::time::SystemTime::now())?
@@ -322,7 +332,7 @@ fn rebinding_template(old: &openpgp::packet::Signature, outbox: &str, notify: Op
             Ok(a)
         })?
         .set_notation(OUTBOX_NOTATION, outbox.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
-    if let Some(n) = notify {
+    for n in notify {
         t = t.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
     }
     Ok(t)
@@ -508,6 +518,27 @@ pub fn outboxes_of(cert: &Cert) -> Vec<String> {
     v
 }
 
+/// Notify endpoints one key may bind: one per device of the identity.
+pub const MAX_NOTIFY_ENDPOINTS: usize = 4;
+
+/// Every notify endpoint (`HOST:PORT`) the owner bound (primary User ID
+/// first, else the first User ID binding any), well-formed ones only, at
+/// most [`MAX_NOTIFY_ENDPOINTS`]: each device of the identity may have one.
+pub fn notify_all(cert: &Cert) -> Vec<String> {
+    let Ok(vc) = cert.with_policy(&POLICY, None) else { return vec![] };
+    let of = |u: &ValidUserIDAmalgamation| -> Vec<String> {
+        u.binding_signature()
+            .notation(NOTIFY_NOTATION)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter_map(|v| crate::protocol::udp::parse_notify_endpoint(v).map(str::to_string))
+            .collect()
+    };
+    let mut v = vc.primary_userid().ok().map(|p| of(&p)).filter(|v| !v.is_empty()).or_else(|| vc.userids().map(|u| of(&u)).find(|v| !v.is_empty())).unwrap_or_default();
+    v.dedup();
+    v.truncate(MAX_NOTIFY_ENDPOINTS);
+    v
+}
+
 /// The notify endpoint (`HOST:PORT`) the owner bound into the certificate,
 /// if any and well-formed.
 pub fn notify_of(cert: &Cert) -> Option<String> {
@@ -662,6 +693,12 @@ mod tests {
         // And back without notify: the newest binding wins.
         a.rebind("http://127.0.0.1:1/", None).unwrap();
         assert_eq!(notify_of(&a.cert()), None);
+        // One endpoint per device, at most four; adding an address keeps them.
+        let two = vec!["udp://127.0.0.1:2601".to_string(), "udp://[::1]:2602".to_string()];
+        a.rebind_all("http://127.0.0.1:1/", &two).unwrap();
+        a.add_address("third@example.org").unwrap();
+        assert_eq!(notify_all(&a.cert()), vec!["127.0.0.1:2601", "[::1]:2602"]);
+        assert!(a.rebind_all("http://x/", &vec![two[0].clone(); 5]).is_err());
         assert_eq!(outboxes_of(&a.cert()), vec!["http://127.0.0.1:1/"]);
         assert!(a.rebind("http://x/", Some("tcp://x:1")).is_err());
     }

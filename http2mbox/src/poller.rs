@@ -147,18 +147,62 @@ struct UdpCookie {
 }
 
 /// This home's device id, made once and kept in `state/device-id`.
+///
+/// A copy of a home (`cp -a`, rsync to another machine) carries the id
+/// along, and two devices with one id share one "retrieved" mark at the
+/// outbox: whichever polls first takes each message, the other never sees
+/// it. So the id is tied to where it was made — this machine's id and the
+/// state directory's inode, in `state/device-origin` — and a home found
+/// elsewhere gets an id of its own (a home *moved* with `mv` on one file
+/// system keeps its inode, and its id).
 pub fn device_id(state_dir: &std::path::Path) -> io::Result<String> {
     let p = state_dir.join("device-id");
+    let origin_file = state_dir.join("device-origin");
+    stubmail::fsutil::ensure_private_dir(state_dir)?;
+    let here = device_origin(state_dir)?;
     if let Ok(s) = std::fs::read_to_string(&p) {
         let s = s.trim().to_string();
         if stubmail::protocol::is_valid_device(&s) {
-            return Ok(s);
+            match std::fs::read_to_string(&origin_file) {
+                Ok(o) if o.trim() == here => return Ok(s),
+                // Made before origins were kept: this is where it lives.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    stubmail::fsutil::write_atomic(&origin_file, here.as_bytes(), 0o600)?;
+                    return Ok(s);
+                }
+                _ => {
+                    let id = new_device_id(&p, &origin_file, &here)?;
+                    tracing::warn!(
+                        old = s,
+                        new = id,
+                        "this home was copied from another place or machine: it is a device of its own now, \
+                         so both copies receive every message (`stubmail device add` makes a new device directly)"
+                    );
+                    return Ok(id);
+                }
+            }
         }
     }
-    stubmail::fsutil::ensure_private_dir(state_dir)?;
+    new_device_id(&p, &origin_file, &here)
+}
+
+fn new_device_id(p: &std::path::Path, origin_file: &std::path::Path, here: &str) -> io::Result<String> {
     let id = format!("d{:016x}", rand::random::<u64>());
-    stubmail::fsutil::write_atomic(&p, id.as_bytes(), 0o600)?;
+    stubmail::fsutil::write_atomic(origin_file, here.as_bytes(), 0o600)?;
+    stubmail::fsutil::write_atomic(p, id.as_bytes(), 0o600)?;
     Ok(id)
+}
+
+/// Where a state directory is: this machine's id and the directory's
+/// device and inode numbers.
+fn device_origin(state_dir: &std::path::Path) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let machine = ["/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .unwrap_or_default();
+    let m = std::fs::metadata(state_dir)?;
+    Ok(format!("{machine} {}:{}", m.dev(), m.ino()))
 }
 
 /// Messages that failed their checks (bad signature, not for us, too
@@ -811,10 +855,30 @@ mod tests {
     }
 
     #[test]
-    fn device_id_is_stable() {
+    fn device_id_is_stable_and_a_copied_home_gets_its_own() {
         let d = tempfile::tempdir().unwrap();
-        let a = device_id(d.path()).unwrap();
+        let state = d.path().join("state");
+        let a = device_id(&state).unwrap();
         assert!(stubmail::protocol::is_valid_device(&a));
-        assert_eq!(device_id(d.path()).unwrap(), a);
+        assert_eq!(device_id(&state).unwrap(), a);
+        // Moved (same file system): the same device.
+        let moved = d.path().join("moved");
+        std::fs::rename(&state, &moved).unwrap();
+        assert_eq!(device_id(&moved).unwrap(), a);
+        // Copied: another device.
+        let copy = d.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        for f in ["device-id", "device-origin"] {
+            std::fs::copy(moved.join(f), copy.join(f)).unwrap();
+        }
+        let b = device_id(&copy).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(device_id(&copy).unwrap(), b, "and keeps it");
+        assert_eq!(device_id(&moved).unwrap(), a, "the original keeps its own");
+        // A home from before origins were kept keeps its id.
+        let old = d.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("device-id"), "d0123456789abcdef").unwrap();
+        assert_eq!(device_id(&old).unwrap(), "d0123456789abcdef");
     }
 }

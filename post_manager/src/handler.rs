@@ -487,7 +487,7 @@ fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, 
     }
     let mut accepted = 0;
     for n in nreq.stubs.iter().take(protocol::MAX_RECIPIENTS) {
-        let check = || -> Result<crate::udp::QueuedStub, String> {
+        let check = || -> Result<Vec<crate::udp::QueuedStub>, String> {
             // Whom the sender means; the endpoint, though, comes only from the
             // certificate the recipient presented in its own signed poll here
             // (or its account): never from one the sender hands over.
@@ -497,20 +497,30 @@ fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, 
             if !status.recipients.iter().any(|r| r.fpr == rcpt && r.state.is_pending()) {
                 return Err(format!("{rcpt} is not waiting for this message"));
             }
-            let endpoint = pgp::notify_of(&cert).ok_or("the recipient's certificate binds no notify endpoint")?;
+            // One per device of the recipient (at most four).
+            let endpoints = pgp::notify_all(&cert);
+            if endpoints.is_empty() {
+                return Err("the recipient's certificate binds no notify endpoint".into());
+            }
             let raw = base64::engine::general_purpose::STANDARD.decode(&n.stub).map_err(|e| e.to_string())?;
             let (stub, signed, sig) = protocol::udp::Stub::decode(&raw).map_err(|e| e.to_string())?;
             if &stub.sender != sender || stub.recipient != rcpt || stub.id != id {
                 return Err("the stub names another sender, recipient or message".into());
             }
             pgp::verify_detached(&sender_cert, signed, sig).map_err(|e| format!("stub signature: {e}"))?;
-            Ok(crate::udp::QueuedStub { id: id.to_string(), recipient: rcpt, endpoint, stub: n.stub.clone() })
+            Ok(endpoints
+                .into_iter()
+                .map(|endpoint| crate::udp::QueuedStub { id: id.to_string(), recipient: rcpt.clone(), endpoint, stub: n.stub.clone() })
+                .collect())
         };
         match check() {
-            Ok(q) => match crate::udp::queue_stub(store, &q) {
-                Ok(()) => accepted += 1,
-                Err(e) => tracing::warn!("cannot queue a stub: {e}"),
-            },
+            Ok(qs) => {
+                let queued = qs.iter().enumerate().map(|(k, q)| crate::udp::queue_stub(store, q, k)).collect::<std::io::Result<Vec<()>>>();
+                match queued {
+                    Ok(_) => accepted += 1,
+                    Err(e) => tracing::warn!("cannot queue a stub: {e}"),
+                }
+            }
             Err(e) => tracing::info!(%sender, id, "stub refused: {e}"),
         }
     }

@@ -325,7 +325,8 @@ impl PollService {
     }
 }
 
-/// `notify/<id>.<FPR>.json`: a stub the outbox (re)sends until the
+/// `notify/<id>.<FPR>.json` (and `<id>.<FPR>.<k>.json` for a recipient's
+/// further devices' endpoints): a stub the outbox (re)sends until the
 /// recipient has the message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueuedStub {
@@ -337,9 +338,10 @@ pub struct QueuedStub {
     pub stub: String,
 }
 
-/// Queue a stub for the notifier.
-pub fn queue_stub(store: &Store, q: &QueuedStub) -> io::Result<()> {
-    write_replace(&store.p(&format!("notify/{}.{}.json", q.id, q.recipient)), &serde_json::to_vec(q).expect("serialisable"))
+/// Queue a stub for the notifier, to the recipient's `k`-th endpoint.
+pub fn queue_stub(store: &Store, q: &QueuedStub, k: usize) -> io::Result<()> {
+    let name = if k == 0 { format!("notify/{}.{}.json", q.id, q.recipient) } else { format!("notify/{}.{}.{k}.json", q.id, q.recipient) };
+    write_replace(&store.p(&name), &serde_json::to_vec(q).expect("serialisable"))
 }
 
 struct Scheduled {
@@ -674,7 +676,7 @@ mod tests {
                 endpoint: victim.local_addr().unwrap().to_string(),
                 stub: base64::engine::general_purpose::STANDARD.encode(b"SMN1 stub bytes"),
             };
-            queue_stub(&store, &q).unwrap();
+            queue_stub(&store, &q, 0).unwrap();
         }
         let mut n = Notifier::new(store, UdpSocket::bind("127.0.0.1:0").unwrap());
         for _ in 0..5 {
@@ -705,7 +707,7 @@ mod tests {
             endpoint: endpoint.local_addr().unwrap().to_string(),
             stub: base64::engine::general_purpose::STANDARD.encode(b"SMN1 stub bytes"),
         };
-        queue_stub(&store, &q).unwrap();
+        queue_stub(&store, &q, 0).unwrap();
         let mut n = Notifier::new(store.clone(), UdpSocket::bind("127.0.0.1:0").unwrap());
         let mut buf = [0u8; 64];
         let next = n.tick().expect("scheduled again");

@@ -195,7 +195,7 @@ impl Worker {
         let mut req = NotifyRequest::default();
         for r in recipients {
             let Ok(Some(cert)) = self.cert_of(r) else { continue };
-            if stubmail::pgp::notify_of(&cert).is_none() {
+            if stubmail::pgp::notify_all(&cert).is_empty() {
                 continue;
             }
             let stub = Stub { sender: self.me.fpr(), recipient: r.clone(), id: id.to_string(), size, made, outbox: self.outbox.base().to_string() };

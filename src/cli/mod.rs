@@ -40,6 +40,11 @@ pub enum Command {
         #[arg(long)]
         notify: Option<String>,
     },
+    /// Your devices: each a home of its own with the same identity.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Strangers who asked to write to you (first contact, `notify.first_contact`).
     Intro {
         #[command(subcommand)]
@@ -107,6 +112,22 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Set up another device (a laptop next to a desktop): a new home at DIR
+    /// with your key, config and keyring and a device id of its own, so
+    /// both receive every message. Copy DIR to the device.
+    #[command(after_help = "Examples:\n  stubmail device add /tmp/laptop-home\n  stubmail device add /tmp/laptop-home --notify udp://192.0.2.7:2526")]
+    Add {
+        /// The new device's home directory (new or empty).
+        dir: PathBuf,
+        /// The new device's own notify endpoint (udp://HOST:PORT), bound into
+        /// your key next to this one's (at most four devices have one).
+        #[arg(long)]
+        notify: Option<String>,
     },
 }
 

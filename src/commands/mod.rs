@@ -1,6 +1,7 @@
 //! Execution of `stubmail` subcommands.
 
 mod demo;
+mod device;
 mod doctor;
 pub(crate) mod identity;
 mod init;
@@ -9,7 +10,7 @@ mod keys;
 mod status;
 mod up;
 
-use crate::cli::{Cli, Command, IdentityCommand};
+use crate::cli::{Cli, Command, DeviceCommand, IdentityCommand};
 use stubmail::Home;
 
 /// A state as the wire and the spool spell it (serde's lower-case name).
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init::run(&home, &email.unwrap_or_default(), &outbox, name.as_deref(), notify.as_deref(), true)
         }
         Command::Intro { command } => intro::run(&home, command),
+        Command::Device { command: DeviceCommand::Add { dir, notify } } => device::add(&home, &dir, notify.as_deref()),
         Command::Identity { command: IdentityCommand::Show } => identity::show(&home),
         Command::Identity { command: IdentityCommand::AddAddress { address } } => identity::add_address(&home, &address),
         Command::Identity { command: IdentityCommand::SetOutbox { url, here } } => identity::set_outbox(&home, &url, here),
