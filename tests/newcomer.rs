@@ -168,3 +168,23 @@ fn an_existing_gnupg_key_is_adopted_with_its_passphrase_asked_once() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(home.join("secret.pgp")).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn an_autocrypt_header_in_incoming_mail_adds_no_key() {
+    let p = Pair::start(true);
+    let smtp = p.alice.smtp2stub(p.root.path());
+    // Alice's message carries someone else's key in an Autocrypt header
+    // (a forwarded message, or a hostile sender): Bob's address book and
+    // whitelist stay as Bob made them.
+    let eve = stubmail::Identity::generate(None, "eve@evil.example", "http://127.0.0.1:9/").unwrap();
+    let ac = stubmail::pgp::autocrypt_header(&eve.cert(), "eve@evil.example").unwrap();
+    let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\n{ac}Subject: with a key\r\n\r\nx\r\n");
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    wait_states(&p.alice, 1, "stored");
+    assert!(p.bob.http2mbox_once().contains("delivered 1"));
+    let got = std::fs::read_to_string(&p.bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("Autocrypt: addr=eve@evil.example"), "{got}");
+    let list = stdout(&ok(p.bob.stubmail().args(["keys", "list"])));
+    assert!(list.contains("alice@example.org") && !list.contains("eve@evil.example"), "{list}");
+    assert_eq!(std::fs::read_dir(p.bob.home.join("keyring")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pgp")).count(), 1);
+}

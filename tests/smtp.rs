@@ -59,8 +59,25 @@ fn smtp_source_many_concurrent_sessions() {
     wait_states(&s.alice, 100, "retrieved");
 }
 
+/// An smtp-sink that stops with the test, however the test ends (a
+/// leftover one would hold the test's output pipe open).
+struct Sink(std::process::Child);
+
+impl Sink {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// smtp-sink as the relay; `extra` are smtp-sink options (e.g. rejects).
-fn sink(root: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16, std::path::PathBuf) {
+fn sink(root: &std::path::Path, extra: &[&str]) -> (Sink, u16, std::path::PathBuf) {
     let port = free_port();
     let dump = root.join("sink");
     std::fs::create_dir_all(&dump).unwrap();
@@ -71,8 +88,11 @@ fn sink(root: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16, st
         .args(extra)
         .arg(format!("127.0.0.1:{port}"))
         .arg("10")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let child = Sink(child);
     wait_for("smtp-sink to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
     (child, port, dump)
 }
@@ -105,6 +125,65 @@ fn mixed_recipients_take_their_own_paths_through_the_relay() {
     assert!(text.contains("X-Rcpt-Args: <dave@plain.example>") && !text.contains("<bob@example.net>\n"), "{text}");
     assert!(text.contains("Subject: mixed") && text.contains("both ways"), "{text}");
     assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    let _ = sink_proc.kill();
+}
+
+#[test]
+fn relayed_mail_to_a_gnupg_user_is_pgp_mime_and_carries_autocrypt() {
+    let s = setup(true);
+    // Carol uses GnuPG and has no outbox; Alice imported her key.
+    let gh = s.root.path().join("carol-gnupg");
+    ok(gpg_nopass(&gh).args(["--quick-gen-key", "Carol <carol@gpg.example>", "future-default", "default", "never"]));
+    let carol_key = s.root.path().join("carol.asc");
+    std::fs::write(&carol_key, ok(gpg_nopass(&gh).args(["--armor", "--export", "carol@gpg.example"])).stdout).unwrap();
+    s.alice.import(&carol_key);
+    ok(gpg_nopass(&gh).arg("--import").arg(s.alice.export()));
+    let (mut sink_proc, port, dump) = sink(s.root.path(), &[]);
+    use_relay(&s.alice, port);
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: Alice <alice@example.org>\r\nTo: carol@gpg.example, dave@plain.example\r\nSubject: the secret plan\r\n\
+               MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße, meet at noon\r\n";
+    let reply = smtplib_send(smtp.port(), "alice@example.org", &["carol@gpg.example", "dave@plain.example"], msg).unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_for("both relayed", 60, || (states(&s.alice) == ["relayed", "relayed"]).then_some(()));
+    let dumped: Vec<String> = std::fs::read_dir(&dump).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    assert_eq!(dumped.len(), 2);
+    let to_carol = dumped.iter().find(|t| t.contains("X-Rcpt-Args: <carol@gpg.example>")).unwrap();
+    let to_dave = dumped.iter().find(|t| t.contains("X-Rcpt-Args: <dave@plain.example>")).unwrap();
+    // Dave (no key) gets it as sent, with Alice's key announced (Autocrypt).
+    assert!(to_dave.contains("meet at noon") && to_dave.contains("Autocrypt: addr=alice@example.org; prefer-encrypt=mutual; keydata="), "{to_dave}");
+    // Carol gets PGP/MIME: nothing of the body in clear; GnuPG decrypts it
+    // and finds Alice's good signature and the protected headers inside.
+    assert!(!to_carol.contains("meet at noon") && to_carol.contains("Autocrypt: addr=alice@example.org"), "{to_carol}");
+    let script = r#"
+import email, sys, json
+m = email.message_from_string(open(sys.argv[1]).read())
+parts = m.get_payload()
+print(json.dumps({"type": m.get_content_type(), "protocol": m.get_param("protocol"), "n": len(parts),
+  "first": parts[0].get_content_type(), "version": parts[0].get_payload().strip(),
+  "second": parts[1].get_content_type(), "armored": parts[1].get_payload(),
+  "autocrypt": "".join(m["Autocrypt"].split())}))
+"#;
+    let f = s.root.path().join("to-carol.eml");
+    std::fs::write(&f, to_carol).unwrap();
+    let (good, out) = python(script, &[f.to_str().unwrap()]);
+    assert!(good, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!((v["type"].as_str(), v["protocol"].as_str(), v["n"].as_u64()), (Some("multipart/encrypted"), Some("application/pgp-encrypted"), Some(2)), "{v}");
+    assert_eq!((v["first"].as_str(), v["version"].as_str(), v["second"].as_str()), (Some("application/pgp-encrypted"), Some("Version: 1"), Some("application/octet-stream")));
+    let armored = s.root.path().join("part.asc");
+    std::fs::write(&armored, v["armored"].as_str().unwrap()).unwrap();
+    let out = ok(gpg_nopass(&gh).args(["--status-fd", "2", "--decrypt"]).arg(&armored));
+    let (plain, status) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(status.contains("DECRYPTION_OKAY") && status.contains(&format!("VALIDSIG {}", s.alice.fingerprint())), "{status}");
+    assert!(plain.contains("protected-headers=\"v1\"") && plain.contains("Subject: the secret plan") && plain.contains("Grüße, meet at noon"), "{plain}");
+    assert!(plain.contains("Content-Type: text/plain; charset=utf-8"), "{plain}");
+    // The Autocrypt key data is Alice's key, for her address only.
+    use base64::Engine as _;
+    let keydata = v["autocrypt"].as_str().unwrap().split("keydata=").nth(1).unwrap().to_string();
+    let cert = stubmail::pgp::parse_certs(&base64::engine::general_purpose::STANDARD.decode(keydata).unwrap()).unwrap().remove(0);
+    assert_eq!(stubmail::pgp::fpr_of(&cert).to_string(), s.alice.fingerprint());
+    assert_eq!(stubmail::pgp::emails_of(&cert), vec!["alice@example.org"]);
     let _ = sink_proc.kill();
 }
 

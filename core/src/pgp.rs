@@ -480,6 +480,24 @@ pub fn only_userid_for(cert: Cert, email: &str) -> Option<Cert> {
     emails_of(&kept).contains(&want).then_some(kept)
 }
 
+/// The `Autocrypt:` header field (Autocrypt Level 1) announcing `cert`
+/// for `addr`: the key reduced to that one User ID (and its subkeys), base64
+/// folded into continuation lines. `None` if the key has no such address.
+pub fn autocrypt_header(cert: &Cert, addr: &str) -> Option<String> {
+    use base64::Engine as _;
+    let only = only_userid_for(cert.clone().strip_secret_key_material(), addr)?;
+    let data = base64::engine::general_purpose::STANDARD.encode(binary(&only).ok()?);
+    let mut out = format!("Autocrypt: addr={}; prefer-encrypt=mutual; keydata=", addr.to_ascii_lowercase());
+    for (i, chunk) in data.as_bytes().chunks(76).enumerate() {
+        if i > 0 || out.len() + chunk.len() > 78 {
+            out.push_str("\r\n ");
+        }
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+    }
+    out.push_str("\r\n");
+    Some(out)
+}
+
 /// A human-readable notation the owner bound on a self-signed User ID
 /// binding (primary User ID first) that `accept` takes.
 fn bound_notation(cert: &Cert, name: &str, accept: impl Fn(&str) -> Option<String>) -> Option<String> {
@@ -580,6 +598,16 @@ impl VerificationHelper for OnlySigner {
 /// Sign with `me` and encrypt to every certificate in `to` and to `me`
 /// (the sender's copy is the archive), streaming `input` into `out`.
 pub fn sign_encrypt<W: Write + Send + Sync>(me: &Identity, to: &[Cert], input: &mut dyn Read, out: W) -> Result<()> {
+    sign_encrypt_with(me, to, input, out, false)
+}
+
+/// [`sign_encrypt`], ASCII-armored (`-----BEGIN PGP MESSAGE-----`), as the
+/// encrypted part of a PGP/MIME message carries it (RFC 3156 §4).
+pub fn sign_encrypt_armored<W: Write + Send + Sync>(me: &Identity, to: &[Cert], input: &mut dyn Read, out: W) -> Result<()> {
+    sign_encrypt_with(me, to, input, out, true)
+}
+
+fn sign_encrypt_with<W: Write + Send + Sync>(me: &Identity, to: &[Cert], input: &mut dyn Read, out: W, armor: bool) -> Result<()> {
     let own = me.cert();
     let mut recipients = Vec::new();
     for cert in to.iter().chain(std::iter::once(&own)) {
@@ -592,7 +620,10 @@ pub fn sign_encrypt<W: Write + Send + Sync>(me: &Identity, to: &[Cert], input: &
             return Err(invalid(format!("certificate {} has no usable encryption key", cert.fingerprint())));
         }
     }
-    let m = Message::new(out);
+    let mut m = Message::new(out);
+    if armor {
+        m = openpgp::serialize::stream::Armorer::new(m).kind(openpgp::armor::Kind::Message).build()?;
+    }
     let m = Encryptor::for_recipients(m, recipients).build()?;
     let m = Signer::new(m, me.signing_keypair()?)?.build()?;
     let mut lw = LiteralWriter::new(m).build()?;

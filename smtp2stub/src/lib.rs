@@ -66,6 +66,24 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The one usable certificate without an outbox for `addr` (an
+    /// ordinary OpenPGP user the user imported), if any.
+    fn pgp_cert(&self, addr: &str) -> Result<Option<Fpr>, Reply> {
+        let certs = self.keyring.by_email(addr).map_err(|e| {
+            tracing::error!("keyring: {e}");
+            Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
+        })?;
+        // Keys found by WKD are not vouched for; the relay path asks for
+        // one the user imported.
+        Ok(certs
+            .iter()
+            .filter(|c| stubmail::pgp::outbox_of(c).is_none())
+            .map(stubmail::pgp::fpr_of)
+            .find(|f| !self.keyring.is_discovered(f)))
+    }
+}
+
 impl Policy for Router {
     fn sender(&self, addr: &str) -> Result<(), Reply> {
         if self.own.contains(&addr.to_ascii_lowercase()) {
@@ -102,6 +120,10 @@ impl Policy for Router {
             }
         }
         if self.relay {
+            // A GnuPG user in the address book (no outbox): encrypted mail.
+            if let Some(fpr) = self.pgp_cert(addr)? {
+                return Ok(Route::Pgp { fpr });
+            }
             return Ok(Route::Relay);
         }
         Err(Reply::new(

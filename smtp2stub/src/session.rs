@@ -761,7 +761,7 @@ impl<P: Policy> Session<'_, P> {
             .iter()
             .filter_map(|r| match &r.route {
                 Route::Stub { fpr } => Some(fpr),
-                Route::Relay => None,
+                Route::Relay | Route::Pgp { .. } => None,
             })
             .collect();
         let verdict = if stub.is_empty() { Ok(()) } else { self.ctx.policy.check_outbox(size, &stub).await };

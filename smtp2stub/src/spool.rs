@@ -9,6 +9,8 @@
 //! spool/out/<id>.pgp         a signed+encrypted copy; its id is recorded in
 //!                            the Envelope before the upload starts, so a
 //!                            retry uploads the same bytes (idempotent)
+//! spool/out/<qid>.<n>.eml    job n as the relay gets it (PGP/MIME for an
+//!                            OpenPGP recipient), made once
 //! spool/queue/<qid>.lock     held (flock) by whoever works on the envelope:
 //!                            the worker, or `stubmail unsend` withdrawing it
 //! spool/sent/<qid>.json      finished envelopes: the local half of
@@ -61,6 +63,10 @@ pub enum Route {
     Stub { fpr: Fpr },
     /// Anyone else: ordinary SMTP through the configured relay.
     Relay,
+    /// An OpenPGP user without an outbox (their key is in the keyring):
+    /// ordinary SMTP through the relay, as PGP/MIME (RFC 3156) signed and
+    /// encrypted to this certificate.
+    Pgp { fpr: Fpr },
 }
 
 /// One delivery to make. A stub job is a ciphertext for a group of
@@ -89,6 +95,8 @@ pub struct Job {
 pub enum JobKind {
     Stub,
     Relay,
+    /// One PGP/MIME copy through the relay, for one recipient.
+    Pgp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +154,10 @@ impl Spool {
     }
     pub fn out_path(&self, id: &str) -> PathBuf {
         self.root.join("out").join(format!("{id}.pgp"))
+    }
+    /// The copy of job `n` as the relay gets it.
+    pub fn relay_path(&self, qid: &str, n: usize) -> PathBuf {
+        self.root.join("out").join(format!("{qid}.{n}.eml"))
     }
     pub fn out_dir(&self) -> PathBuf {
         self.root.join("out")
@@ -219,10 +231,11 @@ impl Spool {
         let _ = std::fs::remove_file(self.root.join("queue").join(format!("{}.lock", env.qid)));
         fsync_dir(&self.root.join("queue"))?;
         let _ = std::fs::remove_file(self.msg_path(&env.qid));
-        for j in &env.jobs {
+        for (n, j) in env.jobs.iter().enumerate() {
             if let Some(id) = &j.id {
                 let _ = std::fs::remove_file(self.out_path(id));
             }
+            let _ = std::fs::remove_file(self.relay_path(&env.qid, n));
         }
         Ok(())
     }

@@ -115,7 +115,7 @@ impl Worker {
             }
             let attempt = match env.jobs[i].kind {
                 JobKind::Stub => self.stub(&mut env, i).await?,
-                JobKind::Relay => self.relay(&env, &env.jobs[i]).await,
+                JobKind::Relay | JobKind::Pgp => self.relay(&env, &env.jobs[i]).await,
             };
             let job = &mut env.jobs[i];
             match attempt {
@@ -172,7 +172,7 @@ impl Worker {
             .iter()
             .filter_map(|r| match &r.route {
                 Route::Stub { fpr } => Some(fpr.clone()),
-                Route::Relay => None,
+                Route::Relay | Route::Pgp { .. } => None,
             })
             .collect();
         Ok(match self.outbox.upload(&id, &fprs, &self.spool.out_path(&id)).await {
@@ -248,9 +248,14 @@ impl Worker {
             Ok(e) => e,
             Err(e) => return Attempt::Fail(e.to_string()),
         };
-        let message = match self.relay_bytes(env) {
+        let message = match self.relay_message(env, job) {
             Ok(m) => m,
-            Err(e) => return Attempt::Retry(format!("reading the spool: {e}")),
+            // A recipient key that cannot be used (expired meanwhile) is
+            // permanent; the disk is not.
+            Err(e) if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some()) => {
+                return Attempt::Retry(format!("writing the relayed copy: {e:#}"));
+            }
+            Err(e) => return Attempt::Fail(format!("cannot encrypt for the relay: {e:#}")),
         };
         match transport.send_raw(&envelope, message.as_ref()).await {
             Ok(_) => Attempt::Done(JobState::Relayed),
@@ -259,20 +264,55 @@ impl Worker {
         }
     }
 
-    /// The message as the relay gets it: the spool file mapped into memory
-    /// (not copied), or, if it has a Bcc: field, a copy without it.
-    fn relay_bytes(&self, env: &Envelope) -> io::Result<RelayBytes> {
-        let f = File::open(self.spool.msg_path(&env.qid))?;
-        // SAFETY: spool files are never modified once committed.
-        let map = unsafe { memmap2::Mmap::map(&f)? };
-        let hlen = stubmail::mail::header_len(&map).unwrap_or(map.len());
-        let stripped = submitted_header(&map[..hlen], env);
-        if stripped[..] == map[..hlen] {
-            return Ok(RelayBytes::Mapped(map));
+    /// The message as the relay gets it, written once into the spool
+    /// (`out/<qid>.<n>.eml`: a retry sends the same bytes) and mapped into
+    /// memory, so memory does not grow with the message: the submitted
+    /// header (no Bcc:, with Date: and Message-ID:) with the sender's key
+    /// in an `Autocrypt:` header, and for a `Pgp` job the whole message
+    /// signed and encrypted to the recipient as PGP/MIME (RFC 3156).
+    fn relay_message(&self, env: &Envelope, job: &Job) -> anyhow::Result<memmap2::Mmap> {
+        let n = env.jobs.iter().position(|j| std::ptr::eq(j, job)).unwrap_or(0);
+        let path = self.spool.relay_path(&env.qid, n);
+        if !path.exists() {
+            let mut src = io::BufReader::new(File::open(self.spool.msg_path(&env.qid))?);
+            let header = stubmail::mail::read_header(&mut src, MAX_HEADER)?;
+            let mut header = submitted_header(&header, env);
+            if let Some(ac) = stubmail::pgp::autocrypt_header(&self.me.cert(), &env.from) {
+                let end = header.len() - if header.ends_with(b"\r\n\r\n") { 2 } else { 0 };
+                header.splice(end..end, ac.bytes());
+            }
+            let tmp = self.spool.out_dir().join(stubmail::fsutil::unique_name(".relay."));
+            let mut out = io::BufWriter::new(File::create(&tmp)?);
+            let written = match job.kind {
+                JobKind::Pgp => {
+                    let certs = job
+                        .rcpts
+                        .iter()
+                        .filter_map(|r| match &r.route {
+                            Route::Pgp { fpr } => Some(fpr),
+                            _ => None,
+                        })
+                        .map(|f| self.keyring.get(f)?.ok_or_else(|| anyhow::anyhow!("the key {f} is no longer in the keyring")))
+                        .collect::<anyhow::Result<Vec<_>>>();
+                    certs.and_then(|certs| pgp_mime(&self.me, &certs, &header, &mut src, &mut out))
+                }
+                _ => {
+                    out.write_all(&header)?;
+                    io::copy(&mut src, &mut out)?;
+                    Ok(())
+                }
+            };
+            if let Err(e) = written.and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?.sync_all()?)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            std::fs::rename(&tmp, &path)?;
+            stubmail::fsutil::fsync_dir(&self.spool.out_dir())?;
         }
-        let mut v = stripped;
-        v.extend_from_slice(&map[hlen..]);
-        Ok(RelayBytes::Owned(v))
+        let f = File::open(&path)?;
+        // SAFETY: the file is complete (renamed into place) and never
+        // modified afterwards.
+        Ok(unsafe { memmap2::Mmap::map(&f)? })
     }
 
     /// The one place a bounce still makes sense: tell the user, in their
@@ -316,7 +356,8 @@ impl Worker {
     fn plan(&self, env: &Envelope) -> anyhow::Result<Vec<Job>> {
         let header = spool_header(&self.spool.msg_path(&env.qid))?;
         let visible = stubmail::mail::addresses(&header, &["To", "Cc"]);
-        let (stub, relay): (Vec<_>, Vec<_>) = env.rcpts.iter().cloned().partition(|r| matches!(r.route, Route::Stub { .. }));
+        let (stub, others): (Vec<_>, Vec<_>) = env.rcpts.iter().cloned().partition(|r| matches!(r.route, Route::Stub { .. }));
+        let (pgp, relay): (Vec<_>, Vec<_>) = others.into_iter().partition(|r| matches!(r.route, Route::Pgp { .. }));
         let (shown, hidden): (Vec<_>, Vec<_>) =
             stub.into_iter().partition(|r| visible.contains(&r.addr.to_ascii_lowercase()));
         let job = |kind, rcpts| Job { kind, rcpts, id: None, state: JobState::Queued, attempts: 0, next_try: 0, last_error: None };
@@ -329,6 +370,9 @@ impl Worker {
         if !relay.is_empty() {
             jobs.push(job(JobKind::Relay, relay));
         }
+        // Each OpenPGP recipient gets a copy encrypted to them alone (the
+        // encryption layer names its recipients; a Bcc must stay hidden).
+        jobs.extend(pgp.into_iter().map(|r| job(JobKind::Pgp, vec![r])));
         Ok(jobs)
     }
 
@@ -378,6 +422,54 @@ impl Worker {
     }
 }
 
+/// Write `header` + `body` as a PGP/MIME message (RFC 3156 §4, signed and
+/// encrypted in one OpenPGP message, §6.2): outside, the header without
+/// its MIME fields and a `multipart/encrypted` body; inside, the original
+/// MIME entity with protected copies of the addressing fields and Subject
+/// (`protected-headers="v1"`), so the recipient's client shows the real ones.
+fn pgp_mime(me: &Identity, to: &[stubmail::openpgp::Cert], header: &[u8], body: &mut dyn io::Read, out: &mut (dyn Write + Send + Sync)) -> anyhow::Result<()> {
+    let is_mime = |n: &[u8]| n.eq_ignore_ascii_case(b"MIME-Version") || n.len() > 8 && n[..8].eq_ignore_ascii_case(b"Content-");
+    let outer = stubmail::mail::remove_fields_where(header, |n, _| is_mime(n));
+    let outer_end = outer.len() - if outer.ends_with(b"\r\n\r\n") { 2 } else { 0 };
+    let boundary = format!("stubmail-{:016x}", rand::random::<u64>());
+    out.write_all(&outer[..outer_end])?;
+    write!(
+        out,
+        "MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n boundary=\"{boundary}\"\r\n\r\n\
+         This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n\
+         --{boundary}\r\nContent-Type: application/pgp-encrypted\r\nContent-Description: PGP/MIME version identification\r\n\r\nVersion: 1\r\n\r\n\
+         --{boundary}\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\
+         Content-Description: OpenPGP encrypted message\r\nContent-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n"
+    )?;
+    // The inner entity: the message's own MIME fields (text/plain if it has
+    // none) marked as carrying protected headers, then those headers.
+    let mut inner = Vec::new();
+    let mut has_type = false;
+    let kept = stubmail::mail::remove_fields_where(header, |n, v| {
+        if n.eq_ignore_ascii_case(b"Content-Type") {
+            has_type = true;
+            let v = String::from_utf8_lossy(v);
+            inner.extend_from_slice(format!("Content-Type: {}; protected-headers=\"v1\"\r\n", v.trim().trim_end_matches(';')).as_bytes());
+        } else if is_mime(n) && !n.eq_ignore_ascii_case(b"MIME-Version") {
+            inner.extend_from_slice(format!("{}:{}", String::from_utf8_lossy(n), String::from_utf8_lossy(v)).as_bytes());
+        }
+        false
+    });
+    drop(kept);
+    if !has_type {
+        inner.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii; protected-headers=\"v1\"\r\n");
+    }
+    let protected = stubmail::mail::remove_fields_where(header, |n, _| {
+        !["From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID"].iter().any(|p| n.eq_ignore_ascii_case(p.as_bytes()))
+    });
+    inner.extend_from_slice(&protected[..protected.len() - if protected.ends_with(b"\r\n\r\n") { 2 } else { 0 }]);
+    inner.extend_from_slice(b"\r\n");
+    let mut plain = io::Cursor::new(inner).chain(body);
+    stubmail::pgp::sign_encrypt_armored(me, to, &mut plain, &mut *out)?;
+    write!(out, "\r\n--{boundary}--\r\n")?;
+    Ok(())
+}
+
 /// The header as it leaves: without Bcc:, and with the Date: and
 /// Message-ID: a client left out (RFC 6409 §8). Both come from the
 /// envelope, so every copy and every retry carries the same ones.
@@ -399,19 +491,6 @@ pub fn spool_header(path: &std::path::Path) -> io::Result<Vec<u8>> {
     stubmail::mail::read_header(&mut io::BufReader::new(File::open(path)?), MAX_HEADER)
 }
 
-enum RelayBytes {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl AsRef<[u8]> for RelayBytes {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            RelayBytes::Mapped(m) => m,
-            RelayBytes::Owned(v) => v,
-        }
-    }
-}
 
 struct HashWriter<W> {
     inner: W,

@@ -41,6 +41,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<()> {
             .unwrap_or_default();
         let fpr_of = |r: &smtp2stub::spool::Rcpt| match &r.route {
             Route::Stub { fpr } => fpr.to_string(),
+            Route::Pgp { fpr } => fpr.to_string(),
             Route::Relay => String::new(),
         };
         if env.jobs.is_empty() {
@@ -254,7 +255,7 @@ pub fn unsend(home: &Home, what: &str) -> anyhow::Result<()> {
                     JobState::Queued => {
                         j.state = JobState::Unsent;
                         for r in &j.rcpts {
-                            let how = if matches!(r.route, Route::Relay) { "not relayed" } else { "never uploaded" };
+                            let how = if matches!(r.route, Route::Stub { .. }) { "never uploaded" } else { "not relayed" };
                             println!("{qid}  {}  unsent ({how})", r.addr);
                         }
                     }
