@@ -43,14 +43,20 @@ pub struct Discovery {
 }
 
 impl Router {
+    /// The keyring's usable certificates for `addr`; a keyring that cannot
+    /// be read is a temporary error.
+    fn usable_certs(&self, addr: &str) -> Result<Vec<stubmail::openpgp::Cert>, Reply> {
+        self.keyring.by_email(addr).map_err(|e| {
+            tracing::error!("keyring: {e}");
+            Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
+        })
+    }
+
     /// The one usable certificate with an outbox for `addr`. Never a pick
     /// between two by age: if two contacts claim the address (a keyring
     /// from before "one address, one contact"), the user must say which.
     fn stub_cert(&self, addr: &str) -> Result<Option<Fpr>, Reply> {
-        let certs = self.keyring.by_email(addr).map_err(|e| {
-            tracing::error!("keyring: {e}");
-            Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
-        })?;
+        let certs = self.usable_certs(addr)?;
         let stub: Vec<Fpr> = certs.iter().filter(|c| stubmail::pgp::outbox_of(c).is_some()).map(stubmail::pgp::fpr_of).collect();
         match stub.as_slice() {
             [] => Ok(None),
@@ -70,10 +76,7 @@ impl Router {
     /// The one usable certificate without an outbox for `addr` (an
     /// ordinary OpenPGP user the user imported), if any.
     fn pgp_cert(&self, addr: &str) -> Result<Option<Fpr>, Reply> {
-        let certs = self.keyring.by_email(addr).map_err(|e| {
-            tracing::error!("keyring: {e}");
-            Reply::new(451, "4.3.0 Cannot read the keyring; try again later")
-        })?;
+        let certs = self.usable_certs(addr)?;
         // Keys found by WKD are not vouched for; the relay path asks for
         // one the user imported.
         Ok(certs
