@@ -11,7 +11,7 @@ use stubmail::Home;
 
 #[derive(Parser)]
 #[command(version, about = "Stubmail's poller: fetches mail from your contacts' outboxes into your mailbox, and serves it over POP3",
-    after_help = "Examples:\n  http2mbox --home ~/.stubmail --once        # one poll, for cron\n  http2mbox --home ~/.stubmail --interval 60  # poll every minute, serve POP3")]
+    after_help = "Examples:\n  http2mbox --once           # one poll (check now, or from cron)\n  http2mbox --interval 60    # poll every minute, serve POP3")]
 struct Cli {
     /// The user's Stubmail directory (default: XDG config and data dirs).
     #[arg(long, env = stubmail::config::HOME_ENV)]

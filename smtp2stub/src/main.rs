@@ -8,7 +8,7 @@ use stubmail::Home;
 
 #[derive(Parser)]
 #[command(version, about = "Stubmail's local SMTP server: point your mail client's outgoing server here",
-    after_help = "Example:\n  smtp2stub --home ~/.stubmail --listen 127.0.0.1:2525")]
+    after_help = "Example:\n  smtp2stub --listen 127.0.0.1:2525")]
 struct Cli {
     /// The user's Stubmail directory (default: XDG config and data dirs).
     #[arg(long, env = stubmail::config::HOME_ENV)]
