@@ -5,17 +5,6 @@ mod common;
 
 use common::*;
 
-/// The spooled envelopes of a user's smtp2stub still queued.
-fn queued(u: &User) -> Vec<serde_json::Value> {
-    let dir = u.home.join("spool/queue");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return vec![];
-    };
-    rd.filter_map(|e| std::fs::read(e.unwrap().path()).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
-        .collect()
-}
-
 #[test]
 fn mail_to_yourself_arrives_in_your_own_mailbox_through_your_outbox() {
     let p = Pair::start(true);

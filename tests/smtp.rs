@@ -376,7 +376,8 @@ fn outbox_down_retries_at_5_s_doubling_a_restart_retries_at_once_and_nothing_is_
     // Retries as README says: 5 s after the first failure, then 10 s.
     let job = |attempts: u64| {
         wait_for(&format!("failed upload {attempts}"), 30, || {
-            let q = std::fs::read_dir(alice.home.join("spool/queue")).ok()?.next()?.ok()?.path();
+            // (The queue also holds the envelope's lock file.)
+            let q = std::fs::read_dir(alice.home.join("spool/queue")).ok()?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "json"))?;
             let env: serde_json::Value = serde_json::from_slice(&std::fs::read(q).ok()?).ok()?;
             let j = env["jobs"].get(0)?.clone();
             (j["attempts"] == attempts).then_some(j)

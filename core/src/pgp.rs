@@ -735,6 +735,23 @@ mod tests {
     }
 
     #[test]
+    fn a_key_binding_many_notify_endpoints_names_four() {
+        // A hostile key with six endpoints on its binding (no `rebind_all`
+        // cap in the way): readers take four.
+        let a = alice();
+        let six: Vec<String> = (0..6).map(|i| format!("udp://192.0.2.{i}:2526")).collect();
+        let vc = a.cert.with_policy(&POLICY, None).unwrap();
+        let u = vc.primary_userid().unwrap();
+        let (uid, old) = (u.userid().clone(), u.binding_signature().clone());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let mut kp = a.cert.primary_key().key().clone().parts_into_secret().unwrap().into_keypair().unwrap();
+        let sig = uid.bind(&mut kp, &a.cert, rebinding_template(&old, "http://o/", &six).unwrap()).unwrap();
+        let c = a.cert().insert_packets(vec![openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+        assert_eq!(notify_all(&c).len(), MAX_NOTIFY_ENDPOINTS);
+        assert_eq!(notify_all(&c)[0], "192.0.2.0:2526");
+    }
+
+    #[test]
     fn identity_binds_outbox_and_email() {
         let a = alice();
         let c = a.cert();
