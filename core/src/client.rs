@@ -61,6 +61,8 @@ pub fn http_client_with_timeout(timeout: Duration) -> Result<reqwest::Client, Cl
     Ok(reqwest::Client::builder()
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .read_timeout(timeout)
+        // Small requests, each answered before the next: no Nagle waits.
+        .tcp_nodelay(true)
         .user_agent(concat!("stubmail/", env!("CARGO_PKG_VERSION")))
         .build()?)
 }
