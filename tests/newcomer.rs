@@ -177,3 +177,25 @@ fn an_autocrypt_header_in_incoming_mail_adds_no_key() {
     assert!(list.contains("alice@example.org") && !list.contains("eve@evil.example"), "{list}");
     assert_eq!(std::fs::read_dir(p.bob.home.join("keyring")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pgp")).count(), 1);
 }
+
+#[test]
+fn the_install_section_matches_the_units_and_the_rust_version() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let cargo = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    // The Rust version README names is the one Cargo.toml asks for.
+    let rv = cargo.lines().find_map(|l| l.strip_prefix("rust-version = ")).unwrap().trim_matches('"');
+    assert!(readme.contains(&format!("Rust {rv} or newer")), "README names Rust {rv}");
+    // README installs every program's package into ~/.cargo/bin ...
+    let install = readme.lines().find(|l| l.contains("cargo install --locked --path")).expect("an install line");
+    for p in [".", "smtp2stub", "http2mbox", "post_manager"] {
+        assert!(install.contains(&format!(" {p} ")) || install.contains(&format!(" {p};")), "{p} in: {install}");
+        let pkg = if p == "." { root.to_string() } else { format!("{root}/{p}") };
+        assert!(std::path::Path::new(&format!("{pkg}/Cargo.toml")).exists(), "{pkg} is a package");
+    }
+    // ... where the user units run them.
+    for (unit, bin) in [("stubmail.service", "stubmail up"), ("smtp2stub.service", "smtp2stub"), ("http2mbox.service", "http2mbox")] {
+        let u = std::fs::read_to_string(format!("{root}/contrib/systemd/{unit}")).unwrap();
+        assert!(u.contains(&format!("ExecStart=%h/.cargo/bin/{bin}")), "{unit}: {u}");
+    }
+}
