@@ -7,6 +7,10 @@ mod commands;
 use clap::Parser;
 
 fn main() {
+    // Everything a user's home holds is theirs alone: keys, passwords, the
+    // outbox `up` runs (its UDP cookie keys, who mails whom), the mailbox.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = cli::Cli::parse();
     // A running node says what it does (listening, polls, deliveries);
     // one-shot commands speak only of trouble.

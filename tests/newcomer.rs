@@ -199,3 +199,23 @@ fn the_install_section_matches_the_units_and_the_rust_version() {
         assert!(u.contains(&format!("ExecStart=%h/.cargo/bin/{bin}")), "{unit}: {u}");
     }
 }
+
+#[test]
+fn mail_to_yourself_arrives_with_an_empty_keyring() {
+    // A newcomer's first test: no contacts yet, a note to herself.
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "outbox");
+    let solo = User::init(root.path(), "solo", "solo@example.org", &outbox.url());
+    outbox.add_account(&solo);
+    solo.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    assert!(!solo.home.join("keyring").exists() || std::fs::read_dir(solo.home.join("keyring")).unwrap().count() == 0);
+    let smtp = solo.smtp2stub(root.path());
+    let msg = "From: solo@example.org\r\nTo: solo@example.org\r\nSubject: hello me\r\n\r\nfirst\r\n";
+    assert!(smtplib_send(smtp.port(), "solo@example.org", &["solo@example.org"], msg).unwrap().starts_with("250"));
+    wait_states(&solo, 1, "stored");
+    let out = solo.http2mbox_once();
+    assert!(out.contains("polled 1 outbox(es), delivered 1"), "{out}");
+    assert!(std::fs::read_to_string(&solo.maildir_new()[0]).unwrap().contains("Subject: hello me"));
+}

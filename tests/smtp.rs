@@ -184,6 +184,21 @@ print(json.dumps({"type": m.get_content_type(), "protocol": m.get_param("protoco
     let cert = stubmail::pgp::parse_certs(&base64::engine::general_purpose::STANDARD.decode(keydata).unwrap()).unwrap().remove(0);
     assert_eq!(stubmail::pgp::fpr_of(&cert).to_string(), s.alice.fingerprint());
     assert_eq!(stubmail::pgp::emails_of(&cert), vec!["alice@example.org"]);
+    // Sent as an alias: Autocrypt names the From: address alone, and the
+    // key data holds no other address of hers.
+    drop(smtp);
+    ok(s.alice.stubmail().args(["identity", "add-address", "a.smith@example.org"]));
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let msg = "From: A. Smith <a.smith@example.org>\r\nTo: dave@plain.example\r\nSubject: alias\r\n\r\nx\r\n";
+    assert!(smtplib_send(smtp.port(), "a.smith@example.org", &["dave@plain.example"], msg).unwrap().starts_with("250"));
+    wait_for("relayed", 60, || (states(&s.alice).len() == 3 && !states(&s.alice).contains(&"queued".to_string())).then_some(()));
+    let text = std::fs::read_dir(&dump).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).find(|t| t.contains("Subject: alias")).unwrap();
+    let unfolded = text.replace("\r\n ", "").replace("\n ", "");
+    let line = unfolded.lines().find(|l| l.starts_with("Autocrypt: ")).unwrap();
+    assert!(line.starts_with("Autocrypt: addr=a.smith@example.org;"), "{line}");
+    let keydata = line.split("keydata=").nth(1).unwrap();
+    let cert = stubmail::pgp::parse_certs(&base64::engine::general_purpose::STANDARD.decode(keydata.trim()).unwrap()).unwrap().remove(0);
+    assert_eq!(stubmail::pgp::all_emails_of(&cert), vec!["a.smith@example.org"]);
     let _ = sink_proc.kill();
 }
 
@@ -546,12 +561,57 @@ fn an_address_added_to_the_key_is_verified_at_the_recipient() {
     // The outbox's operator registers the updated key (Bob keeps the old one).
     s.outbox.add_account(&s.alice);
     let smtp = s.alice.smtp2stub(s.root.path());
-    let msg = "From: Alice Smith <alice.smith@example.org>\r\nTo: bob@example.net\r\nSubject: from my other address\r\n\r\nhi\r\n";
-    assert!(smtplib_send(smtp.port(), "alice.smith@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    let send = |subject: &str| {
+        let msg = format!("From: Alice Smith <alice.smith@example.org>\r\nTo: bob@example.net\r\nSubject: {subject}\r\n\r\nhi\r\n");
+        assert!(smtplib_send(smtp.port(), "alice.smith@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    };
+    send("from my other address");
     wait_states(&s.alice, 1, "stored");
-    assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    // Bob's poller fetches Alice's current key, but takes no address he did
+    // not accept (anyone's key can name anyone's address): not yet verified,
+    // and the log says how to accept it.
+    let out = s.bob.http2mbox_once_with_log();
+    assert!(out.contains("delivered 1") && out.contains("stubmail keys refresh"), "{out}");
     let got = std::fs::read_to_string(&s.bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("header.from=alice.smith@example.org (from=fail)"), "{got}");
+    assert!(!stdout(&ok(s.bob.stubmail().args(["keys", "list"]))).contains("alice.smith@example.org"));
+    // Bob accepts it: one command, the key from Alice's outbox.
+    let out = stdout(&ok(s.bob.stubmail().args(["keys", "refresh", "alice@example.org"])));
+    assert!(out.contains("now also names alice.smith@example.org") && out.contains("imported"), "{out}");
+    send("verified now");
+    wait_for("the second message stored", 60, || (states(&s.alice).iter().filter(|x| *x == "stored").count() == 1).then_some(()));
+    assert!(s.bob.http2mbox_once().contains("delivered 1"));
+    let got = s.bob.maildir_new().into_iter().map(|f| std::fs::read_to_string(f).unwrap()).find(|m| m.contains("Subject: verified now")).unwrap();
     assert!(got.contains("header.from=alice.smith@example.org (from=pass)"), "{got}");
-    let list = stdout(&ok(s.bob.stubmail().args(["keys", "list"])));
-    assert!(list.contains("alice.smith@example.org"), "Bob's keyring has Alice's current key: {list}");
+}
+
+#[test]
+fn a_contact_cannot_claim_other_peoples_addresses_or_yours() {
+    let s = setup(true);
+    // Bob runs an outbox and binds Alice's own address and a stranger's to
+    // his key there.
+    let bob_outbox = Outbox::start(s.root.path(), "bob-outbox");
+    ok(s.bob.stubmail().args(["identity", "set-outbox", &bob_outbox.url()]));
+    for a in ["alice@example.org", "carol@example.com"] {
+        ok(s.bob.stubmail().args(["identity", "add-address", a]));
+    }
+    bob_outbox.add_account(&s.bob);
+    s.alice.edit_config(|t| {
+        let mut o = toml::Table::new();
+        o.insert(s.bob.fingerprint(), bob_outbox.url().into());
+        table(t, "poll").insert("outboxes".into(), o.into());
+        table(t, "poll").insert("cert_refresh_secs".into(), 1.into());
+    });
+    // Alice's poller refreshes Bob's key from his outbox: no new address.
+    let out = s.alice.http2mbox_once_with_log();
+    assert!(out.contains("stubmail keys refresh"), "{out}");
+    let list = stdout(&ok(s.alice.stubmail().args(["keys", "list"])));
+    assert!(!list.contains("carol@example.com"), "{list}");
+    // Accepting it by hand still refuses a key that names Alice's own address.
+    let err = fails(s.alice.stubmail().args(["keys", "refresh", "bob@example.net"]));
+    assert!(err.contains("claims your own address alice@example.org"), "{err}");
+    // So mail to Carol is not routed to Bob (no key for her: 550).
+    let smtp = s.alice.smtp2stub(s.root.path());
+    let err = smtplib_send(smtp.port(), "alice@example.org", &["carol@example.com"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
+    assert!(err.contains("550"), "{err}");
 }

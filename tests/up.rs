@@ -207,6 +207,9 @@ fn config_of(u: &User) -> toml::Table {
 
 #[test]
 fn nodes_keep_their_addresses_run_once_per_home_and_deliver_within_seconds() {
+    // The usual umask: `up` must keep its files private all the same.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o022) };
     let root = tempfile::tempdir().unwrap();
     let mut alice = up(root.path(), "alice", "alice@example.org");
     let mut bob = up(root.path(), "bob", "bob@example.net");
@@ -258,6 +261,23 @@ fn nodes_keep_their_addresses_run_once_per_home_and_deliver_within_seconds() {
     println!("SMTP 250 -> Maildir with a notify endpoint: {took:?}");
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 
+    // Everything the node wrote is Alice's alone, whatever the umask it was
+    // started with (the outbox's UDP cookie keys, who mails whom, the key).
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(&path, out);
+            }
+            out.push(path);
+        }
+    }
+    let mut all = Vec::new();
+    walk(&alice.user.home, &mut all);
+    use std::os::unix::fs::PermissionsExt;
+    // (exported.asc is the test's own copy of her public key.)
+    let open: Vec<_> = all.iter().filter(|p| !p.ends_with("exported.asc") && std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o077 != 0).collect();
+    assert!(open.is_empty() && all.iter().any(|p| p.to_string_lossy().contains("cookies")), "readable by others: {open:?}");
     // Without a notify endpoint (Bob's node restarted without one, polling
     // by UDP every 2 s): the next UDP poll finds it.
     bob.server.interrupt();

@@ -68,7 +68,33 @@ pub fn hold(state_dir: &Path, role: &str, program: &str) -> Result<RoleLock, Nod
     let path = lock_path(state_dir, role);
     let io = |source| NodeError::Io { path: path.display().to_string(), source };
     crate::fsutil::ensure_private_dir(state_dir).map_err(io)?;
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+    // The state directory is the user's alone: one others may write to
+    // could hold a symlink in place of the lock (a write through it lands
+    // on whatever it names). Ours: made private; someone else's: refused.
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(state_dir).map_err(io)?;
+        if m.mode() & 0o022 != 0 {
+            // SAFETY: geteuid has no preconditions.
+            if m.uid() != unsafe { libc::geteuid() } {
+                return Err(io(std::io::Error::other(format!(
+                    "{} is writable by others and not yours: fix its owner and mode (chmod 700)",
+                    state_dir.display()
+                ))));
+            }
+            std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -133,5 +159,20 @@ mod tests {
         assert!(super::holder(d.path(), "smtp2stub").is_none());
         super::hold(d.path(), "smtp2stub", "smtp2stub").unwrap();
         drop(b);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_lock_is_not_followed_and_the_state_dir_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, state.join("smtp2stub.lock")).unwrap();
+        assert!(super::hold(&state, "smtp2stub", "smtp2stub").is_err(), "a symlinked lock is refused");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }

@@ -162,7 +162,11 @@ impl Identity {
         // keeps its key flags and preferences there, and a new binding
         // without them could become the one that counts.
         let primary = self.cert.with_policy(&POLICY, None)?.primary_userid()?.binding_signature().clone();
-        let template = rebinding_template(&primary, &outbox, &notify)?;
+        // ... but not its primary flag: the new address is an alias.
+        let template = rebinding_template(&primary, &outbox, &notify)?.modify_hashed_area(|mut a| {
+            a.remove_all(openpgp::packet::signature::subpacket::SubpacketTag::PrimaryUserID);
+            Ok(a)
+        })?;
         let mut kp = self.cert.primary_key().key().clone().parts_into_secret()?.into_keypair()?;
         let uid = UserID::from(uid);
         let sig = uid.bind(&mut kp, &self.cert, template)?;
@@ -496,6 +500,16 @@ pub fn autocrypt_header(cert: &Cert, addr: &str) -> Option<String> {
     }
     out.push_str("\r\n");
     Some(out)
+}
+
+/// The certificate with only the User IDs naming one of `emails` (and no
+/// user attributes); `None` if none is left.
+pub fn only_userids_for(cert: Cert, emails: &[String]) -> Option<Cert> {
+    let keep = |u: &openpgp::packet::UserID| u.email().ok().flatten().is_some_and(|e| emails.contains(&e.to_ascii_lowercase()));
+    if !cert.userids().any(|u| keep(u.userid())) {
+        return None;
+    }
+    Some(cert.retain_userids(|u| keep(u.userid())).retain_user_attributes(|_| false))
 }
 
 /// A human-readable notation the owner bound on a self-signed User ID

@@ -31,6 +31,9 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The mailbox and state are the user's alone, whatever the umask.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     stubmail::logging::init("info");
     let cli = Cli::parse();
     let home = Home::resolve(cli.home.as_deref())?;

@@ -457,15 +457,16 @@ impl Poller {
     fn contacts(&self) -> anyhow::Result<Vec<Checked>> {
         use std::os::unix::fs::MetadataExt;
         let dir = self.keyring.dir();
-        let rd = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        // No keyring yet is no contacts — but still the user's own outbox.
+        let entries: Vec<std::fs::DirEntry> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.collect::<io::Result<_>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
             Err(e) => return Err(e.into()),
         };
         let mut cache = self.contact_cache.lock().expect("not poisoned");
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for e in rd {
+        for e in entries.into_iter().map(Ok::<_, io::Error>) {
             let path = e?.path();
             if path.extension().and_then(|x| x.to_str()) != Some("pgp") {
                 continue;
@@ -632,6 +633,15 @@ impl Poller {
         // Only the owner's own signatures, few User IDs and subkeys: an
         // outbox cannot grow the keyring.
         let cert = pgp::reduced(&cert).ok()?;
+        // Only the addresses the user took when importing the contact: a
+        // contact adds no address by itself (anyone's key can name anyone's
+        // address; the user accepts new ones with `stubmail keys refresh`).
+        let known = contacts.iter().find(|c| &c.fpr == f).map(|c| pgp::all_emails_of(&c.cert)).unwrap_or_default();
+        let offered: Vec<String> = pgp::all_emails_of(&cert).into_iter().filter(|e| !known.contains(e)).collect();
+        if !offered.is_empty() {
+            tracing::info!(contact = %f, "the contact's current key adds {}: `stubmail keys refresh {f}` takes them", offered.join(", "));
+        }
+        let cert = pgp::only_userids_for(cert, &known)?;
         let kr = self.keyring.clone();
         match tokio::task::spawn_blocking(move || kr.import(vec![cert])).await {
             Ok(Ok(mut merged)) => merged.pop(),

@@ -19,6 +19,9 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The spool holds mail in clear: private, whatever the caller's umask.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     stubmail::logging::init("info");
     let cli = Cli::parse();
     let home = Home::resolve(cli.home.as_deref())?;

@@ -277,7 +277,10 @@ impl Worker {
             let mut src = io::BufReader::new(File::open(self.spool.msg_path(&env.qid))?);
             let header = stubmail::mail::read_header(&mut src, MAX_HEADER)?;
             let mut header = submitted_header(&header, env);
-            if let Some(ac) = stubmail::pgp::autocrypt_header(&self.me.cert(), &env.from) {
+            // Autocrypt speaks for the From: address only (clients ignore it
+            // otherwise, and another address of the key stays unnamed).
+            let from = stubmail::mail::addresses(&header, &["From"]).into_iter().next();
+            if let Some(ac) = from.and_then(|f| stubmail::pgp::autocrypt_header(&self.me.cert(), &f)) {
                 let end = header.len() - if header.ends_with(b"\r\n\r\n") { 2 } else { 0 };
                 header.splice(end..end, ac.bytes());
             }

@@ -150,6 +150,14 @@ pub enum KeysCommand {
     /// List your contacts.
     #[command(after_help = "Example:\n  stubmail keys list")]
     List,
+    /// Fetch a contact's current key from their outbox and take it, new
+    /// addresses included (your poller takes updates by itself, but never
+    /// an address you did not accept).
+    #[command(after_help = "Example:\n  stubmail keys refresh bob@example.net")]
+    Refresh {
+        /// The contact's address or full fingerprint.
+        contact: String,
+    },
     /// Remove a contact by address or full fingerprint.
     #[command(after_help = "Example:\n  stubmail keys remove bob@example.net")]
     Remove { contact: String },

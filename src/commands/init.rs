@@ -170,7 +170,10 @@ fn write_identity(home: &Home, id: &Identity, email: &str, outbox: &str, notify:
     }
     println!("secret key:  {}", key.display());
     println!("config:      {}", home.config_file().display());
-    if let Ok(c) = home.load_config() {
+    // (`up` prints the settings itself, with the ports it binds.)
+    if let Ok(c) = home.load_config()
+        && hint
+    {
         println!("Mail-client settings (smtp2stub and http2mbox, once running):");
         print!("{}", super::identity::client_settings(&c, c.smtp.listen, c.poll.pop3.listen));
     }

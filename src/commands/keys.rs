@@ -21,6 +21,34 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
             let certs = pgp::parse_certs(&bytes)?;
             import_each(home, certs, replace)?;
         }
+        KeysCommand::Refresh { contact } => {
+            let kr = home.keyring();
+            let c = kr.find(&contact)?;
+            let f = pgp::fpr_of(&c);
+            let config = home.load_config()?;
+            let url = config
+                .poll
+                .outboxes
+                .get(f.as_str())
+                .cloned()
+                .or_else(|| pgp::outbox_of(&c))
+                .with_context(|| format!("{f} has no outbox to ask: ask the contact for their key and `stubmail keys import` it"))?;
+            let http = stubmail::client::http_client()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let bytes = rt
+                .block_on(stubmail::client::OutboxClient::account_cert(&http, &url, &f, std::time::Duration::from_secs(30)))
+                .with_context(|| format!("asking {url} for {f}'s key"))?;
+            let cert = pgp::parse_certs(&bytes)?
+                .into_iter()
+                .find(|x| pgp::fpr_of(x) == f)
+                .with_context(|| format!("{url} answered with another key than {f}"))?;
+            let cert = pgp::reduced(&cert)?;
+            let new: Vec<String> = pgp::all_emails_of(&cert).into_iter().filter(|e| !pgp::all_emails_of(&c).contains(e)).collect();
+            if !new.is_empty() {
+                println!("{f} now also names {}", new.join(", "));
+            }
+            import_each(home, vec![cert], false)?;
+        }
         KeysCommand::List => {
             let kr = home.keyring();
             let all = kr.all()?;
@@ -51,6 +79,7 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
 /// ends the report. An error (non-zero exit) only if nothing was imported.
 fn import_each(home: &Home, certs: Vec<stubmail::openpgp::Cert>, replace: bool) -> anyhow::Result<()> {
     let me = home.load_identity().ok().map(|m| m.fpr());
+    let own = home.load_config().map(|c| c.own_addresses()).unwrap_or_default();
     let kr = home.keyring();
     let bar = stubmail::progress::items(certs.len() as u64, "importing");
     let total = certs.len();
@@ -64,6 +93,13 @@ fn import_each(home: &Home, certs: Vec<stubmail::openpgp::Cert>, replace: bool) 
         if me.as_ref() == Some(&f) {
             skipped += 1;
             eprintln!("skipped  {f} {who}: that is your own key (mail to your own addresses needs no import)");
+            continue;
+        }
+        // A contact is someone else: a key naming one of your own addresses
+        // would take your mail to yourself, and speak as you.
+        if let Some(a) = pgp::all_emails_of(&c).into_iter().find(|e| own.contains(e)) {
+            skipped += 1;
+            eprintln!("skipped  {f} {who}: it claims your own address {a}");
             continue;
         }
         if c.is_tsk() {
