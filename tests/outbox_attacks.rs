@@ -220,3 +220,46 @@ fn an_account_binding_another_outboxs_url_needs_the_operators_word() {
     ok(bin_cmd("post_manager").args(["account", "add", "--new-url", "--data"]).arg(&b.data).arg("--key").arg(mallory.export()));
     assert_eq!(poll_status(&bob, &bob.cert(), &a.url(), &b.url()), 200, "then it is one of B's names");
 }
+
+#[test]
+fn a_moved_account_leaves_its_updated_key_behind_but_no_new_address() {
+    let p = Pair::start(true);
+    let o2 = Outbox::start(p.root.path(), "o2");
+    p.bob.edit_config(|t| {
+        table(t, "poll").insert("cert_refresh_secs".into(), 1.into());
+    });
+    // Alice moves from her shared outbox to another: the old one takes her
+    // updated key over a signed request.
+    let out = stdout(&ok(p.alice.stubmail().args(["identity", "set-outbox", &o2.url()])));
+    assert!(out.contains("now serves your updated key"), "{out}");
+    o2.add_account(&p.alice);
+    let smtp = p.alice.smtp2stub(p.root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: from my new outbox\r\n\r\nx\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_states(&p.alice, 1, "stored");
+    // Bob polls the old outbox, learns the new one, and fetches from it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    p.bob.http2mbox_once();
+    assert!(stdout(&ok(p.bob.stubmail().args(["keys", "list"]))).contains(&o2.url()));
+    assert!(p.bob.http2mbox_once().contains("delivered 1"));
+
+    // An account cannot use the update to add an address (this outbox's WKD
+    // speaks for what its accounts' keys name), nor to push another key.
+    client::init_tls();
+    let mut me = Identity::load(&p.alice.home.join("secret.pgp")).unwrap();
+    me.add_address("carol@example.org").unwrap();
+    let me = Arc::new(me);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let old = OutboxClient::new(client::http_client().unwrap(), &p.outbox.url(), me.clone()).unwrap();
+    rt.block_on(old.update_account_cert(&me.cert())).unwrap();
+    let served = pgp::parse_certs(&rt.block_on(OutboxClient::account_cert(&client::http_client().unwrap(), &p.outbox.url(), &me.fpr(), std::time::Duration::from_secs(10))).unwrap()).unwrap().remove(0);
+    assert!(!pgp::all_emails_of(&served).contains(&"carol@example.org".to_string()), "no new address: {:?}", pgp::all_emails_of(&served));
+    let (good, out) = python(
+        "import sys,urllib.request,urllib.error\ntry:\n  urllib.request.urlopen(sys.argv[1]); print('200')\nexcept urllib.error.HTTPError as e: print(e.code)",
+        &[&format!("{}.well-known/openpgpkey/hu/{}?l=carol", p.outbox.url(), stubmail::wkd::local_hash("carol"))],
+    );
+    assert!(good && out.trim() == "404", "{out}");
+    let eve = Identity::generate(None, "eve@example.org", &p.outbox.url()).unwrap();
+    let err = rt.block_on(old.update_account_cert(&eve.cert())).unwrap_err().to_string();
+    assert!(err.contains("403") || err.contains("own certificate"), "{err}");
+}

@@ -295,6 +295,16 @@ impl OutboxClient {
     }
 
     /// The account's limits and usage (docs/PROTOCOL.md §4.7).
+    /// Hand this outbox the account's updated certificate (after a move to
+    /// another outbox, so contacts polling here learn where to go).
+    pub async fn update_account_cert(&self, cert: &sequoia_openpgp::Cert) -> Result<(), ClientError> {
+        let body = crate::pgp::binary(cert).map_err(|e| ClientError::Local(e.to_string()))?;
+        let digest = sha256_hex(&body);
+        let r = self.request(Method::PUT, "v1/account", &digest)?.body(body);
+        let _: protocol::NotifyResponse = Self::json(r.send().await?).await?;
+        Ok(())
+    }
+
     pub async fn account(&self) -> Result<protocol::AccountStatus, ClientError> {
         let r = self.request(Method::GET, "v1/account", protocol::EMPTY_SHA256)?;
         Self::json(r.send().await?).await

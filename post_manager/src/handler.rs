@@ -326,6 +326,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         }),
         ("POST", Route::Ack(id)) => ack(ctx, &mut req, id, now),
         ("GET", Route::Account) => sender_op(ctx, &mut req, now, |s, f| s.account_status(f, now).map(|st| Response::json(200, &st))),
+        ("PUT", Route::Account) => update_cert(ctx, &mut req, now),
         ("POST", Route::Poll) => poll(ctx, &mut req, now),
         ("POST", Route::Notify(id)) => notify(ctx, &mut req, id, now),
         ("GET", Route::Cert(f)) => Ok(match store.account(&f).map(|c| pgp::binary(&c)) {
@@ -373,14 +374,46 @@ fn sender_op(
     now: i64,
     op: impl FnOnce(&Store, &Fpr) -> Result<Response, StoreError>,
 ) -> Result<Response, Response> {
-    let store = ctx.store;
+    let (sender, _) = account_request(ctx, req, now)?;
+    Ok(op(ctx.store, &sender).map_err(from_store)?.signed_by(&sender))
+}
+
+/// An account's request: signed by exactly one account, its small body
+/// read and checked against the signed digest.
+fn account_request(ctx: &Ctx, req: &mut Request, now: i64) -> Result<(Fpr, Vec<u8>), Response> {
     let digest = declared_digest(req)?;
-    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(store))?;
-    small_body_checked(req, &digest)?;
+    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(ctx.store))?;
+    let body = small_body_checked(req, &digest)?;
     let [sender] = signers.as_slice() else {
         return Err(Response::error(400, "bad_request", "this request has exactly one signer"));
     };
-    Ok(op(store, sender).map_err(from_store)?.signed_by(sender))
+    Ok((sender.clone(), body))
+}
+
+/// An account hands over its own updated certificate (it moved to another
+/// outbox: `stubmail identity set-outbox`), so this outbox serves it to the
+/// contacts who still poll here. Only its own key, only the addresses the
+/// operator registered (a new address needs `account add`: this outbox's
+/// WKD speaks for what its accounts' keys name), and never a new name for
+/// this outbox.
+fn update_cert(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
+    let (sender, body) = account_request(ctx, req, now)?;
+    let sender = &sender;
+    let cert = pgp::parse_certs(&body)
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .ok_or_else(|| Response::error(400, "bad_request", "the body is not an OpenPGP certificate"))?;
+    if pgp::fpr_of(&cert) != *sender {
+        return Err(Response::error(403, "forbidden", "an account updates its own certificate only"));
+    }
+    let registered = store.account(sender).map(|c| pgp::all_emails_of(&c)).unwrap_or_default();
+    let cert = pgp::reduced(&cert)
+        .ok()
+        .and_then(|c| pgp::only_userids_for(c, &registered))
+        .ok_or_else(|| Response::error(400, "bad_request", "the certificate names none of the account's registered addresses"))?;
+    store.update_account_cert(&cert).map_err(|e| Response::error(400, "bad_request", format!("{e:#}")))?;
+    Ok(Response::json(200, &protocol::NotifyResponse { accepted: 1 }).signed_by(sender))
 }
 
 fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
@@ -472,12 +505,8 @@ fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
 fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
     let store = ctx.store;
     use base64::Engine as _;
-    let digest = declared_digest(req)?;
-    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(store))?;
-    let body = small_body_checked(req, &digest)?;
-    let [sender] = signers.as_slice() else {
-        return Err(Response::error(400, "bad_request", "this request has exactly one signer"));
-    };
+    let (sender, body) = account_request(ctx, req, now)?;
+    let sender = &sender;
     let nreq: protocol::NotifyRequest =
         serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("notify body: {e}")))?;
     let status = store.status(sender, id).map_err(from_store)?;

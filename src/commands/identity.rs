@@ -111,9 +111,19 @@ pub fn set_outbox(home: &Home, url: &str, here: bool) -> anyhow::Result<()> {
     } else if here {
         anyhow::bail!("--here: this home runs no outbox (`stubmail up` runs one); register with {url}'s operator instead");
     }
-    // The new outbox: does it know this key?
     let me = std::sync::Arc::new(id);
     let rt = tokio::runtime::Runtime::new()?;
+    // The old outbox (another server): it keeps serving the updated key to
+    // contacts who still poll it, if it takes it.
+    if !own.join("accounts").is_dir() && !old.is_empty() {
+        let old_outbox = OutboxClient::new(stubmail::client::http_client()?, &old, me.clone())?;
+        match rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), old_outbox.update_account_cert(&me.cert())).await }) {
+            Ok(Ok(())) => println!("your old outbox {old} now serves your updated key to contacts who still poll it"),
+            Ok(Err(e)) => println!("your old outbox {old} did not take your updated key ({e}): contacts follow when they import it"),
+            Err(_) => println!("your old outbox {old} did not answer: contacts follow when they import your updated key"),
+        }
+    }
+    // The new outbox: does it know this key?
     let outbox = OutboxClient::new(stubmail::client::http_client()?, &url, me)?;
     match rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), outbox.account()).await }) {
         Ok(Ok(_)) => println!("{url} knows your key: new mail goes there once your node restarts (Ctrl-C, `stubmail up`)"),
