@@ -150,6 +150,30 @@ impl Keyring {
         Ok(done)
     }
 
+    /// Take a known contact's current certificate (fetched from their
+    /// outbox): merged with the one kept and reduced as a whole
+    /// ([`pgp::reduced`]), so refresh after refresh cannot grow it, and
+    /// still under "one address, one contact".
+    pub fn refresh(&self, cert: Cert) -> Result<Cert, KeyringError> {
+        let f = pgp::fpr_of(&cert);
+        let old = self.get(&f)?.ok_or_else(|| KeyringError::NotFound(f.to_string()))?;
+        let merged = pgp::reduced(&old.merge_public(cert).map_err(PgpError::from)?)?;
+        let claimed = pgp::emails_of(&merged);
+        for c in self.all()? {
+            let other = pgp::fpr_of(&c);
+            if other == f {
+                continue;
+            }
+            if let Ok(emails) = pgp::check_contact(&c)
+                && let Some(address) = emails.into_iter().find(|e| claimed.contains(e))
+            {
+                return Err(KeyringError::AddressTaken { address, old: other, new: f });
+            }
+        }
+        crate::fsutil::write_atomic(&self.file(&f), &pgp::binary(&merged)?, 0o644).map_err(|e| self.io(e))?;
+        Ok(merged)
+    }
+
     /// Import certificates found by key discovery (WKD): usable for
     /// sending, but marked as not yet vouched for by the user.
     pub fn import_discovered(&self, certs: Vec<Cert>) -> Result<Vec<Cert>, KeyringError> {
@@ -289,5 +313,34 @@ mod tests {
             assert!(k.all().unwrap().is_empty(), "a failed import must change nothing");
         }
         assert!(pgp::parse_certs(b"garbage").is_err());
+    }
+
+    #[test]
+    fn refreshes_do_not_add_up_and_keep_one_address_one_contact() {
+        use sequoia_openpgp::packet::{signature::SignatureBuilder, UserID};
+        use sequoia_openpgp::types::SignatureType;
+        let d = tempfile::tempdir().unwrap();
+        let k = Keyring::new(d.path().join("kr"));
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let carol = Identity::generate(None, "carol@example.com", "http://c/").unwrap();
+        k.import(vec![bob.cert(), carol.cert()]).unwrap();
+        for round in 0..3 {
+            let mut kp = bob.signing_keypair().unwrap();
+            let mut cert = bob.cert();
+            for i in 0..5 {
+                let uid = UserID::from(format!("Round {round} {i} <bob@example.net>"));
+                let sig = uid.bind(&mut kp, &cert, SignatureBuilder::new(SignatureType::PositiveCertification)).unwrap();
+                cert = cert.insert_packets(vec![sequoia_openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+            }
+            let kept = k.refresh(cert).unwrap();
+            assert!(kept.userids().count() <= 8, "round {round}");
+        }
+        // A refresh naming another contact's address is refused.
+        let mut kp = bob.signing_keypair().unwrap();
+        let uid = UserID::from("<carol@example.com>");
+        let sig = uid.bind(&mut kp, &bob.cert(), SignatureBuilder::new(SignatureType::PositiveCertification)).unwrap();
+        let claim = bob.cert().insert_packets(vec![sequoia_openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+        assert!(matches!(k.refresh(claim), Err(KeyringError::AddressTaken { .. })));
+        assert_eq!(k.by_email("carol@example.com").unwrap().len(), 1);
     }
 }

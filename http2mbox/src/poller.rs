@@ -643,8 +643,8 @@ impl Poller {
         }
         let cert = pgp::only_userids_for(cert, &known)?;
         let kr = self.keyring.clone();
-        match tokio::task::spawn_blocking(move || kr.import(vec![cert])).await {
-            Ok(Ok(mut merged)) => merged.pop(),
+        match tokio::task::spawn_blocking(move || kr.refresh(cert)).await {
+            Ok(Ok(merged)) => Some(merged),
             Ok(Err(e)) => {
                 tracing::warn!(contact = %f, "the contact's current certificate is not taken: {e}");
                 None

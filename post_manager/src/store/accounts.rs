@@ -97,7 +97,18 @@ impl Store {
         if self.outbox_urls()?.is_empty() {
             anyhow::bail!("this outbox does not know its own URL yet: run `post_manager account add --new-url` first");
         }
-        let merged = old.merge_public(cert.clone())?;
+        // The URL it was registered with stays on record: names derived
+        // again from the accounts (a lost `urls` file) come from it, never
+        // from a URL a pushed certificate binds.
+        let registered = self.p(&format!("accounts/{f}.registered-url"));
+        if !registered.exists() {
+            if let Some(u) = pgp::outbox_of(&old).and_then(|u| protocol::outbox_id(&u)) {
+                fsutil::write_atomic(&registered, u.as_bytes(), 0o600)?;
+            }
+        }
+        // Merged, then reduced as a whole: pushes add up, and the stored
+        // key stays within the bounds of any remembered one.
+        let merged = pgp::reduced(&old.merge_public(cert.clone())?)?;
         fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(&merged)?, 0o600)?;
         Ok(())
     }
@@ -116,8 +127,18 @@ impl Store {
                 // none is taken on trust (one of them could be another
                 // outbox's): the operator says which with --public-url, or
                 // `account add --new-url`, which writes the list.
-                let mut urls: Vec<String> =
-                    self.accounts()?.iter().filter_map(|c| pgp::outbox_of(c).and_then(|u| protocol::outbox_id(&u))).collect();
+                let mut urls: Vec<String> = self
+                    .accounts()?
+                    .iter()
+                    .filter_map(|c| {
+                        // A moved account counts with the URL it registered with.
+                        let f = pgp::fpr_of(c);
+                        fs::read_to_string(self.p(&format!("accounts/{f}.registered-url")))
+                            .ok()
+                            .or_else(|| pgp::outbox_of(c))
+                            .and_then(|u| protocol::outbox_id(u.trim()))
+                    })
+                    .collect();
                 urls.sort();
                 urls.dedup();
                 if urls.len() > 1 {

@@ -211,3 +211,34 @@ fn only_urls_the_operator_accepted_are_this_outboxs_names() {
     std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
     assert!(s.outbox_urls().unwrap().is_empty());
 }
+
+#[test]
+fn a_moved_accounts_pushes_stay_bounded_and_never_name_this_outbox() {
+    use stubmail::Identity;
+    use stubmail::openpgp::packet::{signature::SignatureBuilder, UserID};
+    use stubmail::openpgp::types::SignatureType;
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let mut alice = Identity::generate(None, "alice@example.org", "http://a.example/").unwrap();
+    s.add_account(&alice.cert()).unwrap();
+    alice.rebind("http://b.example/", None).unwrap();
+    // Push after push, each with five more User IDs for her address: the
+    // stored key stays within the bounds of any remembered certificate.
+    for round in 0..3 {
+        let mut kp = alice.signing_keypair().unwrap();
+        let mut cert = alice.cert();
+        for i in 0..5 {
+            let uid = UserID::from(format!("Round {round} name {i} <alice@example.org>"));
+            let sig = uid.bind(&mut kp, &cert, SignatureBuilder::new(SignatureType::PositiveCertification)).unwrap();
+            cert = cert.insert_packets(vec![stubmail::openpgp::Packet::from(uid), sig.into()]).unwrap().0;
+        }
+        s.update_account_cert(&cert).unwrap();
+        let kept = s.account(&alice.fpr()).unwrap();
+        assert!(kept.userids().count() <= 8, "round {round}: {} User IDs", kept.userids().count());
+    }
+    assert_eq!(stubmail::pgp::outbox_of(&s.account(&alice.fpr()).unwrap()).as_deref(), Some("http://b.example/"));
+    // The names stay A's, even rebuilt from the accounts (a lost list).
+    assert_eq!(s.outbox_urls().unwrap(), vec!["http://a.example/".to_string()]);
+    std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
+    assert_eq!(s.outbox_urls().unwrap(), vec!["http://a.example/".to_string()]);
+}
