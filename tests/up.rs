@@ -235,6 +235,8 @@ fn nodes_keep_their_addresses_run_once_per_home_and_deliver_within_seconds() {
     assert!(err.contains("already runs http2mbox"), "{err}");
     // `--once` is "check now": it runs beside the node.
     ok(bin_cmd("http2mbox").arg("--home").arg(&alice.user.home).arg("--once"));
+    // The node says what it does, at info: where it listens, its polls.
+    wait_for("a poll logged", 30, || (alice.server.log().contains("polled") && alice.server.log().contains("listening")).then_some(()));
     // The doctor checks the addresses in use.
     let out = stdout(&ok(alice.user.stubmail().arg("doctor")));
     assert!(out.contains(&format!("SMTP answers on 127.0.0.1:{}", alice.smtp)), "{out}");
