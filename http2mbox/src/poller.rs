@@ -558,8 +558,12 @@ impl Poller {
                 fresh.insert(f.clone(), c);
             }
         }
-        for c in contacts.iter().filter(|c| !fresh.contains_key(&c.fpr)).take(PERIODIC_REFRESHES) {
-            self.refresh_contact(url, &c.fpr, contacts, self.cert_refresh).await;
+        // (Those due first: taking any eight would leave the rest of a
+        // large outbox's contacts never refreshed.)
+        let due: Vec<&Fpr> =
+            contacts.iter().map(|c| &c.fpr).filter(|f| !fresh.contains_key(*f) && self.refresh_due(f, self.cert_refresh)).take(PERIODIC_REFRESHES).collect();
+        for f in due {
+            self.refresh_contact(url, f, contacts, self.cert_refresh).await;
         }
         let fresh = &fresh;
         let (mut delivered, mut rejected, mut incomplete) = (0, 0, 0);
@@ -607,17 +611,23 @@ impl Poller {
     /// Fetch a contact's certificate from their outbox (public, bounded)
     /// and merge it into the keyring — the same key only, and "one
     /// address, one contact" still holds. At most once an hour a contact.
+    /// Was contact `f`'s certificate last fetched `min_age` ago or longer
+    /// (or never)?
+    fn refresh_due(&self, f: &Fpr, min_age: std::time::Duration) -> bool {
+        let last = std::fs::metadata(self.refreshed.join(f.as_str())).and_then(|m| m.modified()).ok();
+        !last.is_some_and(|t| t.elapsed().is_ok_and(|age| age < min_age))
+    }
+
     async fn refresh_contact(&self, url: &str, f: &Fpr, contacts: &[Contact], min_age: std::time::Duration) -> Option<Cert> {
         if !contacts.iter().any(|c| &c.fpr == f) || *f == self.me.fpr() {
             return None;
         }
-        let stamp = self.refreshed.join(f.as_str());
-        let last = std::fs::metadata(&stamp).and_then(|m| m.modified()).ok();
-        if last.is_some_and(|t| t.elapsed().is_ok_and(|age| age < min_age)) {
+        if !self.refresh_due(f, min_age) {
             return None;
         }
         // Stamped before the fetch: an outbox that fails is not asked
         // again until the next period.
+        let stamp = self.refreshed.join(f.as_str());
         if stubmail::fsutil::ensure_private_dir(&self.refreshed).is_ok() {
             let _ = std::fs::write(&stamp, b"");
             let _ = std::fs::File::options().write(true).open(&stamp).and_then(|f| f.set_modified(std::time::SystemTime::now()));
@@ -862,6 +872,20 @@ mod tests {
         keyring.remove("carol@example.com").unwrap();
         assert_eq!(names(&p), vec![(dave.fpr(), "http://d/".to_string())], "a removed one is gone");
         assert_eq!(p.contact_cache.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_refresh_is_due_when_never_made_or_old_enough() {
+        let d = tempfile::tempdir().unwrap();
+        let me = Arc::new(Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+        let p = poller(d.path(), me, stubmail::keyring::Keyring::new(d.path().join("keyring")));
+        let (never, just) = (Fpr::parse(&"A".repeat(40)).unwrap(), Fpr::parse(&"B".repeat(40)).unwrap());
+        std::fs::create_dir_all(&p.refreshed).unwrap();
+        std::fs::write(p.refreshed.join(just.as_str()), b"").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(p.refresh_due(&never, hour));
+        assert!(!p.refresh_due(&just, hour));
+        assert!(p.refresh_due(&just, std::time::Duration::ZERO));
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Worker {
             }
             let attempt = match env.jobs[i].kind {
                 JobKind::Stub => self.stub(&mut env, i).await?,
-                JobKind::Relay | JobKind::Pgp => self.relay(&env, &env.jobs[i]).await,
+                JobKind::Relay | JobKind::Pgp => self.relay(&env, i).await,
             };
             let job = &mut env.jobs[i];
             match attempt {
@@ -218,7 +218,8 @@ impl Worker {
     }
 
     /// Send a relay job over ordinary SMTP through the configured relay.
-    async fn relay(&self, env: &Envelope, job: &Job) -> Attempt {
+    async fn relay(&self, env: &Envelope, i: usize) -> Attempt {
+        let job = &env.jobs[i];
         let Some(cfg) = &self.relay else {
             return Attempt::Fail("no SMTP relay is configured any more".into());
         };
@@ -248,7 +249,10 @@ impl Worker {
             Ok(e) => e,
             Err(e) => return Attempt::Fail(e.to_string()),
         };
-        let message = match self.relay_message(env, job) {
+        // Off the async threads: it may encrypt a large message.
+        let (spool, keyring, me, env2) = (self.spool.clone(), self.keyring.clone(), self.me.clone(), env.clone());
+        let made = tokio::task::spawn_blocking(move || relay_copy(&spool, &keyring, &me, &env2, i)).await;
+        let message = match made.map_err(anyhow::Error::from).and_then(|r| r) {
             Ok(m) => m,
             // A recipient key that cannot be used (expired meanwhile) is
             // permanent; the disk is not.
@@ -264,60 +268,64 @@ impl Worker {
         }
     }
 
-    /// The message as the relay gets it, written once into the spool
-    /// (`out/<qid>.<n>.eml`: a retry sends the same bytes) and mapped into
-    /// memory, so memory does not grow with the message: the submitted
-    /// header (no Bcc:, with Date: and Message-ID:) with the sender's key
-    /// in an `Autocrypt:` header, and for a `Pgp` job the whole message
-    /// signed and encrypted to the recipient as PGP/MIME (RFC 3156).
-    fn relay_message(&self, env: &Envelope, job: &Job) -> anyhow::Result<memmap2::Mmap> {
-        let n = env.jobs.iter().position(|j| std::ptr::eq(j, job)).unwrap_or(0);
-        let path = self.spool.relay_path(&env.qid, n);
-        if !path.exists() {
-            let mut src = io::BufReader::new(File::open(self.spool.msg_path(&env.qid))?);
-            let header = stubmail::mail::read_header(&mut src, MAX_HEADER)?;
-            let mut header = submitted_header(&header, env);
-            // Autocrypt speaks for the From: address only (clients ignore it
-            // otherwise, and another address of the key stays unnamed).
-            let from = stubmail::mail::addresses(&header, &["From"]).into_iter().next();
-            if let Some(ac) = from.and_then(|f| stubmail::pgp::autocrypt_header(&self.me.cert(), &f)) {
-                let end = header.len() - if header.ends_with(b"\r\n\r\n") { 2 } else { 0 };
-                header.splice(end..end, ac.bytes());
-            }
-            let tmp = self.spool.out_dir().join(stubmail::fsutil::unique_name(".relay."));
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
-            let written = match job.kind {
-                JobKind::Pgp => {
-                    let certs = job
-                        .rcpts
-                        .iter()
-                        .filter_map(|r| match &r.route {
-                            Route::Pgp { fpr } => Some(fpr),
-                            _ => None,
-                        })
-                        .map(|f| self.keyring.get(f)?.ok_or_else(|| anyhow::anyhow!("the key {f} is no longer in the keyring")))
-                        .collect::<anyhow::Result<Vec<_>>>();
-                    certs.and_then(|certs| pgp_mime(&self.me, &certs, &header, &mut src, &mut out))
-                }
-                _ => {
-                    out.write_all(&header)?;
-                    io::copy(&mut src, &mut out)?;
-                    Ok(())
-                }
-            };
-            if let Err(e) = written.and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?.sync_all()?)) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-            std::fs::rename(&tmp, &path)?;
-            stubmail::fsutil::fsync_dir(&self.spool.out_dir())?;
-        }
-        let f = File::open(&path)?;
-        // SAFETY: the file is complete (renamed into place) and never
-        // modified afterwards.
-        Ok(unsafe { memmap2::Mmap::map(&f)? })
-    }
+}
 
+/// The message as job `n`'s relay gets it, written once into the spool
+/// (`out/<qid>.<n>.eml`: a retry sends the same bytes) and mapped into
+/// memory, so memory does not grow with the message: the submitted header
+/// (no Bcc:, with Date: and Message-ID:) with the sender's key in an
+/// `Autocrypt:` header, and for a `Pgp` job the whole message signed and
+/// encrypted to the recipient as PGP/MIME (RFC 3156). Blocking: run it off
+/// the async threads.
+fn relay_copy(spool: &Spool, keyring: &Keyring, me: &Identity, env: &Envelope, n: usize) -> anyhow::Result<memmap2::Mmap> {
+    let job = &env.jobs[n];
+    let path = spool.relay_path(&env.qid, n);
+    if !path.exists() {
+        let mut src = io::BufReader::new(File::open(spool.msg_path(&env.qid))?);
+        let header = stubmail::mail::read_header(&mut src, MAX_HEADER)?;
+        let mut header = submitted_header(&header, env);
+        // Autocrypt speaks for the From: address only (clients ignore it
+        // otherwise, and another address of the key stays unnamed).
+        let from = stubmail::mail::addresses(&header, &["From"]).into_iter().next();
+        if let Some(ac) = from.and_then(|f| stubmail::pgp::autocrypt_header(&me.cert(), &f)) {
+            let end = header.len() - if header.ends_with(b"\r\n\r\n") { 2 } else { 0 };
+            header.splice(end..end, ac.bytes());
+        }
+        let tmp = spool.out_dir().join(stubmail::fsutil::unique_name(".relay."));
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        let written = match job.kind {
+            JobKind::Pgp => {
+                let certs = job
+                    .rcpts
+                    .iter()
+                    .filter_map(|r| match &r.route {
+                        Route::Pgp { fpr } => Some(fpr),
+                        _ => None,
+                    })
+                    .map(|f| keyring.get(f)?.ok_or_else(|| anyhow::anyhow!("the key {f} is no longer in the keyring")))
+                    .collect::<anyhow::Result<Vec<_>>>();
+                certs.and_then(|certs| pgp_mime(me, &certs, &header, &mut src, &mut out))
+            }
+            _ => {
+                out.write_all(&header)?;
+                io::copy(&mut src, &mut out)?;
+                Ok(())
+            }
+        };
+        if let Err(e) = written.and_then(|()| Ok(out.into_inner().map_err(|e| e.into_error())?.sync_all()?)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &path)?;
+        stubmail::fsutil::fsync_dir(&spool.out_dir())?;
+    }
+    let f = File::open(&path)?;
+    // SAFETY: the file is complete (renamed into place) and never
+    // modified afterwards.
+    Ok(unsafe { memmap2::Mmap::map(&f)? })
+}
+
+impl Worker {
     /// The one place a bounce still makes sense: tell the user, in their
     /// own mailbox, that a message could not be delivered.
     fn failure_notice(&self, env: &Envelope, job: &Job) -> anyhow::Result<()> {
