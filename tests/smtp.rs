@@ -456,14 +456,14 @@ fn a_message_unsent_while_queued_is_never_uploaded() {
     assert!(err.contains("never stored"), "{err}");
 }
 
-#[test]
-fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
+/// Alice with an outbox holding at most `max_bytes`, who knows Bob.
+fn limited_outbox(max_bytes: u64) -> (tempfile::TempDir, Outbox, User) {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start(root.path(), "alice-outbox");
     let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
     let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
     ok(bin_cmd("post_manager")
-        .args(["account", "add", "--max-bytes", "4000", "--data"])
+        .args(["account", "add", "--max-bytes", &max_bytes.to_string(), "--data"])
         .arg(&outbox.data)
         .arg("--key")
         .arg(alice.export()));
@@ -471,6 +471,12 @@ fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
     alice.edit_config(|t| {
         table(t, "discovery").insert("wkd".into(), false.into());
     });
+    (root, outbox, alice)
+}
+
+#[test]
+fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
+    let (root, outbox, alice) = limited_outbox(4000);
     let smtp = alice.smtp2stub(root.path());
     let small = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: fits\r\n\r\nsmall\r\n";
     assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], small).unwrap().starts_with("250"));
@@ -480,6 +486,37 @@ fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
     let err = smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], &big).unwrap_err();
     assert!(err.contains("552") && err.contains("over its quota"), "{err}");
     assert_eq!(alice.status_json().as_array().unwrap().len(), 1, "the refused message was not queued");
+}
+
+/// Messages sent together share one answer from the outbox about its
+/// limits (a signed round trip per message was the largest cost of
+/// accepting mail), yet the limits still hold: what was accepted since the
+/// answer counts against them, and a refusal is confirmed by a fresh one.
+#[test]
+fn limits_are_asked_once_for_messages_sent_together_and_still_hold() {
+    let (root, outbox, alice) = limited_outbox(34500);
+    let smtp = alice.smtp2stub(root.path());
+    // Five messages of about 10,000 bytes in one session, as fast as the
+    // client goes: three fit in 34,500 bytes (stored, each is some 700
+    // bytes larger), the fourth and fifth do not (stored yet or not).
+    let script = r#"
+import sys
+s = login_smtp("127.0.0.1", int(sys.argv[1]), timeout=60)
+for i in range(5):
+    body = ("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: %d\r\n\r\n" % i) + ("y" * 76 + "\r\n") * 130
+    try:
+        s.sendmail("alice@example.org", ["bob@example.net"], body)
+        print("250")
+    except smtplib.SMTPDataError as e:
+        print(e.smtp_code, e.smtp_error.decode())
+"#;
+    let (good, out) = python(&format!("import smtplib\n{script}"), &[&smtp.port().to_string()]);
+    assert!(good, "{out}");
+    let codes: Vec<&str> = out.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(codes, ["250", "250", "250", "552", "552"], "{out}");
+    assert!(out.contains("over its quota"), "{out}");
+    let asked = outbox.server.log().matches("target=\"/v1/account\"").count();
+    assert!((1..=3).contains(&asked), "one answer for the accepted messages, one fresh one per refusal: {asked} requests\n{out}");
 }
 
 /// Eve's Web Key Directory serves her certificate with a second User ID,

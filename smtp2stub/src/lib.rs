@@ -32,6 +32,87 @@ pub struct Router {
     pub relay: bool,
     /// The user's own outbox, asked about its limits before `250`.
     pub outbox: Option<stubmail::client::OutboxClient>,
+    /// Its last answer, reused for a moment (see `Limits`).
+    pub limits: tokio::sync::Mutex<Option<Limits>>,
+    /// Messages accepted that the outbox may not know of yet.
+    pub unstored: Arc<Unstored>,
+}
+
+/// Messages accepted for stub recipients and not yet stored in the outbox
+/// (or stored after its last answer about its limits was asked for): the
+/// outbox's answer does not count them, so smtp2stub does. Kept in memory:
+/// after a restart the queue's messages are counted by the outbox only as
+/// they are stored (it refuses what is over its limits; the sender then
+/// gets a failure notice).
+#[derive(Default)]
+pub struct Unstored(std::sync::Mutex<std::collections::HashMap<String, Unstored1>>);
+
+struct Unstored1 {
+    bytes: u64,
+    messages: u64,
+    /// When the worker was done storing its copies.
+    stored: Option<std::time::Instant>,
+}
+
+impl Unstored {
+    fn add(&self, qid: &str, bytes: u64, messages: u64) {
+        self.0.lock().unwrap().insert(qid.to_string(), Unstored1 { bytes, messages, stored: None });
+    }
+
+    /// The worker is done with `qid`'s copies for the outbox (stored, given
+    /// up or withdrawn).
+    pub fn stored(&self, qid: &str) {
+        if let Some(u) = self.0.lock().unwrap().get_mut(qid) {
+            u.stored.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    /// Bytes and messages an answer asked for at `asked` does not count;
+    /// what it counts is forgotten.
+    fn since(&self, asked: std::time::Instant) -> (u64, u64) {
+        let mut map = self.0.lock().unwrap();
+        map.retain(|_, u| u.stored.is_none_or(|t| t > asked));
+        map.values().fold((0, 0), |(b, m), u| (b + u.bytes, m + u.messages))
+    }
+}
+
+/// How long an answer about the outbox's limits is reused. A signed round
+/// trip per message was the largest cost of accepting mail; within this
+/// window what was accepted since is counted here, and a refusal is always
+/// confirmed by a fresh answer.
+const LIMITS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The outbox's answer about its limits, and when it was asked for.
+pub struct Limits {
+    at: std::time::Instant,
+    status: stubmail::protocol::AccountStatus,
+}
+
+impl Limits {
+    /// Whether one more message of `size` bytes for `rcpts` stub
+    /// recipients fits, besides `unstored` (bytes, messages) the answer
+    /// does not count: the reply to give if not.
+    fn judge(&self, unstored: (u64, u64), size: u64, rcpts: u64) -> Result<(), Reply> {
+        let st = &self.status;
+        let (bytes, messages) = (st.bytes + unstored.0, st.messages + unstored.1);
+        if bytes + size > st.max_bytes || messages + rcpts > st.max_messages {
+            return Err(Reply::new(
+                552,
+                format!(
+                    "5.2.2 Your outbox is over its quota ({bytes} of {} bytes, {messages} of {} messages); \
+                     unsend old messages or wait until recipients fetch them",
+                    st.max_bytes, st.max_messages
+                ),
+            ));
+        }
+        if st.recipients_today + unstored.1 + rcpts > st.max_recipients_per_day {
+            return Err(Reply::new(
+                452,
+                format!("4.5.3 Your outbox's limit of {} recipients a day is reached; try again tomorrow", st.max_recipients_per_day),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Key discovery settings.
@@ -138,34 +219,38 @@ impl Policy for Router {
         ))
     }
 
-    async fn check_outbox(&self, size: u64, stub_rcpts: &[&Fpr]) -> Result<(), Reply> {
+    async fn check_outbox(&self, qid: &str, size: u64, stub_rcpts: &[&Fpr]) -> Result<(), Reply> {
         let Some(outbox) = &self.outbox else { return Ok(()) };
-        let st = match tokio::time::timeout(std::time::Duration::from_secs(5), outbox.account()).await {
-            Ok(Ok(st)) => st,
-            // Unreachable or slow: accept into the spool; uploads retry.
-            Ok(Err(e)) => {
-                tracing::debug!("cannot ask the outbox about its limits: {e}");
-                return Ok(());
+        let rcpts = stub_rcpts.len() as u64;
+        // Held across the question, so sessions ending together ask once.
+        let mut cached = self.limits.lock().await;
+        let mut fresh = false;
+        loop {
+            if !fresh && cached.as_ref().is_none_or(|l| l.at.elapsed() > LIMITS_FRESH) {
+                let asked = std::time::Instant::now();
+                match tokio::time::timeout(std::time::Duration::from_secs(5), outbox.account()).await {
+                    Ok(Ok(status)) => *cached = Some(Limits { at: asked, status }),
+                    // Unreachable or slow: accept into the spool; uploads retry.
+                    Ok(Err(e)) => {
+                        tracing::debug!("cannot ask the outbox about its limits: {e}");
+                        return Ok(());
+                    }
+                    Err(_) => return Ok(()),
+                }
+                fresh = true;
             }
-            Err(_) => return Ok(()),
-        };
-        if st.bytes + size > st.max_bytes || st.messages + stub_rcpts.len() as u64 > st.max_messages {
-            return Err(Reply::new(
-                552,
-                format!(
-                    "5.2.2 Your outbox is over its quota ({} of {} bytes, {} of {} messages); \
-                     unsend old messages or wait until recipients fetch them",
-                    st.bytes, st.max_bytes, st.messages, st.max_messages
-                ),
-            ));
+            let limits = cached.as_ref().expect("set above");
+            match limits.judge(self.unstored.since(limits.at), size, rcpts) {
+                Ok(()) => {
+                    self.unstored.add(qid, size, rcpts);
+                    return Ok(());
+                }
+                // Refused on a reused answer: ask again before saying no
+                // (messages may have been fetched or unsent meanwhile).
+                Err(_) if !fresh => *cached = None,
+                Err(r) => return Err(r),
+            }
         }
-        if st.recipients_today + stub_rcpts.len() as u64 > st.max_recipients_per_day {
-            return Err(Reply::new(
-                452,
-                format!("4.5.3 Your outbox's limit of {} recipients a day is reached; try again tomorrow", st.max_recipients_per_day),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -232,6 +317,13 @@ pub async fn serve_home(
     });
     let (auth_required, auth_in_clear) = auth_policy(home, config, listen, tls.is_some())?;
     let spool = spool::Spool::open(&home.spool_dir()).context("opening the spool")?;
+    // What a crash left of messages never acknowledged (we hold the role
+    // lock: no other smtp2stub works on this spool).
+    match spool.sweep() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed what an interrupted run left of messages it never acknowledged"),
+        Err(e) => tracing::warn!("cannot sweep the spool: {e}"),
+    }
     let keyring = home.keyring();
     let outbox = client::OutboxClient::new(client::http_client()?, &config.identity.outbox, me.clone())?;
     let http = client::http_client()?;
@@ -241,6 +333,7 @@ pub async fn serve_home(
         servers: config.discovery.wkd_servers.clone(),
     });
     let kick = Arc::new(tokio::sync::Notify::new());
+    let unstored = Arc::new(Unstored::default());
     let ctx = Arc::new(Ctx {
         config: session::SessionConfig {
             max_size: config.smtp.max_message_size,
@@ -258,12 +351,14 @@ pub async fn serve_home(
             discovery,
             relay: config.relay.is_some(),
             outbox: Some(outbox.clone()),
+            limits: Default::default(),
+            unstored: unstored.clone(),
         },
         spool: spool.clone(),
         accepted: kick.clone(),
     });
     let notices = stubmail::maildir::Maildir::open(&home.path(&config.poll.maildir)).ok();
-    let worker = worker::Worker { spool, keyring, me, outbox, relay: config.relay.clone(), notices };
+    let worker = worker::Worker { spool, keyring, me, outbox, relay: config.relay.clone(), notices, unstored };
     let w = tokio::spawn(worker.run(kick, shutdown.clone()));
     run(listener, ctx, shutdown).await?;
     let _ = w.await;

@@ -46,7 +46,7 @@ pub trait Policy: Send + Sync {
     /// Before `250`: will the outbox take a message of `size` bytes for
     /// `stub_rcpts` Stubmail recipients? (Ok when it cannot be asked: the
     /// spool keeps the message and retries.)
-    fn check_outbox(&self, size: u64, stub_rcpts: &[&stubmail::protocol::Fpr]) -> impl Future<Output = Result<(), Reply>> + Send;
+    fn check_outbox(&self, qid: &str, size: u64, stub_rcpts: &[&stubmail::protocol::Fpr]) -> impl Future<Output = Result<(), Reply>> + Send;
 }
 
 /// AUTH credentials of the one user this server submits for.
@@ -764,7 +764,7 @@ impl<P: Policy> Session<'_, P> {
                 Route::Relay | Route::Pgp { .. } => None,
             })
             .collect();
-        let verdict = if stub.is_empty() { Ok(()) } else { self.ctx.policy.check_outbox(size, &stub).await };
+        let verdict = if stub.is_empty() { Ok(()) } else { self.ctx.policy.check_outbox(&qid, size, &stub).await };
         if let Err(r) = verdict {
             drop(file);
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -781,14 +781,7 @@ impl<P: Policy> Session<'_, P> {
             jobs: vec![],
             subject: None,
         };
-        let spool = self.ctx.spool.clone();
-        let committed = async {
-            file.sync_all().await?;
-            drop(file);
-            let env = env.clone();
-            tokio::task::spawn_blocking(move || spool.commit(&env)).await.map_err(io::Error::other)?
-        }
-        .await;
+        let committed = self.ctx.spool.commit(&env, file).await;
         match committed {
             Ok(()) => {
                 tracing::info!(qid, size, rcpts = env.rcpts.len(), "accepted");
@@ -850,7 +843,7 @@ mod tests {
                 _ => Err(Reply::new(550, "5.1.1 unknown")),
             }
         }
-        async fn check_outbox(&self, size: u64, _: &[&Fpr]) -> Result<(), Reply> {
+        async fn check_outbox(&self, _: &str, size: u64, _: &[&Fpr]) -> Result<(), Reply> {
             if size > 900 { Err(Reply::new(552, "5.2.2 over quota")) } else { Ok(()) }
         }
     }

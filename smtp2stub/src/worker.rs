@@ -34,6 +34,9 @@ pub struct Worker {
     pub relay: Option<RelayConfig>,
     /// The user's own mailbox, where failure notices go.
     pub notices: Option<Maildir>,
+    /// Told when a message's copies are in the outbox (its limits count
+    /// them from then on).
+    pub unstored: Arc<crate::Unstored>,
 }
 
 /// Outcome of one delivery attempt.
@@ -92,16 +95,22 @@ impl Worker {
         // `stubmail unsend` withdrew meanwhile is seen (and never sent).
         let spool = self.spool.clone();
         let qid = env.qid.clone();
+        let withdrawn = env.qid.clone();
         let (_lock, env) = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let lock = spool.lock(&qid)?;
             Ok((lock, spool.load(&qid)?))
         })
         .await??;
-        let Some(mut env) = env else { return Ok(()) };
+        let Some(mut env) = env else {
+            self.unstored.stored(&withdrawn);
+            return Ok(());
+        };
         if env.jobs.is_empty() {
+            // Saved with the first job's progress (a stub copy's id is saved
+            // before its upload): a plan lost in a crash is made again, as
+            // nothing of it has left yet.
             env.jobs = self.plan(&env)?;
             env.subject = spool_header(&self.spool.msg_path(&env.qid)).ok().and_then(|h| subject_of(&h));
-            self.spool.save(&env)?;
         }
         let now = stubmail::time::unix_now();
         for i in 0..env.jobs.len() {
@@ -141,7 +150,13 @@ impl Worker {
                     }
                 }
             }
-            self.spool.save(&env)?;
+            // When nothing is left to do, `finish` records the final state.
+            if env.jobs.iter().any(|j| j.state == JobState::Queued) {
+                self.spool.save(&env)?;
+            }
+        }
+        if !env.jobs.iter().any(|j| j.kind == JobKind::Stub && j.state == JobState::Queued) {
+            self.unstored.stored(&env.qid);
         }
         if env.jobs.iter().all(|j| j.state != JobState::Queued) {
             self.spool.finish(&env)?;

@@ -6,6 +6,8 @@
 //! spool/tmp/<qid>.eml        DATA being received
 //! spool/msg/<qid>.eml        accepted message (as received, CRLF)
 //! spool/queue/<qid>.json     its Envelope: what is left to do
+//! spool/queue/.<qid>.json.new  the first Envelope, written and fsync'd by
+//!                            the session, moved in by the group commit
 //! spool/out/<id>.pgp         a signed+encrypted copy; its id is recorded in
 //!                            the Envelope before the upload starts, so a
 //!                            retry uploads the same bytes (idempotent)
@@ -17,8 +19,11 @@
 //!                            `stubmail status`
 //! ```
 
+mod commit;
+
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use stubmail::fsutil::{self, fsync_dir};
@@ -118,6 +123,9 @@ pub enum JobState {
 #[derive(Clone, Debug)]
 pub struct Spool {
     root: PathBuf,
+    /// The group-commit thread, started by the first commit (only
+    /// smtp2stub commits; the CLI opens the spool to read it).
+    commits: Arc<OnceLock<commit::Committer>>,
 }
 
 impl Spool {
@@ -125,7 +133,7 @@ impl Spool {
         for d in ["tmp", "msg", "queue", "out", "sent"] {
             fsutil::ensure_private_dir(&root.join(d))?;
         }
-        Ok(Spool { root: root.to_path_buf() })
+        Ok(Spool { root: root.to_path_buf(), commits: Default::default() })
     }
 
     pub fn new_qid() -> String {
@@ -165,15 +173,82 @@ impl Spool {
     fn queue_path(&self, qid: &str) -> PathBuf {
         self.root.join("queue").join(format!("{qid}.json"))
     }
+    fn new_envelope_path(&self, qid: &str) -> PathBuf {
+        self.root.join("queue").join(format!(".{qid}.json.new"))
+    }
 
-    /// Make an accepted message durable: the (already fsync'd) tmp file is
-    /// moved into `msg/`, then the envelope is written into `queue/`.
-    /// Only after this returns may the server say 250.
-    pub fn commit(&self, env: &Envelope) -> io::Result<()> {
-        std::fs::rename(self.tmp_path(&env.qid), self.msg_path(&env.qid))?;
-        fsync_dir(&self.root.join("msg"))?;
-        fsync_dir(&self.root.join("tmp"))?;
-        self.save(env)
+    /// Make an accepted message durable: its data (written to
+    /// `tmp/<qid>.eml` through `data`) and its envelope are fsync'd, then
+    /// moved into `msg/` and `queue/` together with whatever other
+    /// sessions are committing (see `commit`). Only after this returns
+    /// may the server say 250. On error nothing of the message is left
+    /// in the queue.
+    pub async fn commit(&self, env: &Envelope, data: tokio::fs::File) -> io::Result<()> {
+        let data = data.into_std().await;
+        let b = serde_json::to_vec_pretty(env).expect("serialisable");
+        let path = self.new_envelope_path(&env.qid);
+        // The two fsyncs run side by side (the device takes both at once).
+        let sync_data = tokio::task::spawn_blocking(move || data.sync_all());
+        let write_env = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            f.write_all(&b)?;
+            f.sync_all()
+        });
+        let (a, b) = tokio::join!(sync_data, write_env);
+        let durable = a.map_err(io::Error::other)?.and(b.map_err(io::Error::other)?);
+        let committed = match durable {
+            Ok(()) => {
+                let committer = match self.commits.get() {
+                    Some(c) => c,
+                    None => {
+                        let started = commit::Committer::start(self.clone())?;
+                        let _ = self.commits.set(started);
+                        self.commits.get().expect("just set")
+                    }
+                };
+                committer.commit(&env.qid).await
+            }
+            Err(e) => Err(e),
+        };
+        if committed.is_err() {
+            let _ = std::fs::remove_file(self.new_envelope_path(&env.qid));
+        }
+        committed
+    }
+
+    /// Remove what a crash left of messages no `250` was given for: data
+    /// still in `tmp/`, first envelopes never moved in, and messages in
+    /// `msg/` without an envelope. Only for the one smtp2stub of a home
+    /// (the role lock), before it accepts anything.
+    pub fn sweep(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        let mut rm = |p: &Path| {
+            if std::fs::remove_file(p).is_ok() {
+                removed += 1;
+            }
+        };
+        for e in std::fs::read_dir(self.root.join("tmp"))?.flatten() {
+            rm(&e.path());
+        }
+        for e in std::fs::read_dir(self.root.join("queue"))?.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            // Leftovers of a commit, and of write_atomic's temporary files.
+            if name.starts_with('.') && (name.ends_with(".json.new") || name.starts_with(".tmp.")) {
+                rm(&e.path());
+            }
+        }
+        for e in std::fs::read_dir(self.root.join("msg"))?.flatten() {
+            let name = e.file_name();
+            if let Some(qid) = name.to_str().and_then(|n| n.strip_suffix(".eml"))
+                && !self.queue_path(qid).exists()
+            {
+                rm(&e.path());
+            }
+        }
+        Ok(removed)
     }
 
     /// Hold the envelope `qid` (blocking until whoever holds it is done):
