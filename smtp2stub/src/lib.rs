@@ -44,35 +44,69 @@ pub struct Router {
 /// after a restart the queue's messages are counted by the outbox only as
 /// they are stored (it refuses what is over its limits; the sender then
 /// gets a failure notice).
+/// Every operation is O(1) (amortised): the worker may be thousands of
+/// messages behind.
 #[derive(Default)]
-pub struct Unstored(std::sync::Mutex<std::collections::HashMap<String, Unstored1>>);
+pub struct Unstored(std::sync::Mutex<UnstoredInner>);
 
-struct Unstored1 {
-    bytes: u64,
-    messages: u64,
-    /// When the worker was done storing its copies.
-    stored: Option<std::time::Instant>,
+#[derive(Default)]
+pub struct UnstoredInner {
+    /// (bytes, messages) of each accepted message not yet stored.
+    waiting: std::collections::HashMap<String, (u64, u64)>,
+    /// Their sum.
+    waiting_sum: (u64, u64),
+    /// Stored ones, in the order they were stored, until an answer asked
+    /// for after their storing counts them.
+    recent: std::collections::VecDeque<(std::time::Instant, u64, u64)>,
+    /// Their sum.
+    recent_sum: (u64, u64),
 }
 
 impl Unstored {
     fn add(&self, qid: &str, bytes: u64, messages: u64) {
-        self.0.lock().unwrap().insert(qid.to_string(), Unstored1 { bytes, messages, stored: None });
+        let mut u = self.0.lock().unwrap();
+        if let Some((b, m)) = u.waiting.insert(qid.to_string(), (bytes, messages)) {
+            u.waiting_sum.0 -= b;
+            u.waiting_sum.1 -= m;
+        }
+        u.waiting_sum.0 += bytes;
+        u.waiting_sum.1 += messages;
     }
 
     /// The worker is done with `qid`'s copies for the outbox (stored, given
     /// up or withdrawn).
     pub fn stored(&self, qid: &str) {
-        if let Some(u) = self.0.lock().unwrap().get_mut(qid) {
-            u.stored.get_or_insert_with(std::time::Instant::now);
+        let mut u = self.0.lock().unwrap();
+        if let Some((b, m)) = u.waiting.remove(qid) {
+            u.waiting_sum.0 -= b;
+            u.waiting_sum.1 -= m;
+            u.recent.push_back((std::time::Instant::now(), b, m));
+            u.recent_sum.0 += b;
+            u.recent_sum.1 += m;
+        }
+    }
+
+    /// `qid` was not accepted after all.
+    fn forget(&self, qid: &str) {
+        let mut u = self.0.lock().unwrap();
+        if let Some((b, m)) = u.waiting.remove(qid) {
+            u.waiting_sum.0 -= b;
+            u.waiting_sum.1 -= m;
         }
     }
 
     /// Bytes and messages an answer asked for at `asked` does not count;
     /// what it counts is forgotten.
     fn since(&self, asked: std::time::Instant) -> (u64, u64) {
-        let mut map = self.0.lock().unwrap();
-        map.retain(|_, u| u.stored.is_none_or(|t| t > asked));
-        map.values().fold((0, 0), |(b, m), u| (b + u.bytes, m + u.messages))
+        let mut u = self.0.lock().unwrap();
+        while let Some(&(t, b, m)) = u.recent.front()
+            && t <= asked
+        {
+            u.recent.pop_front();
+            u.recent_sum.0 -= b;
+            u.recent_sum.1 -= m;
+        }
+        (u.waiting_sum.0 + u.recent_sum.0, u.waiting_sum.1 + u.recent_sum.1)
     }
 }
 
@@ -219,6 +253,10 @@ impl Policy for Router {
         ))
     }
 
+    fn not_accepted(&self, qid: &str) {
+        self.unstored.forget(qid);
+    }
+
     async fn check_outbox(&self, qid: &str, size: u64, stub_rcpts: &[&Fpr]) -> Result<(), Reply> {
         let Some(outbox) = &self.outbox else { return Ok(()) };
         let rcpts = stub_rcpts.len() as u64;
@@ -363,4 +401,33 @@ pub async fn serve_home(
     run(listener, ctx, shutdown).await?;
     let _ = w.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unstored;
+    use std::time::{Duration, Instant};
+
+    /// What an answer about the outbox's limits does not count: messages
+    /// waiting, and those stored after it was asked for.
+    #[test]
+    fn unstored_counts_what_an_answer_cannot_know() {
+        let u = Unstored::default();
+        u.add("a", 100, 1);
+        u.add("b", 200, 2);
+        u.add("c", 400, 1);
+        let before = Instant::now();
+        assert_eq!(u.since(before), (700, 4));
+        u.stored("a");
+        u.forget("c");
+        // An answer asked for before "a" was stored does not count it.
+        assert_eq!(u.since(before), (300, 3));
+        std::thread::sleep(Duration::from_millis(2));
+        // One asked for after does.
+        assert_eq!(u.since(Instant::now()), (200, 2));
+        u.stored("b");
+        u.stored("b");
+        u.stored("unknown");
+        assert_eq!(u.since(Instant::now() + Duration::from_secs(1)), (0, 0));
+    }
 }

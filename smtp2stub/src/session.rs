@@ -13,6 +13,7 @@ use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::spool::Data;
 use crate::spool::{Envelope, Rcpt, Route, Spool};
 
 /// An SMTP reply: code and text (with enhanced status code).
@@ -47,6 +48,8 @@ pub trait Policy: Send + Sync {
     /// `stub_rcpts` Stubmail recipients? (Ok when it cannot be asked: the
     /// spool keeps the message and retries.)
     fn check_outbox(&self, qid: &str, size: u64, stub_rcpts: &[&stubmail::protocol::Fpr]) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// `qid`, checked with `check_outbox`, could not be stored after all.
+    fn not_accepted(&self, _qid: &str) {}
 }
 
 /// AUTH credentials of the one user this server submits for.
@@ -200,7 +203,9 @@ struct DataState {
     from: String,
     rcpts: Vec<Rcpt>,
     qid: String,
-    file: Option<tokio::fs::File>,
+    /// Where the data goes; None once it is too large or could not be
+    /// written.
+    file: Option<Data>,
     rx: DataReceiver,
     scan: Scan,
     size: u64,
@@ -358,7 +363,7 @@ impl<P: Policy> Session<'_, P> {
                         let _ = tokio::fs::remove_file(self.ctx.spool.tmp_path(&d.qid)).await;
                     }
                 } else if let Some(f) = d.file.as_mut()
-                    && let Err(e) = f.write_all(&chunk).await {
+                    && let Err(e) = f.write_all(&chunk, &self.ctx.spool.tmp_path(&d.qid)).await {
                         // Disk full or failing: keep reading to the end of
                         // DATA, then answer with a temporary error.
                         tracing::error!(qid = d.qid, "spool write failed: {e}");
@@ -716,11 +721,6 @@ impl<P: Policy> Session<'_, P> {
 
     async fn begin_data(&self, helo: String, from: String, rcpts: Vec<Rcpt>) -> io::Result<DataState> {
         let qid = Spool::new_qid();
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(self.ctx.spool.tmp_path(&qid))
-            .await?;
         // Our trace header first (RFC 5321 4.4).
         let received = format!(
             "Received: from {} ({})\r\n\tby {} (smtp2stub) with ESMTP id {qid};\r\n\t{}\r\n",
@@ -729,7 +729,7 @@ impl<P: Policy> Session<'_, P> {
             self.ctx.config.hostname,
             stubmail::time::rfc5322(stubmail::time::unix_now())
         );
-        file.write_all(received.as_bytes()).await?;
+        let file = Data::Memory(received.into_bytes());
         let mut rx = DataReceiver::new();
         // The CRLF that ended the DATA command begins the data: prime the
         // receiver so a leading "." is unstuffed and ".\r\n" ends at once.
@@ -790,6 +790,7 @@ impl<P: Policy> Session<'_, P> {
             }
             Err(e) => {
                 tracing::error!(qid, "spool commit failed: {e}");
+                self.ctx.policy.not_accepted(&qid);
                 let _ = tokio::fs::remove_file(&tmp).await;
                 if e.raw_os_error() == Some(28) {
                     Reply::new(452, "4.3.1 Insufficient system storage; try again later")

@@ -107,8 +107,7 @@ impl Spool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Envelope, Spool};
-    use tokio::io::AsyncWriteExt;
+    use super::super::{Data, Envelope, Spool};
 
     fn envelope(qid: &str) -> Envelope {
         Envelope {
@@ -124,9 +123,11 @@ mod tests {
     }
 
     async fn accept(spool: &Spool, qid: &str) -> std::io::Result<()> {
-        let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(spool.tmp_path(qid)).await?;
-        f.write_all(format!("Subject: {qid}\r\n\r\nbody\r\n").as_bytes()).await?;
-        spool.commit(&envelope(qid), f).await
+        // Half the messages as large ones (spilled to a file as they came).
+        let mut data = Data::Memory(Vec::new());
+        let body = if qid.ends_with(['1', '3', '5', '7', '9']) { "y".repeat(300_000) } else { "body".into() };
+        data.write_all(format!("Subject: {qid}\r\n\r\n{body}\r\n").as_bytes(), &spool.tmp_path(qid)).await?;
+        spool.commit(&envelope(qid), data).await
     }
 
     /// Sessions ending DATA together are committed together, and each
@@ -159,10 +160,10 @@ mod tests {
     async fn a_failed_commit_leaves_nothing_queued() {
         let d = tempfile::tempdir().unwrap();
         let spool = Spool::open(d.path()).unwrap();
-        let f = tokio::fs::File::create(spool.tmp_path("gone")).await.unwrap();
-        // The data file vanished before the commit (as if removed by hand).
+        // The spool's tmp/ is not writable (a file stands in its way).
+        std::fs::write(spool.tmp_path("gone"), "in the way").unwrap();
+        assert!(spool.commit(&envelope("gone"), Data::Memory(b"Subject: x\r\n\r\n".to_vec())).await.is_err());
         std::fs::remove_file(spool.tmp_path("gone")).unwrap();
-        assert!(spool.commit(&envelope("gone"), f).await.is_err());
         assert!(spool.queued().unwrap().is_empty());
         assert_eq!(std::fs::read_dir(d.path().join("queue")).unwrap().count(), 0);
         // The commit thread goes on serving later commits.

@@ -120,6 +120,39 @@ pub enum JobState {
     Unsent,
 }
 
+/// A message's data while it arrives: in memory while small (most mail
+/// is, and every write to a file is a trip through the blocking pool),
+/// spilled to `tmp/<qid>.eml` once it passes `SPILL` bytes.
+pub enum Data {
+    Memory(Vec<u8>),
+    File(tokio::fs::File),
+}
+
+/// Bytes of message data kept in memory per session before it goes to a
+/// file (sessions are limited in number, so this bounds the memory too).
+const SPILL: usize = 256 * 1024;
+
+impl Data {
+    /// Add `chunk`; `tmp` is where the data goes if it spills.
+    pub async fn write_all(&mut self, chunk: &[u8], tmp: &Path) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            Data::Memory(b) if b.len() + chunk.len() <= SPILL => {
+                b.extend_from_slice(chunk);
+                Ok(())
+            }
+            Data::Memory(b) => {
+                let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).await?;
+                f.write_all(b).await?;
+                f.write_all(chunk).await?;
+                *self = Data::File(f);
+                Ok(())
+            }
+            Data::File(f) => f.write_all(chunk).await,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Spool {
     root: PathBuf,
@@ -183,12 +216,26 @@ impl Spool {
     /// sessions are committing (see `commit`). Only after this returns
     /// may the server say 250. On error nothing of the message is left
     /// in the queue.
-    pub async fn commit(&self, env: &Envelope, data: tokio::fs::File) -> io::Result<()> {
-        let data = data.into_std().await;
+    pub async fn commit(&self, env: &Envelope, data: Data) -> io::Result<()> {
         let b = serde_json::to_vec_pretty(env).expect("serialisable");
         let path = self.new_envelope_path(&env.qid);
         // The two fsyncs run side by side (the device takes both at once).
-        let sync_data = tokio::task::spawn_blocking(move || data.sync_all());
+        let sync_data = match data {
+            Data::Memory(bytes) => {
+                let tmp = self.tmp_path(&env.qid);
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+                    f.write_all(&bytes)?;
+                    f.sync_all()
+                })
+            }
+            Data::File(f) => {
+                let f = f.into_std().await;
+                tokio::task::spawn_blocking(move || f.sync_all())
+            }
+        };
         let write_env = tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
