@@ -2,7 +2,10 @@
 //! address book (who has an outbox where) and the whitelist (whose mail is
 //! fetched at all).
 
+mod index;
+
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use sequoia_openpgp::Cert;
 
@@ -31,11 +34,13 @@ pub enum KeyringError {
 #[derive(Clone, Debug)]
 pub struct Keyring {
     dir: PathBuf,
+    /// Which files name which address, shared by clones (see `index`).
+    index: Arc<Mutex<index::Index>>,
 }
 
 impl Keyring {
     pub fn new(dir: PathBuf) -> Keyring {
-        Keyring { dir }
+        Keyring { dir, index: Default::default() }
     }
 
     /// The directory holding the certificates.
@@ -209,14 +214,21 @@ impl Keyring {
         }
     }
 
-    /// Usable certificates with this email address (valid now).
+    /// Usable certificates with this email address (valid now). Reads
+    /// only the certificates that name it (the index), so a lookup does
+    /// not grow with the keyring.
     pub fn by_email(&self, email: &str) -> Result<Vec<Cert>, KeyringError> {
         let email = email.to_ascii_lowercase();
-        Ok(self
-            .all()?
-            .into_iter()
-            .filter(|c| pgp::check_contact(c).is_ok_and(|e| e.contains(&email)))
-            .collect())
+        let candidates = self.index.lock().expect("not poisoned").lookup(&self.dir, &email).map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for f in candidates {
+            if let Some(c) = self.get(&f).ok().flatten()
+                && pgp::check_contact(&c).is_ok_and(|e| e.contains(&email))
+            {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// Resolve an address or fingerprint to exactly one contact.
@@ -264,6 +276,42 @@ mod tests {
         k.remove(b.fpr().as_str()).unwrap();
         assert!(k.all().unwrap().is_empty());
         assert!(matches!(k.remove("bob@example.net"), Err(KeyringError::NotFound(_))));
+    }
+
+    /// The address index follows every change another process makes,
+    /// whether the directory's mtime is fresh (racy) or long settled.
+    #[test]
+    fn the_address_index_follows_changes_made_elsewhere() {
+        use sequoia_openpgp::cert::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("kr");
+        let mine = Keyring::new(dir.clone());
+        let other = Keyring::new(dir.clone());
+        let settle = || {
+            let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            std::fs::File::open(&dir).unwrap().set_modified(hour_ago).unwrap();
+        };
+        assert!(mine.by_email("bob@example.net").unwrap().is_empty(), "no keyring yet");
+        let (bob, _) = CertBuilder::general_purpose(["<bob@example.net>"]).generate().unwrap();
+        other.import(vec![bob.clone()]).unwrap();
+        assert_eq!(mine.by_email("BOB@example.net").unwrap().len(), 1, "seen at once (racy)");
+        settle();
+        assert_eq!(mine.by_email("bob@example.net").unwrap().len(), 1, "a settled index is trusted");
+        let (carol, _) = CertBuilder::general_purpose(["<carol@example.com>"]).generate().unwrap();
+        other.import(vec![carol]).unwrap();
+        assert_eq!(mine.by_email("carol@example.com").unwrap().len(), 1, "an added contact");
+        settle();
+        mine.by_email("carol@example.com").unwrap();
+        other.remove("bob@example.net").unwrap();
+        assert!(mine.by_email("bob@example.net").unwrap().is_empty(), "a removed contact");
+        // Bob's key revoked: in the index, but not usable.
+        let (bob2, rev) = CertBuilder::general_purpose(["<bob@example.net>"]).generate().unwrap();
+        other.import(vec![bob2.clone()]).unwrap();
+        assert_eq!(mine.by_email("bob@example.net").unwrap().len(), 1);
+        settle();
+        mine.by_email("bob@example.net").unwrap();
+        other.import(vec![bob2.insert_packets(rev).unwrap().0]).unwrap();
+        assert!(mine.by_email("bob@example.net").unwrap().is_empty(), "a revoked contact");
     }
 
     #[test]
