@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::mbox;
 
@@ -326,7 +326,7 @@ const MAX_LINE: usize = 512;
 
 /// Serve one POP3 session.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: S, peer: String, ctx: Arc<Ctx>) -> io::Result<()> {
-    let mut stream = tokio::io::BufStream::new(stream);
+    let mut stream = buffered(stream);
     stream.write_all(b"+OK stubmail POP3 server ready\r\n").await?;
     stream.flush().await?;
     let mut s = Session { ctx: ctx.clone(), peer, state: State::Authorization { user: None }, tls: false, failures: 0 };
@@ -334,9 +334,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: S, peer: St
         Flow::StartTls => {
             let Some(acceptor) = &ctx.tls else { return Ok(()) };
             // Anything the client pipelined after STLS is dropped unread.
-            let inner = stream.into_inner();
+            let inner = stream.into_inner().into_inner();
             let tls = acceptor.accept(inner).await?;
-            let mut tls = tokio::io::BufStream::new(tls);
+            let mut tls = buffered(tls);
             s.tls = true;
             s.state = State::Authorization { user: None };
             s.run(&mut tls).await?;
@@ -349,6 +349,19 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: S, peer: St
     Ok(())
 }
 
+/// The stream with buffers both ways (tokio's BufStream, whose read
+/// buffer can be looked at: replies are flushed once the client's
+/// pipelined commands are all answered, not after each).
+type Buffered<S> = tokio::io::BufReader<tokio::io::BufWriter<S>>;
+
+fn buffered<S: AsyncRead + AsyncWrite>(s: S) -> Buffered<S> {
+    tokio::io::BufReader::new(tokio::io::BufWriter::with_capacity(64 * 1024, s))
+}
+
+/// Messages up to this size are read whole in one step for RETR/TOP;
+/// larger ones are streamed in chunks (memory does not grow with them).
+const READ_WHOLE: u64 = 256 * 1024;
+
 struct Session {
     ctx: Arc<Ctx>,
     peer: String,
@@ -358,10 +371,15 @@ struct Session {
 }
 
 impl Session {
-    async fn run<T: AsyncBufRead + AsyncWrite + Unpin>(&mut self, stream: &mut T) -> io::Result<Flow> {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut Buffered<S>) -> io::Result<Flow> {
         let mut line = Vec::new();
         loop {
             line.clear();
+            // Answer everything pipelined so far in one go; flush before
+            // waiting for the client (no whole command is buffered).
+            if !stream.buffer().contains(&b'\n') {
+                stream.flush().await?;
+            }
             let read = tokio::time::timeout(Duration::from_secs(600), async {
                 let mut limited = (&mut *stream).take(MAX_LINE as u64 + 1);
                 limited.read_until(b'\n', &mut line).await
@@ -397,8 +415,8 @@ impl Session {
                 None => (text.to_ascii_uppercase(), String::new()),
             };
             let flow = self.command(&cmd, &arg, stream).await?;
-            stream.flush().await?;
             if let Some(f) = flow {
+                stream.flush().await?;
                 return Ok(f);
             }
         }
@@ -552,6 +570,20 @@ impl Session {
                             }
                         };
                         reply!("+OK {} octets", msgs[i].size);
+                        if msgs[i].size <= READ_WHOLE {
+                            // One trip through the blocking pool per message.
+                            let size = msgs[i].size as usize;
+                            let bytes = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+                                let mut v = Vec::with_capacity(size + size / 16 + 8);
+                                pop3_lines(reader, mboxrd, top, &mut v)?;
+                                Ok(v)
+                            })
+                            .await
+                            .map_err(io::Error::other)??;
+                            out.write_all(&bytes).await?;
+                            out.write_all(b".\r\n").await?;
+                            return Ok(None);
+                        }
                         // Stream in chunks from a blocking reader: memory does
                         // not grow with the message.
                         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
@@ -665,6 +697,21 @@ mod tests {
         std::fs::write(root.join("new/1000.A.host"), "Subject: one\n\nfirst body\n.dot line\n").unwrap();
         std::fs::write(root.join("cur/1001.B.host:2,S"), "Subject: two\n\nl1\nl2\nl3\n").unwrap();
         (d, root)
+    }
+
+    /// Small messages are read whole, large ones streamed: both arrive
+    /// byte for byte (CRLF, dot-stuffed), pipelined after each other.
+    #[tokio::test]
+    async fn small_and_large_messages_pipelined() {
+        let (_d, root) = maildir();
+        let line = ".starts with a dot and is long enough to matter\n";
+        let big = format!("Subject: big\n\n{}", line.repeat((READ_WHOLE as usize / line.len()) * 2));
+        std::fs::write(root.join("cur/1002.C.host:2,S"), &big).unwrap();
+        let out = dialogue(ctx(Store::Maildir(root)), "USER bob\r\nPASS pw\r\nRETR 3\r\nRETR 1\r\nRETR 3\r\nQUIT\r\n").await;
+        let stuffed = big.replace("\n.", "\n..").replace('\n', "\r\n");
+        let want_big = format!("+OK {} octets\r\n{stuffed}.\r\n", big.len() + big.matches('\n').count());
+        let small = "+OK 39 octets\r\nSubject: one\r\n\r\nfirst body\r\n..dot line\r\n.\r\n";
+        assert!(out.contains(&format!("{want_big}{small}{want_big}+OK bye")), "{}", &out[..300.min(out.len())]);
     }
 
     #[tokio::test]
