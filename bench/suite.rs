@@ -282,6 +282,55 @@ if errors: sys.exit("; ".join(errors))
 print(json.dumps(times))
 "#;
 
+/// Open-loop sending: message i leaves at start + i/rate whatever became
+/// of the earlier ones (a closed loop would wait and hide the queueing),
+/// spread over k connections so one slow reply does not hold the others.
+const SEND_PACED: &str = r#"
+import smtplib, sys, time, json, threading
+port, n, k, rate, login = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), json.loads(sys.argv[5])
+times, errors, late = {}, [], [0]
+start = time.time() + 0.5
+def worker(w):
+    try:
+        s = smtplib.SMTP("127.0.0.1", port, timeout=120)
+        s.login(*login)
+        for i in range(w, n, k):
+            due = start + i / rate
+            wait = due - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -0.05:
+                late[0] += 1
+            msg = ("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: paced %d\r\n\r\n" % i).encode() + (b"x" * 78 + b"\r\n") * 50
+            s.sendmail("alice@example.org", ["bob@example.net"], msg)
+            times[i] = time.time()
+        s.quit()
+    except Exception as e:
+        errors.append(repr(e))
+ts = [threading.Thread(target=worker, args=(w,)) for w in range(k)]
+[t.start() for t in ts]; [t.join() for t in ts]
+if errors: sys.exit("; ".join(errors))
+print(json.dumps({"times": times, "late": late[0]}))
+"#;
+
+/// Latencies (ms) from each message's 250 (`sent`, by its number) to its
+/// file in `maildir` (mtime), found by `Subject: {tag} N`; and the time
+/// of the last file.
+fn latencies(maildir: &Path, tag: &str, sent: &std::collections::HashMap<String, f64>) -> (Vec<f64>, f64) {
+    let mut lat = Vec::new();
+    let mut last = 0f64;
+    let prefix = format!("Subject: {tag} ");
+    for e in std::fs::read_dir(maildir).unwrap() {
+        let path = e.unwrap().path();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let head = std::fs::read_to_string(&path).unwrap();
+        let Some(i) = head.lines().find_map(|l| l.strip_prefix(prefix.as_str())) else { continue };
+        lat.push((mtime - sent[i.trim()]).max(0.0) * 1000.0);
+        last = last.max(mtime);
+    }
+    (lat, last)
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -325,18 +374,23 @@ fn end_to_end(s: &Scale) -> Vec<Row> {
     let sent: std::collections::HashMap<String, f64> = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"))).unwrap();
     let new = p.bob.home.join("Maildir/new");
     wait_for("every message in Bob's Maildir", 3600, || (count(&new) >= n).then_some(()));
-    let mut lat = Vec::new();
-    let mut last = 0f64;
-    for e in std::fs::read_dir(&new).unwrap() {
-        let path = e.unwrap().path();
-        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        let head = std::fs::read_to_string(&path).unwrap();
-        let i = head.lines().find_map(|l| l.strip_prefix("Subject: e2e ")).unwrap().trim().to_string();
-        lat.push((mtime - sent[&i]).max(0.0) * 1000.0);
-        last = last.max(mtime);
-    }
+    let (mut lat, last) = latencies(&new, "e2e", &sent);
     let first = sent.values().copied().fold(f64::MAX, f64::min);
     let rate = n as f64 / (last - first);
+    let (sat50, sat99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    // Latency as the issue defines it: at half the throughput just
+    // measured, offered on a schedule, for about 20 s (at least 20).
+    for f in std::fs::read_dir(&new).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let offered = rate / 2.0;
+    let m = ((offered * 20.0) as usize).clamp(20, n);
+    let (good, out) = python(SEND_PACED, &[&smtp.port().to_string(), &m.to_string(), "4", &format!("{offered}"), &login]);
+    assert!(good, "{out}");
+    let paced: serde_json::Value = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"))).unwrap();
+    let sent: std::collections::HashMap<String, f64> = serde_json::from_value(paced["times"].clone()).unwrap();
+    wait_for("every paced message in Bob's Maildir", 3600, || (count(&new) >= m).then_some(()));
+    let (mut lat, _) = latencies(&new, "paced", &sent);
     let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     vec![
         row(
@@ -349,13 +403,17 @@ fn end_to_end(s: &Scale) -> Vec<Row> {
             format!("{n} messages of 4 KB over 4 SMTP sessions; from the first 250 to the last file in Bob's Maildir"),
         ),
         row(
-            "end to end: latency, SMTP 250 → Bob's Maildir",
+            "end to end: latency at half the maximum throughput, SMTP 250 → Bob's Maildir",
             format!("p50 {p50:.0} ms, p99 {p99:.0} ms"),
             "— (absolute target)".into(),
             None,
             "p99 ≤ 100 ms",
             p99 <= 100.0,
-            "file mtime in Maildir minus the client's time of the 250".into(),
+            format!(
+                "{m} messages offered open-loop at {offered:.0} msg/s over 4 SMTP sessions ({} sent late by the client); \
+                 file mtime in Maildir minus the client's time of the 250. At saturation (the throughput run): p50 {sat50:.0} ms, p99 {sat99:.0} ms",
+                paced["late"]
+            ),
         ),
     ]
 }

@@ -137,14 +137,31 @@ pub async fn daemon(
                     }
                     senders.sort();
                     senders.dedup();
-                    match poller.poll_senders(&senders).await {
-                        Ok(r) if r.delivered > 0 => tracing::info!(delivered = r.delivered, "polled after a notification stub"),
-                        Ok(_) => {}
-                        Err(e) => tracing::error!("poll failed: {e:#}"),
-                    }
+                    let more = match poller.poll_senders(&senders).await {
+                        Ok(r) if r.delivered > 0 => {
+                            tracing::info!(delivered = r.delivered, "polled after a notification stub");
+                            r.incomplete == 0 && r.rejected == 0
+                        }
+                        Ok(_) => false,
+                        Err(e) => {
+                            tracing::error!("poll failed: {e:#}");
+                            false
+                        }
+                    };
                     // Bounds the polls replayed stubs can cause; stubs that
                     // arrive meanwhile are served by the next poll.
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                    if more {
+                        // Mail is flowing: ask again at once rather than
+                        // wait for a stub (an outbox spaces the stubs it
+                        // sends one address, and stubs are spaced here too),
+                        // until a poll finds nothing new. Only after a poll
+                        // that delivered authentic mail, so this cannot be
+                        // set going by anyone else.
+                        for f in senders {
+                            let _ = stub_tx.try_send(f);
+                        }
+                    }
                 }
             }
         }
