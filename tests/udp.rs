@@ -101,6 +101,29 @@ fn a_stub_brings_the_mail_at_once_without_waiting_for_the_poll_interval() {
     });
 }
 
+/// While mail flows, Bob polls again right after a poll that delivered
+/// instead of waiting for the next stub: a contact's stubs cause at most
+/// one poll per 2 s here (and an outbox spaces the stubs it sends one
+/// address), so without that the second message would wait about 2 s.
+#[test]
+fn mail_that_keeps_coming_does_not_wait_for_spaced_stubs() {
+    let p = free_udp_port();
+    let n = net(&[], p, p);
+    let _bob = http2mbox_daemon(&n.bob, n.root.path(), "3600");
+    wait_for_cookie(&n);
+    let smtp = n.alice.smtp2stub(n.root.path());
+    send(smtp.port(), 1);
+    wait_for("the first message in Bob's Maildir", 30, || (n.bob.maildir_new().len() == 1).then_some(()));
+    let t0 = Instant::now();
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: udp 1\r\n\r\nbody 1\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_for("the second message in Bob's Maildir", 30, || (n.bob.maildir_new().len() == 2).then_some(()));
+    let latency = t0.elapsed();
+    println!("second message, sent right after the first arrived: {latency:?}");
+    assert!(latency < Duration::from_millis(1500), "it waited for a stub: {latency:?}");
+    assert_exactly_once(&n.bob, 2);
+}
+
 /// Outbox and Bob behind lossy relays dropping `share` of all datagrams.
 fn through_lossy_network(share: f64, messages: usize) -> (LossyUdp, LossyUdp) {
     let (outbox_udp, bob_listen) = (free_udp_port(), free_udp_port());

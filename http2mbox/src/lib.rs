@@ -74,6 +74,12 @@ pub async fn bind_notify(config: &stubmail::Config) -> anyhow::Result<Option<tok
     Ok(Some(tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding the notify listener {addr}"))?))
 }
 
+/// After a poll that delivered mail, the contact is polled again this
+/// soon; after each that finds nothing new, four times later, until past
+/// `FOLLOW_LAST` (20, 80, 320, 1,280 ms: four polls after a burst ends).
+const FOLLOW_FIRST: Duration = Duration::from_millis(20);
+const FOLLOW_LAST: Duration = Duration::from_millis(1500);
+
 /// Poll every `interval` seconds (with jitter) and, given listeners,
 /// serve POP3 and take notification stubs, until `shutdown`.
 pub async fn daemon(
@@ -108,6 +114,8 @@ pub async fn daemon(
     // What the node does, at info: every cycle that found something or
     // failed, the first, and otherwise a summary once an hour.
     let mut said = None::<tokio::time::Instant>;
+    // Contacts whose mail is flowing: when to poll them again, and the step.
+    let mut follow: std::collections::HashMap<stubmail::protocol::Fpr, (tokio::time::Instant, Duration)> = Default::default();
     'cycles: loop {
         match poller.poll_scheduled().await {
             Ok(r) => {
@@ -126,44 +134,63 @@ pub async fn daemon(
         let jitter = rand::random::<f64>() * 0.2 - 0.1;
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(every as f64 * (1.0 + jitter));
         loop {
-            tokio::select! {
+            // The next follow-up poll, if any is due before the cycle.
+            let next_follow = follow.values().map(|(due, _)| *due).min().filter(|d| *d < deadline).unwrap_or(deadline);
+            let senders = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => break 'cycles,
+                _ = tokio::time::sleep_until(next_follow), if next_follow < deadline => {
+                    let now = tokio::time::Instant::now();
+                    follow.iter().filter(|(_, (due, _))| *due <= now).map(|(f, _)| f.clone()).collect::<Vec<_>>()
+                }
                 Some(first) = stub_rx.recv() => {
                     // Stubs that came in meanwhile share this poll.
                     let mut senders = vec![first];
                     while let Ok(f) = stub_rx.try_recv() {
                         senders.push(f);
                     }
-                    senders.sort();
-                    senders.dedup();
-                    let more = match poller.poll_senders(&senders).await {
-                        Ok(r) if r.delivered > 0 => {
-                            tracing::info!(delivered = r.delivered, "polled after a notification stub");
-                            r.incomplete == 0 && r.rejected == 0
-                        }
-                        Ok(_) => false,
-                        Err(e) => {
-                            tracing::error!("poll failed: {e:#}");
-                            false
-                        }
-                    };
-                    // Bounds the polls replayed stubs can cause; stubs that
-                    // arrive meanwhile are served by the next poll.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    if more {
-                        // Mail is flowing: ask again at once rather than
-                        // wait for a stub (an outbox spaces the stubs it
-                        // sends one address, and stubs are spaced here too),
-                        // until a poll finds nothing new. Only after a poll
-                        // that delivered authentic mail, so this cannot be
-                        // set going by anyone else.
-                        for f in senders {
-                            let _ = stub_tx.try_send(f);
-                        }
+                    senders
+                }
+            };
+            let mut senders = senders;
+            senders.sort();
+            senders.dedup();
+            let flowing = match poller.poll_senders(&senders).await {
+                Ok(r) if r.delivered > 0 => {
+                    tracing::info!(delivered = r.delivered, "polled after a notification stub");
+                    r.incomplete == 0 && r.rejected == 0
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::error!("poll failed: {e:#}");
+                    false
+                }
+            };
+            // Mail is flowing: ask again soon rather than wait for a stub (an
+            // outbox spaces the stubs it sends one address, and stubs are
+            // spaced here too); after a poll that finds nothing new, less
+            // and less soon, then not (a few cheap polls after a burst).
+            // Only polls that delivered authentic mail start this, so no
+            // one else can set it going.
+            let now = tokio::time::Instant::now();
+            for f in senders {
+                let step = match follow.get(&f) {
+                    _ if flowing => Some(FOLLOW_FIRST),
+                    Some((_, step)) => Some(*step * 4).filter(|s| *s <= FOLLOW_LAST),
+                    None => None,
+                };
+                match step {
+                    Some(step) => {
+                        follow.insert(f, (now + step, step));
+                    }
+                    None => {
+                        follow.remove(&f);
                     }
                 }
             }
+            // Bounds the polls replayed stubs can cause; stubs that arrive
+            // meanwhile are served by the next poll.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     drop(stub_tx);
