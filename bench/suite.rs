@@ -152,7 +152,11 @@ fn wait_port(port: u16) {
 /// The end of a log file, to quote in a failure (the temporary directory
 /// holding it is gone by the time anyone reads the message).
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()));
+    log_tail_text(&std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display())))
+}
+
+/// The last 2,000 bytes of a log.
+fn log_tail_text(text: &str) -> String {
     let start = text.len().saturating_sub(2000);
     let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     text[start..].trim().to_string()
@@ -619,13 +623,20 @@ fn large_message(s: &Scale) -> Vec<Row> {
     });
     p.bob.edit_config(|t| {
         table(t, "poll").insert("max_message_size".into(), limit_i.into());
+        // Decrypted, it is as large again (the default stops at 256 MiB).
+        table(t, "poll").insert("max_decrypted_size".into(), limit_i.into());
     });
     let smtp = p.alice.smtp2stub(p.root.path());
     let bob = warm_up(&p, smtp.port());
     let t = Instant::now();
     smtplib_send_big(smtp.port(), mib);
     let new = p.bob.home.join("Maildir/new");
-    wait_for("the large message in Bob's Maildir", 7200, || (count(&new) == 1).then_some(()));
+    wait_for("the large message in Bob's Maildir", 7200, || {
+        // A refusal is final: say why rather than wait out the timeout.
+        let log = bob.log();
+        assert!(!log.contains("not delivered"), "Bob refused the large message: {}", log_tail_text(&log));
+        (count(&new) == 1).then_some(())
+    });
     let ours_secs = t.elapsed().as_secs_f64();
     let rss = [("smtp2stub", smtp.pid()), ("post_manager", p.outbox.server.pid()), ("http2mbox", bob.pid())]
         .map(|(n, pid)| (n, peak_rss_kib(pid) / 1024));
