@@ -476,7 +476,7 @@ fn limited_outbox(max_bytes: u64) -> (tempfile::TempDir, Outbox, User) {
 
 #[test]
 fn an_outbox_over_quota_gets_an_smtp_error_not_a_late_failure() {
-    let (root, outbox, alice) = limited_outbox(4000);
+    let (root, _outbox, alice) = limited_outbox(4000);
     let smtp = alice.smtp2stub(root.path());
     let small = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: fits\r\n\r\nsmall\r\n";
     assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], small).unwrap().starts_with("250"));
