@@ -171,6 +171,23 @@ mod tests {
         assert_eq!(spool.queued().unwrap().len(), 1);
     }
 
+    /// A spilled message whose last write failed in the background (the
+    /// disk is full) is not committed: no 250 for a truncated message.
+    #[tokio::test]
+    async fn a_write_that_failed_in_the_background_is_not_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let spool = Spool::open(d.path()).unwrap();
+        // /dev/full: every write fails with "no space left on device".
+        let full = tokio::fs::OpenOptions::new().write(true).open("/dev/full").await.unwrap();
+        let mut data = Data::File(full);
+        // tokio hands the write to a thread and reports success at once.
+        data.write_all(&[b'x'; 4096], &spool.tmp_path("full")).await.unwrap();
+        let e = spool.commit(&envelope("full"), data).await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28), "{e}");
+        assert!(spool.queued().unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(d.path().join("queue")).unwrap().count(), 0);
+    }
+
     /// What a crash leaves of messages never acknowledged goes at start;
     /// queued messages stay.
     #[tokio::test]

@@ -231,7 +231,11 @@ impl Spool {
                     f.sync_all()
                 })
             }
-            Data::File(f) => {
+            Data::File(mut f) => {
+                // A write tokio made in the background may have failed; only
+                // flush reports it (sync_all and into_std do not).
+                use tokio::io::AsyncWriteExt;
+                f.flush().await?;
                 let f = f.into_std().await;
                 tokio::task::spawn_blocking(move || f.sync_all())
             }
