@@ -265,33 +265,14 @@ fn smtp_ingest(s: &Scale) -> Vec<Row> {
 
 // ---- 2. End to end -------------------------------------------------------
 
-const SEND_MANY: &str = r#"
+/// Send n messages of 4 KB (`Subject: TAG i`) over k connections. With a
+/// rate, open loop: message i leaves at start + i/rate whatever became of
+/// the earlier ones (a closed loop would wait and hide the queueing);
+/// with rate 0, as fast as the server answers. Prints {"times": {i: time
+/// of its 250}, "late": messages sent over 50 ms behind schedule}.
+const SEND: &str = r#"
 import smtplib, sys, time, json, threading
-port, n, k, login = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
-times, errors = {}, []
-def worker(w):
-    try:
-        s = smtplib.SMTP("127.0.0.1", port, timeout=120)
-        s.login(*login)
-        for i in range(w, n, k):
-            msg = ("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: e2e %d\r\n\r\n" % i).encode() + (b"x" * 78 + b"\r\n") * 50
-            s.sendmail("alice@example.org", ["bob@example.net"], msg)
-            times[i] = time.time()
-        s.quit()
-    except Exception as e:
-        errors.append(repr(e))
-ts = [threading.Thread(target=worker, args=(w,)) for w in range(k)]
-[t.start() for t in ts]; [t.join() for t in ts]
-if errors: sys.exit("; ".join(errors))
-print(json.dumps(times))
-"#;
-
-/// Open-loop sending: message i leaves at start + i/rate whatever became
-/// of the earlier ones (a closed loop would wait and hide the queueing),
-/// spread over k connections so one slow reply does not hold the others.
-const SEND_PACED: &str = r#"
-import smtplib, sys, time, json, threading
-port, n, k, rate, login = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), json.loads(sys.argv[5])
+port, n, k, rate, tag, login = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6])
 times, errors, late = {}, [], [0]
 start = time.time() + 0.5
 def worker(w):
@@ -299,13 +280,13 @@ def worker(w):
         s = smtplib.SMTP("127.0.0.1", port, timeout=120)
         s.login(*login)
         for i in range(w, n, k):
-            due = start + i / rate
-            wait = due - time.time()
-            if wait > 0:
-                time.sleep(wait)
-            elif wait < -0.05:
-                late[0] += 1
-            msg = ("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: paced %d\r\n\r\n" % i).encode() + (b"x" * 78 + b"\r\n") * 50
+            if rate > 0:
+                wait = start + i / rate - time.time()
+                if wait > 0:
+                    time.sleep(wait)
+                elif wait < -0.05:
+                    late[0] += 1
+            msg = ("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: %s %d\r\n\r\n" % (tag, i)).encode() + (b"x" * 78 + b"\r\n") * 50
             s.sendmail("alice@example.org", ["bob@example.net"], msg)
             times[i] = time.time()
         s.quit()
@@ -316,6 +297,14 @@ ts = [threading.Thread(target=worker, args=(w,)) for w in range(k)]
 if errors: sys.exit("; ".join(errors))
 print(json.dumps({"times": times, "late": late[0]}))
 "#;
+
+/// Run SEND: (each message's 250 time by its number, messages sent late).
+fn send(port: u16, n: usize, rate: f64, tag: &str, login: &str) -> (std::collections::HashMap<String, f64>, u64) {
+    let (good, out) = python(SEND, &[&port.to_string(), &n.to_string(), "4", &rate.to_string(), tag, login]);
+    assert!(good, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"))).unwrap();
+    (serde_json::from_value(v["times"].clone()).unwrap(), v["late"].as_u64().unwrap_or(0))
+}
 
 /// Latencies (ms) from each message's 250 (`sent`, by its number) to its
 /// file in `maildir` (mtime), found by `Subject: {tag} N`; and the time
@@ -373,9 +362,7 @@ fn end_to_end(s: &Scale) -> Vec<Row> {
     let _bob = warm_up(&p, smtp.port());
     let (user, pass) = p.alice.smtp_login().expect("an SMTP password");
     let login = serde_json::to_string(&[user, pass]).unwrap();
-    let (good, out) = python(SEND_MANY, &[&smtp.port().to_string(), &n.to_string(), "4", &login]);
-    assert!(good, "{out}");
-    let sent: std::collections::HashMap<String, f64> = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"))).unwrap();
+    let (sent, _) = send(smtp.port(), n, 0.0, "e2e", &login);
     let new = p.bob.home.join("Maildir/new");
     wait_for("every message in Bob's Maildir", 3600, || (count(&new) >= n).then_some(()));
     let (mut lat, last) = latencies(&new, "e2e", &sent);
@@ -389,10 +376,7 @@ fn end_to_end(s: &Scale) -> Vec<Row> {
     }
     let offered = rate / 2.0;
     let m = ((offered * 20.0) as usize).clamp(20, n);
-    let (good, out) = python(SEND_PACED, &[&smtp.port().to_string(), &m.to_string(), "4", &format!("{offered}"), &login]);
-    assert!(good, "{out}");
-    let paced: serde_json::Value = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{out}"))).unwrap();
-    let sent: std::collections::HashMap<String, f64> = serde_json::from_value(paced["times"].clone()).unwrap();
+    let (sent, late) = send(smtp.port(), m, offered, "paced", &login);
     wait_for("every paced message in Bob's Maildir", 3600, || (count(&new) >= m).then_some(()));
     let (mut lat, _) = latencies(&new, "paced", &sent);
     let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
@@ -416,7 +400,7 @@ fn end_to_end(s: &Scale) -> Vec<Row> {
             format!(
                 "{m} messages offered open-loop at {offered:.0} msg/s over 4 SMTP sessions ({} sent late by the client); \
                  file mtime in Maildir minus the client's time of the 250. At saturation (the throughput run): p50 {sat50:.0} ms, p99 {sat99:.0} ms",
-                paced["late"]
+                late
             ),
         ),
     ]
