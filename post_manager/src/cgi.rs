@@ -71,7 +71,7 @@ pub fn run() -> io::Result<()> {
             out.write_all(br#"{"error":"internal","message":"the outbox is not configured (POST_MANAGER_DATA)"}"#)
         });
     };
-    let store = match Store::open(std::path::Path::new(&data)).and_then(|s| s.check_writable().map(|_| s)) {
+    let store = match Store::open(std::path::Path::new(&data)).and_then(|s| s.check_ready().map(|_| s)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("data directory {data}: {e}");
@@ -110,16 +110,13 @@ pub fn run() -> io::Result<()> {
     let len = match &resp.body {
         Body::Empty => Some(0),
         Body::Json(v) | Body::Key(v) => Some(v.len() as u64),
-        Body::File(_, n) => Some(*n),
+        Body::Stream(_, n) => Some(*n),
     };
     write_head(&mut out, resp.status, resp.content_type(), len, resp.content_range.as_deref(), resp.cors)?;
     if method != "HEAD" {
         match resp.body {
-            // Stream from the file: memory does not grow with the message.
-            Body::File(f, n) => {
-                io::copy(&mut io::Read::take(f, n), &mut out)?;
-            }
-            other => handler::write_body(other, &mut out)?,
+            // Streamed: memory does not grow with the message.
+            body => handler::write_body(body, &mut out)?,
         }
     }
     out.flush()

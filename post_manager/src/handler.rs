@@ -2,7 +2,6 @@
 //! error mapping. Synchronous and server-agnostic, so `serve` (hyper) and
 //! CGI mode run exactly the same code.
 
-use std::fs::File;
 use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
@@ -55,7 +54,8 @@ pub enum Body {
     Json(Vec<u8>),
     /// A binary OpenPGP certificate (WKD).
     Key(Vec<u8>),
-    File(File, u64),
+    /// A stored message (or the requested range of it): this many bytes.
+    Stream(crate::store::MessageReader, u64),
 }
 
 pub struct Response {
@@ -87,7 +87,7 @@ impl Response {
     }
     pub fn content_type(&self) -> &'static str {
         match self.body {
-            Body::File(..) => "application/pgp-encrypted",
+            Body::Stream(..) => "application/pgp-encrypted",
             Body::Key(_) | Body::Empty => "application/octet-stream",
             Body::Json(_) => "application/json; charset=utf-8",
         }
@@ -109,6 +109,10 @@ fn from_store(e: StoreError) -> Response {
         StoreError::RateLimited(m) => Response::error(429, "rate_limited", m),
         StoreError::Io(ref io) if io.raw_os_error() == Some(28) => {
             Response::error(507, "unavailable", "the outbox is out of disk space; try again later")
+        }
+        StoreError::Db(ref m) => {
+            tracing::error!("database error: {m}");
+            Response::error(503, "unavailable", "the outbox's database is unavailable; try again later")
         }
         StoreError::Io(_) | StoreError::Corrupt(_) => {
             tracing::error!("storage error: {e}");
@@ -571,7 +575,7 @@ fn recipient_auth(ctx: &Ctx, req: &mut Request, now: i64) -> Result<(Fpr, Vec<u8
 fn fetch(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
     let store = ctx.store;
     let (who, _) = recipient_auth(ctx, req, now)?;
-    let (mut file, size) = store.open_for(&who, id).map_err(from_store)?;
+    let size = store.size_for(&who, id).map_err(from_store)?;
     let range = match header(req, "range") {
         None => None,
         Some(r) => match parse_range(&r, size) {
@@ -584,20 +588,16 @@ fn fetch(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, R
         },
     };
     tracing::info!(recipient = %who, id, size, ?range, "fetch");
-    Ok(match range {
-        None => Response { status: 200, body: Body::File(file, size), content_range: None, error: None, signer: Some(who), cors: false },
-        Some((start, end)) => {
-            use std::io::Seek;
-            file.seek(io::SeekFrom::Start(start)).map_err(|e| from_store(e.into()))?;
-            Response {
-                status: 206,
-                body: Body::File(file, end - start + 1),
-                content_range: Some(format!("bytes {start}-{end}/{size}")),
-                error: None,
-                signer: Some(who),
-                cors: false,
-            }
-        }
+    let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
+    let (reader, _) = store.open_for(&who, id, start).map_err(from_store)?;
+    let len = if size == 0 { 0 } else { end - start + 1 };
+    Ok(Response {
+        status: if range.is_some() { 206 } else { 200 },
+        body: Body::Stream(reader, len),
+        content_range: range.map(|(start, end)| format!("bytes {start}-{end}/{size}")),
+        error: None,
+        signer: Some(who),
+        cors: false,
     })
 }
 
@@ -643,7 +643,7 @@ pub fn write_body(body: Body, out: &mut dyn io::Write) -> io::Result<()> {
     match body {
         Body::Empty => Ok(()),
         Body::Json(v) | Body::Key(v) => out.write_all(&v),
-        Body::File(mut f, _) => io::copy(&mut f, out).map(|_| ()),
+        Body::Stream(f, n) => io::copy(&mut f.take(n), out).map(|_| ()),
     }
 }
 

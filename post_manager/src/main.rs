@@ -235,7 +235,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Udp { listen, data, udp_limits } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
-            store.check_writable()?;
+            store.check_ready()?;
             let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
             println!("post_manager udp listening on {}", socket.local_addr()?);
             let shutdown = tokio_util::sync::CancellationToken::new();
@@ -247,7 +247,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, public_urls, udp, udp_limits } => {
             let data = data.path()?;
             let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
-            store.check_writable()?;
+            store.check_ready()?;
             let mut prefix = prefix;
             if !prefix.starts_with('/') {
                 prefix.insert(0, '/');

@@ -3,7 +3,7 @@
 //! stream back out.
 
 use std::convert::Infallible;
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{self, Body, Settings};
@@ -110,13 +110,43 @@ async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::
     let body: RespBody = match resp.body {
         Body::Empty => Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed(),
         Body::Json(v) | Body::Key(v) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),
-        Body::File(f, len) => {
+        Body::Stream(r, len) => {
             b = b.header(hyper::header::CONTENT_LENGTH, len);
-            let s = ReaderStream::with_capacity(tokio::fs::File::from_std(f), 64 * 1024).map_ok(Frame::data);
-            BodyExt::boxed(StreamBody::new(s))
+            BodyExt::boxed(StreamBody::new(blocking_stream(r, len)))
         }
     };
     b.body(body).unwrap_or_else(|_| plain(500, Bytes::new()))
+}
+
+/// A blocking reader (a file, or a database's chunks) as a body stream:
+/// a blocking thread reads 64 KiB pieces ahead into a small channel, so
+/// memory stays bounded whatever the size.
+fn blocking_stream(
+    mut r: crate::store::MessageReader,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, io::Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        while left > 0 {
+            let mut buf = vec![0u8; left.min(64 * 1024) as usize];
+            let piece = match r.read(&mut buf) {
+                Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stored message is shorter than its size")),
+                Ok(n) => {
+                    buf.truncate(n);
+                    left -= n as u64;
+                    Ok(Bytes::from(buf))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = piece.is_err();
+            if tx.blocking_send(piece).is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p.map(Frame::data), rx)) })
 }
 
 fn plain(status: u16, body: Bytes) -> hyper::Response<RespBody> {

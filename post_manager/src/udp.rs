@@ -2,11 +2,12 @@
 //! the notification stub sender. Both are optimisations: if every datagram
 //! is lost, mail still moves through signed HTTP polls.
 //!
-//! Cookies and queued stubs are files in the data directory, so CGI
-//! instances (which issue cookies and queue stubs) and the UDP daemon
-//! (`post_manager udp`, or the one inside `serve`) share them. They are
-//! *soft state*: written without fsync, and a lost file only costs a signed
-//! HTTP poll.
+//! Cookies and queued stubs are kept by the store ([`crate::store::UdpState`]),
+//! so CGI instances (which issue cookies and queue stubs) and the UDP daemon
+//! (`post_manager udp`, or the one inside `serve`) share them, and several
+//! instances on one PostgreSQL store share counters (a datagram replayed to
+//! another instance is not answered) and stubs (each sent by one of them).
+//! They are *soft state*: a lost cookie only costs a signed HTTP poll.
 //!
 //! Denial of service was the design constraint: a reply is never larger
 //! than its request and answers only entries with a valid MAC and a fresh
@@ -16,14 +17,12 @@
 //! recipient's own certificate, signed by the sender, with backoff.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use stubmail::protocol::udp::{self, CookieId, CookieKey, PollStatus, ReplyEntry};
-use stubmail::fsutil::write_replace;
 use stubmail::protocol::{Cookie, Fpr};
 use tokio_util::sync::CancellationToken;
 
@@ -56,11 +55,11 @@ impl Default for UdpSettings {
     }
 }
 
-fn wall_ns() -> u64 {
+pub(crate) fn wall_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// `udp.json`: written by the running UDP service, read by poll handlers.
+/// The running UDP service: announced through the store, read by poll handlers.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Advert {
     /// The port clients send polls to.
@@ -73,23 +72,23 @@ pub struct Advert {
 
 /// The running UDP service, if any.
 pub fn advert(store: &Store) -> Option<Advert> {
-    serde_json::from_slice(&fs::read(store.p("udp.json")).ok()?).ok()
+    store.udp_advert()
 }
 
-/// `cookies/<id>.json`.
+/// A cookie as the store keeps it.
 #[derive(Clone, Serialize, Deserialize)]
-struct CookieFile {
-    recipient: Fpr,
+pub struct CookieRecord {
+    pub recipient: Fpr,
     #[serde(default)]
-    device: Option<String>,
+    pub device: Option<String>,
     /// The senders the signed poll asked about; the UDP answer is about
     /// them only, so a stranger's mail at a shared outbox does not make
     /// every UDP poll say "mail waiting".
     #[serde(default)]
-    senders: Option<Vec<Fpr>>,
+    pub senders: Option<Vec<Fpr>>,
     /// 32 octets, hex.
-    key: String,
-    issued_ns: u64,
+    pub key: String,
+    pub issued_ns: u64,
 }
 
 /// Issue a fresh cookie for a signer of a signed poll; the previous cookie
@@ -98,21 +97,14 @@ pub fn issue(store: &Store, recipient: &Fpr, device: Option<&str>, senders: Opti
     let id: CookieId = rand::random();
     let key: CookieKey = rand::random();
     let (id_hex, key_hex) = (hex::encode(id), hex::encode(key));
-    let f = CookieFile {
+    let f = CookieRecord {
         recipient: recipient.clone(),
         device: device.map(str::to_string),
         senders: senders.map(<[Fpr]>::to_vec),
         key: key_hex.clone(),
         issued_ns: wall_ns(),
     };
-    write_replace(&store.p(&format!("cookies/{id_hex}.json")), &serde_json::to_vec(&f).expect("serialisable"))?;
-    // The device id is [A-Za-z0-9_-] (checked by the handler), safe in a name.
-    let current = store.p(&format!("cookies/current/{recipient}.{}", device.unwrap_or("_")));
-    if let Ok(old) = fs::read_to_string(&current)
-        && old.len() == 32 && old.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let _ = fs::remove_file(store.p(&format!("cookies/{old}.json")));
-        }
-    write_replace(&current, id_hex.as_bytes())?;
+    store.issue_cookie(&id_hex, &f)?;
     Ok(Cookie { recipient: recipient.clone(), id: id_hex, key: key_hex })
 }
 
@@ -155,12 +147,12 @@ impl Limiter {
 
 /// A cookie the service knows.
 struct Live {
-    file: CookieFile,
+    file: CookieRecord,
     key: CookieKey,
     /// Highest counter answered; only greater ones are answered again.
     last: u64,
     /// The answer for the inbox as it was at this mtime.
-    cache: Option<(SystemTime, bool)>,
+    cache: Option<(u128, bool)>,
 }
 
 /// What the service did, for logs and tests.
@@ -182,17 +174,11 @@ pub struct PollService {
     store: Store,
     started_ns: u64,
     cookies: HashMap<CookieId, Live>,
-    scanned: Option<(SystemTime, Instant)>,
+    /// When the store was last asked for new cookies, and its mark then.
+    scanned: Option<Instant>,
+    mark: u128,
     limiter: Limiter,
     pub counters: Counters,
-}
-
-/// An mtime this close to now may hide a later change in the same clock
-/// tick, so it is not trusted for caching ("racy git").
-const RACY: Duration = Duration::from_secs(2);
-
-fn settled(mtime: SystemTime) -> bool {
-    SystemTime::now().duration_since(mtime).is_ok_and(|d| d > RACY)
 }
 
 impl PollService {
@@ -202,6 +188,7 @@ impl PollService {
             started_ns,
             cookies: HashMap::new(),
             scanned: None,
+            mark: 0,
             limiter: Limiter { rate: settings.rate_per_source, burst: settings.burst_per_source.max(1.0), buckets: HashMap::new() },
             counters: Counters::default(),
         }
@@ -238,6 +225,12 @@ impl PollService {
                 continue;
             }
             live.last = e.counter;
+            // Shared counters (several instances on one database): another
+            // instance may have answered this counter already.
+            if !self.store.advance_cookie(&hex::encode(e.cookie), e.counter) {
+                self.counters.replayed += 1;
+                continue;
+            }
             let status = Self::status(&self.store, live);
             out.push(ReplyEntry::new(e.cookie, &live.key, e.counter, status));
         }
@@ -259,14 +252,14 @@ impl PollService {
         if wall_ns().saturating_sub(live.file.issued_ns) > COOKIE_ROTATE.as_nanos() as u64 {
             return PollStatus::SignedPoll;
         }
-        let Some(mtime) = store.inbox_mtime(&live.file.recipient) else {
+        let Some(stamp) = store.inbox_stamp(&live.file.recipient) else {
             return PollStatus::Nothing;
         };
         let mail = match live.cache {
-            Some((m, mail)) if m == mtime && settled(mtime) => mail,
+            Some((m, mail)) if m == stamp.value && stamp.exact => mail,
             _ => match store.poll(&live.file.recipient, live.file.senders.as_deref(), live.file.device.as_deref()) {
                 Ok(items) => {
-                    live.cache = Some((mtime, !items.is_empty()));
+                    live.cache = Some((stamp.value, !items.is_empty()));
                     !items.is_empty()
                 }
                 Err(e) => {
@@ -279,55 +272,36 @@ impl PollService {
     }
 
     /// Load cookies issued since the last scan (and forget revoked ones),
-    /// at most every 100 ms and only if the directory changed.
+    /// at most every 100 ms.
     fn rescan(&mut self, now: Instant) {
-        let dir = self.store.p("cookies");
-        let Ok(mtime) = fs::metadata(&dir).and_then(|m| m.modified()) else { return };
-        if let Some((m, at)) = self.scanned
-            && ((m == mtime && settled(mtime)) || now.duration_since(at) < Duration::from_millis(100)) {
-                return;
-            }
-        self.scanned = Some((mtime, now));
-        let Ok(rd) = fs::read_dir(&dir) else { return };
-        let mut seen = std::collections::HashSet::new();
+        if self.scanned.is_some_and(|at| now.duration_since(at) < Duration::from_millis(100)) {
+            return;
+        }
+        self.scanned = Some(now);
+        // Issued before this service started: in a data directory their
+        // counters are unknown here, so answering could answer a replay.
+        // The client falls back to a signed poll and gets a fresh cookie.
+        let Some((whole, found)) = self.store.scan_cookies(self.started_ns, &mut self.mark) else { return };
         let wall = wall_ns();
-        for e in rd.flatten() {
-            let name = e.file_name();
-            let Some(hexid) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        let mut seen = std::collections::HashSet::new();
+        for (hexid, f) in found {
             let mut id = [0u8; 16];
-            if hex::decode_to_slice(hexid, &mut id).is_err() {
+            let mut key = [0u8; 32];
+            if hex::decode_to_slice(&hexid, &mut id).is_err() || hex::decode_to_slice(&f.key, &mut key).is_err() {
                 continue;
             }
             seen.insert(id);
-            if self.cookies.contains_key(&id) {
-                continue;
-            }
-            let Ok(f) = fs::read(e.path()).map_err(drop).and_then(|b| serde_json::from_slice::<CookieFile>(&b).map_err(drop)) else {
-                continue;
-            };
-            if wall.saturating_sub(f.issued_ns) > COOKIE_MAX_AGE.as_nanos() as u64 {
-                let _ = fs::remove_file(e.path());
-                continue;
-            }
-            // Issued before this service started: its counters are unknown
-            // here, so answering could answer a replay. The client falls
-            // back to a signed poll and gets a fresh cookie.
-            if f.issued_ns < self.started_ns {
-                continue;
-            }
-            let mut key = [0u8; 32];
-            if hex::decode_to_slice(&f.key, &mut key).is_err() {
-                continue;
-            }
-            self.cookies.insert(id, Live { file: f, key, last: 0, cache: None });
+            self.cookies.entry(id).or_insert(Live { file: f, key, last: 0, cache: None });
         }
-        self.cookies.retain(|id, _| seen.contains(id));
+        if whole {
+            self.cookies.retain(|id, _| seen.contains(id));
+        } else {
+            self.cookies.retain(|_, l| wall.saturating_sub(l.file.issued_ns) <= COOKIE_MAX_AGE.as_nanos() as u64);
+        }
     }
 }
 
-/// `notify/<id>.<FPR>.json` (and `<id>.<FPR>.<k>.json` for a recipient's
-/// further devices' endpoints): a stub the outbox (re)sends until the
-/// recipient has the message.
+/// A stub the outbox (re)sends until the recipient has the message.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueuedStub {
     pub id: String,
@@ -340,8 +314,7 @@ pub struct QueuedStub {
 
 /// Queue a stub for the notifier, to the recipient's `k`-th endpoint.
 pub fn queue_stub(store: &Store, q: &QueuedStub, k: usize) -> io::Result<()> {
-    let name = if k == 0 { format!("notify/{}.{}.json", q.id, q.recipient) } else { format!("notify/{}.{}.{k}.json", q.id, q.recipient) };
-    write_replace(&store.p(&name), &serde_json::to_vec(q).expect("serialisable"))
+    store.queue_stub(q, k)
 }
 
 struct Scheduled {
@@ -386,7 +359,10 @@ pub struct Notifier {
     store: Store,
     socket: UdpSocket,
     queue: HashMap<String, Scheduled>,
-    scanned: Option<(SystemTime, Instant)>,
+    /// When the store was last asked for stubs, and its mark then.
+    scanned: Option<Instant>,
+    mark: u128,
+    renewed: Instant,
     resolved: HashMap<String, (Option<SocketAddr>, Instant)>,
     /// Token buckets by destination address and by sending account.
     per_destination: HashMap<IpAddr, StubBucket>,
@@ -403,6 +379,8 @@ impl Notifier {
             socket,
             queue: HashMap::new(),
             scanned: None,
+            mark: 0,
+            renewed: Instant::now(),
             resolved: HashMap::new(),
             per_destination: HashMap::new(),
             per_account: HashMap::new(),
@@ -412,38 +390,25 @@ impl Notifier {
     }
 
     fn scan(&mut self, now: Instant) {
-        let dir = self.store.p("notify");
-        let Ok(mtime) = fs::metadata(&dir).and_then(|m| m.modified()) else { return };
-        if self.scanned.is_some_and(|(m, _)| m == mtime && settled(mtime)) {
+        // Under load the queue changes all the time: ask at most ten times
+        // a second.
+        if self.scanned.is_some_and(|at| now.duration_since(at) < Duration::from_millis(100)) {
             return;
         }
-        // Under load the directory changes all the time: list it at most
-        // ten times a second.
-        if self.scanned.is_some_and(|(_, at)| now.duration_since(at) < Duration::from_millis(100)) {
-            return;
+        self.scanned = Some(now);
+        if now.duration_since(self.renewed) > Duration::from_secs(5) {
+            self.store.renew_stubs();
+            self.renewed = now;
         }
-        self.scanned = Some((mtime, now));
-        let Ok(rd) = fs::read_dir(&dir) else { return };
-        for e in rd.flatten() {
-            let Some(name) = e.file_name().to_str().filter(|n| n.ends_with(".json") && !n.starts_with('.')).map(str::to_string)
-            else {
-                continue;
-            };
-            if self.queue.contains_key(&name) {
-                continue;
-            }
-            use base64::Engine as _;
-            let parsed = fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<QueuedStub>(&b).ok()).and_then(|q| {
-                let d = base64::engine::general_purpose::STANDARD.decode(&q.stub).ok()?;
-                Some((q, d))
-            });
-            match parsed {
-                Some((stub, datagram)) => {
+        let queue = &self.queue;
+        let found = self.store.claim_stubs(&mut self.mark, &mut |n| queue.contains_key(n));
+        use base64::Engine as _;
+        for (name, stub) in found {
+            match base64::engine::general_purpose::STANDARD.decode(&stub.stub) {
+                Ok(datagram) => {
                     self.queue.insert(name, Scheduled { stub, datagram, sent: 0, next: now });
                 }
-                None => {
-                    let _ = fs::remove_file(e.path());
-                }
+                Err(_) => self.store.drop_stub(&name),
             }
         }
     }
@@ -469,7 +434,7 @@ impl Notifier {
             let pending = matches!(self.store.recipient_state(&id, &rcpt), Ok(Some(st)) if st.is_pending());
             if !pending {
                 // Retrieved, expired, unsent or gone: stop sending.
-                let _ = fs::remove_file(self.store.p(&format!("notify/{name}")));
+                self.store.drop_stub(&name);
                 self.queue.remove(&name);
                 continue;
             }
@@ -523,7 +488,7 @@ pub fn run(socket: UdpSocket, store: Store, settings: UdpSettings, shutdown: Can
     let local = socket.local_addr()?;
     let started_ns = wall_ns();
     let advert = Advert { port: settings.advertise_port.unwrap_or(local.port()), started_ns, pid: std::process::id() };
-    write_replace(&store.p("udp.json"), &serde_json::to_vec(&advert).expect("serialisable"))?;
+    store.set_udp_advert(Some(&advert))?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let notify_socket = socket.try_clone()?;
     let (st, sd) = (store.clone(), shutdown.clone());
@@ -550,16 +515,11 @@ pub fn run(socket: UdpSocket, store: Store, settings: UdpSettings, shutdown: Can
         }
     }
     let _ = notifier.join();
-    // Only our own advert: another instance may have started since.
-    if advert_pid(&store) == Some(std::process::id()) {
-        let _ = fs::remove_file(store.p("udp.json"));
+    if let Err(e) = store.set_udp_advert(None) {
+        tracing::warn!("cannot withdraw the UDP service's advert: {e}");
     }
     tracing::info!(?svc.counters, "UDP service stopped");
     Ok(())
-}
-
-fn advert_pid(store: &Store) -> Option<u32> {
-    advert(store).map(|a| a.pid)
 }
 
 #[cfg(test)]
@@ -623,6 +583,7 @@ mod tests {
         assert!(svc.answer(SRC, &poll(&old, 1)).is_some());
         let new = issue(&store, &fpr('B'), Some("dev1"), Some(std::slice::from_ref(&alice))).unwrap();
         svc.scanned = None; // as if 100 ms passed
+        svc.mark = 0;
         assert!(svc.answer(SRC, &poll(&new, 1)).is_some());
         assert_eq!(svc.answer(SRC, &poll(&old, 2)), None, "revoked");
         // Mail from a sender the cookie does not ask about is not news.
@@ -735,7 +696,7 @@ mod tests {
         }
         assert_eq!(n.tick(), None);
         assert!(endpoint.recv(&mut buf).is_err());
-        assert_eq!(fs::read_dir(store.p("notify")).unwrap().count(), 0);
+        assert!(store.claim_stubs(&mut 0, &mut |_| false).is_empty(), "no stub left");
         assert_eq!(n.sent, 4);
     }
 }

@@ -4,27 +4,13 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 
-use serde::{Deserialize, Serialize};
 use stubmail::fsutil::{self, fsync_dir};
 use stubmail::pgp;
 use stubmail::protocol::{self, Fpr};
 use stubmail::openpgp::Cert;
 
-use super::{Store, StoreError};
-
-/// An account's limits (`accounts/<FPR>.limits.json`; defaults if absent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    pub max_bytes: u64,
-    pub max_messages: u64,
-    pub max_recipients_per_day: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_bytes: 1 << 30, max_messages: 10_000, max_recipients_per_day: 1_000 }
-    }
-}
+use super::{Files, StoreError};
+use crate::store::{Accounts, Limits};
 
 /// The outbox's own base URLs, one per line.
 const URLS: &str = "accounts/urls";
@@ -33,23 +19,11 @@ pub(super) fn utc_day(now: i64) -> String {
     stubmail::time::rfc3339(now)[..10].to_string()
 }
 
-impl Store {
-    /// Register a local user who may upload. The certificate must be usable,
-    /// and the outbox URL it binds one this outbox is known by (the first
-    /// account's URL makes the first name): an account binding another
-    /// outbox's URL would make requests signed for that outbox valid here.
-    /// [`Store::add_account_new_url`] accepts a new name, when the operator
-    /// says so.
-    pub fn add_account(&self, cert: &Cert) -> anyhow::Result<Fpr> {
-        self.add_account_with(cert, false)
-    }
-
-    /// [`Store::add_account`], taking the URL the certificate binds as
-    /// another name of this outbox (`post_manager account add --new-url`).
-    pub fn add_account_new_url(&self, cert: &Cert) -> anyhow::Result<Fpr> {
-        self.add_account_with(cert, true)
-    }
-
+impl Accounts for Files {
+    /// The certificate must be usable, and the outbox URL it binds one this
+    /// outbox is known by (the first account's URL makes the first name): an
+    /// account binding another outbox's URL would make requests signed for
+    /// that outbox valid here.
     fn add_account_with(&self, cert: &Cert, new_url: bool) -> anyhow::Result<Fpr> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
@@ -88,7 +62,7 @@ impl Store {
     /// contacts who still poll here learn where to go — without taking the
     /// other URL as one of its own names (requests signed for that outbox
     /// stay invalid here). Only the same key, still usable.
-    pub fn update_account_cert(&self, cert: &Cert) -> anyhow::Result<()> {
+    fn update_account_cert(&self, cert: &Cert) -> anyhow::Result<()> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
         let Some(old) = self.account(&f) else { anyhow::bail!("{f} is not an account of this outbox") };
@@ -118,7 +92,7 @@ impl Store {
     /// from the accounts if missing). Signed requests are bound to one of
     /// them (docs/PROTOCOL.md §3); an operator adds others with
     /// `--public-url`.
-    pub fn outbox_urls(&self) -> io::Result<Vec<String>> {
+    fn outbox_urls(&self) -> io::Result<Vec<String>> {
         match fs::read_to_string(self.p(URLS)) {
             Ok(t) => Ok(t.lines().filter(|l| !l.is_empty()).map(str::to_string).collect()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -161,11 +135,11 @@ impl Store {
     }
 
     /// Set an account's limits.
-    pub fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
+    fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
         fsutil::write_atomic(&self.p(&format!("accounts/{f}.limits.json")), &serde_json::to_vec_pretty(l).expect("serialisable"), 0o600)
     }
 
-    pub fn limits(&self, f: &Fpr) -> Limits {
+    fn limits(&self, f: &Fpr) -> Limits {
         fs::read(self.p(&format!("accounts/{f}.limits.json")))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -175,7 +149,7 @@ impl Store {
     /// Limits and usage of an account at `now`: stored bytes and messages
     /// (counted from the store, so never out of step with it) and distinct
     /// recipients of the UTC day.
-    pub fn account_status(&self, f: &Fpr, now: i64) -> Result<protocol::AccountStatus, StoreError> {
+    fn account_status(&self, f: &Fpr, now: i64) -> Result<protocol::AccountStatus, StoreError> {
         let l = self.limits(f);
         let (bytes, messages) = self.usage(f)?;
         Ok(protocol::AccountStatus {
@@ -189,6 +163,50 @@ impl Store {
         })
     }
 
+
+
+
+
+
+
+
+    fn remove_account(&self, f: &Fpr) -> io::Result<bool> {
+        let _ = fs::remove_file(self.p(&format!("accounts/{f}.usage")));
+        match fs::remove_file(self.p(&format!("accounts/{f}.pgp"))) {
+            Ok(()) => {
+                fsync_dir(&self.p("accounts"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn accounts(&self) -> io::Result<Vec<Cert>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(self.p("accounts"))? {
+            let p = e?.path();
+            // Only `<FPR>.pgp`: not limits files, not leftovers of a write
+            // a crash cut short.
+            if p.extension().and_then(|x| x.to_str()) != Some("pgp") || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            if let Some(c) = fs::read(&p).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next()) {
+                v.push(c);
+            }
+        }
+        Ok(v)
+    }
+
+    /// The certificate of an account, if `f` is one.
+    fn account(&self, f: &Fpr) -> Option<Cert> {
+        self.read_cert(&format!("accounts/{f}.pgp"))
+    }
+
+
+}
+
+impl Files {
     /// Bytes and messages an account stores now. Read from a cache,
     /// `accounts/<FPR>.usage`, kept under the account's lock by uploads and
     /// unsends; retention drops it for the accounts it touched, and a
@@ -265,39 +283,6 @@ impl Store {
         file.sync_all()
     }
 
-    pub fn remove_account(&self, f: &Fpr) -> io::Result<bool> {
-        let _ = fs::remove_file(self.p(&format!("accounts/{f}.usage")));
-        match fs::remove_file(self.p(&format!("accounts/{f}.pgp"))) {
-            Ok(()) => {
-                fsync_dir(&self.p("accounts"))?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn accounts(&self) -> io::Result<Vec<Cert>> {
-        let mut v = Vec::new();
-        for e in fs::read_dir(self.p("accounts"))? {
-            let p = e?.path();
-            // Only `<FPR>.pgp`: not limits files, not leftovers of a write
-            // a crash cut short.
-            if p.extension().and_then(|x| x.to_str()) != Some("pgp") || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
-                continue;
-            }
-            if let Some(c) = fs::read(&p).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next()) {
-                v.push(c);
-            }
-        }
-        Ok(v)
-    }
-
-    /// The certificate of an account, if `f` is one.
-    pub fn account(&self, f: &Fpr) -> Option<Cert> {
-        self.read_cert(&format!("accounts/{f}.pgp"))
-    }
-
     /// Check an upload against the account's limits; returns the recipients
     /// that are new today (to be logged once the upload is stored).
     pub(super) fn check_limits(&self, sender: &Fpr, id: &str, size: u64, recipients: &[Fpr], now: i64) -> Result<Vec<Fpr>, StoreError> {
@@ -325,5 +310,4 @@ impl Store {
         }
         Ok(new)
     }
-
 }

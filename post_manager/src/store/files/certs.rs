@@ -7,17 +7,20 @@ use stubmail::pgp;
 use stubmail::protocol::Fpr;
 use stubmail::openpgp::Cert;
 
-use super::Store;
+use super::Files;
+use crate::store::{Accounts, Certs};
 
-impl Store {
+impl Files {
     pub(super) fn read_cert(&self, rel: &str) -> Option<Cert> {
         let b = fs::read(self.p(rel)).ok()?;
         pgp::parse_certs(&b).ok()?.into_iter().next()
     }
+}
 
+impl Certs for Files {
 
     /// A certificate that may sign recipient requests for `f`.
-    pub fn known_cert(&self, f: &Fpr) -> Option<Cert> {
+    fn known_cert(&self, f: &Fpr) -> Option<Cert> {
         self.read_cert(&format!("certs/{f}.pgp")).or_else(|| self.account(f))
     }
 
@@ -25,7 +28,7 @@ impl Store {
     /// only, few User IDs and subkeys, bounded size: see
     /// [`pgp::reduced`]), replacing the one kept before — unless that one
     /// is revoked: a revocation once seen sticks.
-    pub fn remember_cert(&self, cert: &Cert) -> anyhow::Result<()> {
+    fn remember_cert(&self, cert: &Cert) -> anyhow::Result<()> {
         let f = pgp::fpr_of(cert);
         let path = self.p(&format!("certs/{f}.pgp"));
         let _lock = self.lock(&format!("cert-{f}"))?;
@@ -43,7 +46,7 @@ impl Store {
     /// If `presented` revokes a certificate this outbox keeps (a recipient's
     /// or an account's), store the revocation (only the revocation
     /// signatures are taken). Returns whether it did.
-    pub fn take_revocation(&self, presented: &Cert) -> anyhow::Result<bool> {
+    fn take_revocation(&self, presented: &Cert) -> anyhow::Result<bool> {
         // Cheap first: no revocation signature, nothing to check (this runs
         // for every certificate of every poll).
         if presented.primary_key().self_revocations().next().is_none() || !pgp::is_revoked(presented) {

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use stubmail::fsutil::{self, fsync_dir};
 use stubmail::protocol::{self, DeliveryState, Fpr, MessageStatus, PollItem, RecipientStatus};
 
-use super::{Store, StoreError};
+use super::{Files, StoreError};
+use crate::store::{InboxStamp, MessageReader, Messages};
 
 /// Per-message state, `meta/<id>.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,35 +58,34 @@ impl Meta {
 }
 
 
-impl Store {
-    /// When a recipient's index last changed (a message arrived, was
-    /// acked, unsent or expired): lets the UDP service answer from a cache.
-    pub fn inbox_mtime(&self, recipient: &Fpr) -> Option<std::time::SystemTime> {
-        fs::metadata(self.p(&format!("inbox/{recipient}"))).and_then(|m| m.modified()).ok()
+/// An mtime this close to now may hide a later change in the same clock
+/// tick ("racy git"): a stamp from it is not exact.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Messages for Files {
+    /// The mtime of the recipient's index directory (a message arrived, was
+    /// acked, unsent or expired; a device's ack touches it).
+    fn inbox_stamp(&self, recipient: &Fpr) -> Option<InboxStamp> {
+        let m = fs::metadata(self.p(&format!("inbox/{recipient}"))).and_then(|m| m.modified()).ok()?;
+        let since = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let exact = std::time::SystemTime::now().duration_since(m).is_ok_and(|d| d > RACY);
+        Some(InboxStamp { value: since(m), exact })
     }
 
-    /// Has this outbox ever held mail for `recipient`? (Its index
-    /// directory is made with its first message and kept.)
-    pub fn ever_had_mail(&self, recipient: &Fpr) -> bool {
+    /// Its index directory is made with its first message and kept.
+    fn ever_had_mail(&self, recipient: &Fpr) -> bool {
         self.p(&format!("inbox/{recipient}")).is_dir()
     }
 
-    /// Mark an index changed whose files did not change (a device's ack).
-    pub(super) fn touch_inbox(&self, recipient: &Fpr) {
-        let dir = self.p(&format!("inbox/{recipient}"));
-        if let Ok(f) = File::open(&dir) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
-    }
 
     /// A recipient's delivery state of a message (None: no such message or
     /// not a recipient).
-    pub fn recipient_state(&self, id: &str, recipient: &Fpr) -> Result<Option<DeliveryState>, StoreError> {
+    fn recipient_state(&self, id: &str, recipient: &Fpr) -> Result<Option<DeliveryState>, StoreError> {
         Ok(self.read_meta(id)?.and_then(|m| m.recipient(recipient).map(|r| r.state)))
     }
 
     /// A stub was sent: `stored` becomes `notified`, so the sender sees it.
-    pub fn mark_notified(&self, id: &str, recipient: &Fpr, now: i64) -> Result<(), StoreError> {
+    fn mark_notified(&self, id: &str, recipient: &Fpr, now: i64) -> Result<(), StoreError> {
         let _lock = self.lock(id)?;
         let Some(mut m) = self.read_meta(id)? else { return Ok(()) };
         if let Some(r) = m.recipients.iter_mut().find(|r| &r.fpr == recipient && r.state == DeliveryState::Stored) {
@@ -95,45 +95,15 @@ impl Store {
         }
         Ok(())
     }
-    // ---- messages -------------------------------------------------------
 
-    pub(super) fn read_meta(&self, id: &str) -> Result<Option<Meta>, StoreError> {
-        match fs::read(self.p(&format!("meta/{id}.json"))) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("meta/{id}.json"))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
 
-    pub(super) fn write_meta(&self, m: &Meta) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
-        fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o600)
-    }
 
-    /// Create an empty index file durably (idempotent).
-    pub(super) fn mark(&self, dir: &str, id: &str) -> io::Result<()> {
-        let d = self.p(dir);
-        let p = d.join(id);
-        if p.exists() {
-            return Ok(());
-        }
-        fs::create_dir_all(&d)?;
-        File::create(&p)?.sync_all()?;
-        fsync_dir(&d)
-    }
 
-    pub(super) fn unmark(&self, dir: &str, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.p(dir).join(id)) {
-            Ok(()) => fsync_dir(&self.p(dir)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
 
     /// Store an upload. The body is streamed to disk while hashed; nothing is
     /// visible until the bytes, then the state, then the indexes are durable.
     /// Returns the status and whether it was newly created.
-    pub fn put(
+    fn put(
         &self,
         sender: &Fpr,
         id: &str,
@@ -229,7 +199,7 @@ impl Store {
     }
     /// Messages for `recipient` (optionally only from `senders`): pending
     /// ones, and for a named device also those other devices retrieved.
-    pub fn poll(&self, recipient: &Fpr, senders: Option<&[Fpr]>, device: Option<&str>) -> Result<Vec<PollItem>, StoreError> {
+    fn poll(&self, recipient: &Fpr, senders: Option<&[Fpr]>, device: Option<&str>) -> Result<Vec<PollItem>, StoreError> {
         let dir = self.p(&format!("inbox/{recipient}"));
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -264,23 +234,31 @@ impl Store {
 
     /// Open a message for a recipient. Unknown ids and ids the requester is
     /// not a recipient of are the same `NotFound`.
-    pub fn open_for(&self, recipient: &Fpr, id: &str) -> Result<(File, u64), StoreError> {
-        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
-        match m.recipient(recipient) {
-            Some(r) if r.state.is_pending() || r.state == DeliveryState::Retrieved => {}
-            _ => return Err(StoreError::NotFound),
-        }
-        let f = File::open(self.p(&format!("messages/{id}"))).map_err(|e| match e.kind() {
+    fn open_for(&self, recipient: &Fpr, id: &str, start: u64) -> Result<(MessageReader, u64), StoreError> {
+        use std::io::Seek;
+        let size = self.size_for(recipient, id)?;
+        let mut f = File::open(self.p(&format!("messages/{id}"))).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound,
             _ => e.into(),
         })?;
-        Ok((f, m.size))
+        if start > 0 {
+            f.seek(io::SeekFrom::Start(start))?;
+        }
+        Ok((Box::new(f), size))
+    }
+
+    fn size_for(&self, recipient: &Fpr, id: &str) -> Result<u64, StoreError> {
+        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        match m.recipient(recipient) {
+            Some(r) if r.state.is_pending() || r.state == DeliveryState::Retrieved => Ok(m.size),
+            _ => Err(StoreError::NotFound),
+        }
     }
 
     /// A recipient (one of its devices) confirms durable delivery.
     /// Idempotent. Without a device the message leaves the recipient's
     /// index; with one, it stays listed for the recipient's other devices.
-    pub fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
+    fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
         let _lock = self.lock(id)?;
         let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         let r = m.recipients.iter_mut().find(|r| &r.fpr == recipient).ok_or(StoreError::NotFound)?;
@@ -316,7 +294,7 @@ impl Store {
     }
 
     /// The sender's view of one message.
-    pub fn status(&self, sender: &Fpr, id: &str) -> Result<MessageStatus, StoreError> {
+    fn status(&self, sender: &Fpr, id: &str) -> Result<MessageStatus, StoreError> {
         let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         if &m.sender != sender {
             return Err(StoreError::NotFound);
@@ -325,7 +303,7 @@ impl Store {
     }
 
     /// Every message of a sender.
-    pub fn list(&self, sender: &Fpr) -> Result<Vec<MessageStatus>, StoreError> {
+    fn list(&self, sender: &Fpr) -> Result<Vec<MessageStatus>, StoreError> {
         let dir = self.p(&format!("sent/{sender}"));
         let mut out = Vec::new();
         if let Ok(rd) = fs::read_dir(&dir) {
@@ -343,7 +321,7 @@ impl Store {
 
     /// Withdraw a message from every recipient who has not retrieved it. If
     /// nobody retrieved it, its bytes are deleted.
-    pub fn unsend(&self, sender: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
+    fn unsend(&self, sender: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
         // Account, then message: the order uploads take them in.
         let _account = self.lock(&format!("account-{sender}"))?;
         let _lock = self.lock(id)?;
@@ -370,5 +348,48 @@ impl Store {
             }
         }
         Ok(m.status())
+    }
+}
+
+impl Files {
+    /// Mark an index changed whose files did not change (a device's ack).
+    pub(super) fn touch_inbox(&self, recipient: &Fpr) {
+        let dir = self.p(&format!("inbox/{recipient}"));
+        if let Ok(f) = File::open(&dir) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    pub(super) fn read_meta(&self, id: &str) -> Result<Option<Meta>, StoreError> {
+        match fs::read(self.p(&format!("meta/{id}.json"))) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("meta/{id}.json"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) fn write_meta(&self, m: &Meta) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
+        fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o600)
+    }
+
+    /// Create an empty index file durably (idempotent).
+    pub(super) fn mark(&self, dir: &str, id: &str) -> io::Result<()> {
+        let d = self.p(dir);
+        let p = d.join(id);
+        if p.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&d)?;
+        File::create(&p)?.sync_all()?;
+        fsync_dir(&d)
+    }
+
+    pub(super) fn unmark(&self, dir: &str, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.p(dir).join(id)) {
+            Ok(()) => fsync_dir(&self.p(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

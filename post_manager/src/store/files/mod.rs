@@ -1,4 +1,4 @@
-//! The outbox's data directory. Plain files, so many processes (CGI
+//! The data directory backend. Plain files, so many processes (CGI
 //! instances, `serve` instances) can share one directory: every change is a
 //! write-to-temp + fsync + rename, and per-message changes hold an exclusive
 //! lock on `locks/<id>`.
@@ -22,6 +22,9 @@
 //! notify/<id>.<FPR>.json    notification stubs still to be (re)sent
 //! udp.json                  the UDP service's port, while it runs
 //! ```
+//!
+//! Counters of UDP cookies live in the memory of the one UDP service that
+//! serves a data directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -33,47 +36,28 @@ mod certs;
 mod messages;
 mod nonces;
 mod retention;
+mod udp;
 
-pub use accounts::Limits;
 pub use messages::{Meta, RecipientMeta};
-pub use retention::{Expired, Retention};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("no such message")]
-    NotFound,
-    #[error("the body's SHA-256 {got} does not match {want}")]
-    DigestMismatch { got: String, want: String },
-    #[error("the message is larger than the limit of {0} bytes")]
-    TooLarge(u64),
-    #[error("this id is already stored by another sender")]
-    Conflict,
-    #[error("{0}")]
-    QuotaExceeded(String),
-    #[error("{0}")]
-    RateLimited(String),
-    #[error("storage: {0}")]
-    Io(#[from] io::Error),
-    #[error("corrupt state file {0}")]
-    Corrupt(String),
-}
+use super::StoreError;
 
 /// One outbox data directory.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct Files {
     root: PathBuf,
 }
 
 const DIRS: &[&str] =
     &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify"];
 
-impl Store {
+impl Files {
     /// Open (creating the layout if needed) a data directory.
-    pub fn open(root: &Path) -> io::Result<Store> {
+    pub fn open(root: &Path) -> io::Result<Files> {
         for d in DIRS {
             fs::create_dir_all(root.join(d))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Files { root: root.to_path_buf() })
     }
 
     pub fn root(&self) -> &Path {
@@ -83,7 +67,7 @@ impl Store {
     /// Check that this process can write every part of the data directory.
     /// Under a web server the CGI runs as the server's user (www-data):
     /// the directory must belong to that user, or nothing can be stored.
-    pub fn check_writable(&self) -> io::Result<()> {
+    fn check_ready(&self) -> io::Result<()> {
         use std::os::unix::ffi::OsStrExt;
         for d in DIRS {
             let p = self.p(d);
@@ -121,3 +105,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests;
+
+impl super::Backend for Files {
+    fn describe(&self) -> String {
+        format!("data directory {}", self.root.display())
+    }
+    fn check_ready(&self) -> io::Result<()> {
+        Files::check_ready(self)
+    }
+}

@@ -5,16 +5,17 @@ use std::io;
 
 use stubmail::protocol::{self, Fpr};
 
-use super::Store;
+use super::Files;
+use crate::store::Nonces;
 
-impl stubmail::auth::NonceStore for Store {
+impl Nonces for Files {
     /// `nonces/<FPR>/<window>/<nonce>`, where a window is NONCE_MEMORY/2
     /// seconds of the request's (signed, checked) timestamp: a replay
     /// carries the same timestamp, so it lands in the same window. Whole
     /// windows are dropped once no acceptable timestamp can fall in them —
     /// pruning costs a listing of a few directories, not a stat per nonce
     /// (which, under load, was the outbox's largest cost).
-    fn remember(&self, fpr: &Fpr, nonce: &str, ts: i64) -> io::Result<bool> {
+    fn remember_nonce(&self, fpr: &Fpr, nonce: &str, ts: i64) -> io::Result<bool> {
         let span = (protocol::NONCE_MEMORY / 2).max(1);
         let window = ts.div_euclid(span);
         let root = self.p(&format!("nonces/{fpr}"));
@@ -47,24 +48,24 @@ impl stubmail::auth::NonceStore for Store {
 #[cfg(test)]
 mod nonce_tests {
     use super::*;
-    use stubmail::auth::NonceStore;
+    
 
     #[test]
     fn replays_are_caught_in_their_window_and_old_windows_go() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
+        let s = Files::open(d.path()).unwrap();
         let f = Fpr::parse(&"A".repeat(40)).unwrap();
         let now = stubmail::time::unix_now();
         let n = "0123456789abcdef0123456789abcdef";
-        assert!(s.remember(&f, n, now).unwrap());
-        assert!(!s.remember(&f, n, now).unwrap(), "a replay");
+        assert!(s.remember_nonce(&f, n, now).unwrap());
+        assert!(!s.remember_nonce(&f, n, now).unwrap(), "a replay");
         // An old window (no request from it is acceptable any more).
         let old = (now - 4 * protocol::NONCE_MEMORY).div_euclid(protocol::NONCE_MEMORY / 2);
         std::fs::create_dir_all(d.path().join(format!("nonces/{f}/{old}"))).unwrap();
         for i in 0..2000 {
-            s.remember(&f, &format!("{i:032x}"), now).unwrap();
+            s.remember_nonce(&f, &format!("{i:032x}"), now).unwrap();
         }
         assert!(!d.path().join(format!("nonces/{f}/{old}")).exists(), "pruned");
-        assert!(!s.remember(&f, n, now).unwrap(), "the current window is kept");
+        assert!(!s.remember_nonce(&f, n, now).unwrap(), "the current window is kept");
     }
 }

@@ -8,40 +8,13 @@ use std::path::Path;
 use stubmail::fsutil::fsync_dir;
 use stubmail::protocol::{self, DeliveryState};
 
-use super::{Store, StoreError};
+use super::{Files, StoreError};
+use crate::store::{Expired, Housekeeping, Retention};
 
-/// How long the outbox keeps things (docs/OPERATING.md, "Retention").
-#[derive(Clone, Copy, Debug)]
-pub struct Retention {
-    /// A message waits this long for its recipients; then those who have
-    /// not retrieved it see it `expired`.
-    pub pending_secs: i64,
-    /// Once no recipient is pending, the bytes stay this long (so every
-    /// device of a recipient can fetch them), then they are deleted.
-    pub keep_secs: i64,
-    /// The delivery status stays this long after that, for the sender.
-    pub status_secs: i64,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        const DAY: i64 = 86400;
-        Retention { pending_secs: 30 * DAY, keep_secs: 7 * DAY, status_secs: 90 * DAY }
-    }
-}
-
-/// What one expiry pass did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Expired {
-    pub recipients_expired: usize,
-    pub messages_deleted: usize,
-    pub statuses_dropped: usize,
-}
-
-impl Store {
+impl Housekeeping for Files {
     /// Apply the retention policy at time `now`. Safe to run from several
     /// processes at once (each message is changed under its lock).
-    pub fn expire(&self, now: i64, r: Retention) -> Result<Expired, StoreError> {
+    fn expire(&self, now: i64, r: Retention) -> Result<Expired, StoreError> {
         let mut out = Expired::default();
         let mut touched = std::collections::BTreeSet::new();
         self.sweep(now)?;
@@ -99,7 +72,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl Files {
     /// Remove what crashed uploads left behind: temporary files, and stored
     /// bytes that never got their state (the crash fell between the two;
     /// the uploader was never told 201 and retries). Only things a day old,

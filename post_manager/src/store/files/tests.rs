@@ -1,11 +1,13 @@
-//! The store's behaviour across its areas.
+//! The data directory backend: the shared contract, and what only it has
+//! (usage cache, files left on disk, lost lists rebuilt).
 
-use std::io::Read;
+use std::fs;
 
 use sha2::{Digest, Sha256};
-use stubmail::protocol::{DeliveryState, Fpr};
+use stubmail::protocol::Fpr;
 
-use super::*;
+use super::Files;
+use crate::store::{contract, Accounts, Housekeeping, Messages, Retention, Store};
 
 fn fpr(c: char) -> Fpr {
     Fpr::parse(&c.to_string().repeat(40)).unwrap()
@@ -16,52 +18,55 @@ fn id_of(b: &[u8]) -> String {
 }
 
 #[test]
-fn put_poll_fetch_ack_status() {
+fn the_contract() {
+    let mut dirs = Vec::new();
+    contract::all(&mut || {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        dirs.push(d);
+        s
+    });
+}
+
+#[test]
+fn bad_uploads_leave_no_file() {
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
-    let body = b"ciphertext".to_vec();
+    let s = Files::open(d.path()).unwrap();
+    let body = b"x".repeat(1000);
     let id = id_of(&body);
-    let (st, created) = s.put(&a, &id, &[b.clone(), c.clone()], &mut &body[..], 100, 1000).unwrap();
-    assert!(created);
-    assert_eq!(st.recipients.len(), 2);
-    // Idempotent retry.
-    let (_, created) = s.put(&a, &id, std::slice::from_ref(&b), &mut &body[..], 100, 1001).unwrap();
-    assert!(!created);
-    assert_eq!(s.poll(&b, None, None).unwrap().len(), 1);
-    assert_eq!(s.poll(&b, Some(std::slice::from_ref(&c)), None).unwrap().len(), 0);
-    assert_eq!(s.poll(&a, None, None).unwrap().len(), 0);
-    let (mut f, n) = s.open_for(&b, &id).unwrap();
-    let mut got = Vec::new();
-    f.read_to_end(&mut got).unwrap();
-    assert_eq!((got, n), (body.clone(), body.len() as u64));
-    assert!(matches!(s.open_for(&a, &id), Err(StoreError::NotFound)));
-    s.ack(&b, &id, None, 1002).unwrap();
-    s.ack(&b, &id, None, 1003).unwrap();
-    assert!(s.poll(&b, None, None).unwrap().is_empty());
-    let st = s.status(&a, &id).unwrap();
-    assert_eq!(st.recipients.iter().find(|r| r.fpr == b).unwrap().state, DeliveryState::Retrieved);
-    assert!(matches!(s.status(&b, &id), Err(StoreError::NotFound)));
-    assert_eq!(s.list(&a).unwrap().len(), 1);
-    // Unsend: C has not retrieved it; B keeps it.
-    let st = s.unsend(&a, &id, 1004).unwrap();
-    assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent);
-    assert!(s.poll(&c, None, None).unwrap().is_empty());
-    assert!(s.open_for(&c, &id).is_err());
-    // C acks anyway, then tries to fetch: nothing changes, nothing opens.
-    assert!(matches!(s.ack(&c, &id, None, 1005), Err(StoreError::NotFound)));
-    assert!(matches!(s.ack(&c, &id, Some("dev"), 1005), Err(StoreError::NotFound)));
-    assert!(matches!(s.open_for(&c, &id), Err(StoreError::NotFound)));
-    let st = s.status(&a, &id).unwrap();
-    assert_eq!(st.recipients.iter().find(|r| r.fpr == c).unwrap().state, DeliveryState::Unsent, "the sender still sees it unsent");
+    assert!(s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 999, 1).is_err());
+    assert!(s.put(&fpr('A'), &id_of(b"other"), &[fpr('B')], &mut &body[..], 9999, 1).is_err());
+    for dir in ["messages", "meta", "tmp", "inbox"] {
+        assert_eq!(fs::read_dir(d.path().join(dir)).unwrap().count(), 0, "{dir}");
+    }
+    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 9999, 1).unwrap();
+    s.unsend(&fpr('A'), &id, 2).unwrap();
+    assert!(!d.path().join("messages").join(&id).exists());
+}
+
+#[test]
+fn lost_url_lists_are_rebuilt_only_when_the_accounts_agree() {
+    use stubmail::Identity;
+    let d = tempfile::tempdir().unwrap();
+    let s = Files::open(d.path()).unwrap();
+    let alice = Identity::generate(None, "alice@example.org", "http://b.example/").unwrap();
+    s.add_account(&alice.cert()).unwrap();
+    std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
+    assert_eq!(s.outbox_urls().unwrap(), vec!["http://b.example/".to_string()], "one URL: rebuilt");
+    let mallory = Identity::generate(None, "mallory@example.org", "http://a.example/").unwrap();
+    s.add_account_new_url(&mallory.cert()).unwrap();
+    // A data directory from before the list was kept, whose accounts name
+    // two URLs: neither is taken on trust.
+    std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
+    assert!(s.outbox_urls().unwrap().is_empty());
 }
 
 #[test]
 fn cached_usage_follows_uploads_unsends_and_retention() {
     let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
+    let s = Files::open(d.path()).unwrap();
     let a = fpr('A');
-    let check = |s: &Store| assert_eq!(s.usage(&a).unwrap(), s.count_usage(&a).unwrap());
+    let check = |s: &Files| assert_eq!(s.usage(&a).unwrap(), s.count_usage(&a).unwrap());
     let bodies: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
     for b in &bodies {
         s.put(&a, &id_of(b), &[fpr('B')], &mut &b[..], 1 << 20, 100).unwrap();
@@ -82,163 +87,3 @@ fn cached_usage_follows_uploads_unsends_and_retention() {
     check(&s);
 }
 
-#[test]
-fn quotas_and_daily_recipients() {
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    s.set_limits(&fpr('A'), &Limits { max_bytes: 25, max_messages: 2, max_recipients_per_day: 2 }).unwrap();
-    let m = |b: &[u8]| (id_of(b), b.to_vec());
-    let (id1, b1) = m(b"0123456789");
-    s.put(&fpr('A'), &id1, &[fpr('B')], &mut &b1[..], 100, 86400).unwrap();
-    // A third distinct recipient today: refused; the same two: fine.
-    let (id2, b2) = m(b"abcdefghij");
-    assert!(matches!(s.put(&fpr('A'), &id2, &[fpr('C'), fpr('D')], &mut &b2[..], 100, 86401), Err(StoreError::RateLimited(_))));
-    s.put(&fpr('A'), &id2, &[fpr('B'), fpr('C')], &mut &b2[..], 100, 86402).unwrap();
-    // Over the byte quota, and the message count.
-    let (id3, b3) = m(b"klmnopqrst");
-    assert!(matches!(s.put(&fpr('A'), &id3, &[fpr('B')], &mut &b3[..], 100, 86403), Err(StoreError::QuotaExceeded(_))));
-    assert!(!d.path().join("messages").join(&id3).exists());
-    let st = s.account_status(&fpr('A'), 86404).unwrap();
-    assert_eq!((st.bytes, st.messages, st.recipients_today), (20, 2, 2));
-    // A new day, and space freed by unsend: accepted again.
-    s.unsend(&fpr('A'), &id1, 86405).unwrap();
-    s.put(&fpr('A'), &id3, &[fpr('D')], &mut &b3[..], 100, 2 * 86400).unwrap();
-    // Re-uploading what is already stored never counts twice.
-    s.put(&fpr('A'), &id3, &[fpr('D')], &mut &b3[..], 100, 2 * 86400).unwrap();
-}
-
-#[test]
-fn retention_expires_deletes_and_forgets() {
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let r = Retention { pending_secs: 100, keep_secs: 10, status_secs: 50 };
-    let body = b"m".to_vec();
-    let id = id_of(&body);
-    s.put(&fpr('A'), &id, &[fpr('B'), fpr('C')], &mut &body[..], 10, 1000).unwrap();
-    s.ack(&fpr('B'), &id, None, 1050).unwrap();
-    assert_eq!(s.expire(1090, r).unwrap(), Expired::default(), "C still has time");
-    assert_eq!(s.expire(1101, r).unwrap().recipients_expired, 1);
-    let st = s.status(&fpr('A'), &id).unwrap();
-    assert_eq!(st.recipients.iter().find(|x| x.fpr == fpr('C')).unwrap().state, DeliveryState::Expired);
-    assert!(s.poll(&fpr('C'), None, None).unwrap().is_empty());
-    assert!(s.open_for(&fpr('B'), &id).is_ok(), "kept a while after settling");
-    assert_eq!(s.expire(1112, r).unwrap().messages_deleted, 1);
-    assert!(s.open_for(&fpr('B'), &id).is_err());
-    assert!(s.status(&fpr('A'), &id).is_ok(), "the status outlives the bytes");
-    assert_eq!(s.expire(1162, r).unwrap().statuses_dropped, 1);
-    assert!(s.status(&fpr('A'), &id).is_err());
-    assert!(s.list(&fpr('A')).unwrap().is_empty());
-}
-
-#[test]
-fn every_device_gets_every_message() {
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let body = b"z".to_vec();
-    let id = id_of(&body);
-    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 10, 1).unwrap();
-    assert_eq!(s.poll(&fpr('B'), None, Some("laptop")).unwrap().len(), 1);
-    s.ack(&fpr('B'), &id, Some("laptop"), 2).unwrap();
-    assert!(s.poll(&fpr('B'), None, Some("laptop")).unwrap().is_empty());
-    assert_eq!(s.poll(&fpr('B'), None, Some("desktop")).unwrap().len(), 1, "the other device still sees it");
-    assert!(s.open_for(&fpr('B'), &id).is_ok());
-    s.ack(&fpr('B'), &id, Some("desktop"), 3).unwrap();
-    assert!(s.poll(&fpr('B'), None, Some("desktop")).unwrap().is_empty());
-    assert_eq!(s.status(&fpr('A'), &id).unwrap().recipients[0].state, DeliveryState::Retrieved);
-}
-
-#[test]
-fn bad_uploads_store_nothing() {
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let body = b"x".repeat(1000);
-    let id = id_of(&body);
-    assert!(matches!(s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 999, 1), Err(StoreError::TooLarge(_))));
-    let wrong = id_of(b"other");
-    assert!(matches!(s.put(&fpr('A'), &wrong, &[fpr('B')], &mut &body[..], 9999, 1), Err(StoreError::DigestMismatch { .. })));
-    for dir in ["messages", "meta", "tmp", "inbox"] {
-        assert_eq!(fs::read_dir(d.path().join(dir)).unwrap().count(), 0, "{dir}");
-    }
-    // Another sender cannot take over an id.
-    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 9999, 1).unwrap();
-    assert!(matches!(s.put(&fpr('C'), &id, &[fpr('B')], &mut &body[..], 9999, 1), Err(StoreError::Conflict)));
-}
-
-#[test]
-fn unsend_before_retrieval_deletes_bytes() {
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let body = b"y".to_vec();
-    let id = id_of(&body);
-    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 10, 1).unwrap();
-    assert!(matches!(s.unsend(&fpr('B'), &id, 2), Err(StoreError::NotFound)));
-    s.unsend(&fpr('A'), &id, 2).unwrap();
-    assert!(!d.path().join("messages").join(&id).exists());
-}
-
-#[test]
-fn only_urls_the_operator_accepted_are_this_outboxs_names() {
-    use stubmail::Identity;
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let alice = Identity::generate(None, "alice@example.org", "http://b.example/").unwrap();
-    s.add_account(&alice.cert()).unwrap();
-    assert_eq!(s.outbox_urls().unwrap(), vec!["http://b.example/".to_string()], "the first account names the outbox");
-    // Another outbox's URL, on the primary User ID or on any other one.
-    let mallory = Identity::generate(None, "mallory@example.org", "http://a.example/").unwrap();
-    assert!(s.add_account(&mallory.cert()).unwrap_err().to_string().contains("--new-url"));
-    let mut sneaky = Identity::generate(None, "sneaky@example.org", "http://b.example/").unwrap();
-    sneaky.add_address("other@example.org").unwrap();
-    // (add_address binds the same URL: build a second User ID bound to A by hand.)
-    let mut kp = sneaky.signing_keypair().unwrap();
-    let uid = stubmail::openpgp::packet::UserID::from("<third@example.org>");
-    let tmpl = stubmail::openpgp::packet::signature::SignatureBuilder::new(stubmail::openpgp::types::SignatureType::PositiveCertification)
-        .set_notation(
-            stubmail::pgp::OUTBOX_NOTATION,
-            b"http://a.example/",
-            stubmail::openpgp::packet::signature::subpacket::NotationDataFlags::empty().set_human_readable(),
-            false,
-        )
-        .unwrap();
-    let sig = uid.bind(&mut kp, &sneaky.cert(), tmpl).unwrap();
-    let two = sneaky.cert().insert_packets(vec![stubmail::openpgp::Packet::from(uid), sig.into()]).unwrap().0;
-    assert!(s.add_account(&two).unwrap_err().to_string().contains("http://a.example/"), "every User ID's URL counts");
-    assert_eq!(s.outbox_urls().unwrap().len(), 1);
-    s.add_account_new_url(&mallory.cert()).unwrap();
-    assert_eq!(s.outbox_urls().unwrap().len(), 2, "the operator's word");
-    // A data directory from before the list was kept, whose accounts name
-    // two URLs: neither is taken on trust.
-    std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
-    assert!(s.outbox_urls().unwrap().is_empty());
-}
-
-#[test]
-fn a_moved_accounts_pushes_stay_bounded_and_never_name_this_outbox() {
-    use stubmail::Identity;
-    use stubmail::openpgp::packet::{signature::SignatureBuilder, UserID};
-    use stubmail::openpgp::types::SignatureType;
-    let d = tempfile::tempdir().unwrap();
-    let s = Store::open(d.path()).unwrap();
-    let mut alice = Identity::generate(None, "alice@example.org", "http://a.example/").unwrap();
-    s.add_account(&alice.cert()).unwrap();
-    alice.rebind("http://b.example/", None).unwrap();
-    // Push after push, each with five more User IDs for her address: the
-    // stored key stays within the bounds of any remembered certificate.
-    for round in 0..3 {
-        let mut kp = alice.signing_keypair().unwrap();
-        let mut cert = alice.cert();
-        for i in 0..5 {
-            let uid = UserID::from(format!("Round {round} name {i} <alice@example.org>"));
-            let sig = uid.bind(&mut kp, &cert, SignatureBuilder::new(SignatureType::PositiveCertification)).unwrap();
-            cert = cert.insert_packets(vec![stubmail::openpgp::Packet::from(uid), sig.into()]).unwrap().0;
-        }
-        s.update_account_cert(&cert).unwrap();
-        let kept = s.account(&alice.fpr()).unwrap();
-        assert!(kept.userids().count() <= 8, "round {round}: {} User IDs", kept.userids().count());
-    }
-    assert_eq!(stubmail::pgp::outbox_of(&s.account(&alice.fpr()).unwrap()).as_deref(), Some("http://b.example/"));
-    // The names stay A's, even rebuilt from the accounts (a lost list).
-    assert_eq!(s.outbox_urls().unwrap(), vec!["http://a.example/".to_string()]);
-    std::fs::remove_file(d.path().join("accounts/urls")).unwrap();
-    assert_eq!(s.outbox_urls().unwrap(), vec!["http://a.example/".to_string()]);
-}
