@@ -65,16 +65,24 @@ fn reason(status: u16) -> &'static str {
 /// Answer one CGI request. Errors go to stderr (the web server's error log).
 pub fn run() -> io::Result<()> {
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let Some(data) = env("POST_MANAGER_DATA") else {
-        tracing::error!("POST_MANAGER_DATA is not set: set it in the web server's configuration (see contrib/)");
-        return write_head(&mut out, 500, "application/json", None, None, false).and_then(|_| {
-            out.write_all(br#"{"error":"internal","message":"the outbox is not configured (POST_MANAGER_DATA)"}"#)
-        });
+    // A database (POST_MANAGER_STORE, one connection for this request) or
+    // a data directory (POST_MANAGER_DATA).
+    let opened = match (env("POST_MANAGER_STORE"), env("POST_MANAGER_DATA")) {
+        (Some(url), _) => crate::store::Pg::connect_sized(&url, 1)
+            .map(|p| Store::from_backend(std::sync::Arc::new(p)))
+            .map_err(|e| io::Error::other(format!("{e:#}"))),
+        (None, Some(data)) => Store::open(std::path::Path::new(&data)),
+        (None, None) => {
+            tracing::error!("neither POST_MANAGER_DATA nor POST_MANAGER_STORE is set: set one in the web server's configuration (see contrib/)");
+            return write_head(&mut out, 500, "application/json", None, None, false).and_then(|_| {
+                out.write_all(br#"{"error":"internal","message":"the outbox is not configured (POST_MANAGER_DATA)"}"#)
+            });
+        }
     };
-    let store = match Store::open(std::path::Path::new(&data)).and_then(|s| s.check_ready().map(|_| s)) {
+    let store = match opened.and_then(|s| s.check_ready().map(|_| s)) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("data directory {data}: {e}");
+            tracing::error!("the outbox's store: {e}");
             write_head(&mut out, 500, "application/json", None, None, false)?;
             return out.write_all(br#"{"error":"internal","message":"the outbox's data directory is not usable; see the server log"}"#);
         }

@@ -105,6 +105,7 @@ fn from_store(e: StoreError) -> Response {
         StoreError::DigestMismatch { .. } => Response::error(400, "digest_mismatch", e.to_string()),
         StoreError::TooLarge(_) => Response::error(413, "too_large", e.to_string()),
         StoreError::Conflict => Response::error(409, "conflict", e.to_string()),
+        StoreError::TooManyRecipients(_) => Response::error(400, "too_many_recipients", e.to_string()),
         StoreError::QuotaExceeded(m) => Response::error(507, "quota_exceeded", m),
         StoreError::RateLimited(m) => Response::error(429, "rate_limited", m),
         StoreError::Io(ref io) if io.raw_os_error() == Some(28) => {

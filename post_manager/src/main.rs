@@ -119,19 +119,37 @@ impl RetentionArgs {
     }
 }
 
-/// Where the outbox keeps its data: `--data DIR`, or `<home>/outbox` for a
-/// personal outbox living in a user's Stubmail home.
+/// Where the outbox keeps its data: `--data DIR`, `<home>/outbox` for a
+/// personal outbox living in a user's Stubmail home, or `--store URL` for
+/// a PostgreSQL database shared by several instances.
 #[derive(clap::Args)]
 struct DataDir {
     /// Data directory of the outbox.
-    #[arg(long, env = "POST_MANAGER_DATA", required_unless_present = "home")]
+    #[arg(long, env = "POST_MANAGER_DATA", required_unless_present_any = ["home", "store"], conflicts_with = "store")]
     data: Option<PathBuf>,
+    /// A PostgreSQL database instead of a data directory
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB; docs/OPERATING.md, "A
+    /// provider's outbox"). Several instances may share one.
+    #[arg(long, env = "POST_MANAGER_STORE", value_name = "URL")]
+    store: Option<String>,
     /// A user's Stubmail home; the data directory is then <home>/outbox.
     #[arg(long, env = stubmail::config::HOME_ENV)]
     home: Option<PathBuf>,
 }
 
 impl DataDir {
+    /// Open the store: the database if `--store` names one, else the data
+    /// directory.
+    fn open(&self) -> anyhow::Result<Store> {
+        match &self.store {
+            Some(url) => Store::open_spec(url),
+            None => {
+                let data = self.path()?;
+                Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))
+            }
+        }
+    }
+
     /// The data directory. Run as root on a directory another user owns
     /// (a CGI setup's www-data), this process becomes that user first: the
     /// files it makes are private (0600) and must be the server's, or the
@@ -224,7 +242,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Expire { data, retention } => {
-            let store = Store::open(&data.path()?)?;
+            let store = data.open()?;
             let e = store.expire(stubmail::time::unix_now(), retention.policy())?;
             println!(
                 "expired {} recipient(s), deleted {} message(s), dropped {} status(es)",
@@ -233,8 +251,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Udp { listen, data, udp_limits } => {
-            let data = data.path()?;
-            let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
+            let store = data.open()?;
             store.check_ready()?;
             let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
             println!("post_manager udp listening on {}", socket.local_addr()?);
@@ -245,8 +262,7 @@ fn main() -> anyhow::Result<()> {
             Ok(post_manager::udp::run(socket, store, udp_limits.settings(), shutdown)?)
         }
         Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, public_urls, udp, udp_limits } => {
-            let data = data.path()?;
-            let store = Store::open(&data).with_context(|| format!("opening data directory {}", data.display()))?;
+            let store = data.open()?;
             store.check_ready()?;
             let mut prefix = prefix;
             if !prefix.starts_with('/') {
@@ -286,7 +302,7 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             // Read before becoming the data directory's owner (who may not
             // be able to read the administrator's file).
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-            let store = Store::open(&data.path()?)?;
+            let store = data.open()?;
             let certs = stubmail::pgp::parse_certs(&bytes).with_context(|| format!("{}", key.display()))?;
             for c in certs {
                 let c = c.strip_secret_key_material();
@@ -302,13 +318,13 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             }
         }
         AccountCmd::List { data } => {
-            for c in Store::open(&data.path()?)?.accounts()? {
+            for c in data.open()?.accounts()? {
                 println!("{} {}", stubmail::pgp::fpr_of(&c), stubmail::pgp::emails_of(&c).join(", "));
             }
         }
         AccountCmd::Remove { data, fingerprint } => {
             let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
-            if !Store::open(&data.path()?)?.remove_account(&f)? {
+            if !data.open()?.remove_account(&f)? {
                 anyhow::bail!("no account {f}; `post_manager account list` shows them");
             }
             println!("removed account {f}");

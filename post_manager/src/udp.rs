@@ -177,6 +177,9 @@ pub struct PollService {
     /// When the store was last asked for new cookies, and its mark then.
     scanned: Option<Instant>,
     mark: u128,
+    /// Lookups of unknown cookie ids left in this 100 ms (a backend that is
+    /// not scanned is asked per id; random ids must not flood it).
+    lookups: (Instant, u32),
     limiter: Limiter,
     pub counters: Counters,
 }
@@ -189,6 +192,7 @@ impl PollService {
             cookies: HashMap::new(),
             scanned: None,
             mark: 0,
+            lookups: (Instant::now(), 0),
             limiter: Limiter { rate: settings.rate_per_source, burst: settings.burst_per_source.max(1.0), buckets: HashMap::new() },
             counters: Counters::default(),
         }
@@ -211,6 +215,7 @@ impl PollService {
         for e in entries {
             if !self.cookies.contains_key(&e.cookie) {
                 self.rescan(now);
+                self.lookup(&e.cookie, now);
             }
             let Some(live) = self.cookies.get_mut(&e.cookie) else {
                 self.counters.unknown += 1;
@@ -269,6 +274,25 @@ impl PollService {
             },
         };
         if mail { PollStatus::Mail } else { PollStatus::Nothing }
+    }
+
+    /// Ask the store for one unknown cookie, at most 50 times per 100 ms.
+    fn lookup(&mut self, id: &CookieId, now: Instant) {
+        if self.cookies.contains_key(id) {
+            return;
+        }
+        if now.duration_since(self.lookups.0) >= Duration::from_millis(100) {
+            self.lookups = (now, 0);
+        }
+        if self.lookups.1 >= 50 {
+            return;
+        }
+        self.lookups.1 += 1;
+        let Some(f) = self.store.lookup_cookie(&hex::encode(id)) else { return };
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(&f.key, &mut key).is_ok() && wall_ns().saturating_sub(f.issued_ns) <= COOKIE_MAX_AGE.as_nanos() as u64 {
+            self.cookies.insert(*id, Live { file: f, key, last: 0, cache: None });
+        }
     }
 
     /// Load cookies issued since the last scan (and forget revoked ones),

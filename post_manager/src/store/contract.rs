@@ -191,6 +191,19 @@ pub fn a_moved_accounts_pushes_stay_bounded_and_never_name_this_outbox(s: &Store
     assert_eq!(s.outbox_urls().unwrap(), vec!["http://a.example/".to_string()]);
 }
 
+pub fn the_recipient_cap_holds_across_reuploads(s: &Store) {
+    let body = b"for many".to_vec();
+    let id = id_of(&body);
+    let many = |from: usize, n: usize| (from..from + n).map(|i| Fpr::parse(&format!("{i:040X}")).unwrap()).collect::<Vec<_>>();
+    s.set_limits(&fpr('A'), &Limits { max_recipients_per_day: 10_000, ..Limits::default() }).unwrap();
+    s.put(&fpr('A'), &id, &many(1, 600), &mut &body[..], 100, 1).unwrap();
+    let r = s.put(&fpr('A'), &id, &many(601, 600), &mut &body[..], 100, 1);
+    assert!(matches!(r, Err(StoreError::TooManyRecipients(1000))), "{r:?}");
+    s.put(&fpr('A'), &id, &many(1, 600), &mut &body[..], 100, 1).expect("the same recipients again");
+    s.put(&fpr('A'), &id, &many(601, 400), &mut &body[..], 100, 1).expect("up to the cap");
+    assert_eq!(s.status(&fpr('A'), &id).unwrap().recipients.len(), 1000);
+}
+
 /// Every contract, each on a fresh store from `fresh`.
 pub fn all(fresh: &mut dyn FnMut() -> Store) {
     put_poll_fetch_ack_status(&fresh());
@@ -201,4 +214,5 @@ pub fn all(fresh: &mut dyn FnMut() -> Store) {
     unsend_before_retrieval_deletes_bytes(&fresh());
     only_urls_the_operator_accepted_are_this_outboxs_names(&fresh());
     a_moved_accounts_pushes_stay_bounded_and_never_name_this_outbox(&fresh());
+    the_recipient_cap_holds_across_reuploads(&fresh());
 }

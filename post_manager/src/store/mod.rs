@@ -20,8 +20,10 @@ use stubmail::protocol::{AccountStatus, DeliveryState, Fpr, MessageStatus, PollI
 use crate::udp::{Advert, CookieRecord, QueuedStub};
 
 pub mod files;
+pub mod pg;
 
 pub use files::Files;
+pub use pg::Pg;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +39,8 @@ pub enum StoreError {
     QuotaExceeded(String),
     #[error("{0}")]
     RateLimited(String),
+    #[error("a message has at most {0} recipients, counting those of earlier uploads of the same bytes")]
+    TooManyRecipients(usize),
     #[error("storage: {0}")]
     Io(#[from] io::Error),
     #[error("corrupt state {0}")]
@@ -222,6 +226,11 @@ pub trait UdpState {
     /// one process (the data directory) keep counters in that process's
     /// memory and return true.
     fn advance_cookie(&self, id: &str, counter: u64) -> bool;
+    /// One cookie by id, for a backend that is not scanned (the UDP
+    /// service bounds how often it asks).
+    fn lookup_cookie(&self, _id: &str) -> Option<CookieRecord> {
+        None
+    }
     /// Queue a stub for the notifier, to the recipient's `k`-th endpoint.
     fn queue_stub(&self, q: &QueuedStub, k: usize) -> io::Result<()>;
     /// Stubs this notifier should send that it does not hold yet (by name):
@@ -242,6 +251,35 @@ pub trait Backend: Accounts + Certs + Messages + Nonces + Housekeeping + UdpStat
     /// Check that this process can use the store (write the data
     /// directory; reach the database), with an error naming the fix.
     fn check_ready(&self) -> io::Result<()>;
+}
+
+/// The outbox URLs an account's certificate binds that are not yet among
+/// `urls` (this outbox's names), or why it may not be added: the first
+/// account's URL makes the first name; any other needs the operator's word
+/// (`new_url`), since an account binding another outbox's URL would make
+/// requests signed for that outbox valid here.
+pub(crate) fn names_to_add(cert: &Cert, urls: &[String], new_url: bool) -> anyhow::Result<Vec<String>> {
+    let f = stubmail::pgp::fpr_of(cert);
+    // Every URL any of its User IDs binds (the primary one first).
+    let mut bound: Vec<String> = stubmail::pgp::outbox_of(cert).into_iter().chain(stubmail::pgp::outboxes_of(cert)).collect();
+    bound.dedup();
+    let mut new: Vec<String> = Vec::new();
+    for raw in bound {
+        let Some(url) = stubmail::protocol::outbox_id(&raw) else { continue };
+        if urls.contains(&url) || new.contains(&url) {
+            continue;
+        }
+        if !(urls.is_empty() && new.is_empty()) && !new_url {
+            let known = if urls.is_empty() { new.join(", ") } else { urls.join(", ") };
+            anyhow::bail!(
+                "certificate {f} binds the outbox URL {url}, but this outbox is known as {known}. \
+                 If {url} is another name of this outbox, run again with --new-url; \
+                 an account binding another outbox's URL would make requests signed for that outbox valid here"
+            );
+        }
+        new.push(url);
+    }
+    Ok(new)
 }
 
 /// The outbox's store: a cheap handle on one backend.
@@ -266,7 +304,7 @@ impl Store {
     pub fn open_spec(spec: &str) -> anyhow::Result<Store> {
         use anyhow::Context as _;
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            anyhow::bail!("PostgreSQL")
+            Ok(Store(Arc::new(Pg::connect(spec)?)))
         } else {
             let f = Files::open(std::path::Path::new(spec)).with_context(|| format!("opening data directory {spec}"))?;
             Ok(Store(Arc::new(f)))
@@ -284,5 +322,6 @@ impl stubmail::auth::NonceStore for Store {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod contract;
+/// The behaviour every backend must have (run by each backend's tests).
+#[doc(hidden)]
+pub mod contract;

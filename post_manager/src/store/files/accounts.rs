@@ -27,29 +27,11 @@ impl Accounts for Files {
     fn add_account_with(&self, cert: &Cert, new_url: bool) -> anyhow::Result<Fpr> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
-        // Every URL any of its User IDs binds (the primary one first).
-        let mut bound: Vec<String> = pgp::outbox_of(cert).into_iter().chain(pgp::outboxes_of(cert)).collect();
-        bound.dedup();
         let _lock = self.lock("urls")?;
         let mut urls = self.outbox_urls()?;
-        let mut changed = false;
-        for raw in bound {
-            let Some(url) = protocol::outbox_id(&raw) else { continue };
-            if urls.contains(&url) {
-                continue;
-            }
-            if !urls.is_empty() && !new_url {
-                anyhow::bail!(
-                    "certificate {f} binds the outbox URL {url}, but this outbox is known as {}. \
-                     If {url} is another name of this outbox, run again with --new-url; \
-                     an account binding another outbox's URL would make requests signed for that outbox valid here",
-                    urls.join(", ")
-                );
-            }
-            urls.push(url);
-            changed = true;
-        }
-        if changed {
+        let new = crate::store::names_to_add(cert, &urls, new_url)?;
+        if !new.is_empty() {
+            urls.extend(new);
             fsutil::write_atomic(&self.p(URLS), urls.join("\n").as_bytes(), 0o600)?;
         }
         fsutil::write_atomic(&self.p(&format!("accounts/{f}.pgp")), &pgp::binary(cert)?, 0o600)?;

@@ -162,6 +162,11 @@ impl Messages for Files {
                 if &m.sender != sender {
                     return Err(StoreError::Conflict);
                 }
+                // The recipient cap holds for the message, across re-uploads.
+                let new = recipients.iter().filter(|r| m.recipient(r).is_none()).count();
+                if m.recipients.len() + new > protocol::MAX_RECIPIENTS {
+                    return Err(StoreError::TooManyRecipients(protocol::MAX_RECIPIENTS));
+                }
                 for r in recipients {
                     if m.recipient(r).is_none() {
                         m.recipients.push(RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now, devices: vec![] });
