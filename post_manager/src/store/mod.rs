@@ -282,6 +282,39 @@ pub(crate) fn names_to_add(cert: &Cert, urls: &[String], new_url: bool) -> anyho
     Ok(new)
 }
 
+impl Limits {
+    /// Check an upload against these limits, given the account's usage, the
+    /// message's size if it is new (None: already stored, it counts no
+    /// more), and the distinct recipients the day would have with it.
+    pub(crate) fn check(&self, (bytes, messages): (u64, u64), new_size: Option<u64>, recipients_today: u64) -> Result<(), StoreError> {
+        if let Some(size) = new_size {
+            if bytes + size > self.max_bytes {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "the account would hold {} bytes, over its quota of {}; unsend old messages or wait until they are fetched",
+                    bytes + size,
+                    self.max_bytes
+                )));
+            }
+            if messages + 1 > self.max_messages {
+                return Err(StoreError::QuotaExceeded(format!("the account holds {messages} messages, its quota")));
+            }
+        }
+        if recipients_today > self.max_recipients_per_day {
+            return Err(StoreError::RateLimited(format!(
+                "this would make {recipients_today} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
+                self.max_recipients_per_day
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `presented` carries a revocation of itself: checked before
+/// anything is read (this runs for every certificate of every poll).
+pub(crate) fn revokes_itself(presented: &Cert) -> bool {
+    presented.primary_key().self_revocations().next().is_some() && stubmail::pgp::is_revoked(presented)
+}
+
 /// The outbox's store: a cheap handle on one backend.
 #[derive(Clone, Debug)]
 pub struct Store(Arc<dyn Backend>);

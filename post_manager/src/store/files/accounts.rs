@@ -271,25 +271,9 @@ impl Files {
         let l = self.limits(sender);
         let (bytes, messages) = self.usage(sender)?;
         let already = self.p(&format!("messages/{id}")).exists();
-        if !already && bytes + size > l.max_bytes {
-            return Err(StoreError::QuotaExceeded(format!(
-                "the account would hold {} bytes, over its quota of {}; unsend old messages or wait until they are fetched",
-                bytes + size,
-                l.max_bytes
-            )));
-        }
-        if !already && messages + 1 > l.max_messages {
-            return Err(StoreError::QuotaExceeded(format!("the account holds {messages} messages, its quota")));
-        }
         let today = self.recipients_today(sender, now)?;
         let new: Vec<Fpr> = recipients.iter().filter(|r| !today.contains(r.as_str())).cloned().collect();
-        let total = (today.len() + new.len()) as u64;
-        if total > l.max_recipients_per_day {
-            return Err(StoreError::RateLimited(format!(
-                "this would make {total} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
-                l.max_recipients_per_day
-            )));
-        }
+        l.check((bytes, messages), (!already).then_some(size), (today.len() + new.len()) as u64)?;
         Ok(new)
     }
 }

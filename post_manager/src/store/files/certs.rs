@@ -47,9 +47,7 @@ impl Certs for Files {
     /// or an account's), store the revocation (only the revocation
     /// signatures are taken). Returns whether it did.
     fn take_revocation(&self, presented: &Cert) -> anyhow::Result<bool> {
-        // Cheap first: no revocation signature, nothing to check (this runs
-        // for every certificate of every poll).
-        if presented.primary_key().self_revocations().next().is_none() || !pgp::is_revoked(presented) {
+        if !crate::store::revokes_itself(presented) {
             return Ok(false);
         }
         let f = pgp::fpr_of(presented);

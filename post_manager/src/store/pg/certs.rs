@@ -45,8 +45,7 @@ impl Certs for Pg {
     }
 
     fn take_revocation(&self, presented: &Cert) -> anyhow::Result<bool> {
-        // Cheap first: no revocation signature, nothing to check.
-        if presented.primary_key().self_revocations().next().is_none() || !pgp::is_revoked(presented) {
+        if !crate::store::revokes_itself(presented) {
             return Ok(false);
         }
         let f = pgp::fpr_of(presented);

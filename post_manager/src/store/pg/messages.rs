@@ -138,16 +138,6 @@ impl Messages for Pg {
         tx.execute("SELECT 1 FROM usage WHERE fpr = $1 FOR UPDATE", &[&sender.as_str()])?;
         let l = limits_in(&mut tx, sender)?;
         let (bytes, messages) = usage_in(&mut tx, sender)?;
-        if created && bytes + size > l.max_bytes {
-            return Err(StoreError::QuotaExceeded(format!(
-                "the account would hold {} bytes, over its quota of {}; unsend old messages or wait until they are fetched",
-                bytes + size,
-                l.max_bytes
-            )));
-        }
-        if created && messages + 1 > l.max_messages {
-            return Err(StoreError::QuotaExceeded(format!("the account holds {messages} messages, its quota")));
-        }
         let all: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
         // The recipient cap holds for the message, across re-uploads.
         let new_here: Vec<String> = tx
@@ -173,13 +163,7 @@ impl Messages for Pg {
             .map(|r| r.get(0))
             .collect();
         let today: i64 = tx.query_one("SELECT count(*) FROM rcptlog WHERE sender = $1 AND day = $2", &[&sender.as_str(), &day])?.get(0);
-        let total = today as u64 + new_today.len() as u64;
-        if total > l.max_recipients_per_day {
-            return Err(StoreError::RateLimited(format!(
-                "this would make {total} distinct recipients today, over the limit of {}; try again tomorrow (UTC)",
-                l.max_recipients_per_day
-            )));
-        }
+        l.check((bytes, messages), created.then_some(size), today as u64 + new_today.len() as u64)?;
         tx.execute("INSERT INTO rcptlog SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING", &[&sender.as_str(), &day, &new_today])?;
         tx.execute(
             "INSERT INTO recipients (id, fpr, state, at) SELECT $1, unnest($2::text[]), 0, $3 ON CONFLICT DO NOTHING",
