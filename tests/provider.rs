@@ -18,3 +18,144 @@ fn the_postgres_backend_keeps_the_stores_contract() {
         Store::open_spec(&url).unwrap()
     });
 }
+
+/// nginx as the load balancer in front of the instances (round robin).
+struct Balancer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Balancer {
+    fn start(dir: &std::path::Path, upstreams: &[u16], port: u16) -> Balancer {
+        let servers: String = upstreams.iter().map(|p| format!("    server 127.0.0.1:{p} max_fails=0;\n")).collect();
+        let user = if unsafe { libc::geteuid() } == 0 { "user root;\n" } else { "" };
+        let conf = format!(
+            "{user}daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log info;\nevents {{}}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+             fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+             upstream outbox {{\n{servers}  }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    location / {{\n\
+             proxy_pass http://outbox;\n      proxy_http_version 1.1;\n      proxy_request_buffering off;\n\
+             proxy_set_header Host $http_host;\n      proxy_next_upstream error timeout;\n    }}\n  }}\n}}\n",
+            dir = dir.display(),
+        );
+        let cf = dir.join("nginx.conf");
+        std::fs::write(&cf, conf).unwrap();
+        let nginx = ["/usr/sbin/nginx"].iter().map(std::path::PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| common::require("nginx"));
+        let child = std::process::Command::new(nginx).arg("-p").arg(dir).arg("-c").arg(&cf).spawn().unwrap();
+        common::wait_for("nginx to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        Balancer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One outbox instance on the shared database.
+fn instance(root: &std::path::Path, name: &str, store: &str, public_url: &str) -> common::Server {
+    let mut c = common::bin_cmd("post_manager");
+    c.args(["serve", "--listen", "127.0.0.1:0", "--store", store, "--public-url", public_url]);
+    common::Server::start(name, c, root)
+}
+
+/// A request signed by `who` for the outbox at `outbox`, sent to `to`.
+fn signed_get(rt: &tokio::runtime::Runtime, to: u16, sig: &str, path: &str) -> u16 {
+    let digest = stubmail::client::sha256_hex(b"");
+    rt.block_on(async {
+        stubmail::client::http_client()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{to}{path}"))
+            .header(stubmail::protocol::SIGNATURE_HEADER, sig)
+            .header(stubmail::protocol::DIGEST_HEADER, digest)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+/// Two stateless instances behind nginx on one PostgreSQL database: mail
+/// goes through whichever instance the balancer picks for each request;
+/// replay protection and UDP cookie counters hold across instances.
+#[test]
+fn two_instances_behind_a_balancer_serve_one_outbox() {
+    let pg = Postgres::start();
+    let store = pg.create_db("outbox");
+    let root = tempfile::tempdir().unwrap();
+    // The balancer's port is chosen first: it is the outbox's URL.
+    let lb_port = common::free_port();
+    let lb_url = format!("http://127.0.0.1:{lb_port}/");
+    let a = instance(root.path(), "instance-a", &store, &lb_url);
+    let b = instance(root.path(), "instance-b", &store, &lb_url);
+    let lb_dir = root.path().join("lb");
+    std::fs::create_dir_all(&lb_dir).unwrap();
+    let lb = Balancer::start(&lb_dir, &[a.port(), b.port()], lb_port);
+    assert_eq!(lb.url(), lb_url);
+    let alice = common::User::init(root.path(), "alice", "alice@example.org", &lb_url);
+    let bob = common::User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--key"]).arg(alice.export()));
+    alice.import(&bob.export());
+    bob.import(&alice.export());
+    alice.edit_config(|t| {
+        common::table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let smtp = alice.smtp2stub(root.path());
+    for i in 0..4 {
+        let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: through the balancer {i}\r\n\r\nbody {i}\r\n");
+        assert!(common::smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    }
+    common::wait_for("four messages stored", 60, || (alice.status_json().as_array().map_or(0, |v| v.len()) == 4).then_some(()));
+    let mut delivered = 0;
+    for _ in 0..10 {
+        let out = bob.http2mbox_once();
+        delivered = bob.maildir_new().len();
+        if delivered == 4 {
+            break;
+        }
+        println!("{out}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(delivered, 4, "every message delivered once");
+    common::wait_for("every message retrieved", 30, || {
+        alice.status_json().as_array().unwrap().iter().all(|m| m["state"] == "retrieved").then_some(())
+    });
+    assert_eq!(pg.query("outbox", "SELECT count(*) FROM recipients WHERE state = 2"), "4");
+    // Both instances served requests.
+    for s in [&a, &b] {
+        assert!(s.log().contains("request"), "{} served nothing:\n{}", s.name, s.log());
+    }
+    // A signed request replayed to the other instance is refused there.
+    let me = stubmail::Identity::load(&alice.home.join("secret.pgp")).unwrap();
+    let sig = stubmail::auth::sign_request(&me, &lb_url, "GET", "/v1/account", &stubmail::client::sha256_hex(b""), stubmail::time::unix_now()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(signed_get(&rt, a.port(), &sig, "/v1/account"), 200);
+    assert_eq!(signed_get(&rt, b.port(), &sig, "/v1/account"), 401, "replayed to the other instance");
+    assert_eq!(signed_get(&rt, a.port(), &sig, "/v1/account"), 401, "and to the first");
+
+    // UDP: a cookie issued through one instance is known to both; a
+    // counter answered by one is not answered again by the other.
+    let bob_id = std::sync::Arc::new(stubmail::Identity::load(&bob.home.join("secret.pgp")).unwrap());
+    let udp_port = |s: &common::Server| s.stdout_after("post_manager udp on ").unwrap().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let (pa, pb) = (udp_port(&a), udp_port(&b));
+    rt.block_on(async {
+        let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &lb_url, bob_id.clone()).unwrap();
+        let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()], device: None };
+        let resp = client.poll(&req).await.unwrap();
+        assert!(resp.udp_port == Some(pa) || resp.udp_port == Some(pb), "{:?} names one of the instances", resp.udp_port);
+        let cookie = resp.cookies[0].decode().unwrap();
+        let wait = std::time::Duration::from_secs(2);
+        assert!(client.udp_poll(pa, &[cookie], 1, wait).await.is_some(), "answered by A");
+        assert_eq!(client.udp_poll(pb, &[cookie], 1, wait).await, None, "the same counter, replayed to B");
+        assert!(client.udp_poll(pb, &[cookie], 2, wait).await.is_some(), "a fresh counter, answered by B");
+        assert_eq!(client.udp_poll(pa, &[cookie], 2, wait).await, None, "replayed to A");
+    });
+}
