@@ -32,19 +32,7 @@ fn poll_status(me: &Identity, cert: &Cert, signed_for: &str, sent_to: &str) -> u
     let body = serde_json::to_vec(&PollRequest { senders: None, certs: vec![pgp::armored(cert).unwrap()], device: None }).unwrap();
     let digest = client::sha256_hex(&body);
     let sig = stubmail::auth::sign_request(me, signed_for, "POST", "/v1/poll", &digest, stubmail::time::unix_now()).unwrap();
-    rt().block_on(async {
-        client::http_client()
-            .unwrap()
-            .post(format!("{sent_to}v1/poll"))
-            .header(protocol::SIGNATURE_HEADER, sig)
-            .header(protocol::DIGEST_HEADER, digest)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    })
+    common::send_signed("POST", &format!("{sent_to}v1/poll"), &sig, body)
 }
 
 #[test]

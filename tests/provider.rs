@@ -66,21 +66,9 @@ fn instance(root: &std::path::Path, name: &str, store: &str, public_url: &str) -
     common::Server::start(name, c, root)
 }
 
-/// A request signed by `who` for the outbox at `outbox`, sent to `to`.
-fn signed_get(rt: &tokio::runtime::Runtime, to: u16, sig: &str, path: &str) -> u16 {
-    let digest = stubmail::client::sha256_hex(b"");
-    rt.block_on(async {
-        stubmail::client::http_client()
-            .unwrap()
-            .get(format!("http://127.0.0.1:{to}{path}"))
-            .header(stubmail::protocol::SIGNATURE_HEADER, sig)
-            .header(stubmail::protocol::DIGEST_HEADER, digest)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    })
+/// A signed GET with an empty body, sent to one instance.
+fn signed_get(to: u16, sig: &str, path: &str) -> u16 {
+    common::send_signed("GET", &format!("http://127.0.0.1:{to}{path}"), sig, vec![])
 }
 
 /// Two stateless instances behind nginx on one PostgreSQL database: mail
@@ -137,9 +125,9 @@ fn two_instances_behind_a_balancer_serve_one_outbox() {
     let me = stubmail::Identity::load(&alice.home.join("secret.pgp")).unwrap();
     let sig = stubmail::auth::sign_request(&me, &lb_url, "GET", "/v1/account", &stubmail::client::sha256_hex(b""), stubmail::time::unix_now()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    assert_eq!(signed_get(&rt, a.port(), &sig, "/v1/account"), 200);
-    assert_eq!(signed_get(&rt, b.port(), &sig, "/v1/account"), 401, "replayed to the other instance");
-    assert_eq!(signed_get(&rt, a.port(), &sig, "/v1/account"), 401, "and to the first");
+    assert_eq!(signed_get(a.port(), &sig, "/v1/account"), 200);
+    assert_eq!(signed_get(b.port(), &sig, "/v1/account"), 401, "replayed to the other instance");
+    assert_eq!(signed_get(a.port(), &sig, "/v1/account"), 401, "and to the first");
 
     // UDP: a cookie issued through one instance is known to both; a
     // counter answered by one is not answered again by the other.

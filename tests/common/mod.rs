@@ -552,6 +552,26 @@ impl Drop for LossyUdp {
     }
 }
 
+/// Send a request with a signature made beforehand (a replay, a request
+/// made for another outbox); its status.
+pub fn send_signed(method: &str, url: &str, sig: &str, body: Vec<u8>) -> u16 {
+    let digest = stubmail::client::sha256_hex(&body);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        stubmail::client::http_client()
+            .unwrap()
+            .request(method.parse().unwrap(), url)
+            .header(stubmail::protocol::SIGNATURE_HEADER, sig)
+            .header(stubmail::protocol::DIGEST_HEADER, digest)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
 /// Signed polls by `k` fresh recipients: their cookies and the UDP port.
 pub fn udp_cookies(outbox: &Outbox, k: usize) -> (Vec<(stubmail::protocol::udp::CookieId, stubmail::protocol::udp::CookieKey)>, u16) {
     stubmail::client::init_tls();
