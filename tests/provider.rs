@@ -147,3 +147,110 @@ fn two_instances_behind_a_balancer_serve_one_outbox() {
         assert_eq!(client.udp_poll(pa, &[cookie], 2, wait).await, None, "replayed to A");
     });
 }
+
+/// Retry a request to the balancer until it succeeds; only temporary
+/// failures (an instance killed mid-request: 502) may happen.
+async fn until_ok<T, F: std::future::Future<Output = Result<T, stubmail::client::ClientError>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    for _ in 0..200 {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.is_temporary() => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    panic!("{what}: still failing after 200 tries");
+}
+
+/// kill -9 of one of two instances at random moments while 1,000 messages
+/// are uploaded, fetched and acked through the balancer: every upload that
+/// succeeded is delivered exactly once, every ack that succeeded is recorded.
+#[test]
+fn killing_an_instance_at_random_loses_and_duplicates_nothing() {
+    const N: usize = 1000;
+    let pg = Postgres::start();
+    let store = pg.create_db("outbox");
+    let root = tempfile::tempdir().unwrap();
+    let (lb_port, a_port) = (common::free_port(), common::free_port());
+    let lb_url = format!("http://127.0.0.1:{lb_port}/");
+    let start_a = {
+        let (root, store, lb_url) = (root.path().to_path_buf(), store.clone(), lb_url.clone());
+        move || {
+            let mut c = common::bin_cmd("post_manager");
+            c.args(["serve", "--listen", &format!("127.0.0.1:{a_port}"), "--store", &store, "--public-url", &lb_url, "--udp", "off"]);
+            common::Server::start("instance-a", c, &root)
+        }
+    };
+    let a = start_a();
+    let b = instance(root.path(), "instance-b", &store, &lb_url);
+    let lb_dir = root.path().join("lb");
+    std::fs::create_dir_all(&lb_dir).unwrap();
+    let _lb = Balancer::start(&lb_dir, &[a.port(), b.port()], lb_port);
+    let alice = std::sync::Arc::new(stubmail::Identity::generate(None, "alice@example.org", &lb_url).unwrap());
+    let bob = std::sync::Arc::new(stubmail::Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+    let key = root.path().join("alice.asc");
+    std::fs::write(&key, stubmail::pgp::armored(&alice.cert()).unwrap()).unwrap();
+    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--max-messages", "5000", "--key"]).arg(&key));
+
+    // The killer: SIGKILL instance A every 50-300 ms, start it again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kills = std::sync::Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (stop, kills) = (stop.clone(), kills.clone());
+        std::thread::spawn(move || {
+            let mut a = Some(a);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50 + rand::random::<u64>() % 250));
+                drop(a.take()); // SIGKILL
+                kills.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 100));
+                a = Some(start_a());
+            }
+        })
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = stubmail::client::http_client().unwrap();
+    let as_alice = stubmail::client::OutboxClient::new(http.clone(), &lb_url, alice.clone()).unwrap();
+    let as_bob = stubmail::client::OutboxClient::new(http, &lb_url, bob.clone()).unwrap();
+    let bob_fpr = bob.fpr();
+    let mut uploaded = std::collections::BTreeSet::new();
+    rt.block_on(async {
+        for i in 0..N {
+            let body = format!("message {i} {}", hex::encode(rand::random::<[u8; 16]>())).into_bytes();
+            let id = stubmail::client::sha256_hex(&body);
+            let file = root.path().join("upload");
+            std::fs::write(&file, &body).unwrap();
+            until_ok("upload", || as_alice.upload(&id, std::slice::from_ref(&bob_fpr), &file)).await;
+            uploaded.insert(id);
+        }
+    });
+    // Bob polls, fetches, checks and acks until nothing is left.
+    let mut delivered = std::collections::BTreeMap::<String, usize>::new();
+    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None };
+    rt.block_on(async {
+        loop {
+            let listed = until_ok("poll", || as_bob.poll(&poll)).await.messages;
+            if listed.is_empty() {
+                break;
+            }
+            for item in listed {
+                assert!(!delivered.contains_key(&item.id), "{} offered again after its ack succeeded", item.id);
+                let bytes = until_ok("fetch", || async {
+                    let r = as_bob.fetch(&item.id, 0, item.size).await?;
+                    Ok(r.bytes().await?.to_vec())
+                })
+                .await;
+                assert_eq!(stubmail::client::sha256_hex(&bytes), item.id, "the bytes are the message");
+                until_ok("ack", || as_bob.ack(&item.id, None)).await;
+                *delivered.entry(item.id).or_default() += 1;
+            }
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    assert!(kills.load(Ordering::Relaxed) >= 3, "instance A was killed {} times", kills.load(Ordering::Relaxed));
+    assert_eq!(delivered.keys().cloned().collect::<std::collections::BTreeSet<_>>(), uploaded, "every upload delivered");
+    assert!(delivered.values().all(|n| *n == 1));
+    assert_eq!(pg.query("outbox", "SELECT count(*) FROM recipients WHERE state = 2"), N.to_string(), "every ack recorded");
+    assert_eq!(pg.query("outbox", "SELECT count(*) FROM messages"), N.to_string(), "nothing stored twice");
+}
