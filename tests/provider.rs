@@ -254,3 +254,65 @@ fn killing_an_instance_at_random_loses_and_duplicates_nothing() {
     assert_eq!(pg.query("outbox", "SELECT count(*) FROM recipients WHERE state = 2"), N.to_string(), "every ack recorded");
     assert_eq!(pg.query("outbox", "SELECT count(*) FROM messages"), N.to_string(), "nothing stored twice");
 }
+
+/// `post_manager migrate` copies a data directory into PostgreSQL: the
+/// same lists, states, usage and bytes; again, it copies nothing; after an
+/// interrupted copy, it copies the rest.
+#[test]
+fn an_outbox_moves_from_its_data_directory_into_postgres() {
+    use std::io::Read;
+    let pg = Postgres::start();
+    let url = pg.create_db("moved");
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("outbox");
+    let files = Store::open(&data).unwrap();
+    let alice = stubmail::Identity::generate(None, "alice@example.org", "http://outbox.example/").unwrap();
+    let bob = stubmail::Identity::generate(None, "bob@example.net", "http://b.example/").unwrap();
+    let a = files.add_account(&alice.cert()).unwrap();
+    files.set_limits(&a, &post_manager::store::Limits { max_bytes: 1 << 40, max_messages: 100, max_recipients_per_day: 50 }).unwrap();
+    files.remember_cert(&bob.cert()).unwrap();
+    let (b, c) = (bob.fpr(), stubmail::protocol::Fpr::parse(&"C".repeat(40)).unwrap());
+    let now = stubmail::time::unix_now();
+    let mut ids = Vec::new();
+    for i in 0..30u32 {
+        // Some larger than a chunk.
+        let body: Vec<u8> = if i % 10 == 0 { (0..600_000u32).map(|k| (k * 7 + i) as u8).collect() } else { format!("message {i}").into_bytes() };
+        let id = stubmail::client::sha256_hex(&body);
+        files.put(&a, &id, &[b.clone(), c.clone()], &mut &body[..], 1 << 30, now + i as i64).unwrap();
+        ids.push(id);
+    }
+    for id in &ids[..10] {
+        files.ack(&b, id, Some("laptop"), now + 100).unwrap();
+    }
+    for id in &ids[10..15] {
+        files.ack(&b, id, None, now + 100).unwrap();
+    }
+    files.unsend(&a, &ids[20], now + 100).unwrap();
+    let migrate = || common::stdout(&common::ok(common::bin_cmd("post_manager").args(["migrate", "--from"]).arg(&data).args(["--to", &url])));
+    let out = migrate();
+    assert!(out.contains("30 message(s)") && out.contains("30 copied"), "{out}");
+    let moved = Store::open_spec(&url).unwrap();
+    let same = |what: &str, f: &dyn Fn(&Store) -> String| assert_eq!(f(&moved), f(&files), "{what}");
+    let ids_of = |v: Vec<stubmail::protocol::PollItem>| v.into_iter().map(|i| i.id).collect::<Vec<_>>().join(",");
+    for (who, dev) in [(&b, None), (&b, Some("laptop")), (&b, Some("desktop")), (&c, None)] {
+        same(&format!("{who} {dev:?}"), &|s| ids_of(s.poll(who, None, dev).unwrap()));
+    }
+    same("statuses", &|s| serde_json::to_string(&s.list(&a).unwrap()).unwrap());
+    same("account", &|s| serde_json::to_string(&s.account_status(&a, now + 200).unwrap()).unwrap());
+    same("names", &|s| s.outbox_urls().unwrap().join(","));
+    assert!(moved.known_cert(&b).is_some() && moved.account(&a).is_some());
+    for id in ids.iter().filter(|i| *i != &ids[20]) {
+        let read = |s: &Store| {
+            let mut v = Vec::new();
+            s.open_for(&c, id, 0).unwrap().0.read_to_end(&mut v).unwrap();
+            v
+        };
+        assert_eq!(read(&moved), read(&files));
+    }
+    // Again: nothing to copy. Interrupted: the rest is copied.
+    assert!(migrate().contains("0 copied"));
+    pg.query("moved", &format!("DELETE FROM messages WHERE id IN ('{}', '{}')", ids[0], ids[29]));
+    let out = migrate();
+    assert!(out.contains("2 copied") && out.contains("the bytes of 29 read back"), "{out}");
+    same("after resuming", &|s| ids_of(s.poll(&b, None, Some("desktop")).unwrap()));
+}

@@ -70,6 +70,19 @@ enum Cmd {
         #[command(flatten)]
         retention: RetentionArgs,
     },
+    /// Copy an outbox from a data directory into a PostgreSQL database
+    /// (idempotent and resumable: run it again after an interruption), then
+    /// check every message is there and every stored one's bytes hash to
+    /// its id. Stop the outbox first, or run it again after the switch.
+    #[command(after_help = "Example:\n  post_manager migrate --from /var/lib/stubmail-outbox --to postgres://outbox@db.example/outbox")]
+    Migrate {
+        /// The data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The database (postgres://USER:PASSWORD@HOST:PORT/DB).
+        #[arg(long)]
+        to: String,
+    },
     /// Manage the local users allowed to upload.
     Account {
         #[command(subcommand)]
@@ -291,6 +304,18 @@ fn main() -> anyhow::Result<()> {
                 post_manager::serve(listener, udp, store, settings, retention.policy(), shutdown).await?;
                 anyhow::Ok(())
             })
+        }
+        Cmd::Migrate { from, to } => {
+            become_owner_of(&from)?;
+            let files = post_manager::store::Files::open(&from).with_context(|| format!("opening data directory {}", from.display()))?;
+            let pg = post_manager::store::Pg::connect(&to)?;
+            let m = post_manager::store::migrate::migrate(&files, &pg, &mut std::io::stderr())?;
+            println!(
+                "migrated {} account(s), {} certificate(s), {} message(s) ({} with their bytes; {} copied by this run); \
+                 every message is in the database and the bytes of {} read back match their ids",
+                m.accounts, m.certs, m.messages, m.with_bytes, m.copied, m.verified
+            );
+            Ok(())
         }
         Cmd::Account { cmd } => account(cmd),
     }

@@ -20,6 +20,7 @@ use stubmail::protocol::{AccountStatus, DeliveryState, Fpr, MessageStatus, PollI
 use crate::udp::{Advert, CookieRecord, QueuedStub};
 
 pub mod files;
+pub mod migrate;
 pub mod pg;
 
 pub use files::Files;

@@ -11,7 +11,7 @@ use super::Files;
 use crate::store::{Accounts, Certs};
 
 impl Files {
-    pub(super) fn read_cert(&self, rel: &str) -> Option<Cert> {
+    pub(crate) fn read_cert(&self, rel: &str) -> Option<Cert> {
         let b = fs::read(self.p(rel)).ok()?;
         pgp::parse_certs(&b).ok()?.into_iter().next()
     }

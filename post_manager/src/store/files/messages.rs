@@ -365,7 +365,7 @@ impl Files {
         }
     }
 
-    pub(super) fn read_meta(&self, id: &str) -> Result<Option<Meta>, StoreError> {
+    pub(crate) fn read_meta(&self, id: &str) -> Result<Option<Meta>, StoreError> {
         match fs::read(self.p(&format!("meta/{id}.json"))) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("meta/{id}.json"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -110,7 +110,7 @@ impl super::Backend for Pg {
 }
 
 /// Delivery states as stored (smallint).
-pub(super) fn state_code(s: stubmail::protocol::DeliveryState) -> i16 {
+pub(crate) fn state_code(s: stubmail::protocol::DeliveryState) -> i16 {
     use stubmail::protocol::DeliveryState::*;
     match s {
         Stored => 0,
