@@ -652,3 +652,46 @@ fn a_contact_cannot_claim_other_peoples_addresses_or_yours() {
     let err = smtplib_send(smtp.port(), "alice@example.org", &["carol@example.com"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
     assert!(err.contains("550"), "{err}");
 }
+
+/// Each recipient counts once a day and each stored copy once, in
+/// smtp2stub's check before `250` as in the outbox: writing again to the
+/// same people is not refused, a new recipient over the daily limit is.
+#[test]
+fn the_daily_recipient_limit_counts_each_recipient_once() {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start(root.path(), "alice-outbox");
+    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
+    ok(bin_cmd("post_manager")
+        .args(["account", "add", "--max-recipients-per-day", "5", "--data"])
+        .arg(&outbox.data)
+        .arg("--key")
+        .arg(alice.export()));
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let addr = |i: usize| format!("c{i}@example.net");
+    for i in 1..=6 {
+        let c = stubmail::Identity::generate(None, &addr(i), "http://127.0.0.1:9/").unwrap();
+        let f = root.path().join(format!("c{i}.asc"));
+        std::fs::write(&f, stubmail::pgp::armored(&c.cert()).unwrap()).unwrap();
+        alice.import(&f);
+    }
+    let smtp = alice.smtp2stub(root.path());
+    let send = |to: &[usize], bcc: &[usize]| {
+        let shown: Vec<String> = to.iter().map(|i| addr(*i)).collect();
+        let msg = format!("From: alice@example.org\r\nTo: {}\r\nSubject: hello\r\n\r\nhi\r\n", shown.join(", "));
+        let all: Vec<String> = to.iter().chain(bcc).map(|i| addr(*i)).collect();
+        smtplib_send(smtp.port(), "alice@example.org", &all.iter().map(String::as_str).collect::<Vec<_>>(), &msg)
+    };
+    assert!(send(&[1, 2, 3], &[]).unwrap().starts_with("250"));
+    assert!(send(&[1, 2, 3], &[]).unwrap().starts_with("250"), "the same three again: still three today");
+    assert!(send(&[1], &[2]).unwrap().starts_with("250"), "two copies, no new recipient");
+    assert!(send(&[4], &[]).unwrap().starts_with("250"), "four today");
+    let err = send(&[5, 6], &[]).unwrap_err();
+    assert!(err.contains("452") && err.contains("recipients a day"), "six would be over five: {err}");
+    // 1 + 1 + 2 copies + 1 messages, as the outbox counts them.
+    wait_states(&alice, 3 + 3 + 2 + 1, "stored");
+    let ids: std::collections::BTreeSet<String> =
+        alice.status_json().as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 5);
+}

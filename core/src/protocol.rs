@@ -402,6 +402,11 @@ pub struct AccountStatus {
     pub max_bytes: u64,
     pub max_messages: u64,
     pub max_recipients_per_day: u64,
+    /// Which recipients those are, so a client can tell which of its next
+    /// message's recipients would be new today (absent from outboxes
+    /// before this field; at most `max_recipients_per_day`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub today: Vec<Fpr>,
 }
 
 impl AccountStatus {

@@ -25,7 +25,7 @@ impl Policy for AnyPolicy {
             _ => Err(Reply::new(550, "5.1.1 unknown")),
         }
     }
-    async fn check_outbox(&self, _qid: &str, _size: u64, _: &[&Fpr]) -> Result<(), Reply> {
+    async fn check_outbox(&self, _qid: &str, _size: u64, _copies: u64, _: &[&Fpr]) -> Result<(), Reply> {
         Ok(())
     }
 }

@@ -51,23 +51,52 @@ pub struct Unstored(std::sync::Mutex<UnstoredInner>);
 
 #[derive(Default)]
 pub struct UnstoredInner {
-    /// (bytes, messages) of each accepted message not yet stored.
-    waiting: std::collections::HashMap<String, (u64, u64)>,
+    /// (bytes, messages, stub recipients) of each accepted message not yet
+    /// stored.
+    waiting: std::collections::HashMap<String, (u64, u64, Vec<Fpr>)>,
     /// Their sum.
     waiting_sum: (u64, u64),
     /// Stored ones, in the order they were stored, until an answer asked
     /// for after their storing counts them.
-    recent: std::collections::VecDeque<(std::time::Instant, u64, u64)>,
+    recent: std::collections::VecDeque<(std::time::Instant, u64, u64, Vec<Fpr>)>,
     /// Their sum.
     recent_sum: (u64, u64),
+    /// The recipients of all of these, each with the number of messages
+    /// naming it: the answer's list of today's recipients may not have them.
+    rcpts: std::collections::HashMap<Fpr, usize>,
+}
+
+impl UnstoredInner {
+    fn drop_rcpts(&mut self, rs: &[Fpr]) {
+        for r in rs {
+            if let Some(n) = self.rcpts.get_mut(r) {
+                *n -= 1;
+                if *n == 0 {
+                    self.rcpts.remove(r);
+                }
+            }
+        }
+    }
+}
+
+/// What an answer about the limits does not count.
+pub struct Uncounted {
+    pub bytes: u64,
+    pub messages: u64,
+    /// Recipients of messages it does not count.
+    pub rcpts: std::collections::HashSet<Fpr>,
 }
 
 impl Unstored {
-    fn add(&self, qid: &str, bytes: u64, messages: u64) {
+    fn add(&self, qid: &str, bytes: u64, messages: u64, rcpts: Vec<Fpr>) {
         let mut u = self.0.lock().unwrap();
-        if let Some((b, m)) = u.waiting.insert(qid.to_string(), (bytes, messages)) {
+        for r in &rcpts {
+            *u.rcpts.entry(r.clone()).or_default() += 1;
+        }
+        if let Some((b, m, old)) = u.waiting.insert(qid.to_string(), (bytes, messages, rcpts)) {
             u.waiting_sum.0 -= b;
             u.waiting_sum.1 -= m;
+            u.drop_rcpts(&old);
         }
         u.waiting_sum.0 += bytes;
         u.waiting_sum.1 += messages;
@@ -77,10 +106,10 @@ impl Unstored {
     /// up or withdrawn).
     pub fn stored(&self, qid: &str) {
         let mut u = self.0.lock().unwrap();
-        if let Some((b, m)) = u.waiting.remove(qid) {
+        if let Some((b, m, rs)) = u.waiting.remove(qid) {
             u.waiting_sum.0 -= b;
             u.waiting_sum.1 -= m;
-            u.recent.push_back((std::time::Instant::now(), b, m));
+            u.recent.push_back((std::time::Instant::now(), b, m, rs));
             u.recent_sum.0 += b;
             u.recent_sum.1 += m;
         }
@@ -89,24 +118,28 @@ impl Unstored {
     /// `qid` was not accepted after all.
     fn forget(&self, qid: &str) {
         let mut u = self.0.lock().unwrap();
-        if let Some((b, m)) = u.waiting.remove(qid) {
+        if let Some((b, m, rs)) = u.waiting.remove(qid) {
             u.waiting_sum.0 -= b;
             u.waiting_sum.1 -= m;
+            u.drop_rcpts(&rs);
         }
     }
 
-    /// Bytes and messages an answer asked for at `asked` does not count;
-    /// what it counts is forgotten.
-    fn since(&self, asked: std::time::Instant) -> (u64, u64) {
+    /// What an answer asked for at `asked` does not count; what it counts
+    /// is forgotten.
+    fn since(&self, asked: std::time::Instant) -> Uncounted {
         let mut u = self.0.lock().unwrap();
-        while let Some(&(t, b, m)) = u.recent.front()
-            && t <= asked
-        {
-            u.recent.pop_front();
+        while u.recent.front().is_some_and(|r| r.0 <= asked) {
+            let (_, b, m, rs) = u.recent.pop_front().expect("checked");
             u.recent_sum.0 -= b;
             u.recent_sum.1 -= m;
+            u.drop_rcpts(&rs);
         }
-        (u.waiting_sum.0 + u.recent_sum.0, u.waiting_sum.1 + u.recent_sum.1)
+        Uncounted {
+            bytes: u.waiting_sum.0 + u.recent_sum.0,
+            messages: u.waiting_sum.1 + u.recent_sum.1,
+            rcpts: u.rcpts.keys().cloned().collect(),
+        }
     }
 }
 
@@ -123,13 +156,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Whether one more message of `size` bytes for `rcpts` stub
-    /// recipients fits, besides `unstored` (bytes, messages) the answer
-    /// does not count: the reply to give if not.
-    fn judge(&self, unstored: (u64, u64), size: u64, rcpts: u64) -> Result<(), Reply> {
+    /// Whether `copies` more stored messages of `size` bytes each for the
+    /// stub recipients `rcpts` fit, besides what the answer does not count:
+    /// the reply to give if not. Each recipient counts once a day and each
+    /// stored copy once, as the outbox counts them.
+    fn judge(&self, unc: &Uncounted, size: u64, copies: u64, rcpts: &[&Fpr]) -> Result<(), Reply> {
         let st = &self.status;
-        let (bytes, messages) = (st.bytes + unstored.0, st.messages + unstored.1);
-        if bytes + size > st.max_bytes || messages + rcpts > st.max_messages {
+        let (bytes, messages) = (st.bytes + unc.bytes, st.messages + unc.messages);
+        if bytes + size * copies > st.max_bytes || messages + copies > st.max_messages {
             return Err(Reply::new(
                 552,
                 format!(
@@ -139,7 +173,12 @@ impl Limits {
                 ),
             ));
         }
-        if st.recipients_today + unstored.1 + rcpts > st.max_recipients_per_day {
+        // An outbox that does not list today's recipients: every recipient
+        // not known to be counted is counted again (the safe side).
+        let counted: std::collections::HashSet<&Fpr> = st.today.iter().collect();
+        let pending = unc.rcpts.iter().filter(|r| !counted.contains(r)).count() as u64;
+        let new = rcpts.iter().filter(|r| !counted.contains(**r) && !unc.rcpts.contains(**r)).count() as u64;
+        if st.recipients_today + pending + new > st.max_recipients_per_day {
             return Err(Reply::new(
                 452,
                 format!("4.5.3 Your outbox's limit of {} recipients a day is reached; try again tomorrow", st.max_recipients_per_day),
@@ -257,9 +296,8 @@ impl Policy for Router {
         self.unstored.forget(qid);
     }
 
-    async fn check_outbox(&self, qid: &str, size: u64, stub_rcpts: &[&Fpr]) -> Result<(), Reply> {
+    async fn check_outbox(&self, qid: &str, size: u64, copies: u64, stub_rcpts: &[&Fpr]) -> Result<(), Reply> {
         let Some(outbox) = &self.outbox else { return Ok(()) };
-        let rcpts = stub_rcpts.len() as u64;
         // Held across the question, so sessions ending together ask once.
         let mut cached = self.limits.lock().await;
         let mut fresh = false;
@@ -278,9 +316,9 @@ impl Policy for Router {
                 fresh = true;
             }
             let limits = cached.as_ref().expect("set above");
-            match limits.judge(self.unstored.since(limits.at), size, rcpts) {
+            match limits.judge(&self.unstored.since(limits.at), size, copies, stub_rcpts) {
                 Ok(()) => {
-                    self.unstored.add(qid, size, rcpts);
+                    self.unstored.add(qid, size * copies, copies, stub_rcpts.iter().map(|r| (*r).clone()).collect());
                     return Ok(());
                 }
                 // Refused on a reused answer: ask again before saying no

@@ -44,10 +44,16 @@ pub trait Policy: Send + Sync {
     /// How a recipient is reached: the stub path or the SMTP relay. May look
     /// the recipient's key up on the network (with a short timeout).
     fn recipient(&self, addr: &str) -> impl Future<Output = Result<Route, Reply>> + Send;
-    /// Before `250`: will the outbox take a message of `size` bytes for
-    /// `stub_rcpts` Stubmail recipients? (Ok when it cannot be asked: the
-    /// spool keeps the message and retries.)
-    fn check_outbox(&self, qid: &str, size: u64, stub_rcpts: &[&stubmail::protocol::Fpr]) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// Before `250`: will the outbox take `copies` stored messages of about
+    /// `size` bytes each, for `stub_rcpts` Stubmail recipients? (Ok when it
+    /// cannot be asked: the spool keeps the message and retries.)
+    fn check_outbox(
+        &self,
+        qid: &str,
+        size: u64,
+        copies: u64,
+        stub_rcpts: &[&stubmail::protocol::Fpr],
+    ) -> impl Future<Output = Result<(), Reply>> + Send;
     /// `qid`, checked with `check_outbox`, could not be stored after all.
     fn not_accepted(&self, _qid: &str) {}
 }
@@ -764,7 +770,19 @@ impl<P: Policy> Session<'_, P> {
                 Route::Relay | Route::Pgp { .. } => None,
             })
             .collect();
-        let verdict = if stub.is_empty() { Ok(()) } else { self.ctx.policy.check_outbox(&qid, size, &stub).await };
+        let verdict = if stub.is_empty() {
+            Ok(())
+        } else {
+            // As many stored copies as the worker will make: one for the
+            // recipients the header shows, one per hidden (Bcc) recipient.
+            let header = match &file {
+                Data::Memory(v) => stubmail::mail::read_header(&mut &v[..], crate::worker::MAX_HEADER),
+                Data::File(_) => crate::worker::spool_header(&tmp),
+            }
+            .unwrap_or_default();
+            let copies = crate::worker::stub_copies(&header, &rcpts);
+            self.ctx.policy.check_outbox(&qid, size, copies, &stub).await
+        };
         if let Err(r) = verdict {
             drop(file);
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -844,7 +862,7 @@ mod tests {
                 _ => Err(Reply::new(550, "5.1.1 unknown")),
             }
         }
-        async fn check_outbox(&self, _: &str, size: u64, _: &[&Fpr]) -> Result<(), Reply> {
+        async fn check_outbox(&self, _: &str, size: u64, _: u64, _: &[&Fpr]) -> Result<(), Reply> {
             if size > 900 { Err(Reply::new(552, "5.2.2 over quota")) } else { Ok(()) }
         }
     }

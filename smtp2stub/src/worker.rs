@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 use stubmail::config::{RelayConfig, RelayTls};
 use stubmail::maildir::Maildir;
 
-use crate::spool::{Envelope, Job, JobKind, JobState, Route, Spool};
+use crate::spool::{Envelope, Job, JobKind, JobState, Rcpt, Route, Spool};
 
 /// Messages moved to the outbox at once.
 const CONCURRENCY: usize = 8;
 
 /// Largest header block read into memory when planning a message.
-const MAX_HEADER: usize = 1024 * 1024;
+pub(crate) const MAX_HEADER: usize = 1024 * 1024;
 
 pub struct Worker {
     pub spool: Spool,
@@ -384,8 +384,7 @@ impl Worker {
         let visible = stubmail::mail::addresses(&header, &["To", "Cc"]);
         let (stub, others): (Vec<_>, Vec<_>) = env.rcpts.iter().cloned().partition(|r| matches!(r.route, Route::Stub { .. }));
         let (pgp, relay): (Vec<_>, Vec<_>) = others.into_iter().partition(|r| matches!(r.route, Route::Pgp { .. }));
-        let (shown, hidden): (Vec<_>, Vec<_>) =
-            stub.into_iter().partition(|r| visible.contains(&r.addr.to_ascii_lowercase()));
+        let (shown, hidden) = split_shown(&visible, stub);
         let job = |kind, rcpts| Job { kind, rcpts, id: None, state: JobState::Queued, attempts: 0, next_try: 0, last_error: None };
         let mut jobs = Vec::new();
         if !shown.is_empty() {
@@ -513,6 +512,20 @@ pub fn subject_of(header: &[u8]) -> Option<String> {
 }
 
 /// The header block of a spooled message.
+/// Stub recipients the header shows (To, Cc) and those it hides (Bcc):
+/// the shown share one copy, each hidden one gets its own.
+fn split_shown(visible: &[String], stub: Vec<Rcpt>) -> (Vec<Rcpt>, Vec<Rcpt>) {
+    stub.into_iter().partition(|r| visible.contains(&r.addr.to_ascii_lowercase()))
+}
+
+/// How many copies the worker will store in the outbox for `rcpts`.
+pub(crate) fn stub_copies(header: &[u8], rcpts: &[Rcpt]) -> u64 {
+    let visible = stubmail::mail::addresses(header, &["To", "Cc"]);
+    let stub: Vec<Rcpt> = rcpts.iter().filter(|r| matches!(r.route, Route::Stub { .. })).cloned().collect();
+    let (shown, hidden) = split_shown(&visible, stub);
+    (!shown.is_empty()) as u64 + hidden.len() as u64
+}
+
 pub fn spool_header(path: &std::path::Path) -> io::Result<Vec<u8>> {
     stubmail::mail::read_header(&mut io::BufReader::new(File::open(path)?), MAX_HEADER)
 }

@@ -134,11 +134,13 @@ impl Accounts for Files {
     fn account_status(&self, f: &Fpr, now: i64) -> Result<protocol::AccountStatus, StoreError> {
         let l = self.limits(f);
         let (bytes, messages) = self.usage(f)?;
+        let today: Vec<Fpr> = self.recipients_today(f, now)?.iter().filter_map(|r| Fpr::parse(r).ok()).collect();
         Ok(protocol::AccountStatus {
             fpr: Some(f.clone()),
             bytes,
             messages,
-            recipients_today: self.recipients_today(f, now)?.len() as u64,
+            recipients_today: today.len() as u64,
+            today,
             max_bytes: l.max_bytes,
             max_messages: l.max_messages,
             max_recipients_per_day: l.max_recipients_per_day,

@@ -85,13 +85,17 @@ impl Accounts for Pg {
         let mut c = self.conn()?;
         let l = limits_in(&mut *c, f)?;
         let (bytes, messages) = usage_in(&mut *c, f)?;
-        let today: i64 =
-            c.query_one("SELECT count(*) FROM rcptlog WHERE sender = $1 AND day = $2", &[&f.as_str(), &utc_day(now)])?.get(0);
+        let today: Vec<Fpr> = c
+            .query("SELECT rcpt FROM rcptlog WHERE sender = $1 AND day = $2 ORDER BY rcpt", &[&f.as_str(), &utc_day(now)])?
+            .iter()
+            .filter_map(|r| Fpr::parse(r.get(0)).ok())
+            .collect();
         Ok(protocol::AccountStatus {
             fpr: Some(f.clone()),
             bytes,
             messages,
-            recipients_today: today as u64,
+            recipients_today: today.len() as u64,
+            today,
             max_bytes: l.max_bytes,
             max_messages: l.max_messages,
             max_recipients_per_day: l.max_recipients_per_day,
