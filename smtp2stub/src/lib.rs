@@ -446,26 +446,39 @@ mod tests {
     use super::Unstored;
     use std::time::{Duration, Instant};
 
+    fn f(c: char) -> stubmail::protocol::Fpr {
+        stubmail::protocol::Fpr::parse(&c.to_string().repeat(40)).unwrap()
+    }
+
+    /// (bytes, messages, recipients) an answer does not count.
+    fn unc(u: &Unstored, asked: Instant) -> (u64, u64, Vec<char>) {
+        let x = u.since(asked);
+        let mut r: Vec<char> = x.rcpts.iter().map(|f| f.as_str().chars().next().unwrap()).collect();
+        r.sort();
+        (x.bytes, x.messages, r)
+    }
+
     /// What an answer about the outbox's limits does not count: messages
-    /// waiting, and those stored after it was asked for.
+    /// waiting, and those stored after it was asked for, with their
+    /// recipients (each once, however many messages name it).
     #[test]
     fn unstored_counts_what_an_answer_cannot_know() {
         let u = Unstored::default();
-        u.add("a", 100, 1);
-        u.add("b", 200, 2);
-        u.add("c", 400, 1);
+        u.add("a", 100, 1, vec![f('A')]);
+        u.add("b", 200, 2, vec![f('A'), f('B')]);
+        u.add("c", 400, 1, vec![f('C')]);
         let before = Instant::now();
-        assert_eq!(u.since(before), (700, 4));
+        assert_eq!(unc(&u, before), (700, 4, vec!['A', 'B', 'C']));
         u.stored("a");
         u.forget("c");
         // An answer asked for before "a" was stored does not count it.
-        assert_eq!(u.since(before), (300, 3));
+        assert_eq!(unc(&u, before), (300, 3, vec!['A', 'B']));
         std::thread::sleep(Duration::from_millis(2));
-        // One asked for after does.
-        assert_eq!(u.since(Instant::now()), (200, 2));
+        // One asked for after does; "b" still names A.
+        assert_eq!(unc(&u, Instant::now()), (200, 2, vec!['A', 'B']));
         u.stored("b");
         u.stored("b");
         u.stored("unknown");
-        assert_eq!(u.since(Instant::now() + Duration::from_secs(1)), (0, 0));
+        assert_eq!(unc(&u, Instant::now() + Duration::from_secs(1)), (0, 0, vec![]));
     }
 }
