@@ -269,7 +269,7 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     let alice = stubmail::Identity::generate(None, "alice@example.org", "http://outbox.example/").unwrap();
     let bob = stubmail::Identity::generate(None, "bob@example.net", "http://b.example/").unwrap();
     let a = files.add_account(&alice.cert()).unwrap();
-    files.set_limits(&a, &post_manager::store::Limits { max_bytes: 1 << 40, max_messages: 100, max_recipients_per_day: 50 }).unwrap();
+    files.set_limits(&a, &post_manager::store::Limits { max_bytes: 1 << 40, max_messages: 100, max_recipients_per_day: 50, max_recipients_per_message: 2000 }).unwrap();
     files.remember_cert(&bob.cert()).unwrap();
     let (b, c) = (bob.fpr(), stubmail::protocol::Fpr::parse(&"C".repeat(40)).unwrap());
     let now = stubmail::time::unix_now();

@@ -218,6 +218,10 @@ enum AccountCmd {
         /// Distinct recipients per UTC day (default 1000).
         #[arg(long)]
         max_recipients_per_day: Option<u64>,
+        /// Recipients of one message, all uploads of it together (default
+        /// 1000, what one upload may name; more for a list robot).
+        #[arg(long)]
+        max_recipients_per_message: Option<u64>,
         /// The certificate binds an outbox URL this outbox is not known by
         /// yet: take it as another name of this outbox (signed requests
         /// made for it become valid here).
@@ -323,7 +327,7 @@ fn main() -> anyhow::Result<()> {
 
 fn account(cmd: AccountCmd) -> anyhow::Result<()> {
     match cmd {
-        AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day, new_url } => {
+        AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day, max_recipients_per_message, new_url } => {
             // Read before becoming the data directory's owner (who may not
             // be able to read the administrator's file).
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
@@ -337,6 +341,7 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
                     max_bytes: max_bytes.unwrap_or(d.max_bytes),
                     max_messages: max_messages.unwrap_or(d.max_messages),
                     max_recipients_per_day: max_recipients_per_day.unwrap_or(d.max_recipients_per_day),
+                    max_recipients_per_message: max_recipients_per_message.unwrap_or(d.max_recipients_per_message),
                 };
                 store.set_limits(&f, &limits)?;
                 println!("added account {f} {}", stubmail::pgp::emails_of(&c).join(", "));

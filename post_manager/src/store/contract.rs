@@ -58,7 +58,7 @@ pub fn put_poll_fetch_ack_status(s: &Store) {
 }
 
 pub fn quotas_and_daily_recipients(s: &Store) {
-    s.set_limits(&fpr('A'), &Limits { max_bytes: 25, max_messages: 2, max_recipients_per_day: 2 }).unwrap();
+    s.set_limits(&fpr('A'), &Limits { max_bytes: 25, max_messages: 2, max_recipients_per_day: 2, ..Limits::default() }).unwrap();
     let m = |b: &[u8]| (id_of(b), b.to_vec());
     let (id1, b1) = m(b"0123456789");
     s.put(&fpr('A'), &id1, &[fpr('B')], &mut &b1[..], 100, 86400).unwrap();
@@ -202,6 +202,10 @@ pub fn the_recipient_cap_holds_across_reuploads(s: &Store) {
     s.put(&fpr('A'), &id, &many(1, 600), &mut &body[..], 100, 1).expect("the same recipients again");
     s.put(&fpr('A'), &id, &many(601, 400), &mut &body[..], 100, 1).expect("up to the cap");
     assert_eq!(s.status(&fpr('A'), &id).unwrap().recipients.len(), 1000);
+    // A list robot's account may be allowed more, upload by upload.
+    s.set_limits(&fpr('A'), &Limits { max_recipients_per_day: 10_000, max_recipients_per_message: 1500, ..Limits::default() }).unwrap();
+    s.put(&fpr('A'), &id, &many(1001, 500), &mut &body[..], 100, 1).expect("up to the raised cap");
+    assert!(matches!(s.put(&fpr('A'), &id, &many(1501, 1), &mut &body[..], 100, 1), Err(StoreError::TooManyRecipients(1500))));
 }
 
 /// Every contract, each on a fresh store from `fresh`.

@@ -61,11 +61,7 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
         )?;
         if from.p(&format!("accounts/{f}.limits.json")).exists() {
             let l: Limits = from.limits(&f);
-            c.execute(
-                "INSERT INTO limits VALUES ($1, $2, $3, $4) ON CONFLICT (fpr) DO UPDATE
-                 SET max_bytes = $2, max_messages = $3, max_recipients_per_day = $4",
-                &[&f.as_str(), &(l.max_bytes as i64), &(l.max_messages as i64), &(l.max_recipients_per_day as i64)],
-            )?;
+            to.set_limits(&f, &l)?;
         }
         out.accounts += 1;
     }

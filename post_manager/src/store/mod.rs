@@ -41,7 +41,7 @@ pub enum StoreError {
     #[error("{0}")]
     RateLimited(String),
     #[error("a message has at most {0} recipients, counting those of earlier uploads of the same bytes")]
-    TooManyRecipients(usize),
+    TooManyRecipients(u64),
     #[error("storage: {0}")]
     Io(#[from] io::Error),
     #[error("corrupt state {0}")]
@@ -71,11 +71,20 @@ pub struct Limits {
     pub max_bytes: u64,
     pub max_messages: u64,
     pub max_recipients_per_day: u64,
+    /// Recipients of one stored message, all uploads of it together (one
+    /// request names at most 1,000; a list robot's account may be allowed
+    /// more, added by further uploads of the same bytes).
+    #[serde(default = "default_per_message")]
+    pub max_recipients_per_message: u64,
+}
+
+fn default_per_message() -> u64 {
+    stubmail::protocol::MAX_RECIPIENTS as u64
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 1 << 30, max_messages: 10_000, max_recipients_per_day: 1_000 }
+        Limits { max_bytes: 1 << 30, max_messages: 10_000, max_recipients_per_day: 1_000, max_recipients_per_message: default_per_message() }
     }
 }
 

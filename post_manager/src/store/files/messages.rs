@@ -10,7 +10,7 @@ use stubmail::fsutil::{self, fsync_dir};
 use stubmail::protocol::{self, DeliveryState, Fpr, MessageStatus, PollItem, RecipientStatus};
 
 use super::{Files, StoreError};
-use crate::store::{InboxStamp, MessageReader, Messages};
+use crate::store::{Accounts, InboxStamp, MessageReader, Messages};
 
 /// Per-message state, `meta/<id>.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,8 +164,9 @@ impl Messages for Files {
                 }
                 // The recipient cap holds for the message, across re-uploads.
                 let new = recipients.iter().filter(|r| m.recipient(r).is_none()).count();
-                if m.recipients.len() + new > protocol::MAX_RECIPIENTS {
-                    return Err(StoreError::TooManyRecipients(protocol::MAX_RECIPIENTS));
+                let cap = self.limits(sender).max_recipients_per_message;
+                if (m.recipients.len() + new) as u64 > cap {
+                    return Err(StoreError::TooManyRecipients(cap));
                 }
                 for r in recipients {
                     if m.recipient(r).is_none() {

@@ -68,9 +68,15 @@ impl Accounts for Pg {
     fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
         let mut c = self.conn()?;
         c.execute(
-            "INSERT INTO limits VALUES ($1, $2, $3, $4) ON CONFLICT (fpr) DO UPDATE
-             SET max_bytes = $2, max_messages = $3, max_recipients_per_day = $4",
-            &[&f.as_str(), &(l.max_bytes as i64), &(l.max_messages as i64), &(l.max_recipients_per_day as i64)],
+            "INSERT INTO limits VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fpr) DO UPDATE
+             SET max_bytes = $2, max_messages = $3, max_recipients_per_day = $4, max_recipients_per_message = $5",
+            &[
+                &f.as_str(),
+                &(l.max_bytes as i64),
+                &(l.max_messages as i64),
+                &(l.max_recipients_per_day as i64),
+                &(l.max_recipients_per_message as i64),
+            ],
         )
         .map_err(io_err)?;
         Ok(())
@@ -121,11 +127,15 @@ impl Accounts for Pg {
 }
 
 pub(super) fn limits_in(c: &mut impl postgres::GenericClient, f: &Fpr) -> Result<Limits, StoreError> {
-    Ok(match c.query_opt("SELECT max_bytes, max_messages, max_recipients_per_day FROM limits WHERE fpr = $1", &[&f.as_str()])? {
+    Ok(match c.query_opt(
+        "SELECT max_bytes, max_messages, max_recipients_per_day, max_recipients_per_message FROM limits WHERE fpr = $1",
+        &[&f.as_str()],
+    )? {
         Some(r) => Limits {
             max_bytes: r.get::<_, i64>(0) as u64,
             max_messages: r.get::<_, i64>(1) as u64,
             max_recipients_per_day: r.get::<_, i64>(2) as u64,
+            max_recipients_per_message: r.get::<_, i64>(3) as u64,
         },
         None => Limits::default(),
     })

@@ -149,8 +149,8 @@ impl Messages for Pg {
             .map(|r| r.get(0))
             .collect();
         let had: i64 = tx.query_one("SELECT count(*) FROM recipients WHERE id = $1", &[&id])?.get(0);
-        if had as usize + new_here.len() > protocol::MAX_RECIPIENTS {
-            return Err(StoreError::TooManyRecipients(protocol::MAX_RECIPIENTS));
+        if had as u64 + new_here.len() as u64 > l.max_recipients_per_message {
+            return Err(StoreError::TooManyRecipients(l.max_recipients_per_message));
         }
         let day = utc_day(now);
         let new_today: Vec<String> = tx

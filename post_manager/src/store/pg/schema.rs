@@ -17,7 +17,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE accounts (fpr text PRIMARY KEY, cert bytea NOT NULL, registered_url text);
     -- Limits set by the operator (defaults where absent).
     CREATE TABLE limits (fpr text PRIMARY KEY, max_bytes bigint NOT NULL, max_messages bigint NOT NULL,
-        max_recipients_per_day bigint NOT NULL);
+        max_recipients_per_day bigint NOT NULL, max_recipients_per_message bigint NOT NULL);
     -- Bytes and messages an account stores now, kept in the transaction that
     -- changes them.
     CREATE TABLE usage (fpr text PRIMARY KEY, bytes bigint NOT NULL, messages bigint NOT NULL);
