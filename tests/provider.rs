@@ -19,46 +19,6 @@ fn the_postgres_backend_keeps_the_stores_contract() {
     });
 }
 
-/// nginx as the load balancer in front of the instances (round robin).
-struct Balancer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Balancer {
-    fn start(dir: &std::path::Path, upstreams: &[u16], port: u16) -> Balancer {
-        let servers: String = upstreams.iter().map(|p| format!("    server 127.0.0.1:{p} max_fails=0;\n")).collect();
-        let user = if unsafe { libc::geteuid() } == 0 { "user root;\n" } else { "" };
-        let conf = format!(
-            "{user}daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log info;\nevents {{}}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
-             fastcgi_temp_path {dir}/fcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-             upstream outbox {{\n{servers}  }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    client_max_body_size 0;\n    location / {{\n\
-             proxy_pass http://outbox;\n      proxy_http_version 1.1;\n      proxy_request_buffering off;\n\
-             proxy_set_header Host $http_host;\n      proxy_next_upstream error timeout;\n    }}\n  }}\n}}\n",
-            dir = dir.display(),
-        );
-        let cf = dir.join("nginx.conf");
-        std::fs::write(&cf, conf).unwrap();
-        let nginx = ["/usr/sbin/nginx"].iter().map(std::path::PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| common::require("nginx"));
-        let child = std::process::Command::new(nginx).arg("-p").arg(dir).arg("-c").arg(&cf).spawn().unwrap();
-        common::wait_for("nginx to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-        Balancer { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One outbox instance on the shared database.
 fn instance(root: &std::path::Path, name: &str, store: &str, public_url: &str) -> common::Server {
     let mut c = common::bin_cmd("post_manager");
@@ -86,7 +46,7 @@ fn two_instances_behind_a_balancer_serve_one_outbox() {
     let b = instance(root.path(), "instance-b", &store, &lb_url);
     let lb_dir = root.path().join("lb");
     std::fs::create_dir_all(&lb_dir).unwrap();
-    let lb = Balancer::start(&lb_dir, &[a.port(), b.port()], lb_port);
+    let lb = common::balancer::Balancer::start(&lb_dir, &[a.port(), b.port()], lb_port);
     assert_eq!(lb.url(), lb_url);
     let alice = common::User::init(root.path(), "alice", "alice@example.org", &lb_url);
     let bob = common::User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
@@ -184,7 +144,7 @@ fn killing_an_instance_at_random_loses_and_duplicates_nothing() {
     let b = instance(root.path(), "instance-b", &store, &lb_url);
     let lb_dir = root.path().join("lb");
     std::fs::create_dir_all(&lb_dir).unwrap();
-    let _lb = Balancer::start(&lb_dir, &[a.port(), b.port()], lb_port);
+    let _lb = common::balancer::Balancer::start(&lb_dir, &[a.port(), b.port()], lb_port);
     let alice = std::sync::Arc::new(stubmail::Identity::generate(None, "alice@example.org", &lb_url).unwrap());
     let bob = std::sync::Arc::new(stubmail::Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
     let key = root.path().join("alice.asc");
