@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+#[path = "provider.rs"]
+mod provider;
+
 /// How big each benchmark is.
 #[derive(Clone, Debug)]
 pub struct Scale {
@@ -29,6 +32,15 @@ pub struct Scale {
     pub large_mib: usize,
     pub pop3_messages: usize,
     pub wrk_seconds: u32,
+    /// Uploads and polls per configuration of the provider outbox.
+    pub provider_uploads: usize,
+    pub pgbench_seconds: u32,
+    /// Recipients of one message: the small and the large case, and how
+    /// many of them poll and ack.
+    pub fanout: (usize, usize),
+    pub fanout_real: usize,
+    /// Messages a device has retrieved: the small and the large case.
+    pub history: (usize, usize),
 }
 
 impl Scale {
@@ -44,6 +56,11 @@ impl Scale {
             large_mib: 1024,
             pop3_messages: 1000,
             wrk_seconds: 10,
+            provider_uploads: 3000,
+            pgbench_seconds: 10,
+            fanout: (100, 10_000),
+            fanout_real: 20,
+            history: (100, 10_000),
         }
     }
     /// Tiny sizes for CI.
@@ -58,6 +75,11 @@ impl Scale {
             large_mib: 2,
             pop3_messages: 20,
             wrk_seconds: 1,
+            provider_uploads: 20,
+            pgbench_seconds: 1,
+            fanout: (10, 100),
+            fanout_real: 3,
+            history: (5, 30),
         }
     }
 }
@@ -75,7 +97,7 @@ pub struct Row {
     pub note: String,
 }
 
-fn row(name: &str, ours: String, anchor: String, ratio: Option<f64>, target: &str, met: bool, note: String) -> Row {
+pub fn row(name: &str, ours: String, anchor: String, ratio: Option<f64>, target: &str, met: bool, note: String) -> Row {
     Row { name: name.into(), ours, anchor, ratio, target: target.into(), met, note }
 }
 
@@ -89,7 +111,7 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
     stubmail::client::init_tls();
     let mut rows = Vec::new();
     type Bench = fn(&Scale) -> Vec<Row>;
-    let benches: [(&str, Bench); 7] = [
+    let benches: [(&str, Bench); 8] = [
         ("SMTP ingest", smtp_ingest),
         ("end to end", end_to_end),
         ("two nodes", two_nodes),
@@ -97,6 +119,7 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
         ("large message", large_message),
         ("POP3", pop3),
         ("CGI", cgi),
+        ("provider outbox", provider::provider),
     ];
     for (name, f) in benches {
         if only.is_some_and(|o| !name.contains(o)) {
