@@ -89,16 +89,12 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
             c.execute("INSERT INTO nonces SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING", &[&fpr, &nonces, &ts])?;
         }
     }
-    // Each recipient's devices, from every message's acks.
+    // Each recipient's devices, as the data directory lists them.
     let ids: Vec<String> =
         names(&from.p("meta")).into_iter().filter_map(|n| n.strip_suffix(".json").filter(|i| protocol::is_valid_id(i)).map(str::to_string)).collect();
     let mut devices: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for id in &ids {
-        if let Some(m) = from.read_meta(id)? {
-            for r in m.recipients {
-                devices.entry(r.fpr.to_string()).or_default().extend(r.devices);
-            }
-        }
+    for f in names(&from.p("devices")).into_iter().filter_map(|f| protocol::Fpr::parse(&f).ok()) {
+        devices.entry(f.to_string()).or_default().extend(from.devices_of(&f)?);
     }
     for (fpr, devs) in &devices {
         for d in devs {
@@ -145,11 +141,10 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
                 tx.execute("INSERT INTO chunks VALUES ($1, $2, $3)", &[id, &seq, &&buf[..n]])?;
             }
         }
-        // Still listed for the recipient's other devices: the index entry of
-        // a message acked by a device stays until expiry.
-        for r in &m.recipients {
+        // Still offered to the recipient's other devices: `listed/`.
+        for r in &from.recipients_of(id)? {
             let fpr = r.fpr.to_string();
-            let listed = r.state == DeliveryState::Retrieved && from.p(&format!("inbox/{fpr}/{id}")).exists();
+            let listed = r.state == DeliveryState::Retrieved && from.p(&format!("listed/{fpr}/{id}")).exists();
             tx.execute("INSERT INTO recipients VALUES ($1, $2, $3, $4, $5)", &[id, &fpr, &state_code(r.state), &r.at, &listed])?;
             if listed && has_bytes {
                 // Every device the database knows (those seen since a first,

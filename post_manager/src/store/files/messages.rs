@@ -1,8 +1,15 @@
-//! Messages and their delivery state: `messages/`, `meta/`, and the
-//! `inbox/` and `sent/` indexes.
+//! Messages and their delivery state: `messages/`, `meta/`, `rcpt/`, and
+//! the indexes `inbox/`, `listed/`, `devices/` and `sent/`.
+//!
+//! Each recipient's state is a file of its own (`rcpt/<id>/<FPR>.json`),
+//! so an ack rewrites one small file whatever the number of recipients;
+//! a poll lists the recipient's own indexes (pending messages, and for a
+//! device the messages its other devices retrieved and it has not), so an
+//! idle poll does not grow with what the recipient already has.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -12,7 +19,7 @@ use stubmail::protocol::{self, DeliveryState, Fpr, MessageStatus, PollItem, Reci
 use super::{Files, StoreError};
 use crate::store::{Accounts, InboxStamp, MessageReader, Messages};
 
-/// Per-message state, `meta/<id>.json`.
+/// A message, `meta/<id>.json` (its recipients' states are in `rcpt/<id>/`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
     /// SHA-256 of the stored bytes, hex.
@@ -23,10 +30,13 @@ pub struct Meta {
     pub size: u64,
     /// Unix time it was stored.
     pub stored: i64,
-    /// Each recipient's delivery state.
+    /// Every recipient's state, in data directories of the first layout
+    /// only (upgraded when opened: `layout.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<RecipientMeta>,
 }
 
+/// One recipient's delivery state of a message, `rcpt/<id>/<FPR>.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecipientMeta {
     pub fpr: Fpr,
@@ -38,29 +48,33 @@ pub struct RecipientMeta {
     pub devices: Vec<String>,
 }
 
+impl RecipientMeta {
+    fn status(&self) -> RecipientStatus {
+        RecipientStatus { fpr: self.fpr.clone(), state: self.state, at: stubmail::time::rfc3339(self.at) }
+    }
+}
+
 impl Meta {
-    pub fn status(&self) -> MessageStatus {
+    /// The message's status with these recipients.
+    pub fn status_with(&self, recipients: &[RecipientMeta]) -> MessageStatus {
         MessageStatus {
             id: self.id.clone(),
             sender: self.sender.clone(),
             size: self.size,
             stored: stubmail::time::rfc3339(self.stored),
-            recipients: self
-                .recipients
-                .iter()
-                .map(|r| RecipientStatus { fpr: r.fpr.clone(), state: r.state, at: stubmail::time::rfc3339(r.at) })
-                .collect(),
+            recipients: recipients.iter().map(RecipientMeta::status).collect(),
         }
     }
-    pub(super) fn recipient(&self, f: &Fpr) -> Option<&RecipientMeta> {
-        self.recipients.iter().find(|r| &r.fpr == f)
-    }
 }
-
 
 /// An mtime this close to now may hide a later change in the same clock
 /// tick ("racy git"): a stamp from it is not exact.
 const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// More files than this made durable together: one `syncfs` instead of an
+/// fsync each (a message for thousands of recipients is not thousands of
+/// fsyncs).
+const FSYNC_EACH_UP_TO: usize = 8;
 
 impl Messages for Files {
     /// The mtime of the recipient's index directory (a message arrived, was
@@ -77,32 +91,25 @@ impl Messages for Files {
         self.p(&format!("inbox/{recipient}")).is_dir()
     }
 
-
-    /// A recipient's delivery state of a message (None: no such message or
-    /// not a recipient).
     fn recipient_state(&self, id: &str, recipient: &Fpr) -> Result<Option<DeliveryState>, StoreError> {
-        Ok(self.read_meta(id)?.and_then(|m| m.recipient(recipient).map(|r| r.state)))
+        Ok(self.read_rcpt(id, recipient)?.map(|r| r.state))
     }
 
     /// A stub was sent: `stored` becomes `notified`, so the sender sees it.
     fn mark_notified(&self, id: &str, recipient: &Fpr, now: i64) -> Result<(), StoreError> {
         let _lock = self.lock(id)?;
-        let Some(mut m) = self.read_meta(id)? else { return Ok(()) };
-        if let Some(r) = m.recipients.iter_mut().find(|r| &r.fpr == recipient && r.state == DeliveryState::Stored) {
+        if let Some(mut r) = self.read_rcpt(id, recipient)?.filter(|r| r.state == DeliveryState::Stored) {
             r.state = DeliveryState::Notified;
             r.at = now;
-            self.write_meta(&m)?;
+            self.write_rcpt(id, &r)?;
         }
         Ok(())
     }
 
-
-
-
-
     /// Store an upload. The body is streamed to disk while hashed; nothing is
     /// visible until the bytes, then the state, then the indexes are durable.
-    /// Returns the status and whether it was newly created.
+    /// Returns the status (with the upload's recipients) and whether it was
+    /// newly created.
     fn put(
         &self,
         sender: &Fpr,
@@ -157,74 +164,74 @@ impl Messages for Files {
         };
         let _lock = self.lock(id)?;
         let (meta, created) = match self.read_meta(id)? {
-            Some(mut m) => {
+            Some(m) => {
                 let _ = fs::remove_file(&tmp);
                 if &m.sender != sender {
                     return Err(StoreError::Conflict);
                 }
-                // The recipient cap holds for the message, across re-uploads.
-                let new = recipients.iter().filter(|r| m.recipient(r).is_none()).count();
-                let cap = self.limits(sender).max_recipients_per_message;
-                if (m.recipients.len() + new) as u64 > cap {
-                    return Err(StoreError::TooManyRecipients(cap));
-                }
-                for r in recipients {
-                    if m.recipient(r).is_none() {
-                        m.recipients.push(RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now, devices: vec![] });
-                    }
-                }
-                self.write_meta(&m)?;
                 (m, false)
             }
             None => {
                 fs::rename(&tmp, self.p(&format!("messages/{id}")))?;
                 fsync_dir(&self.p("messages"))?;
-                let m = Meta {
-                    id: id.to_string(),
-                    sender: sender.clone(),
-                    size,
-                    stored: now,
-                    recipients: recipients
-                        .iter()
-                        .map(|r| RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now, devices: vec![] })
-                        .collect(),
-                };
+                let m = Meta { id: id.to_string(), sender: sender.clone(), size, stored: now, recipients: vec![] };
                 self.write_meta(&m)?;
                 self.adjust_usage(sender, size as i64, 1)?;
                 (m, true)
             }
         };
-        self.log_recipients(sender, now, &new_today)?;
-        // Indexes last (and again on a retried upload, which repairs a crash
-        // between the state write and here).
-        self.mark(&format!("sent/{sender}"), id)?;
-        for r in meta.recipients.iter().filter(|r| r.state.is_pending()) {
-            self.mark(&format!("inbox/{}", r.fpr), id)?;
+        // The recipient cap holds for the message, across re-uploads.
+        let mut states = Vec::with_capacity(recipients.len());
+        let mut new = Vec::new();
+        for r in recipients {
+            match self.read_rcpt(id, r)? {
+                Some(s) => states.push(s),
+                None => new.push(RecipientMeta { fpr: r.clone(), state: DeliveryState::Stored, at: now, devices: vec![] }),
+            }
         }
-        Ok((meta.status(), created))
+        if !new.is_empty() {
+            let cap = self.limits(sender).max_recipients_per_message;
+            let had = if created { 0 } else { self.rcpt_count(id)? };
+            if (had + new.len()) as u64 > cap {
+                return Err(StoreError::TooManyRecipients(cap));
+            }
+        }
+        // The new recipients' states, then the indexes of every pending
+        // one (again on a retried upload, which repairs a crash between
+        // the two), made durable together.
+        let mut written = Vec::new();
+        fs::create_dir_all(self.p(&format!("rcpt/{id}")))?;
+        for r in &new {
+            written.push(self.write_rcpt_soft(id, r)?);
+        }
+        states.extend(new);
+        written.push(self.mark_soft(&format!("sent/{sender}"), id)?);
+        for r in states.iter().filter(|r| r.state.is_pending()) {
+            written.push(self.mark_soft(&format!("inbox/{}", r.fpr), id)?);
+        }
+        self.make_durable(&written)?;
+        self.log_recipients(sender, now, &new_today)?;
+        Ok((meta.status_with(&states), created))
     }
-    /// Messages for `recipient` (optionally only from `senders`): pending
-    /// ones, and for a named device also those other devices retrieved.
+
     fn poll(&self, recipient: &Fpr, senders: Option<&[Fpr]>, device: Option<&str>) -> Result<Vec<PollItem>, StoreError> {
-        let dir = self.p(&format!("inbox/{recipient}"));
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e.into()),
-        };
+        let mut ids = list_ids(&self.p(&format!("inbox/{recipient}")))?;
+        if let Some(d) = device {
+            self.ensure_device(recipient, d)?;
+            ids.extend(list_ids(&self.p(&format!("devices/{recipient}/{d}")))?);
+            ids.sort();
+            ids.dedup();
+        }
         let mut out = Vec::new();
-        for e in rd {
-            let name = e?.file_name();
-            let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
-            let Some(m) = self.read_meta(id)? else { continue };
+        for id in ids {
+            let Some(m) = self.read_meta(&id)? else { continue };
             if senders.is_some_and(|s| !s.contains(&m.sender)) {
                 continue;
             }
-            let wanted = m.recipient(recipient).is_some_and(|r| {
-                r.state.is_pending()
-                    || (r.state == DeliveryState::Retrieved && device.is_some_and(|d| !r.devices.iter().any(|x| x == d)))
-            });
-            if wanted {
+            let Some(r) = self.read_rcpt(&id, recipient)? else { continue };
+            let wanted = r.state.is_pending()
+                || (r.state == DeliveryState::Retrieved && device.is_some_and(|d| !r.devices.iter().any(|x| x == d)));
+            if wanted && self.p(&format!("messages/{id}")).exists() {
                 out.push(PollItem {
                     id: m.id.clone(),
                     sender: m.sender.clone(),
@@ -238,8 +245,6 @@ impl Messages for Files {
         Ok(out)
     }
 
-    /// Open a message for a recipient. Unknown ids and ids the requester is
-    /// not a recipient of are the same `NotFound`.
     fn open_for(&self, recipient: &Fpr, id: &str, start: u64) -> Result<(MessageReader, u64), StoreError> {
         use std::io::Seek;
         let size = self.size_for(recipient, id)?;
@@ -255,7 +260,7 @@ impl Messages for Files {
 
     fn size_for(&self, recipient: &Fpr, id: &str) -> Result<u64, StoreError> {
         let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
-        match m.recipient(recipient) {
+        match self.read_rcpt(id, recipient)? {
             Some(r) if r.state.is_pending() || r.state == DeliveryState::Retrieved => Ok(m.size),
             _ => Err(StoreError::NotFound),
         }
@@ -263,19 +268,21 @@ impl Messages for Files {
 
     /// A recipient (one of its devices) confirms durable delivery.
     /// Idempotent. Without a device the message leaves the recipient's
-    /// index; with one, it stays listed for the recipient's other devices.
+    /// lists; with one, it stays offered to the recipient's other devices
+    /// until each acks it.
     fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
         let _lock = self.lock(id)?;
-        let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
-        let r = m.recipients.iter_mut().find(|r| &r.fpr == recipient).ok_or(StoreError::NotFound)?;
+        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        let mut r = self.read_rcpt(id, recipient)?.ok_or(StoreError::NotFound)?;
         if matches!(r.state, DeliveryState::Unsent | DeliveryState::Expired) {
             // Withdrawn or expired for this recipient: gone, as far as it
             // can tell. An ack here would make it `retrieved` again and
             // open the bytes to it (SECURITY.md).
             return Err(StoreError::NotFound);
         }
+        let was_pending = r.state.is_pending();
         let mut changed = false;
-        if r.state != DeliveryState::Retrieved {
+        if was_pending {
             r.state = DeliveryState::Retrieved;
             r.at = now;
             changed = true;
@@ -285,18 +292,32 @@ impl Messages for Files {
             changed = true;
         }
         if changed {
-            self.write_meta(&m)?;
+            self.write_rcpt(id, &r)?;
         }
-        if device.is_none() {
-            self.unmark(&format!("inbox/{recipient}"), id)?;
-        } else if changed {
-            self.touch_inbox(recipient);
+        match device {
+            Some(d) => {
+                self.ensure_device(recipient, d)?;
+                if was_pending {
+                    // Offered to the recipient's other devices.
+                    let mut written = vec![self.mark_soft(&format!("listed/{recipient}"), id)?];
+                    for other in self.devices_of(recipient)?.into_iter().filter(|o| o != d && !r.devices.contains(o)) {
+                        written.push(self.mark_soft(&format!("devices/{recipient}/{other}"), id)?);
+                    }
+                    self.make_durable(&written)?;
+                }
+                self.unmark(&format!("devices/{recipient}/{d}"), id)?;
+            }
+            None => {
+                self.unmark(&format!("listed/{recipient}"), id)?;
+                for other in self.devices_of(recipient)? {
+                    self.unmark(&format!("devices/{recipient}/{other}"), id)?;
+                }
+            }
         }
-        // Deliberately not filtered: the ack is the recipient's view, the
-        // sender's addresses stay private.
-        let mut s = m.status();
-        s.recipients.retain(|r| &r.fpr == recipient);
-        Ok(s)
+        self.unmark(&format!("inbox/{recipient}"), id)?;
+        self.touch_inbox(recipient);
+        // The recipient's view only: the sender's other recipients stay private.
+        Ok(m.status_with(std::slice::from_ref(&r)))
     }
 
     /// The sender's view of one message.
@@ -305,20 +326,15 @@ impl Messages for Files {
         if &m.sender != sender {
             return Err(StoreError::NotFound);
         }
-        Ok(m.status())
+        Ok(m.status_with(&self.recipients_of(id)?))
     }
 
     /// Every message of a sender.
     fn list(&self, sender: &Fpr) -> Result<Vec<MessageStatus>, StoreError> {
-        let dir = self.p(&format!("sent/{sender}"));
         let mut out = Vec::new();
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd {
-                let name = e?.file_name();
-                let Some(id) = name.to_str().filter(|s| protocol::is_valid_id(s)) else { continue };
-                if let Some(m) = self.read_meta(id)? {
-                    out.push(m.status());
-                }
+        for id in list_ids(&self.p(&format!("sent/{sender}")))? {
+            if let Some(m) = self.read_meta(&id)? {
+                out.push(m.status_with(&self.recipients_of(&id)?));
             }
         }
         out.sort_by(|a, b| a.stored.cmp(&b.stored).then(a.id.cmp(&b.id)));
@@ -331,19 +347,22 @@ impl Messages for Files {
         // Account, then message: the order uploads take them in.
         let _account = self.lock(&format!("account-{sender}"))?;
         let _lock = self.lock(id)?;
-        let mut m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         if &m.sender != sender {
             return Err(StoreError::NotFound);
         }
-        for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
+        let mut all = self.recipients_of(id)?;
+        let mut written = Vec::new();
+        for r in all.iter_mut().filter(|r| r.state.is_pending()) {
             r.state = DeliveryState::Unsent;
             r.at = now;
+            written.push(self.write_rcpt_soft(id, r)?);
         }
-        self.write_meta(&m)?;
-        for r in &m.recipients {
+        self.make_durable(&written)?;
+        for r in &all {
             self.unmark(&format!("inbox/{}", r.fpr), id)?;
         }
-        if !m.recipients.iter().any(|r| r.state == DeliveryState::Retrieved) {
+        if !all.iter().any(|r| r.state == DeliveryState::Retrieved) {
             match fs::remove_file(self.p(&format!("messages/{id}"))) {
                 Ok(()) => {
                     fsync_dir(&self.p("messages"))?;
@@ -353,8 +372,24 @@ impl Messages for Files {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(m.status())
+        Ok(m.status_with(&all))
     }
+}
+
+/// The message ids in an index directory (none if it does not exist).
+pub(super) fn list_ids(dir: &std::path::Path) -> io::Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        if let Some(id) = e?.file_name().to_str().filter(|s| protocol::is_valid_id(s)) {
+            out.push(id.to_string());
+        }
+    }
+    Ok(out)
 }
 
 impl Files {
@@ -375,20 +410,137 @@ impl Files {
     }
 
     pub(super) fn write_meta(&self, m: &Meta) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(m).expect("serialisable");
+        let bytes = serde_json::to_vec(m).expect("serialisable");
         fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o600)
     }
 
-    /// Create an empty index file durably (idempotent).
-    pub(super) fn mark(&self, dir: &str, id: &str) -> io::Result<()> {
-        let d = self.p(dir);
-        let p = d.join(id);
-        if p.exists() {
+    /// One recipient's state of a message.
+    pub(crate) fn read_rcpt(&self, id: &str, r: &Fpr) -> Result<Option<RecipientMeta>, StoreError> {
+        match fs::read(self.p(&format!("rcpt/{id}/{r}.json"))) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("rcpt/{id}/{r}.json"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write one recipient's state durably.
+    pub(super) fn write_rcpt(&self, id: &str, r: &RecipientMeta) -> io::Result<()> {
+        fs::create_dir_all(self.p(&format!("rcpt/{id}")))?;
+        fsutil::write_atomic(&self.p(&format!("rcpt/{id}/{}.json", r.fpr)), &serde_json::to_vec(r).expect("serialisable"), 0o600)
+    }
+
+    /// Write one recipient's state, not yet durably: [`Files::make_durable`]
+    /// follows. Returns the file's path.
+    pub(super) fn write_rcpt_soft(&self, id: &str, r: &RecipientMeta) -> io::Result<PathBuf> {
+        let p = self.p(&format!("rcpt/{id}/{}.json", r.fpr));
+        fsutil::write_replace(&p, &serde_json::to_vec(r).expect("serialisable"))?;
+        Ok(p)
+    }
+
+    /// Every recipient's state of a message.
+    pub(crate) fn recipients_of(&self, id: &str) -> Result<Vec<RecipientMeta>, StoreError> {
+        let dir = self.p(&format!("rcpt/{id}"));
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e?.file_name();
+            let Some(f) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|f| Fpr::parse(f).ok()) else { continue };
+            if let Some(r) = self.read_rcpt(id, &f)? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.fpr.as_str().cmp(b.fpr.as_str()));
+        Ok(out)
+    }
+
+    /// How many recipients a message has (none yet: a crash came between
+    /// its meta file and its recipients' states).
+    fn rcpt_count(&self, id: &str) -> io::Result<usize> {
+        match fs::read_dir(self.p(&format!("rcpt/{id}"))) {
+            Ok(rd) => Ok(rd.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))).count()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The devices of a recipient seen so far.
+    pub(crate) fn devices_of(&self, recipient: &Fpr) -> io::Result<Vec<String>> {
+        match fs::read_dir(self.p(&format!("devices/{recipient}"))) {
+            Ok(rd) => Ok(rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|d| protocol::is_valid_device(d)).collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Register a device of a recipient the first time it is seen, offering
+    /// it every message the recipient's other devices retrieved (once).
+    fn ensure_device(&self, recipient: &Fpr, device: &str) -> io::Result<()> {
+        let dir = self.p(&format!("devices/{recipient}/{device}"));
+        if dir.is_dir() {
             return Ok(());
         }
-        fs::create_dir_all(&d)?;
-        File::create(&p)?.sync_all()?;
-        fsync_dir(&d)
+        // Filled beside, then renamed into place: a device's list is whole.
+        let tmp = self.p(&format!("devices/{recipient}/.{device}.{}", fsutil::unique_name("new")));
+        fs::create_dir_all(&tmp)?;
+        for id in list_ids(&self.p(&format!("listed/{recipient}")))? {
+            File::create(tmp.join(&id))?;
+        }
+        match fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            // Another process registered it meanwhile.
+            Err(_) if dir.is_dir() => {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Err(e) => return Err(e),
+        }
+        // Soft: a lost list is made again, from `listed/`, at the next poll.
+        Ok(())
+    }
+
+    /// Create an empty index file, not yet durably (idempotent); returns
+    /// its path.
+    pub(super) fn mark_soft(&self, dir: &str, id: &str) -> io::Result<PathBuf> {
+        let d = self.p(dir);
+        let p = d.join(id);
+        if !p.exists() {
+            fs::create_dir_all(&d)?;
+            File::create(&p)?;
+        }
+        Ok(p)
+    }
+
+    /// Make these new or rewritten files durable, with their directories:
+    /// an fsync each when few, else one `syncfs` of the whole file system.
+    pub(super) fn make_durable(&self, files: &[PathBuf]) -> io::Result<()> {
+        if files.len() > FSYNC_EACH_UP_TO {
+            let root = File::open(self.root())?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs on a descriptor this function owns.
+            if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        // Each file, its directory, and that directory's parent (the
+        // directory may be new: a message's `rcpt/<id>/`, a recipient's
+        // first index).
+        let mut dirs: Vec<&std::path::Path> = Vec::new();
+        for f in files {
+            File::open(f)?.sync_all()?;
+            for d in f.ancestors().skip(1).take(2) {
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        for d in dirs {
+            fsync_dir(d)?;
+        }
+        Ok(())
     }
 
     pub(super) fn unmark(&self, dir: &str, id: &str) -> io::Result<()> {

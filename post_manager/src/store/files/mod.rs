@@ -9,8 +9,12 @@
 //! accounts/<FPR>.pgp        certificates of the local users allowed to upload
 //! certs/<FPR>.pgp           recipients' certificates, merged from their polls
 //! messages/<id>             stored message bytes (id = SHA-256 of them)
-//! meta/<id>.json            per-message delivery state (Meta)
+//! meta/<id>.json            a message: sender, size, time (Meta)
+//! rcpt/<id>/<FPR>.json      one recipient's delivery state of it
 //! inbox/<RCPT-FPR>/<id>     index: messages pending for a recipient (empty files)
+//! listed/<RCPT-FPR>/<id>    index: retrieved by one of its devices, offered to the others
+//! devices/<RCPT-FPR>/<dev>/<id>  index: offered to this device, not yet acked by it
+//! layout                    the layout's version (2; 1 kept states in meta/, upgraded at open)
 //! sent/<SENDER-FPR>/<id>    index: messages of a sender (empty files)
 //! nonces/<FPR>/<window>/<nonce>  replay protection, by windows of request time
 //! accounts/urls             this outbox's own base URLs (signed requests name one)
@@ -33,6 +37,7 @@ use std::path::{Path, PathBuf};
 
 mod accounts;
 mod certs;
+mod layout;
 mod messages;
 mod nonces;
 mod retention;
@@ -49,7 +54,7 @@ pub struct Files {
 }
 
 const DIRS: &[&str] =
-    &["accounts", "certs", "messages", "meta", "inbox", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify"];
+    &["accounts", "certs", "messages", "meta", "rcpt", "inbox", "listed", "devices", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify"];
 
 impl Files {
     /// Open (creating the layout if needed) a data directory.
@@ -57,7 +62,9 @@ impl Files {
         for d in DIRS {
             fs::create_dir_all(root.join(d))?;
         }
-        Ok(Files { root: root.to_path_buf() })
+        let f = Files { root: root.to_path_buf() };
+        f.upgrade().map_err(io::Error::from)?;
+        Ok(f)
     }
 
     pub fn root(&self) -> &Path {

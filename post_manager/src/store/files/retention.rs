@@ -24,26 +24,33 @@ impl Housekeeping for Files {
                 continue;
             };
             let _lock = self.lock(id)?;
-            let Some(mut m) = self.read_meta(id)? else { continue };
-            let mut changed = false;
+            let Some(m) = self.read_meta(id)? else { continue };
+            let mut all = self.recipients_of(id)?;
             if now - m.stored > r.pending_secs {
-                for rc in m.recipients.iter_mut().filter(|rc| rc.state.is_pending()) {
+                let mut written = Vec::new();
+                for rc in all.iter_mut().filter(|rc| rc.state.is_pending()) {
                     rc.state = DeliveryState::Expired;
                     rc.at = now;
                     out.recipients_expired += 1;
-                    changed = true;
+                    written.push(self.write_rcpt_soft(id, rc)?);
+                }
+                self.make_durable(&written)?;
+                for rc in all.iter().filter(|rc| rc.state == DeliveryState::Expired) {
+                    self.unmark(&format!("inbox/{}", rc.fpr), id)?;
                 }
             }
-            if changed {
-                self.write_meta(&m)?;
-            }
-            if m.recipients.iter().any(|rc| rc.state.is_pending()) {
+            if all.iter().any(|rc| rc.state.is_pending()) {
                 continue;
             }
-            let settled = m.recipients.iter().map(|rc| rc.at).max().unwrap_or(m.stored);
+            let settled = all.iter().map(|rc| rc.at).max().unwrap_or(m.stored);
             if now - settled > r.keep_secs {
-                for rc in &m.recipients {
+                // Offered to nobody any more, on no device.
+                for rc in &all {
                     self.unmark(&format!("inbox/{}", rc.fpr), id)?;
+                    self.unmark(&format!("listed/{}", rc.fpr), id)?;
+                    for d in self.devices_of(&rc.fpr)? {
+                        self.unmark(&format!("devices/{}/{d}", rc.fpr), id)?;
+                    }
                 }
                 match fs::remove_file(self.p(&format!("messages/{id}"))) {
                     Ok(()) => {
@@ -59,6 +66,7 @@ impl Housekeeping for Files {
                 self.unmark(&format!("sent/{}", m.sender), id)?;
                 fs::remove_file(self.p(&format!("meta/{id}.json")))?;
                 fsync_dir(&self.p("meta"))?;
+                let _ = fs::remove_dir_all(self.p(&format!("rcpt/{id}")));
                 let _ = fs::remove_file(self.p(&format!("locks/{id}")));
                 out.statuses_dropped += 1;
             }

@@ -87,3 +87,61 @@ fn cached_usage_follows_uploads_unsends_and_retention() {
     check(&s);
 }
 
+
+/// A data directory of the first layout (every recipient's state in the
+/// message's meta file; a message acked by one device kept in the inbox
+/// index for the others) reads the same once opened (upgraded).
+#[test]
+fn a_first_layout_data_directory_is_upgraded_when_opened() {
+    let d = tempfile::tempdir().unwrap();
+    let body = b"old ciphertext";
+    let id = id_of(body);
+    let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
+    for dir in ["meta", "messages", &format!("inbox/{b}"), &format!("inbox/{c}"), &format!("sent/{a}")] {
+        fs::create_dir_all(d.path().join(dir)).unwrap();
+    }
+    fs::write(d.path().join(format!("messages/{id}")), body).unwrap();
+    let meta = serde_json::json!({
+        "id": id, "sender": a, "size": body.len(), "stored": 100,
+        "recipients": [
+            {"fpr": b, "state": "retrieved", "at": 110, "devices": ["laptop"]},
+            {"fpr": c, "state": "stored", "at": 100}
+        ]
+    });
+    fs::write(d.path().join(format!("meta/{id}.json")), serde_json::to_vec(&meta).unwrap()).unwrap();
+    for p in [format!("inbox/{b}/{id}"), format!("inbox/{c}/{id}"), format!("sent/{a}/{id}")] {
+        fs::write(d.path().join(p), b"").unwrap();
+    }
+    let s = Files::open(d.path()).unwrap();
+    assert_eq!(fs::read_to_string(d.path().join("layout")).unwrap(), "2");
+    let ids = |v: Vec<stubmail::protocol::PollItem>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.poll(&c, None, None).unwrap()), vec![id.clone()], "still pending for C");
+    assert!(s.poll(&b, None, None).unwrap().is_empty(), "retrieved by B");
+    assert!(s.poll(&b, None, Some("laptop")).unwrap().is_empty(), "the device that acked it");
+    assert_eq!(ids(s.poll(&b, None, Some("desktop")).unwrap()), vec![id.clone()], "B's other device");
+    let st = s.status(&a, &id).unwrap();
+    let states: Vec<String> = st.recipients.iter().map(|r| format!("{}={:?}", &r.fpr.as_str()[..1], r.state)).collect();
+    assert_eq!(states, ["B=Retrieved", "C=Stored"]);
+    assert!(!d.path().join(format!("inbox/{b}/{id}")).exists(), "B's inbox holds only what is pending");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(d.path().join(format!("meta/{id}.json"))).unwrap()).unwrap();
+    assert!(m.get("recipients").is_none(), "states moved out: {m}");
+    // Opened again: nothing to do, nothing changes.
+    Files::open(d.path()).unwrap();
+    assert_eq!(ids(s.poll(&c, None, None).unwrap()), vec![id]);
+}
+
+/// A crash between a new message's meta file and its recipients' states:
+/// the uploader was not told 201 and retries; the retry stores them.
+#[test]
+fn a_retry_after_a_crash_between_meta_and_states_completes_the_upload() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Files::open(d.path()).unwrap();
+    let body = b"half stored".to_vec();
+    let id = id_of(&body);
+    s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 100, 1).unwrap();
+    fs::remove_dir_all(d.path().join(format!("rcpt/{id}"))).unwrap();
+    fs::remove_file(d.path().join(format!("inbox/{}/{id}", fpr('B')))).unwrap();
+    let (st, created) = s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 100, 2).unwrap();
+    assert!(!created && st.recipients.len() == 1);
+    assert_eq!(s.poll(&fpr('B'), None, None).unwrap().len(), 1);
+}
