@@ -200,6 +200,43 @@ fn idle_poll(rt: &tokio::runtime::Runtime, root: &Path, pg: Option<&Postgres>, n
     t.elapsed().as_secs_f64() / polls_n as f64
 }
 
+/// Seconds per RCPT TO (to contacts, in one transaction of `k`) with `n`
+/// contacts in the sender's keyring.
+fn rcpt_time(root: &Path, n: usize, k: usize) -> f64 {
+    let name = format!("sender{n}");
+    let outbox = Outbox::start(root, &format!("{name}-outbox"));
+    let alice = User::init(root, &name, "alice@example.org", &outbox.url());
+    alice.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let keyring = stubmail::keyring::Keyring::new(alice.home.join("keyring"));
+    let certs: Vec<_> =
+        (0..n).map(|i| Identity::generate(None, &format!("c{i}@example.com"), "http://127.0.0.1:9/").unwrap().cert()).collect();
+    for chunk in certs.chunks(500) {
+        keyring.import(chunk.to_vec()).unwrap();
+    }
+    let smtp = alice.smtp2stub(root);
+    let script = r#"
+import sys, time
+s = login_smtp("127.0.0.1", int(sys.argv[1]), timeout=600)
+n, k = int(sys.argv[2]), int(sys.argv[3])
+best = None
+for round in range(3):
+    s.mail("alice@example.org")
+    t = time.perf_counter()
+    for i in range(k):
+        code, _ = s.rcpt("c%d@example.com" % ((i * 7919 + round) % n))
+        assert code == 250, code
+    dt = (time.perf_counter() - t) / k
+    best = dt if best is None else min(best, dt)
+    s.rset()
+print(best)
+"#;
+    let (good, out) = python(&format!("import smtplib\n{script}"), &[&smtp.port().to_string(), &n.to_string(), &k.to_string()]);
+    assert!(good, "{out}");
+    out.trim().parse().unwrap_or_else(|_| panic!("{out}"))
+}
+
 pub fn provider(s: &Scale) -> Vec<Row> {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
@@ -245,6 +282,17 @@ pub fn provider(s: &Scale) -> Vec<Row> {
             format!("polls ratio {:.2}×; on 2 cores the instances, nginx, PostgreSQL and the client share the CPUs", pl2 / pl1),
         ),
     ];
+    let (c0, c1) = s.history;
+    let (a, b) = (rcpt_time(root, c0, 50), rcpt_time(root, c1, 50));
+    rows.push(row(
+        &format!("smtp2stub: RCPT TO with {c1} contacts vs {c0}"),
+        format!("{:.3} ms per RCPT", b * 1e3),
+        format!("{:.3} ms per RCPT ({c0} contacts)", a * 1e3),
+        Some(a / b),
+        "≤ 1.5× (ratio ≥ 0.67×)",
+        b / a <= 1.5,
+        "50 recipients in one transaction, best of 3; the keyring's address index is read, not every certificate".into(),
+    ));
     let k = s.fanout_real;
     for (label, db) in [("PostgreSQL", Some(&pg)), ("data directory", None)] {
         let tag = if db.is_some() { "pg" } else { "files" };
