@@ -916,6 +916,10 @@ fn cgi(s: &Scale) -> Vec<Row> {
     if root_user {
         ok(Command::new("chown").args(["-R", "www-data:www-data"]).arg(&data));
     }
+    // The same CGI on a PostgreSQL store: a connection per request.
+    let pg = crate::common::pg::Postgres::start();
+    let pg_url = pg.create_db("cgi");
+    post_manager::store::Store::open_spec(&pg_url).unwrap();
     let conf = format!(
         "ServerRoot /etc/apache2\nServerName localhost\nListen 127.0.0.1:{port}\nPidFile {d}/apache.pid\nErrorLog {d}/apache-error.log\n\
          Mutex file:{d} default\n{user}\
@@ -926,8 +930,9 @@ fn cgi(s: &Scale) -> Vec<Row> {
          LoadModule env_module /usr/lib/apache2/modules/mod_env.so\n\
          ScriptSock {d}/cgid.sock\nDocumentRoot {d}\n\
          SetEnv POST_MANAGER_DATA {data}\n\
-         ScriptAlias /stubmail {cgi}\nScriptAlias /hello {hello}\n\
-         <Location />\n  Require all granted\n</Location>\n",
+         ScriptAlias /stubmail {cgi}\nScriptAlias /pgstubmail {cgi}\nScriptAlias /hello {hello}\n\
+         <Location />\n  Require all granted\n</Location>\n\
+         <Location /pgstubmail>\n  SetEnv POST_MANAGER_STORE {pg_url}\n</Location>\n",
         d = dir.display(),
         user = if root_user { "User www-data\nGroup www-data\n" } else { "" },
         data = data.display(),
@@ -954,8 +959,20 @@ fn cgi(s: &Scale) -> Vec<Row> {
     assert_eq!(check.trim(), "200", "the CGI answers");
     let ours = wrk(&ours_url, s.wrk_seconds);
     let anchor = wrk(&format!("http://127.0.0.1:{port}/hello"), s.wrk_seconds);
+    let pg_path = format!("http://127.0.0.1:{port}/pgstubmail/.well-known/openpgpkey/policy");
+    let check = stdout(&ok(Command::new("python3").args(["-c", "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1]).status)", &pg_path])));
+    assert_eq!(check.trim(), "200", "the CGI answers on PostgreSQL");
+    let on_pg = wrk(&pg_path, s.wrk_seconds);
     drop(apache);
     vec![row(
+        "CGI under Apache mod_cgid on PostgreSQL (wrk, 8 connections)",
+        format!("{on_pg:.0} req/s"),
+        format!("{ours:.0} req/s (the same CGI on a data directory)"),
+        Some(on_pg / ours),
+        "reported",
+        true,
+        "one database connection per request (no pooler)".into(),
+    ), row(
         "CGI under Apache mod_cgid (wrk, 8 connections)",
         format!("{ours:.0} req/s"),
         format!("{anchor:.0} req/s (trivial C CGI)"),
