@@ -260,7 +260,7 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     same("statuses", &|s| serde_json::to_string(&s.list(&a).unwrap()).unwrap());
     same("account", &|s| serde_json::to_string(&s.account_status(&a, now + 200).unwrap()).unwrap());
     same("names", &|s| s.outbox_urls().unwrap().join(","));
-    assert!(moved.known_cert(&b).is_some() && moved.account(&a).is_some());
+    assert!(moved.known_cert(&b).unwrap().is_some() && moved.account(&a).unwrap().is_some());
     for id in ids.iter().filter(|i| *i != &ids[20]) {
         let read = |s: &Store| {
             let mut v = Vec::new();

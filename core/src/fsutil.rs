@@ -84,3 +84,32 @@ mod tests {
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }
+
+/// Read a regular file of at most `max` bytes, without following a
+/// symbolic link in its last component and without blocking on a FIFO or
+/// device: what a directory another user may have written holds is read
+/// only if it is what it should be.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_regular(path)?;
+    let len = f.metadata()?.len();
+    if len > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is {len} bytes, over the limit of {max}", path.display())));
+    }
+    let mut v = Vec::with_capacity(len as usize);
+    Read::by_ref(&mut f).take(max + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} grew over the limit of {max} bytes", path.display())));
+    }
+    Ok(v)
+}
+
+/// Open a regular file for reading (no symbolic link in its last
+/// component, no FIFO, device or directory).
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a regular file", path.display())));
+    }
+    Ok(f)
+}

@@ -108,6 +108,12 @@ fn from_store(e: StoreError) -> Response {
         StoreError::TooManyRecipients(_) => Response::error(400, "too_many_recipients", e.to_string()),
         StoreError::QuotaExceeded(m) => Response::error(507, "quota_exceeded", m),
         StoreError::RateLimited(m) => Response::error(429, "rate_limited", m),
+        StoreError::Io(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            Response::error(408, "timeout", "the request body stalled; send it again")
+        }
+        StoreError::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionAborted => {
+            Response::error(400, "bad_request", format!("the request body was cut short: {io}"))
+        }
         StoreError::Io(ref io) if io.raw_os_error() == Some(28) => {
             Response::error(507, "unavailable", "the outbox is out of disk space; try again later")
         }
@@ -181,21 +187,30 @@ struct Ctx<'a> {
     settings: &'a Settings,
     /// The base URLs a request may be signed for: read once, and only by a
     /// request that is signed (not by WKD or certificate lookups).
-    outboxes: std::cell::OnceCell<Vec<String>>,
+    outboxes: std::cell::OnceCell<Result<Vec<String>, String>>,
 }
 
 impl Ctx<'_> {
-    fn outboxes(&self) -> &[String] {
-        self.outboxes.get_or_init(|| {
+    fn outboxes(&self) -> Result<&[String], Response> {
+        let o = self.outboxes.get_or_init(|| {
             let mut o = self.settings.public_urls.clone();
-            match self.store.outbox_urls() {
-                Ok(u) => o.extend(u),
-                Err(e) => tracing::error!("cannot read the outbox's URLs: {e}"),
-            }
-            o
-        })
+            o.extend(self.store.outbox_urls().map_err(|e| e.to_string())?);
+            Ok(o)
+        });
+        o.as_deref().map_err(|e| unavailable(e))
     }
 }
+
+/// The store cannot answer (a database down, a disk failing): a temporary
+/// error, never an answer about the request (a 401 or 404 here would make
+/// clients give up on mail that is fine).
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!("storage unavailable: {e}");
+    Response::error(503, "unavailable", "the outbox's storage is unavailable; try again later")
+}
+
+/// Who may sign: a certificate, none, or the store could not say.
+type Lookup<'a> = dyn FnMut(&Fpr) -> std::io::Result<Option<stubmail::openpgp::Cert>> + 'a;
 
 /// Verify the request's signatures (made for this outbox) and record their
 /// nonces. `lookup` finds who may sign.
@@ -204,7 +219,7 @@ fn authenticate(
     req: &Request,
     digest: &str,
     now: i64,
-    lookup: &mut dyn FnMut(&Fpr) -> Option<stubmail::openpgp::Cert>,
+    lookup: &mut Lookup,
 ) -> Result<Vec<Fpr>, Response> {
     verify(ctx, req, digest, now, lookup)?.remember(ctx.store).map_err(|e| {
         tracing::warn!(target = req.target, "refused: {e}");
@@ -218,11 +233,24 @@ fn verify(
     req: &Request,
     digest: &str,
     now: i64,
-    lookup: &mut dyn FnMut(&Fpr) -> Option<stubmail::openpgp::Cert>,
+    lookup: &mut Lookup,
 ) -> Result<auth::Verified, Response> {
     let sigs = (req.headers)(protocol::SIGNATURE_HEADER);
     let refs: Vec<&str> = sigs.iter().map(String::as_str).collect();
-    auth::verify_signatures(&refs, ctx.outboxes(), req.method, req.target, digest, now, lookup).map_err(|e| {
+    let outboxes = ctx.outboxes()?;
+    let mut failed = None;
+    let mut found = |f: &Fpr| match lookup(f) {
+        Ok(c) => c,
+        Err(e) => {
+            failed.get_or_insert(e);
+            None
+        }
+    };
+    let verified = auth::verify_signatures(&refs, outboxes, req.method, req.target, digest, now, &mut found);
+    if let Some(e) = failed {
+        return Err(unavailable(e));
+    }
+    verified.map_err(|e| {
         tracing::warn!(target = req.target, "refused: {e}");
         from_auth(e)
     })
@@ -334,18 +362,22 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         ("PUT", Route::Account) => update_cert(ctx, &mut req, now),
         ("POST", Route::Poll) => poll(ctx, &mut req, now),
         ("POST", Route::Notify(id)) => notify(ctx, &mut req, id, now),
-        ("GET", Route::Cert(f)) => Ok(match store.account(&f).map(|c| pgp::binary(&c)) {
+        ("GET", Route::Cert(f)) => match store.account(&f) {
             // Public like WKD: an account's certificate, by fingerprint (for
             // a recipient deciding on a stranger's introduction).
-            Some(Ok(b)) => Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None, cors: false },
-            _ => Response::error(404, "not_found", "no account with that fingerprint here"),
-        }),
+            Ok(Some(c)) => match pgp::binary(&c) {
+                Ok(b) => Ok(Response { status: 200, body: Body::Key(b), content_range: None, error: None, signer: None, cors: false }),
+                Err(e) => Err(Response::error(500, "internal", e.to_string())),
+            },
+            Ok(None) => Err(Response::error(404, "not_found", "no account with that fingerprint here")),
+            Err(e) => Err(unavailable(e)),
+        },
         _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
     };
     result.unwrap_or_else(|e| e)
 }
 
-fn account_lookup(store: &Store) -> impl FnMut(&Fpr) -> Option<stubmail::openpgp::Cert> + '_ {
+fn account_lookup(store: &Store) -> impl FnMut(&Fpr) -> std::io::Result<Option<stubmail::openpgp::Cert>> + '_ {
     |f| store.account(f)
 }
 
@@ -412,7 +444,7 @@ fn update_cert(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Respo
     if pgp::fpr_of(&cert) != *sender {
         return Err(Response::error(403, "forbidden", "an account updates its own certificate only"));
     }
-    let registered = store.account(sender).map(|c| pgp::all_emails_of(&c)).unwrap_or_default();
+    let registered = store.account(sender).map_err(unavailable)?.map(|c| pgp::all_emails_of(&c)).unwrap_or_default();
     let cert = pgp::reduced(&cert)
         .ok()
         .and_then(|c| pgp::only_userids_for(c, &registered))
@@ -450,13 +482,13 @@ fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
         }
     }
     let mut lookup = |f: &Fpr| {
-        let known = store.known_cert(f);
+        let known = store.known_cert(f)?;
         if known.as_ref().is_some_and(pgp::is_revoked) {
-            return known;
+            return Ok(known);
         }
         // A fresher certificate (a new subkey, a later expiry) may be
         // presented; it is the same key, its fingerprint says so.
-        presented.iter().find(|c| &pgp::fpr_of(c) == f).cloned().or(known)
+        Ok(presented.iter().find(|c| &pgp::fpr_of(c) == f).cloned().or(known))
     };
     let verified = verify(ctx, req, &digest, now, &mut lookup)?;
     if !body_ok {
@@ -468,7 +500,12 @@ fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
     // A stranger (no account, never sent anything here) gets the empty
     // answer anyone gets, and leaves nothing behind: no certificate, no
     // cookie, no nonce. (A replay of such a poll gets the same nothing.)
-    let known: Vec<Fpr> = verified.signers.iter().filter(|f| store.ever_had_mail(f) || store.account(f).is_some()).cloned().collect();
+    let mut known: Vec<Fpr> = Vec::new();
+    for f in &verified.signers {
+        if store.ever_had_mail(f).map_err(unavailable)? || store.account(f).map_err(unavailable)?.is_some() {
+            known.push(f.clone());
+        }
+    }
     if known.is_empty() {
         let first = verified.signers[0].clone();
         return Ok(Response::json(200, &PollResponse::default()).signed_by(&first));
@@ -515,7 +552,8 @@ fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, 
     let nreq: protocol::NotifyRequest =
         serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("notify body: {e}")))?;
     let status = store.status(sender, id).map_err(from_store)?;
-    let sender_cert = store.account(sender).ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
+    let sender_cert =
+        store.account(sender).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
     if crate::udp::advert(store).is_none() {
         return Ok(Response::json(202, &protocol::NotifyResponse { accepted: 0 }).signed_by(sender));
     }
@@ -527,7 +565,10 @@ fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, 
             // (or its account): never from one the sender hands over.
             let named = pgp::parse_certs(n.cert.as_bytes()).map_err(|e| e.to_string())?.into_iter().next().ok_or("no certificate")?;
             let rcpt = pgp::fpr_of(&named);
-            let cert = store.known_cert(&rcpt).ok_or("the recipient has not polled this outbox: no stub until it does")?;
+            let cert = store
+                .known_cert(&rcpt)
+                .map_err(|e| e.to_string())?
+                .ok_or("the recipient has not polled this outbox: no stub until it does")?;
             if !status.recipients.iter().any(|r| r.fpr == rcpt && r.state.is_pending()) {
                 return Err(format!("{rcpt} is not waiting for this message"));
             }

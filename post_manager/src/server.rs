@@ -7,7 +7,6 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, BodyStream, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
@@ -21,6 +20,9 @@ use crate::handler::{self, Body, Settings};
 use crate::store::Store;
 
 type RespBody = BoxBody<Bytes, io::Error>;
+
+/// Longest wait for the next piece of a request body.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Shared {
     store: Store,
@@ -71,10 +73,20 @@ async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let stream = BodyStream::new(body)
-        .map_ok(|f: Frame<Bytes>| f.into_data().unwrap_or_default())
-        .map_err(io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    // Each piece of the body must come within BODY_IDLE: a client that
+    // stalls mid-upload is cut off (408), not waited on forever.
+    let frames = BodyStream::new(body);
+    let stream = futures_util::stream::unfold(Some(frames), |state| async move {
+        let mut frames = state?;
+        match tokio::time::timeout(BODY_IDLE, futures_util::StreamExt::next(&mut frames)).await {
+            Ok(Some(Ok(f))) => Some((Ok(f.into_data().unwrap_or_default()), Some(frames))),
+            // The client went away or broke the framing.
+            Ok(Some(Err(e))) => Some((Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(io::Error::new(io::ErrorKind::TimedOut, "no request body data for 30 s")), None)),
+        }
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
     let now = stubmail::time::unix_now();
     let log_target = target.clone();
     let log_method = method.clone();

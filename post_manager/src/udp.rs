@@ -527,7 +527,14 @@ pub fn run(socket: UdpSocket, store: Store, settings: UdpSettings, shutdown: Can
     })?;
     let mut svc = PollService::new(store.clone(), started_ns, &settings);
     let mut buf = [0u8; 2048];
+    let mut announced = Instant::now();
     while !shutdown.is_cancelled() {
+        if announced.elapsed() > Duration::from_secs(10) {
+            announced = Instant::now();
+            if let Err(e) = store.set_udp_advert(Some(&advert)) {
+                tracing::warn!("cannot announce the UDP service: {e}");
+            }
+        }
         match socket.recv_from(&mut buf) {
             Ok((n, src)) => {
                 if let Some(reply) = svc.answer(src.ip(), &buf[..n]) {

@@ -125,7 +125,7 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     // key changed: a new address, a notify endpoint).
     let me = home.load_identity()?;
     let store = post_manager::store::Store::open(&home.data_dir.join("outbox")).context("opening the outbox")?;
-    if store.account(&me.fpr()).is_none_or(|c| c != me.cert()) {
+    if store.account(&me.fpr())?.is_none_or(|c| c != me.cert()) {
         store.add_account(&me.cert())?;
     }
     let smtp_l = TcpListener::bind(smtp).await.with_context(|| format!("binding SMTP on {smtp}"))?;

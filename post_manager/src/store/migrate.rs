@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 
-use anyhow::Context;
 use postgres::GenericClient;
 use sha2::{Digest, Sha256};
+use stubmail::fsutil;
 use stubmail::protocol::{self, DeliveryState};
 
 use super::pg::{state_code, CHUNK};
@@ -51,9 +51,9 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
     }
     for cert in from.accounts()? {
         let f = stubmail::pgp::fpr_of(&cert);
-        let registered = fs::read_to_string(from.p(&format!("accounts/{f}.registered-url")))
+        let registered = fsutil::read_bounded(&from.p(&format!("accounts/{f}.registered-url")), 4096)
             .ok()
-            .map(|s| s.trim().to_string())
+            .map(|s| String::from_utf8_lossy(&s).trim().to_string())
             .or_else(|| stubmail::pgp::outbox_of(&cert).and_then(|u| protocol::outbox_id(&u)));
         c.execute(
             "INSERT INTO accounts VALUES ($1, $2, $3) ON CONFLICT (fpr) DO UPDATE SET cert = EXCLUDED.cert",
@@ -67,7 +67,7 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
     }
     for name in names(&from.p("certs")) {
         let Some(f) = name.strip_suffix(".pgp").filter(|f| protocol::Fpr::parse(f).is_ok()) else { continue };
-        if let Ok(bytes) = fs::read(from.p(&format!("certs/{name}"))) {
+        if let Some(bytes) = from.read_cert(&format!("certs/{name}")).and_then(|c| stubmail::pgp::binary(&c).ok()) {
             c.execute("INSERT INTO certs VALUES ($1, $2) ON CONFLICT (fpr) DO UPDATE SET cert = EXCLUDED.cert", &[&f, &bytes])?;
             out.certs += 1;
         }
@@ -75,7 +75,10 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
     // The recipients' daily logs.
     for sender in names(&from.p("rcptlog")) {
         for day in names(&from.p(&format!("rcptlog/{sender}"))) {
-            let text = fs::read_to_string(from.p(&format!("rcptlog/{sender}/{day}"))).unwrap_or_default();
+            // A day's log: at most an account's daily limit of fingerprints.
+            let text = fsutil::read_bounded(&from.p(&format!("rcptlog/{sender}/{day}")), 16 << 20)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             let rcpts: Vec<String> = text.lines().filter(|l| protocol::Fpr::parse(l).is_ok()).map(str::to_string).collect();
             c.execute("INSERT INTO rcptlog SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING", &[&sender, &day, &rcpts])?;
         }
@@ -106,25 +109,63 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
             c.execute("INSERT INTO inboxes VALUES ($1, 1) ON CONFLICT (fpr) DO UPDATE SET version = inboxes.version + 1", &[&dir])?;
         }
     }
-    // The messages, one transaction each.
+    // The messages, one transaction each. One that cannot be read is
+    // named at the end (the others are copied).
+    let mut unreadable = Vec::new();
     for (k, id) in ids.iter().enumerate() {
-        let Some(m) = from.read_meta(id)? else { continue };
+        match copy_message(from, &mut c, id, &mut out) {
+            Ok(()) => {}
+            Err(e) => unreadable.push(format!("{id}: {e:#}")),
+        }
+        if k % 1000 == 999 {
+            writeln!(progress, "{} of {} messages", k + 1, ids.len())?;
+        }
+    }
+    // Usage, counted from what is stored.
+    c.batch_execute(
+        "INSERT INTO usage SELECT sender, sum(size), count(*) FROM messages WHERE has_bytes GROUP BY sender
+         ON CONFLICT (fpr) DO UPDATE SET bytes = EXCLUDED.bytes, messages = EXCLUDED.messages",
+    )?;
+    if !unreadable.is_empty() {
+        anyhow::bail!(
+            "{} message(s) could not be read from the data directory (the rest were copied); \
+             fix or remove them and run again:\n  {}",
+            unreadable.len(),
+            unreadable.join("\n  ")
+        );
+    }
+    verify(&mut *c, &ids, &mut out)?;
+    Ok(out)
+}
+
+/// Copy one message with its states, in one transaction (skipped if it is
+/// there already with its bytes, or without them as here).
+fn copy_message(from: &Files, c: &mut postgres::Client, id: &str, out: &mut Migrated) -> anyhow::Result<()> {
+    {
+        let id = &id.to_string();
+        let Some(m) = from.read_meta(id)? else { return Ok(()) };
         out.messages += 1;
         let bytes_path = from.p(&format!("messages/{id}"));
-        let has_bytes = bytes_path.exists();
+        // A regular file only: no symbolic link, FIFO or device.
+        let bytes = match fsutil::open_regular(&bytes_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => anyhow::bail!("{}: {e}", bytes_path.display()),
+        };
+        let has_bytes = bytes.is_some();
         out.with_bytes += has_bytes as usize;
         let mut tx = c.transaction()?;
-        let there: Option<bool> = tx.query_opt("SELECT has_bytes FROM messages WHERE id = $1", &[id])?.map(|r| r.get(0));
+        let there: Option<bool> = tx.query_opt("SELECT has_bytes FROM messages WHERE id = $1", &[&id])?.map(|r| r.get(0));
         if there == Some(has_bytes) {
-            continue;
+            return Ok(());
         }
         tx.execute("DELETE FROM messages WHERE id = $1", &[id])?;
         tx.execute(
             "INSERT INTO messages VALUES ($1, $2, $3, $4, $5)",
             &[id, &m.sender.as_str(), &(m.size as i64), &m.stored, &has_bytes],
         )?;
-        if has_bytes {
-            let mut f = fs::File::open(&bytes_path).with_context(|| format!("reading {}", bytes_path.display()))?;
+        if let Some(mut f) = bytes {
+            anyhow::ensure!(f.metadata()?.len() == m.size, "its bytes are not the size its state says");
             let mut buf = vec![0u8; CHUNK];
             for seq in 0i32.. {
                 let mut n = 0;
@@ -158,17 +199,8 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
         }
         tx.commit()?;
         out.copied += 1;
-        if k % 1000 == 999 {
-            writeln!(progress, "{} of {} messages", k + 1, ids.len())?;
-        }
     }
-    // Usage, counted from what is stored.
-    c.batch_execute(
-        "INSERT INTO usage SELECT sender, sum(size), count(*) FROM messages WHERE has_bytes GROUP BY sender
-         ON CONFLICT (fpr) DO UPDATE SET bytes = EXCLUDED.bytes, messages = EXCLUDED.messages",
-    )?;
-    verify(&mut *c, &ids, &mut out)?;
-    Ok(out)
+    Ok(())
 }
 
 /// Count the messages and hash every stored one's bytes as read back.

@@ -155,14 +155,15 @@ pub trait Accounts {
     fn account_status(&self, f: &Fpr, now: i64) -> Result<AccountStatus, StoreError>;
     fn remove_account(&self, f: &Fpr) -> io::Result<bool>;
     fn accounts(&self) -> io::Result<Vec<Cert>>;
-    /// The certificate of an account, if `f` is one.
-    fn account(&self, f: &Fpr) -> Option<Cert>;
+    /// The certificate of an account, if `f` is one (an error: the store
+    /// cannot say).
+    fn account(&self, f: &Fpr) -> io::Result<Option<Cert>>;
 }
 
 /// Recipients' certificates, remembered from their signed polls.
 pub trait Certs {
     /// A certificate that may sign recipient requests for `f`.
-    fn known_cert(&self, f: &Fpr) -> Option<Cert>;
+    fn known_cert(&self, f: &Fpr) -> io::Result<Option<Cert>>;
     /// Keep a verified recipient's certificate, reduced; a revocation once
     /// seen sticks.
     fn remember_cert(&self, cert: &Cert) -> anyhow::Result<()>;
@@ -199,7 +200,7 @@ pub trait Messages {
     /// A stub was sent: `stored` becomes `notified`.
     fn mark_notified(&self, id: &str, recipient: &Fpr, now: i64) -> Result<(), StoreError>;
     /// Has this outbox ever held mail for `recipient`?
-    fn ever_had_mail(&self, recipient: &Fpr) -> bool;
+    fn ever_had_mail(&self, recipient: &Fpr) -> io::Result<bool>;
     /// When a recipient's list last changed (None: it never had mail here).
     fn inbox_stamp(&self, recipient: &Fpr) -> Option<InboxStamp>;
 }
@@ -222,7 +223,8 @@ pub trait Housekeeping {
 pub trait UdpState {
     /// The running UDP service, if any.
     fn udp_advert(&self) -> Option<Advert>;
-    /// Announce (or, with None, withdraw) this process's UDP service.
+    /// Announce (or, with None, withdraw) this process's UDP service; the
+    /// service announces itself again every few seconds while it runs.
     fn set_udp_advert(&self, a: Option<&Advert>) -> io::Result<()>;
     /// Keep a freshly issued cookie; the previous one of the same recipient
     /// and device is revoked.
@@ -342,16 +344,17 @@ impl Store {
         Ok(Store(Arc::new(Files::open(root)?)))
     }
 
-    /// Open a store named by `--store`: a PostgreSQL URL
-    /// (`postgres://…` or `postgresql://…`) or a data directory path.
+    /// Open the database named by `--store`: a PostgreSQL URL
+    /// (`postgres://…`, `postgresql://…`) or libpq `key=value` string.
+    /// Anything else is refused (never taken as a directory's name).
     pub fn open_spec(spec: &str) -> anyhow::Result<Store> {
-        use anyhow::Context as _;
-        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            Ok(Store(Arc::new(Pg::connect(spec)?)))
-        } else {
-            let f = Files::open(std::path::Path::new(spec)).with_context(|| format!("opening data directory {spec}"))?;
-            Ok(Store(Arc::new(f)))
+        if !pg::is_connection_string(spec) {
+            anyhow::bail!(
+                "--store takes a PostgreSQL connection string (postgres://USER:PASSWORD@HOST:PORT/DB); \
+                 for a data directory use --data DIR"
+            );
         }
+        Ok(Store(Arc::new(Pg::connect(spec)?)))
     }
 
     pub fn from_backend(b: Arc<dyn Backend>) -> Store {

@@ -47,7 +47,7 @@ impl Accounts for Files {
     fn update_account_cert(&self, cert: &Cert) -> anyhow::Result<()> {
         pgp::check_contact(cert)?;
         let f = pgp::fpr_of(cert);
-        let Some(old) = self.account(&f) else { anyhow::bail!("{f} is not an account of this outbox") };
+        let Some(old) = self.account(&f)? else { anyhow::bail!("{f} is not an account of this outbox") };
         // The names are fixed before the account's certificate changes.
         let _lock = self.lock("urls")?;
         if self.outbox_urls()?.is_empty() {
@@ -175,7 +175,8 @@ impl Accounts for Files {
             if p.extension().and_then(|x| x.to_str()) != Some("pgp") || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
                 continue;
             }
-            if let Some(c) = fs::read(&p).ok().and_then(|b| pgp::parse_certs(&b).ok()).and_then(|c| c.into_iter().next()) {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };
+            if let Some(c) = self.read_cert(&format!("accounts/{name}")) {
                 v.push(c);
             }
         }
@@ -183,8 +184,8 @@ impl Accounts for Files {
     }
 
     /// The certificate of an account, if `f` is one.
-    fn account(&self, f: &Fpr) -> Option<Cert> {
-        self.read_cert(&format!("accounts/{f}.pgp"))
+    fn account(&self, f: &Fpr) -> io::Result<Option<Cert>> {
+        self.try_read_cert(&format!("accounts/{f}.pgp"))
     }
 
 

@@ -10,18 +10,35 @@ use stubmail::openpgp::Cert;
 use super::Files;
 use crate::store::{Accounts, Certs};
 
+/// Largest certificate file read (those kept here are reduced, far
+/// smaller; an account's is the operator's).
+const MAX_CERT_FILE: u64 = 1 << 20;
+
 impl Files {
     pub(crate) fn read_cert(&self, rel: &str) -> Option<Cert> {
-        let b = fs::read(self.p(rel)).ok()?;
-        pgp::parse_certs(&b).ok()?.into_iter().next()
+        self.try_read_cert(rel).ok().flatten()
+    }
+
+    /// A kept certificate: none if absent (or unreadable as one), an error
+    /// if the file system cannot say.
+    pub(crate) fn try_read_cert(&self, rel: &str) -> std::io::Result<Option<Cert>> {
+        match fsutil::read_bounded(&self.p(rel), MAX_CERT_FILE) {
+            Ok(b) => Ok(pgp::parse_certs(&b).ok().and_then(|v| v.into_iter().next())),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
 impl Certs for Files {
 
     /// A certificate that may sign recipient requests for `f`.
-    fn known_cert(&self, f: &Fpr) -> Option<Cert> {
-        self.read_cert(&format!("certs/{f}.pgp")).or_else(|| self.account(f))
+    fn known_cert(&self, f: &Fpr) -> std::io::Result<Option<Cert>> {
+        match self.try_read_cert(&format!("certs/{f}.pgp"))? {
+            Some(c) => Ok(Some(c)),
+            None => self.account(f),
+        }
     }
 
     /// Keep a verified recipient's certificate, reduced (own signatures

@@ -71,6 +71,10 @@ impl Meta {
 /// tick ("racy git"): a stamp from it is not exact.
 const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Largest state file read (a first-layout meta file holds up to a
+/// message's every recipient).
+const MAX_STATE_FILE: u64 = 16 << 20;
+
 /// More files than this made durable together: one `syncfs` instead of an
 /// fsync each (a message for thousands of recipients is not thousands of
 /// fsyncs).
@@ -87,8 +91,12 @@ impl Messages for Files {
     }
 
     /// Its index directory is made with its first message and kept.
-    fn ever_had_mail(&self, recipient: &Fpr) -> bool {
-        self.p(&format!("inbox/{recipient}")).is_dir()
+    fn ever_had_mail(&self, recipient: &Fpr) -> io::Result<bool> {
+        match fs::metadata(self.p(&format!("inbox/{recipient}"))) {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn recipient_state(&self, id: &str, recipient: &Fpr) -> Result<Option<DeliveryState>, StoreError> {
@@ -402,7 +410,7 @@ impl Files {
     }
 
     pub(crate) fn read_meta(&self, id: &str) -> Result<Option<Meta>, StoreError> {
-        match fs::read(self.p(&format!("meta/{id}.json"))) {
+        match fsutil::read_bounded(&self.p(&format!("meta/{id}.json")), MAX_STATE_FILE) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("meta/{id}.json"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
@@ -416,7 +424,7 @@ impl Files {
 
     /// One recipient's state of a message.
     pub(crate) fn read_rcpt(&self, id: &str, r: &Fpr) -> Result<Option<RecipientMeta>, StoreError> {
-        match fs::read(self.p(&format!("rcpt/{id}/{r}.json"))) {
+        match fsutil::read_bounded(&self.p(&format!("rcpt/{id}/{r}.json")), MAX_STATE_FILE) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("rcpt/{id}/{r}.json"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),

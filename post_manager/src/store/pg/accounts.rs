@@ -119,10 +119,10 @@ impl Accounts for Pg {
         Ok(rows.iter().filter_map(|r| first_cert(r.get(0))).collect())
     }
 
-    fn account(&self, f: &Fpr) -> Option<Cert> {
-        let mut c = self.conn().ok()?;
-        let row = c.query_opt("SELECT cert FROM accounts WHERE fpr = $1", &[&f.as_str()]).ok()??;
-        first_cert(row.get(0))
+    fn account(&self, f: &Fpr) -> io::Result<Option<Cert>> {
+        let mut c = self.conn()?;
+        let row = c.query_opt("SELECT cert FROM accounts WHERE fpr = $1", &[&f.as_str()]).map_err(io_err)?;
+        Ok(row.and_then(|r| first_cert(r.get(0))))
     }
 }
 

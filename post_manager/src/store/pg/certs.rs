@@ -12,15 +12,15 @@ fn first_cert(bytes: &[u8]) -> Option<Cert> {
 }
 
 impl Certs for Pg {
-    fn known_cert(&self, f: &Fpr) -> Option<Cert> {
-        let mut c = self.conn().ok()?;
+    fn known_cert(&self, f: &Fpr) -> std::io::Result<Option<Cert>> {
+        let mut c = self.conn()?;
         let row = c
             .query_opt(
                 "SELECT cert FROM certs WHERE fpr = $1 UNION ALL SELECT cert FROM accounts WHERE fpr = $1 LIMIT 1",
                 &[&f.as_str()],
             )
-            .ok()??;
-        first_cert(row.get(0))
+            .map_err(super::io_err)?;
+        Ok(row.and_then(|r| first_cert(r.get(0))))
     }
 
     fn remember_cert(&self, cert: &Cert) -> anyhow::Result<()> {

@@ -7,14 +7,14 @@
 //! pending rows and its device's own rows; an upload writes one row per
 //! recipient, in one transaction (one commit, not one fsync per recipient).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, Write};
 
 use postgres::GenericClient;
 use sha2::{Digest, Sha256};
 use stubmail::protocol::{self, DeliveryState, Fpr, MessageStatus, PollItem, RecipientStatus};
 
 use super::accounts::{adjust_usage, limits_in, usage_in, utc_day};
-use super::{io_err, state_code, state_of, Conn, Pg, CHUNK};
+use super::{io_err, state_code, state_of, Pg, CHUNK};
 use crate::store::{InboxStamp, MessageReader, Messages, StoreError};
 
 const RETRIEVED: i16 = 2;
@@ -93,19 +93,13 @@ impl Messages for Pg {
     fn put(&self, sender: &Fpr, id: &str, recipients: &[Fpr], body: &mut dyn Read, limit: u64, now: i64)
     -> Result<(MessageStatus, bool), StoreError> {
         debug_assert!(protocol::is_valid_id(id));
-        let mut c = self.conn()?;
-        let mut tx = c.transaction()?;
-        // Claim the id: a concurrent upload of the same bytes waits here
-        // for this transaction to end.
-        let created = tx.execute(
-            "INSERT INTO messages (id, sender, size, stored, has_bytes) VALUES ($1, $2, 0, $3, false) ON CONFLICT (id) DO NOTHING",
-            &[&id, &sender.as_str(), &now],
-        )? == 1;
-        // Stream the body: into chunks if new, through the hash only if not.
+        // The body goes to a local temporary file first, hashed on the way:
+        // a slow or stalled client holds no database connection (a pool
+        // of a few connections per instance must not be one client's).
+        let mut staged = tempfile::tempfile()?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buf = vec![0u8; CHUNK];
-        let mut seq = 0i32;
         loop {
             let n = fill(body, &mut buf)?;
             if n == 0 {
@@ -116,17 +110,29 @@ impl Messages for Pg {
                 return Err(StoreError::TooLarge(limit));
             }
             hasher.update(&buf[..n]);
-            if created {
-                tx.execute("INSERT INTO chunks VALUES ($1, $2, $3)", &[&id, &seq, &&buf[..n]])?;
-                seq += 1;
-            }
-            if n < buf.len() {
-                break;
-            }
+            staged.write_all(&buf[..n])?;
         }
         let got = hex::encode(hasher.finalize());
         if got != id {
             return Err(StoreError::DigestMismatch { got, want: id.to_string() });
+        }
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        // Claim the id: a concurrent upload of the same bytes waits here
+        // for this transaction to end.
+        let created = tx.execute(
+            "INSERT INTO messages (id, sender, size, stored, has_bytes) VALUES ($1, $2, 0, $3, false) ON CONFLICT (id) DO NOTHING",
+            &[&id, &sender.as_str(), &now],
+        )? == 1;
+        if created {
+            staged.seek(io::SeekFrom::Start(0))?;
+            for seq in 0i32.. {
+                let n = fill(&mut staged, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                tx.execute("INSERT INTO chunks VALUES ($1, $2, $3)", &[&id, &seq, &&buf[..n]])?;
+            }
         }
         let m = tx.query_one("SELECT sender, size FROM messages WHERE id = $1 FOR UPDATE", &[&id])?;
         if m.get::<_, &str>(0) != sender.as_str() {
@@ -217,9 +223,8 @@ impl Messages for Pg {
     }
 
     fn open_for(&self, recipient: &Fpr, id: &str, start: u64) -> Result<(MessageReader, u64), StoreError> {
-        let mut c = self.conn()?;
-        let size = size_in(&mut *c, recipient, id)?;
-        Ok((Box::new(ChunkReader { conn: c, id: id.to_string(), pos: start, size, buf: Vec::new(), buf_seq: -1 }), size))
+        let size = size_in(&mut *self.conn()?, recipient, id)?;
+        Ok((Box::new(ChunkReader { pg: self.clone(), id: id.to_string(), pos: start, size, buf: Vec::new(), buf_seq: -1 }), size))
     }
 
     fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
@@ -339,8 +344,9 @@ impl Messages for Pg {
         Ok(())
     }
 
-    fn ever_had_mail(&self, recipient: &Fpr) -> bool {
-        self.inbox_stamp(recipient).is_some()
+    fn ever_had_mail(&self, recipient: &Fpr) -> io::Result<bool> {
+        let mut c = self.conn()?;
+        Ok(c.query_opt("SELECT 1 FROM inboxes WHERE fpr = $1", &[&recipient.as_str()]).map_err(io_err)?.is_some())
     }
 
     /// The recipient's version counter: exact, every change bumps it.
@@ -362,10 +368,10 @@ fn size_in(c: &mut impl GenericClient, recipient: &Fpr, id: &str) -> Result<u64,
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// A stored message read one chunk at a time, on a connection of its own
-/// for as long as the download lasts.
+/// A stored message read one chunk at a time, each on a connection taken
+/// from the pool for that chunk only: a slow or stalled reader holds none.
 struct ChunkReader {
-    conn: Conn,
+    pg: Pg,
     id: String,
     pos: u64,
     size: u64,
@@ -381,7 +387,8 @@ impl Read for ChunkReader {
         let seq = (self.pos / CHUNK as u64) as i64;
         if seq != self.buf_seq {
             let row = self
-                .conn
+                .pg
+                .conn()?
                 .query_opt("SELECT data FROM chunks WHERE id = $1 AND seq = $2", &[&self.id, &(seq as i32)])
                 .map_err(io_err)?
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the message's bytes were deleted while being read"))?;

@@ -53,16 +53,27 @@ impl std::fmt::Debug for Pg {
     }
 }
 
-/// The connection URL without the password, for logs and errors.
+/// The connection string as logs and errors show it: user, hosts, ports
+/// and database only — never a password, wherever the string put it (in
+/// the URL's user part, its query, or a `password=` keyword).
 fn shown(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            let user = cred.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
+    let Ok(c) = url.parse::<postgres::Config>() else { return "(a connection string that does not parse)".into() };
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            postgres::config::Host::Unix(d) => format!("{}:{p}", d.display()),
+        })
+        .collect();
+    format!("postgres://{}@{}/{}", c.get_user().unwrap_or(""), hosts.join(","), c.get_dbname().unwrap_or(""))
+}
+
+/// Whether `spec` is a PostgreSQL connection string (a URL, or libpq's
+/// `key=value` form).
+pub fn is_connection_string(spec: &str) -> bool {
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://") || spec.contains('=')
 }
 
 impl Pg {
@@ -75,12 +86,17 @@ impl Pg {
 
     /// Connect with at most `size` connections (a CGI request uses one).
     pub fn connect_sized(url: &str, size: u32) -> anyhow::Result<Pg> {
-        let config: postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("--store {}: {e}", shown(url)))?;
+        let mut config: postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("--store {}: {e}", shown(url)))?;
+        // A database that does not answer is an error in seconds, not a
+        // request left hanging.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(size.max(1))
             .min_idle(Some(0))
-            .connection_timeout(Duration::from_secs(10))
+            .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", shown(url)))?;
         let pg = Pg { pool, shown: shown(url), me: format!("{}.{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())) };

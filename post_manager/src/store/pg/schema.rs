@@ -56,8 +56,9 @@ const MIGRATIONS: &[&str] = &[
         issued_ns bigint NOT NULL, last bigint NOT NULL DEFAULT 0, UNIQUE (recipient, device));
     -- Stubs to send; `owner` is the instance sending it until `lease`.
     CREATE TABLE stubs (name text PRIMARY KEY, id text NOT NULL, body text NOT NULL, owner text, lease bigint NOT NULL DEFAULT 0);
-    -- Running UDP services (soft state).
-    CREATE TABLE udp_services (owner text PRIMARY KEY, body text NOT NULL, started bigint NOT NULL);
+    -- Running UDP services (soft state): each renews `seen` every few
+    -- seconds; one that stopped renewing is not announced.
+    CREATE TABLE udp_services (owner text PRIMARY KEY, body text NOT NULL, started bigint NOT NULL, seen bigint NOT NULL);
     "#,
 ];
 

@@ -11,13 +11,17 @@ use crate::udp::{Advert, CookieRecord, QueuedStub};
 
 /// How long a claim on a stub lasts without renewal.
 const LEASE_SECS: i64 = 30;
+/// A UDP service not heard from for this long is not announced (it died:
+/// pollers would wait on a port nobody answers).
+const ADVERT_TTL_SECS: i64 = 30;
 
 impl UdpState for Pg {
-    /// The most recently started service's advert: every instance announces
-    /// the same port (the load balancer's), or its own.
+    /// The most recently started live service's advert: every instance
+    /// announces the same port (the load balancer's), or its own.
     fn udp_advert(&self) -> Option<Advert> {
         let mut c = self.conn().ok()?;
-        let row = c.query_opt("SELECT body FROM udp_services ORDER BY started DESC LIMIT 1", &[]).ok()??;
+        let live = stubmail::time::unix_now() - ADVERT_TTL_SECS;
+        let row = c.query_opt("SELECT body FROM udp_services WHERE seen > $1 ORDER BY started DESC LIMIT 1", &[&live]).ok()??;
         serde_json::from_str(row.get(0)).ok()
     }
 
@@ -25,8 +29,8 @@ impl UdpState for Pg {
         let mut c = self.conn()?;
         match a {
             Some(a) => c.execute(
-                "INSERT INTO udp_services VALUES ($1, $2, $3) ON CONFLICT (owner) DO UPDATE SET body = $2, started = $3",
-                &[&self.me, &serde_json::to_string(a).expect("serialisable"), &(a.started_ns as i64)],
+                "INSERT INTO udp_services VALUES ($1, $2, $3, $4) ON CONFLICT (owner) DO UPDATE SET body = $2, started = $3, seen = $4",
+                &[&self.me, &serde_json::to_string(a).expect("serialisable"), &(a.started_ns as i64), &stubmail::time::unix_now()],
             ),
             None => c.execute("DELETE FROM udp_services WHERE owner = $1", &[&self.me]),
         }
