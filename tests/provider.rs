@@ -276,3 +276,169 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     assert!(out.contains("2 copied") && out.contains("the bytes of 29 read back"), "{out}");
     same("after resuming", &|s| ids_of(s.poll(&b, None, Some("desktop")).unwrap()));
 }
+
+/// Database trouble is a temporary error (503), never an answer about the
+/// request: a 401 or 404 made clients give up on mail that was fine.
+#[test]
+fn a_database_that_is_down_gets_clients_503_and_comes_back() {
+    let pg = Postgres::start();
+    let store = pg.create_db("outbox");
+    let root = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut c = common::bin_cmd("post_manager");
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", &store, "--public-url", &url, "--udp", "off"]);
+    let _outbox = common::Server::start("outbox", c, root.path());
+    let alice = stubmail::Identity::generate(None, "alice@example.org", &url).unwrap();
+    let key = root.path().join("alice.asc");
+    std::fs::write(&key, stubmail::pgp::armored(&alice.cert()).unwrap()).unwrap();
+    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--key"]).arg(&key));
+    let account = || {
+        let sig = stubmail::auth::sign_request(&alice, &url, "GET", "/v1/account", &stubmail::client::sha256_hex(b""), stubmail::time::unix_now()).unwrap();
+        signed_get(port, &sig, "/v1/account")
+    };
+    let cert = || common::send_signed("GET", &format!("{url}v1/certs/{}", alice.fpr()), "", vec![]);
+    assert_eq!((account(), cert()), (200, 200));
+    common::ok(pg.bin("pg_ctl").args(["-D"]).arg(pg.data()).args(["-m", "fast", "-w", "stop"]));
+    let t = std::time::Instant::now();
+    assert_eq!(account(), 503, "a signed request while the database is down");
+    assert_eq!(cert(), 503, "a key lookup while the database is down");
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "answered within the connect timeouts: {:?}", t.elapsed());
+    let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", pg.port, pg.dir.path().display());
+    common::ok(pg.bin("pg_ctl").args(["-D"]).arg(pg.data()).args(["-l"]).arg(pg.dir.path().join("log")).args(["-o", &opts, "-w", "start"]));
+    common::wait_for("the outbox to use the database again", 30, || (account() == 200).then_some(()));
+    assert_eq!(cert(), 200);
+}
+
+/// Clients that stall mid-upload or mid-download hold no database
+/// connection: with a pool of two, four stalled uploads and four stalled
+/// downloads leave others served at once.
+#[test]
+fn stalled_clients_do_not_take_the_database_connections() {
+    use std::io::Write;
+    let pg = Postgres::start();
+    let store = pg.create_db("outbox");
+    let root = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut c = common::bin_cmd("post_manager");
+    c.env("POST_MANAGER_DB_POOL", "2");
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", &store, "--public-url", &url, "--udp", "off"]);
+    let _outbox = common::Server::start("outbox", c, root.path());
+    let alice = std::sync::Arc::new(stubmail::Identity::generate(None, "alice@example.org", &url).unwrap());
+    let bob = std::sync::Arc::new(stubmail::Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+    let key = root.path().join("alice.asc");
+    std::fs::write(&key, stubmail::pgp::armored(&alice.cert()).unwrap()).unwrap();
+    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--key"]).arg(&key));
+    // A message of four chunks for Bob.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13) as u8).collect();
+    let id = stubmail::client::sha256_hex(&big);
+    let file = root.path().join("big");
+    std::fs::write(&file, &big).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let as_alice = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, alice.clone()).unwrap();
+    rt.block_on(as_alice.upload(&id, &[bob.fpr()], &file)).unwrap();
+    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None };
+    let as_bob = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob.clone()).unwrap();
+    assert_eq!(rt.block_on(as_bob.poll(&poll)).unwrap().messages.len(), 1);
+    // Four uploads that send a part of their body and stop.
+    let mut stalled = Vec::new();
+    for i in 0..4u8 {
+        let body = vec![i; 400_000];
+        let bid = stubmail::client::sha256_hex(&body);
+        let path = format!("/v1/messages/{bid}");
+        let sig = stubmail::auth::sign_request(&alice, &url, "PUT", &path, &bid, stubmail::time::unix_now()).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nStubmail-Signature: {sig}\r\nStubmail-Content-SHA256: {bid}\r\nStubmail-Recipients: {}\r\nContent-Length: {}\r\n\r\n",
+            bob.fpr(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body[..300_000]).unwrap();
+        stalled.push(s);
+    }
+    // Four downloads of the big message that read nothing.
+    for _ in 0..4 {
+        let path = format!("/v1/messages/{id}");
+        let digest = stubmail::client::sha256_hex(b"");
+        let sig = stubmail::auth::sign_request(&bob, &url, "GET", &path, &digest, stubmail::time::unix_now()).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nStubmail-Signature: {sig}\r\nStubmail-Content-SHA256: {digest}\r\n\r\n").unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        assert_eq!(rt.block_on(as_bob.poll(&poll)).unwrap().messages.len(), 1);
+    }
+    assert!(t.elapsed() < std::time::Duration::from_secs(3), "five polls took {:?} beside the stalled clients", t.elapsed());
+    drop(stalled);
+}
+
+/// `--store` takes a connection string only, and nothing shows its
+/// password: not in the URL's user part, its query, or a keyword.
+#[test]
+fn the_store_option_is_a_connection_string_and_its_password_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = common::fails(common::bin_cmd("post_manager").current_dir(dir.path()).args(["account", "list", "--store", "some/dir"]));
+    assert!(err.contains("connection string") && err.contains("--data"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no directory made of it");
+    let port = common::free_port().to_string();
+    for spec in [
+        format!("postgres://stubmail:Hunter2Secret@127.0.0.1:{port}/db"),
+        format!("postgres://stubmail@127.0.0.1:{port}/db?password=Hunter2Secret"),
+        format!("host=127.0.0.1 port={port} user=stubmail password=Hunter2Secret dbname=db"),
+    ] {
+        let err = common::fails(common::bin_cmd("post_manager").args(["account", "list", "--store", &spec]));
+        assert!(err.contains("cannot connect") && !err.contains("Hunter2Secret"), "{spec}: {err}");
+    }
+}
+
+/// A data directory another user could write to, moved into the database:
+/// a link to /dev/zero, a FIFO and a garbled state file are named, the rest
+/// is copied, and nothing is read without a bound.
+#[test]
+fn migrate_reads_a_hostile_data_directory_within_bounds() {
+    let pg = Postgres::start();
+    let url = pg.create_db("moved");
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("outbox");
+    let files = Store::open(&data).unwrap();
+    let a = stubmail::protocol::Fpr::parse(&"A".repeat(40)).unwrap();
+    let b = stubmail::protocol::Fpr::parse(&"B".repeat(40)).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = format!("message {i}").into_bytes();
+        let id = stubmail::client::sha256_hex(&body);
+        files.put(&a, &id, std::slice::from_ref(&b), &mut &body[..], 1000, 1).unwrap();
+        ids.push(id);
+    }
+    std::os::unix::fs::symlink("/dev/zero", data.join(format!("certs/{}.pgp", "C".repeat(40)))).unwrap();
+    std::fs::remove_file(data.join(format!("messages/{}", ids[0]))).unwrap();
+    common::ok(std::process::Command::new("mkfifo").arg(data.join(format!("messages/{}", ids[0]))));
+    std::fs::write(data.join(format!("meta/{}.json", ids[1])), b"{ not json").unwrap();
+    let t = std::time::Instant::now();
+    let out = common::bin_cmd("post_manager").args(["migrate", "--from"]).arg(&data).args(["--to", &url]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "took {:?}", t.elapsed());
+    assert!(err.contains("2 message(s) could not be read") && err.contains(&ids[0]) && err.contains(&ids[1]), "{err}");
+    assert_eq!(pg.query("moved", "SELECT string_agg(id, ',') FROM messages"), ids[2], "the readable one is copied");
+}
+
+/// A UDP service that stopped renewing its advert (its instance died) is
+/// not announced to pollers.
+#[test]
+fn a_dead_instances_udp_port_is_not_announced() {
+    let pg = Postgres::start();
+    let url = pg.create_db("outbox");
+    let store = Store::open_spec(&url).unwrap();
+    let advert = |port| post_manager::udp::Advert { port, started_ns: 1, pid: 1 };
+    store.set_udp_advert(Some(&advert(4000))).unwrap();
+    assert_eq!(store.udp_advert().map(|a| a.port), Some(4000));
+    pg.query("outbox", "UPDATE udp_services SET seen = seen - 60");
+    assert_eq!(store.udp_advert().map(|a| a.port), None, "silent for a minute: dead");
+}
