@@ -200,9 +200,9 @@ fn idle_poll(rt: &tokio::runtime::Runtime, root: &Path, pg: Option<&Postgres>, n
     t.elapsed().as_secs_f64() / polls_n as f64
 }
 
-/// Seconds per RCPT TO (to contacts, in one transaction of `k`) with `n`
-/// contacts in the sender's keyring.
-fn rcpt_time(root: &Path, n: usize, k: usize) -> f64 {
+/// Seconds per RCPT TO (to contacts, in one transaction of `k`) with the
+/// first `n` of `contacts` in the sender's keyring (`c<i>@example.com`).
+fn rcpt_time(root: &Path, contacts: &[stubmail::openpgp::Cert], n: usize, k: usize) -> f64 {
     let name = format!("sender{n}");
     let outbox = Outbox::start(root, &format!("{name}-outbox"));
     let alice = User::init(root, &name, "alice@example.org", &outbox.url());
@@ -210,9 +210,7 @@ fn rcpt_time(root: &Path, n: usize, k: usize) -> f64 {
         table(t, "discovery").insert("wkd".into(), false.into());
     });
     let keyring = stubmail::keyring::Keyring::new(alice.home.join("keyring"));
-    let certs: Vec<_> =
-        (0..n).map(|i| Identity::generate(None, &format!("c{i}@example.com"), "http://127.0.0.1:9/").unwrap().cert()).collect();
-    for chunk in certs.chunks(500) {
+    for chunk in contacts[..n].chunks(500) {
         keyring.import(chunk.to_vec()).unwrap();
     }
     let smtp = alice.smtp2stub(root);
@@ -235,6 +233,27 @@ print(best)
     let (good, out) = python(&format!("import smtplib\n{script}"), &[&smtp.port().to_string(), &n.to_string(), &k.to_string()]);
     assert!(good, "{out}");
     out.trim().parse().unwrap_or_else(|_| panic!("{out}"))
+}
+
+/// Seconds to decrypt and verify (to the end) a 4 KB message encrypted to
+/// `others` and, last, to the reader: best of 3.
+fn decrypt_time(others: &[stubmail::openpgp::Cert]) -> f64 {
+    let alice = Identity::generate(None, "alice@example.org", "http://127.0.0.1:9/").unwrap();
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    let mut to: Vec<_> = others.to_vec();
+    to.push(bob.cert());
+    let text = format!("From: alice@example.org\r\nTo: list@example.net\r\n\r\n{}", "x".repeat(4000));
+    let mut sealed = Vec::new();
+    stubmail::pgp::sign_encrypt(&alice, &to, &mut text.as_bytes(), &mut sealed).unwrap();
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let mut r = stubmail::pgp::decrypt_verify(&bob, &alice.cert(), &sealed[..]).unwrap();
+            let n = std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+            assert_eq!(n as usize, text.len());
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
 }
 
 pub fn provider(s: &Scale) -> Vec<Row> {
@@ -283,7 +302,9 @@ pub fn provider(s: &Scale) -> Vec<Row> {
         ),
     ];
     let (c0, c1) = s.history;
-    let (a, b) = (rcpt_time(root, c0, 50), rcpt_time(root, c1, 50));
+    let contacts: Vec<_> =
+        (0..c1).map(|i| Identity::generate(None, &format!("c{i}@example.com"), "http://127.0.0.1:9/").unwrap().cert()).collect();
+    let (a, b) = (rcpt_time(root, &contacts, c0, 50), rcpt_time(root, &contacts, c1, 50));
     rows.push(row(
         &format!("smtp2stub: RCPT TO with {c1} contacts vs {c0}"),
         format!("{:.3} ms per RCPT", b * 1e3),
@@ -292,6 +313,17 @@ pub fn provider(s: &Scale) -> Vec<Row> {
         "≤ 1.5× (ratio ≥ 0.67×)",
         b / a <= 1.5,
         "50 recipients in one transaction, best of 3; the keyring's address index is read, not every certificate".into(),
+    ));
+    let (a, b) = (decrypt_time(&contacts[..c0 - 1]), decrypt_time(&contacts[..c1 - 1]));
+    let (per_a, per_b) = (a / c0 as f64, b / c1 as f64);
+    rows.push(row(
+        &format!("decrypt + verify a message encrypted to {c1} keys vs {c0} (per key)"),
+        format!("{:.1} µs per key ({:.1} ms)", per_b * 1e6, b * 1e3),
+        format!("{:.1} µs per key ({:.1} ms, {c0} keys)", per_a * 1e6, a * 1e3),
+        Some(per_a / per_b),
+        "linear: per key ≤ 1.5× (ratio ≥ 0.67×)",
+        per_b / per_a <= 1.5,
+        "the reader's key last; every key's encrypted session key is parsed, one is decrypted".into(),
     ));
     let k = s.fanout_real;
     for (label, db) in [("PostgreSQL", Some(&pg)), ("data directory", None)] {
