@@ -27,12 +27,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Worth retrying later: network trouble, 5xx, 429, a stale clock.
+    /// Worth retrying later: network trouble, 5xx, 408, 429, a stale clock.
     pub fn is_temporary(&self) -> bool {
         match self {
             ClientError::Transport(_) => true,
             ClientError::Server { status, body } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS || body.error == "stale_timestamp"
+                status.is_server_error()
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || body.error == "stale_timestamp"
                     || body.error == "replayed"
             }
             _ => false,
