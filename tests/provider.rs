@@ -442,3 +442,122 @@ fn a_dead_instances_udp_port_is_not_announced() {
     pg.query("outbox", "UPDATE udp_services SET seen = seen - 60");
     assert_eq!(store.udp_advert().map(|a| a.port), None, "silent for a minute: dead");
 }
+
+/// A standby kept by streaming replication takes over when the primary
+/// dies: an instance given both hosts follows the writable one, and what
+/// was stored before is fetched and acked after.
+#[test]
+fn a_standby_takes_over_when_the_primary_dies() {
+    let primary = Postgres::start();
+    primary.create_db("outbox");
+    let standby = Postgres::standby_of(&primary);
+    let store = format!("postgres://postgres@127.0.0.1:{},127.0.0.1:{}/outbox?target_session_attrs=read-write", primary.port, standby.port);
+    let root = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut c = common::bin_cmd("post_manager");
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", &store, "--public-url", &url, "--udp", "off"]);
+    let _outbox = common::Server::start("outbox", c, root.path());
+    let alice = std::sync::Arc::new(stubmail::Identity::generate(None, "alice@example.org", &url).unwrap());
+    let bob = std::sync::Arc::new(stubmail::Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+    let key = root.path().join("alice.asc");
+    std::fs::write(&key, stubmail::pgp::armored(&alice.cert()).unwrap()).unwrap();
+    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--key"]).arg(&key));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = stubmail::client::http_client().unwrap();
+    let as_alice = stubmail::client::OutboxClient::new(http.clone(), &url, alice.clone()).unwrap();
+    let as_bob = stubmail::client::OutboxClient::new(http, &url, bob.clone()).unwrap();
+    let upload = |text: &str| {
+        let file = root.path().join("m");
+        std::fs::write(&file, text).unwrap();
+        let id = stubmail::client::sha256_hex(text.as_bytes());
+        rt.block_on(until_ok("upload", || as_alice.upload(&id, &[bob.fpr()], &file)));
+        id
+    };
+    let before = upload("stored before the failover");
+    common::wait_for("the standby to have it", 30, || (standby.query("outbox", "SELECT count(*) FROM messages") == "1").then_some(()));
+    primary.crash();
+    standby.promote();
+    let after = upload("stored after the failover");
+    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None };
+    let listed: Vec<String> = rt.block_on(until_ok("poll", || as_bob.poll(&poll))).messages.into_iter().map(|m| m.id).collect();
+    assert!(listed.contains(&before) && listed.contains(&after), "{listed:?}");
+    for id in [&before, &after] {
+        rt.block_on(until_ok("ack", || as_bob.ack(id, None)));
+    }
+    assert_eq!(standby.query("outbox", "SELECT count(*) FROM recipients WHERE state = 2"), "2");
+}
+
+/// Stubs are sent by one instance at a time: another instance gets a stub
+/// only once the one holding it stops renewing its lease (it died).
+#[test]
+fn a_stub_is_held_by_one_instance_and_taken_over_when_it_dies() {
+    let pg = Postgres::start();
+    let url = pg.create_db("outbox");
+    let (a, b) = (Store::open_spec(&url).unwrap(), Store::open_spec(&url).unwrap());
+    let q = post_manager::udp::QueuedStub {
+        id: "0".repeat(64),
+        recipient: stubmail::protocol::Fpr::parse(&"B".repeat(40)).unwrap(),
+        endpoint: "127.0.0.1:9".into(),
+        stub: "c3R1Yg==".into(),
+    };
+    a.queue_stub(&q, 0).unwrap();
+    assert_eq!(a.claim_stubs(&mut 0, &mut |_| false).len(), 1, "instance A takes it");
+    assert!(b.claim_stubs(&mut 0, &mut |_| false).is_empty(), "B does not while A holds it");
+    a.renew_stubs();
+    assert!(b.claim_stubs(&mut 0, &mut |_| false).is_empty(), "nor after A renewed");
+    // A dies: its lease runs out.
+    pg.query("outbox", "UPDATE stubs SET lease = 0");
+    let taken = b.claim_stubs(&mut 0, &mut |_| false);
+    assert_eq!(taken.len(), 1, "B takes it over");
+    // Sent and done: gone for every instance.
+    b.drop_stub(&taken[0].0);
+    pg.query("outbox", "UPDATE stubs SET lease = 0");
+    assert!(a.claim_stubs(&mut 0, &mut |_| false).is_empty());
+}
+
+/// One retention pass at a time: while another instance holds the pass's
+/// lock, a pass does nothing; after, it does the work.
+#[test]
+fn one_retention_pass_runs_at_a_time() {
+    let pg = Postgres::start();
+    let url = pg.create_db("outbox");
+    let store = Store::open_spec(&url).unwrap();
+    let (a, b) = (stubmail::protocol::Fpr::parse(&"A".repeat(40)).unwrap(), stubmail::protocol::Fpr::parse(&"B".repeat(40)).unwrap());
+    store.put(&a, &stubmail::client::sha256_hex(b"old"), std::slice::from_ref(&b), &mut &b"old"[..], 100, 1).unwrap();
+    let policy = post_manager::store::Retention { pending_secs: 10, keep_secs: 10, status_secs: 10 };
+    // Another instance's pass, holding the lock for a few seconds.
+    let mut other = pg.psql("outbox");
+    other.args(["-c", "BEGIN; SELECT pg_advisory_xact_lock(1397908852); SELECT pg_sleep(4); COMMIT;"]);
+    let mut other = other.spawn().unwrap();
+    common::wait_for("the other pass to hold the lock", 10, || {
+        (pg.query("outbox", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1").then_some(())
+    });
+    assert_eq!(store.expire(1000, policy).unwrap(), post_manager::store::Expired::default(), "the other pass is at it");
+    assert!(other.wait().unwrap().success());
+    assert_eq!(store.expire(1000, policy).unwrap().recipients_expired, 1, "then this one does the work");
+}
+
+/// Instances started together on a new database: the schema is made once,
+/// and every one of them works.
+#[test]
+fn instances_started_together_migrate_the_schema_once() {
+    let pg = Postgres::start();
+    let url = pg.create_db("outbox");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            common::bin_cmd("post_manager")
+                .args(["account", "list", "--store", &url])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(pg.query("outbox", "SELECT version FROM stubmail_schema"), "1");
+    assert_eq!(pg.query("outbox", "SELECT count(*) FROM stubmail_schema"), "1");
+}

@@ -37,15 +37,47 @@ impl Postgres {
         as_owner(&self.bin.join(tool))
     }
 
-    pub fn start() -> Postgres {
+    /// A cluster on a port and in a directory of its own, not started.
+    fn new() -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         let bin = bindir();
         if is_root() {
             ok(Command::new("chown").args(["-R", "nobody:nogroup"]).arg(dir.path()));
         }
-        let pg = Postgres { port: free_port(), dir, bin };
+        Postgres { port: free_port(), dir, bin }
+    }
+
+    pub fn start() -> Postgres {
+        let pg = Postgres::new();
+        ok(pg.as_owner("initdb").args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"]).arg(pg.data()));
+        pg.launch();
+        pg
+    }
+
+    /// A standby of `primary`, replicating it (streaming replication).
+    pub fn standby_of(primary: &Postgres) -> Postgres {
+        let pg = Postgres::new();
+        ok(pg
+            .as_owner("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres", "-X", "stream", "-R", "-D"])
+            .arg(pg.data()));
+        pg.launch();
+        pg
+    }
+
+    /// Make a standby the primary.
+    pub fn promote(&self) {
+        ok(self.as_owner("pg_ctl").args(["-D"]).arg(self.data()).args(["-w", "promote"]));
+    }
+
+    /// Stop at once, as a crash would.
+    pub fn crash(&self) {
+        ok(self.as_owner("pg_ctl").args(["-D"]).arg(self.data()).args(["-m", "immediate", "stop"]));
+    }
+
+    fn launch(&self) {
+        let pg = self;
         let data = pg.data();
-        ok(pg.as_owner("initdb").args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
         let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", pg.port, pg.dir.path().display());
         ok(pg.as_owner("pg_ctl").args(["-D"]).arg(&data).args(["-l"]).arg(pg.dir.path().join("log")).args(["-o", &opts, "-w", "start"]));
         // If this process dies without dropping the cluster, stop it anyway.
@@ -58,7 +90,6 @@ impl Postgres {
         wait_for("PostgreSQL to accept connections", 30, || {
             pg.as_owner("pg_isready").args(["-h", "127.0.0.1", "-p", &pg.port.to_string()]).output().unwrap().status.success().then_some(())
         });
-        pg
     }
 
     pub fn data(&self) -> PathBuf {
