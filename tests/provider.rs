@@ -471,7 +471,8 @@ fn a_standby_takes_over_when_the_primary_dies() {
         let file = root.path().join("m");
         std::fs::write(&file, text).unwrap();
         let id = stubmail::client::sha256_hex(text.as_bytes());
-        rt.block_on(until_ok("upload", || as_alice.upload(&id, &[bob.fpr()], &file)));
+        let to = [bob.fpr()];
+        rt.block_on(until_ok("upload", || as_alice.upload(&id, &to, &file)));
         id
     };
     let before = upload("stored before the failover");

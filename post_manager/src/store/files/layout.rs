@@ -50,7 +50,6 @@ impl Files {
                 continue;
             }
             let mut written = Vec::new();
-            fs::create_dir_all(self.p(&format!("rcpt/{id}")))?;
             for r in &m.recipients {
                 written.push(self.write_rcpt_soft(id, r)?);
                 let f = r.fpr.to_string();

@@ -208,7 +208,6 @@ impl Messages for Files {
         // one (again on a retried upload, which repairs a crash between
         // the two), made durable together.
         let mut written = Vec::new();
-        fs::create_dir_all(self.p(&format!("rcpt/{id}")))?;
         for r in &new {
             written.push(self.write_rcpt_soft(id, r)?);
         }
@@ -424,8 +423,9 @@ impl Files {
 
     /// One recipient's state of a message.
     pub(crate) fn read_rcpt(&self, id: &str, r: &Fpr) -> Result<Option<RecipientMeta>, StoreError> {
-        match fsutil::read_bounded(&self.p(&format!("rcpt/{id}/{r}.json")), MAX_STATE_FILE) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(format!("rcpt/{id}/{r}.json"))),
+        let p = self.rcpt_path(id, r);
+        match fsutil::read_bounded(&p, MAX_STATE_FILE) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(p.display().to_string())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -433,30 +433,56 @@ impl Files {
 
     /// Write one recipient's state durably.
     pub(super) fn write_rcpt(&self, id: &str, r: &RecipientMeta) -> io::Result<()> {
-        fs::create_dir_all(self.p(&format!("rcpt/{id}")))?;
-        fsutil::write_atomic(&self.p(&format!("rcpt/{id}/{}.json", r.fpr)), &serde_json::to_vec(r).expect("serialisable"), 0o600)
+        let p = self.rcpt_path(id, &r.fpr);
+        fs::create_dir_all(p.parent().expect("in a directory"))?;
+        fsutil::write_atomic(&p, &serde_json::to_vec(r).expect("serialisable"), 0o600)
     }
 
     /// Write one recipient's state, not yet durably: [`Files::make_durable`]
     /// follows. Returns the file's path.
     pub(super) fn write_rcpt_soft(&self, id: &str, r: &RecipientMeta) -> io::Result<PathBuf> {
-        let p = self.p(&format!("rcpt/{id}/{}.json", r.fpr));
+        let p = self.rcpt_path(id, &r.fpr);
+        fs::create_dir_all(p.parent().expect("in a directory"))?;
         fsutil::write_replace(&p, &serde_json::to_vec(r).expect("serialisable"))?;
         Ok(p)
     }
 
+    /// `rcpt/<id>/<first two hex digits>/<FPR>.json`: directories of a few
+    /// dozen entries even for a message to 10,000 people, so rewriting one
+    /// recipient's file (and fsyncing its directory) costs the same whatever
+    /// their number.
+    fn rcpt_path(&self, id: &str, r: &Fpr) -> PathBuf {
+        self.p(&format!("rcpt/{id}/{}/{r}.json", &r.as_str()[..2]))
+    }
+
+    /// The recipients with a state file for a message (none yet: a crash
+    /// came between its meta file and its recipients' states).
+    fn rcpt_fprs(&self, id: &str) -> io::Result<Vec<Fpr>> {
+        let mut out = Vec::new();
+        let shards = match fs::read_dir(self.p(&format!("rcpt/{id}"))) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for shard in shards {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for e in fs::read_dir(shard.path())? {
+                let name = e?.file_name();
+                if let Some(f) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|f| Fpr::parse(f).ok()) {
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every recipient's state of a message.
     pub(crate) fn recipients_of(&self, id: &str) -> Result<Vec<RecipientMeta>, StoreError> {
-        let dir = self.p(&format!("rcpt/{id}"));
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e.into()),
-        };
         let mut out = Vec::new();
-        for e in rd {
-            let name = e?.file_name();
-            let Some(f) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|f| Fpr::parse(f).ok()) else { continue };
+        for f in self.rcpt_fprs(id)? {
             if let Some(r) = self.read_rcpt(id, &f)? {
                 out.push(r);
             }
@@ -465,14 +491,9 @@ impl Files {
         Ok(out)
     }
 
-    /// How many recipients a message has (none yet: a crash came between
-    /// its meta file and its recipients' states).
+    /// How many recipients a message has.
     fn rcpt_count(&self, id: &str) -> io::Result<usize> {
-        match fs::read_dir(self.p(&format!("rcpt/{id}"))) {
-            Ok(rd) => Ok(rd.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))).count()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
-        }
+        Ok(self.rcpt_fprs(id)?.len())
     }
 
     /// The devices of a recipient seen so far.
@@ -533,13 +554,13 @@ impl Files {
             }
             return Ok(());
         }
-        // Each file, its directory, and that directory's parent (the
-        // directory may be new: a message's `rcpt/<id>/`, a recipient's
-        // first index).
+        // Each file, and the directories up to three levels above it (they
+        // may be new: a message's `rcpt/<id>/<shard>/`, a recipient's first
+        // index).
         let mut dirs: Vec<&std::path::Path> = Vec::new();
         for f in files {
             File::open(f)?.sync_all()?;
-            for d in f.ancestors().skip(1).take(2) {
+            for d in f.ancestors().skip(1).take(3) {
                 if !dirs.contains(&d) {
                     dirs.push(d);
                 }

@@ -10,7 +10,8 @@
 //! certs/<FPR>.pgp           recipients' certificates, merged from their polls
 //! messages/<id>             stored message bytes (id = SHA-256 of them)
 //! meta/<id>.json            a message: sender, size, time (Meta)
-//! rcpt/<id>/<FPR>.json      one recipient's delivery state of it
+//! rcpt/<id>/<XX>/<FPR>.json one recipient's delivery state of it (XX: the
+//!                           fingerprint's first two digits, so directories stay small)
 //! inbox/<RCPT-FPR>/<id>     index: messages pending for a recipient (empty files)
 //! listed/<RCPT-FPR>/<id>    index: retrieved by one of its devices, offered to the others
 //! devices/<RCPT-FPR>/<dev>/<id>  index: offered to this device, not yet acked by it
