@@ -27,6 +27,9 @@ use sequoia_openpgp as openpgp;
 
 use crate::protocol::Fpr;
 
+mod esk;
+pub use esk::MAX_ESKS;
+
 /// Notation on the self-signed User ID binding that names the owner's outbox.
 pub const OUTBOX_NOTATION: &str = "outbox@stubmail.org";
 
@@ -657,7 +660,12 @@ pub fn decrypt_verify<'a, R: Read + Send + Sync + 'a>(
     sender: &Cert,
     input: R,
 ) -> Result<impl Read + 'a> {
-    let helper = Decrypt { keys: me.decryption_keypairs(), verify: OnlySigner { cert: sender.clone(), good: false } };
+    let keys = me.decryption_keypairs();
+    let ours: Vec<KeyHandle> = keys.iter().map(|k| KeyHandle::from(k.public().fingerprint())).collect();
+    // Only our session keys reach the decryptor, whose cost grows with the
+    // square of their number (see esk.rs).
+    let input = esk::only_ours(io::BufReader::with_capacity(64 * 1024, input), &ours).map_err(anyhow::Error::from)?;
+    let helper = Decrypt { keys, ours, verify: OnlySigner { cert: sender.clone(), good: false } };
     let d = DecryptorBuilder::from_reader(input)?
         .buffer_size(64 * 1024)
         .with_policy(&POLICY, None, helper)?;
@@ -666,6 +674,8 @@ pub fn decrypt_verify<'a, R: Read + Send + Sync + 'a>(
 
 struct Decrypt {
     keys: Vec<KeyPair>,
+    /// Each key's handle, in the same order (computed once, not per PKESK).
+    ours: Vec<KeyHandle>,
     verify: OnlySigner,
 }
 
@@ -691,9 +701,9 @@ impl DecryptionHelper for Decrypt {
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
         for pkesk in pkesks {
-            for kp in self.keys.iter_mut() {
+            for (kp, handle) in self.keys.iter_mut().zip(&self.ours) {
                 let matches = match pkesk.recipient() {
-                    Some(r) => r.aliases(KeyHandle::from(kp.public().fingerprint())),
+                    Some(r) => r.aliases(handle),
                     None => true, // anonymous recipient: try every key
                 };
                 if !matches {
@@ -824,6 +834,38 @@ mod tests {
         assert!(roundtrip(&m, &a.cert(), &b, &[b.cert()], &msg).is_err());
         // Not encrypted to Mallory: she cannot read it.
         assert!(roundtrip(&a, &a.cert(), &m, &[b.cert()], &msg).is_err());
+    }
+
+    #[test]
+    fn a_message_to_many_reads_for_each_of_them_and_no_one_else() {
+        let a = alice();
+        let readers: Vec<Identity> =
+            (0..40).map(|i| Identity::generate(None, &format!("r{i}@example.net"), "http://x/").unwrap()).collect();
+        let to: Vec<Cert> = readers.iter().map(Identity::cert).collect();
+        let msg = b"Subject: to many\r\n\r\nbody\r\n".to_vec();
+        // First, middle and last of the session keys: each reader finds
+        // theirs among the others (which are skipped, not parsed by the
+        // decryptor), and the sender's own copy still opens.
+        for r in [&readers[0], &readers[20], &readers[39], &a] {
+            assert_eq!(roundtrip(&a, &a.cert(), r, &to, &msg).unwrap(), msg);
+        }
+        let outsider = Identity::generate(None, "o@example.net", "http://x/").unwrap();
+        assert!(roundtrip(&a, &a.cert(), &outsider, &to, &msg).is_err());
+    }
+
+    #[test]
+    fn a_session_key_packet_cut_short_is_refused_not_a_panic() {
+        let a = alice();
+        let b = Identity::generate(None, "bob@example.net", "http://x/").unwrap();
+        let mut ct = Vec::new();
+        sign_encrypt(&a, &[b.cert()], &mut &b"hi"[..], &mut ct).unwrap();
+        for cut in [1, 2, 3, 10, 40] {
+            let r = decrypt_verify(&b, &a.cert(), &ct[..cut]).and_then(|mut r| {
+                let mut out = Vec::new();
+                r.read_to_end(&mut out).map_err(|e| invalid(e.to_string()))
+            });
+            assert!(r.is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
