@@ -169,12 +169,15 @@ fn mail_signed_by_a_stranger_is_never_delivered() {
     assert!(out.contains(&format!("no valid signature by {}", p.alice.fingerprint())), "{out}");
     assert!(p.bob.maildir_new().is_empty(), "a message not signed by Alice must not be delivered as Alice's");
     // ... and it was not acked.
-    assert_eq!(meta_state(&meta_path), "stored");
+    assert_eq!(rcpt_state(&p.outbox.data, &id, &p.bob.fingerprint()), "stored");
 }
 
-fn meta_state(path: &std::path::Path) -> String {
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    meta["recipients"][0]["state"].as_str().unwrap().to_string()
+/// One recipient's delivery state of a message, read from the outbox's
+/// data directory (`rcpt/<id>/<XX>/<FPR>.json`, docs/OPERATING.md).
+fn rcpt_state(data: &std::path::Path, id: &str, fpr: &str) -> String {
+    let path = data.join("rcpt").join(id).join(&fpr[..2]).join(format!("{fpr}.json"));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["state"].as_str().unwrap().to_string()
 }
 
 

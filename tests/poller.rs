@@ -206,15 +206,18 @@ fn a_fetch_that_fails_is_reported_incomplete_with_a_nonzero_exit() {
     let s = setup();
     s.send(1);
     let id = s.alice.status_json()[0]["id"].as_str().unwrap().to_string();
-    // The outbox announces the message but cannot serve it (its file is gone).
+    // The outbox announces the message but cannot serve it (its file is
+    // unreadable: a directory stands in its place).
     let file = s.outbox.data.join("messages").join(&id);
     let bytes = std::fs::read(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
     let out = bin_cmd("http2mbox").arg("--home").arg(&s.bob.home).arg("--once").output().unwrap();
     let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(75), "{text}");
     assert!(text.contains("delivered 0") && text.contains("incomplete 1") && text.contains("next poll"), "{text}");
     // Nothing lost: once the outbox serves it again, it arrives.
+    std::fs::remove_dir(&file).unwrap();
     std::fs::write(&file, bytes).unwrap();
     assert!(s.bob.http2mbox_once().contains("delivered 1, rejected 0, incomplete 0"));
 }
