@@ -251,3 +251,93 @@ fn a_moved_account_leaves_its_updated_key_behind_but_no_new_address() {
     let err = rt.block_on(old.update_account_cert(&eve.cert())).unwrap_err().to_string();
     assert!(err.contains("403") || err.contains("own certificate"), "{err}");
 }
+
+/// `POST /v1/acks` (PROTOCOL.md §4.4): a recipient acks several messages
+/// in one signed request; it cannot ack another recipient's, an unsent
+/// one or one that does not exist, and malformed or oversized batches are
+/// refused with 400 and change nothing.
+#[test]
+fn a_batch_ack_acks_only_the_signers_own_messages() {
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    let rt = rt();
+    let http = client::http_client().unwrap();
+    let alice = Arc::new(Identity::generate(None, "alice@example.org", &o.url()).unwrap());
+    let key = root.path().join("alice.asc");
+    std::fs::write(&key, pgp::armored(&alice.cert()).unwrap()).unwrap();
+    ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&o.data).arg("--key").arg(&key));
+    let bob = Arc::new(Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
+    let carol = Arc::new(Identity::generate(None, "carol@example.net", "http://127.0.0.1:9/").unwrap());
+    let as_alice = OutboxClient::new(http.clone(), &o.url(), alice.clone()).unwrap();
+    let as_bob = OutboxClient::new(http.clone(), &o.url(), bob.clone()).unwrap();
+    let as_carol = OutboxClient::new(http, &o.url(), carol.clone()).unwrap();
+    let upload = |text: String, to: &[protocol::Fpr]| {
+        let file = root.path().join("m");
+        std::fs::write(&file, &text).unwrap();
+        let id = client::sha256_hex(text.as_bytes());
+        rt.block_on(as_alice.upload(&id, to, &file)).unwrap();
+        id
+    };
+    let for_bob: Vec<String> = (0..5).map(|i| upload(format!("to Bob {i}"), &[bob.fpr()])).collect();
+    let for_carol = upload("to Carol".into(), &[carol.fpr()]);
+    let withdrawn = upload("to Bob, withdrawn".into(), &[bob.fpr()]);
+    rt.block_on(as_alice.unsend(&withdrawn)).unwrap();
+    let poll = |c: &OutboxClient, who: &Identity| {
+        let req = PollRequest { senders: None, certs: vec![pgp::armored(&who.cert()).unwrap()], device: None };
+        rt.block_on(c.poll(&req)).unwrap().messages.len()
+    };
+    assert_eq!(poll(&as_bob, &bob), 5);
+    assert_eq!(poll(&as_carol, &carol), 1);
+
+    // Bob acks his five with Carol's message, the withdrawn one and an
+    // unknown id in the same batch.
+    let unknown = client::sha256_hex(b"never stored");
+    let mut ids = for_bob.clone();
+    ids.extend([for_carol.clone(), withdrawn.clone(), unknown.clone()]);
+    let answer = rt.block_on(as_bob.ack_many(&ids, None)).unwrap();
+    let mut acked: Vec<String> = answer.acked.iter().map(|s| s.id.clone()).collect();
+    acked.sort();
+    let mut want = for_bob.clone();
+    want.sort();
+    assert_eq!(acked, want);
+    for st in &answer.acked {
+        assert_eq!(st.recipients.len(), 1, "only Bob's own entry");
+        assert_eq!((st.recipients[0].fpr.clone(), st.recipients[0].state), (bob.fpr(), protocol::DeliveryState::Retrieved));
+    }
+    let mut missing = answer.not_found.clone();
+    missing.sort();
+    let mut want = vec![for_carol.clone(), withdrawn.clone(), unknown];
+    want.sort();
+    assert_eq!(missing, want, "another's, withdrawn and unknown ids are all just not found");
+    let log = o.server.log();
+    assert!(log.contains(r#"target="/v1/acks" status=200"#) && !log.contains("/ack\""), "one batch request, no single acks:\n{log}");
+    assert_eq!(poll(&as_bob, &bob), 0, "Bob's are retrieved");
+    assert_eq!(poll(&as_carol, &carol), 1, "Carol's is untouched");
+    for id in &for_bob {
+        assert_eq!(rt.block_on(as_alice.status(id)).unwrap().recipients[0].state, protocol::DeliveryState::Retrieved);
+    }
+    let st = rt.block_on(as_alice.status(&withdrawn)).unwrap();
+    assert_eq!(st.recipients[0].state, protocol::DeliveryState::Unsent, "an ack does not reopen a withdrawn message");
+
+    // Hostile batches: refused whole, before anything changes.
+    let send = |body: serde_json::Value| {
+        let body = serde_json::to_vec(&body).unwrap();
+        let sig = stubmail::auth::sign_request(&carol, &o.url(), "POST", "/v1/acks", &client::sha256_hex(&body), stubmail::time::unix_now()).unwrap();
+        common::send_signed("POST", &format!("{}v1/acks", o.url()), &sig, body)
+    };
+    let too_many: Vec<String> = (0..protocol::MAX_ACK_BATCH + 1).map(|i| client::sha256_hex(format!("{i}").as_bytes())).collect();
+    for (what, body) in [
+        ("no ids", serde_json::json!({"ids": []})),
+        ("too many ids", serde_json::json!({"ids": too_many, "device": "x"})),
+        ("a path in an id", serde_json::json!({"ids": [for_carol.clone(), "../../meta/x"]})),
+        ("an upper-case id", serde_json::json!({"ids": [for_carol.to_uppercase()]})),
+        ("a bad device", serde_json::json!({"ids": [for_carol.clone()], "device": "a/b"})),
+        ("not a list", serde_json::json!({"ids": for_carol.clone()})),
+    ] {
+        assert_eq!(send(body), 400, "{what}");
+    }
+    assert_eq!(poll(&as_carol, &carol), 1, "nothing of Carol's changed");
+    // Signed by no one: 401.
+    let status = common::send_signed("POST", &format!("{}v1/acks", o.url()), "v2; fpr=0; ts=0; nonce=0; sig=AA", br#"{"ids":[]}"#.to_vec());
+    assert_eq!(status, 401);
+}

@@ -292,6 +292,34 @@ impl OutboxClient {
         Self::json(r.send().await?).await
     }
 
+    /// Ack several messages with one signed request (`POST /v1/acks`);
+    /// an outbox that predates it (404 or 405 for the path) is acked one
+    /// message at a time. At most [`protocol::MAX_ACK_BATCH`] ids.
+    pub async fn ack_many(&self, ids: &[String], device: Option<&str>) -> Result<protocol::AckBatchResponse, ClientError> {
+        let req = protocol::AckBatchRequest { ids: ids.to_vec(), device: device.map(str::to_string) };
+        let body = serde_json::to_vec(&req).expect("serialisable");
+        let r = self
+            .request(Method::POST, "v1/acks", &sha256_hex(&body))?
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        match Self::json(r.send().await?).await {
+            // The batch endpoint answers missing ids in its body, never
+            // with 404: a 404 or 405 means an outbox without it.
+            Err(ClientError::Server { status, .. }) if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND => {
+                let mut out = protocol::AckBatchResponse::default();
+                for id in ids {
+                    match self.ack(id, device).await {
+                        Ok(st) => out.acked.push(st),
+                        Err(ClientError::Server { status, .. }) if status == StatusCode::NOT_FOUND => out.not_found.push(id.clone()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            }
+            r => r,
+        }
+    }
+
     pub async fn status(&self, id: &str) -> Result<MessageStatus, ClientError> {
         let r = self.request(Method::GET, &format!("v1/messages/{id}/status"), protocol::EMPTY_SHA256)?;
         Self::json(r.send().await?).await

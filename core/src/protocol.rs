@@ -365,6 +365,27 @@ pub struct AckRequest {
     pub device: Option<String>,
 }
 
+/// Most ids one `POST /v1/acks` may name (PROTOCOL.md §4.4).
+pub const MAX_ACK_BATCH: usize = 1000;
+
+/// Body of `POST /v1/acks`: several messages acked by one signed request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckBatchRequest {
+    pub ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// Answer to `POST /v1/acks`: the status of each message acked (the
+/// acking recipient's entry only), and the ids the outbox has nothing of
+/// for this recipient (unknown, unsent, expired).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckBatchResponse {
+    pub acked: Vec<MessageStatus>,
+    #[serde(default)]
+    pub not_found: Vec<String>,
+}
+
 /// One recipient's line in a status answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientStatus {

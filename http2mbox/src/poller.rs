@@ -28,6 +28,20 @@ const PERIODIC_REFRESHES: usize = 8;
 /// Messages of one outbox fetched and delivered at the same time.
 const MESSAGES_AT_ONCE: usize = 4;
 
+/// Acks sent in one signed request (PROTOCOL.md §4.4): acks wait for at
+/// most this many deliveries, or for the end of the poll answer.
+const ACK_BATCH: usize = 64;
+
+/// What became of one listed message.
+enum Taken {
+    /// Newly and durably delivered: to be acked.
+    Delivered,
+    /// Delivered before (a crash or a lost ack came between): to be acked again.
+    Confirm,
+    /// Set aside after failing its checks too often: left alone.
+    Skipped,
+}
+
 /// Everything a poll cycle needs.
 pub struct Poller {
     pub me: Arc<Identity>,
@@ -577,10 +591,17 @@ impl Poller {
                 (item, r)
             })
             .buffer_unordered(MESSAGES_AT_ONCE);
+        // Delivered (or delivered before and listed again) and not yet
+        // acked: (id, is a re-confirmation).
+        let mut acks: Vec<(String, bool)> = Vec::new();
         while let Some((item, r)) = results.next().await {
             match r {
-                Ok(true) => delivered += 1,
-                Ok(false) => {}
+                Ok(Taken::Delivered) => {
+                    delivered += 1;
+                    acks.push((item.id.clone(), false));
+                }
+                Ok(Taken::Confirm) => acks.push((item.id.clone(), true)),
+                Ok(Taken::Skipped) => {}
                 Err(e) if e.downcast_ref::<Reject>().is_some() || e.downcast_ref::<CryptoReject>().is_some() => {
                     rejected += 1;
                     tracing::warn!(outbox = url, id = item.id, sender = %item.sender, "not delivered: {e:#}");
@@ -600,7 +621,11 @@ impl Poller {
                     tracing::warn!(outbox = url, id = item.id, "will retry: {e:#}");
                 }
             }
+            if acks.len() >= ACK_BATCH {
+                incomplete += self.send_acks(client, &mut acks).await;
+            }
         }
+        incomplete += self.send_acks(client, &mut acks).await;
         out.delivered = delivered;
         out.rejected = rejected;
         out.incomplete = incomplete;
@@ -663,7 +688,7 @@ impl Poller {
         }
     }
 
-    async fn take(&self, client: &OutboxClient, contacts: &[Contact], fresh: &std::collections::HashMap<Fpr, Cert>, item: &PollItem) -> anyhow::Result<bool> {
+    async fn take(&self, client: &OutboxClient, contacts: &[Contact], fresh: &std::collections::HashMap<Fpr, Cert>, item: &PollItem) -> anyhow::Result<Taken> {
         if !stubmail::protocol::is_valid_id(&item.id) {
             anyhow::bail!(Reject::Digest(item.id.chars().take(80).collect()));
         }
@@ -678,12 +703,11 @@ impl Poller {
             .ok_or_else(|| Reject::UnknownSender(item.sender.clone()))?;
         if self.journal.get(&item.id)?.is_some() {
             // Delivered before a crash or a lost ack: just confirm again.
-            client.ack(&item.id, Some(&self.device)).await?;
-            return Ok(false);
+            return Ok(Taken::Confirm);
         }
         if self.set_aside.is_set_aside(&item.id) {
             // Failed its checks too often: not fetched or decrypted again.
-            return Ok(false);
+            return Ok(Taken::Skipped);
         }
         if item.size > self.max_size {
             anyhow::bail!(Reject::TooLarge(item.size, self.max_size));
@@ -708,12 +732,33 @@ impl Poller {
         .await?;
         let _ = tokio::fs::remove_file(&staged).await;
         result?;
-        // Only now, with the message durably in the mailbox, confirm.
-        if let Err(e) = client.ack(&item.id, Some(&self.device)).await {
-            tracing::warn!(id = item.id, "delivered, ack failed (will ack on the next poll): {e}");
-        }
         tracing::info!(id = item.id, sender = %item.sender, "delivered");
-        Ok(true)
+        // Durably in the mailbox: the caller acks it (with others).
+        Ok(Taken::Delivered)
+    }
+
+    /// Ack what is durably delivered, several messages per signed request.
+    /// Returns how many re-confirmations could not be sent (they count as
+    /// incomplete: the next poll sends them again).
+    async fn send_acks(&self, client: &OutboxClient, acks: &mut Vec<(String, bool)>) -> usize {
+        if acks.is_empty() {
+            return 0;
+        }
+        let batch = std::mem::take(acks);
+        let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+        match client.ack_many(&ids, Some(&self.device)).await {
+            Ok(answer) => {
+                for id in &answer.not_found {
+                    // Unsent or expired meanwhile: nothing to confirm.
+                    tracing::debug!(id, "ack: the outbox no longer holds it for us");
+                }
+                0
+            }
+            Err(e) => {
+                tracing::warn!(acks = ids.len(), "delivered, ack failed (will ack on the next poll): {e}");
+                batch.iter().filter(|(_, confirm)| *confirm).count()
+            }
+        }
     }
 
     /// Stream the ciphertext to a staging file, checking size and digest.

@@ -135,6 +135,7 @@ enum Route<'a> {
     Message(&'a str),
     Status(&'a str),
     Ack(&'a str),
+    Acks,
     Notify(&'a str),
     Cert(Fpr),
 }
@@ -153,6 +154,7 @@ fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response
     };
     match rel.split('/').collect::<Vec<_>>().as_slice() {
         ["poll"] => Ok(Route::Poll),
+        ["acks"] => Ok(Route::Acks),
         ["account"] => Ok(Route::Account),
         ["messages"] => Ok(Route::List),
         ["messages", id] => Ok(Route::Message(id_ok(id)?)),
@@ -358,6 +360,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
             s.list(f).map(|messages| Response::json(200, &MessageList { messages }))
         }),
         ("POST", Route::Ack(id)) => ack(ctx, &mut req, id, now),
+        ("POST", Route::Acks) => acks(ctx, &mut req, now),
         ("GET", Route::Account) => sender_op(ctx, &mut req, now, |s, f| s.account_status(f, now).map(|st| Response::json(200, &st))),
         ("PUT", Route::Account) => update_cert(ctx, &mut req, now),
         ("POST", Route::Poll) => poll(ctx, &mut req, now),
@@ -678,6 +681,36 @@ fn ack(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Res
     let st = store.ack(&who, id, ack.device.as_deref(), now).map_err(from_store)?;
     tracing::info!(recipient = %who, id, "retrieved");
     Ok(Response::json(200, &st).signed_by(&who))
+}
+
+/// Several acks in one signed request, made durable together (§4.4).
+fn acks(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
+    let (who, body) = recipient_auth(ctx, req, now)?;
+    let batch: protocol::AckBatchRequest =
+        serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("acks body: {e}")))?;
+    if batch.device.as_deref().is_some_and(|d| !protocol::is_valid_device(d)) {
+        return Err(Response::error(400, "bad_request", "a device id is 1-64 characters of A-Z a-z 0-9 _ -"));
+    }
+    if batch.ids.is_empty() || batch.ids.len() > protocol::MAX_ACK_BATCH {
+        return Err(Response::error(400, "bad_request", format!("an ack batch names 1 to {} ids", protocol::MAX_ACK_BATCH)));
+    }
+    if let Some(bad) = batch.ids.iter().find(|id| !protocol::is_valid_id(id)) {
+        let shown: String = bad.chars().take(80).collect();
+        return Err(Response::error(400, "bad_id", format!("{shown:?}: a message id is 64 lower-case hex digits (a SHA-256)")));
+    }
+    let mut ids = batch.ids;
+    ids.sort();
+    ids.dedup();
+    let results = ctx.store.ack_many(&who, &ids, batch.device.as_deref(), now).map_err(from_store)?;
+    let mut answer = protocol::AckBatchResponse::default();
+    for (id, r) in ids.into_iter().zip(results) {
+        match r {
+            Some(st) => answer.acked.push(st),
+            None => answer.not_found.push(id),
+        }
+    }
+    tracing::info!(recipient = %who, acked = answer.acked.len(), not_found = answer.not_found.len(), "retrieved (batch)");
+    Ok(Response::json(200, &answer).signed_by(&who))
 }
 
 /// Copy a response body to a writer (used by CGI and tests).

@@ -208,6 +208,46 @@ pub fn the_recipient_cap_holds_across_reuploads(s: &Store) {
     assert!(matches!(s.put(&fpr('A'), &id, &many(1501, 1), &mut &body[..], 100, 1), Err(StoreError::TooManyRecipients(1500))));
 }
 
+/// Several acks at once: each acked message as a single ack would leave
+/// it, unknown, unsent and other recipients' ids answered `None` and
+/// changing nothing, devices offered what another device acked.
+pub fn acks_in_a_batch(s: &Store) {
+    let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
+    let ids: Vec<String> = (0..12)
+        .map(|i| {
+            let body = format!("message {i}").into_bytes();
+            let id = id_of(&body);
+            s.put(&a, &id, &[b.clone(), c.clone()], &mut &body[..], 100, 10).unwrap();
+            id
+        })
+        .collect();
+    // One for C only, one withdrawn from B, one unknown.
+    let only_c = id_of(b"for C");
+    s.put(&a, &only_c, std::slice::from_ref(&c), &mut &b"for C"[..], 100, 10).unwrap();
+    s.unsend(&a, &ids[11], 11).unwrap();
+    let unknown = id_of(b"never stored");
+    assert_eq!(s.poll(&b, None, Some("laptop")).unwrap().len(), 11);
+    let mut asked: Vec<String> = ids.clone();
+    asked.extend([only_c.clone(), unknown.clone()]);
+    let got = s.ack_many(&b, &asked, Some("laptop"), 20).unwrap();
+    assert_eq!(got.len(), asked.len());
+    for (i, st) in got.iter().enumerate().take(11) {
+        let st = st.as_ref().unwrap_or_else(|| panic!("message {i} acked"));
+        assert_eq!(st.recipients.len(), 1, "the acking recipient's entry only");
+        assert_eq!((st.recipients[0].fpr.clone(), st.recipients[0].state), (b.clone(), DeliveryState::Retrieved));
+    }
+    assert!(got[11].is_none() && got[12].is_none() && got[13].is_none(), "unsent, another's, unknown: {:?}", &got[11..]);
+    assert!(s.poll(&b, None, Some("laptop")).unwrap().is_empty(), "nothing left for the device that acked");
+    assert_eq!(s.poll(&b, None, Some("desktop")).unwrap().len(), 11, "offered to the other device");
+    assert_eq!(s.poll(&c, None, None).unwrap().len(), 12, "C's own state untouched");
+    assert_eq!(s.status(&a, &ids[0]).unwrap().recipients.iter().find(|r| r.fpr == b).unwrap().state, DeliveryState::Retrieved);
+    assert_eq!(s.status(&a, &ids[11]).unwrap().recipients.iter().find(|r| r.fpr == b).unwrap().state, DeliveryState::Unsent);
+    // Idempotent: the same batch again changes nothing and answers the same.
+    let again = s.ack_many(&b, &asked, Some("laptop"), 30).unwrap();
+    assert_eq!(again.iter().filter(|x| x.is_some()).count(), 11);
+    assert_eq!(again[0].as_ref().unwrap().recipients[0].at, got[0].as_ref().unwrap().recipients[0].at, "the first ack's time stays");
+}
+
 /// Every contract, each on a fresh store from `fresh`.
 pub fn all(fresh: &mut dyn FnMut() -> Store) {
     put_poll_fetch_ack_status(&fresh());
@@ -219,4 +259,5 @@ pub fn all(fresh: &mut dyn FnMut() -> Store) {
     only_urls_the_operator_accepted_are_this_outboxs_names(&fresh());
     a_moved_accounts_pushes_stay_bounded_and_never_name_this_outbox(&fresh());
     the_recipient_cap_holds_across_reuploads(&fresh());
+    acks_in_a_batch(&fresh());
 }

@@ -189,6 +189,10 @@ pub trait Messages {
     fn size_for(&self, recipient: &Fpr, id: &str) -> Result<u64, StoreError>;
     /// A recipient (one of its devices) confirms durable delivery. Idempotent.
     fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError>;
+    /// [`Messages::ack`] for several messages, made durable together (one
+    /// flush, not one per message); `None` for an id that is not found for
+    /// this recipient. Durable when it returns, as each single ack is.
+    fn ack_many(&self, recipient: &Fpr, ids: &[String], device: Option<&str>, now: i64) -> Result<Vec<Option<MessageStatus>>, StoreError>;
     /// The sender's view of one message.
     fn status(&self, sender: &Fpr, id: &str) -> Result<MessageStatus, StoreError>;
     /// Every message of a sender.

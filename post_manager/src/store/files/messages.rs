@@ -278,53 +278,25 @@ impl Messages for Files {
     /// lists; with one, it stays offered to the recipient's other devices
     /// until each acks it.
     fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
-        let _lock = self.lock(id)?;
-        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
-        let mut r = self.read_rcpt(id, recipient)?.ok_or(StoreError::NotFound)?;
-        if matches!(r.state, DeliveryState::Unsent | DeliveryState::Expired) {
-            // Withdrawn or expired for this recipient: gone, as far as it
-            // can tell. An ack here would make it `retrieved` again and
-            // open the bytes to it (SECURITY.md).
-            return Err(StoreError::NotFound);
-        }
-        let was_pending = r.state.is_pending();
-        let mut changed = false;
-        if was_pending {
-            r.state = DeliveryState::Retrieved;
-            r.at = now;
-            changed = true;
-        }
-        if let Some(d) = device.filter(|d| !r.devices.iter().any(|x| x == d)) {
-            r.devices.push(d.to_string());
-            changed = true;
-        }
-        if changed {
-            self.write_rcpt(id, &r)?;
-        }
-        match device {
-            Some(d) => {
-                self.ensure_device(recipient, d)?;
-                if was_pending {
-                    // Offered to the recipient's other devices.
-                    let mut written = vec![self.mark_soft(&format!("listed/{recipient}"), id)?];
-                    for other in self.devices_of(recipient)?.into_iter().filter(|o| o != d && !r.devices.contains(o)) {
-                        written.push(self.mark_soft(&format!("devices/{recipient}/{other}"), id)?);
-                    }
-                    self.make_durable(&written)?;
-                }
-                self.unmark(&format!("devices/{recipient}/{d}"), id)?;
-            }
-            None => {
-                self.unmark(&format!("listed/{recipient}"), id)?;
-                for other in self.devices_of(recipient)? {
-                    self.unmark(&format!("devices/{recipient}/{other}"), id)?;
-                }
+        let mut batch = AckBatch::default();
+        let st = self.ack_soft(recipient, id, device, now, &mut batch)?;
+        self.finish_acks(batch)?;
+        Ok(st)
+    }
+
+    fn ack_many(&self, recipient: &Fpr, ids: &[String], device: Option<&str>, now: i64) -> Result<Vec<Option<MessageStatus>>, StoreError> {
+        let mut batch = AckBatch::default();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.ack_soft(recipient, id, device, now, &mut batch) {
+                Ok(st) => out.push(Some(st)),
+                Err(StoreError::NotFound) => out.push(None),
+                // Nothing answered yet: the client acks again (idempotent).
+                Err(e) => return Err(e),
             }
         }
-        self.unmark(&format!("inbox/{recipient}"), id)?;
-        self.touch_inbox(recipient);
-        // The recipient's view only: the sender's other recipients stay private.
-        Ok(m.status_with(std::slice::from_ref(&r)))
+        self.finish_acks(batch)?;
+        Ok(out)
     }
 
     /// The sender's view of one message.
@@ -419,6 +391,94 @@ impl Files {
     pub(super) fn write_meta(&self, m: &Meta) -> io::Result<()> {
         let bytes = serde_json::to_vec(m).expect("serialisable");
         fsutil::write_atomic(&self.p(&format!("meta/{}.json", m.id)), &bytes, 0o600)
+    }
+
+    /// An ack's changes, not yet durable: the recipient's new state and the
+    /// index entries it adds are written, the entries it removes are noted
+    /// (see [`Files::finish_acks`]).
+    fn ack_soft(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64, batch: &mut AckBatch) -> Result<MessageStatus, StoreError> {
+        let _lock = self.lock(id)?;
+        let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
+        let mut r = self.read_rcpt(id, recipient)?.ok_or(StoreError::NotFound)?;
+        if matches!(r.state, DeliveryState::Unsent | DeliveryState::Expired) {
+            // Withdrawn or expired for this recipient: gone, as far as it
+            // can tell. An ack here would make it `retrieved` again and
+            // open the bytes to it (SECURITY.md).
+            return Err(StoreError::NotFound);
+        }
+        let was_pending = r.state.is_pending();
+        let mut changed = false;
+        if was_pending {
+            r.state = DeliveryState::Retrieved;
+            r.at = now;
+            changed = true;
+        }
+        if let Some(d) = device.filter(|d| !r.devices.iter().any(|x| x == d)) {
+            r.devices.push(d.to_string());
+            changed = true;
+        }
+        if changed {
+            batch.written.push(self.write_rcpt_soft(id, &r)?);
+        }
+        match device {
+            Some(d) => {
+                self.ensure_device(recipient, d)?;
+                if was_pending {
+                    // Offered to the recipient's other devices.
+                    batch.written.push(self.mark_soft(&format!("listed/{recipient}"), id)?);
+                    for other in self.devices_of(recipient)?.into_iter().filter(|o| o != d && !r.devices.contains(o)) {
+                        batch.written.push(self.mark_soft(&format!("devices/{recipient}/{other}"), id)?);
+                    }
+                }
+                batch.unmark.push((format!("devices/{recipient}/{d}"), id.to_string()));
+            }
+            None => {
+                batch.unmark.push((format!("listed/{recipient}"), id.to_string()));
+                for other in self.devices_of(recipient)? {
+                    batch.unmark.push((format!("devices/{recipient}/{other}"), id.to_string()));
+                }
+            }
+        }
+        batch.unmark.push((format!("inbox/{recipient}"), id.to_string()));
+        batch.touched.push(recipient.clone());
+        // The recipient's view only: the sender's other recipients stay private.
+        Ok(m.status_with(std::slice::from_ref(&r)))
+    }
+
+    /// Make a batch of acks durable: first the new states and index entries
+    /// (one flush for the batch), and only then the removals from the
+    /// indexes — so a crash can never leave a pending message unlisted
+    /// (its inbox entry gone, its `retrieved` state lost), which would hide
+    /// it from the recipient's re-ack for good.
+    fn finish_acks(&self, batch: AckBatch) -> io::Result<()> {
+        self.make_durable(&batch.written)?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (dir, id) in &batch.unmark {
+            let d = self.p(dir);
+            match fs::remove_file(d.join(id)) {
+                Ok(()) => {
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if dirs.len() > FSYNC_EACH_UP_TO {
+            self.syncfs()?;
+        } else {
+            for d in &dirs {
+                fsync_dir(d)?;
+            }
+        }
+        let mut touched = batch.touched;
+        touched.sort();
+        touched.dedup();
+        for r in &touched {
+            self.touch_inbox(r);
+        }
+        Ok(())
     }
 
     /// One recipient's state of a message.
@@ -546,13 +606,7 @@ impl Files {
     /// an fsync each when few, else one `syncfs` of the whole file system.
     pub(super) fn make_durable(&self, files: &[PathBuf]) -> io::Result<()> {
         if files.len() > FSYNC_EACH_UP_TO {
-            let root = File::open(self.root())?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: syncfs on a descriptor this function owns.
-            if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            return Ok(());
+            return self.syncfs();
         }
         // Each file, and the directories up to three levels above it (they
         // may be new: a message's `rcpt/<id>/<shard>/`, a recipient's first
@@ -572,6 +626,18 @@ impl Files {
         Ok(())
     }
 
+    /// Flush the whole file system the data directory is on (cheaper
+    /// than an fsync per file past a few).
+    fn syncfs(&self) -> io::Result<()> {
+        let root = File::open(self.root())?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs on a descriptor this function owns.
+        if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub(super) fn unmark(&self, dir: &str, id: &str) -> io::Result<()> {
         match fs::remove_file(self.p(dir).join(id)) {
             Ok(()) => fsync_dir(&self.p(dir)),
@@ -579,4 +645,15 @@ impl Files {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The not-yet-durable part of one or more acks (see [`Files::ack_soft`]).
+#[derive(Default)]
+struct AckBatch {
+    /// State files and index entries written, to be made durable first.
+    written: Vec<PathBuf>,
+    /// Index entries (directory, id) to remove once those are durable.
+    unmark: Vec<(String, String)>,
+    /// Recipients whose inbox directory's time is bumped (pollers watch it).
+    touched: Vec<Fpr>,
 }

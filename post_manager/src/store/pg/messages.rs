@@ -230,57 +230,27 @@ impl Messages for Pg {
     fn ack(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
-        let r = recipient.as_str();
-        let row = tx
-            .query_opt(
-                "SELECT r.state, m.sender, m.size, m.stored FROM recipients r JOIN messages m ON m.id = r.id
-                 WHERE r.id = $1 AND r.fpr = $2 FOR UPDATE OF r",
-                &[&id, &r],
-            )?
-            .ok_or(StoreError::NotFound)?;
-        let state = state_of(row.get(0))?;
-        if matches!(state, DeliveryState::Unsent | DeliveryState::Expired) {
-            // Withdrawn or expired for this recipient: gone, as far as it
-            // can tell. An ack here would make it `retrieved` again and
-            // open the bytes to it (SECURITY.md).
-            return Err(StoreError::NotFound);
-        }
-        let at: i64 = if state.is_pending() {
-            tx.execute(
-                "UPDATE recipients SET state = 2, at = $3, listed = $4 WHERE id = $1 AND fpr = $2",
-                &[&id, &r, &now, &device.is_some()],
-            )?;
-            now
-        } else {
-            tx.query_one("SELECT at FROM recipients WHERE id = $1 AND fpr = $2", &[&id, &r])?.get(0)
-        };
-        match device {
-            Some(d) => {
-                ensure_device(&mut tx, r, d)?;
-                if state.is_pending() {
-                    // Offered to the recipient's other devices until each acks.
-                    tx.execute(
-                        "INSERT INTO device_inbox SELECT fpr, device, $2 FROM devices WHERE fpr = $1 AND device <> $3 ON CONFLICT DO NOTHING",
-                        &[&r, &id, &d],
-                    )?;
-                }
-                tx.execute("DELETE FROM device_inbox WHERE fpr = $1 AND device = $2 AND id = $3", &[&r, &d, &id])?;
-            }
-            None => {
-                tx.execute("UPDATE recipients SET listed = false WHERE id = $1 AND fpr = $2", &[&id, &r])?;
-                tx.execute("DELETE FROM device_inbox WHERE fpr = $1 AND id = $2", &[&r, &id])?;
-            }
-        }
-        bump(&mut tx, &[r.to_string()])?;
+        let st = ack_in(&mut tx, recipient, id, device, now)?;
+        bump(&mut tx, &[recipient.to_string()])?;
         tx.commit()?;
-        // The recipient's view only: the sender's other recipients stay private.
-        Ok(MessageStatus {
-            id: id.to_string(),
-            sender: fpr(row.get(1))?,
-            size: row.get::<_, i64>(2) as u64,
-            stored: stubmail::time::rfc3339(row.get(3)),
-            recipients: vec![RecipientStatus { fpr: recipient.clone(), state: DeliveryState::Retrieved, at: stubmail::time::rfc3339(at) }],
-        })
+        Ok(st)
+    }
+
+    fn ack_many(&self, recipient: &Fpr, ids: &[String], device: Option<&str>, now: i64) -> Result<Vec<Option<MessageStatus>>, StoreError> {
+        // One transaction, so one commit (one WAL flush) for the batch.
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match ack_in(&mut tx, recipient, id, device, now) {
+                Ok(st) => out.push(Some(st)),
+                Err(StoreError::NotFound) => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        bump(&mut tx, &[recipient.to_string()])?;
+        tx.commit()?;
+        Ok(out)
     }
 
     fn status(&self, sender: &Fpr, id: &str) -> Result<MessageStatus, StoreError> {
@@ -405,4 +375,58 @@ impl Read for ChunkReader {
         self.pos += n as u64;
         Ok(n)
     }
+}
+
+/// One ack inside the caller's transaction (the caller bumps the
+/// recipient's inbox version and commits).
+fn ack_in(tx: &mut postgres::Transaction<'_>, recipient: &Fpr, id: &str, device: Option<&str>, now: i64) -> Result<MessageStatus, StoreError> {
+    let r = recipient.as_str();
+    let row = tx
+        .query_opt(
+            "SELECT r.state, m.sender, m.size, m.stored FROM recipients r JOIN messages m ON m.id = r.id
+             WHERE r.id = $1 AND r.fpr = $2 FOR UPDATE OF r",
+            &[&id, &r],
+        )?
+        .ok_or(StoreError::NotFound)?;
+    let state = state_of(row.get(0))?;
+    if matches!(state, DeliveryState::Unsent | DeliveryState::Expired) {
+        // Withdrawn or expired for this recipient: gone, as far as it
+        // can tell. An ack here would make it `retrieved` again and
+        // open the bytes to it (SECURITY.md).
+        return Err(StoreError::NotFound);
+    }
+    let at: i64 = if state.is_pending() {
+        tx.execute(
+            "UPDATE recipients SET state = 2, at = $3, listed = $4 WHERE id = $1 AND fpr = $2",
+            &[&id, &r, &now, &device.is_some()],
+        )?;
+        now
+    } else {
+        tx.query_one("SELECT at FROM recipients WHERE id = $1 AND fpr = $2", &[&id, &r])?.get(0)
+    };
+    match device {
+        Some(d) => {
+            ensure_device(tx, r, d)?;
+            if state.is_pending() {
+                // Offered to the recipient's other devices until each acks.
+                tx.execute(
+                    "INSERT INTO device_inbox SELECT fpr, device, $2 FROM devices WHERE fpr = $1 AND device <> $3 ON CONFLICT DO NOTHING",
+                    &[&r, &id, &d],
+                )?;
+            }
+            tx.execute("DELETE FROM device_inbox WHERE fpr = $1 AND device = $2 AND id = $3", &[&r, &d, &id])?;
+        }
+        None => {
+            tx.execute("UPDATE recipients SET listed = false WHERE id = $1 AND fpr = $2", &[&id, &r])?;
+            tx.execute("DELETE FROM device_inbox WHERE fpr = $1 AND id = $2", &[&r, &id])?;
+        }
+    }
+    // The recipient's view only: the sender's other recipients stay private.
+    Ok(MessageStatus {
+        id: id.to_string(),
+        sender: fpr(row.get(1))?,
+        size: row.get::<_, i64>(2) as u64,
+        stored: stubmail::time::rfc3339(row.get(3)),
+        recipients: vec![RecipientStatus { fpr: recipient.clone(), state: DeliveryState::Retrieved, at: stubmail::time::rfc3339(at) }],
+    })
 }
