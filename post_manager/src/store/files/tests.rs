@@ -145,3 +145,32 @@ fn a_retry_after_a_crash_between_meta_and_states_completes_the_upload() {
     assert!(!created && st.recipients.len() == 1);
     assert_eq!(s.poll(&fpr('B'), None, None).unwrap().len(), 1);
 }
+
+/// What a crash before an upload's flush may leave (any subset of its
+/// files): each index entry whose meta, state or bytes is missing is not
+/// listed, and the client's retry makes the message whole again.
+#[test]
+fn a_retry_repairs_whatever_a_crash_before_the_flush_left() {
+    for lost in ["messages", "meta", "rcpt", "inbox"] {
+        let d = tempfile::tempdir().unwrap();
+        let s = Files::open(d.path()).unwrap();
+        let body = b"ciphertext".to_vec();
+        let id = id_of(&body);
+        s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 100, 1).unwrap();
+        // The crash: one of the upload's files never reached the disk.
+        let gone = match lost {
+            "messages" => d.path().join(format!("messages/{id}")),
+            "meta" => d.path().join(format!("meta/{id}.json")),
+            "rcpt" => d.path().join(format!("rcpt/{id}")),
+            _ => d.path().join(format!("inbox/{}/{id}", fpr('B'))),
+        };
+        if gone.is_dir() { fs::remove_dir_all(&gone) } else { fs::remove_file(&gone) }.unwrap();
+        assert!(s.poll(&fpr('B'), None, None).unwrap().is_empty(), "{lost} lost: not listed");
+        // The sender got no answer and uploads again.
+        s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 100, 2).unwrap();
+        assert_eq!(s.poll(&fpr('B'), None, None).unwrap().len(), 1, "{lost} lost: listed after the retry");
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut s.open_for(&fpr('B'), &id, 0).unwrap().0, &mut got).unwrap();
+        assert_eq!(got, body, "{lost} lost: the bytes are whole");
+    }
+}
