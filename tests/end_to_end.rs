@@ -329,3 +329,63 @@ fn bcc_recipient_gets_a_separate_copy() {
     let bob_copy = std::fs::read_to_string(&p.bob.maildir_new()[0]).unwrap();
     assert!(!bob_copy.contains("carol"), "{bob_copy}");
 }
+
+/// A message carrying a flood of session-key packets — 100,000 copies of
+/// the reader's own and 100,000 password-based ones ahead of the real
+/// ones (SECURITY.md row 96) — is read in linear time: only the first few
+/// of the reader's reach the decryptor, whose grammar check is quadratic
+/// in the packets it sees. Without that, this message took hours.
+#[test]
+fn a_flood_of_session_keys_is_read_in_linear_time() {
+    use stubmail::openpgp::parse::{PacketParser, PacketParserResult, Parse};
+    use stubmail::openpgp::serialize::SerializeInto;
+    use stubmail::openpgp::Packet;
+    let p = pair();
+    let alice = std::sync::Arc::new(stubmail::Identity::load(&p.alice.home.join("secret.pgp")).unwrap());
+    let bob = stubmail::pgp::parse_certs(&std::fs::read(p.bob.export()).unwrap()).unwrap().remove(0);
+    let text = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: flooded\r\n\r\nstill readable\r\n";
+    let mut ct = Vec::new();
+    stubmail::pgp::sign_encrypt(&alice, std::slice::from_ref(&bob), &mut &text[..], &mut ct).unwrap();
+    // Bob's own session-key packet, as the sender wrote it.
+    let bobs_keys: Vec<_> = bob.keys().map(|k| k.key().key_handle()).collect();
+    let mut ppr = PacketParser::from_bytes(&ct).unwrap();
+    let mut bobs = None;
+    while let PacketParserResult::Some(pp) = ppr {
+        if let Packet::PKESK(k) = &pp.packet
+            && k.recipient().is_some_and(|r| bobs_keys.iter().any(|h| r.aliases(h)))
+        {
+            bobs = Some(Packet::from(k.clone()).to_vec().unwrap());
+        }
+        if !matches!(pp.packet, Packet::PKESK(_)) {
+            break;
+        }
+        ppr = pp.next().unwrap().1;
+    }
+    let bobs = bobs.expect("a session key for Bob");
+    let mut hostile = Vec::with_capacity(100_000 * (bobs.len() + 6) + ct.len());
+    for _ in 0..100_000 {
+        hostile.extend_from_slice(&bobs);
+        hostile.extend_from_slice(&[0xc3, 0x04, 0x04, 0x09, 0x00, 0x02]);
+    }
+    hostile.extend_from_slice(&ct);
+    let id = stubmail::client::sha256_hex(&hostile);
+    let file = p.root.path().join("flooded");
+    std::fs::write(&file, &hostile).unwrap();
+    let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &p.outbox.url(), alice.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(c.upload(&id, &[stubmail::pgp::fpr_of(&bob)], &file)).unwrap();
+    // A hang guard, not a speed test: linear reading takes a second or two.
+    let mut child = bin_cmd("http2mbox").arg("--home").arg(&p.bob.home).arg("--once").stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("http2mbox still reading the flooded message after 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = stdout(&child.wait_with_output().unwrap());
+    assert!(out.contains("delivered 1"), "{out}");
+    let got = std::fs::read_to_string(&p.bob.maildir_new()[0]).unwrap();
+    assert!(got.contains("still readable"), "{got}");
+}

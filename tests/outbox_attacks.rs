@@ -309,6 +309,7 @@ fn a_batch_ack_acks_only_the_signers_own_messages() {
     let mut want = vec![for_carol.clone(), withdrawn.clone(), unknown];
     want.sort();
     assert_eq!(missing, want, "another's, withdrawn and unknown ids are all just not found");
+    assert!(!o.data.join("locks").join(client::sha256_hex(b"never stored")).exists(), "no lock file left for an id that names nothing");
     let log = o.server.log();
     assert!(log.contains(r#"target="/v1/acks" status=200"#) && !log.contains("/ack\""), "one batch request, no single acks:\n{log}");
     assert_eq!(poll(&as_bob, &bob), 0, "Bob's are retrieved");
@@ -340,4 +341,137 @@ fn a_batch_ack_acks_only_the_signers_own_messages() {
     // Signed by no one: 401.
     let status = common::send_signed("POST", &format!("{}v1/acks", o.url()), "v2; fpr=0; ts=0; nonce=0; sig=AA", br#"{"ids":[]}"#.to_vec());
     assert_eq!(status, 401);
+}
+
+/// `POST /v1/notify` (PROTOCOL.md §8.3): the stubs of several messages in
+/// one request, each checked as a single notify checks it — a message of
+/// another account or a stub for another message is skipped; malformed or
+/// oversized batches are refused whole.
+#[test]
+fn stubs_of_several_messages_go_in_one_request_each_checked() {
+    use base64::Engine as _;
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    let rt = rt();
+    let (alice, mallory) = (User::init(root.path(), "alice", "alice@example.org", &o.url()), User::init(root.path(), "mallory", "mallory@example.org", &o.url()));
+    o.add_account(&alice);
+    o.add_account(&mallory);
+    let me = Arc::new(Identity::load(&alice.home.join("secret.pgp")).unwrap());
+    let other = Arc::new(Identity::load(&mallory.home.join("secret.pgp")).unwrap());
+    let device = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    device.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    let bob = Identity::generate_with(None, "bob@example.net", "http://127.0.0.1:9/", Some(&format!("udp://{}", device.local_addr().unwrap()))).unwrap();
+    let http = client::http_client().unwrap();
+    let (as_alice, as_mallory) = (OutboxClient::new(http.clone(), &o.url(), me.clone()).unwrap(), OutboxClient::new(http, &o.url(), other.clone()).unwrap());
+    let upload = |c: &OutboxClient, text: &str| {
+        let file = root.path().join("ct");
+        std::fs::write(&file, text).unwrap();
+        let id = client::sha256_hex(text.as_bytes());
+        rt.block_on(c.upload(&id, &[bob.fpr()], &file)).unwrap();
+        id
+    };
+    let ids: Vec<String> = (0..3).map(|i| upload(&as_alice, &format!("Alice's {i}"))).collect();
+    let mallorys = upload(&as_mallory, "Mallory's");
+    assert_eq!(poll_status(&bob, &bob.cert(), &o.url(), &o.url()), 200, "Bob presents his certificate");
+    let stub_for = |id: &str| {
+        let stub = protocol::udp::Stub { sender: me.fpr(), recipient: bob.fpr(), id: id.to_string(), size: 8, made: stubmail::time::unix_now(), outbox: o.url() };
+        let sig = me.sign_detached(&stub.signed_part().unwrap()).unwrap();
+        protocol::NotifyStub { cert: pgp::armored(&bob.cert()).unwrap(), stub: base64::engine::general_purpose::STANDARD.encode(stub.encode(&sig).unwrap()) }
+    };
+    let batch = protocol::NotifyBatchRequest {
+        messages: vec![
+            protocol::NotifyMessage { id: ids[0].clone(), stubs: vec![stub_for(&ids[0])] },
+            protocol::NotifyMessage { id: ids[1].clone(), stubs: vec![stub_for(&ids[1])] },
+            // Another account's message, and a stub made for another message.
+            protocol::NotifyMessage { id: mallorys.clone(), stubs: vec![stub_for(&mallorys)] },
+            protocol::NotifyMessage { id: ids[2].clone(), stubs: vec![stub_for(&ids[0])] },
+        ],
+    };
+    assert_eq!(rt.block_on(as_alice.notify_many(&batch)).unwrap().accepted, 2);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = device.recv(&mut buf) {
+        let (stub, _, _) = protocol::udp::Stub::decode(&buf[..n]).unwrap();
+        seen.insert(stub.id);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, ids[..2].iter().cloned().collect(), "the two good stubs went out");
+    assert!(o.server.log().contains(r#"target="/v1/notify" status=202"#));
+    // Malformed or oversized: 400, nothing queued.
+    let send = |body: serde_json::Value| {
+        let body = serde_json::to_vec(&body).unwrap();
+        let sig = stubmail::auth::sign_request(&me, &o.url(), "POST", "/v1/notify", &client::sha256_hex(&body), stubmail::time::unix_now()).unwrap();
+        common::send_signed("POST", &format!("{}v1/notify", o.url()), &sig, body)
+    };
+    let one = serde_json::to_value(&batch.messages[2]).unwrap();
+    let many: Vec<serde_json::Value> = (0..protocol::MAX_NOTIFY_BATCH + 1).map(|_| one.clone()).collect();
+    let stub = serde_json::to_value(stub_for(&ids[2])).unwrap();
+    // (Without the certificate, so that 1,001 fit in the body limit.)
+    let small = serde_json::json!({"cert": "", "stub": stub["stub"]});
+    let stubs: Vec<serde_json::Value> = (0..protocol::MAX_RECIPIENTS + 1).map(|_| small.clone()).collect();
+    for (what, body) in [
+        ("no messages", serde_json::json!({"messages": []})),
+        ("101 messages", serde_json::json!({"messages": many})),
+        ("1001 stubs", serde_json::json!({"messages": [{"id": ids[2], "stubs": stubs}]})),
+        ("a path for an id", serde_json::json!({"messages": [{"id": "../meta/x", "stubs": [stub]}]})),
+        ("not a list", serde_json::json!({"messages": {"id": ids[2]}})),
+    ] {
+        assert_eq!(send(body), 400, "{what}");
+    }
+    // Whatever arrives now (the outbox resends after 2 s) is one of the two.
+    device.set_read_timeout(Some(std::time::Duration::from_millis(2500))).unwrap();
+    for _ in 0..10 {
+        let Ok(n) = device.recv(&mut buf) else { break };
+        let (stub, _, _) = protocol::udp::Stub::decode(&buf[..n]).unwrap();
+        assert!(ids[..2].contains(&stub.id), "only the accepted stubs are ever sent: {}", stub.id);
+    }
+}
+
+/// A request body that stalls (the network broke mid-request) is answered
+/// `408` — temporary, so the client sends it again — for an upload, an ack
+/// and a batch of acks alike, never a permanent `400`.
+#[test]
+fn a_stalled_body_is_a_timeout_the_client_retries() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    let o = Outbox::start(root.path(), "outbox");
+    let alice = Arc::new(Identity::generate(None, "alice@example.org", &o.url()).unwrap());
+    let key = root.path().join("alice.asc");
+    std::fs::write(&key, pgp::armored(&alice.cert()).unwrap()).unwrap();
+    ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&o.data).arg("--key").arg(&key));
+    let bob = Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+    had_mail_before(&o.url(), &o.data, bob.fpr().as_str());
+    assert_eq!(poll_status(&bob, &bob.cert(), &o.url(), &o.url()), 200);
+    let port: u16 = o.url().trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+    let id = client::sha256_hex(b"some message");
+    let acks = format!(r#"{{"ids":["{id}"]}}"#);
+    let requests: Vec<(&Identity, &str, String, Vec<u8>)> = vec![
+        (&alice, "PUT", format!("/v1/messages/{id}"), b"some message".to_vec()),
+        (&bob, "POST", format!("/v1/messages/{id}/ack"), b"{}".to_vec()),
+        (&bob, "POST", "/v1/acks".to_string(), acks.into_bytes()),
+    ];
+    let mut held = Vec::new();
+    for (who, method, path, body) in &requests {
+        let digest = client::sha256_hex(body);
+        let sig = stubmail::auth::sign_request(who, &o.url(), method, path, &digest, stubmail::time::unix_now()).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nStubmail-Signature: {sig}\r\nStubmail-Content-SHA256: {digest}\r\nStubmail-Recipients: {}\r\nContent-Length: {}\r\n\r\n",
+            bob.fpr(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body[..body.len() / 2]).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        held.push((path.clone(), s));
+    }
+    for (path, mut s) in held {
+        let mut answer = [0u8; 256];
+        let n = s.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+    }
 }

@@ -193,6 +193,27 @@ impl OutboxClient {
         Self::json(req.send().await?).await
     }
 
+    /// Hand the outbox the signed stubs of several messages with one
+    /// request (`POST /v1/notify`); an outbox without it (404 or 405) is
+    /// handed them message by message.
+    pub async fn notify_many(&self, req: &protocol::NotifyBatchRequest) -> Result<protocol::NotifyResponse, ClientError> {
+        let body = serde_json::to_vec(req).expect("serialisable");
+        let r = self
+            .request(Method::POST, "v1/notify", &sha256_hex(&body))?
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        match Self::json(r.send().await?).await {
+            Err(ClientError::Server { status, .. }) if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND => {
+                let mut accepted = 0;
+                for m in &req.messages {
+                    accepted += self.notify(&m.id, &protocol::NotifyRequest { stubs: m.stubs.clone() }).await?.accepted;
+                }
+                Ok(protocol::NotifyResponse { accepted })
+            }
+            r => r,
+        }
+    }
+
     /// Hand the outbox signed stubs for the recipients of message `id`.
     pub async fn notify(&self, id: &str, req: &protocol::NotifyRequest) -> Result<protocol::NotifyResponse, ClientError> {
         let body = serde_json::to_vec(req).expect("serialisable");

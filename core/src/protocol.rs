@@ -344,6 +344,23 @@ pub struct NotifyStub {
     pub stub: String,
 }
 
+/// Most messages one `POST /v1/notify` may name (PROTOCOL.md §8.3); the
+/// stubs of all of them together are bounded by [`MAX_RECIPIENTS`].
+pub const MAX_NOTIFY_BATCH: usize = 100;
+
+/// Body of `POST /v1/notify`: the stubs of several messages at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyBatchRequest {
+    pub messages: Vec<NotifyMessage>,
+}
+
+/// One message's stubs in a [`NotifyBatchRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyMessage {
+    pub id: String,
+    pub stubs: Vec<NotifyStub>,
+}
+
 /// Answer to a notify request: how many stubs will be sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotifyResponse {

@@ -136,6 +136,7 @@ enum Route<'a> {
     Status(&'a str),
     Ack(&'a str),
     Acks,
+    NotifyBatch,
     Notify(&'a str),
     Cert(Fpr),
 }
@@ -155,6 +156,7 @@ fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response
     match rel.split('/').collect::<Vec<_>>().as_slice() {
         ["poll"] => Ok(Route::Poll),
         ["acks"] => Ok(Route::Acks),
+        ["notify"] => Ok(Route::NotifyBatch),
         ["account"] => Ok(Route::Account),
         ["messages"] => Ok(Route::List),
         ["messages", id] => Ok(Route::Message(id_ok(id)?)),
@@ -172,7 +174,12 @@ fn read_small(req: &mut Request, limit: u64) -> Result<Vec<u8>, Response> {
         return Err(Response::error(413, "too_large", format!("request body over {limit} bytes")));
     }
     let mut v = Vec::new();
-    req.body.take(limit + 1).read_to_end(&mut v).map_err(|e| Response::error(400, "bad_request", format!("reading body: {e}")))?;
+    req.body.take(limit + 1).read_to_end(&mut v).map_err(|e| match e.kind() {
+        // A stalled body is temporary (the client sends it again), as for
+        // uploads; anything else about it is the client's to fix.
+        std::io::ErrorKind::TimedOut => Response::error(408, "timeout", "the request body stalled; send it again"),
+        _ => Response::error(400, "bad_request", format!("reading body: {e}")),
+    })?;
     if v.len() as u64 > limit {
         return Err(Response::error(413, "too_large", format!("request body over {limit} bytes")));
     }
@@ -365,6 +372,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         ("PUT", Route::Account) => update_cert(ctx, &mut req, now),
         ("POST", Route::Poll) => poll(ctx, &mut req, now),
         ("POST", Route::Notify(id)) => notify(ctx, &mut req, id, now),
+        ("POST", Route::NotifyBatch) => notify_batch(ctx, &mut req, now),
         ("GET", Route::Cert(f)) => match store.account(&f) {
             // Public like WKD: an account's certificate, by fingerprint (for
             // a recipient deciding on a stranger's introduction).
@@ -548,20 +556,64 @@ fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
 /// message and a pending recipient of it, and goes only to the endpoint
 /// bound in that recipient's own certificate.
 fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
-    let store = ctx.store;
-    use base64::Engine as _;
     let (sender, body) = account_request(ctx, req, now)?;
-    let sender = &sender;
     let nreq: protocol::NotifyRequest =
         serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("notify body: {e}")))?;
-    let status = store.status(sender, id).map_err(from_store)?;
     let sender_cert =
-        store.account(sender).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
+        ctx.store.account(&sender).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
+    let status = ctx.store.status(&sender, id).map_err(from_store)?;
+    let accepted = queue_stubs(ctx, &sender, &sender_cert, &status, nreq.stubs.iter().take(protocol::MAX_RECIPIENTS));
+    Ok(Response::json(202, &protocol::NotifyResponse { accepted }).signed_by(&sender))
+}
+
+/// The stubs of several messages in one signed request (§8.3). A message
+/// that is not the sender's is skipped like a refused stub; a malformed
+/// batch is refused whole.
+fn notify_batch(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
+    let (sender, body) = account_request(ctx, req, now)?;
+    let batch: protocol::NotifyBatchRequest =
+        serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("notify body: {e}")))?;
+    let stubs: usize = batch.messages.iter().map(|m| m.stubs.len()).sum();
+    if batch.messages.is_empty() || batch.messages.len() > protocol::MAX_NOTIFY_BATCH || stubs > protocol::MAX_RECIPIENTS {
+        return Err(Response::error(
+            400,
+            "bad_request",
+            format!("a notify batch names 1 to {} messages and at most {} stubs", protocol::MAX_NOTIFY_BATCH, protocol::MAX_RECIPIENTS),
+        ));
+    }
+    if let Some(bad) = batch.messages.iter().find(|m| !protocol::is_valid_id(&m.id)) {
+        let shown: String = bad.id.chars().take(80).collect();
+        return Err(Response::error(400, "bad_id", format!("{shown:?}: a message id is 64 lower-case hex digits (a SHA-256)")));
+    }
+    let sender_cert =
+        ctx.store.account(&sender).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
+    let mut accepted = 0;
+    for m in &batch.messages {
+        match ctx.store.status(&sender, &m.id) {
+            Ok(status) => accepted += queue_stubs(ctx, &sender, &sender_cert, &status, m.stubs.iter()),
+            Err(StoreError::NotFound) => tracing::info!(%sender, id = m.id, "stubs refused: not a message of this sender"),
+            Err(e) => return Err(from_store(e)),
+        }
+    }
+    Ok(Response::json(202, &protocol::NotifyResponse { accepted }).signed_by(&sender))
+}
+
+/// Check and queue one message's stubs; returns how many were taken.
+fn queue_stubs<'a>(
+    ctx: &Ctx,
+    sender: &Fpr,
+    sender_cert: &stubmail::openpgp::Cert,
+    status: &protocol::MessageStatus,
+    stubs: impl Iterator<Item = &'a protocol::NotifyStub>,
+) -> usize {
+    use base64::Engine as _;
+    let store = ctx.store;
+    let id = status.id.as_str();
     if crate::udp::advert(store).is_none() {
-        return Ok(Response::json(202, &protocol::NotifyResponse { accepted: 0 }).signed_by(sender));
+        return 0;
     }
     let mut accepted = 0;
-    for n in nreq.stubs.iter().take(protocol::MAX_RECIPIENTS) {
+    for n in stubs {
         let check = || -> Result<Vec<crate::udp::QueuedStub>, String> {
             // Whom the sender means; the endpoint, though, comes only from the
             // certificate the recipient presented in its own signed poll here
@@ -602,7 +654,7 @@ fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, 
             Err(e) => tracing::info!(%sender, id, "stub refused: {e}"),
         }
     }
-    Ok(Response::json(202, &protocol::NotifyResponse { accepted }).signed_by(sender))
+    accepted
 }
 
 /// Authenticate a recipient's request; returns the signer and the body.

@@ -37,6 +37,18 @@ pub struct Worker {
     /// Told when a message's copies are in the outbox (its limits count
     /// them from then on).
     pub unstored: Arc<crate::Unstored>,
+    /// Stubs waiting to be handed to the outbox (see [`Worker::notify`]).
+    pub stubs: StubBatcher,
+}
+
+/// Stubs of messages uploaded at about the same time, handed to the outbox
+/// in one signed request: whoever gets to send takes everything waiting
+/// (group commit, as the spool does), so an idle worker sends at once and
+/// a busy one sends one request for many messages.
+#[derive(Default)]
+pub struct StubBatcher {
+    waiting: std::sync::Mutex<Vec<stubmail::protocol::NotifyMessage>>,
+    sending: tokio::sync::Mutex<()>,
 }
 
 /// Outcome of one delivery attempt.
@@ -226,9 +238,16 @@ impl Worker {
         if req.stubs.is_empty() {
             return;
         }
-        match self.outbox.notify(id, &req).await {
-            Ok(r) => tracing::debug!(id, accepted = r.accepted, "stubs handed to the outbox"),
-            Err(e) => tracing::info!(id, "the outbox took no stubs (recipients will find the mail by polling): {e}"),
+        self.stubs.waiting.lock().expect("not poisoned").push(stubmail::protocol::NotifyMessage { id: id.to_string(), stubs: req.stubs });
+        let _turn = self.stubs.sending.lock().await;
+        let waiting = std::mem::take(&mut *self.stubs.waiting.lock().expect("not poisoned"));
+        // Empty: another task sent these stubs with its own while this one waited.
+        for batch in notify_batches(waiting) {
+            let n = batch.messages.len();
+            match self.outbox.notify_many(&batch).await {
+                Ok(r) => tracing::debug!(messages = n, accepted = r.accepted, "stubs handed to the outbox"),
+                Err(e) => tracing::info!(messages = n, "the outbox took no stubs (recipients will find the mail by polling): {e}"),
+            }
         }
     }
 
@@ -292,6 +311,35 @@ impl Worker {
 /// `Autocrypt:` header, and for a `Pgp` job the whole message signed and
 /// encrypted to the recipient as PGP/MIME (RFC 3156). Blocking: run it off
 /// the async threads.
+/// Requests of at most [`stubmail::protocol::MAX_NOTIFY_BATCH`] messages,
+/// [`stubmail::protocol::MAX_RECIPIENTS`] stubs and [`NOTIFY_BATCH_BYTES`]
+/// of stubs and certificates each, in order. (A single message over the
+/// byte bound goes alone, as it would without batches.)
+fn notify_batches(messages: Vec<stubmail::protocol::NotifyMessage>) -> Vec<stubmail::protocol::NotifyBatchRequest> {
+    use stubmail::protocol::{NotifyBatchRequest, MAX_NOTIFY_BATCH, MAX_RECIPIENTS};
+    let weight = |m: &stubmail::protocol::NotifyMessage| m.stubs.iter().map(|s| s.cert.len() + s.stub.len() + 32).sum::<usize>() + 96;
+    let mut out: Vec<NotifyBatchRequest> = Vec::new();
+    let (mut stubs, mut bytes) = (0, 0);
+    for m in messages {
+        let w = weight(&m);
+        let full = out.last().is_none_or(|b| {
+            b.messages.len() >= MAX_NOTIFY_BATCH || stubs + m.stubs.len() > MAX_RECIPIENTS || bytes + w > NOTIFY_BATCH_BYTES
+        });
+        if full {
+            out.push(NotifyBatchRequest::default());
+            (stubs, bytes) = (0, 0);
+        }
+        stubs += m.stubs.len();
+        bytes += w;
+        out.last_mut().expect("pushed").messages.push(m);
+    }
+    out
+}
+
+/// Bytes of stubs in one notify request: well inside the outbox's 1 MiB
+/// limit on a JSON body.
+const NOTIFY_BATCH_BYTES: usize = 512 * 1024;
+
 fn relay_copy(spool: &Spool, keyring: &Keyring, me: &Identity, env: &Envelope, n: usize) -> anyhow::Result<memmap2::Mmap> {
     let job = &env.jobs[n];
     let path = spool.relay_path(&env.qid, n);
@@ -549,6 +597,28 @@ impl<W: Write> Write for HashWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stub_batches_keep_to_both_bounds_and_the_order() {
+        use stubmail::protocol::{NotifyMessage, NotifyStub, MAX_NOTIFY_BATCH, MAX_RECIPIENTS};
+        let msg = |i: usize, n: usize| NotifyMessage {
+            id: format!("{i:064x}"),
+            stubs: vec![NotifyStub { cert: String::new(), stub: String::new() }; n],
+        };
+        assert!(super::notify_batches(vec![]).is_empty());
+        // 250 messages of one stub: 100 + 100 + 50.
+        let b = super::notify_batches((0..250).map(|i| msg(i, 1)).collect());
+        assert_eq!(b.iter().map(|r| r.messages.len()).collect::<Vec<_>>(), vec![MAX_NOTIFY_BATCH, MAX_NOTIFY_BATCH, 50]);
+        // Stubs bound a batch too: 600 + 600 do not fit in one.
+        let b = super::notify_batches(vec![msg(0, 600), msg(1, 600), msg(2, MAX_RECIPIENTS)]);
+        assert_eq!(b.iter().map(|r| r.messages.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
+        let ids: Vec<String> = b.iter().flat_map(|r| r.messages.iter().map(|m| m.id.clone())).collect();
+        assert_eq!(ids, (0..3).map(|i| format!("{i:064x}")).collect::<Vec<_>>(), "in order");
+        // And bytes: ten messages with 100 KiB of certificates each.
+        let heavy = |i: usize| NotifyMessage { id: format!("{i:064x}"), stubs: vec![NotifyStub { cert: "x".repeat(100 * 1024), stub: String::new() }] };
+        let b = super::notify_batches((0..10).map(heavy).collect());
+        assert_eq!(b.iter().map(|r| r.messages.len()).collect::<Vec<_>>(), vec![5, 5], "five of 100 KiB in 512 KiB");
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(super::backoff(0), 5);

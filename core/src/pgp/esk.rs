@@ -5,15 +5,16 @@
 //! (`MessageValidator::check`), so a message carrying N PKESKs costs O(N²)
 //! before one byte is decrypted: 0.4 ms at 100 recipients, 640 ms at
 //! 10,000 — and a hostile sender could make it far worse. We read the
-//! leading session-key packets ourselves, in one pass, keep the ones
-//! addressed to one of our keys (and anonymous ones, up to a bound), and
-//! hand the decryptor those followed by the rest of the stream untouched.
+//! leading session-key packets ourselves, in one pass, keep the first few
+//! addressed to one of our keys (and anonymous ones, up to a bound), drop
+//! the rest (others' keys, password-based ones, unreadable ones), and hand
+//! the decryptor those followed by the rest of the stream untouched, so
+//! it never sees more than a dozen.
 //!
 //! Dropping a PKESK changes nothing the reader relies on: the signature
 //! covers the literal data inside the encryption container, not the
 //! session-key packets, and the container's integrity (MDC or AEAD) is
-//! checked as before. A packet we cannot read is kept as it was, so the
-//! decryptor's own checks decide.
+//! checked as before.
 
 use std::io::{self, Chain, Cursor, Read};
 
@@ -31,6 +32,12 @@ const MAX_ESK_BODY: usize = 64 * 1024;
 /// try thousands. Stubmail never writes them.
 const MAX_ANONYMOUS: usize = 4;
 
+/// PKESKs naming one of our keys kept. A sender writes one per key; more
+/// are hostile (each is a public-key operation, and every one kept is
+/// another packet for the decryptor's quadratic check), so only the first
+/// few are kept.
+const MAX_OURS: usize = 8;
+
 /// At most this many leading session-key packets are read; a message with
 /// more is refused (10× the outbox's recipient cap per message for a list
 /// robot would still be far below it).
@@ -44,6 +51,7 @@ const TAG_SKESK: u8 = 3;
 pub fn only_ours<R: Read>(mut input: R, ours: &[KeyHandle]) -> io::Result<Chain<Cursor<Vec<u8>>, R>> {
     let mut kept = Vec::new();
     let mut anonymous = 0;
+    let mut mine = 0;
     let mut seen = 0usize;
     loop {
         // One packet header, read a byte at a time (a few bytes per
@@ -69,10 +77,17 @@ pub fn only_ours<R: Read>(mut input: R, ours: &[KeyHandle]) -> io::Result<Chain<
         }
         let mut body = vec![0; len];
         input.read_exact(&mut body)?;
-        let keep = tag == TAG_SKESK
-            || match PKESK::from_bytes(&body).ok().map(|p| p.recipient()) {
-                None => true, // unreadable here: the decryptor decides
-                Some(Some(r)) => ours.iter().any(|k| r.aliases(k)),
+        // Password-encrypted session keys (SKESK) are never used: Stubmail
+        // decrypts with the reader's keys only, so they are all dropped.
+        let keep = tag == TAG_PKESK
+            && match PKESK::from_bytes(&body).ok().map(|p| p.recipient()) {
+                // Unreadable here: the decryptor would only fail on it.
+                None => false,
+                Some(Some(r)) if ours.iter().any(|k| r.aliases(k)) => {
+                    mine += 1;
+                    mine <= MAX_OURS
+                }
+                Some(Some(_)) => false,
                 Some(None) => {
                     anonymous += 1;
                     anonymous <= MAX_ANONYMOUS
@@ -174,6 +189,66 @@ mod tests {
         // A header cut short is an error, not a panic.
         let mut r = &[0xffu8][..];
         assert!(header(0xc1, &mut r, &mut vec![]).is_err());
+    }
+
+    /// The leading packets of a stream: (tag, whole packet bytes), up to
+    /// the first that is not a session key.
+    fn leading(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(&b0) = b.first() {
+            let mut r = &b[1..];
+            let mut hdr = vec![b0];
+            let Some((tag, len)) = header(b0, &mut r, &mut hdr).unwrap() else { break };
+            if tag != TAG_PKESK && tag != TAG_SKESK {
+                break;
+            }
+            let n = hdr.len() + len;
+            out.push((tag, b[..n].to_vec()));
+            b = &b[n..];
+        }
+        out
+    }
+
+    #[test]
+    fn floods_of_our_own_and_password_session_keys_are_cut_to_a_few() {
+        let a = crate::pgp::Identity::generate(None, "alice@example.org", "http://x/").unwrap();
+        let b = crate::pgp::Identity::generate(None, "bob@example.net", "http://x/").unwrap();
+        let mut ct = Vec::new();
+        crate::pgp::sign_encrypt(&a, &[b.cert()], &mut &b"hi"[..], &mut ct).unwrap();
+        let esks = leading(&ct);
+        let prefix: usize = esks.iter().map(|(_, p)| p.len()).sum();
+        let ours: Vec<KeyHandle> = b.decryption_keypairs().iter().map(|k| KeyHandle::from(k.public().fingerprint())).collect();
+        let bobs = esks
+            .iter()
+            .find(|(_, p)| {
+                let mut r = &p[1..];
+                let (_, len) = header(p[0], &mut r, &mut vec![p[0]]).unwrap().unwrap();
+                let body = &p[p.len() - len..];
+                PKESK::from_bytes(body).unwrap().recipient().is_some_and(|r| ours.iter().any(|k| r.aliases(k)))
+            })
+            .unwrap()
+            .1
+            .clone();
+        // 1,000 copies of Bob's own session key and 1,000 password-based
+        // ones (a bare SKESK v4: version, cipher, simple S2K) ahead of the
+        // message.
+        let skesk: &[u8] = &[0xc3, 0x04, 0x04, 0x09, 0x00, 0x02];
+        let mut hostile = Vec::new();
+        for _ in 0..1000 {
+            hostile.extend_from_slice(&bobs);
+            hostile.extend_from_slice(skesk);
+        }
+        hostile.extend_from_slice(&ct);
+        let mut out = Vec::new();
+        only_ours(&hostile[..], &ours).unwrap().read_to_end(&mut out).unwrap();
+        let kept = leading(&out);
+        assert_eq!(kept.len(), MAX_OURS, "the first few of ours, no password-based one");
+        assert!(kept.iter().all(|(tag, p)| *tag == TAG_PKESK && p == &bobs));
+        assert_eq!(&out[MAX_OURS * bobs.len()..], &ct[prefix..], "the rest untouched");
+        // The ordinary message: Bob's session key kept, Alice's dropped.
+        let mut out = Vec::new();
+        only_ours(&ct[..], &ours).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(leading(&out), vec![(TAG_PKESK, bobs.clone())]);
     }
 
     #[test]

@@ -337,6 +337,9 @@ impl Messages for Files {
     /// nobody retrieved it, its bytes are deleted.
     fn unsend(&self, sender: &Fpr, id: &str, now: i64) -> Result<MessageStatus, StoreError> {
         // Account, then message: the order uploads take them in.
+        if !self.p(&format!("meta/{id}.json")).exists() {
+            return Err(StoreError::NotFound);
+        }
         let _account = self.lock(&format!("account-{sender}"))?;
         let _lock = self.lock(id)?;
         let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
@@ -410,6 +413,11 @@ impl Files {
     /// index entries it adds are written, the entries it removes are noted
     /// (see [`Files::finish_acks`]).
     fn ack_soft(&self, recipient: &Fpr, id: &str, device: Option<&str>, now: i64, batch: &mut AckBatch) -> Result<MessageStatus, StoreError> {
+        // No lock file for an id that names no message: a recipient could
+        // otherwise leave one for every id it makes up.
+        if !self.p(&format!("meta/{id}.json")).exists() {
+            return Err(StoreError::NotFound);
+        }
         let _lock = self.lock(id)?;
         let m = self.read_meta(id)?.ok_or(StoreError::NotFound)?;
         let mut r = self.read_rcpt(id, recipient)?.ok_or(StoreError::NotFound)?;
