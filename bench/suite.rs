@@ -59,7 +59,7 @@ impl Scale {
             provider_uploads: 3000,
             pgbench_seconds: 10,
             fanout: (100, 10_000),
-            fanout_real: 20,
+            fanout_real: 50,
             history: (100, 10_000),
         }
     }
