@@ -23,8 +23,8 @@ use openpgp::parse::Parse;
 use openpgp::KeyHandle;
 use sequoia_openpgp as openpgp;
 
-/// A session-key packet larger than this is not inspected (kept as is). A
-/// PKESK of the largest algorithm (ML-KEM-1024 + X448) is under 2 KiB.
+/// A session-key packet larger than this is dropped unread: a PKESK of the
+/// largest algorithm (ML-KEM-1024 + X448) is under 2 KiB.
 const MAX_ESK_BODY: usize = 64 * 1024;
 
 /// Anonymous PKESKs (wildcard recipient) kept: each costs the decryptor
@@ -45,9 +45,31 @@ pub const MAX_ESKS: usize = 1_000_000;
 
 const TAG_PKESK: u8 = 1;
 const TAG_SKESK: u8 = 3;
+/// Packets a message may carry among its session keys and that mean
+/// nothing (RFC 9580 §5.8, §5.14): dropped, so they cannot end the
+/// filtered region early and let a flood behind them through.
+const TAG_MARKER: u8 = 10;
+const TAG_PADDING: u8 = 21;
 
-/// The stream `input` with every leading PKESK not addressed to one of
-/// `ours` removed. Binary OpenPGP only: armored input is returned as is.
+/// `input` as binary OpenPGP (armor removed) with only our session keys
+/// among its leading packets (see [`only_ours`]).
+pub fn binary_only_ours<'a, R: Read + Send + Sync + 'a>(input: R, ours: &[KeyHandle]) -> io::Result<Box<dyn Read + Send + Sync + 'a>> {
+    let mut input = io::BufReader::with_capacity(64 * 1024, input);
+    let first = io::BufRead::fill_buf(&mut input)?.first().copied();
+    // A packet header has its high bit set; anything else is armor (or
+    // garbage, which the armor reader refuses). Dearmored first, so an
+    // armored message is filtered like a binary one.
+    if first.is_some_and(|b| b & 0x80 == 0) {
+        let dearmored = openpgp::armor::Reader::from_reader(input, openpgp::armor::ReaderMode::Tolerant(Some(openpgp::armor::Kind::Message)));
+        return Ok(Box::new(only_ours(io::BufReader::with_capacity(64 * 1024, dearmored), ours)?));
+    }
+    Ok(Box::new(only_ours(input, ours)?))
+}
+
+/// The stream `input` with only the first few leading PKESKs addressed to
+/// one of `ours` (and a few anonymous ones) left among its leading packets;
+/// other session keys, markers and padding are dropped. Binary OpenPGP
+/// only: armored input is returned as is ([`binary_only_ours`] dearmors).
 pub fn only_ours<R: Read>(mut input: R, ours: &[KeyHandle]) -> io::Result<Chain<Cursor<Vec<u8>>, R>> {
     let mut kept = Vec::new();
     let mut anonymous = 0;
@@ -64,7 +86,7 @@ pub fn only_ours<R: Read>(mut input: R, ours: &[KeyHandle]) -> io::Result<Chain<
             kept.extend_from_slice(&hdr);
             break;
         };
-        if (tag != TAG_PKESK && tag != TAG_SKESK) || len > MAX_ESK_BODY {
+        if !matches!(tag, TAG_PKESK | TAG_SKESK | TAG_MARKER | TAG_PADDING) {
             kept.extend_from_slice(&hdr);
             break;
         }
@@ -75,12 +97,20 @@ pub fn only_ours<R: Read>(mut input: R, ours: &[KeyHandle]) -> io::Result<Chain<
                 format!("the message carries more than {MAX_ESKS} encrypted session keys: refused"),
             ));
         }
+        if tag != TAG_PKESK || len > MAX_ESK_BODY {
+            // Never used (see below), meaningless, or too large to be a
+            // session key: skipped without being read into memory.
+            let skipped = io::copy(&mut (&mut input).take(len as u64), &mut io::sink())?;
+            if skipped < len as u64 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated OpenPGP packet"));
+            }
+            continue;
+        }
         let mut body = vec![0; len];
         input.read_exact(&mut body)?;
-        // Password-encrypted session keys (SKESK) are never used: Stubmail
-        // decrypts with the reader's keys only, so they are all dropped.
-        let keep = tag == TAG_PKESK
-            && match PKESK::from_bytes(&body).ok().map(|p| p.recipient()) {
+        // Password-encrypted session keys (SKESK) were skipped above:
+        // Stubmail decrypts with the reader's keys only.
+        let keep = match PKESK::from_bytes(&body).ok().map(|p| p.recipient()) {
                 // Unreadable here: the decryptor would only fail on it.
                 None => false,
                 Some(Some(r)) if ours.iter().any(|k| r.aliases(k)) => {
@@ -245,6 +275,26 @@ mod tests {
         assert_eq!(kept.len(), MAX_OURS, "the first few of ours, no password-based one");
         assert!(kept.iter().all(|(tag, p)| *tag == TAG_PKESK && p == &bobs));
         assert_eq!(&out[MAX_OURS * bobs.len()..], &ct[prefix..], "the rest untouched");
+        // Whatever comes first — a marker, padding, an oversized session
+        // key — the flood behind it is cut just the same.
+        let oversized: Vec<u8> = [&[0xc3u8, 0xff, 0, 1, 0x18, 0][..], &vec![0u8; 70 * 1024]].concat();
+        for (what, lead) in [("a marker", vec![0xca, 0x03, b'P', b'G', b'P']), ("padding", vec![0xd5, 0x02, 0, 0]), ("an oversized session key", oversized)] {
+            let flood: Vec<u8> = [&lead[..], &hostile].concat();
+            let mut out = Vec::new();
+            only_ours(&flood[..], &ours).unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(leading(&out).len(), MAX_OURS, "behind {what}");
+            assert_eq!(&out[MAX_OURS * bobs.len()..], &ct[prefix..], "behind {what}: the rest untouched");
+        }
+        // Armored, it is cut once dearmored.
+        let mut armored = Vec::new();
+        {
+            let mut w = openpgp::armor::Writer::new(&mut armored, openpgp::armor::Kind::Message).unwrap();
+            std::io::Write::write_all(&mut w, &hostile).unwrap();
+            w.finalize().unwrap();
+        }
+        let mut out = Vec::new();
+        binary_only_ours(&armored[..], &ours).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(leading(&out).len(), MAX_OURS, "armored");
         // The ordinary message: Bob's session key kept, Alice's dropped.
         let mut out = Vec::new();
         only_ours(&ct[..], &ours).unwrap().read_to_end(&mut out).unwrap();

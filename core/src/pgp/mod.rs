@@ -664,7 +664,7 @@ pub fn decrypt_verify<'a, R: Read + Send + Sync + 'a>(
     let ours: Vec<KeyHandle> = keys.iter().map(|k| KeyHandle::from(k.public().fingerprint())).collect();
     // Only our session keys reach the decryptor, whose cost grows with the
     // square of their number (see esk.rs).
-    let input = esk::only_ours(io::BufReader::with_capacity(64 * 1024, input), &ours).map_err(anyhow::Error::from)?;
+    let input = esk::binary_only_ours(input, &ours).map_err(anyhow::Error::from)?;
     let helper = Decrypt { keys, ours, verify: OnlySigner { cert: sender.clone(), good: false } };
     let d = DecryptorBuilder::from_reader(input)?
         .buffer_size(64 * 1024)
@@ -851,6 +851,18 @@ mod tests {
         }
         let outsider = Identity::generate(None, "o@example.net", "http://x/").unwrap();
         assert!(roundtrip(&a, &a.cert(), &outsider, &to, &msg).is_err());
+    }
+
+    #[test]
+    fn an_armored_message_decrypts_as_a_binary_one() {
+        let a = alice();
+        let b = Identity::generate(None, "bob@example.net", "http://x/").unwrap();
+        let mut ct = Vec::new();
+        sign_encrypt_armored(&a, &[b.cert()], &mut &b"armored"[..], &mut ct).unwrap();
+        assert!(ct.starts_with(b"-----BEGIN PGP MESSAGE-----"));
+        let mut out = Vec::new();
+        decrypt_verify(&b, &a.cert(), &ct[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"armored");
     }
 
     #[test]
