@@ -197,31 +197,39 @@ impl OutboxClient {
     /// request (`POST /v1/notify`); an outbox without it (404 or 405) is
     /// handed them message by message.
     pub async fn notify_many(&self, req: &protocol::NotifyBatchRequest) -> Result<protocol::NotifyResponse, ClientError> {
-        let body = serde_json::to_vec(req).expect("serialisable");
-        let r = self
-            .request(Method::POST, "v1/notify", &sha256_hex(&body))?
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        match Self::json(r.send().await?).await {
-            Err(ClientError::Server { status, .. }) if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND => {
-                let mut accepted = 0;
-                for m in &req.messages {
-                    accepted += self.notify(&m.id, &protocol::NotifyRequest { stubs: m.stubs.clone() }).await?.accepted;
-                }
-                Ok(protocol::NotifyResponse { accepted })
-            }
-            r => r,
+        if let Some(answer) = self.post_batch("v1/notify", req).await? {
+            return Ok(answer);
         }
+        let mut accepted = 0;
+        for m in &req.messages {
+            accepted += self.notify(&m.id, &protocol::NotifyRequest { stubs: m.stubs.clone() }).await?.accepted;
+        }
+        Ok(protocol::NotifyResponse { accepted })
     }
 
     /// Hand the outbox signed stubs for the recipients of message `id`.
     pub async fn notify(&self, id: &str, req: &protocol::NotifyRequest) -> Result<protocol::NotifyResponse, ClientError> {
-        let body = serde_json::to_vec(req).expect("serialisable");
+        self.post_json(&format!("v1/messages/{id}/notify"), req).await
+    }
+
+    /// A signed POST of a JSON body, its JSON answer.
+    async fn post_json<T: serde::de::DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).expect("serialisable");
         let r = self
-            .request(Method::POST, &format!("v1/messages/{id}/notify"), &sha256_hex(&body))?
+            .request(Method::POST, path, &sha256_hex(&body))?
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         Self::json(r.send().await?).await
+    }
+
+    /// [`OutboxClient::post_json`] to a batch endpoint; `None` from an
+    /// outbox that predates it (404 or 405 for the path: a batch endpoint
+    /// answers missing items in its body, never with 404).
+    async fn post_batch<T: serde::de::DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<Option<T>, ClientError> {
+        match self.post_json(path, body).await {
+            Err(ClientError::Server { status, .. }) if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND => Ok(None),
+            r => r.map(Some),
+        }
     }
 
     /// An account's public certificate, by fingerprint (unsigned, like WKD).
@@ -281,12 +289,7 @@ impl OutboxClient {
     }
 
     pub async fn poll(&self, req: &PollRequest) -> Result<PollResponse, ClientError> {
-        let body = serde_json::to_vec(req).expect("serialisable");
-        let r = self
-            .request(Method::POST, "v1/poll", &sha256_hex(&body))?
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        Self::json(r.send().await?).await
+        self.post_json("v1/poll", req).await
     }
 
     /// Start fetching a message from byte `offset` (a resumed download);
@@ -305,12 +308,7 @@ impl OutboxClient {
     }
 
     pub async fn ack(&self, id: &str, device: Option<&str>) -> Result<MessageStatus, ClientError> {
-        let body = serde_json::to_vec(&protocol::AckRequest { device: device.map(str::to_string) }).expect("serialisable");
-        let r = self
-            .request(Method::POST, &format!("v1/messages/{id}/ack"), &sha256_hex(&body))?
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        Self::json(r.send().await?).await
+        self.post_json(&format!("v1/messages/{id}/ack"), &protocol::AckRequest { device: device.map(str::to_string) }).await
     }
 
     /// Ack several messages with one signed request (`POST /v1/acks`);
@@ -318,27 +316,18 @@ impl OutboxClient {
     /// message at a time. At most [`protocol::MAX_ACK_BATCH`] ids.
     pub async fn ack_many(&self, ids: &[String], device: Option<&str>) -> Result<protocol::AckBatchResponse, ClientError> {
         let req = protocol::AckBatchRequest { ids: ids.to_vec(), device: device.map(str::to_string) };
-        let body = serde_json::to_vec(&req).expect("serialisable");
-        let r = self
-            .request(Method::POST, "v1/acks", &sha256_hex(&body))?
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        match Self::json(r.send().await?).await {
-            // The batch endpoint answers missing ids in its body, never
-            // with 404: a 404 or 405 means an outbox without it.
-            Err(ClientError::Server { status, .. }) if status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NOT_FOUND => {
-                let mut out = protocol::AckBatchResponse::default();
-                for id in ids {
-                    match self.ack(id, device).await {
-                        Ok(st) => out.acked.push(st),
-                        Err(ClientError::Server { status, .. }) if status == StatusCode::NOT_FOUND => out.not_found.push(id.clone()),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(out)
-            }
-            r => r,
+        if let Some(answer) = self.post_batch("v1/acks", &req).await? {
+            return Ok(answer);
         }
+        let mut out = protocol::AckBatchResponse::default();
+        for id in ids {
+            match self.ack(id, device).await {
+                Ok(st) => out.acked.push(st),
+                Err(ClientError::Server { status, .. }) if status == StatusCode::NOT_FOUND => out.not_found.push(id.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     pub async fn status(&self, id: &str) -> Result<MessageStatus, ClientError> {
