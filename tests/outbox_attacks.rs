@@ -388,6 +388,10 @@ fn stubs_of_several_messages_go_in_one_request_each_checked() {
         ],
     };
     assert_eq!(rt.block_on(as_alice.notify_many(&batch)).unwrap().accepted, 2);
+    // The same stubs handed over again, twice in one batch: each counts
+    // (and is sent) once.
+    let again = protocol::NotifyBatchRequest { messages: vec![batch.messages[0].clone(), batch.messages[0].clone()] };
+    assert_eq!(rt.block_on(as_alice.notify_many(&again)).unwrap().accepted, 1);
     let mut seen = std::collections::BTreeSet::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = device.recv(&mut buf) {

@@ -562,8 +562,9 @@ fn notify(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, 
     let sender_cert =
         ctx.store.account(&sender).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
     let status = ctx.store.status(&sender, id).map_err(from_store)?;
-    let accepted = queue_stubs(ctx, &sender, &sender_cert, &status, nreq.stubs.iter().take(protocol::MAX_RECIPIENTS));
-    Ok(Response::json(202, &protocol::NotifyResponse { accepted }).signed_by(&sender))
+    let mut accepted = std::collections::BTreeSet::new();
+    queue_stubs(ctx, &sender, &sender_cert, &status, nreq.stubs.iter().take(protocol::MAX_RECIPIENTS), &mut accepted);
+    Ok(Response::json(202, &protocol::NotifyResponse { accepted: accepted.len() }).signed_by(&sender))
 }
 
 /// The stubs of several messages in one signed request (§8.3). A message
@@ -587,32 +588,34 @@ fn notify_batch(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Resp
     }
     let sender_cert =
         ctx.store.account(&sender).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
-    let mut accepted = 0;
+    let mut accepted = std::collections::BTreeSet::new();
     for m in &batch.messages {
         match ctx.store.status(&sender, &m.id) {
-            Ok(status) => accepted += queue_stubs(ctx, &sender, &sender_cert, &status, m.stubs.iter()),
+            Ok(status) => queue_stubs(ctx, &sender, &sender_cert, &status, m.stubs.iter(), &mut accepted),
             Err(StoreError::NotFound) => tracing::info!(%sender, id = m.id, "stubs refused: not a message of this sender"),
             Err(e) => return Err(from_store(e)),
         }
     }
-    Ok(Response::json(202, &protocol::NotifyResponse { accepted }).signed_by(&sender))
+    Ok(Response::json(202, &protocol::NotifyResponse { accepted: accepted.len() }).signed_by(&sender))
 }
 
-/// Check and queue one message's stubs; returns how many were taken.
+/// Check and queue one message's stubs, adding each (message, recipient)
+/// taken to `accepted`: the same stub handed over twice counts once, as it
+/// is sent once.
 fn queue_stubs<'a>(
     ctx: &Ctx,
     sender: &Fpr,
     sender_cert: &stubmail::openpgp::Cert,
     status: &protocol::MessageStatus,
     stubs: impl Iterator<Item = &'a protocol::NotifyStub>,
-) -> usize {
+    accepted: &mut std::collections::BTreeSet<(String, Fpr)>,
+) {
     use base64::Engine as _;
     let store = ctx.store;
     let id = status.id.as_str();
     if crate::udp::advert(store).is_none() {
-        return 0;
+        return;
     }
-    let mut accepted = 0;
     for n in stubs {
         let check = || -> Result<Vec<crate::udp::QueuedStub>, String> {
             // Whom the sender means; the endpoint, though, comes only from the
@@ -647,14 +650,17 @@ fn queue_stubs<'a>(
             Ok(qs) => {
                 let queued = qs.iter().enumerate().map(|(k, q)| crate::udp::queue_stub(store, q, k)).collect::<std::io::Result<Vec<()>>>();
                 match queued {
-                    Ok(_) => accepted += 1,
+                    Ok(_) => {
+                        if let Some(q) = qs.first() {
+                            accepted.insert((id.to_string(), q.recipient.clone()));
+                        }
+                    }
                     Err(e) => tracing::warn!("cannot queue a stub: {e}"),
                 }
             }
             Err(e) => tracing::info!(%sender, id, "stub refused: {e}"),
         }
     }
-    accepted
 }
 
 /// Authenticate a recipient's request; returns the signer and the body.
