@@ -83,7 +83,7 @@ fn uploads(rt: &tokio::runtime::Runtime, u: &Under, me: &Arc<Identity>, to: &Fpr
 fn polls(rt: &tokio::runtime::Runtime, u: &Under, me: &Arc<Identity>, n: usize, conc: usize, device: Option<&str>) -> f64 {
     use futures_util::StreamExt;
     let client = OutboxClient::new(stubmail::client::http_client().unwrap(), &u.url, me.clone()).unwrap();
-    let req = PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()], device: device.map(str::to_string) };
+    let req = PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()], device: device.map(str::to_string), ..Default::default() };
     let t = Instant::now();
     rt.block_on(async {
         let mut st = futures_util::stream::iter(0..n).map(|_| client.poll(&req)).buffer_unordered(conc);
@@ -147,7 +147,7 @@ fn fanout(rt: &tokio::runtime::Runtime, root: &Path, pg: Option<&Postgres>, name
     let clients: Vec<OutboxClient> = real.iter().map(|r| OutboxClient::new(stubmail::client::http_client().unwrap(), &u.url, r.clone()).unwrap()).collect();
     // Polls (each recipient's first poll also hands over its certificate).
     let reqs: Vec<PollRequest> =
-        real.iter().map(|r| PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&r.cert()).unwrap()], device: None }).collect();
+        real.iter().map(|r| PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&r.cert()).unwrap()], device: None, ..Default::default() }).collect();
     for (c, q) in clients.iter().zip(&reqs) {
         assert_eq!(rt.block_on(c.poll(q)).unwrap().messages.len(), 1);
     }
@@ -195,7 +195,7 @@ fn idle_poll(rt: &tokio::runtime::Runtime, root: &Path, pg: Option<&Postgres>, n
     std::fs::create_dir_all(&dir).unwrap();
     uploads(rt, &u, &alice, &bob.fpr(), m, 8, &dir);
     let client = OutboxClient::new(stubmail::client::http_client().unwrap(), &u.url, bob.clone()).unwrap();
-    let req = PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: Some("d1".into()) };
+    let req = PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: Some("d1".into()), ..Default::default() };
     rt.block_on(async {
         use futures_util::StreamExt;
         let listed = client.poll(&req).await.unwrap().messages;

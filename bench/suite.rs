@@ -561,7 +561,7 @@ fn poll_cost(s: &Scale) -> Vec<Row> {
                 let f = stubmail::pgp::fpr_of(c);
                 async move {
                     let client = stubmail::client::OutboxClient::new(http, &url, me.clone()).unwrap();
-                    let req = stubmail::protocol::PollRequest { senders: Some(vec![f]), certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()], device: None };
+                    let req = stubmail::protocol::PollRequest { senders: Some(vec![f]), certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()], device: None, ..Default::default() };
                     client.poll(&req).await.is_ok()
                 }
             })

@@ -29,7 +29,7 @@ fn files(dir: &Path) -> usize {
 
 /// A signed poll made for `signed_for`, sent to `sent_to`; its status.
 fn poll_status(me: &Identity, cert: &Cert, signed_for: &str, sent_to: &str) -> u16 {
-    let body = serde_json::to_vec(&PollRequest { senders: None, certs: vec![pgp::armored(cert).unwrap()], device: None }).unwrap();
+    let body = serde_json::to_vec(&PollRequest { senders: None, certs: vec![pgp::armored(cert).unwrap()], device: None, ..Default::default() }).unwrap();
     let digest = client::sha256_hex(&body);
     let sig = stubmail::auth::sign_request(me, signed_for, "POST", "/v1/poll", &digest, stubmail::time::unix_now()).unwrap();
     common::send_signed("POST", &format!("{sent_to}v1/poll"), &sig, body)
@@ -58,7 +58,7 @@ fn a_strangers_poll_leaves_nothing_and_a_growing_certificate_is_kept_small() {
     for i in 0..40 {
         let s = Arc::new(Identity::generate(None, &format!("s{i}@example.com"), "http://127.0.0.1:9/").unwrap());
         let c = OutboxClient::new(client::http_client().unwrap(), &o.url(), s.clone()).unwrap();
-        let req = PollRequest { senders: None, certs: vec![pgp::armored(&s.cert()).unwrap()], device: Some("d".into()) };
+        let req = PollRequest { senders: None, certs: vec![pgp::armored(&s.cert()).unwrap()], device: Some("d".into()), ..Default::default() };
         let resp = rt().block_on(c.poll(&req)).unwrap();
         assert!(resp.messages.is_empty() && resp.cookies.is_empty() && resp.udp_port.is_none(), "the empty answer anyone gets");
     }
@@ -283,7 +283,7 @@ fn a_batch_ack_acks_only_the_signers_own_messages() {
     let withdrawn = upload("to Bob, withdrawn".into(), &[bob.fpr()]);
     rt.block_on(as_alice.unsend(&withdrawn)).unwrap();
     let poll = |c: &OutboxClient, who: &Identity| {
-        let req = PollRequest { senders: None, certs: vec![pgp::armored(&who.cert()).unwrap()], device: None };
+        let req = PollRequest { senders: None, certs: vec![pgp::armored(&who.cert()).unwrap()], device: None, ..Default::default() };
         rt.block_on(c.poll(&req)).unwrap().messages.len()
     };
     assert_eq!(poll(&as_bob, &bob), 5);

@@ -136,7 +136,7 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob_id.clone()).unwrap();
-        let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()], device: None };
+        let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()], device: None, ..Default::default() };
         client.poll(&req).await.unwrap();
     });
     if is_root() && web.name == "apache" {
@@ -172,6 +172,7 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
             senders: None,
             certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()],
             device: Some("d1".into()),
+            ..Default::default()
         };
         let resp = client.poll(&req).await.unwrap();
         assert_eq!(resp.udp_port, Some(companion.port()), "the cookie names the companion's port");

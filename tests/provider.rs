@@ -96,7 +96,7 @@ fn two_instances_behind_a_balancer_serve_one_outbox() {
     let (pa, pb) = (udp_port(&a), udp_port(&b));
     rt.block_on(async {
         let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &lb_url, bob_id.clone()).unwrap();
-        let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()], device: None };
+        let req = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob_id.cert()).unwrap()], device: None, ..Default::default() };
         let resp = client.poll(&req).await.unwrap();
         assert!(resp.udp_port == Some(pa) || resp.udp_port == Some(pb), "{:?} names one of the instances", resp.udp_port);
         let cookie = resp.cookies[0].decode().unwrap();
@@ -186,7 +186,7 @@ fn killing_an_instance_at_random_loses_and_duplicates_nothing() {
     });
     // Bob polls, fetches, checks and acks until nothing is left.
     let mut delivered = std::collections::BTreeMap::<String, usize>::new();
-    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None };
+    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None, ..Default::default() };
     rt.block_on(async {
         loop {
             let listed = until_ok("poll", || as_bob.poll(&poll)).await.messages;
@@ -338,7 +338,7 @@ fn stalled_clients_do_not_take_the_database_connections() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let as_alice = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, alice.clone()).unwrap();
     rt.block_on(as_alice.upload(&id, &[bob.fpr()], &file)).unwrap();
-    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None };
+    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None, ..Default::default() };
     let as_bob = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob.clone()).unwrap();
     assert_eq!(rt.block_on(as_bob.poll(&poll)).unwrap().messages.len(), 1);
     // Four uploads that send a part of their body and stop.
@@ -480,7 +480,7 @@ fn a_standby_takes_over_when_the_primary_dies() {
     primary.crash();
     standby.promote();
     let after = upload("stored after the failover");
-    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None };
+    let poll = stubmail::protocol::PollRequest { senders: None, certs: vec![stubmail::pgp::armored(&bob.cert()).unwrap()], device: None, ..Default::default() };
     let listed: Vec<String> = rt.block_on(until_ok("poll", || as_bob.poll(&poll))).messages.into_iter().map(|m| m.id).collect();
     assert!(listed.contains(&before) && listed.contains(&after), "{listed:?}");
     for id in [&before, &after] {

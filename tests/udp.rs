@@ -192,6 +192,37 @@ impl Probe {
     }
 }
 
+/// `http2mbox --once` beside a running daemon (same home, same device)
+/// says it will not poll over UDP: the outbox then issues no cookie, and
+/// the daemon's cookie keeps answering (it used to be retired, and the
+/// daemon's next UDP poll waited out its timeout).
+#[test]
+fn a_poll_that_wants_no_cookie_leaves_the_devices_cookie_working() {
+    let root = tempfile::tempdir().unwrap();
+    let outbox = Outbox::start_with(root.path(), "outbox", &["--udp-rate", "10000", "--udp-burst", "10000"]);
+    let me = &outbox_accounts(&outbox, 1)[0];
+    let first = signed_poll(&outbox, me, true);
+    let port = first.udp_port.expect("a UDP port");
+    let (id, key) = first.cookies[0].decode().unwrap();
+    let mut p = Probe::new(port);
+    let answers = |p: &mut Probe, c: u64| {
+        p.ask(&udp::encode_poll(&[PollEntry::new(id, &key, c)]).unwrap())
+            .is_some_and(|r| udp::decode_reply(&r).unwrap().iter().any(|e| e.verify(&key, c)))
+    };
+    assert!(answers(&mut p, 1), "the fresh cookie answers");
+    let second = signed_poll(&outbox, me, false);
+    assert!(second.cookies.is_empty() && second.udp_port.is_none(), "no cookie for a poll that wants none");
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(answers(&mut p, 2), "the device's cookie still answers after a poll that wants none");
+    let third = signed_poll(&outbox, me, true);
+    let (id3, key3) = third.cookies[0].decode().unwrap();
+    // The service rescans the cookies when it meets a new one (at most
+    // every 100 ms); the new cookie answers, and the old one is retired.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(p.ask(&udp::encode_poll(&[PollEntry::new(id3, &key3, 3)]).unwrap()).is_some(), "the new cookie answers");
+    assert!(!answers(&mut p, 4), "a poll that wants a cookie replaces the old one, as before");
+}
+
 #[test]
 fn forged_replayed_guessed_and_oversized_datagrams_get_no_answer_and_no_answer_is_larger() {
     let root = tempfile::tempdir().unwrap();

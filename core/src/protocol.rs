@@ -263,7 +263,7 @@ impl DeliveryState {
 }
 
 /// Body of `POST /v1/poll`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollRequest {
     /// Only messages from these senders; `None` means every sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,6 +274,25 @@ pub struct PollRequest {
     /// Which of the recipient's devices asks (several devices, one identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// `false`: the asker will not poll over UDP (a one-off check beside a
+    /// running daemon), so the outbox issues no cookie and the device's
+    /// current cookie keeps working (§8.1). Absent means `true`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub udp: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Default for PollRequest {
+    fn default() -> Self {
+        PollRequest { senders: None, certs: Vec::new(), device: None, udp: true }
+    }
 }
 
 /// One message announced by a poll answer.
@@ -593,7 +612,7 @@ mod tests {
         fn poll_json_round_trips(senders in proptest::option::of(proptest::collection::vec(fpr(), 0..5)),
                                  certs in proptest::collection::vec(".{0,50}", 0..3),
                                  items in proptest::collection::vec((fpr(), fpr(), "[0-9a-f]{64}", any::<u64>()), 0..5)) {
-            let req = PollRequest { senders, certs, device: None };
+            let req = PollRequest { senders, certs, ..Default::default() };
             prop_assert_eq!(serde_json::from_str::<PollRequest>(&serde_json::to_string(&req).unwrap()).unwrap(), req);
             let resp = PollResponse { messages: items.into_iter().map(|(s, r, id, size)| PollItem {
                 id, sender: s, recipient: r, size, stored: "2026-01-01T00:00:00Z".into() }).collect(), ..Default::default() };

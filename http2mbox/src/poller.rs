@@ -543,7 +543,7 @@ impl Poller {
                 return Ok(out);
             }
         }
-        let req = PollRequest { senders: Some(senders.clone()), certs: vec![pgp::armored(&self.me.cert())?], device: Some(self.device.clone()) };
+        let req = PollRequest { senders: Some(senders.clone()), certs: vec![pgp::armored(&self.me.cert())?], device: Some(self.device.clone()), udp: self.udp.enabled };
         out.http = true;
         self.last_http.lock().expect("not poisoned").insert(url.to_string(), std::time::Instant::now());
         let resp = client.poll(&req).await?;

@@ -536,8 +536,10 @@ fn poll(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
     }
     tracing::debug!(signers = signers.len(), found = messages.len(), "poll");
     let mut resp = PollResponse { messages, ..Default::default() };
-    // Cookies only while a UDP service runs on this data directory.
-    if let Some(a) = crate::udp::advert(store) {
+    // Cookies only while a UDP service runs on this data directory, and
+    // only for an asker that will use one: issuing a cookie retires the
+    // device's previous one, which a running daemon may still be using.
+    if let Some(a) = crate::udp::advert(store).filter(|_| preq.udp) {
         for s in &known {
             match crate::udp::issue(store, s, preq.device.as_deref(), preq.senders.as_deref()) {
                 Ok(c) => resp.cookies.push(c),

@@ -575,35 +575,46 @@ pub fn send_signed(method: &str, url: &str, sig: &str, body: Vec<u8>) -> u16 {
 
 /// Signed polls by `k` fresh recipients: their cookies and the UDP port.
 pub fn udp_cookies(outbox: &Outbox, k: usize) -> (Vec<(stubmail::protocol::udp::CookieId, stubmail::protocol::udp::CookieKey)>, u16) {
+    let ids = outbox_accounts(outbox, k);
+    let mut port = 0;
+    let out = ids
+        .iter()
+        .map(|me| {
+            let resp = signed_poll(outbox, me, true);
+            port = resp.udp_port.expect("the outbox announces its UDP port");
+            resp.cookies[0].decode().unwrap()
+        })
+        .collect();
+    (out, port)
+}
+
+/// `k` fresh accounts of the outbox (a stranger's poll gets no cookie: it
+/// keeps nothing for strangers with no mail there).
+pub fn outbox_accounts(outbox: &Outbox, k: usize) -> Vec<std::sync::Arc<stubmail::Identity>> {
     stubmail::client::init_tls();
-    let outbox_url = outbox.url();
-    // Accounts of the outbox: a stranger's poll gets no cookie (it keeps
-    // nothing for strangers with no mail there).
-    let ids: Vec<_> = (0..k)
+    (0..k)
         .map(|i| {
-            let me = std::sync::Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), &outbox_url).unwrap());
+            let me = std::sync::Arc::new(stubmail::Identity::generate(None, &format!("r{i}@example.net"), &outbox.url()).unwrap());
             let f = outbox.data.with_file_name(format!("{}-r{i}.asc", me.fpr()));
             std::fs::write(&f, stubmail::pgp::armored(&me.cert()).unwrap()).unwrap();
             ok(bin_cmd("post_manager").args(["account", "add", "--data"]).arg(&outbox.data).arg("--key").arg(&f));
             me
         })
-        .collect();
+        .collect()
+}
+
+/// One signed poll by `me`, device `d1`, saying whether it will use UDP.
+pub fn signed_poll(outbox: &Outbox, me: &std::sync::Arc<stubmail::Identity>, udp: bool) -> stubmail::protocol::PollResponse {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut out = Vec::new();
-        let mut port = 0;
-        for me in ids {
-            let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox_url, me.clone()).unwrap();
-            let req = stubmail::protocol::PollRequest {
-                senders: None,
-                certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()],
-                device: Some("d1".into()),
-            };
-            let resp = c.poll(&req).await.unwrap();
-            port = resp.udp_port.expect("the outbox announces its UDP port");
-            out.push(resp.cookies[0].decode().unwrap());
-        }
-        (out, port)
+        let c = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox.url(), me.clone()).unwrap();
+        let req = stubmail::protocol::PollRequest {
+            senders: None,
+            certs: vec![stubmail::pgp::armored(&me.cert()).unwrap()],
+            device: Some("d1".into()),
+            udp,
+        };
+        c.poll(&req).await.unwrap()
     })
 }
 
