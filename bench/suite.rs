@@ -936,7 +936,7 @@ fn cgi(s: &Scale) -> Vec<Row> {
         d = dir.display(),
         user = if root_user { "User www-data\nGroup www-data\n" } else { "" },
         data = data.display(),
-        cgi = bin("post_manager").display(),
+        cgi = bin("post_manager-cgi").display(),
         hello = hello.display(),
     );
     let cf = dir.join("apache.conf");

@@ -54,7 +54,7 @@ fn apache(dir: &Path, data: &Path) -> Web {
          LoadModule cgid_module /usr/lib/apache2/modules/mod_cgid.so\n\
          LoadModule env_module /usr/lib/apache2/modules/mod_env.so\n\
          ScriptSock {dir}/cgid.sock\nDocumentRoot {dir}\n{user}Include {contrib}\n",
-        cgi = bin("post_manager").display(),
+        cgi = bin("post_manager-cgi").display(),
         data = data.display(),
         dir = dir.display(),
         log = log.display(),
@@ -93,7 +93,7 @@ fn nginx(dir: &Path, data: &Path) -> Web {
          set $stubmail_fcgi unix:{sock};\n    include {contrib};\n  }}\n}}\n",
         dir = dir.display(),
         log = log.display(),
-        cgi = bin("post_manager").display(),
+        cgi = bin("post_manager-cgi").display(),
         data = data.display(),
         sock = sock.display(),
         contrib = contrib("nginx/stubmail-outbox.locations").display(),
