@@ -184,11 +184,24 @@ pub struct NotifyConfig {
     pub max_per_sender: usize,
     /// Strangers kept in quarantine at once.
     pub max_senders: usize,
+    /// New strangers one source address may put in quarantine per hour.
+    pub new_strangers_per_source_hour: u32,
+    /// Stubs taken from one source address per minute, contacts' and
+    /// strangers' alike (each costs a signature check); more are dropped
+    /// unread.
+    pub stubs_per_source_minute: u32,
 }
 
 impl Default for NotifyConfig {
     fn default() -> Self {
-        NotifyConfig { listen: None, first_contact: false, max_per_sender: 20, max_senders: 200 }
+        NotifyConfig {
+            listen: None,
+            first_contact: false,
+            max_per_sender: 20,
+            max_senders: 200,
+            new_strangers_per_source_hour: 10,
+            stubs_per_source_minute: 6000,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! See `ARCHITECTURE.md` for the map and `docs/PROTOCOL.md` for the wire format.
 
 pub mod auth;
+pub mod blocklist;
 pub mod client;
 pub mod config;
 pub mod fsutil;

@@ -64,6 +64,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         claims: Default::default(),
         refreshed: state.join("refreshed"),
         cert_refresh: Duration::from_secs(config.poll.cert_refresh_secs.max(1)),
+        blocks: Arc::new(stubmail::blocklist::BlockCache::new(&home.data_dir)),
     })
 }
 
@@ -105,7 +106,35 @@ pub async fn daemon(
         };
         let mut judge = notify::Judge::new(poller.me.fpr(), poller.keyring.clone(), quarantine);
         judge.own = Some(poller.me.cert());
+        judge.blocks = Some(poller.blocks.clone());
+        judge.strangers_per_hour = config.notify.new_strangers_per_source_hour;
+        judge.stubs_per_minute = config.notify.stubs_per_source_minute;
         tokio::spawn(notify::listen(socket, judge, stub_tx.clone(), shutdown.clone()));
+    }
+    // Shared blocklists the user subscribed to, refreshed when due
+    // (`stubmail blocklist subscribe`); the poller reads them with the
+    // user's own blocks through `blocks.json`.
+    {
+        let (data_dir, http, shutdown) = (home.data_dir.clone(), poller.http.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                match stubmail::blocklist::refresh(&data_dir, &http, stubmail::time::unix_now(), false).await {
+                    Ok(done) => {
+                        for (url, r) in done {
+                            match r {
+                                Ok(n) => tracing::info!(url, entries = n, "shared blocklist refreshed"),
+                                Err(e) => tracing::warn!(url, "shared blocklist not refreshed: {e}; the entries held stay in force"),
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("shared blocklists: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
     }
     // Cycles come every `udp_interval_secs` while UDP polls are on (a
     // datagram per outbox that hands out cookies); signed HTTP polls of the

@@ -26,8 +26,6 @@ use tokio_util::sync::CancellationToken;
 const MAX_STUB_AGE: i64 = 31 * 86400;
 /// Clock difference tolerated for a stub made "in the future".
 const MAX_STUB_FUTURE: i64 = 86400;
-/// New strangers one source address may put in quarantine per hour.
-const NEW_STRANGERS_PER_SOURCE_HOUR: u32 = 10;
 /// Polls one contact's stubs may cause: at most one per this interval (a
 /// stub inside it schedules one poll at its end).
 const MIN_POLL_SPACING: Duration = Duration::from_secs(2);
@@ -45,6 +43,13 @@ pub struct Intro {
     /// Unix time of the first stub.
     pub first_seen: i64,
     pub stubs: Vec<HeldStub>,
+    /// Stubs refused because this stranger had `max_per_sender` held
+    /// already (shown by `stubmail intro list`).
+    #[serde(default)]
+    pub over_limit: u64,
+    /// Unix time of the last of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_over_limit: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,6 +141,11 @@ impl Quarantine {
                     return Ok(Held::Duplicate);
                 }
                 if i.stubs.len() >= self.max_per_sender {
+                    // Counted, so the user sees who pushes past the limit.
+                    // At most one write per stub the source rate lets in.
+                    i.over_limit += 1;
+                    i.last_over_limit = Some(now);
+                    stubmail::fsutil::write_atomic(&self.file(&stub.sender), &serde_json::to_vec_pretty(&i).expect("serialisable"), 0o600)?;
                     return Ok(Held::SenderFull);
                 }
                 i.stubs.push(held);
@@ -146,7 +156,17 @@ impl Quarantine {
                 if n >= self.max_senders {
                     return Ok(Held::QuarantineFull);
                 }
-                (Intro { sender: stub.sender.clone(), outbox: stub.outbox.clone(), first_seen: now, stubs: vec![held] }, Held::New)
+                (
+                    Intro {
+                        sender: stub.sender.clone(),
+                        outbox: stub.outbox.clone(),
+                        first_seen: now,
+                        stubs: vec![held],
+                        over_limit: 0,
+                        last_over_limit: None,
+                    },
+                    Held::New,
+                )
             }
         };
         stubmail::fsutil::write_atomic(&self.file(&stub.sender), &serde_json::to_vec_pretty(&intro).expect("serialisable"), 0o600)?;
@@ -193,8 +213,18 @@ pub struct Judge {
     pub keyring: Keyring,
     /// Present when first contact is enabled.
     pub quarantine: Option<Quarantine>,
+    /// The user's blocklist: a blocked sender's or outbox's stub causes
+    /// nothing, not even a place in the quarantine.
+    pub blocks: Option<std::sync::Arc<stubmail::blocklist::BlockCache>>,
+    /// New strangers one source may introduce per hour
+    /// (`notify.new_strangers_per_source_hour`).
+    pub strangers_per_hour: u32,
+    /// Stubs taken from one source per minute (`notify.stubs_per_source_minute`).
+    pub stubs_per_minute: u32,
     /// New strangers per source address in the current hour.
     strangers: HashMap<IpAddr, (u32, Instant)>,
+    /// Stubs per source address in the current minute.
+    sources: HashMap<IpAddr, (u32, Instant)>,
     /// Stubs already acted on (sender, message id, made): a replay of a
     /// captured stub triggers nothing. Bounded by [`SEEN_STUBS`].
     seen: HashMap<(Fpr, String, i64), Instant>,
@@ -205,12 +235,39 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(me: Fpr, keyring: Keyring, quarantine: Option<Quarantine>) -> Judge {
-        Judge { me, own: None, keyring, quarantine, strangers: HashMap::new(), seen: HashMap::new(), polled: HashMap::new() }
+        let d = stubmail::config::NotifyConfig::default();
+        Judge {
+            me,
+            own: None,
+            keyring,
+            quarantine,
+            blocks: None,
+            strangers_per_hour: d.new_strangers_per_source_hour,
+            stubs_per_minute: d.stubs_per_source_minute,
+            sources: HashMap::new(),
+            strangers: HashMap::new(),
+            seen: HashMap::new(),
+            polled: HashMap::new(),
+        }
     }
 
     pub fn judge(&mut self, src: IpAddr, datagram: &[u8], now: i64) -> Verdict {
         if datagram.len() > MAX_DATAGRAM {
             return Verdict::Dropped("oversized");
+        }
+        // Before any parsing or signature check: one source cannot make
+        // the listener work without bound.
+        let minute = Duration::from_secs(60);
+        let e = self.sources.entry(src).or_insert((0, Instant::now()));
+        if e.1.elapsed() > minute {
+            *e = (0, Instant::now());
+        }
+        if e.0 >= self.stubs_per_minute {
+            return Verdict::Dropped("too many stubs from this address");
+        }
+        e.0 += 1;
+        if self.sources.len() > 10_000 {
+            self.sources.retain(|_, (_, t)| t.elapsed() < minute);
         }
         let Ok((stub, signed, sig)) = Stub::decode(datagram) else {
             return Verdict::Dropped("malformed");
@@ -225,10 +282,25 @@ impl Judge {
             Some(c) if stub.sender == self.me => Ok(Some(c.clone())),
             _ => self.keyring.get(&stub.sender),
         };
+        let blocks = self.blocks.as_ref().map(|b| b.get()).filter(|b| !b.is_empty() && stub.sender != self.me);
+        // The outbox the stub names (a stranger's claim, unverified: it
+        // can only make a block apply, never lift one).
+        if let Some(b) = &blocks
+            && b.check(&stubmail::blocklist::Who { sender: &stub.sender, outbox: Some(&stub.outbox), emails: &[] }).is_some()
+        {
+            return Verdict::Dropped("blocked");
+        }
         match cert {
             Ok(Some(cert)) => {
                 if pgp::check_contact(&cert).is_err() {
                     return Verdict::Dropped("the contact's certificate is not usable (expired or revoked?)");
+                }
+                if let Some(b) = &blocks {
+                    let (emails, outbox) = (pgp::all_emails_of(&cert), pgp::outbox_of(&cert));
+                    let who = stubmail::blocklist::Who { sender: &stub.sender, outbox: outbox.as_deref(), emails: &emails };
+                    if b.check(&who).is_some() {
+                        return Verdict::Dropped("blocked");
+                    }
                 }
                 match pgp::verify_detached(&cert, signed, sig) {
                     Ok(()) => self.schedule(&stub, Instant::now()),
@@ -243,7 +315,7 @@ impl Judge {
                     if e.1.elapsed() > hour {
                         *e = (0, Instant::now());
                     }
-                    if e.0 >= NEW_STRANGERS_PER_SOURCE_HOUR {
+                    if e.0 >= self.strangers_per_hour {
                         return Verdict::Dropped("too many strangers from this address");
                     }
                     e.0 += 1;
@@ -372,6 +444,7 @@ mod tests {
         );
         keyring.import(vec![alice.cert()]).unwrap();
         let mut j = Judge::new(bob.fpr(), keyring, None);
+        j.stubs_per_minute = u32::MAX;
         let now = stubmail::time::unix_now();
         let src: IpAddr = "127.0.0.1".parse().unwrap();
         let one = stub_from(&alice, &bob.fpr(), 1, now);
@@ -442,6 +515,76 @@ mod tests {
     }
 
     #[test]
+    fn a_blocked_contacts_or_strangers_stub_causes_nothing_not_even_a_place_in_quarantine() {
+        use stubmail::blocklist::{update, BlockCache, Entry, Target};
+        let d = tempfile::tempdir().unwrap();
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let alice = Identity::generate(None, "alice@example.org", "http://a.example:8080/").unwrap();
+        let mallory = Identity::generate(None, "mallory@spam.example", "http://m/").unwrap();
+        let keyring = Keyring::new(d.path().join("keyring"));
+        keyring.import(vec![alice.cert()]).unwrap();
+        let q = Quarantine::open(&d.path().join("state"), 3, 10).unwrap();
+        let mut j = Judge::new(bob.fpr(), keyring, Some(q.clone()));
+        j.blocks = Some(std::sync::Arc::new(BlockCache::new(d.path())));
+        let block = |t: Target| update(d.path(), |b| b.blocks = vec![Entry { target: t, added: 0, note: None }]).unwrap();
+        assert_eq!(j.judge(SRC, &stub_from(&alice, &bob.fpr(), 1, NOW), NOW), Verdict::Poll(alice.fpr()));
+        // By the contact's address (from their certificate), their
+        // outbox (bound in it), or their key: no poll.
+        for (i, t) in [
+            Target::Address("alice@example.org".into()),
+            Target::Outbox("a.example:8080".into()),
+            Target::Domain("example.org".into()),
+            Target::Sender(alice.fpr()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            block(t.clone());
+            assert_eq!(j.judge(SRC, &stub_from(&alice, &bob.fpr(), 10 + i as u8, NOW), NOW), Verdict::Dropped("blocked"), "{t}");
+        }
+        // A stranger blocked by key, or by the outbox their stub names.
+        block(Target::Sender(mallory.fpr()));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 1, NOW), NOW), Verdict::Dropped("blocked"));
+        block(Target::Outbox("127.0.0.1:1".into()));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 2, NOW), NOW), Verdict::Dropped("blocked"));
+        assert!(q.list().unwrap().is_empty(), "nothing held for a blocked stranger");
+        block(Target::Domain("unrelated.example".into()));
+        assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 3, NOW), NOW), Verdict::Held(Held::New));
+    }
+
+    #[test]
+    fn one_source_gets_stubs_per_minute_checked_and_no_more_and_other_sources_are_not_held_up() {
+        let d = tempfile::tempdir().unwrap();
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        let keyring = Keyring::new(d.path().join("keyring"));
+        keyring.import(vec![alice.cert()]).unwrap();
+        let mut j = Judge::new(bob.fpr(), keyring, None);
+        j.stubs_per_minute = 5;
+        let forged = stub_from(&bob, &bob.fpr(), 1, NOW);
+        for _ in 0..5 {
+            assert_ne!(j.judge(SRC, &forged, NOW), Verdict::Dropped("too many stubs from this address"));
+        }
+        assert_eq!(j.judge(SRC, &stub_from(&alice, &bob.fpr(), 1, NOW), NOW), Verdict::Dropped("too many stubs from this address"));
+        let other: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(j.judge(other, &stub_from(&alice, &bob.fpr(), 1, NOW), NOW), Verdict::Poll(alice.fpr()));
+    }
+
+    #[test]
+    fn a_stranger_past_the_limit_is_counted_for_intro_list() {
+        let d = tempfile::tempdir().unwrap();
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let mallory = Identity::generate(None, "mallory@example.com", "http://m/").unwrap();
+        let q = Quarantine::open(&d.path().join("state"), 2, 10).unwrap();
+        let mut j = Judge::new(bob.fpr(), Keyring::new(d.path().join("keyring")), Some(q.clone()));
+        for i in 1..=5 {
+            j.judge(SRC, &stub_from(&mallory, &bob.fpr(), i, NOW), NOW + i as i64);
+        }
+        let i = q.get(&mallory.fpr()).unwrap();
+        assert_eq!((i.stubs.len(), i.over_limit, i.last_over_limit), (2, 3, Some(NOW + 5)));
+    }
+
+    #[test]
     fn one_source_cannot_introduce_endless_strangers() {
         let d = tempfile::tempdir().unwrap();
         let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
@@ -454,6 +597,6 @@ mod tests {
                 held += 1;
             }
         }
-        assert_eq!(held, NEW_STRANGERS_PER_SOURCE_HOUR as usize);
+        assert_eq!(held, j.strangers_per_hour as usize);
     }
 }

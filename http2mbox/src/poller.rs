@@ -97,6 +97,9 @@ pub struct Poller {
     /// contact who moved to another outbox is followed, a revocation
     /// learned.
     pub cert_refresh: std::time::Duration,
+    /// The user's blocklist (`blocks.json`), read anew when it changes:
+    /// a blocked contact's outbox is not polled for them.
+    pub blocks: Arc<stubmail::blocklist::BlockCache>,
 }
 
 /// One keyring file as last read: its identity (inode, size, mtime; the
@@ -327,6 +330,8 @@ pub struct Report {
     pub udp_datagrams: usize,
     /// Outboxes a UDP answer showed idle (no HTTP request needed).
     pub udp_quiet: usize,
+    /// Contacts not asked about because they are blocked.
+    pub blocked: usize,
 }
 
 /// What polling one outbox did.
@@ -408,15 +413,26 @@ impl Poller {
             }
         }
         *self.claims.lock().expect("not poisoned") = Arc::new(claims);
-        for Checked { cert, fpr, outbox: bound, .. } in contacts {
-            if let Some(url) = self.overrides.get(&fpr).cloned().or(bound) {
-                by_outbox.entry(url).or_default().push(Contact { cert, fpr });
+        // Blocked contacts are not asked about: nothing of theirs is listed,
+        // fetched or acked (the user's own identity is never blocked).
+        let blocks = self.blocks.get();
+        let me = self.me.fpr();
+        let mut blocked = 0;
+        for Checked { cert, fpr, outbox: bound, emails } in contacts {
+            let Some(url) = self.overrides.get(&fpr).cloned().or(bound) else { continue };
+            if fpr != me
+                && let Some(why) = blocks.check(&stubmail::blocklist::Who { sender: &fpr, outbox: Some(&url), emails: &emails })
+            {
+                tracing::debug!(contact = %fpr, "not polled: {why}");
+                blocked += 1;
+                continue;
             }
+            by_outbox.entry(url).or_default().push(Contact { cert, fpr });
         }
         if let Some(only) = only {
             by_outbox.retain(|_, cs| cs.iter().any(|c| only.contains(&c.fpr)));
         }
-        let mut report = Report { outboxes: by_outbox.len(), ..Report::default() };
+        let mut report = Report { outboxes: by_outbox.len(), blocked, ..Report::default() };
         // A stub shows the outbox is up: no backoff for those.
         if self.use_backoff && only.is_none() {
             let now = std::time::Instant::now();
@@ -869,6 +885,7 @@ mod tests {
             claims: Default::default(),
             refreshed: d.join("refreshed"),
             cert_refresh: std::time::Duration::from_secs(86400),
+            blocks: Arc::new(stubmail::blocklist::BlockCache::new(d)),
         }
     }
 

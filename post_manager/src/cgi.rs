@@ -114,7 +114,16 @@ pub fn run() -> io::Result<()> {
     // answer. Discard a bounded remainder (never into memory) so the client
     // gets its error; anything larger was refused by the server's limit.
     let _ = io::copy(&mut io::Read::take(&mut stdin, DRAIN_LIMIT), &mut io::sink());
-    tracing::info!(method, target, status = resp.status, signer = resp.signer.as_ref().map(|f| f.to_string()), error = resp.error, "request");
+    // The web server's access log has every request; its error log (our
+    // stderr) gets the refusals, with the reason the access log lacks.
+    // (Each line is a write Apache's cgid reads and logs: at every request
+    // that was a measurable share of a CGI request's cost.)
+    let signer = resp.signer.as_ref().map(|f| f.to_string());
+    if resp.status >= 400 {
+        tracing::info!(method, target, status = resp.status, signer, error = resp.error, "request");
+    } else {
+        tracing::debug!(method, target, status = resp.status, signer, "request");
+    }
     let len = match &resp.body {
         Body::Empty => Some(0),
         Body::Json(v) | Body::Key(v) => Some(v.len() as u64),

@@ -88,6 +88,45 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Never poll a sender, an outbox, an address or a domain again, and
+    /// act on none of their stubs: nothing is downloaded from them. A
+    /// blocked contact stays in your keyring, marked blocked.
+    #[command(after_help = "Examples:\n  stubmail block 0123456789ABCDEF0123456789ABCDEF01234567\n  stubmail block spammer@example.com\n  stubmail block spam.example\n  stubmail block https://outbox.spam.example/\n  stubmail block 0123456789ABCDEF0123456789ABCDEF01234567 --at https://outbox.example.org/")]
+    Block {
+        /// A fingerprint (40 hex digits), an address, a domain (and its
+        /// subdomains) or an outbox URL (every sender there; with a port,
+        /// that port only).
+        what: String,
+        /// With a fingerprint: that sender at this outbox only.
+        #[arg(long, value_name = "OUTBOX-URL")]
+        at: Option<String>,
+        /// Why, shown by `stubmail blocks`.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Undo a block of yours, or make an exception to a shared blocklist.
+    #[command(after_help = "Examples:\n  stubmail unblock spammer@example.com\n  stubmail unblock 0123456789ABCDEF0123456789ABCDEF01234567")]
+    Unblock {
+        /// As for `stubmail block`.
+        what: String,
+        /// As for `stubmail block`.
+        #[arg(long, value_name = "OUTBOX-URL")]
+        at: Option<String>,
+    },
+    /// List your blocks, your exceptions and the shared blocklists you
+    /// subscribed to.
+    #[command(after_help = "Example:\n  stubmail blocks")]
+    Blocks {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shared blocklists: subscribe to a signed list someone you trust
+    /// publishes (your own blocks and exceptions win), or publish yours.
+    Blocklist {
+        #[command(subcommand)]
+        command: BlocklistCommand,
+    },
     /// Your own identity.
     Identity {
         #[command(subcommand)]
@@ -161,6 +200,36 @@ pub enum KeysCommand {
     /// Remove a contact by address or full fingerprint.
     #[command(after_help = "Example:\n  stubmail keys remove bob@example.net")]
     Remove { contact: String },
+}
+
+#[derive(Subcommand)]
+pub enum BlocklistCommand {
+    /// Take the list published at URL, signed by the key in SIGNER, now
+    /// and then every few hours (http2mbox refreshes it).
+    #[command(after_help = "Example:\n  stubmail blocklist subscribe https://lists.example.org/stubmail-blocklist.json --signer lists.asc")]
+    Subscribe {
+        url: String,
+        /// The publisher's certificate (armored): only lists it signed are taken.
+        #[arg(long)]
+        signer: PathBuf,
+        /// Hours between refreshes.
+        #[arg(long, default_value_t = 6)]
+        every: u64,
+    },
+    /// Stop taking a shared list; its entries stop applying at once.
+    #[command(after_help = "Example:\n  stubmail blocklist unsubscribe https://lists.example.org/stubmail-blocklist.json")]
+    Unsubscribe { url: String },
+    /// Fetch every subscribed list now.
+    #[command(after_help = "Example:\n  stubmail blocklist refresh")]
+    Refresh,
+    /// Sign your own blocks as a list others can subscribe to; put the
+    /// output where they can fetch it.
+    #[command(after_help = "Example:\n  stubmail blocklist publish --out /var/www/html/stubmail-blocklist.json")]
+    Publish {
+        /// Where to write it (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -30,6 +30,16 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
                     i.outbox,
                     stubmail::time::rfc3339(i.first_seen)
                 );
+                if let Some(t) = i.last_over_limit {
+                    println!(
+                        "    OVER LIMIT: {} more stub(s) refused (notify.max_per_sender = {}), the last {}; \
+                         `stubmail block {}` stops them",
+                        i.over_limit,
+                        config.notify.max_per_sender,
+                        stubmail::time::rfc3339(t),
+                        i.sender
+                    );
+                }
             }
             Ok(())
         }

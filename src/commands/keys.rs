@@ -55,7 +55,17 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
             if all.is_empty() {
                 println!("no contacts; `stubmail keys import FILE` adds one");
             }
+            let blocks = stubmail::blocklist::Index::new(&stubmail::blocklist::load(&home.data_dir)?);
             for c in all {
+                if let Some(r) = super::block::reason(&blocks, &c) {
+                    println!(
+                        "{} {} BLOCKED: {r}; `stubmail unblock {}` undoes it",
+                        pgp::fpr_of(&c),
+                        pgp::emails_of(&c).join(", "),
+                        stubmail::blocklist::Target::of(&r).user_form()
+                    );
+                    continue;
+                }
                 let state = match pgp::check_contact(&c) {
                     Ok(_) if kr.is_discovered(&pgp::fpr_of(&c)) => {
                         format!("{} (discovered via WKD, not yet vouched for)", describe(&c))

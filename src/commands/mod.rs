@@ -1,5 +1,6 @@
 //! Execution of `stubmail` subcommands.
 
+mod block;
 mod demo;
 mod device;
 mod doctor;
@@ -31,6 +32,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity { command: IdentityCommand::AddAddress { address } } => identity::add_address(&home, &address),
         Command::Identity { command: IdentityCommand::SetOutbox { url, here } } => identity::set_outbox(&home, &url, here),
         Command::Keys { command } => keys::run(&home, command),
+        Command::Block { what, at, note } => block::block(&home, &what, at.as_deref(), note),
+        Command::Unblock { what, at } => block::unblock(&home, &what, at.as_deref()),
+        Command::Blocks { json } => block::list(&home, json),
+        Command::Blocklist { command } => block::blocklist(&home, command),
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),
         Command::Demo { dir } => demo::run(dir),
