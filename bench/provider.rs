@@ -51,7 +51,9 @@ fn under(root: &Path, name: &str, store: &[&str], instances: usize) -> Under {
 fn add_account(root: &Path, store: &[&str], who: &Identity, extra: &[&str]) {
     let key = root.join(format!("{}.asc", who.fpr()));
     std::fs::write(&key, stubmail::pgp::armored(&who.cert()).unwrap()).unwrap();
-    ok(bin_cmd("post_manager").args(["account", "add", "--key"]).arg(&key).args(store).args(extra));
+    // Load generators, not people: no per-minute cap.
+    let uncapped = ["--max-uploads-per-minute", "1000000000", "--max-upload-bytes-per-minute", "1000000000000000"];
+    ok(bin_cmd("post_manager").args(["account", "add", "--key"]).arg(&key).args(store).args(uncapped).args(extra));
 }
 
 /// `n` uploads of 4 KB for `to`, `conc` at a time: uploads per second.

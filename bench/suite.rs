@@ -222,7 +222,9 @@ fn pair_with(notify: bool, outbox_args: &[&str]) -> Pair {
         .arg(&outbox.data)
         .arg("--key")
         .arg(alice.export())
-        .args(["--max-messages", "100000000", "--max-bytes", "1000000000000", "--max-recipients-per-day", "100000"]));
+        .args(["--max-messages", "100000000", "--max-bytes", "1000000000000", "--max-recipients-per-day", "100000"])
+        // A throughput benchmark, not a person: no per-minute cap.
+        .args(["--max-uploads-per-minute", "1000000000", "--max-upload-bytes-per-minute", "1000000000000000"]));
     alice.import(&bob.export());
     bob.import(&alice.export());
     alice.edit_config(|t| {

@@ -230,3 +230,104 @@ fn a_shared_blocklist_applies_signed_by_its_publisher_only_and_an_own_exception_
     ok(bob.stubmail().args(["blocklist", "unsubscribe", &url]));
     assert!(!stdout(&ok(bob.stubmail().args(["blocks"]))).contains(&url));
 }
+
+/// The message ids in a user's Maildir, by subject.
+fn id_of(u: &User, subject: &str) -> String {
+    u.maildir_new()
+        .iter()
+        .chain(std::fs::read_dir(u.home.join("Maildir/.Junk/new")).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>().iter())
+        .find_map(|p| {
+            let t = std::fs::read_to_string(p).ok()?;
+            t.contains(&format!("Subject: {subject}")).then(|| t.lines().find_map(|l| l.strip_prefix("Stubmail-Id: ").map(str::to_string)))?
+        })
+        .unwrap_or_else(|| panic!("no message {subject:?}"))
+}
+
+#[test]
+fn a_report_reaches_the_outbox_which_suspends_uploads_while_recipients_still_fetch() {
+    let Pair { root, outbox, alice, bob } = Pair::start(true);
+    let alice_fpr = alice.fingerprint();
+    // The operator: one complaint a day suspends Alice's account.
+    ok(bin_cmd("post_manager").args(["account", "add", "--max-complaints-per-day", "1", "--data"]).arg(&outbox.data).arg("--key").arg(alice.export()));
+    let carol = User::init(root.path(), "carol", "carol@example.com", "http://127.0.0.1:9/");
+    carol.import(&alice.export());
+    alice.import(&carol.export());
+    let smtp = alice.smtp2stub(root.path());
+    let to_carol = |subject: &str| {
+        let m = format!("From: alice@example.org\r\nTo: carol@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        assert!(smtplib_send(smtp.port(), "alice@example.org", &["carol@example.com"], &m).unwrap().starts_with("250"));
+    };
+    // Carol has polled Alice's outbox before (it knows her key).
+    to_carol("for carol");
+    wait_states(&alice, 1, "stored");
+    carol.http2mbox_once();
+    wait_states(&alice, 1, "retrieved");
+    send(&smtp, "spam one");
+    to_carol("for carol later");
+    wait_for("both stored", 60, || (states(&alice).iter().filter(|s| *s == "stored" || *s == "notified").count() == 2).then_some(()));
+    bob.http2mbox_once();
+    let id = id_of(&bob, "spam one");
+
+    // Carol, not a recipient of Bob's message, cannot complain about it:
+    // the same 404 as for a message that does not exist.
+    let carol_id = std::sync::Arc::new(stubmail::Home::single(&carol.home).load_identity().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let req = stubmail::protocol::ComplaintRequest { sender: Some(stubmail::protocol::Fpr::parse(&alice_fpr).unwrap()), reason: None };
+    let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox.url(), carol_id).unwrap();
+    let err = rt.block_on(client.complain(&id, &req)).unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    assert!(!outbox.server.log().contains("complaint from a recipient"));
+
+    // Bob reports it by a prefix of its id: the outbox records it and, at
+    // its limit, suspends Alice; Bob blocks her.
+    let out = stdout(&ok(bob.stubmail().args(["report", &id[..12], "--reason", "unsolicited"])));
+    assert!(out.contains(&format!("reported {id}")) && out.contains("now blocked"), "{out}");
+    let log = outbox.server.log();
+    assert!(log.contains("complaint from a recipient") && log.contains("unsolicited") && log.contains("account suspended"), "{log}");
+    let show = stdout(&ok(bin_cmd("post_manager").args(["account", "show", "--data"]).arg(&outbox.data).arg(&alice_fpr)));
+    assert!(show.contains("SUSPENDED") && show.contains("complaints: 1 today") && show.contains(&id), "{show}");
+    assert!(stdout(&ok(bob.stubmail().args(["blocks"]))).contains(&format!("sender:{alice_fpr}")));
+    // A second report of the same message is not counted again.
+    let again = stdout(&ok(bob.stubmail().args(["report", &id])));
+    assert!(again.contains("not counted again") && again.contains("already blocked"), "{again}");
+
+    // Alice's next message is accepted by her smtp2stub and waits in its
+    // spool: the outbox refuses the upload while she is suspended.
+    send(&smtp, "while suspended");
+    wait_for("the refused upload", 60, || outbox.server.log().contains("account_suspended").then_some(()));
+    assert_eq!(states(&alice).iter().filter(|s| *s == "queued").count(), 1, "it waits, it is not lost");
+    // What was stored before stays fetchable by its recipients.
+    carol.http2mbox_once();
+    assert_eq!(subjects(&carol), ["for carol", "for carol later"]);
+
+    // The operator resumes the account: the waiting message goes out.
+    let out = stdout(&ok(bin_cmd("post_manager").args(["account", "resume", "--data"]).arg(&outbox.data).arg(&alice_fpr)));
+    assert!(out.contains("resumed"), "{out}");
+    wait_for("the waiting message to be stored", 90, || (!states(&alice).iter().any(|s| s == "queued")).then_some(()));
+}
+
+#[test]
+fn a_message_moved_to_junk_is_reported_and_its_sender_blocked() {
+    let Pair { root, outbox, alice, bob } = Pair::start(true);
+    let smtp = alice.smtp2stub(root.path());
+    bob.set_pop3_password("pop-secret");
+    let mut c = bin_cmd("http2mbox");
+    c.arg("--home").arg(&bob.home).args(["--interval", "1", "--pop3-listen", "127.0.0.1:0"]);
+    let _daemon = Server::start("http2mbox-bob", c, root.path());
+    send(&smtp, "junk me");
+    wait_for("the message", 60, || (subjects(&bob) == ["junk me"]).then_some(()));
+    let id = id_of(&bob, "junk me");
+    // A mail client moves it to Junk (Maildir++), marking it seen.
+    let from = bob.maildir_new().pop().unwrap();
+    let junk = bob.home.join("Maildir/.Junk");
+    for d in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(junk.join(d)).unwrap();
+    }
+    std::fs::rename(&from, junk.join("cur").join(format!("{}:2,S", from.file_name().unwrap().to_string_lossy()))).unwrap();
+    wait_for("the report", 30, || outbox.server.log().contains("complaint from a recipient").then_some(()));
+    assert!(outbox.server.log().contains(&id));
+    wait_for("the block", 10, || stdout(&ok(bob.stubmail().args(["blocks"]))).contains("reported as spam").then_some(()));
+    // Once only, however long it stays in Junk.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(outbox.server.log().matches("complaint from a recipient").count(), 1);
+}

@@ -149,7 +149,7 @@ fn killing_an_instance_at_random_loses_and_duplicates_nothing() {
     let bob = std::sync::Arc::new(stubmail::Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap());
     let key = root.path().join("alice.asc");
     std::fs::write(&key, stubmail::pgp::armored(&alice.cert()).unwrap()).unwrap();
-    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--max-messages", "5000", "--key"]).arg(&key));
+    common::ok(common::bin_cmd("post_manager").args(["account", "add", "--store", &store, "--max-messages", "5000", "--max-uploads-per-minute", "1000000", "--key"]).arg(&key));
 
     // The killer: SIGKILL instance A every 50-300 ms, start it again.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -229,7 +229,7 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     let alice = stubmail::Identity::generate(None, "alice@example.org", "http://outbox.example/").unwrap();
     let bob = stubmail::Identity::generate(None, "bob@example.net", "http://b.example/").unwrap();
     let a = files.add_account(&alice.cert()).unwrap();
-    files.set_limits(&a, &post_manager::store::Limits { max_bytes: 1 << 40, max_messages: 100, max_recipients_per_day: 50, max_recipients_per_message: 2000 }).unwrap();
+    files.set_limits(&a, &post_manager::store::Limits { max_bytes: 1 << 40, max_messages: 100, max_recipients_per_day: 50, max_recipients_per_message: 2000, ..Default::default() }).unwrap();
     files.remember_cert(&bob.cert()).unwrap();
     let (b, c) = (bob.fpr(), stubmail::protocol::Fpr::parse(&"C".repeat(40)).unwrap());
     let now = stubmail::time::unix_now();
@@ -248,6 +248,10 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
         files.ack(&b, id, None, now + 100).unwrap();
     }
     files.unsend(&a, &ids[20], now + 100).unwrap();
+    // A suspended account, with the complaints that suspended it.
+    use post_manager::store::{Complaint, Suspension};
+    files.record_complaint(&Complaint { sender: a.clone(), id: ids[1].clone(), by: b.clone(), at: now + 50 }).unwrap();
+    files.set_suspension(&a, Some(&Suspension { since: now + 50, reason: "complaints".into() })).unwrap();
     let migrate = || common::stdout(&common::ok(common::bin_cmd("post_manager").args(["migrate", "--from"]).arg(&data).args(["--to", &url])));
     let out = migrate();
     assert!(out.contains("30 message(s)") && out.contains("30 copied"), "{out}");
@@ -260,6 +264,9 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     same("statuses", &|s| serde_json::to_string(&s.list(&a).unwrap()).unwrap());
     same("account", &|s| serde_json::to_string(&s.account_status(&a, now + 200).unwrap()).unwrap());
     same("names", &|s| s.outbox_urls().unwrap().join(","));
+    same("suspension", &|s| format!("{:?}", s.suspension(&a).unwrap()));
+    same("complaints", &|s| format!("{:?} {:?}", s.complaint_counts(&a, now + 50).unwrap(), s.recent_complaints(&a, 10).unwrap()));
+    assert!(moved.suspension(&a).unwrap().is_some(), "still suspended after the move");
     assert!(moved.known_cert(&b).unwrap().is_some() && moved.account(&a).unwrap().is_some());
     for id in ids.iter().filter(|i| *i != &ids[20]) {
         let read = |s: &Store| {

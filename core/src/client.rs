@@ -27,7 +27,8 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Worth retrying later: network trouble, 5xx, 408, 429, a stale clock.
+    /// Worth retrying later: network trouble, 5xx, 408, 429, a stale clock,
+    /// a suspended account.
     pub fn is_temporary(&self) -> bool {
         match self {
             ClientError::Transport(_) => true,
@@ -37,6 +38,9 @@ impl ClientError {
                     || *status == StatusCode::REQUEST_TIMEOUT
                     || body.error == "stale_timestamp"
                     || body.error == "replayed"
+                    // Until the operator resumes the account: the message
+                    // waits in the spool (`stubmail status` says why).
+                    || body.error == "account_suspended"
             }
             _ => false,
         }
@@ -328,6 +332,12 @@ impl OutboxClient {
             }
         }
         Ok(out)
+    }
+
+    /// Report a message this recipient received as abuse, to its
+    /// sender's outbox (`POST /v1/messages/<id>/complaint`).
+    pub async fn complain(&self, id: &str, req: &protocol::ComplaintRequest) -> Result<protocol::ComplaintResponse, ClientError> {
+        self.post_json(&format!("v1/messages/{id}/complaint"), req).await
     }
 
     pub async fn status(&self, id: &str) -> Result<MessageStatus, ClientError> {

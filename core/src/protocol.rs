@@ -401,6 +401,27 @@ pub struct AckRequest {
     pub device: Option<String>,
 }
 
+/// Body of `POST /v1/messages/<id>/complaint`: a recipient reports a
+/// message it received as abuse (PROTOCOL.md §4.8).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComplaintRequest {
+    /// The message's sender (the account it was stored by).
+    pub sender: Option<Fpr>,
+    /// Free text, at most [`MAX_COMPLAINT_REASON`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Longest `reason` of a complaint.
+pub const MAX_COMPLAINT_REASON: usize = 500;
+
+/// Answer to a complaint: whether it was new (a recipient's second
+/// complaint about one message is not counted again).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComplaintResponse {
+    pub recorded: bool,
+}
+
 /// Most ids one `POST /v1/acks` may name (PROTOCOL.md §4.4).
 pub const MAX_ACK_BATCH: usize = 1000;
 

@@ -8,6 +8,7 @@ pub mod mbox;
 pub mod notify;
 pub mod poller;
 pub mod pop3;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +132,29 @@ pub async fn daemon(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    // "This is spam" from a mail client: a message moved into the
+    // Maildir's `.Junk` folder is reported to its outbox and its sender
+    // blocked (`report.rs`).
+    if let Target::Maildir(md) = &poller.target {
+        let (home, root, me, http, shutdown) = (home.clone(), md.root().to_path_buf(), poller.me.clone(), poller.http.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut watch = report::JunkWatch::new(&root);
+            loop {
+                for found in watch.scan(&home) {
+                    match report::report(&home, me.clone(), http.clone(), &found, Some("moved to Junk by the recipient".into())).await {
+                        Ok(r) => tracing::info!(id = found.id, sender = %found.sender, outbox = r.outbox, "reported as spam (moved to Junk); sender blocked"),
+                        // Tried again at the next start (`stubmail report` now).
+                        Err(e) => tracing::warn!(id = found.id, "moved to Junk, not reported: {e:#}"),
+                    }
+                    watch.done(&found);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }

@@ -138,6 +138,7 @@ enum Route<'a> {
     Acks,
     NotifyBatch,
     Notify(&'a str),
+    Complaint(&'a str),
     Cert(Fpr),
 }
 
@@ -163,6 +164,7 @@ fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response
         ["messages", id, "status"] => Ok(Route::Status(id_ok(id)?)),
         ["messages", id, "ack"] => Ok(Route::Ack(id_ok(id)?)),
         ["messages", id, "notify"] => Ok(Route::Notify(id_ok(id)?)),
+        ["messages", id, "complaint"] => Ok(Route::Complaint(id_ok(id)?)),
         ["certs", f] => Ok(Route::Cert(Fpr::parse(f).map_err(|_| not_found())?)),
         _ => Err(not_found()),
     }
@@ -372,6 +374,7 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         ("PUT", Route::Account) => update_cert(ctx, &mut req, now),
         ("POST", Route::Poll) => poll(ctx, &mut req, now),
         ("POST", Route::Notify(id)) => notify(ctx, &mut req, id, now),
+        ("POST", Route::Complaint(id)) => complaint(ctx, &mut req, id, now),
         ("POST", Route::NotifyBatch) => notify_batch(ctx, &mut req, now),
         ("GET", Route::Cert(f)) => match store.account(&f) {
             // Public like WKD: an account's certificate, by fingerprint (for
@@ -406,6 +409,18 @@ fn upload(ctx: &Ctx, settings: &Settings, req: &mut Request, id: &str, now: i64)
     let [sender] = signers.as_slice() else {
         return Err(Response::error(400, "bad_request", "an upload has exactly one signer"));
     };
+    // A suspended account keeps everything but new uploads.
+    if let Some(s) = store.suspension(sender).map_err(from_store)? {
+        return Err(Response::error(
+            403,
+            "account_suspended",
+            format!(
+                "this account may not upload since {}: {}; what it stored stays fetchable. Ask the outbox's operator",
+                stubmail::time::rfc3339(s.since),
+                s.reason
+            ),
+        ));
+    }
     let rcpts = header(req, protocol::RECIPIENTS_HEADER)
         .ok_or_else(|| Response::error(400, "bad_request", "missing Stubmail-Recipients header"))?;
     let rcpts = protocol::parse_recipients(&rcpts).map_err(|e| Response::error(400, "bad_request", e.to_string()))?;
@@ -704,6 +719,47 @@ fn fetch(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, R
         signer: Some(who),
         cors: false,
     })
+}
+
+/// A recipient reports a message it received (issue #19, PROTOCOL.md
+/// §4.8). Only a recipient of the message may: anyone else gets the same
+/// `404` as for an id that does not exist. Past the account's daily
+/// limit of complaints, the account is suspended from uploading.
+fn complaint(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
+    let (who, body) = recipient_auth(ctx, req, now)?;
+    let c: protocol::ComplaintRequest =
+        serde_json::from_slice(&body).map_err(|e| Response::error(400, "bad_request", format!("complaint body: {e}")))?;
+    let sender = c.sender.ok_or_else(|| Response::error(400, "bad_request", "a complaint names the message's sender"))?;
+    if c.reason.as_ref().is_some_and(|r| r.chars().count() > protocol::MAX_COMPLAINT_REASON) {
+        return Err(Response::error(400, "bad_request", format!("a complaint's reason has at most {} characters", protocol::MAX_COMPLAINT_REASON)));
+    }
+    let not_found = || Response::error(404, "not_found", "no such message for you");
+    // The sender's message, and the signer one of its recipients.
+    match store.status(&sender, id) {
+        Ok(_) => {}
+        Err(StoreError::NotFound) => return Err(not_found()),
+        Err(e) => return Err(from_store(e)),
+    }
+    if store.recipient_state(id, &who).map_err(from_store)?.is_none() {
+        return Err(not_found());
+    }
+    let recorded = store.record_complaint(&crate::store::Complaint { sender: sender.clone(), id: id.to_string(), by: who.clone(), at: now }).map_err(from_store)?;
+    if recorded {
+        let (today, total) = store.complaint_counts(&sender, now).map_err(from_store)?;
+        let reason: String = c.reason.unwrap_or_default().chars().filter(|ch| !ch.is_control()).collect();
+        tracing::warn!(account = %sender, id, by = %who, today, total, reason, "complaint from a recipient");
+        let limit = store.limits(&sender).max_complaints_per_day;
+        if today >= limit && store.suspension(&sender).map_err(from_store)?.is_none() {
+            let s = crate::store::Suspension {
+                since: now,
+                reason: format!("{today} complaints from recipients on {} (limit {limit})", &stubmail::time::rfc3339(now)[..10]),
+            };
+            store.set_suspension(&sender, Some(&s)).map_err(from_store)?;
+            tracing::warn!(account = %sender, today, "account suspended from uploading: `post_manager account show` has the complaints, `account resume` lifts it");
+        }
+    }
+    Ok(Response::json(200, &protocol::ComplaintResponse { recorded }).signed_by(&who))
 }
 
 /// A single `bytes=` range (RFC 9110 §14.1.2) as inclusive (start, end),

@@ -222,6 +222,17 @@ enum AccountCmd {
         /// 1000, what one upload may name; more for a list robot).
         #[arg(long)]
         max_recipients_per_message: Option<u64>,
+        /// Uploads per minute (default 300); a burst beyond waits, it is
+        /// not lost (smtp2stub retries).
+        #[arg(long)]
+        max_uploads_per_minute: Option<u64>,
+        /// Bytes of new messages per minute (default 1 GiB).
+        #[arg(long)]
+        max_upload_bytes_per_minute: Option<u64>,
+        /// Verified complaints by recipients in one UTC day that suspend
+        /// the account from uploading (default 10).
+        #[arg(long)]
+        max_complaints_per_day: Option<u64>,
         /// The certificate binds an outbox URL this outbox is not known by
         /// yet: take it as another name of this outbox (signed requests
         /// made for it become valid here).
@@ -233,6 +244,31 @@ enum AccountCmd {
     List {
         #[command(flatten)]
         data: DataDir,
+    },
+    /// An account's limits, usage, complaints and suspension.
+    #[command(after_help = "Example:\n  post_manager account show --data /var/lib/stubmail-outbox 0123456789ABCDEF0123456789ABCDEF01234567")]
+    Show {
+        #[command(flatten)]
+        data: DataDir,
+        fingerprint: String,
+    },
+    /// Stop an account's uploads; its stored mail stays fetchable by its
+    /// recipients, and it can still see its delivery status and unsend.
+    #[command(after_help = "Example:\n  post_manager account suspend --data /var/lib/stubmail-outbox 0123456789ABCDEF0123456789ABCDEF01234567 --reason complaints")]
+    Suspend {
+        #[command(flatten)]
+        data: DataDir,
+        fingerprint: String,
+        /// Why (shown to the account in its refused uploads).
+        #[arg(long, default_value = "suspended by the operator")]
+        reason: String,
+    },
+    /// Let a suspended account upload again.
+    #[command(after_help = "Example:\n  post_manager account resume --data /var/lib/stubmail-outbox 0123456789ABCDEF0123456789ABCDEF01234567")]
+    Resume {
+        #[command(flatten)]
+        data: DataDir,
+        fingerprint: String,
     },
     /// Remove a user by full fingerprint.
     #[command(after_help = "Example:\n  post_manager account remove --data /var/lib/stubmail-outbox 0123456789ABCDEF0123456789ABCDEF01234567")]
@@ -327,7 +363,18 @@ fn main() -> anyhow::Result<()> {
 
 fn account(cmd: AccountCmd) -> anyhow::Result<()> {
     match cmd {
-        AccountCmd::Add { data, key, max_bytes, max_messages, max_recipients_per_day, max_recipients_per_message, new_url } => {
+        AccountCmd::Add {
+            data,
+            key,
+            max_bytes,
+            max_messages,
+            max_recipients_per_day,
+            max_recipients_per_message,
+            max_uploads_per_minute,
+            max_upload_bytes_per_minute,
+            max_complaints_per_day,
+            new_url,
+        } => {
             // Read before becoming the data directory's owner (who may not
             // be able to read the administrator's file).
             let bytes = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
@@ -342,6 +389,9 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
                     max_messages: max_messages.unwrap_or(d.max_messages),
                     max_recipients_per_day: max_recipients_per_day.unwrap_or(d.max_recipients_per_day),
                     max_recipients_per_message: max_recipients_per_message.unwrap_or(d.max_recipients_per_message),
+                    max_uploads_per_minute: max_uploads_per_minute.unwrap_or(d.max_uploads_per_minute),
+                    max_upload_bytes_per_minute: max_upload_bytes_per_minute.unwrap_or(d.max_upload_bytes_per_minute),
+                    max_complaints_per_day: max_complaints_per_day.unwrap_or(d.max_complaints_per_day),
                 };
                 store.set_limits(&f, &limits)?;
                 println!("added account {f} {}", stubmail::pgp::emails_of(&c).join(", "));
@@ -351,6 +401,46 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             for c in data.open()?.accounts()? {
                 println!("{} {}", stubmail::pgp::fpr_of(&c), stubmail::pgp::emails_of(&c).join(", "));
             }
+        }
+        AccountCmd::Show { data, fingerprint } => {
+            let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
+            let store = data.open()?;
+            let cert = store.account(&f)?.with_context(|| format!("no account {f} here"))?;
+            let now = stubmail::time::unix_now();
+            let st = store.account_status(&f, now)?;
+            let l = store.limits(&f);
+            let (today, total) = store.complaint_counts(&f, now)?;
+            println!("account {f} {}", stubmail::pgp::emails_of(&cert).join(", "));
+            match store.suspension(&f)? {
+                Some(s) => println!("SUSPENDED since {}: {}", stubmail::time::rfc3339(s.since), s.reason),
+                None => println!("active"),
+            }
+            println!("stored: {} bytes of {}, {} messages of {}", st.bytes, l.max_bytes, st.messages, l.max_messages);
+            println!("today: {} distinct recipients of {}", st.recipients_today, l.max_recipients_per_day);
+            println!(
+                "uploads: at most {} a minute, {} bytes a minute; {} recipients a message",
+                l.max_uploads_per_minute, l.max_upload_bytes_per_minute, l.max_recipients_per_message
+            );
+            println!("complaints: {today} today (suspended at {}), {total} in all", l.max_complaints_per_day);
+            for c in store.recent_complaints(&f, 10)? {
+                println!("  {}  message {} by {}", stubmail::time::rfc3339(c.at), c.id, c.by);
+            }
+        }
+        AccountCmd::Suspend { data, fingerprint, reason } => {
+            let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
+            let store = data.open()?;
+            store.account(&f)?.with_context(|| format!("no account {f} here"))?;
+            store.set_suspension(&f, Some(&post_manager::store::Suspension { since: stubmail::time::unix_now(), reason }))?;
+            println!("suspended {f}: its uploads are refused; what it stored stays fetchable");
+        }
+        AccountCmd::Resume { data, fingerprint } => {
+            let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
+            let store = data.open()?;
+            if store.suspension(&f)?.is_none() {
+                anyhow::bail!("{f} is not suspended");
+            }
+            store.set_suspension(&f, None)?;
+            println!("resumed {f}: it may upload again");
         }
         AccountCmd::Remove { data, fingerprint } => {
             let f = stubmail::protocol::Fpr::parse(&fingerprint)?;

@@ -121,6 +121,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Report a message you received as spam: a signed complaint to the
+    /// outbox it came from (its id and sender, never its content), and its
+    /// sender blocked here. Moving the message into your Maildir's Junk
+    /// folder does the same.
+    #[command(after_help = "Example (the id is in the message's Stubmail-Id header):\n  stubmail report 3f2ac9e1d0b4a7c2")]
+    Report {
+        /// The message's Stubmail-Id, or a unique prefix of it (at least 8 hex digits).
+        id: String,
+        /// A few words for the outbox's operator.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Shared blocklists: subscribe to a signed list someone you trust
     /// publishes (your own blocks and exceptions win), or publish yours.
     Blocklist {

@@ -249,6 +249,47 @@ pub fn acks_in_a_batch(s: &Store) {
 }
 
 /// Every contract, each on a fresh store from `fresh`.
+pub fn upload_rate_per_minute(s: &Store) {
+    let a = fpr('A');
+    s.set_limits(&a, &Limits { max_uploads_per_minute: 3, max_upload_bytes_per_minute: 25, ..Limits::default() }).unwrap();
+    let up = |b: &[u8], now: i64| s.put(&a, &id_of(b), &[fpr('B')], &mut &b[..], 100, now);
+    // Three uploads a minute; the fourth waits for the next minute.
+    for (i, b) in [b"one-------", b"two-------"].iter().enumerate() {
+        up(&b[..], 6000 + i as i64).unwrap();
+    }
+    // Over the bytes (20 + 10 > 25): refused, nothing stored.
+    assert!(matches!(up(b"three-----", 6002), Err(StoreError::RateLimited(m)) if m.contains("bytes")));
+    assert!(matches!(s.status(&a, &id_of(b"three-----")), Err(StoreError::NotFound)));
+    // Re-uploading stored bytes adds no bytes, but is an upload.
+    up(b"one-------", 6003).unwrap();
+    assert!(matches!(up(b"one-------", 6004), Err(StoreError::RateLimited(m)) if m.contains("uploads")));
+    // The next minute starts afresh.
+    up(b"three-----", 6060).unwrap();
+}
+
+pub fn complaints_and_suspension(s: &Store) {
+    use super::{Complaint, Suspension};
+    let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
+    let day = 100 * 86400;
+    let k = |id: &str, by: &Fpr, at: i64| Complaint { sender: a.clone(), id: id.into(), by: by.clone(), at };
+    assert!(s.record_complaint(&k("x", &b, day)).unwrap());
+    assert!(!s.record_complaint(&k("x", &b, day + 5)).unwrap(), "once per recipient and message");
+    assert!(s.record_complaint(&k("x", &c, day + 6)).unwrap());
+    assert!(s.record_complaint(&k("y", &b, day + 86400)).unwrap());
+    assert_eq!(s.complaint_counts(&a, day + 7).unwrap(), (2, 3));
+    assert_eq!(s.complaint_counts(&a, day + 86400).unwrap(), (1, 3));
+    assert_eq!(s.complaint_counts(&b, day).unwrap(), (0, 0));
+    let recent = s.recent_complaints(&a, 2).unwrap();
+    assert_eq!(recent.iter().map(|c| c.at).collect::<Vec<_>>(), [day + 86400, day + 6]);
+    assert_eq!(s.suspension(&a).unwrap(), None);
+    let sus = Suspension { since: day, reason: "spam run".into() };
+    s.set_suspension(&a, Some(&sus)).unwrap();
+    assert_eq!(s.suspension(&a).unwrap(), Some(sus));
+    s.set_suspension(&a, None).unwrap();
+    s.set_suspension(&a, None).unwrap();
+    assert_eq!(s.suspension(&a).unwrap(), None);
+}
+
 pub fn all(fresh: &mut dyn FnMut() -> Store) {
     put_poll_fetch_ack_status(&fresh());
     quotas_and_daily_recipients(&fresh());
@@ -260,4 +301,6 @@ pub fn all(fresh: &mut dyn FnMut() -> Store) {
     a_moved_accounts_pushes_stay_bounded_and_never_name_this_outbox(&fresh());
     the_recipient_cap_holds_across_reuploads(&fresh());
     acks_in_a_batch(&fresh());
+    upload_rate_per_minute(&fresh());
+    complaints_and_suspension(&fresh());
 }

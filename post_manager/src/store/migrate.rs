@@ -63,6 +63,14 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
             let l: Limits = from.limits(&f);
             to.set_limits(&f, &l)?;
         }
+        // A suspended account stays suspended, and its complaints count on.
+        use crate::store::Abuse;
+        if let Some(sus) = from.suspension(&f)? {
+            to.set_suspension(&f, Some(&sus))?;
+        }
+        for c in from.recent_complaints(&f, usize::MAX)? {
+            to.record_complaint(&c)?;
+        }
         out.accounts += 1;
     }
     for name in names(&from.p("certs")) {

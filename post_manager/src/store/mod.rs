@@ -76,16 +76,98 @@ pub struct Limits {
     /// more, added by further uploads of the same bytes).
     #[serde(default = "default_per_message")]
     pub max_recipients_per_message: u64,
+    /// Uploads per minute (fixed one-minute windows): a burst beyond it
+    /// waits (`429`; smtp2stub retries), it is not lost.
+    #[serde(default = "default_uploads_per_minute")]
+    pub max_uploads_per_minute: u64,
+    /// Bytes of new messages per minute.
+    #[serde(default = "default_upload_bytes_per_minute")]
+    pub max_upload_bytes_per_minute: u64,
+    /// Verified complaints (distinct recipients about distinct messages)
+    /// in one UTC day that suspend the account from uploading.
+    #[serde(default = "default_complaints_per_day")]
+    pub max_complaints_per_day: u64,
 }
 
 fn default_per_message() -> u64 {
     stubmail::protocol::MAX_RECIPIENTS as u64
 }
 
+fn default_uploads_per_minute() -> u64 {
+    300
+}
+
+fn default_upload_bytes_per_minute() -> u64 {
+    1 << 30
+}
+
+fn default_complaints_per_day() -> u64 {
+    10
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 1 << 30, max_messages: 10_000, max_recipients_per_day: 1_000, max_recipients_per_message: default_per_message() }
+        Limits {
+            max_bytes: 1 << 30,
+            max_messages: 10_000,
+            max_recipients_per_day: 1_000,
+            max_recipients_per_message: default_per_message(),
+            max_uploads_per_minute: default_uploads_per_minute(),
+            max_upload_bytes_per_minute: default_upload_bytes_per_minute(),
+            max_complaints_per_day: default_complaints_per_day(),
+        }
     }
+}
+
+/// An account's uploads in the current one-minute window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadRate {
+    /// Unix time / 60 of the window.
+    pub minute: i64,
+    pub uploads: u64,
+    pub bytes: u64,
+}
+
+impl UploadRate {
+    /// The window after one more upload of `size` new bytes at `now`, or
+    /// why it is refused.
+    pub(crate) fn after(self, l: &Limits, size: u64, now: i64) -> Result<UploadRate, StoreError> {
+        let minute = now.div_euclid(60);
+        let cur = if self.minute == minute { self } else { UploadRate { minute, uploads: 0, bytes: 0 } };
+        let next = UploadRate { minute, uploads: cur.uploads + 1, bytes: cur.bytes + size };
+        if next.uploads > l.max_uploads_per_minute {
+            return Err(StoreError::RateLimited(format!(
+                "over {} uploads a minute for this account; try again in a minute",
+                l.max_uploads_per_minute
+            )));
+        }
+        if next.bytes > l.max_upload_bytes_per_minute && cur.uploads > 0 {
+            // (One message alone may exceed it: the size limit bounds that.)
+            return Err(StoreError::RateLimited(format!(
+                "over {} bytes of uploads a minute for this account; try again in a minute",
+                l.max_upload_bytes_per_minute
+            )));
+        }
+        Ok(next)
+    }
+}
+
+/// Why an account may not upload (issue #19): set by the complaints it
+/// drew, or by the operator; lifted by the operator only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Suspension {
+    /// Unix time it began.
+    pub since: i64,
+    pub reason: String,
+}
+
+/// A recipient's verified complaint about a message it received.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Complaint {
+    pub sender: Fpr,
+    pub id: String,
+    pub by: Fpr,
+    pub at: i64,
 }
 
 /// How long the outbox keeps things (docs/OPERATING.md, "Retention").
@@ -209,6 +291,20 @@ pub trait Messages {
     fn inbox_stamp(&self, recipient: &Fpr) -> Option<InboxStamp>;
 }
 
+/// Complaints about an account's mail and its suspension (issue #19).
+pub trait Abuse {
+    /// Record a complaint (its recipient was checked by the caller); false
+    /// if that recipient had complained about that message before.
+    fn record_complaint(&self, c: &Complaint) -> Result<bool, StoreError>;
+    /// Complaints about `sender`: on the UTC day of `now`, and all kept.
+    fn complaint_counts(&self, sender: &Fpr, now: i64) -> Result<(u64, u64), StoreError>;
+    /// The latest complaints about `sender`, newest first (at most `n`).
+    fn recent_complaints(&self, sender: &Fpr, n: usize) -> Result<Vec<Complaint>, StoreError>;
+    fn suspension(&self, f: &Fpr) -> Result<Option<Suspension>, StoreError>;
+    /// Suspend (Some) or resume (None) an account.
+    fn set_suspension(&self, f: &Fpr, s: Option<&Suspension>) -> Result<(), StoreError>;
+}
+
 /// Replay protection for signed requests.
 pub trait Nonces {
     /// Record a nonce; false if it was seen before (a replay).
@@ -261,7 +357,7 @@ pub trait UdpState {
 }
 
 /// Everything a backend does.
-pub trait Backend: Accounts + Certs + Messages + Nonces + Housekeeping + UdpState + Send + Sync + std::fmt::Debug {
+pub trait Backend: Accounts + Certs + Messages + Nonces + Housekeeping + UdpState + Abuse + Send + Sync + std::fmt::Debug {
     /// A line for logs: which store this is.
     fn describe(&self) -> String;
     /// Check that this process can use the store (write the data

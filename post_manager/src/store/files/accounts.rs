@@ -10,7 +10,7 @@ use stubmail::protocol::{self, Fpr};
 use stubmail::openpgp::Cert;
 
 use super::{Files, StoreError};
-use crate::store::{Accounts, Limits};
+use crate::store::{Accounts, Limits, UploadRate};
 
 /// The outbox's own base URLs, one per line.
 const URLS: &str = "accounts/urls";
@@ -277,6 +277,12 @@ impl Files {
         let today = self.recipients_today(sender, now)?;
         let new: Vec<Fpr> = recipients.iter().filter(|r| !today.contains(r.as_str())).cloned().collect();
         l.check((bytes, messages), (!already).then_some(size), (today.len() + new.len()) as u64)?;
+        // The minute's uploads: soft state (a crash may forget a minute's
+        // count, which costs nothing), written under the account's lock.
+        let rate_file = self.p(&format!("accounts/{sender}.rate"));
+        let rate: UploadRate = fs::read(&rate_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let next = rate.after(&l, if already { 0 } else { size }, now)?;
+        fsutil::write_replace(&rate_file, &serde_json::to_vec(&next).expect("serialisable"))?;
         Ok(new)
     }
 }

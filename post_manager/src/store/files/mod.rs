@@ -20,6 +20,9 @@
 //! nonces/<FPR>/<window>/<nonce>  replay protection, by windows of request time
 //! accounts/urls             this outbox's own base URLs (signed requests name one)
 //! rcptlog/<FPR>/<day>       an account's distinct recipients per UTC day
+//! accounts/<FPR>.rate       an account's uploads in the current minute (soft state)
+//! accounts/<FPR>.suspended  why and since when an account may not upload
+//! complaints/<FPR>/<day>    recipients' complaints about an account's mail, one per line
 //! locks/<id>                lock files
 //! tmp/                      uploads in progress
 //! cookies/<id>.json         UDP poll cookies (soft state, see `udp`)
@@ -36,6 +39,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 
+mod abuse;
 mod accounts;
 mod certs;
 mod layout;
@@ -55,7 +59,7 @@ pub struct Files {
 }
 
 const DIRS: &[&str] =
-    &["accounts", "certs", "messages", "meta", "rcpt", "inbox", "listed", "devices", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify"];
+    &["accounts", "certs", "messages", "meta", "rcpt", "inbox", "listed", "devices", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify", "complaints"];
 
 impl Files {
     /// Open (creating the layout if needed) a data directory.

@@ -68,14 +68,18 @@ impl Accounts for Pg {
     fn set_limits(&self, f: &Fpr, l: &Limits) -> io::Result<()> {
         let mut c = self.conn()?;
         c.execute(
-            "INSERT INTO limits VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fpr) DO UPDATE
-             SET max_bytes = $2, max_messages = $3, max_recipients_per_day = $4, max_recipients_per_message = $5",
+            "INSERT INTO limits VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (fpr) DO UPDATE
+             SET max_bytes = $2, max_messages = $3, max_recipients_per_day = $4, max_recipients_per_message = $5,
+                 max_uploads_per_minute = $6, max_upload_bytes_per_minute = $7, max_complaints_per_day = $8",
             &[
                 &f.as_str(),
                 &(l.max_bytes as i64),
                 &(l.max_messages as i64),
                 &(l.max_recipients_per_day as i64),
                 &(l.max_recipients_per_message as i64),
+                &(l.max_uploads_per_minute.min(i64::MAX as u64) as i64),
+                &(l.max_upload_bytes_per_minute.min(i64::MAX as u64) as i64),
+                &(l.max_complaints_per_day.min(i64::MAX as u64) as i64),
             ],
         )
         .map_err(io_err)?;
@@ -128,15 +132,23 @@ impl Accounts for Pg {
 
 pub(super) fn limits_in(c: &mut impl postgres::GenericClient, f: &Fpr) -> Result<Limits, StoreError> {
     Ok(match c.query_opt(
-        "SELECT max_bytes, max_messages, max_recipients_per_day, max_recipients_per_message FROM limits WHERE fpr = $1",
+        "SELECT max_bytes, max_messages, max_recipients_per_day, max_recipients_per_message,
+                max_uploads_per_minute, max_upload_bytes_per_minute, max_complaints_per_day FROM limits WHERE fpr = $1",
         &[&f.as_str()],
     )? {
-        Some(r) => Limits {
-            max_bytes: r.get::<_, i64>(0) as u64,
-            max_messages: r.get::<_, i64>(1) as u64,
-            max_recipients_per_day: r.get::<_, i64>(2) as u64,
-            max_recipients_per_message: r.get::<_, i64>(3) as u64,
-        },
+        Some(r) => {
+            let d = Limits::default();
+            let or = |i: usize, d: u64| r.get::<_, Option<i64>>(i).map_or(d, |v| v as u64);
+            Limits {
+                max_bytes: r.get::<_, i64>(0) as u64,
+                max_messages: r.get::<_, i64>(1) as u64,
+                max_recipients_per_day: r.get::<_, i64>(2) as u64,
+                max_recipients_per_message: r.get::<_, i64>(3) as u64,
+                max_uploads_per_minute: or(4, d.max_uploads_per_minute),
+                max_upload_bytes_per_minute: or(5, d.max_upload_bytes_per_minute),
+                max_complaints_per_day: or(6, d.max_complaints_per_day),
+            }
+        }
         None => Limits::default(),
     })
 }

@@ -170,6 +170,16 @@ impl Messages for Pg {
             .collect();
         let today: i64 = tx.query_one("SELECT count(*) FROM rcptlog WHERE sender = $1 AND day = $2", &[&sender.as_str(), &day])?.get(0);
         l.check((bytes, messages), created.then_some(size), today as u64 + new_today.len() as u64)?;
+        // The minute's uploads, in this transaction under the usage row lock.
+        let rate = tx
+            .query_opt("SELECT minute, uploads, bytes FROM upload_rate WHERE fpr = $1", &[&sender.as_str()])?
+            .map(|r| crate::store::UploadRate { minute: r.get(0), uploads: r.get::<_, i64>(1) as u64, bytes: r.get::<_, i64>(2) as u64 })
+            .unwrap_or_default();
+        let next = rate.after(&l, if created { size } else { 0 }, now)?;
+        tx.execute(
+            "INSERT INTO upload_rate VALUES ($1, $2, $3, $4) ON CONFLICT (fpr) DO UPDATE SET minute = $2, uploads = $3, bytes = $4",
+            &[&sender.as_str(), &next.minute, &(next.uploads as i64), &(next.bytes as i64)],
+        )?;
         tx.execute("INSERT INTO rcptlog SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING", &[&sender.as_str(), &day, &new_today])?;
         tx.execute(
             "INSERT INTO recipients (id, fpr, state, at) SELECT $1, unnest($2::text[]), 0, $3 ON CONFLICT DO NOTHING",

@@ -22,6 +22,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::StoreError;
 
+mod abuse;
 mod accounts;
 mod certs;
 mod messages;

@@ -60,6 +60,20 @@ const MIGRATIONS: &[&str] = &[
     -- seconds; one that stopped renewing is not announced.
     CREATE TABLE udp_services (owner text PRIMARY KEY, body text NOT NULL, started bigint NOT NULL, seen bigint NOT NULL);
     "#,
+    // 2: abuse controls (issue #19): upload rate, complaints, suspensions.
+    r#"
+    -- NULL: the default limit.
+    ALTER TABLE limits ADD COLUMN max_uploads_per_minute bigint, ADD COLUMN max_upload_bytes_per_minute bigint,
+        ADD COLUMN max_complaints_per_day bigint;
+    -- An account's uploads in the current minute (minute = unix time / 60).
+    CREATE TABLE upload_rate (fpr text PRIMARY KEY, minute bigint NOT NULL, uploads bigint NOT NULL, bytes bigint NOT NULL);
+    -- Recipients' verified complaints about an account's messages.
+    CREATE TABLE complaints (sender text NOT NULL, id text NOT NULL, by_fpr text NOT NULL, day text NOT NULL, at bigint NOT NULL,
+        PRIMARY KEY (sender, id, by_fpr));
+    CREATE INDEX complaints_by_day ON complaints (sender, day);
+    -- Accounts that may not upload, and why.
+    CREATE TABLE suspensions (fpr text PRIMARY KEY, since bigint NOT NULL, reason text NOT NULL);
+    "#,
 ];
 
 pub(super) fn migrate(c: &mut Client) -> Result<(), postgres::Error> {

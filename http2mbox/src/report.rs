@@ -1,0 +1,213 @@
+//! Reporting spam (issue #19): a message the user received is reported to
+//! the outbox it came from — a signed complaint naming the message's id and
+//! sender, never its content — and its sender is blocked here at once.
+//! `stubmail report ID` does it, and so does moving a message into the
+//! Maildir's `.Junk` folder (a mail client's "this is spam"): the daemon
+//! reports what it finds there.
+//!
+//! The outbox holds the message itself: the id, checked against its own
+//! records (it refuses anyone who was not a recipient), is the evidence.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use stubmail::blocklist::{self, Entry, Target};
+use stubmail::client::OutboxClient;
+use stubmail::protocol::{ComplaintRequest, Fpr};
+use stubmail::{pgp, Home, Identity};
+
+/// A delivered message found in the Maildir.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Its Stubmail id (the SHA-256 of what the outbox stored).
+    pub id: String,
+    /// Its sender, as http2mbox recorded on delivery.
+    pub sender: Fpr,
+    pub path: PathBuf,
+}
+
+/// How much of a message's start is read for its header.
+const HEADER_READ: u64 = 64 * 1024;
+
+/// The `Stubmail-Id` and `Stubmail-Sender-Fingerprint` http2mbox wrote on
+/// top of a delivered message (it strips every `Stubmail-*` field a message
+/// brings along, so the first ones are its own).
+pub fn stubmail_fields(path: &Path) -> Option<(String, Fpr)> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path).ok()?.take(HEADER_READ).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (mut id, mut sender) = (None, None);
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("Stubmail-Id:") {
+            id = id.or_else(|| Some(v.trim().to_string()));
+        } else if let Some(v) = line.strip_prefix("Stubmail-Sender-Fingerprint:") {
+            sender = sender.or_else(|| Fpr::parse(v.trim()).ok());
+        }
+    }
+    let id = id.filter(|i| stubmail::protocol::is_valid_id(i))?;
+    Some((id, sender?))
+}
+
+/// The Maildir's folders a report may find a message in: the inbox and
+/// its Maildir++ folders (`.Junk`, `.Archive`, ...).
+fn folders(maildir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![maildir.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(maildir) {
+        out.extend(rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))));
+    }
+    out
+}
+
+/// Messages whose Stubmail id starts with `prefix` (at least 8 hex digits).
+pub fn find(maildir: &Path, prefix: &str) -> anyhow::Result<Vec<Found>> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("{prefix:?}: name the message by its Stubmail-Id header (at least 8 hex digits)");
+    }
+    let mut out: Vec<Found> = Vec::new();
+    for folder in folders(maildir) {
+        for sub in ["new", "cur"] {
+            let Ok(rd) = std::fs::read_dir(folder.join(sub)) else { continue };
+            for e in rd.flatten() {
+                if let Some((id, sender)) = stubmail_fields(&e.path())
+                    && id.starts_with(&prefix)
+                    && !out.iter().any(|f| f.id == id)
+                {
+                    out.push(Found { id, sender, path: e.path() });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a report did.
+#[derive(Debug)]
+pub struct Reported {
+    pub outbox: String,
+    /// The outbox counted it (false: this message was reported before).
+    pub recorded: bool,
+    /// The sender was newly blocked here.
+    pub blocked: bool,
+}
+
+/// Report one message to its sender's outbox and block the sender.
+pub async fn report(home: &Home, me: Arc<Identity>, http: reqwest::Client, found: &Found, reason: Option<String>) -> anyhow::Result<Reported> {
+    let config = home.load_config()?;
+    // The outbox the sender's certificate binds (or the user's override),
+    // as the poller polls it.
+    let outbox = match config.poll.outboxes.get(found.sender.as_str()) {
+        Some(u) => u.clone(),
+        None => {
+            let cert = home.keyring().get(&found.sender)?.ok_or_else(|| {
+                anyhow::anyhow!("{} is not in your keyring any more: no outbox to report to (`stubmail block {}` still blocks them)", found.sender, found.sender)
+            })?;
+            pgp::outbox_of(&cert).ok_or_else(|| anyhow::anyhow!("{}'s certificate binds no outbox", found.sender))?
+        }
+    };
+    let client = OutboxClient::new(http, &outbox, me)?;
+    let answer = client.complain(&found.id, &ComplaintRequest { sender: Some(found.sender.clone()), reason }).await;
+    // Blocked whatever the outbox said: the user has decided.
+    let target = Target::Sender(found.sender.clone());
+    let note = format!("reported as spam: {}", &found.id[..16]);
+    let blocked = blocklist::update(&home.data_dir, |b| {
+        if b.blocks.iter().any(|e| e.target == target) {
+            return false;
+        }
+        b.allows.retain(|e| e.target != target);
+        b.blocks.push(Entry { target: target.clone(), added: stubmail::time::unix_now(), note: Some(note) });
+        true
+    })?;
+    let recorded = answer.map_err(|e| anyhow::anyhow!("{outbox} did not take the report: {e} (the sender is blocked here all the same)"))?.recorded;
+    mark_reported(home, &found.id)?;
+    Ok(Reported { outbox, recorded, blocked })
+}
+
+fn reported_dir(home: &Home) -> PathBuf {
+    home.state_dir().join("reported")
+}
+
+fn mark_reported(home: &Home, id: &str) -> io::Result<()> {
+    stubmail::fsutil::ensure_private_dir(&reported_dir(home))?;
+    stubmail::fsutil::write_atomic(&reported_dir(home).join(id), b"", 0o600)
+}
+
+/// Was this message reported already?
+pub fn was_reported(home: &Home, id: &str) -> bool {
+    stubmail::protocol::is_valid_id(id) && reported_dir(home).join(id).exists()
+}
+
+/// The daemon's watch on `<Maildir>/.Junk`: every Stubmail message a mail
+/// client moves there is reported once.
+pub struct JunkWatch {
+    junk: PathBuf,
+    /// Files already looked at (their names without the `:2,` flags), so
+    /// a large Junk folder is read once, not every cycle.
+    seen: HashSet<String>,
+}
+
+impl JunkWatch {
+    pub fn new(maildir: &Path) -> JunkWatch {
+        JunkWatch { junk: maildir.join(".Junk"), seen: HashSet::new() }
+    }
+
+    /// Stubmail messages in the Junk folder not reported yet.
+    pub fn scan(&mut self, home: &Home) -> Vec<Found> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(rd) = std::fs::read_dir(self.junk.join(sub)) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().split(':').next().unwrap_or_default().to_string();
+                if self.seen.contains(&name) {
+                    continue;
+                }
+                if self.seen.len() > 100_000 {
+                    self.seen.clear();
+                }
+                match stubmail_fields(&e.path()) {
+                    Some((id, sender)) if !was_reported(home, &id) => out.push(Found { id, sender, path: e.path() }),
+                    _ => {
+                        self.seen.insert(name);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A report went through (or can never go): do not look again.
+    pub fn done(&mut self, f: &Found) {
+        if let Some(n) = f.path.file_name() {
+            self.seen.insert(n.to_string_lossy().split(':').next().unwrap_or_default().to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_fields_on_top_name_a_message() {
+        let d = tempfile::tempdir().unwrap();
+        let f = "A".repeat(40);
+        let id = "ab".repeat(32);
+        let p = d.path().join("m");
+        std::fs::write(&p, format!("Return-Path: <a@b>\r\nStubmail-Sender-Fingerprint: {f}\r\nStubmail-Id: {id}\r\n\r\nStubmail-Id: {}\r\n", "cd".repeat(32))).unwrap();
+        assert_eq!(stubmail_fields(&p), Some((id.clone(), Fpr::parse(&f).unwrap())));
+        for bad in [
+            format!("Stubmail-Id: {id}\r\n\r\n"),
+            format!("Subject: x\r\n\r\nStubmail-Id: {id}\r\nStubmail-Sender-Fingerprint: {f}\r\n"),
+            format!("Stubmail-Id: ../../etc\r\nStubmail-Sender-Fingerprint: {f}\r\n\r\n"),
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            assert_eq!(stubmail_fields(&p), None);
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! `stubmail report ID`: a received message reported as spam to its
+//! outbox, its sender blocked here (http2mbox::report).
+
+use std::sync::Arc;
+
+use stubmail::Home;
+
+pub fn run(home: &Home, id: &str, reason: Option<String>) -> anyhow::Result<()> {
+    let config = home.load_config()?;
+    let maildir = home.path(&config.poll.maildir);
+    let found = http2mbox::report::find(&maildir, id)?;
+    let found = match found.as_slice() {
+        [one] => one.clone(),
+        [] => anyhow::bail!("no message with Stubmail-Id {id}… in {}", maildir.display()),
+        many => anyhow::bail!(
+            "{id} names {} messages ({}); give more of the id",
+            many.len(),
+            many.iter().map(|f| &f.id[..16]).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let me = Arc::new(home.load_identity()?);
+    let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let r = rt.block_on(http2mbox::report::report(home, me, http, &found, reason))?;
+    println!(
+        "reported {} from {} to {}{}",
+        found.id,
+        found.sender,
+        r.outbox,
+        if r.recorded { "" } else { " (reported before; not counted again)" }
+    );
+    println!("{} is {}blocked here: `stubmail unblock {}` undoes it", found.sender, if r.blocked { "now " } else { "already " }, found.sender);
+    Ok(())
+}
