@@ -19,6 +19,8 @@ use crate::common::*;
 
 #[path = "provider.rs"]
 mod provider;
+#[path = "spam.rs"]
+mod spam;
 
 /// How big each benchmark is.
 #[derive(Clone, Debug)]
@@ -41,6 +43,9 @@ pub struct Scale {
     pub fanout_real: usize,
     /// Messages a device has retrieved: the small and the large case.
     pub history: (usize, usize),
+    /// The spam run's recipients, and how many of them are real nodes.
+    pub spam_recipients: usize,
+    pub spam_real: usize,
 }
 
 impl Scale {
@@ -61,6 +66,8 @@ impl Scale {
             fanout: (100, 10_000),
             fanout_real: 50,
             history: (100, 10_000),
+            spam_recipients: 10_000,
+            spam_real: 5,
         }
     }
     /// Tiny sizes for CI.
@@ -80,6 +87,8 @@ impl Scale {
             fanout: (10, 100),
             fanout_real: 3,
             history: (5, 30),
+            spam_recipients: 300,
+            spam_real: 2,
         }
     }
 }
@@ -111,7 +120,7 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
     stubmail::client::init_tls();
     let mut rows = Vec::new();
     type Bench = fn(&Scale) -> Vec<Row>;
-    let benches: [(&str, Bench); 8] = [
+    let benches: [(&str, Bench); 9] = [
         ("SMTP ingest", smtp_ingest),
         ("end to end", end_to_end),
         ("two nodes", two_nodes),
@@ -120,6 +129,7 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
         ("POP3", pop3),
         ("CGI", cgi),
         ("provider outbox", provider::provider),
+        ("spam run", spam::spam_run),
     ];
     for (name, f) in benches {
         if only.is_some_and(|o| !name.contains(o)) {
@@ -153,7 +163,7 @@ pub fn markdown(rows: &[Row]) -> String {
 
 /// A child process killed (with its process group, if it leads one) when
 /// dropped, so a failing benchmark leaves nothing running.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(pub(crate) std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -163,12 +173,12 @@ impl Drop for Killed {
     }
 }
 
-fn sbin(tool: &str) -> PathBuf {
+pub(crate) fn sbin(tool: &str) -> PathBuf {
     let p = Path::new("/usr/sbin").join(tool);
     if p.exists() { p } else { require(tool) }
 }
 
-fn wait_port(port: u16) {
+pub(crate) fn wait_port(port: u16) {
     wait_for("a listener", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
 }
 

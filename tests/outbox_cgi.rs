@@ -164,7 +164,8 @@ fn round_trip(start: fn(&Path, &Path) -> Web) {
     let (stub, _, _) = stubmail::protocol::udp::Stub::decode(&buf[..n]).unwrap();
     assert_eq!((stub.sender.to_string(), stub.recipient.to_string()), (alice.fingerprint(), bob.fingerprint()));
     assert_eq!(stub.id, alice.status_json()[0]["id"].as_str().unwrap());
-    wait_for("the notified state", 30, || (alice.status_json()[0]["state"] == "notified").then_some(()));
+    wait_stubs_sent(&data, &alice, 1);
+    assert_eq!(alice.status_json()[0]["state"], "stored", "the sender does not see that a stub went out");
     // Signed polls through the web server hand out cookies the companion knows.
     let statuses = rt.block_on(async {
         let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &url, bob_id.clone()).unwrap();

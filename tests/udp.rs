@@ -314,7 +314,8 @@ fn a_stranger_waits_in_quarantine_until_accepted_and_a_rejected_one_stays_out() 
         assert!(smtplib_send(smtp.port(), from, &["bob@example.net"], &msg).unwrap().starts_with("250"));
         let f = u.fingerprint();
         wait_for("the introduction to be held", 30, || intro_list().contains(&f).then_some(()));
-        wait_states(u, 1, "notified");
+        wait_stubs_sent(&n.outbox.data, u, 1);
+        wait_states(u, 1, "stored");
     }
     assert!(n.bob.maildir_new().is_empty(), "nothing is fetched from a stranger");
 
@@ -330,7 +331,7 @@ fn a_stranger_waits_in_quarantine_until_accepted_and_a_rejected_one_stays_out() 
     let smtp = mallory.smtp2stub(n.root.path());
     let msg = "From: mallory@example.com\r\nTo: bob@example.net\r\nSubject: again\r\n\r\nhi\r\n";
     assert!(smtplib_send(smtp.port(), "mallory@example.com", &["bob@example.net"], msg).unwrap().starts_with("250"));
-    wait_states(&mallory, 2, "notified");
+    wait_stubs_sent(&n.outbox.data, &mallory, 2);
     assert!(!intro_list().contains(&mallory.fingerprint()), "a rejected stranger is not held again");
     assert_eq!(n.bob.maildir_new().len(), 1);
     // Accepting someone who never asked is refused with a clear message.

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use sha2::{Digest, Sha256};
 use stubmail::auth::{self, AuthError};
 use stubmail::pgp;
-use stubmail::protocol::{self, ErrorBody, Fpr, MessageList, PollRequest, PollResponse, UploadResponse};
+use stubmail::protocol::{self, DeliveryState, ErrorBody, Fpr, MessageList, MessageStatus, PollRequest, PollResponse, UploadResponse};
 
 use crate::store::{Store, StoreError};
 
@@ -363,10 +363,12 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
     let result = match (req.method, r) {
         ("PUT", Route::Message(id)) => upload(ctx, settings, &mut req, id, now),
         ("GET", Route::Message(id)) => fetch(ctx, &mut req, id, now),
-        ("DELETE", Route::Message(id)) => sender_op(ctx, &mut req, now, |s, f| s.unsend(f, id, now).map(|st| Response::json(200, &st))),
-        ("GET", Route::Status(id)) => sender_op(ctx, &mut req, now, |s, f| s.status(f, id).map(|st| Response::json(200, &st))),
+        ("DELETE", Route::Message(id)) => {
+            sender_op(ctx, &mut req, now, |s, f| s.unsend(f, id, now).map(|st| Response::json(200, &sender_view(st))))
+        }
+        ("GET", Route::Status(id)) => sender_op(ctx, &mut req, now, |s, f| s.status(f, id).map(|st| Response::json(200, &sender_view(st)))),
         ("GET", Route::List) => sender_op(ctx, &mut req, now, |s, f| {
-            s.list(f).map(|messages| Response::json(200, &MessageList { messages }))
+            s.list(f).map(|messages| Response::json(200, &MessageList { messages: messages.into_iter().map(sender_view).collect() }))
         }),
         ("POST", Route::Ack(id)) => ack(ctx, &mut req, id, now),
         ("POST", Route::Acks) => acks(ctx, &mut req, now),
@@ -389,6 +391,19 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
         _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
     };
     result.unwrap_or_else(|e| e)
+}
+
+/// A message's status as its sender may see it: `notified` reads
+/// `stored`. A stub goes only to a recipient who has polled this outbox
+/// before, so "a stub was sent" would tell a sender — a spammer with an
+/// account here — which of its addresses are live (issue #19).
+fn sender_view(mut st: MessageStatus) -> MessageStatus {
+    for r in &mut st.recipients {
+        if r.state == DeliveryState::Notified {
+            r.state = DeliveryState::Stored;
+        }
+    }
+    st
 }
 
 fn account_lookup(store: &Store) -> impl FnMut(&Fpr) -> std::io::Result<Option<stubmail::openpgp::Cert>> + '_ {

@@ -16,7 +16,8 @@ struct Line {
     subject: String,
     recipient: String,
     fingerprint: String,
-    /// queued | stored | notified | retrieved | expired | unsent | relayed | failed | unknown
+    /// queued | stored | retrieved | expired | unsent | relayed | failed | unknown
+    /// (`notified` from an outbox that predates hiding it)
     state: String,
     at: Option<String>,
     detail: Option<String>,

@@ -458,6 +458,26 @@ pub fn states(u: &User) -> Vec<String> {
     u.status_json().as_array().unwrap().iter().map(|l| l["state"].as_str().unwrap().to_string()).collect()
 }
 
+/// Wait until the outbox at `data` (a data directory) has sent a stub for
+/// every recipient of `u`'s `n` messages. The outbox keeps that state to
+/// itself: its sender sees `stored` (a stub goes only to an address that
+/// polls the outbox, which would tell a spammer the live ones).
+pub fn wait_stubs_sent(data: &Path, u: &User, n: usize) {
+    let store = post_manager::store::Store::open(data).unwrap();
+    wait_for(&format!("stubs for {n} recipients"), 120, || {
+        let st = u.status_json();
+        let all = st.as_array().unwrap();
+        let sent = all
+            .iter()
+            .filter(|l| {
+                let (Some(id), Some(r)) = (l["id"].as_str(), l["fingerprint"].as_str().and_then(|r| stubmail::protocol::Fpr::parse(r).ok())) else { return false };
+                store.recipient_state(id, &r).ok().flatten() == Some(stubmail::protocol::DeliveryState::Notified)
+            })
+            .count();
+        (all.len() == n && sent == n).then_some(())
+    });
+}
+
 /// Wait until `u` has sent to `n` recipients, all in `state`.
 pub fn wait_states(u: &User, n: usize, state: &str) {
     wait_for(&format!("{n} recipients in state {state}"), 120, || {
