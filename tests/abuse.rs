@@ -331,3 +331,56 @@ fn a_message_moved_to_junk_is_reported_and_its_sender_blocked() {
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(outbox.server.log().matches("complaint from a recipient").count(), 1);
 }
+
+/// Found by an attack from the docs: a damaged `blocks.json` let a freshly
+/// started http2mbox (`--once`, a restarted daemon) deliver from blocked
+/// senders. Now nothing is polled until the file is fixed, and `stubmail
+/// doctor` names it.
+#[test]
+fn a_damaged_blocklist_stops_polling_rather_than_unblocking_everyone() {
+    let Pair { root, outbox: _outbox, alice, bob } = Pair::start(true);
+    let smtp = alice.smtp2stub(root.path());
+    ok(bob.stubmail().args(["block", "alice@example.org"]));
+    send(&smtp, "blocked");
+    wait_for("the message to be stored", 60, || (states(&alice) == ["stored"]).then_some(()));
+    let file = bob.home.join("blocks.json");
+    let good = std::fs::read(&file).unwrap();
+    for damaged in [&good[..50], b"", br#"{"blocks":[{"target":"outbox:a_b.example","added":1}]}"#] {
+        std::fs::write(&file, damaged).unwrap();
+        let err = fails(bin_cmd("http2mbox").arg("--home").arg(&bob.home).arg("--once"));
+        assert!(err.contains("blocks.json is damaged") && err.contains("nothing is polled"), "{err}");
+        assert!(subjects(&bob).is_empty(), "nothing delivered from a blocked sender");
+        let doctor = bob.stubmail().arg("doctor").output().unwrap();
+        assert!(!doctor.status.success() && String::from_utf8_lossy(&doctor.stdout).contains("blocks.json"));
+    }
+    std::fs::write(&file, &good).unwrap();
+    bob.http2mbox_once();
+    assert!(subjects(&bob).is_empty(), "still blocked once the file is good again");
+    ok(bob.stubmail().args(["unblock", "alice@example.org"]));
+    bob.http2mbox_once();
+    assert_eq!(subjects(&bob), ["blocked"]);
+}
+
+/// Found by the same attack: `stubmail block` of an outbox URL with a host
+/// the stored form refused wrote a damaged file. Now such input is
+/// refused before anything is written, and every spelling of one host
+/// and port blocks the same outbox.
+#[test]
+fn block_refuses_what_it_cannot_store_and_matches_every_spelling_of_an_outbox() {
+    let Pair { root, outbox, alice, bob } = Pair::start(true);
+    let port = outbox.url().rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    for bad in ["https://outbox_1.spam.example/", "http://[fe80::1%25eth0]/", "http://*.example/"] {
+        let err = fails(bob.stubmail().args(["block", bad]));
+        assert!(err.contains("not an outbox URL"), "{bad}: {err}");
+    }
+    assert!(!bob.home.join("blocks.json").exists() || stdout(&ok(bob.stubmail().arg("blocks"))).contains("nothing blocked"));
+    // Alice's outbox is 127.0.0.1:PORT; block it spelled otherwise.
+    ok(bob.stubmail().args(["block", &format!("http://0x7f.0.0.1:0{port}/")]));
+    let list = stdout(&ok(bob.stubmail().args(["keys", "list"])));
+    assert!(list.contains("BLOCKED") && list.contains(&format!("outbox:127.0.0.1:{port}")), "{list}");
+    let smtp = alice.smtp2stub(root.path());
+    send(&smtp, "blocked outbox");
+    wait_for("the message to be stored", 60, || (states(&alice) == ["stored"]).then_some(()));
+    bob.http2mbox_once();
+    assert!(subjects(&bob).is_empty());
+}

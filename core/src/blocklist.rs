@@ -43,61 +43,42 @@ pub struct BadTarget(String);
 impl Target {
     /// What a user typed: a fingerprint, an address, a domain, or an
     /// outbox URL; with `at` (an outbox URL) a fingerprint means that
-    /// sender at that outbox only.
+    /// sender at that outbox only. Every target made here is in the form
+    /// it is stored and matched in (hosts and domains normalised: IDNA,
+    /// IPv4 forms, default ports), so it always parses back.
     pub fn from_user(what: &str, at: Option<&str>) -> Result<Target, BadTarget> {
         let what = what.trim();
+        let not_outbox = |u: &str| BadTarget(format!("{u:?} is not an outbox URL (http:// or https://, no user name)"));
         if let Some(at) = at {
-            let outbox = outbox_host(at).ok_or_else(|| {
-                BadTarget(format!("{at:?} is not an outbox URL (http:// or https://)"))
-            })?;
-            let sender = Fpr::parse(what).map_err(|_| {
-                BadTarget(format!(
-                    "with --at, name the sender by full fingerprint, not {what:?}"
-                ))
-            })?;
+            let outbox = outbox_key(at).ok_or_else(|| not_outbox(at))?;
+            let sender = Fpr::parse(what).map_err(|_| BadTarget(format!("with --at, name the sender by full fingerprint, not {what:?}")))?;
             return Ok(Target::SenderAt { outbox, sender });
         }
         if let Ok(f) = Fpr::parse(what) {
             return Ok(Target::Sender(f));
         }
         if what.contains("://") {
-            return outbox_host(what).map(Target::Outbox).ok_or_else(|| {
-                BadTarget(format!(
-                    "{what:?} is not an outbox URL (http:// or https://)"
-                ))
-            });
+            return outbox_key(what).map(Target::Outbox).ok_or_else(|| not_outbox(what));
         }
-        if let Some((local, domain)) = what.rsplit_once('@') {
-            if local.is_empty() || !is_domain(domain) {
-                return Err(BadTarget(format!("{what:?} is not an address")));
-            }
-            return Ok(Target::Address(what.to_ascii_lowercase()));
+        let what = what.strip_prefix("mailto:").unwrap_or(what);
+        if what.contains('@') {
+            return norm_address(what).map(Target::Address).ok_or_else(|| BadTarget(format!("{what:?} is not an address")));
         }
-        let d = what.trim_start_matches("*.").trim_end_matches('.');
-        if is_domain(d) {
-            return Ok(Target::Domain(d.to_ascii_lowercase()));
+        let d = what.trim_start_matches("*.");
+        if let Some(d) = norm_domain(d) {
+            return Ok(Target::Domain(d));
         }
         Err(BadTarget(format!(
             "{what:?} is not a fingerprint (40 hex digits), an address, a domain or an outbox URL (https://HOST/)"
         )))
     }
-}
 
-impl Target {
     /// The arguments of `stubmail block`/`unblock` that name this target.
     pub fn user_form(&self) -> String {
-        // A URL whose host:port parses back to exactly `hp`.
-        let url = |hp: &str| {
-            if hp.ends_with(":443") {
-                format!("http://{hp}/")
-            } else {
-                format!("https://{hp}/")
-            }
-        };
         match self {
             Target::Sender(f) => f.to_string(),
-            Target::SenderAt { outbox, sender } => format!("{sender} --at {}", url(outbox)),
-            Target::Outbox(o) => url(o),
+            Target::SenderAt { outbox, sender } => format!("{sender} --at https://{outbox}/"),
+            Target::Outbox(o) => format!("https://{o}/"),
             Target::Address(a) | Target::Domain(a) => a.clone(),
         }
     }
@@ -110,31 +91,96 @@ impl Target {
     }
 }
 
-fn is_domain(d: &str) -> bool {
+fn is_ascii_domain(d: &str) -> bool {
     !d.is_empty()
         && d.len() <= 253
         && d.contains('.')
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+        && d.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// A domain in the one form it is compared in: lower-case ASCII (IDNA
+/// for international names), no trailing dot; None if it is not one.
+pub fn norm_domain(d: &str) -> Option<String> {
+    let d = d.trim().trim_end_matches('.');
+    if d.is_empty() || d.len() > 253 || d.contains(['/', ':', '@', '[', '%', '*']) {
+        return None;
+    }
+    match url::Host::parse(d).ok()? {
+        url::Host::Domain(a) => is_ascii_domain(&a).then_some(a),
+        _ => None,
+    }
+}
+
+/// An address with its domain normalised as [`norm_domain`] does.
+pub fn norm_address(a: &str) -> Option<String> {
+    let (local, domain) = a.trim().rsplit_once('@')?;
+    if local.is_empty() || local.len() > 64 || local.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '@') {
+        return None;
+    }
+    Some(format!("{}@{}", local.to_lowercase(), norm_domain(domain)?))
+}
+
+/// An outbox URL's host, normalised (IDNA, IPv4 forms, an IPv4-mapped
+/// IPv6 address as IPv4, no trailing dot), its port if the URL spells one
+/// out, and the port it uses.
+fn outbox_parts(url: &str) -> Option<(String, Option<u16>, u16)> {
+    let url = url.trim();
+    let u = url::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") || !u.username().is_empty() || u.password().is_some() {
+        return None;
+    }
+    let host = match u.host()? {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            // A domain, or a single label such as `localhost`.
+            let label = !d.is_empty() && d.len() <= 63 && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !(is_ascii_domain(&d) || label) {
+                return None;
+            }
+            d
+        }
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{a}]"),
+        },
+    };
+    // Spelled out: the authority as written ends in ":digits".
+    let authority = url.split_once("://")?.1.split(['/', '?', '#']).next()?;
+    let spelled = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']') => {
+            Some(u.port_or_known_default()?)
+        }
+        _ => None,
+    };
+    Some((host, spelled, u.port_or_known_default()?))
+}
+
+/// The key an outbox is blocked by: `host`, or `host:port` when the URL
+/// spells a port out.
+fn outbox_key(url: &str) -> Option<String> {
+    let (host, spelled, _) = outbox_parts(url)?;
+    Some(match spelled {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
+}
+
+/// A stored outbox key (`host` or `host:port`), normalised; None if it is
+/// not one.
+fn norm_outbox_key(k: &str) -> Option<String> {
+    if k.is_empty() || k.len() > 300 || k.contains(['/', '@', '?', '#']) || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    outbox_key(&format!("http://{k}/"))
 }
 
 /// The `host[:port]` of an outbox URL, lower-case, without the scheme's
-/// default port.
+/// default port (for display).
 pub fn outbox_host(url: &str) -> Option<String> {
-    let id = crate::protocol::outbox_id(url)?;
-    let rest = id.split_once("://")?.1;
-    Some(rest.split('/').next()?.to_string())
-}
-
-/// The host alone of `host[:port]` (IPv6 literals keep their brackets).
-fn host_only(hp: &str) -> &str {
-    if hp.starts_with('[') {
-        return hp.find(']').map_or(hp, |i| &hp[..=i]);
-    }
-    hp.rsplit_once(':').map_or(hp, |(h, _)| h)
+    let (host, _, port) = outbox_parts(url)?;
+    let default = if url.trim().to_ascii_lowercase().starts_with("https:") { 443 } else { 80 };
+    Some(if port == default { host } else { format!("{host}:{port}") })
 }
 
 impl fmt::Display for Target {
@@ -151,43 +197,24 @@ impl fmt::Display for Target {
 
 impl std::str::FromStr for Target {
     type Err = BadTarget;
-    /// The stored form, as [`Display`](fmt::Display) writes it.
+    /// The stored form, as [`Display`](fmt::Display) writes it; hosts,
+    /// domains and addresses are normalised as when typed.
     fn from_str(s: &str) -> Result<Target, BadTarget> {
-        let bad = || {
-            BadTarget(format!(
-                "{:?} is not a block entry (kind:value)",
-                s.chars().take(100).collect::<String>()
-            ))
-        };
+        let bad = || BadTarget(format!("{:?} is not a block entry (kind:value)", s.chars().take(100).collect::<String>()));
+        if s.len() > 400 {
+            return Err(bad());
+        }
         let (kind, v) = s.split_once(':').ok_or_else(bad)?;
         let fpr = |x: &str| Fpr::parse(x).map_err(|_| bad());
-        let host_ok = |h: &str| {
-            !h.is_empty()
-                && h.len() <= 300
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        };
         Ok(match kind {
             "sender" => Target::Sender(fpr(v)?),
             "sender-at" => {
                 let (o, f) = v.split_once(' ').ok_or_else(bad)?;
-                if !host_ok(o) {
-                    return Err(bad());
-                }
-                Target::SenderAt {
-                    outbox: o.to_ascii_lowercase(),
-                    sender: fpr(f)?,
-                }
+                Target::SenderAt { outbox: norm_outbox_key(o).ok_or_else(bad)?, sender: fpr(f)? }
             }
-            "outbox" if host_ok(v) => Target::Outbox(v.to_ascii_lowercase()),
-            "address"
-                if v.rsplit_once('@')
-                    .is_some_and(|(l, d)| !l.is_empty() && is_domain(d))
-                    && v.len() <= 320 =>
-            {
-                Target::Address(v.to_ascii_lowercase())
-            }
-            "domain" if is_domain(v) => Target::Domain(v.to_ascii_lowercase()),
+            "outbox" => Target::Outbox(norm_outbox_key(v).ok_or_else(bad)?),
+            "address" => Target::Address(norm_address(v).ok_or_else(bad)?),
+            "domain" => Target::Domain(norm_domain(v).ok_or_else(bad)?),
             _ => return Err(bad()),
         })
     }
@@ -223,25 +250,17 @@ impl Who<'_> {
     /// Every target that would name this sender.
     fn targets(&self) -> Vec<Target> {
         let mut out = vec![Target::Sender(self.sender.clone())];
-        if let Some(hp) = self.outbox.and_then(outbox_host) {
-            let host = host_only(&hp).to_string();
-            out.push(Target::SenderAt {
-                outbox: hp.clone(),
-                sender: self.sender.clone(),
-            });
-            if host != hp {
-                out.push(Target::SenderAt {
-                    outbox: host.clone(),
-                    sender: self.sender.clone(),
-                });
-                out.push(Target::Outbox(host));
-            }
+        if let Some((host, _, port)) = self.outbox.and_then(outbox_parts) {
+            let hp = format!("{host}:{port}");
+            out.push(Target::SenderAt { outbox: hp.clone(), sender: self.sender.clone() });
+            out.push(Target::SenderAt { outbox: host.clone(), sender: self.sender.clone() });
             out.push(Target::Outbox(hp));
+            out.push(Target::Outbox(host));
         }
         for e in self.emails {
-            let e = e.to_ascii_lowercase();
+            let Some(e) = norm_address(e) else { continue };
             if let Some((_, domain)) = e.rsplit_once('@') {
-                // The domain and each parent domain (a.b.example → b.example → example).
+                // The domain and each parent domain (a.b.example → b.example).
                 let mut d = domain;
                 loop {
                     out.push(Target::Domain(d.to_string()));
@@ -355,23 +374,22 @@ impl Index {
         self.own.is_empty() && self.shared.is_empty()
     }
 
-    /// Whether `who` is blocked, and by what.
+    /// Whether `who` is blocked, and by what (the first reason).
     pub fn check(&self, who: &Who) -> Option<Reason> {
+        self.check_all(who).into_iter().next()
+    }
+
+    /// Every reason `who` is blocked: the user's own blocks, then the
+    /// shared lists' entries the user made no exception for. An exception
+    /// cancels the shared entry it names, not others that also apply.
+    pub fn check_all(&self, who: &Who) -> Vec<Reason> {
         if self.is_empty() {
-            return None;
+            return vec![];
         }
         let ts = who.targets();
-        if let Some(t) = ts.iter().find(|t| self.own.contains(t)) {
-            return Some(Reason::Own(t.clone()));
-        }
-        if ts.iter().any(|t| self.allows.contains(t)) {
-            return None;
-        }
-        ts.into_iter().find_map(|t| {
-            self.shared
-                .get(&t)
-                .map(|url| Reason::Shared(t, url.clone()))
-        })
+        let mut out: Vec<Reason> = ts.iter().filter(|t| self.own.contains(t)).map(|t| Reason::Own(t.clone())).collect();
+        out.extend(ts.into_iter().filter(|t| !self.allows.contains(t)).filter_map(|t| self.shared.get(&t).map(|url| Reason::Shared(t, url.clone()))));
+        out
     }
 }
 
@@ -380,9 +398,14 @@ impl Index {
 pub enum BlocksError {
     #[error("{0}: {1}")]
     Io(String, io::Error),
-    #[error("{0} is damaged ({1}); fix or remove it (your blocks are in it)")]
+    #[error("{0} is damaged ({1}); fix it by hand (your blocks are in it) — until then nothing is polled")]
     Damaged(String, serde_json::Error),
+    #[error("{0}")]
+    Unstorable(String),
 }
+
+/// Largest `blocks.json` read (shared lists of 100,000 entries each).
+const MAX_FILE: u64 = 64 << 20;
 
 /// `blocks.json` in the data directory.
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -392,10 +415,9 @@ pub fn path(data_dir: &Path) -> PathBuf {
 /// Read `blocks.json` (missing: nothing blocked).
 pub fn load(data_dir: &Path) -> Result<Blocks, BlocksError> {
     let p = path(data_dir);
-    match std::fs::read(&p) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| BlocksError::Damaged(p.display().to_string(), e))
-        }
+    // A regular file of bounded size: a link to /dev/zero or a FIFO is an error.
+    match crate::fsutil::read_bounded(&p, MAX_FILE) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| BlocksError::Damaged(p.display().to_string(), e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Blocks::default()),
         Err(e) => Err(BlocksError::Io(p.display().to_string(), e)),
     }
@@ -419,13 +441,13 @@ pub fn update<T>(data_dir: &Path, f: impl FnOnce(&mut Blocks) -> T) -> Result<T,
     lock.lock().map_err(io_err(&lock_path))?;
     let mut b = load(data_dir)?;
     let out = f(&mut b);
+    // Never write what would not read back (a damaged file stops polling).
+    let bytes = serde_json::to_vec_pretty(&b).expect("serialisable");
+    if let Err(e) = serde_json::from_slice::<Blocks>(&bytes) {
+        return Err(BlocksError::Unstorable(format!("this change would not read back ({e}); nothing was changed")));
+    }
     let p = path(data_dir);
-    crate::fsutil::write_atomic(
-        &p,
-        &serde_json::to_vec_pretty(&b).expect("serialisable"),
-        0o600,
-    )
-    .map_err(io_err(&p))?;
+    crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(io_err(&p))?;
     Ok(out)
 }
 
@@ -513,18 +535,25 @@ pub fn verify(sub: &Subscription, bytes: &[u8], now: i64) -> Result<ListBody, Li
     // The signature first: nothing unsigned is parsed further.
     crate::pgp::verify_detached(&cert, p.list.as_bytes(), &sig)
         .map_err(|e| ListError::Signature(sub.signer_fpr.clone(), e.to_string()))?;
-    // Count before building: a signed list is still bounded.
-    let raw: serde_json::Value =
-        serde_json::from_str(&p.list).map_err(|e| ListError::Format(e.to_string()))?;
-    let n = raw
-        .get("entries")
-        .and_then(|e| e.as_array())
-        .map_or(0, Vec::len);
+    // Count before building: a signed list is still bounded. Both passes
+    // refuse a repeated field (JSON parsers disagree on which one counts,
+    // so what was signed must say one thing).
+    #[derive(Deserialize)]
+    struct Count {
+        #[serde(default)]
+        entries: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        published: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        stubmail_blocklist: Option<serde::de::IgnoredAny>,
+    }
+    let n = serde_json::from_str::<Count>(&p.list).map_err(|e| ListError::Format(e.to_string()))?.entries.len();
     if n > MAX_ENTRIES {
         return Err(ListError::TooMany(n));
     }
-    let body: ListBody =
-        serde_json::from_value(raw).map_err(|e| ListError::Format(e.to_string()))?;
+    let body: ListBody = serde_json::from_str(&p.list).map_err(|e| ListError::Format(e.to_string()))?;
     if body.stubmail_blocklist != 1 {
         return Err(ListError::Format(format!(
             "version {}",
@@ -547,11 +576,14 @@ pub async fn fetch(
     now: i64,
 ) -> Result<ListBody, ListError> {
     let resp = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let r = http
-            .get(&sub.url)
-            .send()
-            .await
-            .map_err(|e| ListError::Fetch(e.to_string()))?;
+        let _ = http;
+        let http = crate::client::http_client_no_redirects(std::time::Duration::from_secs(30)).map_err(|e| ListError::Fetch(e.to_string()))?;
+        let r = http.get(&sub.url).send().await.map_err(|e| ListError::Fetch(e.to_string()))?;
+        if r.status().is_redirection() {
+            // Not followed: a list's server must not send the subscriber's
+            // machine to some other (internal) address.
+            return Err(ListError::Fetch(format!("HTTP {} (a redirect, not followed: subscribe to the address it names if you trust it)", r.status())));
+        }
         if !r.status().is_success() {
             return Err(ListError::Fetch(format!("HTTP {}", r.status())));
         }
@@ -610,37 +642,46 @@ pub async fn refresh(
 /// `blocks.json`, re-read when it changes (one `stat` per call).
 pub struct BlockCache {
     data_dir: PathBuf,
-    cached: Mutex<(Option<Stamp>, Arc<Index>)>,
+    /// The file's stamp when last read, and the last index read well.
+    cached: Mutex<(Option<Stamp>, Option<Arc<Index>>)>,
 }
 
 type Stamp = (u64, u64, std::time::SystemTime);
 
 impl BlockCache {
     pub fn new(data_dir: &Path) -> BlockCache {
-        BlockCache {
-            data_dir: data_dir.to_path_buf(),
-            cached: Mutex::new((None, Arc::new(Index::default()))),
-        }
+        BlockCache { data_dir: data_dir.to_path_buf(), cached: Mutex::new((None, None)) }
     }
 
-    /// The current index. A damaged file keeps the last good one (and
-    /// says so in the log): a typo must not unblock everyone.
-    pub fn get(&self) -> Arc<Index> {
+    /// The current index. A damaged file keeps the last good one read by
+    /// this process (and says so in the log); with none read before, it
+    /// is an error, and callers fetch nothing: a typo must not unblock
+    /// everyone.
+    pub fn get(&self) -> Result<Arc<Index>, BlocksError> {
         use std::os::unix::fs::MetadataExt;
-        let stamp = std::fs::metadata(path(&self.data_dir))
-            .ok()
-            .and_then(|m| Some((m.ino(), m.len(), m.modified().ok()?)));
+        let stamp = std::fs::metadata(path(&self.data_dir)).ok().and_then(|m| Some((m.ino(), m.len(), m.modified().ok()?)));
         let mut c = self.cached.lock().expect("not poisoned");
-        if c.0 != stamp || c.0.is_none() && stamp.is_none() && !c.1.is_empty() {
-            match load(&self.data_dir) {
-                Ok(b) => *c = (stamp, Arc::new(Index::new(&b))),
-                Err(e) => {
-                    tracing::warn!("{e}; keeping the blocks read before");
-                    c.0 = stamp;
-                }
-            }
+        if let Some(good) = &c.1
+            && c.0 == stamp
+        {
+            return Ok(good.clone());
         }
-        c.1.clone()
+        match load(&self.data_dir) {
+            Ok(b) => {
+                let i = Arc::new(Index::new(&b));
+                *c = (stamp, Some(i.clone()));
+                Ok(i)
+            }
+            Err(e) => match &c.1 {
+                Some(good) => {
+                    tracing::warn!("{e}; keeping the blocks read before");
+                    let good = good.clone();
+                    c.0 = stamp;
+                    Ok(good)
+                }
+                None => Err(e),
+            },
+        }
     }
 }
 
@@ -652,135 +693,76 @@ mod tests {
         Fpr::parse(&c.to_string().repeat(40)).unwrap()
     }
 
-    #[test]
-    fn user_input_names_the_right_target() {
-        let f = "A".repeat(40);
-        assert_eq!(
-            Target::from_user(&f.to_lowercase(), None).unwrap(),
-            Target::Sender(fpr('A'))
-        );
-        assert_eq!(
-            Target::from_user("Spam@Example.COM", None).unwrap(),
-            Target::Address("spam@example.com".into())
-        );
-        assert_eq!(
-            Target::from_user("spam.example", None).unwrap(),
-            Target::Domain("spam.example".into())
-        );
-        assert_eq!(
-            Target::from_user("*.spam.example", None).unwrap(),
-            Target::Domain("spam.example".into())
-        );
-        assert_eq!(
-            Target::from_user("https://Out.Example:443/x/", None).unwrap(),
-            Target::Outbox("out.example".into())
-        );
-        assert_eq!(
-            Target::from_user("http://127.0.0.1:8080/", None).unwrap(),
-            Target::Outbox("127.0.0.1:8080".into())
-        );
-        assert_eq!(
-            Target::from_user(&f, Some("https://out.example/")).unwrap(),
-            Target::SenderAt {
-                outbox: "out.example".into(),
-                sender: fpr('A')
-            }
-        );
-        for bad in [
-            "",
-            "nodots",
-            "@example.com",
-            "a@",
-            "a@b",
-            "ftp://x/",
-            "x y.example",
-            "spam.example/path",
-        ] {
-            assert!(
-                Target::from_user(bad, None).is_err(),
-                "{bad:?} names nothing"
-            );
-        }
-        assert!(
-            Target::from_user("spam@example.com", Some("https://o/")).is_err(),
-            "--at takes a fingerprint"
-        );
+    fn t(what: &str) -> Target {
+        Target::from_user(what, None).unwrap()
     }
 
     #[test]
-    fn stored_form_round_trips_and_hostile_forms_are_refused() {
-        for t in [
-            Target::Sender(fpr('B')),
-            Target::SenderAt {
-                outbox: "[::1]:8080".into(),
-                sender: fpr('C'),
-            },
-            Target::Outbox("out.example".into()),
-            Target::Address("a@b.example".into()),
-            Target::Domain("b.example".into()),
-        ] {
-            assert_eq!(t.to_string().parse::<Target>().unwrap(), t);
+    fn user_input_names_the_right_target_in_one_normal_form() {
+        let f = "A".repeat(40);
+        assert_eq!(t(&f.to_lowercase()), Target::Sender(fpr('A')));
+        assert_eq!(t("Spam@Example.COM"), Target::Address("spam@example.com".into()));
+        assert_eq!(t("mailto:spam@example.com"), Target::Address("spam@example.com".into()));
+        assert_eq!(t("spam.example"), Target::Domain("spam.example".into()));
+        assert_eq!(t("spam.example."), Target::Domain("spam.example".into()));
+        assert_eq!(t("*.spam.example"), Target::Domain("spam.example".into()));
+        // International names compare in their ASCII (IDNA) form.
+        assert_eq!(t("späm.example"), Target::Domain("xn--spm-rla.example".into()));
+        assert_eq!(t("m5@späm.example"), Target::Address("m5@xn--spm-rla.example".into()));
+        // Outboxes: a port spelled out is that port only, whatever the scheme.
+        assert_eq!(t("https://Out.Example/x/"), Target::Outbox("out.example".into()));
+        assert_eq!(t("https://Out.Example:443/x/"), Target::Outbox("out.example:443".into()));
+        assert_eq!(t("http://x.example:80/"), Target::Outbox("x.example:80".into()));
+        // Every spelling of one host and port is one target.
+        for same in ["http://127.0.0.1:8080/", "http://127.0.0.1:08080/", "http://127.0.0.1.:8080/", "http://0x7f.0.0.1:8080/", "http://[::ffff:7f00:1]:8080/"] {
+            assert_eq!(t(same), Target::Outbox("127.0.0.1:8080".into()), "{same}");
         }
-        // What the CLI prints to undo a block runs as printed.
-        for t in [
-            Target::Sender(fpr('B')),
-            Target::SenderAt {
-                outbox: "out.example:8080".into(),
-                sender: fpr('C'),
-            },
-            Target::Outbox("out.example".into()),
-            Target::Outbox("out.example:80".into()),
-            Target::Outbox("out.example:443".into()),
-            Target::Outbox("127.0.0.1:8080".into()),
-            Target::Address("a@b.example".into()),
-            Target::Domain("b.example".into()),
+        assert_eq!(t("http://ä.example/"), Target::Outbox("xn--4ca.example".into()));
+        assert_eq!(t("http://a%41.example/"), Target::Outbox("aa.example".into()), "as a client would connect");
+        assert_eq!(
+            Target::from_user(&f, Some("https://out.example/")).unwrap(),
+            Target::SenderAt { outbox: "out.example".into(), sender: fpr('A') }
+        );
+        for bad in [
+            "", "nodots", "@example.com", "a@", "a@b", "ftp://x/", "x y.example", "spam.example/path", "https://outbox_1.spam.example/",
+            "http://[fe80::1%25eth0]/", "http://*.example/", "http://user:pw@x.example/", "a:b@x.example",
         ] {
-            let form = t.user_form();
-            let (what, at) = match form.split_once(" --at ") {
+            assert!(Target::from_user(bad, None).is_err(), "{bad:?} names nothing");
+        }
+        assert!(Target::from_user(&format!("http://{}.example/", "a".repeat(100_000)), None).is_err());
+        assert!(Target::from_user("spam@example.com", Some("https://o/")).is_err(), "--at takes a fingerprint");
+    }
+
+    #[test]
+    fn every_target_made_stores_and_reads_back_and_its_hint_names_it_again() {
+        for what in [
+            "B".repeat(40).as_str(), "spam@späm.example", "spam.example", "https://x.example/", "https://x.example:443/", "http://x.example:80/",
+            "http://[::1]:8080/", "http://127.0.0.1:18081/", "http://localhost:8080/",
+        ] {
+            let target = t(what);
+            assert_eq!(target.to_string().parse::<Target>().unwrap(), target, "{what}");
+            let form = target.user_form();
+            let (w, at) = match form.split_once(" --at ") {
                 Some((w, a)) => (w, Some(a)),
                 None => (form.as_str(), None),
             };
-            assert_eq!(Target::from_user(what, at).unwrap(), t, "{form}");
+            assert_eq!(Target::from_user(w, at).unwrap(), target, "{form}");
         }
-        for bad in [
-            "",
-            "sender:",
-            "sender:xyz",
-            "outbox:",
-            "outbox:a/b",
-            "domain:x",
-            "address:@x.y",
-            "nothing:x",
-            "sender-at:host",
-            &"x".repeat(100_000),
-        ] {
-            assert!(
-                bad.parse::<Target>().is_err(),
-                "{:?}",
-                bad.chars().take(20).collect::<String>()
-            );
+        let at = Target::from_user(&"C".repeat(40), Some("http://127.0.0.1:8080/")).unwrap();
+        assert_eq!(at.to_string().parse::<Target>().unwrap(), at);
+        for bad in ["", "sender:", "sender:xyz", "outbox:", "outbox:a/b", "outbox:a_b.example", "domain:x", "address:@x.y", "nothing:x", "sender-at:host"] {
+            assert!(bad.parse::<Target>().is_err(), "{bad:?}");
         }
+        assert!("x".repeat(100_000).parse::<Target>().is_err());
     }
 
     #[test]
-    fn own_blocks_beat_own_exceptions_which_beat_shared_lists() {
+    fn own_blocks_beat_exceptions_which_cancel_only_the_shared_entry_they_name() {
         let (a, b) = (fpr('A'), fpr('B'));
         let emails = vec!["x@mail.spam.example".to_string()];
-        let who = Who {
-            sender: &a,
-            outbox: Some("http://127.0.0.1:8080/o/"),
-            emails: &emails,
-        };
-        let other = Who {
-            sender: &b,
-            outbox: Some("http://127.0.0.1:9090/"),
-            emails: &[],
-        };
-        let entry = |t: Target| Entry {
-            target: t,
-            added: 0,
-            note: None,
-        };
+        let who = Who { sender: &a, outbox: Some("http://127.0.0.1:8080/o/"), emails: &emails };
+        let other = Who { sender: &b, outbox: Some("http://127.0.0.1:9090/"), emails: &[] };
+        let entry = |t: Target| Entry { target: t, added: 0, note: None };
         let sub = |ts: Vec<Target>| Subscription {
             url: "https://lists.example/bl".into(),
             signer: String::new(),
@@ -794,68 +776,46 @@ mod tests {
         };
         let check = |b: &Blocks, w: &Who| Index::new(b).check(w);
         assert_eq!(check(&Blocks::default(), &who), None);
-        for t in [
-            Target::Sender(a.clone()),
-            Target::Domain("spam.example".into()),
-            Target::Domain("mail.spam.example".into()),
-            Target::Address("x@mail.spam.example".into()),
-            Target::Outbox("127.0.0.1".into()),
-            Target::Outbox("127.0.0.1:8080".into()),
-            Target::SenderAt {
-                outbox: "127.0.0.1:8080".into(),
-                sender: a.clone(),
-            },
+        for (target, others_too) in [
+            (Target::Sender(a.clone()), false),
+            (t("spam.example"), false),
+            (t("mail.spam.example"), false),
+            (t("x@mail.spam.example"), false),
+            (t("http://127.0.0.1/"), true),
+            (t("http://127.0.0.1:8080/"), false),
+            (Target::SenderAt { outbox: "127.0.0.1:8080".into(), sender: a.clone() }, false),
+            (Target::SenderAt { outbox: "127.0.0.1".into(), sender: a.clone() }, false),
         ] {
-            let b = Blocks {
-                blocks: vec![entry(t.clone())],
-                ..Default::default()
-            };
-            assert_eq!(check(&b, &who), Some(Reason::Own(t.clone())), "{t}");
-            let other_blocked = check(&b, &other).is_some();
-            assert_eq!(
-                other_blocked,
-                t == Target::Outbox("127.0.0.1".into()),
-                "{t} and another sender on another port"
-            );
+            let bl = Blocks { blocks: vec![entry(target.clone())], ..Default::default() };
+            assert_eq!(check(&bl, &who), Some(Reason::Own(target.clone())), "{target}");
+            assert_eq!(check(&bl, &other).is_some(), others_too, "{target} and another sender on another port");
         }
         // Near misses name nobody.
-        for t in [
-            Target::Domain("example".into()),
-            Target::Domain("pam.example".into()),
-            Target::Outbox("127.0.0.1:8081".into()),
-        ] {
-            let b = Blocks {
-                blocks: vec![entry(t.clone())],
-                ..Default::default()
-            };
-            assert_eq!(check(&b, &who), None, "{t}");
+        for target in [t("pam.example"), t("spam.example.evil"), t("http://127.0.0.1:8081/")] {
+            let bl = Blocks { blocks: vec![entry(target.clone())], ..Default::default() };
+            assert_eq!(check(&bl, &who), None, "{target}");
         }
-        let shared = Blocks {
-            subscriptions: vec![sub(vec![Target::Domain("spam.example".into())])],
-            ..Default::default()
-        };
-        assert!(matches!(check(&shared, &who), Some(Reason::Shared(..))));
-        let excepted = Blocks {
-            allows: vec![entry(Target::Sender(a.clone()))],
-            ..shared.clone()
-        };
-        assert_eq!(
-            check(&excepted, &who),
-            None,
-            "an exception beats a shared list"
-        );
-        let own_too = Blocks {
-            blocks: vec![entry(Target::Domain("spam.example".into()))],
-            ..excepted
-        };
-        assert!(
-            matches!(check(&own_too, &who), Some(Reason::Own(_))),
-            "an own block beats an exception"
-        );
+        // A default port matches its spelled-out form, both ways.
+        let https = Who { sender: &b, outbox: Some("https://y.example/"), emails: &[] };
+        for target in [t("https://y.example:443/"), "outbox:y.example:443".parse().unwrap(), t("https://y.example/")] {
+            assert!(check(&Blocks { blocks: vec![entry(target.clone())], ..Default::default() }, &https).is_some(), "{target}");
+        }
+        assert!(check(&Blocks { blocks: vec![entry(t("https://y.example:8443/"))], ..Default::default() }, &https).is_none());
+
+        let domain = t("spam.example");
+        let shared = Blocks { subscriptions: vec![sub(vec![domain.clone(), Target::Sender(a.clone())])], ..Default::default() };
+        assert_eq!(Index::new(&shared).check_all(&who).len(), 2);
+        // An exception cancels the entry it names, not another one.
+        let one = Blocks { allows: vec![entry(domain.clone())], ..shared.clone() };
+        assert_eq!(Index::new(&one).check_all(&who), vec![Reason::Shared(Target::Sender(a.clone()), "https://lists.example/bl".into())]);
+        let both = Blocks { allows: vec![entry(domain.clone()), entry(Target::Sender(a.clone()))], ..shared.clone() };
+        assert_eq!(check(&both, &who), None);
+        let own_too = Blocks { blocks: vec![entry(domain.clone())], ..both };
+        assert!(matches!(check(&own_too, &who), Some(Reason::Own(_))), "an own block beats an exception");
     }
 
     #[test]
-    fn a_shared_list_is_taken_only_signed_by_its_signer_bounded_and_never_older() {
+    fn a_shared_list_is_taken_only_signed_by_its_signer_bounded_unambiguous_and_never_older() {
         let publisher = crate::Identity::generate(None, "lists@example.org", "http://o/").unwrap();
         let mallory = crate::Identity::generate(None, "m@example.com", "http://m/").unwrap();
         let mut sub = Subscription {
@@ -869,88 +829,54 @@ mod tests {
             error: None,
             entries: vec![],
         };
-        let entries = vec![
-            Target::Domain("spam.example".into()),
-            Target::Sender(fpr('D')),
-        ];
+        let entries = vec![Target::Domain("spam.example".into()), Target::Sender(fpr('D'))];
         let doc = publish(&publisher, entries.clone(), 1000).unwrap();
         let body = verify(&sub, &doc, 1000).unwrap();
         assert_eq!((body.published, body.entries), (1000, entries.clone()));
         // Signed by someone else, or tampered with after signing.
-        assert!(matches!(
-            verify(
-                &sub,
-                &publish(&mallory, entries.clone(), 1000).unwrap(),
-                1000
-            ),
-            Err(ListError::Signature(..))
-        ));
+        assert!(matches!(verify(&sub, &publish(&mallory, entries.clone(), 1000).unwrap(), 1000), Err(ListError::Signature(..))));
         let mut p: Published = serde_json::from_slice(&doc).unwrap();
         p.list = p.list.replace("spam.example", "good.example");
-        assert!(matches!(
-            verify(&sub, &serde_json::to_vec(&p).unwrap(), 1000),
-            Err(ListError::Signature(..))
-        ));
+        assert!(matches!(verify(&sub, &serde_json::to_vec(&p).unwrap(), 1000), Err(ListError::Signature(..))));
+        // A signed body that says two things (a repeated field) is refused.
+        for twice in [
+            r#"{"stubmail_blocklist":1,"published":1000,"entries":["domain:a.example"],"entries":[]}"#,
+            r#"{"stubmail_blocklist":1,"published":1000,"published":1,"entries":[]}"#,
+        ] {
+            use base64::Engine as _;
+            let sig = publisher.sign_detached(twice.as_bytes()).unwrap();
+            let d = serde_json::to_vec(&Published { list: twice.into(), signature: base64::engine::general_purpose::STANDARD.encode(sig) }).unwrap();
+            assert!(matches!(verify(&sub, &d, 1000), Err(ListError::Format(_))), "{twice}");
+        }
         // An older one (a replay) after a newer one was taken.
         sub.published = 2000;
-        assert!(matches!(
-            verify(&sub, &doc, 3000),
-            Err(ListError::Older(1000, 2000))
-        ));
-        assert!(matches!(
-            verify(&sub, &publish(&publisher, vec![], 500_000).unwrap(), 1000),
-            Err(ListError::Future(_))
-        ));
+        assert!(matches!(verify(&sub, &doc, 3000), Err(ListError::Older(1000, 2000))));
+        assert!(matches!(verify(&sub, &publish(&publisher, vec![], 500_000).unwrap(), 1000), Err(ListError::Future(_))));
         // Too many entries, even signed.
-        let many: Vec<Target> = (0..MAX_ENTRIES + 1)
-            .map(|i| Target::Domain(format!("d{i}.example")))
-            .collect();
-        assert!(matches!(
-            verify(&sub, &publish(&publisher, many, 3000).unwrap(), 3000),
-            Err(ListError::TooMany(_))
-        ));
-        for junk in [
-            &b""[..],
-            b"{}",
-            b"not json",
-            br#"{"list":"{}","signature":"!!"}"#,
-        ] {
-            assert!(
-                matches!(verify(&sub, junk, 3000), Err(ListError::Format(_))),
-                "{junk:?}"
-            );
+        let many: Vec<Target> = (0..MAX_ENTRIES + 1).map(|i| Target::Domain(format!("d{i}.example"))).collect();
+        assert!(matches!(verify(&sub, &publish(&publisher, many, 3000).unwrap(), 3000), Err(ListError::TooMany(_))));
+        for junk in [&b""[..], b"{}", b"not json", br#"{"list":"{}","signature":"!!"}"#] {
+            assert!(matches!(verify(&sub, junk, 3000), Err(ListError::Format(_))), "{junk:?}");
         }
     }
 
     #[test]
-    fn the_cache_follows_the_file_and_keeps_the_last_good_one_when_damaged() {
+    fn a_damaged_file_keeps_the_blocks_read_before_and_with_none_read_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let c = BlockCache::new(d.path());
         let a = fpr('A');
-        let who = Who {
-            sender: &a,
-            outbox: None,
-            emails: &[],
-        };
-        assert!(c.get().check(&who).is_none());
-        update(d.path(), |b| {
-            b.blocks.push(Entry {
-                target: Target::Sender(a.clone()),
-                added: 1,
-                note: None,
-            })
-        })
-        .unwrap();
-        assert!(c.get().check(&who).is_some());
+        let who = Who { sender: &a, outbox: None, emails: &[] };
+        update(d.path(), |b| b.blocks.push(Entry { target: Target::Sender(a.clone()), added: 1, note: None })).unwrap();
+        let running = BlockCache::new(d.path());
+        assert!(running.get().unwrap().check(&who).is_some());
         std::fs::write(path(d.path()), b"{ damaged").unwrap();
-        assert!(
-            c.get().check(&who).is_some(),
-            "a damaged file unblocks no one"
-        );
+        assert!(running.get().unwrap().check(&who).is_some(), "a damaged file unblocks no one");
+        // A process started now has read nothing good: it gets an error.
+        assert!(matches!(BlockCache::new(d.path()).get(), Err(BlocksError::Damaged(..))));
+        // Nor is a device or a FIFO read (a link to /dev/zero).
         std::fs::remove_file(path(d.path())).unwrap();
-        assert!(
-            c.get().check(&who).is_none(),
-            "a removed file blocks no one"
-        );
+        std::os::unix::fs::symlink("/dev/zero", path(d.path())).unwrap();
+        assert!(BlockCache::new(d.path()).get().is_err());
+        std::fs::remove_file(path(d.path())).unwrap();
+        assert!(running.get().unwrap().check(&who).is_none(), "a removed file blocks no one");
     }
 }

@@ -74,6 +74,19 @@ pub fn http_client_with_timeout(timeout: Duration) -> Result<reqwest::Client, Cl
         .build()?)
 }
 
+/// [`http_client_with_timeout`] that follows no redirect: for fetching
+/// from a server the user named (a shared blocklist), which must not be
+/// able to send the user's machine to some other (internal) address.
+pub fn http_client_no_redirects(timeout: Duration) -> Result<reqwest::Client, ClientError> {
+    init_tls();
+    Ok(reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .read_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("stubmail/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
 /// Largest error body read from a peer (only its first 300 characters are
 /// shown anyway).
 pub const MAX_ERROR_BODY: usize = 64 * 1024;

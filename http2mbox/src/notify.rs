@@ -282,7 +282,13 @@ impl Judge {
             Some(c) if stub.sender == self.me => Ok(Some(c.clone())),
             _ => self.keyring.get(&stub.sender),
         };
-        let blocks = self.blocks.as_ref().map(|b| b.get()).filter(|b| !b.is_empty() && stub.sender != self.me);
+        let blocks = match self.blocks.as_ref().map(|b| b.get()) {
+            None => None,
+            Some(Ok(b)) => Some(b).filter(|b| !b.is_empty() && stub.sender != self.me),
+            // Fail closed: nothing is acted on until the user fixes it.
+            Some(Err(_)) if stub.sender != self.me => return Verdict::Dropped("the blocklist is unreadable"),
+            Some(Err(_)) => None,
+        };
         // The outbox the stub names (a stranger's claim, unverified: it
         // can only make a block apply, never lift one).
         if let Some(b) = &blocks
@@ -550,6 +556,19 @@ mod tests {
         assert!(q.list().unwrap().is_empty(), "nothing held for a blocked stranger");
         block(Target::Domain("unrelated.example".into()));
         assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 3, NOW), NOW), Verdict::Held(Held::New));
+    }
+
+    #[test]
+    fn an_unreadable_blocklist_read_by_no_one_before_drops_every_stub() {
+        let d = tempfile::tempdir().unwrap();
+        let bob = Identity::generate(None, "bob@example.net", "http://b/").unwrap();
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        let keyring = Keyring::new(d.path().join("keyring"));
+        keyring.import(vec![alice.cert()]).unwrap();
+        std::fs::write(stubmail::blocklist::path(d.path()), b"{ damaged").unwrap();
+        let mut j = Judge::new(bob.fpr(), keyring, None);
+        j.blocks = Some(std::sync::Arc::new(stubmail::blocklist::BlockCache::new(d.path())));
+        assert_eq!(j.judge(SRC, &stub_from(&alice, &bob.fpr(), 1, NOW), NOW), Verdict::Dropped("the blocklist is unreadable"));
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl Poller {
         *self.claims.lock().expect("not poisoned") = Arc::new(claims);
         // Blocked contacts are not asked about: nothing of theirs is listed,
         // fetched or acked (the user's own identity is never blocked).
-        let blocks = self.blocks.get();
+        let blocks = self.blocks.get().map_err(|e| anyhow::anyhow!("the blocklist: {e}"))?;
         let me = self.me.fpr();
         let mut blocked = 0;
         for Checked { cert, fpr, outbox: bound, emails } in contacts {

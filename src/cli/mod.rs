@@ -224,8 +224,8 @@ pub enum BlocklistCommand {
         /// The publisher's certificate (armored): only lists it signed are taken.
         #[arg(long)]
         signer: PathBuf,
-        /// Hours between refreshes.
-        #[arg(long, default_value_t = 6)]
+        /// Hours between refreshes (1 to 8760).
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=8760))]
         every: u64,
     },
     /// Stop taking a shared list; its entries stop applying at once.

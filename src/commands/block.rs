@@ -5,26 +5,27 @@
 use stubmail::blocklist::{self, Entry, Index, Target, Who};
 use stubmail::{Home, pgp};
 
-pub fn block(
-    home: &Home,
-    what: &str,
-    at: Option<&str>,
-    note: Option<String>,
-) -> anyhow::Result<()> {
+pub fn block(home: &Home, what: &str, at: Option<&str>, note: Option<String>) -> anyhow::Result<()> {
     let target = Target::from_user(what, at)?;
     let me = home.load_identity()?;
     let mine = me.cert();
-    let emails = pgp::all_emails_of(&mine);
+    let (emails, outbox) = (pgp::all_emails_of(&mine), pgp::outbox_of(&mine));
     let me_fpr = me.fpr();
-    let own = Who {
-        sender: &me_fpr,
-        outbox: pgp::outbox_of(&mine).as_deref(),
-        emails: &emails,
-    }
-    .is_named_by(&target);
-    if own {
+    let names_me = Who { sender: &me_fpr, outbox: outbox.as_deref(), emails: &emails }.is_named_by(&target);
+    if names_me {
+        // Your own mail is never blocked; an exception you made can still
+        // be taken back (a shared list's entry never applies to you).
+        let had = blocklist::update(&home.data_dir, |b| {
+            let n = b.allows.len();
+            b.allows.retain(|e| e.target != target);
+            n != b.allows.len()
+        })?;
+        if had {
+            println!("{target}: your exception is removed; the shared lists naming it apply again (never to your own mail)");
+            return Ok(());
+        }
         anyhow::bail!(
-            "{target} names you: your own mail would stop; block something narrower (a fingerprint or an address)"
+            "{target} names you (your key, address, domain or outbox): your own mail cannot be blocked; block the other party's fingerprint or address instead"
         );
     }
     let added = blocklist::update(&home.data_dir, |b| {
@@ -32,46 +33,25 @@ pub fn block(
         if b.blocks.iter().any(|e| e.target == target) {
             return false;
         }
-        b.blocks.push(Entry {
-            target: target.clone(),
-            added: stubmail::time::unix_now(),
-            note,
-        });
+        b.blocks.push(Entry { target: target.clone(), added: stubmail::time::unix_now(), note });
         true
     })?;
-    println!(
-        "{target}: {}",
-        if added { "blocked" } else { "already blocked" }
-    );
-    // Who it names among the contacts: they stay, marked blocked.
-    let index = Index::new(&blocklist::load(&home.data_dir)?);
+    println!("{target}: {}", if added { "blocked" } else { "already blocked" });
+    // The contacts this names: they stay, marked blocked.
     for c in home.keyring().all().unwrap_or_default() {
         let f = pgp::fpr_of(&c);
-        let emails = pgp::all_emails_of(&c);
-        if index
-            .check(&Who {
-                sender: &f,
-                outbox: pgp::outbox_of(&c).as_deref(),
-                emails: &emails,
-            })
-            .is_some()
-        {
-            println!(
-                "  contact {f} {}: stays in your keyring, marked blocked; nothing is fetched from them",
-                emails.join(", ")
-            );
+        let (emails, outbox) = (pgp::all_emails_of(&c), pgp::outbox_of(&c));
+        if (Who { sender: &f, outbox: outbox.as_deref(), emails: &emails }).is_named_by(&target) {
+            println!("  contact {f} {}: stays in your keyring, marked blocked; nothing is fetched from them", emails.join(", "));
         }
     }
-    // A stranger waiting in quarantine under this name: turned away.
-    if let Target::Sender(f) = &target {
-        let config = home.load_config()?;
-        let q = http2mbox::notify::Quarantine::open(
-            &home.state_dir(),
-            config.notify.max_per_sender,
-            config.notify.max_senders,
-        )?;
-        if q.reject(f)? {
-            println!("  their introduction is forgotten (`stubmail intro list`)");
+    // Strangers waiting in quarantine whom this names (by key or by the
+    // outbox their stubs named): turned away, nothing fetched from them.
+    let config = home.load_config()?;
+    let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
+    for i in q.list()? {
+        if (Who { sender: &i.sender, outbox: Some(&i.outbox), emails: &[] }).is_named_by(&target) && q.reject(&i.sender)? {
+            println!("  stranger {}: their introduction is forgotten (`stubmail intro list`)", i.sender);
         }
     }
     Ok(())
@@ -79,33 +59,32 @@ pub fn block(
 
 pub fn unblock(home: &Home, what: &str, at: Option<&str>) -> anyhow::Result<()> {
     let target = Target::from_user(what, at)?;
-    let (removed, shared) = blocklist::update(&home.data_dir, |b| {
+    let (removed, shared, excepted) = blocklist::update(&home.data_dir, |b| {
         let before = b.blocks.len();
         b.blocks.retain(|e| e.target != target);
         let removed = b.blocks.len() != before;
-        // Named by a shared list: an exception of the user's own.
-        let shared: Vec<String> = b
-            .subscriptions
-            .iter()
-            .filter(|s| s.entries.contains(&target))
-            .map(|s| s.url.clone())
-            .collect();
-        if !shared.is_empty() && !b.allows.iter().any(|e| e.target == target) {
-            b.allows.push(Entry {
-                target: target.clone(),
-                added: stubmail::time::unix_now(),
-                note: None,
-            });
+        let shared: Vec<String> = b.subscriptions.iter().filter(|s| s.entries.contains(&target)).map(|s| s.url.clone()).collect();
+        // An exception to the shared lists only when asked for it: undoing
+        // one's own block of something a list also names leaves the list
+        // in force (a second `unblock` makes the exception).
+        let excepted = !removed && !shared.is_empty() && !b.allows.iter().any(|e| e.target == target);
+        if excepted {
+            b.allows.push(Entry { target: target.clone(), added: stubmail::time::unix_now(), note: None });
         }
-        (removed, shared)
+        (removed, shared, excepted)
     })?;
-    match (removed, shared.is_empty()) {
-        (true, true) => println!("{target}: unblocked"),
-        (_, false) => println!(
-            "{target}: unblocked here; an exception to {} which name(s) it",
+    let form = target.user_form();
+    match (removed, shared.is_empty(), excepted) {
+        (true, true, _) => println!("{target}: unblocked"),
+        (true, false, _) => println!(
+            "{target}: your block is removed, but {} still name(s) it; `stubmail unblock {form}` again makes an exception",
             shared.join(", ")
         ),
-        (false, true) => anyhow::bail!("{target} is not blocked; `stubmail blocks` lists what is"),
+        (false, false, true) => println!("{target}: an exception to {}, which name(s) it", shared.join(", ")),
+        (false, false, false) => println!("{target}: already an exception to {}", shared.join(", ")),
+        (false, true, _) => anyhow::bail!(
+            "{target} is not itself blocked; `stubmail keys list` says what blocks each contact, and `stubmail blocks` lists every entry"
+        ),
     }
     Ok(())
 }
@@ -172,15 +151,11 @@ pub fn list(home: &Home, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the contact is blocked, for `keys list`.
-pub fn reason(index: &Index, c: &stubmail::openpgp::Cert) -> Option<blocklist::Reason> {
+/// What blocks the contact, for `keys list`.
+pub fn reasons(index: &Index, c: &stubmail::openpgp::Cert) -> Vec<blocklist::Reason> {
     let f = pgp::fpr_of(c);
-    let emails = pgp::all_emails_of(c);
-    index.check(&Who {
-        sender: &f,
-        outbox: pgp::outbox_of(c).as_deref(),
-        emails: &emails,
-    })
+    let (emails, outbox) = (pgp::all_emails_of(c), pgp::outbox_of(c));
+    index.check_all(&Who { sender: &f, outbox: outbox.as_deref(), emails: &emails })
 }
 
 pub fn blocklist(home: &Home, cmd: crate::cli::BlocklistCommand) -> anyhow::Result<()> {
@@ -198,17 +173,20 @@ pub fn blocklist(home: &Home, cmd: crate::cli::BlocklistCommand) -> anyhow::Resu
             if !matches!(u.scheme(), "https" | "http") {
                 anyhow::bail!("{url:?}: a blocklist is fetched over https:// (or http://)");
             }
-            let bytes =
-                std::fs::read(&signer).with_context(|| format!("reading {}", signer.display()))?;
-            let cert = pgp::parse_certs(&bytes)?
-                .into_iter()
-                .next()
-                .with_context(|| format!("{} holds no certificate", signer.display()))?;
+            if !u.username().is_empty() || u.password().is_some() {
+                anyhow::bail!("{url:?}: a user name or password in the URL would be shown by `stubmail blocks`; publish the list where it can be fetched without one");
+            }
+            let bytes = stubmail::fsutil::read_bounded(&signer, 1 << 20).with_context(|| format!("reading {}", signer.display()))?;
+            let mut certs = pgp::parse_certs(&bytes)?;
+            if certs.len() != 1 {
+                anyhow::bail!("{} holds {} certificates: give the publisher's alone (`gpg --export --armor FINGERPRINT`)", signer.display(), certs.len());
+            }
+            let cert = certs.remove(0);
             let sub = blocklist::Subscription {
                 url: url.clone(),
                 signer: pgp::armored(&cert)?,
                 signer_fpr: pgp::fpr_of(&cert),
-                refresh_secs: every.max(1) * 3600,
+                refresh_secs: every * 3600,
                 published: 0,
                 fetched: 0,
                 tried: 0,

@@ -94,6 +94,16 @@ pub fn run(home: &Home) -> anyhow::Result<bool> {
         }
         Err(e) => r.problem(&format!("keyring: {e}"), &format!("check {}", home.keyring_dir().display())),
     }
+    match stubmail::blocklist::load(&home.data_dir) {
+        Ok(b) => {
+            r.ok(&format!("blocklist: {} block(s), {} exception(s), {} shared list(s)", b.blocks.len(), b.allows.len(), b.subscriptions.len()));
+            for s in b.subscriptions.iter().filter(|s| s.error.is_some()) {
+                r.note(&format!("shared blocklist {}: {}", s.url, s.error.as_deref().unwrap_or_default()));
+            }
+        }
+        // http2mbox polls nothing while it cannot read the blocks.
+        Err(e) => r.problem(&format!("{e}"), &format!("fix {} by hand (or move it away to start a new, empty one)", stubmail::blocklist::path(&home.data_dir).display())),
+    }
     // The addresses in use: those the running programs recorded in their
     // locks (a flag may have overridden config.toml), else the config's.
     let state = home.state_dir();

@@ -52,6 +52,15 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
         IntroCommand::Accept { fingerprint } => {
             let f = Fpr::parse(&fingerprint)?;
             let intro = q.get(&f).with_context(|| format!("no introduction from {f}; see `stubmail intro list`"))?;
+            // Blocked by key or by the outbox the stubs named: nothing is
+            // fetched from there, not even a certificate.
+            let blocks = stubmail::blocklist::Index::new(&stubmail::blocklist::load(&home.data_dir)?);
+            if let Some(r) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
+                anyhow::bail!(
+                    "{f} is {r}: nothing is fetched from them; `stubmail unblock {}` first if you trust them",
+                    stubmail::blocklist::Target::of(&r).user_form()
+                );
+            }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
             let bytes = rt

@@ -57,12 +57,19 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
             }
             let blocks = stubmail::blocklist::Index::new(&stubmail::blocklist::load(&home.data_dir)?);
             for c in all {
-                if let Some(r) = super::block::reason(&blocks, &c) {
+                let why = super::block::reasons(&blocks, &c);
+                if !why.is_empty() {
+                    // Every entry that applies, each with the command that
+                    // lifts it: all of them together unblock the contact.
+                    let mut undo: Vec<String> = why.iter().map(|r| format!("`stubmail unblock {}`", stubmail::blocklist::Target::of(r).user_form())).collect();
+                    undo.dedup();
                     println!(
-                        "{} {} BLOCKED: {r}; `stubmail unblock {}` undoes it",
+                        "{} {} BLOCKED: {}; {} undo{} it",
                         pgp::fpr_of(&c),
                         pgp::emails_of(&c).join(", "),
-                        stubmail::blocklist::Target::of(&r).user_form()
+                        why.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                        undo.join(" and "),
+                        if undo.len() == 1 { "es" } else { "" }
                     );
                     continue;
                 }
