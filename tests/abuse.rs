@@ -384,3 +384,131 @@ fn block_refuses_what_it_cannot_store_and_matches_every_spelling_of_an_outbox() 
     bob.http2mbox_once();
     assert!(subjects(&bob).is_empty());
 }
+
+/// An outbox without the complaint endpoint (an older one, another
+/// program): the report goes by mail in ARF form (RFC 5965) to abuse@ its
+/// host through the user's relay, with the message's id and sender only.
+#[test]
+fn a_report_to_an_outbox_without_the_endpoint_goes_by_mail_as_arf() {
+    let Pair { root, outbox: _outbox, alice, bob } = Pair::start(true);
+    let smtp = alice.smtp2stub(root.path());
+    let msg = "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: cheap pills\r\n\r\nthe secret body\r\n";
+    assert!(smtplib_send(smtp.port(), "alice@example.org", &["bob@example.net"], msg).unwrap().starts_with("250"));
+    wait_for("the message to be stored", 60, || (states(&alice) == ["stored"]).then_some(()));
+    bob.http2mbox_once();
+    let id = id_of(&bob, "cheap pills");
+    // The outbox now answers as one without the endpoint would.
+    let old = root.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let port = free_port();
+    let mut c = std::process::Command::new(require("python3"));
+    c.args(["-u", "-c", r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        n = int(self.headers.get('Content-Length') or 0)
+        self.rfile.read(n)
+        b = b'{"error":"not_found","message":"no such endpoint; see docs/PROTOCOL.md"}'
+        self.send_response(404); self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+    do_GET = do_POST = answer
+s = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H)
+print('old outbox listening on 127.0.0.1:%s' % sys.argv[1], flush=True)
+s.serve_forever()
+"#, &port.to_string()]);
+    let _old = Server::start("old-outbox", c, root.path());
+    let alice_fpr = alice.fingerprint();
+    bob.edit_config(|t| {
+        let mut o = toml::Table::new();
+        o.insert(alice_fpr.clone(), format!("http://localhost:{port}/").into());
+        table(t, "poll").insert("outboxes".into(), o.into());
+    });
+    // Without a relay: a clear error, and the sender is blocked anyway.
+    let err = fails(bob.stubmail().args(["report", &id]));
+    assert!(err.contains("no [relay]") && err.contains("abuse@localhost"), "{err}");
+    assert!(stdout(&ok(bob.stubmail().arg("blocks"))).contains(&alice_fpr));
+    let (_sink, sink_port, dump) = sink(root.path(), &[]);
+    bob.edit_config(|t| {
+        let r = table(t, "relay");
+        r.insert("host".into(), "127.0.0.1".into());
+        r.insert("port".into(), (sink_port as i64).into());
+        r.insert("tls".into(), "none".into());
+    });
+    let out = stdout(&ok(bob.stubmail().args(["report", &id, "--reason", "pills"])));
+    assert!(out.contains("by mail to abuse@localhost"), "{out}");
+    let mails: Vec<String> = wait_for("the report at the relay", 30, || {
+        let v: Vec<String> = std::fs::read_dir(&dump).ok()?.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect();
+        (!v.is_empty()).then_some(v)
+    });
+    let arf = &mails[0];
+    for want in ["report-type=feedback-report", "Content-Type: message/feedback-report", "Feedback-Type: abuse", "Version: 1", "User-Agent: stubmail/", &format!("Stubmail-Id: {id}"), "Reason given: pills"] {
+        assert!(arf.contains(want), "{want:?} missing in:\n{arf}");
+    }
+    assert!(!arf.contains("the secret body") && !arf.contains("cheap pills"), "never the message unless the user adds it:\n{arf}");
+    // A real MIME parser reads it as RFC 5965 lays it out.
+    let f = root.path().join("arf.eml");
+    std::fs::write(&f, arf).unwrap();
+    let (ok_, parts) = python(
+        "import email,sys\nm=email.message_from_binary_file(open(sys.argv[1],'rb'))\nprint(m.get_content_type(), m.get_param('report-type'), *[p.get_content_type() for p in m.get_payload()])",
+        &[f.to_str().unwrap()],
+    );
+    assert!(ok_, "{parts}");
+    assert_eq!(parts.trim(), "multipart/report feedback-report text/plain message/feedback-report text/rfc822-headers");
+    // With --include-message, the whole message goes along.
+    ok(bob.stubmail().args(["report", &id, "--include-message"]));
+    wait_for("the second report", 30, || {
+        std::fs::read_dir(&dump).ok()?.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).any(|m| m.contains("the secret body") && m.contains("message/rfc822")).then_some(())
+    });
+}
+
+/// Uploads past the account's per-minute limit wait in the sender's
+/// spool (the outbox answers 429), they are not lost or refused for good.
+#[test]
+fn uploads_past_the_minutes_limit_wait_in_the_spool() {
+    let Pair { root, outbox, alice, bob: _bob } = Pair::start(true);
+    ok(bin_cmd("post_manager").args(["account", "add", "--max-uploads-per-minute", "2", "--data"]).arg(&outbox.data).arg("--key").arg(alice.export()));
+    let smtp = alice.smtp2stub(root.path());
+    for i in 0..3 {
+        send(&smtp, &format!("burst {i}"));
+    }
+    wait_for("two stored and one waiting", 60, || {
+        let st = states(&alice);
+        (st.iter().filter(|s| *s == "stored").count() == 2 && st.iter().filter(|s| *s == "queued").count() == 1).then_some(())
+    });
+    assert!(outbox.server.log().contains("status=429"), "the outbox refused it for now");
+    let status = stdout(&ok(alice.stubmail().arg("status")));
+    assert!(status.contains("uploads a minute"), "the sender sees why it waits: {status}");
+}
+
+/// The daemon refreshes a subscribed list when it is due: the publisher's
+/// new entry applies without the user doing anything.
+#[test]
+fn the_daemon_refreshes_a_shared_list_when_it_is_due() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
+    bob.set_pop3_password("pop-secret");
+    let carol = User::init(root.path(), "carol", "carol@example.com", "http://127.0.0.1:9/");
+    let site = root.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    ok(carol.stubmail().args(["block", "one.example"]));
+    ok(carol.stubmail().args(["blocklist", "publish", "--out"]).arg(site.join("bl.json")));
+    let (_web, port) = http_server(&site, root.path());
+    let url = format!("http://127.0.0.1:{port}/bl.json");
+    ok(bob.stubmail().args(["blocklist", "subscribe", &url, "--signer"]).arg(carol.export()).args(["--every", "1"]));
+    // Carol adds an entry and publishes again (a second later: never older).
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(carol.stubmail().args(["block", "two.example"]));
+    ok(carol.stubmail().args(["blocklist", "publish", "--out"]).arg(site.join("bl.json")));
+    // Bob's copy is an hour old.
+    let file = bob.home.join("blocks.json");
+    let mut b: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    b["subscriptions"][0]["fetched"] = (stubmail::time::unix_now() - 3601).into();
+    b["subscriptions"][0]["tried"] = (stubmail::time::unix_now() - 3601).into();
+    std::fs::write(&file, serde_json::to_vec(&b).unwrap()).unwrap();
+    let mut c = bin_cmd("http2mbox");
+    c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    let _daemon = Server::start("http2mbox-bob", c, root.path());
+    wait_for("the refreshed list", 30, || {
+        let j: serde_json::Value = serde_json::from_slice(&ok(bob.stubmail().args(["blocks", "--json"])).stdout).ok()?;
+        (j["subscriptions"][0]["entries"] == 2).then_some(())
+    });
+}

@@ -59,44 +59,6 @@ fn smtp_source_many_concurrent_sessions() {
     wait_states(&s.alice, 100, "retrieved");
 }
 
-/// An smtp-sink that stops with the test, however the test ends (a
-/// leftover one would hold the test's output pipe open).
-struct Sink(std::process::Child);
-
-impl Sink {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// smtp-sink as the relay; `extra` are smtp-sink options (e.g. rejects).
-fn sink(root: &std::path::Path, extra: &[&str]) -> (Sink, u16, std::path::PathBuf) {
-    let port = free_port();
-    let dump = root.join("sink");
-    std::fs::create_dir_all(&dump).unwrap();
-    let user = String::from_utf8(ok(Command::new("id").arg("-un")).stdout).unwrap();
-    let child = Command::new(require("smtp-sink"))
-        .args(["-u", user.trim(), "-d"])
-        .arg(format!("{}/%M.", dump.display()))
-        .args(extra)
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("10")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Sink(child);
-    wait_for("smtp-sink to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    (child, port, dump)
-}
-
 fn use_relay(u: &User, port: u16) {
     u.edit_config(|t| {
         let r = table(t, "relay");

@@ -338,3 +338,40 @@ fn a_stranger_waits_in_quarantine_until_accepted_and_a_rejected_one_stays_out() 
     let e = fails(n.bob.stubmail().args(["intro", "accept", &mallory.fingerprint()]));
     assert!(e.contains("no introduction"), "{e}");
 }
+
+/// A stranger past `notify.max_per_sender`: the stubs over the limit are
+/// counted, and `stubmail intro list` shows the stranger OVER LIMIT with
+/// the `stubmail block` that stops them (issue #19).
+#[test]
+fn a_stranger_past_the_quarantine_limit_is_shown_over_limit() {
+    let p = free_udp_port();
+    let n = net(&[], p, p);
+    n.bob.edit_config(|t| {
+        let notify = table(t, "notify");
+        notify.insert("first_contact".into(), true.into());
+        notify.insert("max_per_sender".into(), 1.into());
+    });
+    let carol = User::init(n.root.path(), "carol", "carol@example.com", &n.outbox.url());
+    n.outbox.add_account(&carol);
+    carol.import(&n.bob.export());
+    carol.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    let _bob = http2mbox_daemon(&n.bob, n.root.path(), "3600");
+    wait_for_cookie(&n);
+    let smtp = carol.smtp2stub(n.root.path());
+    for i in 0..3 {
+        let msg = format!("From: carol@example.com\r\nTo: bob@example.net\r\nSubject: buy {i}\r\n\r\nhi\r\n");
+        assert!(smtplib_send(smtp.port(), "carol@example.com", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    }
+    let f = carol.fingerprint();
+    let list = wait_for("the stranger over the limit", 60, || {
+        let out = stdout(&ok(n.bob.stubmail().args(["intro", "list"])));
+        out.contains("OVER LIMIT: 2 more stub(s) refused").then_some(out)
+    });
+    assert!(list.contains(&format!("{f}  1 message(s)")) && list.contains(&format!("`stubmail block {f}` stops them")), "{list}");
+    // The hint runs as printed: the stranger is gone, and stays out.
+    ok(n.bob.stubmail().args(["block", &f]));
+    assert!(!stdout(&ok(n.bob.stubmail().args(["intro", "list"]))).contains(&f));
+    assert!(n.bob.maildir_new().is_empty());
+}

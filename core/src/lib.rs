@@ -19,6 +19,7 @@ pub mod node;
 pub mod pgp;
 pub mod progress;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod time;

@@ -146,7 +146,7 @@ pub async fn daemon(
             let mut watch = report::JunkWatch::new(&root);
             loop {
                 for found in watch.scan(&home) {
-                    match report::report(&home, me.clone(), http.clone(), &found, Some("moved to Junk by the recipient".into())).await {
+                    match report::report(&home, me.clone(), http.clone(), &found, Some("moved to Junk by the recipient".into()), false).await {
                         Ok(r) => tracing::info!(id = found.id, sender = %found.sender, outbox = r.outbox, "reported as spam (moved to Junk); sender blocked"),
                         // Tried again at the next start (`stubmail report` now).
                         Err(e) => tracing::warn!(id = found.id, "moved to Junk, not reported: {e:#}"),

@@ -93,12 +93,84 @@ pub struct Reported {
     pub outbox: String,
     /// The outbox counted it (false: this message was reported before).
     pub recorded: bool,
+    /// The outbox has no complaint endpoint: the report went by mail, in
+    /// ARF form, to this address.
+    pub by_mail: Option<String>,
     /// The sender was newly blocked here.
     pub blocked: bool,
 }
 
+/// The RFC 2142 address for abuse reports about an outbox: `abuse@` its host.
+pub fn abuse_address(outbox: &str) -> Option<String> {
+    let host = reqwest::Url::parse(outbox).ok()?.host_str()?.trim_end_matches('.').to_ascii_lowercase();
+    // A name, not an address literal (abuse@ a bare IP address is no mailbox).
+    (!host.is_empty() && !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err()).then(|| format!("abuse@{host}"))
+}
+
+/// An abuse report in ARF form (RFC 5965): a human-readable part, the
+/// machine-readable feedback report, and the message's identification —
+/// the fields http2mbox wrote on delivery, not the message (`full`, the
+/// whole message as delivered, only when the user adds it).
+pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&str>, full: Option<&[u8]>, now: i64) -> Vec<u8> {
+    let boundary = format!("stubmail-arf-{}", &found.id[..24]);
+    let reason = reason.map(|r| r.chars().filter(|c| !c.is_control()).take(500).collect::<String>()).unwrap_or_default();
+    let mut m = format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: Abuse report: Stubmail message {id}\r\nDate: {date}\r\n\
+         Message-ID: <arf.{id}@stubmail.invalid>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         A recipient reports a message stored in your outbox {outbox} as abuse.\r\n\
+         Stubmail id {id}, sender key {sender}.{why}\r\n\
+         The outbox has no complaint endpoint (docs/PROTOCOL.md 4.8), so this comes by mail.\r\n\r\n\
+         --{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n\
+         Feedback-Type: abuse\r\nUser-Agent: stubmail/{version}\r\nVersion: 1\r\nArrival-Date: {date}\r\n\
+         Reported-URI: {outbox}v1/messages/{id}\r\n\r\n--{boundary}\r\n",
+        id = found.id,
+        sender = found.sender,
+        date = stubmail::time::rfc5322(now),
+        why = if reason.is_empty() { String::new() } else { format!(" Reason given: {reason}") },
+        version = env!("CARGO_PKG_VERSION"),
+    )
+    .into_bytes();
+    match full {
+        Some(msg) => {
+            m.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+            m.extend_from_slice(msg);
+            if !msg.ends_with(b"\r\n") {
+                m.extend_from_slice(b"\r\n");
+            }
+        }
+        None => m.extend_from_slice(
+            format!("Content-Type: text/rfc822-headers\r\n\r\nStubmail-Sender-Fingerprint: {}\r\nStubmail-Id: {}\r\n", found.sender, found.id).as_bytes(),
+        ),
+    }
+    m.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    m
+}
+
+/// Send an ARF report through the user's `[relay]`.
+async fn send_arf(config: &stubmail::Config, to: &str, report: Vec<u8>) -> anyhow::Result<()> {
+    use lettre::AsyncTransport;
+    let relay = config.relay.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("its outbox takes no complaints and no [relay] is configured to mail {to} a report (config.toml [relay])")
+    })?;
+    let transport = stubmail::relay::transport(relay).map_err(anyhow::Error::msg)?;
+    let envelope = lettre::address::Envelope::new(Some(config.identity.email.parse()?), vec![to.parse()?])?;
+    transport.send_raw(&envelope, &report).await.map_err(|e| anyhow::anyhow!("mailing the report to {to} through {}: {e}", relay.host))?;
+    Ok(())
+}
+
 /// Report one message to its sender's outbox and block the sender.
-pub async fn report(home: &Home, me: Arc<Identity>, http: reqwest::Client, found: &Found, reason: Option<String>) -> anyhow::Result<Reported> {
+/// `include_message`: a report that goes by mail carries the whole
+/// message (the outbox endpoint never takes content).
+pub async fn report(
+    home: &Home,
+    me: Arc<Identity>,
+    http: reqwest::Client,
+    found: &Found,
+    reason: Option<String>,
+    include_message: bool,
+) -> anyhow::Result<Reported> {
     let config = home.load_config()?;
     // The outbox the sender's certificate binds (or the user's override),
     // as the poller polls it.
@@ -112,7 +184,25 @@ pub async fn report(home: &Home, me: Arc<Identity>, http: reqwest::Client, found
         }
     };
     let client = OutboxClient::new(http, &outbox, me)?;
-    let answer = client.complain(&found.id, &ComplaintRequest { sender: Some(found.sender.clone()), reason }).await;
+    let answer = client.complain(&found.id, &ComplaintRequest { sender: Some(found.sender.clone()), reason: reason.clone() }).await;
+    // An outbox without the endpoint (an older one, another program): the
+    // report goes by mail to its abuse address, in ARF form.
+    let no_endpoint = |e: &stubmail::client::ClientError| {
+        matches!(e, stubmail::client::ClientError::Server { status, body }
+            if status.as_u16() == 405 || (status.as_u16() == 404 && body.message.contains("no such endpoint")))
+    };
+    let mut by_mail = None;
+    let answer = match answer {
+        Err(e) if no_endpoint(&e) => {
+            let to = abuse_address(&outbox).ok_or_else(|| anyhow::anyhow!("{outbox} takes no complaints and has no domain to mail abuse@"))?;
+            let full = if include_message { Some(std::fs::read(&found.path)?) } else { None };
+            let report = arf(&config.identity.email, &to, found, &outbox, reason.as_deref(), full.as_deref(), stubmail::time::unix_now());
+            let sent = send_arf(&config, &to, report).await;
+            by_mail = Some(to);
+            sent.map(|()| stubmail::protocol::ComplaintResponse { recorded: true }).map_err(|e| stubmail::client::ClientError::Local(format!("{e:#}")))
+        }
+        other => other,
+    };
     // Blocked whatever the outbox said: the user has decided.
     let target = Target::Sender(found.sender.clone());
     let note = format!("reported as spam: {}", &found.id[..16]);
@@ -126,7 +216,7 @@ pub async fn report(home: &Home, me: Arc<Identity>, http: reqwest::Client, found
     })?;
     let recorded = answer.map_err(|e| anyhow::anyhow!("{outbox} did not take the report: {e} (the sender is blocked here all the same)"))?.recorded;
     mark_reported(home, &found.id)?;
-    Ok(Reported { outbox, recorded, blocked })
+    Ok(Reported { outbox, recorded, by_mail, blocked })
 }
 
 fn reported_dir(home: &Home) -> PathBuf {

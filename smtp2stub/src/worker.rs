@@ -14,7 +14,7 @@ use stubmail::Identity;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use stubmail::config::{RelayConfig, RelayTls};
+use stubmail::config::RelayConfig;
 use stubmail::maildir::Maildir;
 
 use crate::spool::{Envelope, Job, JobKind, JobState, Rcpt, Route, Spool};
@@ -257,21 +257,11 @@ impl Worker {
         let Some(cfg) = &self.relay else {
             return Attempt::Fail("no SMTP relay is configured any more".into());
         };
-        use lettre::transport::smtp::authentication::Credentials;
-        use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-        let builder = match cfg.tls {
-            RelayTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host)),
-            RelayTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host),
-            RelayTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host),
+        use lettre::AsyncTransport;
+        let transport = match stubmail::relay::transport(cfg) {
+            Ok(t) => t,
+            Err(e) => return Attempt::Fail(e),
         };
-        let mut builder = match builder {
-            Ok(b) => b.port(cfg.port).timeout(Some(Duration::from_secs(120))),
-            Err(e) => return Attempt::Fail(format!("relay {}: {e}", cfg.host)),
-        };
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            builder = builder.credentials(Credentials::new(u.clone(), p.expose().to_string()));
-        }
-        let transport = builder.build();
         let from = env.from.parse().map_err(|e| format!("sender {}: {e}", env.from));
         let to: Result<Vec<lettre::Address>, String> =
             job.rcpts.iter().map(|r| r.addr.parse().map_err(|e| format!("recipient {}: {e}", r.addr))).collect();

@@ -132,6 +132,11 @@ pub enum Command {
         /// A few words for the outbox's operator.
         #[arg(long)]
         reason: Option<String>,
+        /// When the report goes by mail (an outbox without a complaint
+        /// endpoint: ARF to abuse@ its host through your relay), attach the
+        /// whole message; otherwise only its id and sender go.
+        #[arg(long)]
+        include_message: bool,
     },
     /// Shared blocklists: subscribe to a signed list someone you trust
     /// publishes (your own blocks and exceptions win), or publish yours.

@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unblock { what, at } => block::unblock(&home, &what, at.as_deref()),
         Command::Blocks { json } => block::list(&home, json),
         Command::Blocklist { command } => block::blocklist(&home, command),
-        Command::Report { id, reason } => report::run(&home, &id, reason),
+        Command::Report { id, reason, include_message } => report::run(&home, &id, reason, include_message),
         Command::Status { json } => status::run(&home, json),
         Command::Unsend { id } => status::unsend(&home, &id),
         Command::Demo { dir } => demo::run(dir),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use stubmail::Home;
 
-pub fn run(home: &Home, id: &str, reason: Option<String>) -> anyhow::Result<()> {
+pub fn run(home: &Home, id: &str, reason: Option<String>, include_message: bool) -> anyhow::Result<()> {
     let config = home.load_config()?;
     let maildir = home.path(&config.poll.maildir);
     let found = http2mbox::report::find(&maildir, id)?;
@@ -21,14 +21,23 @@ pub fn run(home: &Home, id: &str, reason: Option<String>) -> anyhow::Result<()> 
     let me = Arc::new(home.load_identity()?);
     let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let r = rt.block_on(http2mbox::report::report(home, me, http, &found, reason))?;
-    println!(
-        "reported {} from {} to {}{}",
-        found.id,
-        found.sender,
-        r.outbox,
-        if r.recorded { "" } else { " (reported before; not counted again)" }
-    );
+    let r = rt.block_on(http2mbox::report::report(home, me, http, &found, reason, include_message))?;
+    match &r.by_mail {
+        Some(to) => println!(
+            "reported {} from {} by mail to {to} (ARF, through your relay: {} takes no complaints){}",
+            found.id,
+            found.sender,
+            r.outbox,
+            if include_message { ", with the message" } else { "" }
+        ),
+        None => println!(
+            "reported {} from {} to {}{}",
+            found.id,
+            found.sender,
+            r.outbox,
+            if r.recorded { "" } else { " (reported before; not counted again)" }
+        ),
+    }
     println!("{} is {}blocked here: `stubmail unblock {}` undoes it", found.sender, if r.blocked { "now " } else { "already " }, found.sender);
     Ok(())
 }
