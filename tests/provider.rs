@@ -251,7 +251,7 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     // A suspended account, with the complaints that suspended it.
     use post_manager::store::{Complaint, Suspension};
     files.record_complaint(&Complaint { sender: a.clone(), id: ids[1].clone(), by: b.clone(), at: now + 50 }).unwrap();
-    files.set_suspension(&a, Some(&Suspension { since: now + 50, reason: "complaints".into() })).unwrap();
+    files.set_suspension(&a, Some(&Suspension { since: now + 50, reason: "complaints".into() }), now + 50).unwrap();
     let migrate = || common::stdout(&common::ok(common::bin_cmd("post_manager").args(["migrate", "--from"]).arg(&data).args(["--to", &url])));
     let out = migrate();
     assert!(out.contains("30 message(s)") && out.contains("30 copied"), "{out}");
@@ -265,7 +265,7 @@ fn an_outbox_moves_from_its_data_directory_into_postgres() {
     same("account", &|s| serde_json::to_string(&s.account_status(&a, now + 200).unwrap()).unwrap());
     same("names", &|s| s.outbox_urls().unwrap().join(","));
     same("suspension", &|s| format!("{:?}", s.suspension(&a).unwrap()));
-    same("complaints", &|s| format!("{:?} {:?}", s.complaint_counts(&a, now + 50).unwrap(), s.recent_complaints(&a, 10).unwrap()));
+    same("complaints", &|s| format!("{:?} {:?}", s.complaint_counts(&a, now + 50, 0).unwrap(), s.recent_complaints(&a, 10).unwrap()));
     assert!(moved.suspension(&a).unwrap().is_some(), "still suspended after the move");
     assert!(moved.known_cert(&b).unwrap().is_some() && moved.account(&a).unwrap().is_some());
     for id in ids.iter().filter(|i| *i != &ids[20]) {

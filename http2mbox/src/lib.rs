@@ -145,7 +145,19 @@ pub async fn daemon(
         tokio::spawn(async move {
             let mut watch = report::JunkWatch::new(&root);
             loop {
-                for found in watch.scan(&home) {
+                // File reads: off the runtime.
+                let h = home.clone();
+                let (w, found) = match tokio::task::spawn_blocking(move || {
+                    let f = watch.scan(&h);
+                    (watch, f)
+                })
+                .await
+                {
+                    Ok(x) => x,
+                    Err(_) => return,
+                };
+                watch = w;
+                for found in found {
                     match report::report(&home, me.clone(), http.clone(), &found, Some("moved to Junk by the recipient".into()), false).await {
                         Ok(r) => tracing::info!(id = found.id, sender = %found.sender, outbox = r.outbox, "reported as spam (moved to Junk); sender blocked"),
                         // Tried again at the next start (`stubmail report` now).

@@ -36,7 +36,8 @@ const HEADER_READ: u64 = 64 * 1024;
 /// brings along, so the first ones are its own).
 pub fn stubmail_fields(path: &Path) -> Option<(String, Fpr)> {
     let mut buf = Vec::new();
-    std::fs::File::open(path).ok()?.take(HEADER_READ).read_to_end(&mut buf).ok()?;
+    // A regular file only: no FIFO to hang on, no symbolic link to follow.
+    stubmail::fsutil::open_regular(path).ok()?.take(HEADER_READ).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
     let (mut id, mut sender) = (None, None);
     for line in text.split('\n') {
@@ -54,6 +55,18 @@ pub fn stubmail_fields(path: &Path) -> Option<(String, Fpr)> {
     Some((id, sender?))
 }
 
+/// Did http2mbox deliver message `id` as this very file? Its delivery
+/// journal names the file each id was delivered as; a file anyone else put
+/// in the Maildir (ordinary mail fetched by another program, a copy) that
+/// carries Stubmail fields is not one of ours, and names no one.
+pub fn delivered_as(home: &Home, id: &str, path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.split(':').next()) else { return false };
+    stubmail::maildir::Journal::open(&home.state_dir().join("delivered"))
+        .ok()
+        .and_then(|j| j.get(id).ok().flatten())
+        .is_some_and(|recorded| recorded == name)
+}
+
 /// The Maildir's folders a report may find a message in: the inbox and
 /// its Maildir++ folders (`.Junk`, `.Archive`, ...).
 fn folders(maildir: &Path) -> Vec<PathBuf> {
@@ -64,8 +77,9 @@ fn folders(maildir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Messages whose Stubmail id starts with `prefix` (at least 8 hex digits).
-pub fn find(maildir: &Path, prefix: &str) -> anyhow::Result<Vec<Found>> {
+/// Messages http2mbox delivered whose Stubmail id starts with `prefix`
+/// (at least 8 hex digits).
+pub fn find(home: &Home, maildir: &Path, prefix: &str) -> anyhow::Result<Vec<Found>> {
     let prefix = prefix.trim().to_ascii_lowercase();
     if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         anyhow::bail!("{prefix:?}: name the message by its Stubmail-Id header (at least 8 hex digits)");
@@ -78,6 +92,7 @@ pub fn find(maildir: &Path, prefix: &str) -> anyhow::Result<Vec<Found>> {
                 if let Some((id, sender)) = stubmail_fields(&e.path())
                     && id.starts_with(&prefix)
                     && !out.iter().any(|f| f.id == id)
+                    && delivered_as(home, &id, &e.path())
                 {
                     out.push(Found { id, sender, path: e.path() });
                 }
@@ -171,6 +186,9 @@ pub async fn report(
     reason: Option<String>,
     include_message: bool,
 ) -> anyhow::Result<Reported> {
+    if found.sender == me.fpr() {
+        anyhow::bail!("message {} is from you (another device of yours, or mail to yourself): nothing to report", found.id);
+    }
     let config = home.load_config()?;
     // The outbox the sender's certificate binds (or the user's override),
     // as the poller polls it.
@@ -206,6 +224,11 @@ pub async fn report(
     // Blocked whatever the outbox said: the user has decided.
     let target = Target::Sender(found.sender.clone());
     let note = format!("reported as spam: {}", &found.id[..16]);
+    // Marked before the outbox is asked: the Junk watch reports a message
+    // once, and a report that fails is tried again by `stubmail report`,
+    // never by itself on the next start (which would block again a
+    // sender the user has unblocked since).
+    mark_reported(home, &found.id)?;
     let blocked = blocklist::update(&home.data_dir, |b| {
         if b.blocks.iter().any(|e| e.target == target) {
             return false;
@@ -214,8 +237,9 @@ pub async fn report(
         b.blocks.push(Entry { target: target.clone(), added: stubmail::time::unix_now(), note: Some(note) });
         true
     })?;
-    let recorded = answer.map_err(|e| anyhow::anyhow!("{outbox} did not take the report: {e} (the sender is blocked here all the same)"))?.recorded;
-    mark_reported(home, &found.id)?;
+    let recorded = answer
+        .map_err(|e| anyhow::anyhow!("{outbox} did not take the report: {e} (the sender is blocked here all the same; `stubmail report {}` tries again)", found.id))?
+        .recorded;
     Ok(Reported { outbox, recorded, by_mail, blocked })
 }
 
@@ -261,7 +285,9 @@ impl JunkWatch {
                     self.seen.clear();
                 }
                 match stubmail_fields(&e.path()) {
-                    Some((id, sender)) if !was_reported(home, &id) => out.push(Found { id, sender, path: e.path() }),
+                    Some((id, sender)) if !was_reported(home, &id) && delivered_as(home, &id, &e.path()) => {
+                        out.push(Found { id, sender, path: e.path() })
+                    }
                     _ => {
                         self.seen.insert(name);
                     }

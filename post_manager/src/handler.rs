@@ -478,6 +478,15 @@ fn update_cert(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Respo
     let store = ctx.store;
     let (sender, body) = account_request(ctx, req, now)?;
     let sender = &sender;
+    // A suspended account cannot point its contacts elsewhere either: its
+    // certificate here is the one it had.
+    if let Some(s) = store.suspension(sender).map_err(from_store)? {
+        return Err(Response::error(
+            403,
+            "account_suspended",
+            format!("this account is suspended since {} ({}); its certificate is not updated", stubmail::time::rfc3339(s.since), s.reason),
+        ));
+    }
     let cert = pgp::parse_certs(&body)
         .ok()
         .and_then(|v| v.into_iter().next())
@@ -649,23 +658,14 @@ fn queue_stubs<'a>(
         return;
     }
     for n in stubs {
-        let check = || -> Result<Vec<crate::udp::QueuedStub>, String> {
-            // Whom the sender means; the endpoint, though, comes only from the
-            // certificate the recipient presented in its own signed poll here
-            // (or its account): never from one the sender hands over.
+        // What the sender can know: its own stub, for this message and a
+        // recipient waiting for it. Counted as accepted whatever follows,
+        // so the answer never tells which recipients poll this outbox.
+        let check = || -> Result<Fpr, String> {
             let named = pgp::parse_certs(n.cert.as_bytes()).map_err(|e| e.to_string())?.into_iter().next().ok_or("no certificate")?;
             let rcpt = pgp::fpr_of(&named);
-            let cert = store
-                .known_cert(&rcpt)
-                .map_err(|e| e.to_string())?
-                .ok_or("the recipient has not polled this outbox: no stub until it does")?;
             if !status.recipients.iter().any(|r| r.fpr == rcpt && r.state.is_pending()) {
                 return Err(format!("{rcpt} is not waiting for this message"));
-            }
-            // One per device of the recipient (at most four).
-            let endpoints = pgp::notify_all(&cert);
-            if endpoints.is_empty() {
-                return Err("the recipient's certificate binds no notify endpoint".into());
             }
             let raw = base64::engine::general_purpose::STANDARD.decode(&n.stub).map_err(|e| e.to_string())?;
             let (stub, signed, sig) = protocol::udp::Stub::decode(&raw).map_err(|e| e.to_string())?;
@@ -673,21 +673,35 @@ fn queue_stubs<'a>(
                 return Err("the stub names another sender, recipient or message".into());
             }
             pgp::verify_detached(&sender_cert, signed, sig).map_err(|e| format!("stub signature: {e}"))?;
+            Ok(rcpt)
+        };
+        // Where it goes: only to an endpoint bound in the certificate the
+        // recipient presented in its own signed poll here (or its
+        // account's), never one the sender hands over.
+        let endpoints = |rcpt: &Fpr| -> Result<Vec<crate::udp::QueuedStub>, String> {
+            let cert = store
+                .known_cert(rcpt)
+                .map_err(|e| e.to_string())?
+                .ok_or("the recipient has not polled this outbox: no stub until it does")?;
+            let endpoints = pgp::notify_all(&cert);
+            if endpoints.is_empty() {
+                return Err("the recipient's certificate binds no notify endpoint".into());
+            }
             Ok(endpoints
                 .into_iter()
                 .map(|endpoint| crate::udp::QueuedStub { id: id.to_string(), recipient: rcpt.clone(), endpoint, stub: n.stub.clone() })
                 .collect())
         };
         match check() {
-            Ok(qs) => {
-                let queued = qs.iter().enumerate().map(|(k, q)| crate::udp::queue_stub(store, q, k)).collect::<std::io::Result<Vec<()>>>();
-                match queued {
-                    Ok(_) => {
-                        if let Some(q) = qs.first() {
-                            accepted.insert((id.to_string(), q.recipient.clone()));
+            Ok(rcpt) => {
+                accepted.insert((id.to_string(), rcpt.clone()));
+                match endpoints(&rcpt) {
+                    Ok(qs) => {
+                        if let Err(e) = qs.iter().enumerate().map(|(k, q)| crate::udp::queue_stub(store, q, k)).collect::<std::io::Result<Vec<()>>>() {
+                            tracing::warn!("cannot queue a stub: {e}");
                         }
                     }
-                    Err(e) => tracing::warn!("cannot queue a stub: {e}"),
+                    Err(e) => tracing::debug!(%sender, id, recipient = %rcpt, "no stub sent: {e}"),
                 }
             }
             Err(e) => tracing::info!(%sender, id, "stub refused: {e}"),
@@ -761,16 +775,17 @@ fn complaint(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Respons
     }
     let recorded = store.record_complaint(&crate::store::Complaint { sender: sender.clone(), id: id.to_string(), by: who.clone(), at: now }).map_err(from_store)?;
     if recorded {
-        let (today, total) = store.complaint_counts(&sender, now).map_err(from_store)?;
+        let since = store.resumed_at(&sender).map_err(from_store)?;
+        let (today, total) = store.complaint_counts(&sender, now, since).map_err(from_store)?;
         let reason: String = c.reason.unwrap_or_default().chars().filter(|ch| !ch.is_control()).collect();
         tracing::warn!(account = %sender, id, by = %who, today, total, reason, "complaint from a recipient");
         let limit = store.limits(&sender).max_complaints_per_day;
         if today >= limit && store.suspension(&sender).map_err(from_store)?.is_none() {
             let s = crate::store::Suspension {
                 since: now,
-                reason: format!("{today} complaints from recipients on {} (limit {limit})", &stubmail::time::rfc3339(now)[..10]),
+                reason: format!("{today} recipients complained on {} (limit {limit})", &stubmail::time::rfc3339(now)[..10]),
             };
-            store.set_suspension(&sender, Some(&s)).map_err(from_store)?;
+            store.set_suspension(&sender, Some(&s), now).map_err(from_store)?;
             tracing::warn!(account = %sender, today, "account suspended from uploading: `post_manager account show` has the complaints, `account resume` lifts it");
         }
     }

@@ -409,7 +409,7 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             let now = stubmail::time::unix_now();
             let st = store.account_status(&f, now)?;
             let l = store.limits(&f);
-            let (today, total) = store.complaint_counts(&f, now)?;
+            let (today, total) = store.complaint_counts(&f, now, store.resumed_at(&f)?)?;
             println!("account {f} {}", stubmail::pgp::emails_of(&cert).join(", "));
             match store.suspension(&f)? {
                 Some(s) => println!("SUSPENDED since {}: {}", stubmail::time::rfc3339(s.since), s.reason),
@@ -421,7 +421,7 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
                 "uploads: at most {} a minute, {} bytes a minute; {} recipients a message",
                 l.max_uploads_per_minute, l.max_upload_bytes_per_minute, l.max_recipients_per_message
             );
-            println!("complaints: {today} today (suspended at {}), {total} in all", l.max_complaints_per_day);
+            println!("complaints: {today} recipient(s) today (suspended at {}), {total} complaint(s) in all", l.max_complaints_per_day);
             for c in store.recent_complaints(&f, 10)? {
                 println!("  {}  message {} by {}", stubmail::time::rfc3339(c.at), c.id, c.by);
             }
@@ -430,7 +430,8 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
             let store = data.open()?;
             store.account(&f)?.with_context(|| format!("no account {f} here"))?;
-            store.set_suspension(&f, Some(&post_manager::store::Suspension { since: stubmail::time::unix_now(), reason }))?;
+            let now = stubmail::time::unix_now();
+            store.set_suspension(&f, Some(&post_manager::store::Suspension { since: now, reason }), now)?;
             println!("suspended {f}: its uploads are refused; what it stored stays fetchable");
         }
         AccountCmd::Resume { data, fingerprint } => {
@@ -439,8 +440,8 @@ fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             if store.suspension(&f)?.is_none() {
                 anyhow::bail!("{f} is not suspended");
             }
-            store.set_suspension(&f, None)?;
-            println!("resumed {f}: it may upload again");
+            store.set_suspension(&f, None, stubmail::time::unix_now())?;
+            println!("resumed {f}: it may upload again (today's complaints so far no longer count)");
         }
         AccountCmd::Remove { data, fingerprint } => {
             let f = stubmail::protocol::Fpr::parse(&fingerprint)?;

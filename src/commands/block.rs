@@ -77,8 +77,9 @@ pub fn unblock(home: &Home, what: &str, at: Option<&str>) -> anyhow::Result<()> 
     match (removed, shared.is_empty(), excepted) {
         (true, true, _) => println!("{target}: unblocked"),
         (true, false, _) => println!(
-            "{target}: your block is removed, but {} still name(s) it; `stubmail unblock {form}` again makes an exception",
-            shared.join(", ")
+            "{target}: your block is removed, but {} still name(s) it; `stubmail{} unblock {form}` again makes an exception",
+            shared.join(", "),
+            super::init::home_flag(home)
         ),
         (false, false, true) => println!("{target}: an exception to {}, which name(s) it", shared.join(", ")),
         (false, false, false) => println!("{target}: already an exception to {}", shared.join(", ")),

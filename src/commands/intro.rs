@@ -33,10 +33,11 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
                 if let Some(t) = i.last_over_limit {
                     println!(
                         "    OVER LIMIT: {} more stub(s) refused (notify.max_per_sender = {}), the last {}; \
-                         `stubmail block {}` stops them",
+                         `stubmail{} block {}` stops them",
                         i.over_limit,
                         config.notify.max_per_sender,
                         stubmail::time::rfc3339(t),
+                        super::init::home_flag(home),
                         i.sender
                     );
                 }
@@ -57,7 +58,8 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
             let blocks = stubmail::blocklist::Index::new(&stubmail::blocklist::load(&home.data_dir)?);
             if let Some(r) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
                 anyhow::bail!(
-                    "{f} is {r}: nothing is fetched from them; `stubmail unblock {}` first if you trust them",
+                    "{f} is {r}: nothing is fetched from them; `stubmail{} unblock {}` first if you trust them",
+                    super::init::home_flag(home),
                     stubmail::blocklist::Target::of(&r).user_form()
                 );
             }

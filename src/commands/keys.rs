@@ -61,7 +61,7 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
                 if !why.is_empty() {
                     // Every entry that applies, each with the command that
                     // lifts it: all of them together unblock the contact.
-                    let mut undo: Vec<String> = why.iter().map(|r| format!("`stubmail unblock {}`", stubmail::blocklist::Target::of(r).user_form())).collect();
+                    let mut undo: Vec<String> = why.iter().map(|r| format!("`stubmail{} unblock {}`", super::init::home_flag(home), stubmail::blocklist::Target::of(r).user_form())).collect();
                     undo.dedup();
                     println!(
                         "{} {} BLOCKED: {}; {} undo{} it",

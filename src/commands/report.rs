@@ -8,7 +8,7 @@ use stubmail::Home;
 pub fn run(home: &Home, id: &str, reason: Option<String>, include_message: bool) -> anyhow::Result<()> {
     let config = home.load_config()?;
     let maildir = home.path(&config.poll.maildir);
-    let found = http2mbox::report::find(&maildir, id)?;
+    let found = http2mbox::report::find(home, &maildir, id)?;
     let found = match found.as_slice() {
         [one] => one.clone(),
         [] => anyhow::bail!("no message with Stubmail-Id {id}… in {}", maildir.display()),
@@ -38,6 +38,12 @@ pub fn run(home: &Home, id: &str, reason: Option<String>, include_message: bool)
             if r.recorded { "" } else { " (reported before; not counted again)" }
         ),
     }
-    println!("{} is {}blocked here: `stubmail unblock {}` undoes it", found.sender, if r.blocked { "now " } else { "already " }, found.sender);
+    println!(
+        "{} is {}blocked here: `stubmail{} unblock {}` undoes it",
+        found.sender,
+        if r.blocked { "now " } else { "already " },
+        super::init::home_flag(home),
+        found.sender
+    );
     Ok(())
 }

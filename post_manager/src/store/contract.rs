@@ -274,20 +274,26 @@ pub fn complaints_and_suspension(s: &Store) {
     let k = |id: &str, by: &Fpr, at: i64| Complaint { sender: a.clone(), id: id.into(), by: by.clone(), at };
     assert!(s.record_complaint(&k("x", &b, day)).unwrap());
     assert!(!s.record_complaint(&k("x", &b, day + 5)).unwrap(), "once per recipient and message");
+    // One recipient complaining about several messages is one voice.
+    assert!(s.record_complaint(&k("z", &b, day + 5)).unwrap());
     assert!(s.record_complaint(&k("x", &c, day + 6)).unwrap());
     assert!(s.record_complaint(&k("y", &b, day + 86400)).unwrap());
-    assert_eq!(s.complaint_counts(&a, day + 7).unwrap(), (2, 3));
-    assert_eq!(s.complaint_counts(&a, day + 86400).unwrap(), (1, 3));
-    assert_eq!(s.complaint_counts(&b, day).unwrap(), (0, 0));
+    assert_eq!(s.complaint_counts(&a, day + 7, 0).unwrap(), (2, 4));
+    assert_eq!(s.complaint_counts(&a, day + 86400, 0).unwrap(), (1, 4));
+    assert_eq!(s.complaint_counts(&b, day, 0).unwrap(), (0, 0));
+    // Only complaints at or after a resume count.
+    assert_eq!(s.complaint_counts(&a, day + 7, day + 6).unwrap(), (1, 4));
     let recent = s.recent_complaints(&a, 2).unwrap();
     assert_eq!(recent.iter().map(|c| c.at).collect::<Vec<_>>(), [day + 86400, day + 6]);
     assert_eq!(s.suspension(&a).unwrap(), None);
+    assert_eq!(s.resumed_at(&a).unwrap(), 0);
     let sus = Suspension { since: day, reason: "spam run".into() };
-    s.set_suspension(&a, Some(&sus)).unwrap();
+    s.set_suspension(&a, Some(&sus), day).unwrap();
     assert_eq!(s.suspension(&a).unwrap(), Some(sus));
-    s.set_suspension(&a, None).unwrap();
-    s.set_suspension(&a, None).unwrap();
+    s.set_suspension(&a, None, day + 10).unwrap();
+    s.set_suspension(&a, None, day + 10).unwrap();
     assert_eq!(s.suspension(&a).unwrap(), None);
+    assert_eq!(s.resumed_at(&a).unwrap(), day + 10);
 }
 
 pub fn all(fresh: &mut dyn FnMut() -> Store) {

@@ -66,7 +66,7 @@ pub fn migrate(from: &Files, to: &Pg, progress: &mut dyn Write) -> anyhow::Resul
         // A suspended account stays suspended, and its complaints count on.
         use crate::store::Abuse;
         if let Some(sus) = from.suspension(&f)? {
-            to.set_suspension(&f, Some(&sus))?;
+            to.set_suspension(&f, Some(&sus), sus.since)?;
         }
         for c in from.recent_complaints(&f, usize::MAX)? {
             to.record_complaint(&c)?;

@@ -296,13 +296,18 @@ pub trait Abuse {
     /// Record a complaint (its recipient was checked by the caller); false
     /// if that recipient had complained about that message before.
     fn record_complaint(&self, c: &Complaint) -> Result<bool, StoreError>;
-    /// Complaints about `sender`: on the UTC day of `now`, and all kept.
-    fn complaint_counts(&self, sender: &Fpr, now: i64) -> Result<(u64, u64), StoreError>;
+    /// Complaints about `sender`: the distinct recipients who complained
+    /// on the UTC day of `now` at or after `since` (one recipient, however
+    /// many messages it reports, is one voice), and all complaints kept.
+    fn complaint_counts(&self, sender: &Fpr, now: i64, since: i64) -> Result<(u64, u64), StoreError>;
     /// The latest complaints about `sender`, newest first (at most `n`).
     fn recent_complaints(&self, sender: &Fpr, n: usize) -> Result<Vec<Complaint>, StoreError>;
     fn suspension(&self, f: &Fpr) -> Result<Option<Suspension>, StoreError>;
-    /// Suspend (Some) or resume (None) an account.
-    fn set_suspension(&self, f: &Fpr, s: Option<&Suspension>) -> Result<(), StoreError>;
+    /// Suspend (Some) or resume (None) an account; a resume at `now` is
+    /// remembered, so complaints before it do not suspend it again.
+    fn set_suspension(&self, f: &Fpr, s: Option<&Suspension>, now: i64) -> Result<(), StoreError>;
+    /// When the operator last resumed the account (0: never).
+    fn resumed_at(&self, f: &Fpr) -> Result<i64, StoreError>;
 }
 
 /// Replay protection for signed requests.

@@ -50,10 +50,11 @@ impl Abuse for Files {
         Ok(true)
     }
 
-    fn complaint_counts(&self, sender: &Fpr, now: i64) -> Result<(u64, u64), StoreError> {
+    fn complaint_counts(&self, sender: &Fpr, now: i64, since: i64) -> Result<(u64, u64), StoreError> {
         let all = self.complaint_lines(sender)?;
         let today = utc_day(now);
-        Ok((all.iter().filter(|(d, _)| *d == today).count() as u64, all.len() as u64))
+        let voices: std::collections::HashSet<&Fpr> = all.iter().filter(|(d, c)| *d == today && c.at >= since).map(|(_, c)| &c.by).collect();
+        Ok((voices.len() as u64, all.len() as u64))
     }
 
     fn recent_complaints(&self, sender: &Fpr, n: usize) -> Result<Vec<Complaint>, StoreError> {
@@ -71,16 +72,27 @@ impl Abuse for Files {
         }
     }
 
-    fn set_suspension(&self, f: &Fpr, s: Option<&Suspension>) -> Result<(), StoreError> {
+    fn set_suspension(&self, f: &Fpr, s: Option<&Suspension>, now: i64) -> Result<(), StoreError> {
         let p = self.p(&format!("accounts/{f}.suspended"));
         match s {
             Some(s) => fsutil::write_atomic(&p, &serde_json::to_vec_pretty(s).expect("serialisable"), 0o600)?,
-            None => match fs::remove_file(&p) {
-                Ok(()) => fsutil::fsync_dir(&self.p("accounts"))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            },
+            None => {
+                fsutil::write_atomic(&self.p(&format!("accounts/{f}.resumed")), now.to_string().as_bytes(), 0o600)?;
+                match fs::remove_file(&p) {
+                    Ok(()) => fsutil::fsync_dir(&self.p("accounts"))?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         Ok(())
+    }
+
+    fn resumed_at(&self, f: &Fpr) -> Result<i64, StoreError> {
+        match fs::read_to_string(self.p(&format!("accounts/{f}.resumed"))) {
+            Ok(t) => Ok(t.trim().parse().unwrap_or(0)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 }

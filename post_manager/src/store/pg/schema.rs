@@ -73,6 +73,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX complaints_by_day ON complaints (sender, day);
     -- Accounts that may not upload, and why.
     CREATE TABLE suspensions (fpr text PRIMARY KEY, since bigint NOT NULL, reason text NOT NULL);
+    -- When the operator last resumed an account: complaints before it count no more.
+    CREATE TABLE resumptions (fpr text PRIMARY KEY, at bigint NOT NULL);
     "#,
 ];
 
