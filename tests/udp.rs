@@ -375,3 +375,24 @@ fn a_stranger_past_the_quarantine_limit_is_shown_over_limit() {
     assert!(!stdout(&ok(n.bob.stubmail().args(["intro", "list"]))).contains(&f));
     assert!(n.bob.maildir_new().is_empty());
 }
+
+/// A report carries the sender's signed stub when one came: the outbox
+/// checks it is the sender's word that it announced this message to the
+/// complainer (issue #19).
+#[test]
+fn a_report_carries_the_senders_signed_stub() {
+    let p = free_udp_port();
+    let n = net(&[], p, p);
+    let _bob = http2mbox_daemon(&n.bob, n.root.path(), "3600");
+    wait_for_cookie(&n);
+    let smtp = n.alice.smtp2stub(n.root.path());
+    send(smtp.port(), 1);
+    wait_for("the message via its stub", 60, || (n.bob.maildir_new().len() == 1).then_some(()));
+    let text = std::fs::read_to_string(&n.bob.maildir_new()[0]).unwrap();
+    let id = text.lines().find_map(|l| l.strip_prefix("Stubmail-Id: ")).unwrap().to_string();
+    let out = stdout(&ok(n.bob.stubmail().args(["report", &id])));
+    assert!(out.contains("reported"), "{out}");
+    let log = n.outbox.server.log();
+    let line = log.lines().find(|l| l.contains("complaint from a recipient")).expect("the complaint is logged");
+    assert!(line.contains("stub=\"verified\""), "{line}");
+}

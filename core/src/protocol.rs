@@ -410,6 +410,11 @@ pub struct ComplaintRequest {
     /// Free text, at most [`MAX_COMPLAINT_REASON`] characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The sender's signed stub announcing the message to the complainer
+    /// (§8.3), standard base64, when the complainer received one: the
+    /// sender's own signed word that it sent this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stub: Option<String>,
 }
 
 /// Longest `reason` of a complaint.

@@ -110,6 +110,7 @@ pub async fn daemon(
         judge.blocks = Some(poller.blocks.clone());
         judge.strangers_per_hour = config.notify.new_strangers_per_source_hour;
         judge.stubs_per_minute = config.notify.stubs_per_source_minute;
+        judge.evidence = Some(report::stubs_dir(home));
         tokio::spawn(notify::listen(socket, judge, stub_tx.clone(), shutdown.clone()));
     }
     // Shared blocklists the user subscribed to, refreshed when due
@@ -144,7 +145,13 @@ pub async fn daemon(
         let (home, root, me, http, shutdown) = (home.clone(), md.root().to_path_buf(), poller.me.clone(), poller.http.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut watch = report::JunkWatch::new(&root);
+            let mut pruned = None::<tokio::time::Instant>;
             loop {
+                if pruned.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                    let h = home.clone();
+                    let _ = tokio::task::spawn_blocking(move || report::prune_stubs(&h)).await;
+                    pruned = Some(tokio::time::Instant::now());
+                }
                 // File reads: off the runtime.
                 let h = home.clone();
                 let (w, found) = match tokio::task::spawn_blocking(move || {

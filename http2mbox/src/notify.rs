@@ -221,6 +221,9 @@ pub struct Judge {
     pub strangers_per_hour: u32,
     /// Stubs taken from one source per minute (`notify.stubs_per_source_minute`).
     pub stubs_per_minute: u32,
+    /// Where contacts' authentic stubs are kept (`state/stubs/<id>.<FPR>`),
+    /// the sender's signed word for a report of that message.
+    pub evidence: Option<PathBuf>,
     /// New strangers per source address in the current hour.
     strangers: HashMap<IpAddr, (u32, Instant)>,
     /// Stubs per source address in the current minute.
@@ -244,6 +247,7 @@ impl Judge {
             blocks: None,
             strangers_per_hour: d.new_strangers_per_source_hour,
             stubs_per_minute: d.stubs_per_source_minute,
+            evidence: None,
             sources: HashMap::new(),
             strangers: HashMap::new(),
             seen: HashMap::new(),
@@ -309,7 +313,10 @@ impl Judge {
                     }
                 }
                 match pgp::verify_detached(&cert, signed, sig) {
-                    Ok(()) => self.schedule(&stub, Instant::now()),
+                    Ok(()) => {
+                        self.keep(&stub, datagram);
+                        self.schedule(&stub, Instant::now())
+                    }
                     Err(_) => Verdict::Dropped("bad signature"),
                 }
             }
@@ -343,6 +350,22 @@ impl Judge {
 }
 
 impl Judge {
+    /// Keep a contact's authentic stub, once per message (a later one of
+    /// the same message adds nothing); pruned after a month (`report.rs`).
+    fn keep(&self, stub: &Stub, datagram: &[u8]) {
+        let Some(dir) = &self.evidence else { return };
+        if !stubmail::protocol::is_valid_id(&stub.id) {
+            return;
+        }
+        let path = dir.join(format!("{}.{}", stub.id, stub.sender));
+        if path.exists() {
+            return;
+        }
+        if let Err(e) = stubmail::fsutil::ensure_private_dir(dir).and_then(|()| stubmail::fsutil::write_atomic(&path, datagram, 0o600)) {
+            tracing::debug!("cannot keep a stub: {e}");
+        }
+    }
+
     /// An authentic stub of a contact: poll now, later, or not at all (a
     /// replay, or a poll already scheduled).
     fn schedule(&mut self, stub: &Stub, now: Instant) -> Verdict {

@@ -126,7 +126,8 @@ pub fn abuse_address(outbox: &str) -> Option<String> {
 /// machine-readable feedback report, and the message's identification —
 /// the fields http2mbox wrote on delivery, not the message (`full`, the
 /// whole message as delivered, only when the user adds it).
-pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&str>, full: Option<&[u8]>, now: i64) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&str>, stub: Option<&str>, full: Option<&[u8]>, now: i64) -> Vec<u8> {
     let boundary = format!("stubmail-arf-{}", &found.id[..24]);
     let reason = reason.map(|r| r.chars().filter(|c| !c.is_control()).take(500).collect::<String>()).unwrap_or_default();
     let mut m = format!(
@@ -155,9 +156,15 @@ pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&st
                 m.extend_from_slice(b"\r\n");
             }
         }
-        None => m.extend_from_slice(
-            format!("Content-Type: text/rfc822-headers\r\n\r\nStubmail-Sender-Fingerprint: {}\r\nStubmail-Id: {}\r\n", found.sender, found.id).as_bytes(),
-        ),
+        None => {
+            m.extend_from_slice(
+                format!("Content-Type: text/rfc822-headers\r\n\r\nStubmail-Sender-Fingerprint: {}\r\nStubmail-Id: {}\r\n", found.sender, found.id).as_bytes(),
+            );
+            // The sender's signed stub (docs/PROTOCOL.md §8.3), if one came.
+            if let Some(s) = stub {
+                m.extend_from_slice(format!("Stubmail-Stub: {s}\r\n").as_bytes());
+            }
+        }
     }
     m.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     m
@@ -202,7 +209,8 @@ pub async fn report(
         }
     };
     let client = OutboxClient::new(http, &outbox, me)?;
-    let answer = client.complain(&found.id, &ComplaintRequest { sender: Some(found.sender.clone()), reason: reason.clone() }).await;
+    let stub = kept_stub(home, found);
+    let answer = client.complain(&found.id, &ComplaintRequest { sender: Some(found.sender.clone()), reason: reason.clone(), stub: stub.clone() }).await;
     // An outbox without the endpoint (an older one, another program): the
     // report goes by mail to its abuse address, in ARF form.
     let no_endpoint = |e: &stubmail::client::ClientError| {
@@ -214,7 +222,7 @@ pub async fn report(
         Err(e) if no_endpoint(&e) => {
             let to = abuse_address(&outbox).ok_or_else(|| anyhow::anyhow!("{outbox} takes no complaints and has no domain to mail abuse@"))?;
             let full = if include_message { Some(std::fs::read(&found.path)?) } else { None };
-            let report = arf(&config.identity.email, &to, found, &outbox, reason.as_deref(), full.as_deref(), stubmail::time::unix_now());
+            let report = arf(&config.identity.email, &to, found, &outbox, reason.as_deref(), stub.as_deref(), full.as_deref(), stubmail::time::unix_now());
             let sent = send_arf(&config, &to, report).await;
             by_mail = Some(to);
             sent.map(|()| stubmail::protocol::ComplaintResponse { recorded: true }).map_err(|e| stubmail::client::ClientError::Local(format!("{e:#}")))
@@ -241,6 +249,29 @@ pub async fn report(
         .map_err(|e| anyhow::anyhow!("{outbox} did not take the report: {e} (the sender is blocked here all the same; `stubmail report {}` tries again)", found.id))?
         .recorded;
     Ok(Reported { outbox, recorded, by_mail, blocked })
+}
+
+/// Contacts' authentic stubs, by message: `state/stubs/<id>.<FPR>`.
+pub fn stubs_dir(home: &Home) -> PathBuf {
+    home.state_dir().join("stubs")
+}
+
+/// The sender's stub announcing message `id`, if one came (base64).
+fn kept_stub(home: &Home, f: &Found) -> Option<String> {
+    use base64::Engine as _;
+    let b = stubmail::fsutil::read_bounded(&stubs_dir(home).join(format!("{}.{}", f.id, f.sender)), 2048).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(b))
+}
+
+/// Forget kept stubs older than a month (an outbox keeps a message no longer).
+pub fn prune_stubs(home: &Home) {
+    let Ok(rd) = std::fs::read_dir(stubs_dir(home)) else { return };
+    let month = std::time::Duration::from_secs(31 * 86400);
+    for e in rd.flatten() {
+        if e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > month) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn reported_dir(home: &Home) -> PathBuf {

@@ -773,12 +773,29 @@ fn complaint(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Respons
     if store.recipient_state(id, &who).map_err(from_store)?.is_none() {
         return Err(not_found());
     }
+    // The sender's signed stub, if the complainer has one: its own word
+    // that it announced this message to this recipient.
+    if c.stub.as_ref().is_some_and(|s| s.len() > 2048) {
+        return Err(Response::error(400, "bad_request", "a stub is at most 2048 base64 characters"));
+    }
+    let stub = match &c.stub {
+        None => "none",
+        Some(b64) => {
+            use base64::Engine as _;
+            let ok = base64::engine::general_purpose::STANDARD.decode(b64).ok().and_then(|raw| {
+                let (st, signed, sig) = protocol::udp::Stub::decode(&raw).ok()?;
+                let cert = store.account(&sender).ok()??;
+                (st.sender == sender && st.recipient == who && st.id == id && pgp::verify_detached(&cert, signed, sig).is_ok()).then_some(())
+            });
+            if ok.is_some() { "verified" } else { "does not verify" }
+        }
+    };
     let recorded = store.record_complaint(&crate::store::Complaint { sender: sender.clone(), id: id.to_string(), by: who.clone(), at: now }).map_err(from_store)?;
     if recorded {
         let since = store.resumed_at(&sender).map_err(from_store)?;
         let (today, total) = store.complaint_counts(&sender, now, since).map_err(from_store)?;
         let reason: String = c.reason.unwrap_or_default().chars().filter(|ch| !ch.is_control()).collect();
-        tracing::warn!(account = %sender, id, by = %who, today, total, reason, "complaint from a recipient");
+        tracing::warn!(account = %sender, id, by = %who, today, total, reason, stub, "complaint from a recipient");
         let limit = store.limits(&sender).max_complaints_per_day;
         if today >= limit && store.suspension(&sender).map_err(from_store)?.is_none() {
             let s = crate::store::Suspension {
