@@ -272,7 +272,7 @@ fn a_report_reaches_the_outbox_which_suspends_uploads_while_recipients_still_fet
     // the same 404 as for a message that does not exist.
     let carol_id = std::sync::Arc::new(stubmail::Home::single(&carol.home).load_identity().unwrap());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let req = stubmail::protocol::ComplaintRequest { sender: Some(stubmail::protocol::Fpr::parse(&alice_fpr).unwrap()), reason: None };
+    let req = stubmail::protocol::ComplaintRequest { sender: Some(stubmail::protocol::Fpr::parse(&alice_fpr).unwrap()), ..Default::default() };
     let client = stubmail::client::OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox.url(), carol_id).unwrap();
     let err = rt.block_on(client.complain(&id, &req)).unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
