@@ -396,3 +396,28 @@ fn a_report_carries_the_senders_signed_stub() {
     let line = log.lines().find(|l| l.contains("complaint from a recipient")).expect("the complaint is logged");
     assert!(line.contains("stub=\"verified\""), "{line}");
 }
+
+/// One address flooding the notify endpoint: past
+/// `notify.stubs_per_source_minute` its datagrams are not read at all,
+/// valid stubs included (SECURITY.md row 101). Here the flood and the
+/// outbox share 127.0.0.1, so the outbox's real stub is the one refused:
+/// the message waits for a later poll instead of coming at once.
+#[test]
+fn a_flood_from_one_address_uses_up_its_stubs_and_no_more_are_read() {
+    let p = free_udp_port();
+    let n = net(&[], p, p);
+    n.bob.edit_config(|t| {
+        table(t, "notify").insert("stubs_per_source_minute".into(), 3.into());
+    });
+    let _bob = http2mbox_daemon(&n.bob, n.root.path(), "3600");
+    wait_for_cookie(&n);
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        flood.send_to(b"SMN1 junk", ("127.0.0.1", p)).unwrap();
+    }
+    let smtp = n.alice.smtp2stub(n.root.path());
+    send(smtp.port(), 1);
+    wait_stubs_sent(&n.outbox.data, &n.alice, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(n.bob.maildir_new().is_empty(), "the stub past the limit caused no poll");
+}

@@ -261,17 +261,8 @@ impl Judge {
         }
         // Before any parsing or signature check: one source cannot make
         // the listener work without bound.
-        let minute = Duration::from_secs(60);
-        let e = self.sources.entry(src).or_insert((0, Instant::now()));
-        if e.1.elapsed() > minute {
-            *e = (0, Instant::now());
-        }
-        if e.0 >= self.stubs_per_minute {
+        if !take(&mut self.sources, src, self.stubs_per_minute, Duration::from_secs(60)) {
             return Verdict::Dropped("too many stubs from this address");
-        }
-        e.0 += 1;
-        if self.sources.len() > 10_000 {
-            self.sources.retain(|_, (_, t)| t.elapsed() < minute);
         }
         let Ok((stub, signed, sig)) = Stub::decode(datagram) else {
             return Verdict::Dropped("malformed");
@@ -322,19 +313,11 @@ impl Judge {
             }
             Ok(None) => {
                 let Some(q) = &self.quarantine else { return Verdict::Dropped("stranger") };
-                if q.get(&stub.sender).is_none() && !q.is_rejected(&stub.sender) {
-                    let hour = Duration::from_secs(3600);
-                    let e = self.strangers.entry(src).or_insert((0, Instant::now()));
-                    if e.1.elapsed() > hour {
-                        *e = (0, Instant::now());
-                    }
-                    if e.0 >= self.strangers_per_hour {
-                        return Verdict::Dropped("too many strangers from this address");
-                    }
-                    e.0 += 1;
-                    if self.strangers.len() > 10_000 {
-                        self.strangers.retain(|_, (_, t)| t.elapsed() < hour);
-                    }
+                if q.get(&stub.sender).is_none()
+                    && !q.is_rejected(&stub.sender)
+                    && !take(&mut self.strangers, src, self.strangers_per_hour, Duration::from_secs(3600))
+                {
+                    return Verdict::Dropped("too many strangers from this address");
                 }
                 match q.hold(&stub, datagram, now) {
                     Ok(h) => Verdict::Held(h),
@@ -398,6 +381,24 @@ impl Judge {
             }
         }
     }
+}
+
+/// One more event from `src` in its current window of `window`, if it
+/// had fewer than `limit` there. The table stays bounded: past 10,000
+/// sources, those whose window has ended are forgotten.
+fn take(counts: &mut HashMap<IpAddr, (u32, Instant)>, src: IpAddr, limit: u32, window: Duration) -> bool {
+    let e = counts.entry(src).or_insert((0, Instant::now()));
+    if e.1.elapsed() > window {
+        *e = (0, Instant::now());
+    }
+    if e.0 >= limit {
+        return false;
+    }
+    e.0 += 1;
+    if counts.len() > 10_000 {
+        counts.retain(|_, (_, t)| t.elapsed() < window);
+    }
+    true
 }
 
 /// Receive stubs on `socket` until `shutdown`, sending contacts with mail

@@ -221,7 +221,8 @@ pub async fn report(
     let answer = match answer {
         Err(e) if no_endpoint(&e) => {
             let to = abuse_address(&outbox).ok_or_else(|| anyhow::anyhow!("{outbox} takes no complaints and has no domain to mail abuse@"))?;
-            let full = if include_message { Some(std::fs::read(&found.path)?) } else { None };
+            // Bounded like the mailbox's own limit (poll.max_decrypted_size).
+            let full = if include_message { Some(stubmail::fsutil::read_bounded(&found.path, config.poll.max_decrypted_size)?) } else { None };
             let report = arf(&config.identity.email, &to, found, &outbox, reason.as_deref(), stub.as_deref(), full.as_deref(), stubmail::time::unix_now());
             let sent = send_arf(&config, &to, report).await;
             by_mail = Some(to);
