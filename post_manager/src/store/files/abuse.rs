@@ -42,7 +42,12 @@ impl Abuse for Files {
             return Ok(false);
         }
         let dir = self.p(&format!("complaints/{}", c.sender));
-        fs::create_dir_all(&dir)?;
+        if !dir.exists() {
+            // Made by the first complaint: its names made durable too.
+            fs::create_dir_all(&dir)?;
+            fsutil::fsync_dir(&self.p("complaints"))?;
+            fsutil::fsync_dir(&self.root)?;
+        }
         let mut f = OpenOptions::new().create(true).append(true).open(dir.join(utc_day(c.at)))?;
         f.write_all(format!("{} {} {}\n", c.id, c.by, c.at).as_bytes())?;
         f.sync_all()?;

@@ -23,6 +23,7 @@
 //! accounts/<FPR>.rate       an account's uploads in the current minute (soft state)
 //! accounts/<FPR>.suspended  why and since when an account may not upload
 //! complaints/<FPR>/<day>    recipients' complaints about an account's mail, one per line
+//!                           (made by the first complaint: nothing at open, which every CGI request does)
 //! locks/<id>                lock files
 //! tmp/                      uploads in progress
 //! cookies/<id>.json         UDP poll cookies (soft state, see `udp`)
@@ -59,7 +60,7 @@ pub struct Files {
 }
 
 const DIRS: &[&str] =
-    &["accounts", "certs", "messages", "meta", "rcpt", "inbox", "listed", "devices", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify", "complaints"];
+    &["accounts", "certs", "messages", "meta", "rcpt", "inbox", "listed", "devices", "sent", "nonces", "locks", "tmp", "rcptlog", "cookies", "cookies/current", "notify"];
 
 impl Files {
     /// Open (creating the layout if needed) a data directory.
