@@ -59,7 +59,7 @@ fn node(root: &Path, i: usize, first_contact: bool, friend: &Identity, friend_ce
     std::fs::write(&file, &sealed).unwrap();
     rt.block_on(client.upload(&stubmail::client::sha256_hex(&sealed), &[stubmail::pgp::fpr_of(&cert)], &file)).unwrap();
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&user.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&user.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let daemon = Server::start(&format!("http2mbox-{}", user.email), c, root);
     wait_for("the friend's message", 60, || (user.maildir_new().len() == 1).then_some(()));
     Node { user, _daemon: daemon, cert }

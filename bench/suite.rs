@@ -384,7 +384,7 @@ fn warm_up(p: &Pair, smtp_port: u16) -> Server {
     }
     let before = polls_answered(p);
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600"]);
+    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--imap-listen", "127.0.0.1:0"]);
     let bob = Server::start("http2mbox-bob", c, p.root.path());
     wait_for("Bob's first poll", 60, || (polls_answered(p) > before).then_some(()));
     bob
@@ -446,7 +446,7 @@ fn end_to_end(s: &Scale) -> Vec<Row> {
 fn up_node(root: &Path, name: &str, email: &str) -> (Server, User, u16) {
     let home = root.join(name);
     let mut c = bin_cmd("stubmail");
-    c.arg("--home").arg(&home).args(["up", "--email", email, "--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--outbox-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&home).args(["up", "--email", email, "--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--imap", "127.0.0.1:0", "--outbox-listen", "127.0.0.1:0"]);
     let server = Server::start(&format!("up-{name}"), c, root);
     let smtp = server.addr.split_whitespace().find_map(|p| p.strip_prefix("smtp=")).unwrap().rsplit(':').next().unwrap().parse().unwrap();
     let user = User { email: email.into(), home };
@@ -854,7 +854,7 @@ fn pop3(s: &Scale) -> Vec<Row> {
         table(t, "poll").insert("pop3".into(), pop3.into());
     });
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let ours = Server::start("http2mbox-pop3", c, root.path());
     let (dc, dport) = match dovecot(root.path(), &md) {
         Ok(d) => d,

@@ -58,7 +58,7 @@ fn a_block_takes_effect_before_the_next_poll_and_the_contact_stays_marked() {
     let mut c = bin_cmd("http2mbox");
     c.arg("--home")
         .arg(&bob.home)
-        .args(["--interval", "1", "--pop3-listen", "127.0.0.1:0"]);
+        .args(["--interval", "1", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let _daemon = Server::start("http2mbox-bob", c, root.path());
 
     send(&smtp, "before the block");
@@ -317,7 +317,7 @@ fn a_message_moved_to_junk_is_reported_and_its_sender_blocked() {
     let smtp = alice.smtp2stub(root.path());
     bob.set_pop3_password("pop-secret");
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&bob.home).args(["--interval", "1", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&bob.home).args(["--interval", "1", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let _daemon = Server::start("http2mbox-bob", c, root.path());
     send(&smtp, "junk me");
     wait_for("the message", 60, || (subjects(&bob) == ["junk me"]).then_some(()));
@@ -522,7 +522,7 @@ fn the_daemon_refreshes_a_shared_list_when_it_is_due() {
     b["subscriptions"][0]["tried"] = (stubmail::time::unix_now() - 3601).into();
     std::fs::write(&file, serde_json::to_vec(&b).unwrap()).unwrap();
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let _daemon = Server::start("http2mbox-bob", c, root.path());
     wait_for("the refreshed list", 30, || {
         let j: serde_json::Value = serde_json::from_slice(&ok(bob.stubmail().args(["blocks", "--json"])).stdout).ok()?;

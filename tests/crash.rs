@@ -106,7 +106,7 @@ fn trial(seed: u64, messages: usize) {
     };
     let start_poller = || {
         let mut c = bin_cmd("http2mbox");
-        c.arg("--home").arg(&bob.home).args(["--interval", "1", "--pop3-listen", "127.0.0.1:0"]);
+        c.arg("--home").arg(&bob.home).args(["--interval", "1", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
         Server::start("http2mbox", c, root.path())
     };
     // The three programs, killed and restarted by a thread of their own at

@@ -114,7 +114,7 @@ fn a_web_page_cannot_smuggle_smtp_or_pop3_through_the_browser() {
     // POP3: the same trick must not log in, read or delete.
     let mut pop = bin_cmd("http2mbox");
     p.bob.set_pop3_password("pop-secret");
-    pop.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    pop.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let pop = Server::start("http2mbox-bob", pop, p.root.path());
     let port = pop.port();
     let out = send_raw(port, form_post(port, "x=\r\nUSER bob@example.net\r\nPASS pop-secret\r\nDELE 1\r\nQUIT\r\n").as_bytes());
@@ -197,7 +197,7 @@ except smtplib.SMTPException as e:
     // POP3 shares the design: guesses over parallel connections are held.
     p.bob.set_pop3_password("pop-secret");
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let pop = Server::start("http2mbox-bob", c, p.root.path());
     let script = r#"
 import poplib, sys, threading, time

@@ -45,7 +45,7 @@ impl Setup {
             poll.insert("pop3".into(), pop3.into());
         });
         let mut c = bin_cmd("http2mbox");
-        c.arg("--home").arg(&self.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+        c.arg("--home").arg(&self.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
         Server::start("http2mbox-bob", c, self.root.path())
     }
 }
@@ -257,7 +257,7 @@ fn pop3_stls_with_poplib() {
         table(t, "poll").insert("pop3".into(), pop3.into());
     });
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&s.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&s.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let pop = Server::start("http2mbox-bob", c, s.root.path());
     let script = r#"
 import poplib, ssl, sys

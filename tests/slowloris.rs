@@ -89,7 +89,7 @@ fn pop3_slowloris_takes_only_its_share() {
         table(t, "poll").insert("pop3".into(), pop3.into());
     });
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let pop3 = Server::start("http2mbox-bob", c, p.root.path());
     let (_held, refused) = stall(pop3.port(), PER_IP + 5, b"USER bo", "-ERR [SYS/TEMP] too many connections");
     assert_eq!(refused, 5);

@@ -47,7 +47,7 @@ fn net(outbox_args: &[&str], cert_port: u16, listen_port: u16) -> Net {
 
 fn http2mbox_daemon(u: &User, root: &std::path::Path, interval: &str) -> Server {
     let mut c = bin_cmd("http2mbox");
-    c.arg("--home").arg(&u.home).args(["--interval", interval]);
+    c.arg("--home").arg(&u.home).args(["--interval", interval, "--imap-listen", "127.0.0.1:0"]);
     Server::start("http2mbox-bob", c, root)
 }
 

@@ -16,7 +16,7 @@ fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
     let home = root.join(name);
     let mut c = bin_cmd("stubmail");
     c.arg("--home").arg(&home).args([
-        "up", "--email", email, "--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--outbox-listen", "127.0.0.1:0",
+        "up", "--email", email, "--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--imap", "127.0.0.1:0", "--outbox-listen", "127.0.0.1:0",
     ]);
     let server = Server::start(&format!("up-{name}"), c, root);
     let port = |k: &str| {
@@ -144,7 +144,7 @@ fn first_run_asks_for_the_address_on_a_terminal() {
     let root = tempfile::tempdir().unwrap();
     let home = root.path().join("carol");
     let cmd = format!(
-        "{} --home {} up --smtp 127.0.0.1:0 --pop3 127.0.0.1:0 --outbox-listen 127.0.0.1:0",
+        "{} --home {} up --smtp 127.0.0.1:0 --pop3 127.0.0.1:0 --imap 127.0.0.1:0 --outbox-listen 127.0.0.1:0",
         bin("stubmail").display(),
         home.display()
     );
@@ -383,7 +383,7 @@ fn a_second_device_is_a_command_and_a_copied_home_is_a_device_of_its_own() {
     let laptop_user = User { email: bob.user.email.clone(), home: laptop.clone() };
     let mut c = bin_cmd("http2mbox");
     // (On its own machine it would use the same ports; here, others.)
-    c.arg("--home").arg(&laptop).args(["--pop3-listen", "127.0.0.1:0"]);
+    c.arg("--home").arg(&laptop).args(["--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let _laptop_daemon = Server::start("http2mbox-laptop", c, root.path());
     let send = |n: u32| {
         let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: devices {n}\r\n\r\nx\r\n");

@@ -362,6 +362,8 @@ pub struct PollConfig {
     pub mda: Option<String>,
     /// POP3 server (http2mbox in daemon mode).
     pub pop3: Pop3Config,
+    /// IMAP server (http2mbox in daemon mode), with POP3's account.
+    pub imap: ImapConfig,
     /// Between signed polls, ask with one UDP datagram per outbox (daemon).
     pub udp: bool,
     /// Milliseconds to wait for a UDP answer before a signed poll instead.
@@ -406,6 +408,30 @@ pub struct Pop3Config {
     pub tls_key: Option<PathBuf>,
 }
 
+/// The local IMAP server: the same user name and password as POP3
+/// (`poll.pop3.username`, `poll.pop3.password`), on while that password is
+/// set and `enabled` is true.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// PEM certificate and key for STARTTLS (required off loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest message APPEND takes (a mail client saving a draft or a
+    /// sent message), in bytes.
+    pub max_append: u64,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig { enabled: true, listen: "127.0.0.1:1143".parse().unwrap(), tls_cert: None, tls_key: None, max_append: 64 << 20 }
+    }
+}
+
 impl Default for Pop3Config {
     fn default() -> Self {
         Pop3Config { listen: "127.0.0.1:1110".parse().unwrap(), username: None, password: None, tls_cert: None, tls_key: None }
@@ -426,6 +452,7 @@ impl Default for PollConfig {
             mbox: None,
             mda: None,
             pop3: Pop3Config::default(),
+            imap: ImapConfig::default(),
             udp: true,
             udp_timeout_ms: 1000,
             udp_interval_secs: 30,

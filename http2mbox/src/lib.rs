@@ -7,6 +7,7 @@ pub mod deliver;
 pub mod mbox;
 pub mod notify;
 pub mod poller;
+pub mod imap;
 pub mod pop3;
 pub mod report;
 
@@ -66,6 +67,7 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         refreshed: state.join("refreshed"),
         cert_refresh: Duration::from_secs(config.poll.cert_refresh_secs.max(1)),
         blocks: Arc::new(stubmail::blocklist::BlockCache::new(&home.data_dir)),
+        delivered: tokio::sync::watch::Sender::new(0),
     })
 }
 
@@ -90,11 +92,18 @@ pub async fn daemon(
     poller: Arc<Poller>,
     interval: u64,
     pop3_listener: Option<tokio::net::TcpListener>,
+    imap_listener: Option<tokio::net::TcpListener>,
     notify_socket: Option<tokio::net::UdpSocket>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    // One count of failed logins for both servers: they share the password.
+    let throttle: Arc<stubmail::guard::LoginThrottle> = Default::default();
     let pop3_task = match pop3_listener {
-        Some(l) => Some(start_pop3(home, config, l, poller.clone(), shutdown.clone())?),
+        Some(l) => Some(start_pop3(home, config, l, poller.clone(), throttle.clone(), shutdown.clone())?),
+        None => None,
+    };
+    let imap_task = match imap_listener {
+        Some(l) => Some(start_imap(home, config, l, poller.clone(), throttle, shutdown.clone())?),
         None => None,
     };
     // Stubs from contacts arrive here as "poll this sender now".
@@ -269,7 +278,60 @@ pub async fn daemon(
     if let Some(t) = pop3_task {
         let _ = t.await;
     }
+    if let Some(t) = imap_task {
+        let _ = t.await;
+    }
     Ok(())
+}
+
+/// A quick poll at login, so the client sees fresh mail; never a long wait.
+fn poll_at_login(poller: Arc<Poller>) -> pop3::LoginHook {
+    Arc::new(move || {
+        let poller = poller.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(Duration::from_secs(10), poller.poll_once()).await {
+                Ok(Err(e)) => tracing::warn!("poll at login failed: {e:#}"),
+                Err(_) => tracing::warn!("poll at login took too long; serving what is here"),
+                Ok(Ok(_)) => {}
+            }
+        })
+    })
+}
+
+/// Start the IMAP server on `listener` for the Maildir and its folders.
+fn start_imap(
+    home: &stubmail::Home,
+    config: &stubmail::Config,
+    listener: tokio::net::TcpListener,
+    poller: Arc<Poller>,
+    throttle: Arc<stubmail::guard::LoginThrottle>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let p = &config.poll.imap;
+    let password = config.poll.pop3.password.as_ref().context("IMAP needs poll.pop3.password (IMAP and POP3 share the account)")?.expose().to_string();
+    let root = match &poller.target {
+        Target::Maildir(md) => md.root().to_path_buf(),
+        _ => anyhow::bail!("IMAP serves a Maildir; with deliver = \"mbox\" or \"mda\" set poll.imap.enabled = false"),
+    };
+    let tls = stubmail::tls::from_config(home, &p.tls_cert, &p.tls_key, "poll.imap")?;
+    let listen = listener.local_addr()?;
+    let require_tls = !listen.ip().is_loopback();
+    if require_tls && tls.is_none() {
+        anyhow::bail!("IMAP on {listen} (not loopback) needs poll.imap.tls_cert and tls_key for STARTTLS");
+    }
+    let ctx = Arc::new(imap::Ctx {
+        root,
+        username: config.pop3_username(),
+        password,
+        tls,
+        require_tls,
+        on_login: Some(poll_at_login(poller.clone())),
+        throttle,
+        delivered: Some(poller.delivered.subscribe()),
+        max_message: config.poll.max_decrypted_size.max(1 << 20),
+        max_append: p.max_append,
+    });
+    Ok(tokio::spawn(imap::run(listener, ctx, shutdown)))
 }
 
 /// Start the POP3 server on `listener` for the configured mailbox.
@@ -278,6 +340,7 @@ fn start_pop3(
     config: &stubmail::Config,
     listener: tokio::net::TcpListener,
     poller: Arc<Poller>,
+    throttle: Arc<stubmail::guard::LoginThrottle>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let p = &config.poll.pop3;
@@ -293,17 +356,7 @@ fn start_pop3(
     if require_tls && tls.is_none() {
         anyhow::bail!("POP3 on {listen} (not loopback) needs poll.pop3.tls_cert and tls_key for STLS");
     }
-    let on_login: pop3::LoginHook = Arc::new(move || {
-        let poller = poller.clone();
-        Box::pin(async move {
-            // A quick poll so the client sees fresh mail; never a long wait.
-            match tokio::time::timeout(Duration::from_secs(10), poller.poll_once()).await {
-                Ok(Err(e)) => tracing::warn!("poll at login failed: {e:#}"),
-                Err(_) => tracing::warn!("poll at login took too long; serving what is here"),
-                Ok(Ok(_)) => {}
-            }
-        })
-    });
+    let on_login = poll_at_login(poller);
     let ctx = Arc::new(pop3::Ctx {
         store,
         username: config.pop3_username(),
@@ -311,7 +364,7 @@ fn start_pop3(
         tls,
         require_tls,
         on_login: Some(on_login),
-        throttle: Default::default(),
+        throttle,
     });
     Ok(tokio::spawn(pop3::run(listener, ctx, shutdown)))
 }

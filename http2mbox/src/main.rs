@@ -28,6 +28,9 @@ struct Cli {
     /// POP3 listen address (overrides the config).
     #[arg(long)]
     pop3_listen: Option<SocketAddr>,
+    /// IMAP listen address (overrides the config).
+    #[arg(long)]
+    imap_listen: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,12 +79,22 @@ fn main() -> anyhow::Result<()> {
                 None
             }
         };
+        let imap = match (&config.poll.pop3.password, config.poll.imap.enabled) {
+            (Some(_), true) => {
+                let listen = cli.imap_listen.unwrap_or(config.poll.imap.listen);
+                let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding IMAP on {listen}"))?;
+                println!("http2mbox IMAP listening on {}", l.local_addr()?);
+                lock.listening("imap", l.local_addr()?)?;
+                Some(l)
+            }
+            _ => None,
+        };
         let notify = http2mbox::bind_notify(&config).await?;
         if let Some(s) = &notify {
             println!("http2mbox notify listening on {}", s.local_addr()?);
         }
         println!("http2mbox polling every {interval} s");
-        http2mbox::daemon(&home, &config, poller, interval, pop3, notify, shutdown).await
+        http2mbox::daemon(&home, &config, poller, interval, pop3, imap, notify, shutdown).await
     })
 }
 

@@ -100,6 +100,9 @@ pub struct Poller {
     /// The user's blocklist (`blocks.json`), read anew when it changes:
     /// a blocked contact's outbox is not polled for them.
     pub blocks: Arc<stubmail::blocklist::BlockCache>,
+    /// Bumped after every delivery into the mailbox: IMAP sessions in IDLE
+    /// announce the new mail at once.
+    pub delivered: tokio::sync::watch::Sender<u64>,
 }
 
 /// One keyring file as last read: its identity (inode, size, mtime; the
@@ -749,6 +752,7 @@ impl Poller {
         let _ = tokio::fs::remove_file(&staged).await;
         result?;
         tracing::info!(id = item.id, sender = %item.sender, "delivered");
+        self.delivered.send_modify(|n| *n += 1);
         // Durably in the mailbox: the caller acks it (with others).
         Ok(Taken::Delivered)
     }
@@ -886,6 +890,7 @@ mod tests {
             refreshed: d.join("refreshed"),
             cert_refresh: std::time::Duration::from_secs(86400),
             blocks: Arc::new(stubmail::blocklist::BlockCache::new(d)),
+            delivered: tokio::sync::watch::Sender::new(0),
         }
     }
 

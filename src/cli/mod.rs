@@ -68,6 +68,10 @@ pub enum Command {
         /// poll.pop3.listen in config.toml, else 127.0.0.1:1110).
         #[arg(long)]
         pop3: Option<std::net::SocketAddr>,
+        /// IMAP listen address for your mail client (default:
+        /// poll.imap.listen in config.toml, else 127.0.0.1:1143).
+        #[arg(long)]
+        imap: Option<std::net::SocketAddr>,
         /// Where your own outbox listens, contacts fetch your mail there
         /// (default: outbox.listen in config.toml, else 127.0.0.1:8080).
         #[arg(long)]

@@ -24,6 +24,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
             name: Some(name.into()),
             smtp: Some(any),
             pop3: Some(any),
+            imap: Some(any),
             outbox_listen: Some(any),
             outbox_url: None,
         };

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 
 use stubmail::{Config, Home};
 
-/// The settings a mail client needs, one line per server. `smtp` and
-/// `pop3` are where the listeners are (the config's, or the ones `up`
+/// The settings a mail client needs, one line per server. `smtp`, `pop3`
+/// and `imap` are where the listeners are (the config's, or the ones `up`
 /// bound).
-pub fn client_settings(c: &Config, smtp: SocketAddr, pop3: SocketAddr) -> String {
+pub fn client_settings(c: &Config, smtp: SocketAddr, pop3: SocketAddr, imap: Option<SocketAddr>) -> String {
     let enc = |a: &SocketAddr, tls: bool| if a.ip().is_loopback() && !tls { "none (loopback)" } else { "STARTTLS" };
     let mut out = match &c.smtp.password {
         Some(p) => format!(
@@ -29,10 +29,20 @@ pub fn client_settings(c: &Config, smtp: SocketAddr, pop3: SocketAddr) -> String
             c.pop3_username(),
             p.expose()
         ),
-        None => "  Incoming: POP3 is off (`stubmail up` turns it on, or set poll.pop3.password); \
+        None => "  Incoming: POP3 and IMAP are off (`stubmail up` turns it on, or set poll.pop3.password); \
                  mail clients can read the Maildir directly\n"
             .to_string(),
     };
+    if let (Some(p), Some(imap), true) = (&c.poll.pop3.password, imap, c.poll.imap.enabled && c.poll.deliver == stubmail::config::Delivery::Maildir) {
+        out += &format!(
+            "  Incoming (IMAP): server {}  port {}  encryption {}  authentication: normal password  user {}  password {}\n",
+            imap.ip(),
+            imap.port(),
+            enc(&imap, c.poll.imap.tls_cert.is_some()),
+            c.pop3_username(),
+            p.expose()
+        );
+    }
     out
 }
 
@@ -48,7 +58,7 @@ pub fn show(home: &Home) -> anyhow::Result<()> {
     );
     let c = home.load_config_with_passwords(false)?;
     println!("Mail-client settings (from {}):", home.config_file().display());
-    print!("{}", client_settings(&c, c.smtp.listen, c.poll.pop3.listen));
+    print!("{}", client_settings(&c, c.smtp.listen, c.poll.pop3.listen, Some(c.poll.imap.listen)));
     Ok(())
 }
 

@@ -175,7 +175,7 @@ fn write_identity(home: &Home, id: &Identity, email: &str, outbox: &str, notify:
         && hint
     {
         println!("Mail-client settings (smtp2stub and http2mbox, once running):");
-        print!("{}", super::identity::client_settings(&c, c.smtp.listen, c.poll.pop3.listen));
+        print!("{}", super::identity::client_settings(&c, c.smtp.listen, c.poll.pop3.listen, Some(c.poll.imap.listen)));
     }
     if hint {
         println!("next: register your key with your outbox:");

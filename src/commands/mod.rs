@@ -47,8 +47,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Up { email, name, smtp, pop3, outbox_listen, outbox_url } => {
-            up::run(&home, up::Args { email, name, smtp, pop3, outbox_listen, outbox_url })
+        Command::Up { email, name, smtp, pop3, imap, outbox_listen, outbox_url } => {
+            up::run(&home, up::Args { email, name, smtp, pop3, imap, outbox_listen, outbox_url })
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `stubmail up`: a whole personal node in one process — the user's own
-//! outbox (post_manager), smtp2stub, and http2mbox with POP3 — on loopback.
+//! outbox (post_manager), smtp2stub, and http2mbox with POP3 and IMAP — on
+//! loopback.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ pub struct Args {
     /// for this run (and, on the first run, are written to it).
     pub smtp: Option<SocketAddr>,
     pub pop3: Option<SocketAddr>,
+    pub imap: Option<SocketAddr>,
     pub outbox_listen: Option<SocketAddr>,
     pub outbox_url: Option<String>,
 }
@@ -23,6 +25,7 @@ pub struct Args {
 /// Where a new node listens unless told otherwise.
 const DEFAULT_SMTP: &str = "127.0.0.1:2525";
 const DEFAULT_POP3: &str = "127.0.0.1:1110";
+const DEFAULT_IMAP: &str = "127.0.0.1:1143";
 const DEFAULT_OUTBOX: &str = "127.0.0.1:8080";
 
 fn ask_email() -> anyhow::Result<String> {
@@ -40,6 +43,7 @@ fn ask_email() -> anyhow::Result<String> {
 pub struct Running {
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
+    pub imap: SocketAddr,
     pub outbox: SocketAddr,
     pub notify: Option<SocketAddr>,
     pub config: Config,
@@ -104,6 +108,7 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
         .unwrap_or_else(|| parse(DEFAULT_OUTBOX));
     let smtp = a.smtp.or(known.as_ref().map(|c| c.smtp.listen)).unwrap_or_else(|| parse(DEFAULT_SMTP));
     let pop3 = a.pop3.or(known.as_ref().map(|c| c.poll.pop3.listen)).unwrap_or_else(|| parse(DEFAULT_POP3));
+    let imap = a.imap.or(known.as_ref().map(|c| c.poll.imap.listen)).unwrap_or_else(|| parse(DEFAULT_IMAP));
     let outbox_l = TcpListener::bind(outbox_listen).await.with_context(|| format!("binding the outbox on {outbox_listen}"))?;
     let outbox_addr = outbox_l.local_addr()?;
     if first {
@@ -130,12 +135,15 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     }
     let smtp_l = TcpListener::bind(smtp).await.with_context(|| format!("binding SMTP on {smtp}"))?;
     let pop3_l = TcpListener::bind(pop3).await.with_context(|| format!("binding POP3 on {pop3}"))?;
+    let imap_l = TcpListener::bind(imap).await.with_context(|| format!("binding IMAP on {imap} (another IMAP server there? `stubmail up --imap 127.0.0.1:PORT` picks another port)"))?;
+    let imap_addr = imap_l.local_addr()?;
     let notify_s = http2mbox::bind_notify(&config).await?;
     let (smtp_addr, pop3_addr) = (smtp_l.local_addr()?, pop3_l.local_addr()?);
     // This run's addresses (a flag may override the file for one run); the
     // first run's are the node's from now on.
     config.smtp.listen = smtp_addr;
     config.poll.pop3.listen = pop3_addr;
+    config.poll.imap.listen = imap_addr;
     if first {
         config.outbox.listen = Some(outbox_addr);
         home.save_config(&config)?;
@@ -143,10 +151,11 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     locks[0].listening("smtp", smtp_addr)?;
     locks[0].listening("outbox", outbox_addr)?;
     locks[1].listening("pop3", pop3_addr)?;
+    locks[1].listening("imap", imap_addr)?;
     if let Some(n) = config.notify.listen {
         locks[1].listening("notify", n)?;
     }
-    tracing::info!(smtp = %smtp_addr, pop3 = %pop3_addr, outbox = %outbox_addr, notify = ?config.notify.listen, "listening");
+    tracing::info!(smtp = %smtp_addr, pop3 = %pop3_addr, imap = %imap_addr, outbox = %outbox_addr, notify = ?config.notify.listen, "listening");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = post_manager::handler::Settings::default();
     let sd = shutdown.clone();
@@ -157,10 +166,11 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     let poller = Arc::new(http2mbox::poller_for(home, &config, false)?);
     let interval = config.poll.interval_secs.max(1);
     let (home3, config3, sd) = (home.clone(), config.clone(), shutdown.clone());
-    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, Some(pop3_l), notify_s, sd).await });
+    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, Some(pop3_l), Some(imap_l), notify_s, sd).await });
     Ok(Running {
         smtp: smtp_addr,
         pop3: pop3_addr,
+        imap: imap_addr,
         outbox: outbox_addr,
         notify: config.notify.listen,
         config,
@@ -197,16 +207,16 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let node = start(home, &a).await?;
-        let (c, smtp_addr, pop3_addr, outbox_addr) = (&node.config, node.smtp, node.pop3, node.outbox);
+        let (c, smtp_addr, pop3_addr, imap_addr, outbox_addr) = (&node.config, node.smtp, node.pop3, node.imap, node.outbox);
         let notify = node.notify.map_or("none (contacts find your mail by polling)".to_string(), |n| format!("udp://{n}"));
         let user = c.identity.email.clone();
         println!("Stubmail node for {user} is running. Mail-client settings:");
-        print!("{}", super::identity::client_settings(c, smtp_addr, pop3_addr));
+        print!("{}", super::identity::client_settings(c, smtp_addr, pop3_addr, Some(imap_addr)));
         println!("  Your outbox:     {} (served here on {outbox_addr})", c.identity.outbox);
         println!("  Notify endpoint: {notify}");
         println!("  Your key:        stubmail keys export   (give it to your contacts)");
         println!("Press Ctrl-C to stop.");
-        println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr}");
+        println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr} imap={imap_addr}");
         std::io::stdout().flush()?;
         stubmail::signals::cancel_on_signal(&node.shutdown);
         node.shutdown.cancelled().await;

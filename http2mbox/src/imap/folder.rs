@@ -1,0 +1,599 @@
+//! Maildir++ folders as IMAP sees them: persistent UIDs, flags in file
+//! names, and the operations that change a folder (append, copy, move,
+//! flag changes, expunge).
+//!
+//! The INBOX is the Maildir itself; folder `Sent` is `<Maildir>/.Sent`,
+//! `Lists.rust` is `<Maildir>/.Lists.rust` (Maildir++; the IMAP hierarchy
+//! delimiter is `.`, as Dovecot's default Maildir++ layout has it).
+//!
+//! Each folder keeps `stubmail-uidlist`: its UIDVALIDITY, its next UID and
+//! one line per message (UID, size as sent over IMAP, base file name: the
+//! name before `:2,`). Flags live only in the file name (`:2,FRS`...), so
+//! mutt reading the same Maildir and IMAP clients agree, and a flag change
+//! is one rename. Everything that reads or writes the uid list holds
+//! `stubmail-uidlist.lock`, so several IMAP sessions, POP3 and delivery
+//! may run at once: delivery only adds files to `new/`, POP3 only removes
+//! them, and both show up at the next sync.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Name of the per-folder uid list and its lock.
+const UIDLIST: &str = "stubmail-uidlist";
+const UIDLIST_LOCK: &str = "stubmail-uidlist.lock";
+
+/// The folders made at login, with their RFC 6154 special use.
+pub const SPECIAL: &[(&str, &str)] = &[("Drafts", "\\Drafts"), ("Sent", "\\Sent"), ("Junk", "\\Junk"), ("Trash", "\\Trash"), ("Archive", "\\Archive")];
+
+/// The system flags, as Maildir letters (sorted, as the info part wants).
+pub const FLAG_LETTERS: &[(char, &str)] = &[('D', "\\Draft"), ('F', "\\Flagged"), ('R', "\\Answered"), ('S', "\\Seen"), ('T', "\\Deleted")];
+
+/// A message's flags as Maildir letters (`D F P R S T`), kept sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags(pub String);
+
+impl Flags {
+    pub fn from_info(name: &str) -> Flags {
+        let info = name.split_once(":2,").map(|(_, i)| i).unwrap_or("");
+        let mut v: Vec<char> = info.chars().filter(|c| c.is_ascii_uppercase()).collect();
+        v.sort_unstable();
+        v.dedup();
+        Flags(v.into_iter().collect())
+    }
+
+    pub fn has(&self, letter: char) -> bool {
+        self.0.contains(letter)
+    }
+
+    pub fn set(&mut self, letter: char, on: bool) {
+        let mut v: Vec<char> = self.0.chars().filter(|&c| c != letter).collect();
+        if on {
+            v.push(letter);
+        }
+        v.sort_unstable();
+        self.0 = v.into_iter().collect();
+    }
+
+    /// The IMAP flag names, e.g. `\Seen \Answered`.
+    pub fn imap(&self, recent: bool) -> String {
+        let mut out: Vec<&str> = FLAG_LETTERS.iter().filter(|(c, _)| self.has(*c)).map(|(_, n)| *n).collect();
+        if self.has('P') {
+            out.push("$Forwarded");
+        }
+        if recent {
+            out.push("\\Recent");
+        }
+        out.join(" ")
+    }
+
+    /// The letter for an IMAP flag this store keeps (`None`: not kept).
+    pub fn letter(flag: &str) -> Option<char> {
+        if flag.eq_ignore_ascii_case("$Forwarded") {
+            return Some('P');
+        }
+        FLAG_LETTERS.iter().find(|(_, n)| n.eq_ignore_ascii_case(flag)).map(|(c, _)| *c)
+    }
+}
+
+/// One message of a folder.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub uid: u32,
+    /// Octets as IMAP sends it (CRLF line endings).
+    pub size: u64,
+    /// The file name before `:2,`; unique in the folder, kept by renames.
+    pub base: String,
+    /// Where it is now: `new/NAME` or `cur/NAME`.
+    pub rel: String,
+    pub flags: Flags,
+}
+
+impl Entry {
+    pub fn in_new(&self) -> bool {
+        self.rel.starts_with("new/")
+    }
+}
+
+/// A folder's state after a sync.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    /// By ascending UID.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("no such folder")]
+    NoSuchFolder,
+    #[error("that folder name is not allowed here")]
+    Invalid,
+}
+
+/// The mailbox root and its folders.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+/// Longest folder name taken from a client.
+const MAX_NAME: usize = 200;
+
+impl Store {
+    /// The directory of folder `name` (`INBOX` in any case is the root).
+    /// Refuses names that could leave the Maildir or clash with its
+    /// own directories.
+    pub fn dir(&self, name: &str) -> Result<PathBuf, NameError> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Ok(self.root.clone());
+        }
+        let name = name.strip_prefix("INBOX.").unwrap_or(name);
+        if name.is_empty()
+            || name.len() > MAX_NAME
+            || name.split('.').any(|c| c.is_empty())
+            || name.bytes().any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f || b == b'*' || b == b'%')
+        {
+            return Err(NameError::Invalid);
+        }
+        Ok(self.root.join(format!(".{name}")))
+    }
+
+    /// Every folder that exists, INBOX first, then by name.
+    pub fn folders(&self) -> Vec<String> {
+        let mut out = vec!["INBOX".to_string()];
+        let mut rest: Vec<String> = fs::read_dir(&self.root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        let folder = n.strip_prefix('.')?.to_string();
+                        (!folder.is_empty() && !folder.starts_with('.') && e.path().join("cur").is_dir()).then_some(folder)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rest.sort();
+        out.extend(rest);
+        out
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.dir(name).is_ok_and(|d| d.join("cur").is_dir())
+    }
+
+    /// Make a folder (and its Maildir subdirectories), durably.
+    pub fn create(&self, name: &str) -> Result<bool, io::Error> {
+        let dir = self.dir(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let existed = dir.join("cur").is_dir();
+        stubmail::maildir::Maildir::open(&dir)?;
+        if !existed {
+            stubmail::fsutil::fsync_dir(&self.root)?;
+        }
+        Ok(!existed)
+    }
+
+    /// The special-use folders exist after this.
+    pub fn ensure_special(&self) -> io::Result<()> {
+        stubmail::maildir::Maildir::open(&self.root)?;
+        for (name, _) in SPECIAL {
+            self.create(name)?;
+        }
+        Ok(())
+    }
+
+    pub fn special_use(name: &str) -> Option<&'static str> {
+        SPECIAL.iter().find(|(n, _)| *n == name).map(|(_, u)| *u)
+    }
+
+    /// Remove an empty-of-subfolders folder with its messages.
+    pub fn delete(&self, name: &str) -> io::Result<()> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the INBOX cannot be deleted"));
+        }
+        let dir = self.dir(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if !dir.join("cur").is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such folder"));
+        }
+        fs::remove_dir_all(&dir)?;
+        stubmail::fsutil::fsync_dir(&self.root)
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let inval = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+        if from.eq_ignore_ascii_case("INBOX") || to.eq_ignore_ascii_case("INBOX") {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "renaming the INBOX is not supported"));
+        }
+        let (a, b) = (self.dir(from).map_err(inval)?, self.dir(to).map_err(inval)?);
+        if !a.join("cur").is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such folder"));
+        }
+        if b.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a folder of that name exists"));
+        }
+        fs::rename(a, b)?;
+        stubmail::fsutil::fsync_dir(&self.root)
+    }
+}
+
+/// The folder's lock, held while its uid list is read or written.
+pub struct Locked {
+    pub dir: PathBuf,
+    _lock: File,
+}
+
+impl Locked {
+    pub fn open(dir: &Path) -> io::Result<Locked> {
+        if !dir.join("cur").is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such folder"));
+        }
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(UIDLIST_LOCK))?;
+        lock.lock()?;
+        Ok(Locked { dir: dir.to_path_buf(), _lock: lock })
+    }
+
+    /// Read the uid list, look at `new/` and `cur/`, give new files their
+    /// UIDs (in delivery order), forget files gone, and write the list back
+    /// if it changed.
+    pub fn sync(&self) -> io::Result<Snapshot> {
+        let (mut validity, mut next, known) = read_uidlist(&self.dir.join(UIDLIST));
+        // Files now: base name -> (rel path, flags).
+        let mut files: HashMap<String, (String, Flags)> = HashMap::new();
+        for sub in ["new", "cur"] {
+            let Ok(rd) = fs::read_dir(self.dir.join(sub)) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let base = name.split(':').next().unwrap_or(&name).to_string();
+                let flags = if sub == "new" { Flags::default() } else { Flags::from_info(&name) };
+                files.insert(base, (format!("{sub}/{name}"), flags));
+            }
+        }
+        let mut changed = false;
+        if validity == 0 {
+            validity = fresh_uidvalidity();
+            next = 1;
+            changed = true;
+        }
+        let mut entries = Vec::with_capacity(files.len());
+        for (uid, size, base) in known {
+            match files.remove(&base) {
+                Some((rel, flags)) => entries.push(Entry { uid, size, base, rel, flags }),
+                None => changed = true,
+            }
+        }
+        // New files: oldest first (Maildir names begin with the time).
+        let mut fresh: Vec<(String, (String, Flags))> = files.into_iter().collect();
+        fresh.sort_by(|a, b| a.0.cmp(&b.0));
+        for (base, (rel, flags)) in fresh {
+            let size = match crlf_size(&self.dir.join(&rel)) {
+                Ok(s) => s,
+                // Gone meanwhile (POP3, another client): not ours to number.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            entries.push(Entry { uid: next, size, base, rel, flags });
+            next += 1;
+            changed = true;
+        }
+        let snap = Snapshot { uidvalidity: validity, uidnext: next, entries };
+        if changed {
+            self.write(&snap)?;
+        }
+        Ok(snap)
+    }
+
+    fn write(&self, s: &Snapshot) -> io::Result<()> {
+        let mut out = String::with_capacity(64 + s.entries.len() * 64);
+        out += &format!("V{} N{}\n", s.uidvalidity, s.uidnext);
+        for e in &s.entries {
+            out += &format!("{} {} {}\n", e.uid, e.size, e.base);
+        }
+        // Written whole and renamed over: a crash leaves the old list or
+        // the new one. Not fsync'd: a list lost with a crash is rebuilt
+        // with a new UIDVALIDITY, and clients fetch the folder again.
+        let tmp = self.dir.join(format!("{UIDLIST}.tmp"));
+        fs::write(&tmp, out)?;
+        fs::rename(tmp, self.dir.join(UIDLIST))
+    }
+
+    /// Set a message's flags: one rename into `cur/` with the new info.
+    /// Returns its new place, or `None` if it is gone.
+    pub fn set_flags(&self, e: &Entry, flags: &Flags) -> io::Result<Option<String>> {
+        let rel = format!("cur/{}:2,{}", e.base, flags.0);
+        if rel == e.rel {
+            return Ok(Some(rel));
+        }
+        match fs::rename(self.dir.join(&e.rel), self.dir.join(&rel)) {
+            Ok(()) => Ok(Some(rel)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                // Renamed by someone else since our sync: find it again.
+                match find(&self.dir, &e.base) {
+                    Some(now) => {
+                        fs::rename(self.dir.join(&now), self.dir.join(&rel))?;
+                        Ok(Some(rel))
+                    }
+                    None => Ok(None),
+                }
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Remove messages (EXPUNGE), durably. Returns the UIDs removed.
+    pub fn remove(&self, gone: &[Entry]) -> io::Result<()> {
+        for e in gone {
+            let path = match find(&self.dir, &e.base) {
+                Some(rel) => self.dir.join(rel),
+                None => continue,
+            };
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        stubmail::fsutil::fsync_dir(&self.dir.join("cur"))?;
+        stubmail::fsutil::fsync_dir(&self.dir.join("new"))
+    }
+
+    /// Move every message in `new/` to `cur/` (a session that SELECTs the
+    /// folder has seen them: the Maildir rule mutt and Dovecot follow).
+    /// Returns the base names moved (recent to this session).
+    pub fn take_new(&self, snap: &mut Snapshot) -> io::Result<Vec<String>> {
+        let mut moved = Vec::new();
+        for e in snap.entries.iter_mut().filter(|e| e.in_new()) {
+            let rel = format!("cur/{}:2,{}", e.base, e.flags.0);
+            match fs::rename(self.dir.join(&e.rel), self.dir.join(&rel)) {
+                Ok(()) => {
+                    e.rel = rel;
+                    moved.push(e.base.clone());
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Give a file that is already in this folder's `tmp/` (fsync'd) its
+    /// place in `cur/` with `flags`, durably, and its UID. Returns the UID.
+    pub fn add(&self, tmp_name: &str, base: &str, flags: &Flags, size: u64) -> io::Result<u32> {
+        let mut snap = self.sync()?;
+        let rel = format!("cur/{base}:2,{}", flags.0);
+        fs::rename(self.dir.join("tmp").join(tmp_name), self.dir.join(&rel))?;
+        stubmail::fsutil::fsync_dir(&self.dir.join("cur"))?;
+        let uid = snap.uidnext;
+        snap.entries.push(Entry { uid, size, base: base.to_string(), rel, flags: flags.clone() });
+        snap.uidnext += 1;
+        self.write(&snap)?;
+        Ok(uid)
+    }
+
+    /// Hard-link (or copy) messages from another folder into this one,
+    /// keeping their base names (so a report finds a message copied to
+    /// Junk as the one delivered). Returns the (source UID, new UID) pairs.
+    pub fn link_from(&self, src_dir: &Path, msgs: &[Entry], remove_source: bool) -> io::Result<Vec<(u32, u32)>> {
+        let mut snap = self.sync()?;
+        let mut pairs = Vec::new();
+        for e in msgs {
+            let Some(src_rel) = find(src_dir, &e.base) else { continue };
+            let mut base = e.base.clone();
+            if snap.entries.iter().any(|x| x.base == base) {
+                // Already here (a second copy): a new name.
+                base = stubmail::maildir::Maildir::unique_name();
+            }
+            let rel = format!("cur/{base}:2,{}", e.flags.0);
+            let (from, to) = (src_dir.join(&src_rel), self.dir.join(&rel));
+            if remove_source && base == e.base {
+                fs::rename(&from, &to)?;
+            } else {
+                match fs::hard_link(&from, &to) {
+                    Ok(()) => {}
+                    Err(_) => {
+                        let tmp = self.dir.join("tmp").join(&base);
+                        fs::copy(&from, &tmp)?;
+                        File::open(&tmp)?.sync_all()?;
+                        fs::rename(&tmp, &to)?;
+                    }
+                }
+                if remove_source {
+                    fs::remove_file(&from)?;
+                }
+            }
+            let uid = snap.uidnext;
+            snap.uidnext += 1;
+            snap.entries.push(Entry { uid, size: e.size, base, rel, flags: e.flags.clone() });
+            pairs.push((e.uid, uid));
+        }
+        stubmail::fsutil::fsync_dir(&self.dir.join("cur"))?;
+        if remove_source {
+            stubmail::fsutil::fsync_dir(&src_dir.join("cur"))?;
+            stubmail::fsutil::fsync_dir(&src_dir.join("new"))?;
+        }
+        self.write(&snap)?;
+        Ok(pairs)
+    }
+}
+
+/// Where the file with `base` is now (`new/...` or `cur/...`).
+pub fn find(dir: &Path, base: &str) -> Option<String> {
+    let plain = format!("new/{base}");
+    if dir.join(&plain).exists() {
+        return Some(plain);
+    }
+    let rd = fs::read_dir(dir.join("cur")).ok()?;
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.split(':').next() == Some(base) {
+            return Some(format!("cur/{n}"));
+        }
+    }
+    None
+}
+
+/// (uidvalidity, uidnext, [(uid, size, base)]); zeros if absent or damaged
+/// (then the folder is numbered anew with a new UIDVALIDITY).
+fn read_uidlist(path: &Path) -> (u32, u32, Vec<(u32, u64, String)>) {
+    let Ok(f) = File::open(path) else { return (0, 0, Vec::new()) };
+    let mut lines = BufReader::new(f).lines();
+    let Some(Ok(head)) = lines.next() else { return (0, 0, Vec::new()) };
+    let mut it = head.split(' ');
+    let (Some(v), Some(n)) = (it.next().and_then(|v| v.strip_prefix('V')?.parse().ok()), it.next().and_then(|n| n.strip_prefix('N')?.parse().ok())) else {
+        return (0, 0, Vec::new());
+    };
+    let mut out: Vec<(u32, u64, String)> = Vec::new();
+    let mut last = 0u32;
+    for l in lines {
+        let Ok(l) = l else { return (0, 0, Vec::new()) };
+        let mut p = l.splitn(3, ' ');
+        match (p.next().and_then(|u| u.parse::<u32>().ok()), p.next().and_then(|s| s.parse::<u64>().ok()), p.next()) {
+            (Some(uid), Some(size), Some(base)) if uid > last && uid < n && !base.is_empty() => {
+                last = uid;
+                out.push((uid, size, base.to_string()));
+            }
+            _ => return (0, 0, Vec::new()),
+        }
+    }
+    (v, n, out)
+}
+
+/// A UIDVALIDITY no earlier list of this folder had: the clock, in seconds.
+fn fresh_uidvalidity() -> u32 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
+    (now as u32).max(1)
+}
+
+/// Size of a file as sent with CRLF line endings.
+pub fn crlf_size(path: &Path) -> io::Result<u64> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut size, mut prev) = (0u64, 0u8);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' && prev != b'\r' {
+                size += 1;
+            }
+            size += 1;
+            prev = b;
+        }
+    }
+}
+
+/// A message's bytes with CRLF line endings (as IMAP sends it).
+pub fn read_crlf(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut raw = Vec::new();
+    f.take(max + 1).read_to_end(&mut raw)?;
+    if raw.len() as u64 > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than the IMAP server serves"));
+    }
+    Ok(to_crlf(&raw))
+}
+
+pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 30 + 2);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// Subscriptions (`<Maildir>/subscriptions`, one name a line, as Dovecot
+/// keeps them). Absent: every folder is subscribed.
+pub fn subscriptions(root: &Path, all: &[String]) -> Vec<String> {
+    match fs::read_to_string(root.join("subscriptions")) {
+        Ok(s) => s.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
+pub fn set_subscribed(root: &Path, all: &[String], name: &str, on: bool) -> io::Result<()> {
+    let mut set: BTreeMap<String, ()> = subscriptions(root, all).into_iter().map(|n| (n, ())).collect();
+    if on {
+        set.insert(name.to_string(), ());
+    } else {
+        set.remove(name);
+    }
+    let mut out = Vec::new();
+    for n in set.keys() {
+        writeln!(out, "{n}")?;
+    }
+    stubmail::fsutil::write_replace(&root.join("subscriptions"), &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(root: &Path, name: &str, body: &str) {
+        fs::write(root.join("new").join(name), body).unwrap();
+    }
+
+    #[test]
+    fn uids_persist_and_grow_in_delivery_order() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store { root: d.path().to_path_buf() };
+        store.ensure_special().unwrap();
+        deliver(d.path(), "2.b", "B\n");
+        deliver(d.path(), "1.a", "A\nline\n");
+        let l = Locked::open(d.path()).unwrap();
+        let s = l.sync().unwrap();
+        assert_eq!(s.entries.iter().map(|e| (e.uid, e.base.as_str(), e.size)).collect::<Vec<_>>(), vec![(1, "1.a", 9), (2, "2.b", 3)]);
+        // A flag change renames the file; the UID stays.
+        l.set_flags(&s.entries[0], &Flags("S".into())).unwrap();
+        deliver(d.path(), "0.c", "C\n");
+        let s2 = l.sync().unwrap();
+        assert_eq!(s2.uidvalidity, s.uidvalidity);
+        assert_eq!(s2.entries.iter().map(|e| (e.uid, e.base.as_str(), e.flags.0.as_str())).collect::<Vec<_>>(), vec![(1, "1.a", "S"), (2, "2.b", ""), (3, "0.c", "")]);
+        // POP3 (or mutt) removed one: it is forgotten, its UID never reused.
+        fs::remove_file(d.path().join("new/2.b")).unwrap();
+        let s3 = l.sync().unwrap();
+        assert_eq!(s3.entries.iter().map(|e| e.uid).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(s3.uidnext, 4);
+        // A damaged list: numbered anew, with a new UIDVALIDITY.
+        fs::write(d.path().join(UIDLIST), "garbage").unwrap();
+        let s4 = l.sync().unwrap();
+        assert_eq!(s4.entries.len(), 2);
+    }
+
+    #[test]
+    fn folder_names_stay_inside_the_maildir() {
+        let store = Store { root: PathBuf::from("/m") };
+        assert_eq!(store.dir("inbox").unwrap(), PathBuf::from("/m"));
+        assert_eq!(store.dir("Sent").unwrap(), PathBuf::from("/m/.Sent"));
+        assert_eq!(store.dir("INBOX.Sent").unwrap(), PathBuf::from("/m/.Sent"));
+        assert_eq!(store.dir("a.b").unwrap(), PathBuf::from("/m/.a.b"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a..b", "x.", "a\0b", "a*", &"x".repeat(300)] {
+            assert!(store.dir(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_map_to_maildir_letters() {
+        let f = Flags::from_info("123.x:2,SRF");
+        assert_eq!(f.0, "FRS");
+        assert_eq!(f.imap(false), "\\Flagged \\Answered \\Seen");
+        assert_eq!(Flags::letter("\\deleted"), Some('T'));
+        assert_eq!(Flags::letter("$Junk"), None);
+        assert_eq!(crlf_size_of(b"a\nb\r\n"), 6);
+    }
+
+    fn crlf_size_of(b: &[u8]) -> u64 {
+        to_crlf(b).len() as u64
+    }
+}

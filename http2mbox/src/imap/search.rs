@@ -1,0 +1,134 @@
+//! SEARCH (RFC 9051 §6.4.4): one message against a parsed search key.
+//! Strings match as case-insensitive substrings, dates by day; what needs
+//! the message's bytes reads them once, only when a key asks.
+
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+
+use super::folder::Flags;
+use super::message::{field_value, split_header};
+
+/// One message as SEARCH sees it.
+pub struct Candidate<'a> {
+    pub seq: u32,
+    pub uid: u32,
+    pub flags: &'a Flags,
+    pub recent: bool,
+    pub size: u64,
+    /// Delivery time (INTERNALDATE), Unix seconds.
+    pub internal: i64,
+    /// The message, read when a key needs it (CRLF endings).
+    pub load: &'a mut dyn FnMut() -> Option<Vec<u8>>,
+    pub loaded: Option<Option<Vec<u8>>>,
+    /// Largest sequence number and UID, for `*`.
+    pub max_seq: u32,
+    pub max_uid: u32,
+}
+
+impl Candidate<'_> {
+    fn bytes(&mut self) -> Option<&[u8]> {
+        if self.loaded.is_none() {
+            self.loaded = Some((self.load)());
+        }
+        self.loaded.as_ref().and_then(|b| b.as_deref())
+    }
+}
+
+/// Is `n` in the set, `*` being `max`?
+pub fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let v = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(v) => v.get(),
+        SeqOrUid::Asterisk => max,
+    };
+    set.0.as_ref().iter().any(|s| match s {
+        Sequence::Single(a) => v(a) == n,
+        Sequence::Range(a, b) => {
+            let (lo, hi) = (v(a).min(v(b)), v(a).max(v(b)));
+            (lo..=hi).contains(&n)
+        }
+    })
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let needle: Vec<u8> = needle.to_ascii_lowercase();
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(&needle))
+}
+
+fn day_of(unix: i64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp(unix, 0).map(|d| d.date_naive()).unwrap_or_default()
+}
+
+/// The day a message says it was sent (its Date field, in its own zone).
+fn sent_day(raw: &[u8]) -> Option<chrono::NaiveDate> {
+    let (block, _) = split_header(raw);
+    let v = field_value(block, "Date")?;
+    let d = chrono::DateTime::parse_from_rfc2822(String::from_utf8_lossy(&v).trim()).ok()?;
+    Some(d.date_naive())
+}
+
+pub fn matches(key: &SearchKey<'_>, c: &mut Candidate<'_>) -> bool {
+    use SearchKey as K;
+    match key {
+        K::And(keys) => keys.as_ref().iter().all(|k| matches(k, c)),
+        K::SequenceSet(set) => in_set(set, c.seq, c.max_seq),
+        K::Uid(set) => in_set(set, c.uid, c.max_uid),
+        K::All => true,
+        K::Answered => c.flags.has('R'),
+        K::Unanswered => !c.flags.has('R'),
+        K::Deleted => c.flags.has('T'),
+        K::Undeleted => !c.flags.has('T'),
+        K::Draft => c.flags.has('D'),
+        K::Undraft => !c.flags.has('D'),
+        K::Flagged => c.flags.has('F'),
+        K::Unflagged => !c.flags.has('F'),
+        K::Seen => c.flags.has('S'),
+        K::Unseen => !c.flags.has('S'),
+        K::Recent => c.recent,
+        K::Old => !c.recent,
+        K::New => c.recent && !c.flags.has('S'),
+        K::Keyword(k) => Flags::letter(k.as_ref()).is_some_and(|l| c.flags.has(l)),
+        K::Unkeyword(k) => !Flags::letter(k.as_ref()).is_some_and(|l| c.flags.has(l)),
+        K::Larger(n) => c.size > u64::from(*n),
+        K::Smaller(n) => c.size < u64::from(*n),
+        K::Before(d) => day_of(c.internal) < *d.as_ref(),
+        K::On(d) => day_of(c.internal) == *d.as_ref(),
+        K::Since(d) => day_of(c.internal) >= *d.as_ref(),
+        K::SentBefore(d) => c.bytes().and_then(sent_day).is_some_and(|s| s < *d.as_ref()),
+        K::SentOn(d) => c.bytes().and_then(sent_day).is_some_and(|s| s == *d.as_ref()),
+        K::SentSince(d) => c.bytes().and_then(sent_day).is_some_and(|s| s >= *d.as_ref()),
+        K::Not(k) => !matches(k, c),
+        K::Or(a, b) => matches(a, c) || matches(b, c),
+        K::From(s) => header_has(c, "From", s.as_ref()),
+        K::To(s) => header_has(c, "To", s.as_ref()),
+        K::Cc(s) => header_has(c, "Cc", s.as_ref()),
+        K::Bcc(s) => header_has(c, "Bcc", s.as_ref()),
+        K::Subject(s) => header_has(c, "Subject", s.as_ref()),
+        K::Header(name, s) => {
+            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+            header_has(c, &name, s.as_ref())
+        }
+        K::Body(s) => c.bytes().is_some_and(|b| contains_ci(split_header(b).1, s.as_ref())),
+        K::Text(s) => c.bytes().is_some_and(|b| contains_ci(b, s.as_ref())),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+fn header_has(c: &mut Candidate<'_>, name: &str, needle: &[u8]) -> bool {
+    let Some(b) = c.bytes() else { return false };
+    let (block, _) = split_header(b);
+    // Every field of that name, decoded as a reader sees it would be
+    // better; the raw text is what Dovecot's fast path matches too.
+    super::message::fields(block).iter().any(|(n, f)| n.eq_ignore_ascii_case(name.as_bytes()) && f.len() > n.len() && contains_ci(&f[n.len() + 1..], needle))
+}
+
+/// A search result as `* SEARCH 1 2 3`.
+pub fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.max(1)).expect("at least one")
+}

@@ -1,0 +1,1228 @@
+//! The IMAP commands: a state machine whose states carry their data
+//! (RFC 9051 §3: not authenticated, authenticated, selected, logout).
+
+use std::collections::HashSet;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName, Part, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::CommandCodec;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::folder::{self, Entry, Flags, Locked, Store};
+use super::message::{self, Parsed};
+use super::search::{self, Candidate};
+use super::wire;
+use super::{Buffered, Ctx, Flow, Read, Reader, AUTOLOGOUT, PREAUTH_TIMEOUT};
+
+/// A selected folder, as this session has announced it to the client.
+struct Selected {
+    /// The folder's IMAP name.
+    name: String,
+    dir: PathBuf,
+    /// EXAMINE: nothing in the folder changes.
+    readonly: bool,
+    uidvalidity: u32,
+    /// The messages the client knows of, by sequence number - 1.
+    msgs: Vec<View>,
+    /// (new/ mtime, cur/ mtime) at the last look: IDLE looks again only
+    /// when they move.
+    stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+}
+
+#[derive(Clone, Debug)]
+struct View {
+    uid: u32,
+    size: u64,
+    base: String,
+    rel: String,
+    flags: Flags,
+    recent: bool,
+}
+
+impl View {
+    fn entry(&self) -> Entry {
+        Entry { uid: self.uid, size: self.size, base: self.base.clone(), rel: self.rel.clone(), flags: self.flags.clone() }
+    }
+}
+
+enum State {
+    NotAuthenticated,
+    Authenticated,
+    Selected(Box<Selected>),
+}
+
+pub struct Session {
+    ctx: Arc<Ctx>,
+    peer: String,
+    pub tls: bool,
+    state: State,
+    failures: u32,
+    bad: u32,
+    reader: Reader,
+    delivered: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// What a command handler tells the loop.
+enum Next {
+    Go,
+    Close,
+    StartTls,
+}
+
+fn mailbox_name(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
+fn list_pattern(m: &ListMailbox<'_>) -> String {
+    match m {
+        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+    }
+}
+
+/// IMAP LIST wildcards: `*` matches anything, `%` anything but the
+/// hierarchy delimiter.
+fn wildmatch(p: &[u8], n: &[u8]) -> bool {
+    match p.first() {
+        None => n.is_empty(),
+        Some(b'*') => (0..=n.len()).any(|i| wildmatch(&p[1..], &n[i..])),
+        Some(b'%') => (0..=n.len()).take_while(|&i| i == 0 || n[i - 1] != b'.').any(|i| wildmatch(&p[1..], &n[i..])),
+        Some(&c) => n.first().is_some_and(|&d| d.eq_ignore_ascii_case(&c)) && wildmatch(&p[1..], &n[1..]),
+    }
+}
+
+/// A UID set written compactly: `1:3,7`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut v = uids.to_vec();
+    v.sort_unstable();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j { v[i].to_string() } else { format!("{}:{}", v[i], v[j]) });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+fn internaldate(t: std::time::SystemTime) -> String {
+    let d: chrono::DateTime<chrono::Utc> = t.into();
+    d.format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string()
+}
+
+fn section_text(s: &Option<Section<'_>>) -> String {
+    let part = |p: &Part| p.0.as_ref().iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".");
+    let pre = |p: &Option<Part>| p.as_ref().map(|p| format!("{}.", part(p))).unwrap_or_default();
+    let names = |l: &[imap_codec::imap_types::core::AString<'_>]| {
+        l.iter()
+            .map(|a| {
+                let b = a.as_ref();
+                if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic() && !b"(){%*\"\\]".contains(c)) {
+                    String::from_utf8_lossy(b).to_ascii_uppercase()
+                } else {
+                    wire::mailbox(&String::from_utf8_lossy(b))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match s {
+        None => String::new(),
+        Some(Section::Part(p)) => part(p),
+        Some(Section::Header(p)) => format!("{}HEADER", pre(p)),
+        Some(Section::HeaderFields(p, l)) => format!("{}HEADER.FIELDS ({})", pre(p), names(l.as_ref())),
+        Some(Section::HeaderFieldsNot(p, l)) => format!("{}HEADER.FIELDS.NOT ({})", pre(p), names(l.as_ref())),
+        Some(Section::Text(p)) => format!("{}TEXT", pre(p)),
+        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
+    }
+}
+
+/// The bytes a section names; empty when the message has no such part
+/// (RFC 9051 §6.4.5: an empty string, not an error).
+fn section_bytes(p: &Parsed<'_>, s: &Option<Section<'_>>) -> Vec<u8> {
+    use message::{header_fields, resolve, split_header};
+    let path = |p: &Part| p.0.as_ref().iter().map(|n| n.get()).collect::<Vec<u32>>();
+    // The message a HEADER/TEXT refers to: the whole one, or the one
+    // inside a message/rfc822 part.
+    let inner = |part: &Option<Part>| -> Option<Vec<u8>> {
+        match part {
+            None => Some(p.raw.to_vec()),
+            Some(pp) => resolve(&p.msg, &path(pp)).and_then(|r| r.nested().map(|m| message::own_bytes(m).to_vec())),
+        }
+    };
+    let names = |l: &[imap_codec::imap_types::core::AString<'_>]| l.iter().map(|a| a.as_ref().to_vec()).collect::<Vec<_>>();
+    match s {
+        None => p.raw.to_vec(),
+        Some(Section::Part(pp)) => resolve(&p.msg, &path(pp)).map(|r| r.body().to_vec()).unwrap_or_default(),
+        Some(Section::Mime(pp)) => resolve(&p.msg, &path(pp)).map(|r| r.mime().to_vec()).unwrap_or_default(),
+        Some(Section::Header(pp)) => inner(pp).map(|m| split_header(&m).0.to_vec()).unwrap_or_default(),
+        Some(Section::Text(pp)) => inner(pp).map(|m| split_header(&m).1.to_vec()).unwrap_or_default(),
+        Some(Section::HeaderFields(pp, l)) => inner(pp).map(|m| header_fields(split_header(&m).0, &names(l.as_ref()), false)).unwrap_or_default(),
+        Some(Section::HeaderFieldsNot(pp, l)) => inner(pp).map(|m| header_fields(split_header(&m).0, &names(l.as_ref()), true)).unwrap_or_default(),
+    }
+}
+
+fn stamp(dir: &std::path::Path) -> (Option<std::time::SystemTime>, Option<std::time::SystemTime>) {
+    let m = |d: &str| std::fs::metadata(dir.join(d)).and_then(|m| m.modified()).ok();
+    (m("new"), m("cur"))
+}
+
+impl Session {
+    pub fn new(ctx: Arc<Ctx>, peer: String) -> Session {
+        let reader = Reader::new(ctx.max_append);
+        let delivered = ctx.delivered.clone();
+        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered }
+    }
+
+    fn store(&self) -> Store {
+        Store { root: self.ctx.root.clone() }
+    }
+
+    pub fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "UNSELECT", "MOVE", "SPECIAL-USE", "CHILDREN"];
+        if self.ctx.tls.is_some() && !self.tls {
+            caps.push("STARTTLS");
+        }
+        if self.ctx.require_tls && !self.tls {
+            caps.push("LOGINDISABLED");
+        } else if matches!(self.state, State::NotAuthenticated) {
+            caps.push("AUTH=PLAIN");
+        }
+        caps.join(" ")
+    }
+
+    /// Serve commands until the client logs out, hangs up or idles out.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut Buffered<S>) -> io::Result<Flow> {
+        if self.tls {
+            // After STARTTLS: nothing the client sent in the clear counts.
+            self.reader = Reader::new(self.ctx.max_append);
+            self.state = State::NotAuthenticated;
+        }
+        loop {
+            if !self.reader.has_pending() {
+                stream.flush().await?;
+            }
+            let wait = if matches!(self.state, State::NotAuthenticated) { PREAUTH_TIMEOUT } else { AUTOLOGOUT };
+            let bytes = match self.reader.next(stream, wait).await? {
+                Read::Command(b) => b,
+                Read::Eof => return Ok(Flow::Close),
+                Read::Timeout => {
+                    stream.write_all(b"* BYE autologout: idle for too long\r\n").await?;
+                    stream.flush().await?;
+                    return Ok(Flow::Close);
+                }
+                Read::Refused(why) => {
+                    tracing::warn!(peer = %self.peer, "IMAP command refused: {why}");
+                    stream.write_all(format!("{why}\r\n* BYE closing\r\n").as_bytes()).await?;
+                    stream.flush().await?;
+                    return Ok(Flow::Close);
+                }
+                Read::Rejected(why) => {
+                    stream.write_all(format!("{why}\r\n").as_bytes()).await?;
+                    continue;
+                }
+                Read::Http => {
+                    tracing::warn!(peer = %self.peer, "HTTP request on the IMAP port; closing");
+                    stream.write_all(b"* BYE this is an IMAP server, not HTTP\r\n").await?;
+                    stream.flush().await?;
+                    return Ok(Flow::Close);
+                }
+            };
+            let cmd = match CommandCodec::default().decode(&bytes) {
+                Ok((_, c)) => c,
+                Err(_) => {
+                    self.bad += 1;
+                    let tag = super::tag_of(&bytes);
+                    stream.write_all(format!("{tag} BAD that is not a command this server understands (RFC 9051 syntax)\r\n").as_bytes()).await?;
+                    if self.bad >= 20 && matches!(self.state, State::NotAuthenticated) {
+                        stream.write_all(b"* BYE too many bad commands\r\n").await?;
+                        stream.flush().await?;
+                        return Ok(Flow::Close);
+                    }
+                    continue;
+                }
+            };
+            match self.command(cmd, stream).await? {
+                Next::Go => {}
+                Next::Close => {
+                    stream.flush().await?;
+                    return Ok(Flow::Close);
+                }
+                Next::StartTls => {
+                    stream.flush().await?;
+                    return Ok(Flow::StartTls);
+                }
+            }
+        }
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(&mut self, cmd: Command<'_>, stream: &mut Buffered<S>) -> io::Result<Next> {
+        let tag = cmd.tag.as_ref().to_string();
+        let mut out: Vec<u8> = Vec::new();
+        macro_rules! done {
+            ($($t:tt)*) => {{
+                out.extend_from_slice(format!("{} {}\r\n", tag, format!($($t)*)).as_bytes());
+                stream.write_all(&out).await?;
+                return Ok(Next::Go);
+            }};
+        }
+        let authenticated = !matches!(self.state, State::NotAuthenticated);
+        match cmd.body {
+            CommandBody::Capability => {
+                out.extend_from_slice(format!("* CAPABILITY {}\r\n", self.capabilities()).as_bytes());
+                done!("OK CAPABILITY completed")
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.refresh(&mut out, true)?;
+                done!("OK NOOP completed")
+            }
+            CommandBody::Logout => {
+                out.extend_from_slice(b"* BYE logging out\r\n");
+                out.extend_from_slice(format!("{tag} OK LOGOUT completed\r\n").as_bytes());
+                stream.write_all(&out).await?;
+                return Ok(Next::Close);
+            }
+            CommandBody::Id { .. } => {
+                out.extend_from_slice(b"* ID (\"name\" \"stubmail\")\r\n");
+                done!("OK ID completed")
+            }
+            CommandBody::StartTLS => {
+                if authenticated || self.tls || self.ctx.tls.is_none() {
+                    done!("BAD STARTTLS is not available here")
+                }
+                out.extend_from_slice(format!("{tag} OK begin TLS negotiation now\r\n").as_bytes());
+                stream.write_all(&out).await?;
+                return Ok(Next::StartTls);
+            }
+            CommandBody::Login { username, password } => {
+                if authenticated {
+                    done!("BAD already logged in")
+                }
+                let (u, p) = (username.as_ref().to_vec(), password.declassify().as_ref().to_vec());
+                return self.login(&tag, &u, &p, stream).await;
+            }
+            CommandBody::Authenticate { mechanism, initial_response } => {
+                if authenticated {
+                    done!("BAD already logged in")
+                }
+                if !mechanism.as_ref().eq_ignore_ascii_case("PLAIN") {
+                    done!("NO [CANNOT] only AUTHENTICATE PLAIN is offered")
+                }
+                let data: Vec<u8> = match initial_response {
+                    Some(r) => r.declassify().to_vec(),
+                    None => {
+                        stream.write_all(b"+ \r\n").await?;
+                        stream.flush().await?;
+                        let Some(line) = self.read_line(stream).await? else { return Ok(Next::Close) };
+                        let line = line.trim_ascii();
+                        if line == b"*" {
+                            done!("BAD AUTHENTICATE cancelled")
+                        }
+                        use base64::Engine;
+                        match base64::engine::general_purpose::STANDARD.decode(line) {
+                            Ok(d) => d,
+                            Err(_) => done!("BAD AUTHENTICATE data is not base64"),
+                        }
+                    }
+                };
+                // authzid \0 authcid \0 password; an authzid other than the
+                // user is not supported.
+                let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+                if parts.len() != 3 || !(parts[0].is_empty() || parts[0].eq_ignore_ascii_case(parts[1])) {
+                    done!("BAD AUTHENTICATE PLAIN wants authzid NUL user NUL password")
+                }
+                let (u, p) = (parts[1].to_vec(), parts[2].to_vec());
+                return self.login(&tag, &u, &p, stream).await;
+            }
+            _ if !authenticated => done!("BAD log in first (LOGIN or AUTHENTICATE PLAIN)"),
+            CommandBody::Enable { .. } => {
+                // Nothing this server can switch on (no CONDSTORE, no
+                // IMAP4rev2 yet): RFC 5161 answers with an empty ENABLED.
+                out.extend_from_slice(b"* ENABLED\r\n");
+                done!("OK ENABLE completed")
+            }
+            CommandBody::Namespace => {
+                out.extend_from_slice(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n");
+                done!("OK NAMESPACE completed")
+            }
+            CommandBody::Select { mailbox, .. } => return self.select(&tag, &mailbox_name(&mailbox), false, stream).await,
+            CommandBody::Examine { mailbox, .. } => return self.select(&tag, &mailbox_name(&mailbox), true, stream).await,
+            CommandBody::Create { mailbox } => {
+                let name = mailbox_name(&mailbox);
+                match self.store().create(&name) {
+                    Ok(true) => done!("OK CREATE completed"),
+                    Ok(false) => done!("NO [ALREADYEXISTS] that folder exists"),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => done!("NO [CANNOT] {e}"),
+                    Err(e) => {
+                        tracing::error!("IMAP CREATE {name}: {e}");
+                        done!("NO [SERVERBUG] the folder could not be made")
+                    }
+                }
+            }
+            CommandBody::Delete { mailbox } => {
+                let name = mailbox_name(&mailbox);
+                if let State::Selected(s) = &self.state
+                    && s.name == name
+                {
+                    self.state = State::Authenticated;
+                }
+                match self.store().delete(&name) {
+                    Ok(()) => done!("OK DELETE completed"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => done!("NO [NONEXISTENT] no such folder"),
+                    Err(e) => done!("NO [CANNOT] {e}"),
+                }
+            }
+            CommandBody::Rename { from, to } => match self.store().rename(&mailbox_name(&from), &mailbox_name(&to)) {
+                Ok(()) => done!("OK RENAME completed"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => done!("NO [NONEXISTENT] no such folder"),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => done!("NO [ALREADYEXISTS] {e}"),
+                Err(e) => done!("NO [CANNOT] {e}"),
+            },
+            CommandBody::Subscribe { mailbox } => {
+                let store = self.store();
+                let name = mailbox_name(&mailbox);
+                if store.dir(&name).is_err() {
+                    done!("NO [CANNOT] that folder name is not allowed here")
+                }
+                folder::set_subscribed(&store.root, &store.folders(), &name, true)?;
+                done!("OK SUBSCRIBE completed")
+            }
+            CommandBody::Unsubscribe { mailbox } => {
+                let store = self.store();
+                folder::set_subscribed(&store.root, &store.folders(), &mailbox_name(&mailbox), false)?;
+                done!("OK UNSUBSCRIBE completed")
+            }
+            CommandBody::List { reference, mailbox_wildcard, .. } => {
+                self.list(&mut out, &mailbox_name(&reference), &list_pattern(&mailbox_wildcard), false);
+                done!("OK LIST completed")
+            }
+            CommandBody::Lsub { reference, mailbox_wildcard } => {
+                self.list(&mut out, &mailbox_name(&reference), &list_pattern(&mailbox_wildcard), true);
+                done!("OK LSUB completed")
+            }
+            CommandBody::Status { mailbox, item_names } => {
+                let name = mailbox_name(&mailbox);
+                let Ok(dir) = self.store().dir(&name) else { done!("NO [NONEXISTENT] no such folder") };
+                let snap = match Locked::open(&dir).and_then(|l| l.sync()) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => done!("NO [NONEXISTENT] no such folder"),
+                    Err(e) => return Err(e),
+                };
+                let mut items = Vec::new();
+                for i in item_names.iter() {
+                    let v = match i {
+                        StatusDataItemName::Messages => format!("MESSAGES {}", snap.entries.len()),
+                        StatusDataItemName::Recent => format!("RECENT {}", snap.entries.iter().filter(|e| e.in_new()).count()),
+                        StatusDataItemName::UidNext => format!("UIDNEXT {}", snap.uidnext),
+                        StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", snap.uidvalidity),
+                        StatusDataItemName::Unseen => format!("UNSEEN {}", snap.entries.iter().filter(|e| !e.flags.has('S')).count()),
+                        StatusDataItemName::Deleted => format!("DELETED {}", snap.entries.iter().filter(|e| e.flags.has('T')).count()),
+                        StatusDataItemName::DeletedStorage => format!("DELETED-STORAGE {}", snap.entries.iter().filter(|e| e.flags.has('T')).map(|e| e.size).sum::<u64>()),
+                        #[allow(unreachable_patterns)]
+                        _ => continue,
+                    };
+                    items.push(v);
+                }
+                out.extend_from_slice(format!("* STATUS {} ({})\r\n", wire::mailbox(&name), items.join(" ")).as_bytes());
+                done!("OK STATUS completed")
+            }
+            CommandBody::Append { mailbox, flags, date, message } => {
+                let name = mailbox_name(&mailbox);
+                let data: &[u8] = match &message {
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.as_ref(),
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+                };
+                let Ok(dir) = self.store().dir(&name) else { done!("NO [CANNOT] that folder name is not allowed here") };
+                if !dir.join("cur").is_dir() {
+                    done!("NO [TRYCREATE] no such folder; CREATE it first")
+                }
+                let mut f = Flags::default();
+                for fl in &flags {
+                    if let Some(l) = Flags::letter(&fl.to_string()) {
+                        f.set(l, true);
+                    }
+                }
+                let when = date.map(|d| std::time::SystemTime::from(*d.as_ref()));
+                let (validity, uid) = append(&dir, data, &f, when)?;
+                self.refresh(&mut out, false)?;
+                done!("OK [APPENDUID {validity} {uid}] APPEND completed")
+            }
+            CommandBody::Idle => return self.idle(&tag, stream).await,
+            _ if !matches!(self.state, State::Selected(_)) => done!("BAD select a folder first"),
+            CommandBody::Unselect => {
+                self.state = State::Authenticated;
+                done!("OK UNSELECT completed")
+            }
+            CommandBody::Close => {
+                if let State::Selected(s) = &self.state
+                    && !s.readonly
+                {
+                    let mut sink = Vec::new();
+                    self.expunge(&mut sink, None)?;
+                }
+                self.state = State::Authenticated;
+                done!("OK CLOSE completed")
+            }
+            CommandBody::Expunge => {
+                if self.readonly() {
+                    done!("NO [READ-ONLY] the folder was opened with EXAMINE")
+                }
+                self.expunge(&mut out, None)?;
+                done!("OK EXPUNGE completed")
+            }
+            CommandBody::ExpungeUid { sequence_set } => {
+                if self.readonly() {
+                    done!("NO [READ-ONLY] the folder was opened with EXAMINE")
+                }
+                self.expunge(&mut out, Some(&sequence_set))?;
+                done!("OK UID EXPUNGE completed")
+            }
+            CommandBody::Search { charset, criteria, uid } => {
+                if let Some(c) = &charset
+                    && !["US-ASCII", "UTF-8"].iter().any(|x| c.as_ref().eq_ignore_ascii_case(x))
+                {
+                    done!("NO [BADCHARSET (US-ASCII UTF-8)] that charset is not supported")
+                }
+                let key = SearchKey::And(criteria);
+                let found = self.search(&key, uid);
+                out.extend_from_slice(b"* SEARCH");
+                for n in found {
+                    out.extend_from_slice(format!(" {n}").as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                if uid {
+                    self.refresh(&mut out, true)?;
+                }
+                done!("OK SEARCH completed")
+            }
+            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
+                let items = match macro_or_item_names {
+                    MacroOrMessageDataItemNames::Macro(m) => match m {
+                        Macro::Fast => vec![MessageDataItemName::Flags, MessageDataItemName::InternalDate, MessageDataItemName::Rfc822Size],
+                        Macro::All => vec![MessageDataItemName::Flags, MessageDataItemName::InternalDate, MessageDataItemName::Rfc822Size, MessageDataItemName::Envelope],
+                        _ => vec![MessageDataItemName::Flags, MessageDataItemName::InternalDate, MessageDataItemName::Rfc822Size, MessageDataItemName::Envelope, MessageDataItemName::Body],
+                    },
+                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+                };
+                if items.iter().any(|i| matches!(i, MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. })) {
+                    done!("BAD BINARY is not offered by this server")
+                }
+                self.fetch(&mut out, &sequence_set, &items, uid, stream).await?;
+                if uid {
+                    self.refresh(&mut out, true)?;
+                }
+                done!("OK FETCH completed")
+            }
+            CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
+                if self.readonly() {
+                    done!("NO [READ-ONLY] the folder was opened with EXAMINE")
+                }
+                self.store_flags(&mut out, &sequence_set, kind, response, &flags, uid)?;
+                if uid {
+                    self.refresh(&mut out, true)?;
+                }
+                done!("OK STORE completed")
+            }
+            CommandBody::Copy { sequence_set, mailbox, uid } => {
+                let r = self.copy(&mut out, &sequence_set, &mailbox_name(&mailbox), uid, false)?;
+                done!("{r}")
+            }
+            CommandBody::Move { sequence_set, mailbox, uid } => {
+                if self.readonly() {
+                    done!("NO [READ-ONLY] the folder was opened with EXAMINE")
+                }
+                let r = self.copy(&mut out, &sequence_set, &mailbox_name(&mailbox), uid, true)?;
+                done!("{r}")
+            }
+            _ => done!("BAD that command is not offered by this server"),
+        }
+    }
+
+    fn readonly(&self) -> bool {
+        matches!(&self.state, State::Selected(s) if s.readonly)
+    }
+
+    async fn read_line<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut Buffered<S>) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(l) = self.reader_line() {
+                return Ok(Some(l));
+            }
+            if self.reader.buffered_len() > super::MAX_LINE {
+                return Ok(None);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = match tokio::time::timeout(PREAUTH_TIMEOUT, stream.read(&mut chunk)).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(None),
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            self.reader.push(&chunk[..n]);
+        }
+    }
+
+    fn reader_line(&mut self) -> Option<Vec<u8>> {
+        self.reader.take_line()
+    }
+
+    async fn login<S: AsyncRead + AsyncWrite + Unpin>(&mut self, tag: &str, user: &[u8], pass: &[u8], stream: &mut Buffered<S>) -> io::Result<Next> {
+        if self.ctx.require_tls && !self.tls {
+            stream.write_all(format!("{tag} NO [PRIVACYREQUIRED] use STARTTLS first: passwords are not sent in the clear here\r\n").as_bytes()).await?;
+            return Ok(Next::Go);
+        }
+        let user_ok = stubmail::server::constant_eq(&user.to_ascii_lowercase(), self.ctx.username.to_ascii_lowercase().as_bytes());
+        let ip = stubmail::guard::peer_ip(&self.peer);
+        let account = user_ok.then_some(self.ctx.username.as_str());
+        if let Err(t) = self.ctx.throttle.check(ip, account) {
+            self.failures += 1;
+            tracing::warn!(peer = %self.peer, "IMAP login refused: too many recent failures");
+            stream.write_all(format!("{tag} NO [UNAVAILABLE] too many failed logins; try again in {} seconds\r\n", t.secs()).as_bytes()).await?;
+            return Ok(if self.failures >= 3 { Next::Close } else { Next::Go });
+        }
+        let ok = user_ok & stubmail::server::constant_eq(pass, self.ctx.password.as_bytes());
+        if !ok {
+            self.ctx.throttle.failed(ip, account);
+            self.failures += 1;
+            tracing::warn!(peer = %self.peer, failures = self.failures, "IMAP login failed");
+            stream.write_all(format!("{tag} NO [AUTHENTICATIONFAILED] invalid user name or password\r\n").as_bytes()).await?;
+            return Ok(if self.failures >= 3 { Next::Close } else { Next::Go });
+        }
+        self.ctx.throttle.succeeded(ip, account);
+        if let Some(hook) = &self.ctx.on_login {
+            hook().await;
+        }
+        if let Err(e) = self.store().ensure_special() {
+            tracing::error!("IMAP: making the special folders: {e}");
+        }
+        self.state = State::Authenticated;
+        stream.write_all(format!("{tag} OK [CAPABILITY {}] logged in\r\n", self.capabilities()).as_bytes()).await?;
+        Ok(Next::Go)
+    }
+
+    async fn select<S: AsyncRead + AsyncWrite + Unpin>(&mut self, tag: &str, name: &str, readonly: bool, stream: &mut Buffered<S>) -> io::Result<Next> {
+        // A failed SELECT leaves no folder selected (RFC 9051 §6.3.2).
+        self.state = State::Authenticated;
+        let Ok(dir) = self.store().dir(name) else {
+            stream.write_all(format!("{tag} NO [NONEXISTENT] no such folder\r\n").as_bytes()).await?;
+            return Ok(Next::Go);
+        };
+        let lock = match Locked::open(&dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                stream.write_all(format!("{tag} NO [NONEXISTENT] no such folder\r\n").as_bytes()).await?;
+                return Ok(Next::Go);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut snap = lock.sync()?;
+        let recent: HashSet<String> = if readonly { HashSet::new() } else { lock.take_new(&mut snap)?.into_iter().collect() };
+        drop(lock);
+        let msgs: Vec<View> = snap.entries.iter().map(|e| View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: recent.contains(&e.base) }).collect();
+        let mut out = String::new();
+        out += "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)\r\n";
+        out += &format!("* {} EXISTS\r\n* {} RECENT\r\n", msgs.len(), recent.len());
+        if let Some(i) = msgs.iter().position(|m| !m.flags.has('S')) {
+            out += &format!("* OK [UNSEEN {}] first unseen\r\n", i + 1);
+        }
+        out += &format!("* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n", snap.uidvalidity, snap.uidnext);
+        if readonly {
+            out += "* OK [PERMANENTFLAGS ()] read-only\r\n";
+        } else {
+            out += "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)] flags kept\r\n";
+        }
+        out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
+        let st = stamp(&dir);
+        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st }));
+        stream.write_all(out.as_bytes()).await?;
+        Ok(Next::Go)
+    }
+
+    fn list(&self, out: &mut Vec<u8>, reference: &str, pattern: &str, subscribed_only: bool) {
+        let word = if subscribed_only { "LSUB" } else { "LIST" };
+        if pattern.is_empty() {
+            // The hierarchy delimiter and root (RFC 9051 §6.3.9).
+            out.extend_from_slice(format!("* {word} (\\Noselect) \".\" \"\"\r\n").as_bytes());
+            return;
+        }
+        let full = format!("{reference}{pattern}");
+        let store = self.store();
+        let all = store.folders();
+        let subs: HashSet<String> = if subscribed_only { folder::subscriptions(&store.root, &all).into_iter().collect() } else { HashSet::new() };
+        for name in &all {
+            let matched = if name == "INBOX" { wildmatch(full.to_ascii_uppercase().as_bytes(), b"INBOX") } else { wildmatch(full.as_bytes(), name.as_bytes()) };
+            if !matched || (subscribed_only && !subs.contains(name)) {
+                continue;
+            }
+            let children = all.iter().any(|n| n.starts_with(&format!("{name}.")));
+            let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
+            if let Some(u) = Store::special_use(name) {
+                attrs.push(u);
+            }
+            out.extend_from_slice(format!("* {word} ({}) \".\" {}\r\n", attrs.join(" "), wire::mailbox(name)).as_bytes());
+        }
+    }
+
+    /// Bring the session's view up to date with the folder on disk:
+    /// new messages (EXISTS, RECENT), flag changes others made (FETCH),
+    /// and, where the command allows it, messages gone (EXPUNGE).
+    fn refresh(&mut self, out: &mut Vec<u8>, allow_expunge: bool) -> io::Result<()> {
+        let State::Selected(s) = &mut self.state else { return Ok(()) };
+        let lock = match Locked::open(&s.dir) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The folder itself was deleted under us.
+                out.extend_from_slice(b"* BYE the selected folder was deleted\r\n");
+                return Err(io::Error::new(io::ErrorKind::NotFound, "selected folder deleted"));
+            }
+            Err(e) => return Err(e),
+        };
+        s.stamp = stamp(&s.dir);
+        let mut snap = lock.sync()?;
+        let recent: HashSet<String> = if s.readonly { HashSet::new() } else { lock.take_new(&mut snap)?.into_iter().collect() };
+        drop(lock);
+        if snap.uidvalidity != s.uidvalidity {
+            out.extend_from_slice(b"* BYE the folder's UIDs were renumbered; please reconnect\r\n");
+            return Err(io::Error::other("UIDVALIDITY changed"));
+        }
+        let by_uid: std::collections::HashMap<u32, &Entry> = snap.entries.iter().map(|e| (e.uid, e)).collect();
+        if allow_expunge {
+            for i in (0..s.msgs.len()).rev() {
+                if !by_uid.contains_key(&s.msgs[i].uid) {
+                    s.msgs.remove(i);
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                }
+            }
+        }
+        for (i, m) in s.msgs.iter_mut().enumerate() {
+            if let Some(e) = by_uid.get(&m.uid) {
+                m.rel = e.rel.clone();
+                if e.flags != m.flags {
+                    m.flags = e.flags.clone();
+                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}))\r\n", i + 1, m.flags.imap(m.recent)).as_bytes());
+                }
+            }
+        }
+        let last = s.msgs.last().map_or(0, |m| m.uid);
+        let mut added = 0;
+        let mut new_recent = 0;
+        for e in snap.entries.iter().filter(|e| e.uid > last) {
+            let r = recent.contains(&e.base);
+            new_recent += usize::from(r);
+            s.msgs.push(View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: r });
+            added += 1;
+        }
+        if added > 0 {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", s.msgs.len()).as_bytes());
+            if new_recent > 0 {
+                out.extend_from_slice(format!("* {} RECENT\r\n", s.msgs.iter().filter(|m| m.recent).count()).as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Indices (into the view) a sequence set names.
+    fn pick(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+        let State::Selected(s) = &self.state else { return Vec::new() };
+        let max = if uid { s.msgs.last().map_or(0, |m| m.uid) } else { s.msgs.len() as u32 };
+        if max == 0 {
+            return Vec::new();
+        }
+        (0..s.msgs.len()).filter(|&i| search::in_set(set, if uid { s.msgs[i].uid } else { i as u32 + 1 }, max)).collect()
+    }
+
+    fn search(&mut self, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
+        let State::Selected(s) = &self.state else { return Vec::new() };
+        let (max_seq, max_uid) = (s.msgs.len() as u32, s.msgs.last().map_or(0, |m| m.uid));
+        let mut found = Vec::new();
+        for (i, m) in s.msgs.iter().enumerate() {
+            let path = s.dir.join(&m.rel);
+            let (dir, base) = (s.dir.clone(), m.base.clone());
+            let max = self.ctx.max_message;
+            let mut load = move || -> Option<Vec<u8>> {
+                let p = if path.exists() { path.clone() } else { dir.join(folder::find(&dir, &base)?) };
+                folder::read_crlf(&p, max).ok()
+            };
+            let internal = std::fs::metadata(s.dir.join(&m.rel)).and_then(|md| md.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
+            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, internal, load: &mut load, loaded: None, max_seq, max_uid };
+            if search::matches(key, &mut c) {
+                found.push(if uid { m.uid } else { i as u32 + 1 });
+            }
+        }
+        found
+    }
+
+    async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool, stream: &mut Buffered<S>) -> io::Result<()> {
+        let picked = self.pick(set, uid);
+        let max = self.ctx.max_message;
+        let State::Selected(s) = &mut self.state else { return Ok(()) };
+        let needs_content = items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Envelope
+                    | MessageDataItemName::Body
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let lock = if s.readonly { None } else { Locked::open(&s.dir).ok() };
+        for i in picked {
+            let m = &mut s.msgs[i];
+            let mut path = s.dir.join(&m.rel);
+            if !path.exists() {
+                match folder::find(&s.dir, &m.base) {
+                    Some(rel) => {
+                        m.rel = rel;
+                        path = s.dir.join(&m.rel);
+                    }
+                    // Gone (another client expunged it): nothing to say
+                    // until the next EXPUNGE may be sent.
+                    None => continue,
+                }
+            }
+            let raw = if needs_content {
+                match folder::read_crlf(&path, max) {
+                    Ok(r) => Some(r),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        tracing::warn!("IMAP FETCH {}: {e}", path.display());
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let parsed = raw.as_deref().map(Parsed::new);
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            let mut set_seen = false;
+            let mut flags_at: Option<usize> = None;
+            let mut flags_changed = false;
+            for item in items {
+                let mut v = Vec::new();
+                match item {
+                    MessageDataItemName::Uid => v.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
+                    MessageDataItemName::Flags => {
+                        // Filled in last: a BODY[] below may set \Seen.
+                        flags_at = Some(parts.len());
+                    }
+                    MessageDataItemName::Rfc822Size => v.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes()),
+                    MessageDataItemName::InternalDate => {
+                        let t = std::fs::metadata(&path).and_then(|md| md.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                        v.extend_from_slice(format!("INTERNALDATE {}", internaldate(t)).as_bytes());
+                    }
+                    MessageDataItemName::Envelope => {
+                        v.extend_from_slice(b"ENVELOPE ");
+                        message::envelope(&mut v, &parsed.as_ref().expect("read").msg);
+                    }
+                    MessageDataItemName::Body => {
+                        v.extend_from_slice(b"BODY ");
+                        message::bodystructure(&mut v, &parsed.as_ref().expect("read").msg, false);
+                    }
+                    MessageDataItemName::BodyStructure => {
+                        v.extend_from_slice(b"BODYSTRUCTURE ");
+                        message::bodystructure(&mut v, &parsed.as_ref().expect("read").msg, true);
+                    }
+                    MessageDataItemName::BodyExt { section, partial, peek } => {
+                        let p = parsed.as_ref().expect("read");
+                        let bytes = section_bytes(p, section);
+                        let (slice, origin) = match partial {
+                            Some((start, len)) => {
+                                let st = (*start as usize).min(bytes.len());
+                                let en = st.saturating_add(len.get() as usize).min(bytes.len());
+                                (&bytes[st..en], format!("<{start}>"))
+                            }
+                            None => (&bytes[..], String::new()),
+                        };
+                        v.extend_from_slice(format!("BODY[{}]{origin} ", section_text(section)).as_bytes());
+                        wire::literal(&mut v, slice);
+                        set_seen |= !peek;
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        v.extend_from_slice(b"RFC822 ");
+                        wire::literal(&mut v, raw.as_deref().expect("read"));
+                        set_seen = true;
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        v.extend_from_slice(b"RFC822.HEADER ");
+                        wire::literal(&mut v, message::split_header(raw.as_deref().expect("read")).0);
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        v.extend_from_slice(b"RFC822.TEXT ");
+                        wire::literal(&mut v, message::split_header(raw.as_deref().expect("read")).1);
+                        set_seen = true;
+                    }
+                    _ => continue,
+                }
+                parts.push(v);
+            }
+            if set_seen && !m.flags.has('S') {
+                if let Some(l) = &lock {
+                    let mut f = m.flags.clone();
+                    f.set('S', true);
+                    if let Some(rel) = l.set_flags(&m.entry(), &f)? {
+                        m.rel = rel;
+                        m.flags = f;
+                        flags_changed = true;
+                    }
+                }
+            }
+            let flags = format!("FLAGS ({})", m.flags.imap(m.recent)).into_bytes();
+            match flags_at {
+                Some(at) => parts[at] = flags,
+                None if flags_changed => parts.push(flags),
+                None => {}
+            }
+            if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+                parts.insert(0, format!("UID {}", m.uid).into_bytes());
+            }
+            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+            out.extend_from_slice(&parts.join(&b' '));
+            out.extend_from_slice(b")\r\n");
+            // Bounded memory: large answers go out as they are made.
+            if out.len() > 256 * 1024 {
+                stream.write_all(out).await?;
+                out.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn store_flags(&mut self, out: &mut Vec<u8>, set: &SequenceSet, kind: StoreType, response: StoreResponse, flags: &[Flag<'_>], uid: bool) -> io::Result<()> {
+        let picked = self.pick(set, uid);
+        let State::Selected(s) = &mut self.state else { return Ok(()) };
+        let letters: Vec<char> = flags.iter().filter_map(|f| Flags::letter(&f.to_string())).collect();
+        let lock = Locked::open(&s.dir)?;
+        for i in picked {
+            let m = &mut s.msgs[i];
+            let mut f = match kind {
+                StoreType::Replace => Flags::default(),
+                _ => m.flags.clone(),
+            };
+            if matches!(kind, StoreType::Replace) {
+                // Letters this server does not map to IMAP flags stay.
+                for c in m.flags.0.chars().filter(|c| !"DFPRST".contains(*c)) {
+                    f.set(c, true);
+                }
+            }
+            for &l in &letters {
+                f.set(l, !matches!(kind, StoreType::Remove));
+            }
+            if f != m.flags {
+                match lock.set_flags(&m.entry(), &f)? {
+                    Some(rel) => {
+                        m.rel = rel;
+                        m.flags = f;
+                    }
+                    None => continue,
+                }
+            }
+            if matches!(response, StoreResponse::Answer) {
+                let u = if uid { format!(" UID {}", m.uid) } else { String::new() };
+                out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){u})\r\n", i + 1, m.flags.imap(m.recent)).as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn expunge(&mut self, out: &mut Vec<u8>, only: Option<&SequenceSet>) -> io::Result<()> {
+        let picked: Option<HashSet<usize>> = only.map(|set| self.pick(set, true).into_iter().collect());
+        // Flags may have changed elsewhere: look first.
+        self.refresh(out, true)?;
+        let State::Selected(s) = &mut self.state else { return Ok(()) };
+        let gone: Vec<usize> = (0..s.msgs.len()).filter(|&i| s.msgs[i].flags.has('T') && picked.as_ref().is_none_or(|p| p.contains(&i))).collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let lock = Locked::open(&s.dir)?;
+        lock.remove(&gone.iter().map(|&i| s.msgs[i].entry()).collect::<Vec<_>>())?;
+        for &i in gone.iter().rev() {
+            s.msgs.remove(i);
+            out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+        }
+        lock.sync()?;
+        Ok(())
+    }
+
+    /// COPY or MOVE; returns the tagged answer.
+    fn copy(&mut self, out: &mut Vec<u8>, set: &SequenceSet, target: &str, uid: bool, remove: bool) -> io::Result<String> {
+        let picked = self.pick(set, uid);
+        let store = self.store();
+        let State::Selected(s) = &mut self.state else { return Ok("BAD select a folder first".into()) };
+        let Ok(dest) = store.dir(target) else { return Ok("NO [CANNOT] that folder name is not allowed here".into()) };
+        if !dest.join("cur").is_dir() {
+            return Ok("NO [TRYCREATE] no such folder; CREATE it first".into());
+        }
+        if picked.is_empty() {
+            return Ok(format!("OK {} completed (nothing matched)", if remove { "MOVE" } else { "COPY" }));
+        }
+        let entries: Vec<Entry> = picked.iter().map(|&i| s.msgs[i].entry()).collect();
+        let validity;
+        let pairs = {
+            let l = Locked::open(&dest)?;
+            let p = l.link_from(&s.dir, &entries, remove && dest != s.dir)?;
+            validity = l.sync()?.uidvalidity;
+            p
+        };
+        let (src, dst): (Vec<u32>, Vec<u32>) = pairs.iter().copied().unzip();
+        let code = if pairs.is_empty() { String::new() } else { format!("[COPYUID {validity} {} {}] ", uid_set(&src), uid_set(&dst)) };
+        if !remove {
+            return Ok(format!("OK {code}COPY completed"));
+        }
+        if dest == s.dir {
+            // MOVE into the folder itself: copies, then the originals go.
+            let l = Locked::open(&s.dir)?;
+            l.remove(&entries)?;
+        }
+        out.extend_from_slice(format!("* OK {code}moved\r\n").as_bytes());
+        let moved: HashSet<u32> = src.into_iter().collect();
+        for i in (0..s.msgs.len()).rev() {
+            if moved.contains(&s.msgs[i].uid) {
+                s.msgs.remove(i);
+                out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+            }
+        }
+        Locked::open(&s.dir)?.sync()?;
+        Ok("OK MOVE completed".into())
+    }
+
+    /// IDLE (RFC 2177): announce changes as they happen until DONE.
+    async fn idle<S: AsyncRead + AsyncWrite + Unpin>(&mut self, tag: &str, stream: &mut Buffered<S>) -> io::Result<Next> {
+        stream.write_all(b"+ idling\r\n").await?;
+        stream.flush().await?;
+        let deadline = tokio::time::Instant::now() + AUTOLOGOUT;
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delivered = self.delivered.clone();
+        loop {
+            if let Some(done) = self.reader.take_line() {
+                let ok = done.trim_ascii().eq_ignore_ascii_case(b"DONE");
+                let msg = if ok { format!("{tag} OK IDLE terminated\r\n") } else { format!("{tag} BAD expected DONE\r\n") };
+                stream.write_all(msg.as_bytes()).await?;
+                return Ok(Next::Go);
+            }
+            if self.reader.buffered_len() > super::MAX_LINE {
+                stream.write_all(b"* BYE line too long\r\n").await?;
+                return Ok(Next::Close);
+            }
+            let mut chunk = [0u8; 4096];
+            let look = tokio::select! {
+                r = stream.read(&mut chunk) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Ok(Next::Close);
+                    }
+                    self.reader.push(&chunk[..n]);
+                    false
+                }
+                _ = async { match &mut delivered { Some(d) => { let _ = d.changed().await; } None => std::future::pending().await } } => true,
+                _ = tick.tick() => match &self.state {
+                    State::Selected(s) => stamp(&s.dir) != s.stamp,
+                    _ => false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    stream.write_all(b"* BYE autologout: idle for too long\r\n").await?;
+                    return Ok(Next::Close);
+                }
+            };
+            if look {
+                let mut out = Vec::new();
+                self.refresh(&mut out, true)?;
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                }
+            }
+        }
+    }
+}
+
+/// Store an APPENDed message in `dir`: LF line endings like delivered
+/// mail, fsync'd before its name is visible. Returns (UIDVALIDITY, UID).
+fn append(dir: &std::path::Path, data: &[u8], flags: &Flags, when: Option<std::time::SystemTime>) -> io::Result<(u32, u32)> {
+    use std::io::Write;
+    let base = stubmail::maildir::Maildir::unique_name();
+    let tmp = dir.join("tmp").join(&base);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let mut w = stubmail::maildir::CrlfToLf::new(io::BufWriter::new(&mut f));
+    w.write_all(data)?;
+    w.finish()?.flush()?;
+    if let Some(t) = when {
+        f.set_modified(t)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    let size = folder::crlf_size(&tmp)?;
+    let l = Locked::open(dir)?;
+    let uid = l.add(&base, &base, flags, size)?;
+    let validity = l.sync()?.uidvalidity;
+    Ok((validity, uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn ctx(root: &std::path::Path) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            root: root.to_path_buf(),
+            username: "bob@example.org".into(),
+            password: "pw".into(),
+            tls: None,
+            require_tls: false,
+            on_login: None,
+            throttle: Default::default(),
+            delivered: None,
+            max_message: 1 << 20,
+            max_append: 1 << 16,
+        })
+    }
+
+    /// A whole dialogue: the client's lines go in at once (pipelined, as
+    /// the tests can), the server's answers come back.
+    async fn dialogue(ctx: Arc<Ctx>, input: &str) -> String {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (mut r, mut w) = tokio::io::split(client);
+        let input = input.replace('\n', "\r\n");
+        let writer = tokio::spawn(async move {
+            w.write_all(input.as_bytes()).await.unwrap();
+            let _ = w.shutdown().await;
+        });
+        let srv = tokio::spawn(serve(server, "127.0.0.1:5".into(), ctx));
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut out).await.unwrap();
+        srv.await.unwrap().unwrap();
+        writer.await.unwrap();
+        out
+    }
+
+    fn maildir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        stubmail::maildir::Maildir::open(d.path()).unwrap();
+        std::fs::write(d.path().join("new/1000.a.host"), "From: Alice <alice@example.org>\nTo: bob@example.org\nSubject: first\nDate: Mon, 7 Dec 2026 10:00:00 +0000\nMessage-ID: <1@a>\n\nHello Bob.\n").unwrap();
+        std::fs::write(d.path().join("new/1001.b.host"), "From: Carol <carol@example.net>\nSubject: second\n\nAnother body with needle.\n").unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn nothing_before_login_and_bad_passwords_refused() {
+        let d = maildir();
+        let out = dialogue(ctx(d.path()), "a SELECT INBOX\nb LOGIN bob@example.org wrong\nc CAPABILITY\nd LOGOUT\n").await;
+        assert!(out.starts_with("* OK [CAPABILITY IMAP4rev1 "), "{out}");
+        assert!(out.contains("a BAD log in first"), "{out}");
+        assert!(out.contains("b NO [AUTHENTICATIONFAILED]"), "{out}");
+        assert!(out.contains("AUTH=PLAIN"), "{out}");
+        assert!(out.contains("d OK LOGOUT"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn select_fetch_store_search_expunge() {
+        let d = maildir();
+        let script = "a LOGIN bob@example.org pw\n\
+                      b SELECT INBOX\n\
+                      c FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)\n\
+                      d UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (Subject)] BODY[TEXT]<0.7>)\n\
+                      e SEARCH BODY needle\n\
+                      f STORE 1 +FLAGS (\\Deleted)\n\
+                      g UID SEARCH DELETED\n\
+                      h EXPUNGE\n\
+                      i FETCH 1 (UID FLAGS)\n\
+                      j LOGOUT\n";
+        let out = dialogue(ctx(d.path()), script).await;
+        assert!(out.contains("* 2 EXISTS\r\n* 2 RECENT\r\n"), "{out}");
+        assert!(out.contains("b OK [READ-WRITE] SELECT completed"), "{out}");
+        assert!(out.contains("* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE 141 ENVELOPE (\"Mon, 7 Dec 2026 10:00:00 +0000\" \"first\" ((\"Alice\" NIL \"alice\" \"example.org\"))"), "{out}");
+        assert!(out.contains("* 2 FETCH (UID 2 BODY[HEADER.FIELDS (SUBJECT)] {19}\r\nSubject: second\r\n\r\n BODY[TEXT]<0> {7}\r\nAnother FLAGS (\\Seen \\Recent))"), "{out}");
+        assert!(out.contains("* SEARCH 2\r\ne OK"), "{out}");
+        assert!(out.contains("* 1 FETCH (FLAGS (\\Deleted \\Recent))\r\nf OK"), "{out}");
+        assert!(out.contains("* SEARCH 1\r\ng OK"), "{out}");
+        assert!(out.contains("* 1 EXPUNGE\r\nh OK"), "{out}");
+        assert!(out.contains("* 1 FETCH (UID 2 FLAGS (\\Seen \\Recent))"), "{out}");
+        // On disk: the first is gone; the second is in cur/ with S.
+        let cur: Vec<String> = std::fs::read_dir(d.path().join("cur")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(cur, vec!["1001.b.host:2,S".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn append_copy_move_and_list() {
+        let d = maildir();
+        let msg = "Subject: draft\r\n\r\nbody\r\n";
+        let script = format!(
+            "a LOGIN bob@example.org pw\n\
+             b LIST \"\" *\n\
+             c APPEND Drafts (\\Draft) {{{}}}\n{msg}\n\
+             d APPEND Nowhere {{1+}}\nx\n\
+             e SELECT INBOX\n\
+             f UID COPY 1 Archive\n\
+             g UID MOVE 2 Junk\n\
+             h STATUS Junk (MESSAGES UIDNEXT UNSEEN)\n\
+             i LOGOUT\n",
+            msg.len()
+        );
+        let out = dialogue(ctx(d.path()), &script.replace("\r\n", "\n")).await;
+        assert!(out.contains("* LIST (\\HasNoChildren) \".\" \"INBOX\"\r\n"), "{out}");
+        assert!(out.contains("* LIST (\\HasNoChildren \\Junk) \".\" \"Junk\"\r\n"), "{out}");
+        assert!(out.contains("c OK [APPENDUID "), "{out}");
+        assert!(out.contains("d NO [TRYCREATE]"), "{out}");
+        assert!(out.contains("f OK [COPYUID ") && out.contains(" 1 1] COPY completed"), "{out}");
+        assert!(out.contains("* OK [COPYUID ") && out.contains("* 2 EXPUNGE\r\ng OK MOVE completed"), "{out}");
+        assert!(out.contains("* STATUS \"Junk\" (MESSAGES 1 UIDNEXT 2 UNSEEN 1)"), "{out}");
+        // The draft is stored with LF endings and its flag in the name.
+        let drafts: Vec<_> = std::fs::read_dir(d.path().join(".Drafts/cur")).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(drafts.len(), 1);
+        assert!(drafts[0].to_string_lossy().ends_with(":2,D"));
+        assert_eq!(std::fs::read_to_string(&drafts[0]).unwrap(), "Subject: draft\n\nbody\n");
+        // The moved message kept its name (a report finds it in Junk).
+        assert!(std::fs::read_dir(d.path().join(".Junk/cur")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("1001.b.host:2,")));
+    }
+
+    #[tokio::test]
+    async fn hostile_input_is_bounded() {
+        let d = maildir();
+        // A literal larger than APPEND takes: refused before it is sent.
+        let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb APPEND INBOX {999999999}\n").await;
+        assert!(out.contains("b NO [TOOBIG]") && !out.contains("BYE"), "{out}");
+        // A non-synchronizing literal that is too large: the connection ends.
+        let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb APPEND INBOX {999999999+}\nxx\n").await;
+        assert!(out.contains("b NO [TOOBIG]") && out.contains("* BYE"), "{out}");
+        // A line without end.
+        let out = dialogue(ctx(d.path()), &format!("a LOGIN bob@example.org pw\nb NOOP {}", "x".repeat(200_000))).await;
+        assert!(out.contains("* BAD command line too long"), "{out}");
+        // Garbage and an HTTP request.
+        let out = dialogue(ctx(d.path()), "?? what\n").await;
+        assert!(out.contains("?? BAD") || out.contains("* BAD"), "{out}");
+        let out = dialogue(ctx(d.path()), "GET / HTTP/1.1\nHost: x\n").await;
+        assert!(out.contains("* BYE this is an IMAP server"), "{out}");
+        // A huge sequence set on an empty view, and deep section numbers.
+        let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb SELECT INBOX\nc FETCH 1:4294967295 (UID)\nd FETCH 1 (BODY.PEEK[1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1])\ne LOGOUT\n").await;
+        assert!(out.contains("c OK") && out.contains("d OK") && out.contains("BODY[1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1] {0}"), "{out}");
+    }
+
+    #[test]
+    fn list_wildcards() {
+        assert!(super::wildmatch(b"*", b"a.b"));
+        assert!(!super::wildmatch(b"%", b"a.b"));
+        assert!(super::wildmatch(b"a.%", b"a.b"));
+        assert!(super::wildmatch(b"inbox", b"INBOX"));
+        assert_eq!(super::uid_set(&[5, 1, 2, 3, 7]), "1:3,5,7");
+    }
+}

@@ -1,0 +1,59 @@
+//! How values are written in IMAP responses (RFC 9051 §4): atoms, quoted
+//! strings, literals, NIL.
+
+/// An nstring: NIL, a quoted string, or a literal when quoting cannot
+/// carry it (CR, LF, NUL, 8-bit, or long).
+pub fn nstring(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => out.extend_from_slice(b"NIL"),
+        Some(v) => string(out, v),
+    }
+}
+
+pub fn string(out: &mut Vec<u8>, v: &[u8]) {
+    if v.len() <= 1024 && v.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+        out.push(b'"');
+        for &b in v {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, v);
+    }
+}
+
+pub fn literal(out: &mut Vec<u8>, v: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", v.len()).as_bytes());
+    out.extend_from_slice(v);
+}
+
+/// A mailbox name as an astring-ish quoted string (names are ASCII:
+/// modified UTF-7 on the wire).
+pub fn mailbox(name: &str) -> String {
+    let mut v = Vec::new();
+    string(&mut v, name.as_bytes());
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_quote_or_become_literals() {
+        let w = |v: &[u8]| {
+            let mut o = Vec::new();
+            string(&mut o, v);
+            o
+        };
+        assert_eq!(w(b"a \"b\" \\c"), b"\"a \\\"b\\\" \\\\c\"");
+        assert_eq!(w(b"a\r\nb"), b"{4}\r\na\r\nb");
+        assert_eq!(w("é".as_bytes()), b"{2}\r\n\xc3\xa9");
+        let mut o = Vec::new();
+        nstring(&mut o, None);
+        assert_eq!(o, b"NIL");
+    }
+}
