@@ -779,63 +779,6 @@ fn mpop(dir: &Path, port: u16, user: &str, tag: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-fn dovecot(dir: &Path, maildir: &Path) -> Result<(Killed, u16), String> {
-    let bin = sbin("dovecot");
-    let port = free_port();
-    let id = |args: &[&str]| stdout(&ok(Command::new("id").args(args))).trim().to_string();
-    let (mut uid, mut gid) = (id(&["-u"]), id(&["-g"]));
-    if uid == "0" {
-        // Dovecot never serves mail as root: give it the Maildir as nobody
-        // (http2mbox, as root, still reads it).
-        (uid, gid) = (id(&["-u", "nobody"]), id(&["-g", "nobody"]));
-        ok(Command::new("chown").args(["-R", "nobody:"]).arg(maildir));
-        use std::os::unix::fs::PermissionsExt;
-        for d in maildir.ancestors().skip(1).take(3) {
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
-        }
-    }
-    let run = dir.join("dovecot-run");
-    std::fs::create_dir_all(&run).unwrap();
-    let conf = dir.join("dovecot.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "base_dir = {run}\nstate_dir = {run}\nlog_path = {dir}/dovecot.log\nprotocols = pop3\nlisten = 127.0.0.1\nssl = no\n\
-             disable_plaintext_auth = no\nauth_mechanisms = plain\nmail_location = maildir:{md}\nfirst_valid_uid = 0\nfirst_valid_gid = 0\n\
-             pop3_uidl_format = %08Xu%08Xv\npassdb {{\n  driver = static\n  args = password=pop-secret\n}}\n\
-             userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={dir}\n}}\n\
-             service pop3-login {{\n  inet_listener pop3 {{\n    port = {port}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
-             service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n}}\n",
-            run = run.display(),
-            dir = dir.display(),
-            md = maildir.display(),
-        ),
-    )
-    .unwrap();
-    use std::os::unix::process::CommandExt;
-    let stderr = std::fs::File::create(dir.join("dovecot.stderr")).map_err(|e| e.to_string())?;
-    let child = Killed(
-        Command::new(bin)
-            .process_group(0)
-            .arg("-F")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("cannot run dovecot: {e}"))?,
-    );
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    if up {
-        Ok((child, port))
-    } else {
-        Err(format!("{} {}", log_tail(&dir.join("dovecot.stderr")), log_tail(&dir.join("dovecot.log"))))
-    }
-}
-
 fn pop3(s: &Scale) -> Vec<Row> {
     let root = tempfile::tempdir().unwrap();
     let bob = User::init(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/");
@@ -856,8 +799,11 @@ fn pop3(s: &Scale) -> Vec<Row> {
     let mut c = bin_cmd("http2mbox");
     c.arg("--home").arg(&bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let ours = Server::start("http2mbox-pop3", c, root.path());
-    let (dc, dport) = match dovecot(root.path(), &md) {
-        Ok(d) => d,
+    let (dc, dport) = match crate::common::dovecot::start(root.path(), &md, "pop3") {
+        Ok(d) => {
+            let port = d.port;
+            (d, port)
+        }
         Err(log) => {
             let log = log.replace('\n', " ");
             return vec![row("POP3", "—".into(), "Dovecot did not start".into(), None, "≥ 1.0×", false, format!("Dovecot's log: {log}"))];

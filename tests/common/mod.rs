@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod balancer;
+pub mod dovecot;
 pub mod pg;
 
 use std::io::{BufRead, BufReader, Read};

@@ -120,7 +120,36 @@ impl<'p, 'a> PartRef<'p, 'a> {
     /// The part's body as it is in the message (still encoded).
     pub fn body(&self) -> &'p [u8] {
         let p = self.part();
-        self.raw().get(p.offset_body as usize..p.offset_end as usize).unwrap_or_default()
+        self.raw().get(p.offset_body as usize..self.end()).unwrap_or_default()
+    }
+
+    /// Where the part's body ends: a part of a multipart ends at the CRLF
+    /// before its parent's next boundary (RFC 2046 §5.1.1: that CRLF
+    /// belongs to the boundary), whatever the parser's own offsets say.
+    fn end(&self) -> usize {
+        let (p, raw) = (self.part(), self.raw());
+        let idx = self.idx as u32;
+        let parent = self.msg.parts.iter().find(|q| matches!(&q.body, PartType::Multipart(ch) if ch.contains(&idx)));
+        if let Some(boundary) = parent.and_then(|q| q.content_type()).and_then(|c| c.attribute("boundary")) {
+            let from = (p.offset_body as usize).saturating_sub(2).max(p.offset_header as usize).min(raw.len());
+            let pat = format!("\n--{boundary}");
+            if let Some(i) = raw[from..].windows(pat.len()).position(|w| w == pat.as_bytes()) {
+                let mut end = from + i;
+                if end > 0 && raw[end - 1] == b'\r' {
+                    end -= 1;
+                }
+                return end.max(p.offset_body as usize);
+            }
+        }
+        p.offset_end as usize
+    }
+
+    /// The bytes of the message inside a message/rfc822 part.
+    pub fn nested_bytes(&self) -> Option<&'p [u8]> {
+        let m = self.nested()?;
+        // Not encoded: it is this part's body, in the outer buffer. Encoded:
+        // mail-parser decoded it into a buffer of its own.
+        if std::ptr::eq(m.raw_message.as_ptr(), self.raw().as_ptr()) { Some(self.body()) } else { Some(own_bytes(m)) }
     }
     /// The part's own MIME header.
     pub fn mime(&self) -> &'p [u8] {
@@ -157,7 +186,9 @@ pub fn resolve<'p, 'a>(msg: &'p Message<'a>, path: &[u32]) -> Option<PartRef<'p,
                     _ => return None,
                 }
             }
-            _ if at_root && k == 1 => {}
+            // A part that is neither multipart nor a message has one
+            // part, itself (what Dovecot answers for `2.1` of a leaf).
+            _ if k == 1 => {}
             _ => return None,
         }
         at_root = false;
@@ -252,7 +283,7 @@ fn encode_word(name: &str) -> Vec<u8> {
 /// BODY (`extended` false) or BODYSTRUCTURE (`extended` true).
 pub fn bodystructure(out: &mut Vec<u8>, msg: &Message<'_>, extended: bool) {
     if msg.parts.is_empty() {
-        out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0)");
+        out.extend_from_slice(b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)");
         return;
     }
     part_structure(out, msg, 0, extended, 0);
@@ -270,11 +301,11 @@ fn part_structure(out: &mut Vec<u8>, msg: &Message<'_>, idx: usize, extended: bo
             }
             if children.is_empty() {
                 // A multipart with no parts: an empty text part stands in.
-                out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
+                out.extend_from_slice(b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)");
             }
             out.push(b' ');
-            let sub = ct.and_then(|c| c.c_subtype.as_deref()).unwrap_or("MIXED");
-            string(out, sub.to_ascii_uppercase().as_bytes());
+            let sub = ct.and_then(|c| c.c_subtype.as_deref()).unwrap_or("mixed");
+            string(out, sub.to_ascii_lowercase().as_bytes());
             if extended {
                 out.push(b' ');
                 params(out, ct);
@@ -282,31 +313,41 @@ fn part_structure(out: &mut Vec<u8>, msg: &Message<'_>, idx: usize, extended: bo
             }
         }
         _ => {
+            // Lower case, and text's default charset spelt out, as Dovecot
+            // writes them (clients compare without case either way).
             let (ty, sub) = match ct {
-                Some(c) => (c.c_type.to_ascii_uppercase(), c.c_subtype.as_deref().unwrap_or(if c.c_type.eq_ignore_ascii_case("text") { "plain" } else { "octet-stream" }).to_ascii_uppercase()),
-                None => ("TEXT".into(), "PLAIN".into()),
+                Some(c) => (c.c_type.to_ascii_lowercase(), c.c_subtype.as_deref().unwrap_or(if c.c_type.eq_ignore_ascii_case("text") { "plain" } else { "octet-stream" }).to_ascii_lowercase()),
+                None => ("text".into(), "plain".into()),
             };
             string(out, ty.as_bytes());
             out.push(b' ');
             string(out, sub.as_bytes());
             out.push(b' ');
-            if ct.is_some() {
-                params(out, ct);
+            let has_charset = ct.and_then(|c| c.attribute("charset")).is_some();
+            if ty == "text" && !has_charset {
+                let mut with = Vec::new();
+                params(&mut with, ct);
+                if with == b"NIL" {
+                    out.extend_from_slice(b"(\"charset\" \"us-ascii\")");
+                } else {
+                    out.extend_from_slice(b"(\"charset\" \"us-ascii\" ");
+                    out.extend_from_slice(&with[1..]);
+                }
             } else {
-                out.extend_from_slice(b"(\"CHARSET\" \"US-ASCII\")");
+                params(out, ct);
             }
             out.push(b' ');
             nstring(out, p.content_id().map(|s| format!("<{s}>")).as_deref().map(str::as_bytes));
             out.push(b' ');
             nstring(out, p.content_description().map(str::as_bytes));
             out.push(b' ');
-            let enc = p.content_transfer_encoding().unwrap_or("7BIT").to_ascii_uppercase();
+            let enc = p.content_transfer_encoding().unwrap_or("7bit").to_ascii_lowercase();
             string(out, enc.as_bytes());
             let body = r.body();
             out.extend_from_slice(format!(" {}", body.len()).as_bytes());
-            let lines = body.iter().filter(|&&b| b == b'\n').count() + usize::from(!body.is_empty() && !body.ends_with(b"\n"));
+            let lines = body.iter().filter(|&&b| b == b'\n').count();
             match &p.body {
-                PartType::Message(nested) if ty == "MESSAGE" && (sub == "RFC822" || sub == "GLOBAL") && depth < MAX_DEPTH => {
+                PartType::Message(nested) if ty == "message" && (sub == "rfc822" || sub == "global") && depth < MAX_DEPTH => {
                     out.push(b' ');
                     envelope(out, nested);
                     out.push(b' ');
@@ -317,7 +358,7 @@ fn part_structure(out: &mut Vec<u8>, msg: &Message<'_>, idx: usize, extended: bo
                     }
                     out.extend_from_slice(format!(" {lines}").as_bytes());
                 }
-                _ if ty == "TEXT" => out.extend_from_slice(format!(" {lines}").as_bytes()),
+                _ if ty == "text" => out.extend_from_slice(format!(" {lines}").as_bytes()),
                 _ => {}
             }
             if extended {
@@ -336,7 +377,7 @@ fn ext_tail(out: &mut Vec<u8>, p: &MessagePart<'_>) {
     match p.content_disposition() {
         Some(d) => {
             out.push(b'(');
-            string(out, d.c_type.to_ascii_uppercase().as_bytes());
+            string(out, d.c_type.to_ascii_lowercase().as_bytes());
             out.push(b' ');
             params(out, Some(d));
             out.push(b')');
@@ -370,7 +411,7 @@ fn params(out: &mut Vec<u8>, ct: Option<&mail_parser::ContentType<'_>>) {
                 if i > 0 {
                     out.push(b' ');
                 }
-                string(out, a.name.to_ascii_uppercase().as_bytes());
+                string(out, a.name.to_ascii_lowercase().as_bytes());
                 out.push(b' ');
                 string(out, a.value.as_bytes());
             }
@@ -411,7 +452,9 @@ mod tests {
         assert_eq!(split_header(own_bytes(inner)).1, b"inner body");
         assert_eq!(resolve(&p.msg, &[2, 1]).unwrap().body(), b"inner body");
         assert!(resolve(&p.msg, &[3]).is_none());
-        assert!(resolve(&p.msg, &[1, 1]).is_none());
+        // A leaf's only part is itself (as Dovecot answers); no part 2.
+        assert_eq!(resolve(&p.msg, &[1, 1]).unwrap().body(), b"hello\r\nworld");
+        assert!(resolve(&p.msg, &[1, 2]).is_none());
         let (block, _) = split_header(MIXED);
         assert_eq!(header_fields(block, &[b"subject".to_vec()], false), b"Subject: Hi\r\n there\r\n\r\n");
         // A single-part message: part 1 is its body.
@@ -425,10 +468,10 @@ mod tests {
         let mut out = Vec::new();
         bodystructure(&mut out, &p.msg, false);
         let text = s(out);
-        assert!(text.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 2)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" "), "{text}");
-        assert!(text.ends_with(" \"MIXED\")"), "{text}");
+        assert!(text.starts_with("((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 12 1)(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 43 "), "{text}");
+        assert!(text.ends_with(" 3) \"mixed\")"), "{text}");
         let mut ext = Vec::new();
         bodystructure(&mut ext, &p.msg, true);
-        assert!(s(ext).contains("\"MIXED\" (\"BOUNDARY\" \"XX\") NIL NIL NIL)"));
+        assert!(s(ext).contains("\"mixed\" (\"boundary\" \"XX\") NIL NIL NIL)"));
     }
 }

@@ -33,6 +33,10 @@ pub fn literal(out: &mut Vec<u8>, v: &[u8]) {
 /// A mailbox name as an astring-ish quoted string (names are ASCII:
 /// modified UTF-7 on the wire).
 pub fn mailbox(name: &str) -> String {
+    // An atom where it can be one (as Dovecot writes names).
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b)) {
+        return name.to_string();
+    }
     let mut v = Vec::new();
     string(&mut v, name.as_bytes());
     String::from_utf8_lossy(&v).into_owned()
