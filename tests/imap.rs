@@ -48,7 +48,8 @@ fn daemon(root: &Path, u: &User, interval: &str) -> (Server, u16) {
     let mut c = bin_cmd("http2mbox");
     c.arg("--home").arg(&u.home).args(["--interval", interval, "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
     let s = Server::start("http2mbox-bob", c, root);
-    let imap = s.stdout_after("http2mbox IMAP listening on").expect("IMAP is on");
+    // POP3 says it listens first; IMAP's line follows.
+    let imap = wait_for("IMAP to listen", 30, || s.stdout_after("http2mbox IMAP listening on"));
     let port = imap.rsplit(':').next().unwrap().parse().unwrap();
     (s, port)
 }
@@ -124,4 +125,273 @@ fn imaplib_sees_what_dovecot_shows_of_the_same_maildir() {
     let cur: Vec<String> = std::fs::read_dir(bob.home.join("Maildir/cur")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(cur.iter().any(|n| n == "1700000001.M1P1.host:2,FS"), "{cur:?}");
     assert!(cur.iter().any(|n| n == "1700000002.M2P1.host:2,R"), "{cur:?}");
+}
+
+/// IDLE over a plain socket: logs in, selects, idles, says so, then prints
+/// every untagged line until EXISTS, and leaves IDLE with DONE.
+const IDLER: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+f = s.makefile("rb")
+def cmd(tag, text):
+    s.sendall(f"{tag} {text}\r\n".encode())
+    while True:
+        l = f.readline().decode()
+        if l.startswith(tag + " "):
+            assert " OK" in l, l
+            return
+f.readline()
+cmd("a", "LOGIN bob@example.net pop-secret")
+cmd("b", "SELECT INBOX")
+s.sendall(b"c IDLE\r\n")
+assert f.readline().startswith(b"+"), "no continuation"
+print("IDLING", flush=True)
+t0 = time.time()
+while True:
+    l = f.readline().decode()
+    if l.endswith("EXISTS\r\n"):
+        print("NEW", l.strip(), flush=True)
+        break
+s.sendall(b"DONE\r\n")
+l = f.readline().decode()
+while l.startswith("* "):
+    l = f.readline().decode()
+assert l.startswith("c OK"), l
+print("DONE", flush=True)
+"#;
+
+struct Sending {
+    root: tempfile::TempDir,
+    _outbox: Outbox,
+    alice: User,
+    bob: User,
+    smtp: Server,
+}
+
+fn sending() -> Sending {
+    let Pair { root, outbox, alice, bob } = Pair::start(true);
+    let smtp = alice.smtp2stub(root.path());
+    bob.set_pop3_password("pop-secret");
+    Sending { root, _outbox: outbox, alice, bob, smtp }
+}
+
+impl Sending {
+    fn send(&self, subject: &str) {
+        let msg = format!("From: alice@example.org\r\nTo: bob@example.net\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n");
+        assert!(smtplib_send(self.smtp.port(), "alice@example.org", &["bob@example.net"], &msg).unwrap().starts_with("250"));
+    }
+}
+
+#[test]
+fn idle_announces_mail_as_http2mbox_delivers_it() {
+    let s = sending();
+    let (_daemon, port) = daemon(s.root.path(), &s.bob, "1");
+    let mut idler = Command::new("python3").arg("-c").arg(IDLER).arg(port.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(idler.stdout.take().unwrap()).lines();
+    let mut ended = |idler: &mut std::process::Child| -> String {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut idler.stderr.take().unwrap(), &mut err);
+        format!("the idling client ended: {err}")
+    };
+    match lines.next() {
+        Some(Ok(l)) => assert_eq!(l, "IDLING"),
+        _ => panic!("{}", ended(&mut idler)),
+    }
+    s.send("while idling");
+    let t0 = Instant::now();
+    let Some(Ok(new)) = lines.next() else { panic!("{}", ended(&mut idler)) };
+    assert_eq!(new, "NEW * 1 EXISTS", "the idling client is told of the message");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert_eq!(lines.next().unwrap().unwrap(), "DONE");
+    assert!(idler.wait().unwrap().success());
+    // It was delivered, durably, before it was announced.
+    let md = s.bob.home.join("Maildir");
+    let n = ["new", "cur"].iter().map(|d| std::fs::read_dir(md.join(d)).unwrap().count()).sum::<usize>();
+    assert_eq!(n, 1);
+}
+
+/// A Maildir tree as mbsync/offlineimap keep it locally: (folder, flags
+/// suffix) of every message.
+fn local_messages(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        let s = e.to_string_lossy().into_owned();
+        if (s.contains("/cur/") || s.contains("/new/")) && e.is_file() {
+            let folder = e.parent().unwrap().parent().unwrap().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let name = e.file_name().unwrap().to_string_lossy().into_owned();
+            out.push((folder, name.split_once(":2,").map(|(_, f)| f.to_string()).unwrap_or_default()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn server_files(bob: &User, folder: &str) -> Vec<String> {
+    let md = bob.home.join("Maildir");
+    let dir = if folder == "INBOX" { md } else { md.join(format!(".{folder}")) };
+    let mut v: Vec<String> = ["new", "cur"].iter().flat_map(|d| std::fs::read_dir(dir.join(d)).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn mbsync_syncs_both_ways() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let (_daemon, port) = daemon(root.path(), &bob, "3600");
+    let local = root.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let rc = root.path().join("mbsyncrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount bob\nHost 127.0.0.1\nPort {port}\nUser bob@example.net\nPass pop-secret\nSSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore remote\nAccount bob\n\n\
+             MaildirStore local\nPath {l}/\nInbox {l}/INBOX\nSubFolders Verbatim\n\n\
+             Channel all\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\n",
+            l = local.display()
+        ),
+    )
+    .unwrap();
+    let mbsync = |what: &str| {
+        let out = Command::new(require("mbsync")).arg("-c").arg(&rc).arg("-a").output().unwrap();
+        assert!(out.status.success(), "mbsync ({what}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    };
+    mbsync("first");
+    let got = local_messages(&local);
+    assert_eq!(got.iter().filter(|(f, _)| f == "INBOX").count(), 3, "{got:?}");
+    assert!(local.join("Junk").is_dir() && local.join("Sent").is_dir(), "the folders came too");
+
+    // Locally: one read, one deleted, one new message in Sent.
+    let inbox = local.join("INBOX");
+    let mut files: Vec<_> = ["new", "cur"].iter().flat_map(|d| std::fs::read_dir(inbox.join(d)).unwrap().flatten().map(|e| e.path())).collect();
+    files.sort();
+    let first = &files[0];
+    let name = first.file_name().unwrap().to_string_lossy().into_owned();
+    let seen = inbox.join("cur").join(format!("{}:2,S", name.split(":2,").next().unwrap()));
+    std::fs::rename(first, &seen).unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::write(local.join("Sent/cur/1800000000.local.host:2,S"), "From: bob@example.net\nTo: alice@example.org\nSubject: sent from the laptop\n\nhi\n").unwrap();
+    mbsync("second");
+    let inbox_now = server_files(&bob, "INBOX");
+    assert_eq!(inbox_now.len(), 2, "the deleted one is gone from the server: {inbox_now:?}");
+    assert_eq!(inbox_now.iter().filter(|n| n.ends_with(":2,S")).count(), 1, "the read one is \\Seen on the server: {inbox_now:?}");
+    let sent = server_files(&bob, "Sent");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let text = std::fs::read_to_string(bob.home.join("Maildir/.Sent/cur").join(&sent[0])).unwrap();
+    assert!(text.contains("sent from the laptop"));
+    // Nothing to do a third time, and nothing duplicated.
+    mbsync("third");
+    assert_eq!(server_files(&bob, "INBOX").len(), 2);
+    assert_eq!(local_messages(&local).iter().filter(|(f, _)| f == "INBOX").count(), 2);
+}
+
+#[test]
+fn offlineimap_syncs_both_ways() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let (_daemon, port) = daemon(root.path(), &bob, "3600");
+    let local = root.path().join("oi-local");
+    let meta = root.path().join("oi-meta");
+    let rc = root.path().join("offlineimaprc");
+    std::fs::write(
+        &rc,
+        format!(
+            "[general]\naccounts = bob\nmetadata = {meta}\n\n[Account bob]\nlocalrepository = local\nremoterepository = remote\n\n\
+             [Repository local]\ntype = Maildir\nlocalfolders = {l}\n\n\
+             [Repository remote]\ntype = IMAP\nremotehost = 127.0.0.1\nremoteport = {port}\nremoteuser = bob@example.net\nremotepass = pop-secret\nssl = no\nstarttls = no\n",
+            meta = meta.display(),
+            l = local.display()
+        ),
+    )
+    .unwrap();
+    let run = |what: &str| {
+        let out = Command::new(require("offlineimap")).arg("-c").arg(&rc).args(["-o", "-u", "basic"]).env("HOME", root.path()).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !text.contains("ERROR"), "offlineimap ({what}): {text}");
+    };
+    run("first");
+    let got = local_messages(&local);
+    assert_eq!(got.iter().filter(|(f, _)| f == "INBOX").count(), 3, "{got:?}");
+    // Flag one as read and delete another locally; sync again.
+    let inbox = local.join("INBOX");
+    let mut files: Vec<_> = ["new", "cur"].iter().flat_map(|d| std::fs::read_dir(inbox.join(d)).unwrap().flatten().map(|e| e.path())).collect();
+    files.sort();
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::rename(&files[0], inbox.join("cur").join(format!("{}:2,FS", name.split(":2,").next().unwrap()))).unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    run("second");
+    let now = server_files(&bob, "INBOX");
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(now.iter().filter(|n| n.ends_with(":2,FS")).count(), 1, "{now:?}");
+    // A message that arrives on the server comes down.
+    std::fs::write(bob.home.join("Maildir/new/1900000000.later.host"), "From: x@example.org\nSubject: later\n\nlater\n").unwrap();
+    run("third");
+    assert_eq!(local_messages(&local).iter().filter(|(f, _)| f == "INBOX").count(), 3);
+}
+
+#[test]
+fn fetchmail_over_imap_with_idle() {
+    let s = sending();
+    let (_daemon, port) = daemon(s.root.path(), &s.bob, "1");
+    let got = s.root.path().join("fetchmail-out");
+    std::fs::create_dir_all(&got).unwrap();
+    let rc = s.root.path().join("fetchmailrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "poll 127.0.0.1 protocol imap port {port} auth password\n  user \"bob@example.net\" password \"pop-secret\"\n  sslproto \"\" idle\n  mda \"/bin/sh -c 'cat > {}/msg.$$'\"\n",
+            got.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // In IDLE, fetchmail stays connected and fetches what arrives.
+    let mut fm = Command::new(require("fetchmail"))
+        .env("HOME", s.root.path())
+        .arg("--fetchmailrc")
+        .arg(&rc)
+        .args(["--nodetach", "--nosyslog", "--daemon", "300", "-v"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    for pipe in [Box::new(fm.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(fm.stderr.take().unwrap())] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut g = log.lock().unwrap();
+                g.push_str(&l);
+                g.push('\n');
+            }
+        });
+    }
+    wait_for("fetchmail to idle", 30, || log.lock().unwrap().contains("IDLE").then_some(()));
+    s.send("to fetchmail");
+    let found = (0..600).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_dir(&got).unwrap().flatten().next().map(|e| e.path())
+    });
+    let _ = fm.kill();
+    let _ = fm.wait();
+    let found = found.unwrap_or_else(|| panic!("fetchmail did not fetch the message; its log:\n{}", log.lock().unwrap()));
+    wait_for("the MDA to finish", 10, || std::fs::read_to_string(&found).ok().filter(|t| t.contains("body of to fetchmail")));
+    let _ = std::io::stdout().flush();
 }
