@@ -37,6 +37,9 @@ struct Selected {
     /// (new/ mtime, cur/ mtime) at the last look: IDLE looks again only
     /// when they move.
     stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+    /// Messages gone from disk that the client has not been told of yet
+    /// (EXPUNGE may not be sent during FETCH, STORE or SEARCH).
+    pending_expunge: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +154,21 @@ fn section_text(s: &Option<Section<'_>>) -> String {
         Some(Section::Text(p)) => format!("{}TEXT", pre(p)),
         Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
     }
+}
+
+/// A section of the whole message, cut without the MIME tree; `None` for
+/// sections inside parts.
+fn top_section(raw: &[u8], s: &Option<Section<'_>>) -> Option<Vec<u8>> {
+    use message::{header_fields, split_header};
+    let names = |l: &[imap_codec::imap_types::core::AString<'_>]| l.iter().map(|a| a.as_ref().to_vec()).collect::<Vec<_>>();
+    Some(match s {
+        None => raw.to_vec(),
+        Some(Section::Header(None)) => split_header(raw).0.to_vec(),
+        Some(Section::Text(None)) => split_header(raw).1.to_vec(),
+        Some(Section::HeaderFields(None, l)) => header_fields(split_header(raw).0, &names(l.as_ref()), false),
+        Some(Section::HeaderFieldsNot(None, l)) => header_fields(split_header(raw).0, &names(l.as_ref()), true),
+        _ => return None,
+    })
 }
 
 /// The bytes a section names; empty when the message has no such part
@@ -649,7 +667,7 @@ impl Session {
         }
         out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
         let st = stamp(&dir);
-        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st }));
+        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false }));
         stream.write_all(out.as_bytes()).await?;
         Ok(Next::Go)
     }
@@ -684,6 +702,15 @@ impl Session {
     /// and, where the command allows it, messages gone (EXPUNGE).
     fn refresh(&mut self, out: &mut Vec<u8>, allow_expunge: bool) -> io::Result<()> {
         let State::Selected(s) = &mut self.state else { return Ok(()) };
+        // Nothing changed since the last look (neither directory's mtime
+        // moved, and both are older than the clock's granularity could
+        // hide): skip reading the folder, the cost of every command.
+        let now = stamp(&s.dir);
+        let settled = |t: Option<std::time::SystemTime>| t.is_some_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(2)));
+        if now == s.stamp && settled(now.0) && settled(now.1) && !(allow_expunge && s.pending_expunge) {
+            return Ok(());
+        }
+        s.stamp = now;
         let lock = match Locked::open(&s.dir) {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -693,7 +720,6 @@ impl Session {
             }
             Err(e) => return Err(e),
         };
-        s.stamp = stamp(&s.dir);
         let mut snap = lock.sync()?;
         let recent: HashSet<String> = if s.readonly { HashSet::new() } else { lock.take_new(&mut snap)?.into_iter().collect() };
         drop(lock);
@@ -702,6 +728,7 @@ impl Session {
             return Err(io::Error::other("UIDVALIDITY changed"));
         }
         let by_uid: std::collections::HashMap<u32, &Entry> = snap.entries.iter().map(|e| (e.uid, e)).collect();
+        s.pending_expunge = !allow_expunge && s.msgs.iter().any(|m| !by_uid.contains_key(&m.uid));
         if allow_expunge {
             for i in (0..s.msgs.len()).rev() {
                 if !by_uid.contains_key(&s.msgs[i].uid) {
@@ -744,7 +771,31 @@ impl Session {
         if max == 0 {
             return Vec::new();
         }
-        (0..s.msgs.len()).filter(|&i| search::in_set(set, if uid { s.msgs[i].uid } else { i as u32 + 1 }, max)).collect()
+        use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+        let v = |x: &SeqOrUid| match x {
+            SeqOrUid::Value(v) => v.get(),
+            SeqOrUid::Asterisk => max,
+        };
+        // Range by range (a sync client asks for one UID at a time, of
+        // ten thousand): a binary search, not a pass over the folder.
+        let n = s.msgs.len();
+        let mut out = Vec::new();
+        for seq in set.0.as_ref() {
+            let (a, b) = match seq {
+                Sequence::Single(x) => (v(x), v(x)),
+                Sequence::Range(x, y) => (v(x), v(y)),
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            if uid {
+                let start = s.msgs.partition_point(|m| m.uid < lo);
+                out.extend((start..n).take_while(|&i| s.msgs[i].uid <= hi));
+            } else {
+                out.extend((lo.max(1) as usize..=(hi as usize).min(n)).map(|i| i - 1));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     fn search(&mut self, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
@@ -784,7 +835,7 @@ impl Session {
                     | MessageDataItemName::Rfc822Text
             )
         });
-        let lock = if s.readonly { None } else { Locked::open(&s.dir).ok() };
+        let mut lock: Option<Locked> = None;
         for i in picked {
             let m = &mut s.msgs[i];
             let mut path = s.dir.join(&m.rel);
@@ -811,7 +862,10 @@ impl Session {
             } else {
                 None
             };
-            let parsed = raw.as_deref().map(Parsed::new);
+            // The MIME tree only for what needs it (a whole-header fetch,
+            // what sync clients ask for, does not).
+            let parsed_cell: std::sync::OnceLock<Parsed<'_>> = std::sync::OnceLock::new();
+            let parsed = || parsed_cell.get_or_init(|| Parsed::new(raw.as_deref().expect("read")));
             let mut parts: Vec<Vec<u8>> = Vec::new();
             let mut set_seen = false;
             let mut flags_at: Option<usize> = None;
@@ -831,19 +885,21 @@ impl Session {
                     }
                     MessageDataItemName::Envelope => {
                         v.extend_from_slice(b"ENVELOPE ");
-                        message::envelope(&mut v, &parsed.as_ref().expect("read").msg);
+                        message::envelope(&mut v, &parsed().msg);
                     }
                     MessageDataItemName::Body => {
                         v.extend_from_slice(b"BODY ");
-                        message::bodystructure(&mut v, &parsed.as_ref().expect("read").msg, false);
+                        message::bodystructure(&mut v, &parsed().msg, false);
                     }
                     MessageDataItemName::BodyStructure => {
                         v.extend_from_slice(b"BODYSTRUCTURE ");
-                        message::bodystructure(&mut v, &parsed.as_ref().expect("read").msg, true);
+                        message::bodystructure(&mut v, &parsed().msg, true);
                     }
                     MessageDataItemName::BodyExt { section, partial, peek } => {
-                        let p = parsed.as_ref().expect("read");
-                        let bytes = section_bytes(p, section);
+                        let bytes = match top_section(raw.as_deref().expect("read"), section) {
+                            Some(b) => b,
+                            None => section_bytes(parsed(), section),
+                        };
                         let (slice, origin) = match partial {
                             Some((start, len)) => {
                                 let st = (*start as usize).min(bytes.len());
@@ -874,7 +930,10 @@ impl Session {
                 }
                 parts.push(v);
             }
-            if set_seen && !m.flags.has('S') {
+            if set_seen && !m.flags.has('S') && !s.readonly {
+                if lock.is_none() {
+                    lock = Some(Locked::open(&s.dir)?);
+                }
                 if let Some(l) = &lock {
                     let mut f = m.flags.clone();
                     f.set('S', true);
