@@ -21,6 +21,8 @@ use crate::common::*;
 mod provider;
 #[path = "spam.rs"]
 mod spam;
+#[path = "imap.rs"]
+mod imap;
 
 /// How big each benchmark is.
 #[derive(Clone, Debug)]
@@ -33,6 +35,8 @@ pub struct Scale {
     pub udp_seconds: f64,
     pub large_mib: usize,
     pub pop3_messages: usize,
+    /// Messages in the mailbox the IMAP clients read.
+    pub imap_messages: usize,
     pub wrk_seconds: u32,
     /// Uploads and polls per configuration of the provider outbox.
     pub provider_uploads: usize,
@@ -60,6 +64,7 @@ impl Scale {
             udp_seconds: 5.0,
             large_mib: 1024,
             pop3_messages: 1000,
+            imap_messages: 10_000,
             wrk_seconds: 10,
             provider_uploads: 3000,
             pgbench_seconds: 10,
@@ -81,6 +86,7 @@ impl Scale {
             udp_seconds: 0.3,
             large_mib: 2,
             pop3_messages: 20,
+            imap_messages: 20,
             wrk_seconds: 1,
             provider_uploads: 20,
             pgbench_seconds: 1,
@@ -120,13 +126,14 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
     stubmail::client::init_tls();
     let mut rows = Vec::new();
     type Bench = fn(&Scale) -> Vec<Row>;
-    let benches: [(&str, Bench); 9] = [
+    let benches: [(&str, Bench); 10] = [
         ("SMTP ingest", smtp_ingest),
         ("end to end", end_to_end),
         ("two nodes", two_nodes),
         ("poll cost", poll_cost),
         ("large message", large_message),
         ("POP3", pop3),
+        ("IMAP", imap::imap),
         ("CGI", cgi),
         ("provider outbox", provider::provider),
         ("spam run", spam::spam_run),
@@ -359,7 +366,7 @@ fn latencies(maildir: &Path, tag: &str, sent: &std::collections::HashMap<String,
     (lat, last)
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -349,6 +349,39 @@ fn a_message_moved_to_junk_is_reported_and_its_sender_blocked() {
     assert!(ok_, "POP3 answers beside a FIFO in Junk: {out}");
 }
 
+/// The same through IMAP: a mail client's "this is spam" is a MOVE into
+/// the Junk folder (RFC 6154 `\Junk`), and the report follows.
+#[test]
+fn a_message_moved_to_junk_over_imap_is_reported() {
+    let Pair { root, outbox, alice, bob } = Pair::start(true);
+    let smtp = alice.smtp2stub(root.path());
+    bob.set_pop3_password("pop-secret");
+    let mut c = bin_cmd("http2mbox");
+    c.arg("--home").arg(&bob.home).args(["--interval", "1", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
+    let daemon = Server::start("http2mbox-bob", c, root.path());
+    let imap = wait_for("IMAP to listen", 30, || daemon.stdout_after("http2mbox IMAP listening on"));
+    send(&smtp, "junk me over imap");
+    wait_for("the message", 60, || (subjects(&bob) == ["junk me over imap"]).then_some(()));
+    let id = id_of(&bob, "junk me over imap");
+    let script = r#"
+import imaplib, sys
+M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=30)
+M.login("bob@example.net", "pop-secret")
+junk = [l.decode() for l in M.list()[1] if b"\\Junk" in l]
+assert junk and junk[0].endswith(" Junk"), junk
+M.select("INBOX")
+typ, d = M.uid("MOVE", "1", "Junk")
+assert typ == "OK", (typ, d)
+print(M.select("Junk")[1][0].decode())
+M.logout()
+"#;
+    let (good, out) = python(script, &[imap.rsplit(':').next().unwrap()]);
+    assert!(good && out.trim().ends_with('1'), "{out}");
+    wait_for("the report", 30, || outbox.server.log().contains("complaint from a recipient").then_some(()));
+    assert!(outbox.server.log().contains(&id));
+    wait_for("the block", 10, || stdout(&ok(bob.stubmail().args(["blocks"]))).contains("reported as spam").then_some(()));
+}
+
 /// Found by an attack from the docs: a damaged `blocks.json` let a freshly
 /// started http2mbox (`--once`, a restarted daemon) deliver from blocked
 /// senders. Now nothing is polled until the file is fixed, and `stubmail

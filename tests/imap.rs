@@ -395,3 +395,60 @@ fn fetchmail_over_imap_with_idle() {
     wait_for("the MDA to finish", 10, || std::fs::read_to_string(&found).ok().filter(|t| t.contains("body of to fetchmail")));
     let _ = std::io::stdout().flush();
 }
+
+/// Send `bytes`, read until the server hangs up (or `secs`).
+fn exchange(port: u16, bytes: &[u8], secs: u64) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn hostile_clients_meet_bounds_on_the_real_server() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let (_daemon, port) = daemon(root.path(), &bob, "3600");
+    // Nothing before login; then a web page's POST through the browser is
+    // closed at its request line, with nothing of its body run.
+    let out = exchange(port, b"a SELECT INBOX\r\nb FETCH 1 BODY[]\r\nc LOGOUT\r\n", 10);
+    assert!(out.contains("a BAD log in first") && out.contains("b BAD log in first") && !out.contains("Hello Bob"), "{out}");
+    let body = "a LOGIN bob@example.net pop-secret\r\nb SELECT INBOX\r\nc STORE 1:* +FLAGS (\\Deleted)\r\nd EXPUNGE\r\n";
+    let post = format!("POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let out = exchange(port, post.as_bytes(), 10);
+    assert!(out.contains("* BYE this is an IMAP server, not HTTP") && !out.contains("OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS UNSELECT MOVE SPECIAL-USE CHILDREN] logged in"), "{out}");
+    assert_eq!(server_files(&bob, "INBOX").len(), 3, "nothing expunged");
+    // A literal-size lie: a terabyte APPEND is refused before it is sent
+    // (synchronizing), or ends the connection (non-synchronizing).
+    let out = exchange(port, b"a LOGIN bob@example.net pop-secret\r\nb APPEND INBOX {1099511627776}\r\n", 3);
+    assert!(out.contains("b NO [TOOBIG]") && !out.contains("+ go ahead"), "{out}");
+    let out = exchange(port, b"a LOGIN bob@example.net pop-secret\r\nb APPEND INBOX {1099511627776+}\r\nxxxx", 10);
+    assert!(out.contains("b NO [TOOBIG]") && out.contains("* BYE"), "{out}");
+    // A command line without end, and a password literal larger than any.
+    let mut long = b"a LOGIN bob@example.net pop-secret\r\nb NOOP ".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let out = exchange(port, &long, 10);
+    assert!(out.contains("* BAD command line too long") && out.contains("* BYE"), "{out}");
+    let out = exchange(port, b"a LOGIN bob@example.net {9999999}\r\n", 3);
+    assert!(out.contains("a NO [TOOBIG]"), "{out}");
+    // A sequence set as large as it can be, nested sections, deep
+    // BODYSTRUCTURE: answered, and the server still serves.
+    let out = exchange(
+        port,
+        b"a LOGIN bob@example.net pop-secret\r\nb EXAMINE INBOX\r\nc FETCH 1:4294967295 (UID)\r\nd UID FETCH 1:4294967295,1:*,5,7:9 (FLAGS)\r\ne FETCH 3 (BODYSTRUCTURE BODY.PEEK[2.1.2.MIME] BODY.PEEK[2.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1])\r\nf LOGOUT\r\n",
+        10,
+    );
+    assert!(out.contains("c OK") && out.contains("d OK") && out.contains("e OK") && out.contains("BODY[2.1.2.MIME] {25}\r\nContent-Type: text/html\r\n\r\n"), "{out}");
+    // Wrong passwords: throttled across connections, then refused even
+    // with the right one for a while (the count POP3 shares).
+    let mut answers = String::new();
+    for i in 0..4 {
+        answers += &exchange(port, format!("a LOGIN bob@example.net wrong{i}\r\nb LOGOUT\r\n").as_bytes(), 40);
+    }
+    assert!(answers.contains("NO [AUTHENTICATIONFAILED]") && answers.contains("NO [UNAVAILABLE] too many failed logins"), "{answers}");
+    let out = exchange(port, b"a LOGIN bob@example.net pop-secret\r\nb LOGOUT\r\n", 10);
+    assert!(out.contains("a NO [UNAVAILABLE]"), "right password, during the hold: {out}");
+}

@@ -98,6 +98,20 @@ fn pop3_slowloris_takes_only_its_share() {
 }
 
 #[test]
+fn imap_slowloris_takes_only_its_share() {
+    let p = Pair::start(false);
+    p.bob.set_pop3_password("pop-secret");
+    let mut c = bin_cmd("http2mbox");
+    c.arg("--home").arg(&p.bob.home).args(["--interval", "3600", "--pop3-listen", "127.0.0.1:0", "--imap-listen", "127.0.0.1:0"]);
+    let daemon = Server::start("http2mbox-bob", c, p.root.path());
+    let imap: u16 = wait_for("IMAP to listen", 30, || daemon.stdout_after("http2mbox IMAP listening on")).rsplit(':').next().unwrap().parse().unwrap();
+    let (_held, refused) = stall(imap, PER_IP + 5, b"a LOGIN bo", "* BYE too many connections");
+    assert_eq!(refused, 5);
+    let out = from_other_address(imap, "a LOGIN bob@example.net pop-secret\nb SELECT INBOX\nc LOGOUT\n");
+    assert!(out.starts_with("* OK") && out.contains("b OK [READ-WRITE]"), "{out}");
+}
+
+#[test]
 fn http_slowloris_takes_only_its_share() {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start(root.path(), "outbox");

@@ -306,7 +306,7 @@ impl Session {
                 out.extend_from_slice(format!("* CAPABILITY {}\r\n", self.capabilities()).as_bytes());
                 done!("OK CAPABILITY completed")
             }
-            CommandBody::Noop | CommandBody::Check => {
+            CommandBody::Noop => {
                 self.refresh(&mut out, true)?;
                 done!("OK NOOP completed")
             }
@@ -483,6 +483,10 @@ impl Session {
             }
             CommandBody::Idle => return self.idle(&tag, stream).await,
             _ if !matches!(self.state, State::Selected(_)) => done!("BAD select a folder first"),
+            CommandBody::Check => {
+                self.refresh(&mut out, true)?;
+                done!("OK CHECK completed")
+            }
             CommandBody::Unselect => {
                 self.state = State::Authenticated;
                 done!("OK UNSELECT completed")
