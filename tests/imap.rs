@@ -438,10 +438,10 @@ fn hostile_clients_meet_bounds_on_the_real_server() {
     // BODYSTRUCTURE: answered, and the server still serves.
     let out = exchange(
         port,
-        b"a LOGIN bob@example.net pop-secret\r\nb EXAMINE INBOX\r\nc FETCH 1:4294967295 (UID)\r\nd UID FETCH 1:4294967295,1:*,5,7:9 (FLAGS)\r\ne FETCH 3 (BODYSTRUCTURE BODY.PEEK[2.1.2.MIME] BODY.PEEK[2.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1])\r\nf LOGOUT\r\n",
+        b"a LOGIN bob@example.net pop-secret\r\nb EXAMINE INBOX\r\nc FETCH 1:4294967295 (UID)\r\nd UID FETCH 1:4294967295,1:*,5,7:9 (FLAGS)\r\ne FETCH 3 (BODYSTRUCTURE BODY.PEEK[2.2.MIME] BODY.PEEK[2.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1])\r\nf LOGOUT\r\n",
         10,
     );
-    assert!(out.contains("c OK") && out.contains("d OK") && out.contains("e OK") && out.contains("BODY[2.1.2.MIME] {25}\r\nContent-Type: text/html\r\n\r\n"), "{out}");
+    assert!(out.contains("c OK") && out.contains("d OK") && out.contains("e OK") && out.contains("BODY[2.2.MIME] {27}\r\nContent-Type: text/html\r\n\r\n"), "{out}");
     // Wrong passwords: throttled across connections, then refused even
     // with the right one for a while (the count POP3 shares).
     let mut answers = String::new();
@@ -451,4 +451,36 @@ fn hostile_clients_meet_bounds_on_the_real_server() {
     assert!(answers.contains("NO [AUTHENTICATIONFAILED]") && answers.contains("NO [UNAVAILABLE] too many failed logins"), "{answers}");
     let out = exchange(port, b"a LOGIN bob@example.net pop-secret\r\nb LOGOUT\r\n", 10);
     assert!(out.contains("a NO [UNAVAILABLE]"), "right password, during the hold: {out}");
+}
+
+#[test]
+fn starttls_with_imaplib_and_pipelined_bytes_dropped() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let (cert, key) = self_signed(root.path());
+    bob.edit_config(|t| {
+        let mut imap = toml::Table::new();
+        imap.insert("tls_cert".into(), cert.display().to_string().into());
+        imap.insert("tls_key".into(), key.display().to_string().into());
+        table(t, "poll").insert("imap".into(), imap.into());
+    });
+    let (_daemon, port) = daemon(root.path(), &bob, "3600");
+    let script = r#"
+import imaplib, ssl, sys
+M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=30)
+assert "STARTTLS" in M.capabilities, M.capabilities
+ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.check_hostname = False
+M.starttls(ssl_context=ctx)
+assert "STARTTLS" not in M.capabilities, M.capabilities
+M.login("bob@example.net", "pop-secret")
+print(M.select("INBOX")[1][0].decode())
+M.logout()
+"#;
+    let (good, out) = python(script, &[&port.to_string(), &cert.display().to_string()]);
+    assert!(good, "{out}");
+    assert_eq!(out.trim(), "3");
+    // A command pipelined after STARTTLS, in the clear, is never run
+    // inside the TLS session (RFC 9051 §11.1): the handshake fails on it.
+    let out = exchange(port, b"a STARTTLS\r\nb LOGIN bob@example.net pop-secret\r\n", 5);
+    assert!(out.contains("a OK begin TLS") && !out.contains("b OK"), "{out}");
 }

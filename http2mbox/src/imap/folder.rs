@@ -6,9 +6,13 @@
 //! `Lists.rust` is `<Maildir>/.Lists.rust` (Maildir++; the IMAP hierarchy
 //! delimiter is `.`, as Dovecot's default Maildir++ layout has it).
 //!
-//! Each folder keeps `stubmail-uidlist`: its UIDVALIDITY, its next UID and
-//! one line per message (UID, size as sent over IMAP, base file name: the
-//! name before `:2,`). Flags live only in the file name (`:2,FRS`...), so
+//! Each folder keeps `stubmail-uidlist`: its UIDVALIDITY, its next UID, its
+//! highest modification sequence (CONDSTORE, RFC 7162) and one line per
+//! message (UID, size as sent over IMAP, modification sequence, flags as
+//! last seen, base file name: the name before `:2,`). A flag change made
+//! by anyone (mutt renaming the file included) is seen at the next sync as
+//! a difference from the flags recorded, and given a new modification
+//! sequence. Flags live only in the file name (`:2,FRS`...), so
 //! mutt reading the same Maildir and IMAP clients agree, and a flag change
 //! is one rename. Everything that reads or writes the uid list holds
 //! `stubmail-uidlist.lock`, so several IMAP sessions, POP3 and delivery
@@ -89,6 +93,8 @@ pub struct Entry {
     /// Where it is now: `new/NAME` or `cur/NAME`.
     pub rel: String,
     pub flags: Flags,
+    /// CONDSTORE's modification sequence: raised by every flag change.
+    pub modseq: u64,
 }
 
 impl Entry {
@@ -102,6 +108,8 @@ impl Entry {
 pub struct Snapshot {
     pub uidvalidity: u32,
     pub uidnext: u32,
+    /// The highest modification sequence given out (raised by expunges too).
+    pub highestmodseq: u64,
     /// By ascending UID.
     pub entries: Vec<Entry>,
 }
@@ -214,7 +222,13 @@ impl Store {
         if b.exists() {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a folder of that name exists"));
         }
+        // Its subfolders go with it (`.a.x` becomes `.b.x`).
+        let (pa, pb) = (a.file_name().unwrap_or_default().to_string_lossy().into_owned(), b.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        let children: Vec<String> = fs::read_dir(&self.root)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("{pa}."))).collect();
         fs::rename(a, b)?;
+        for c in children {
+            fs::rename(self.root.join(&c), self.root.join(format!("{pb}{}", &c[pa.len()..])))?;
+        }
         stubmail::fsutil::fsync_dir(&self.root)
     }
 }
@@ -239,7 +253,7 @@ impl Locked {
     /// UIDs (in delivery order), forget files gone, and write the list back
     /// if it changed.
     pub fn sync(&self) -> io::Result<Snapshot> {
-        let (mut validity, mut next, known) = read_uidlist(&self.dir.join(UIDLIST));
+        let (mut validity, mut next, mut highest, known) = read_uidlist(&self.dir.join(UIDLIST));
         // Files now: base name -> (rel path, flags).
         let mut files: HashMap<String, (String, Flags)> = HashMap::new();
         for sub in ["new", "cur"] {
@@ -258,14 +272,29 @@ impl Locked {
         if validity == 0 {
             validity = fresh_uidvalidity();
             next = 1;
+            highest = 1;
             changed = true;
         }
         let mut entries = Vec::with_capacity(files.len());
-        for (uid, size, base) in known {
-            match files.remove(&base) {
-                Some((rel, flags)) => entries.push(Entry { uid, size, base, rel, flags }),
-                None => changed = true,
+        let mut gone = false;
+        for k in known {
+            match files.remove(&k.base) {
+                Some((rel, flags)) => {
+                    let modseq = if flags == k.flags {
+                        k.modseq
+                    } else {
+                        highest += 1;
+                        changed = true;
+                        highest
+                    };
+                    entries.push(Entry { uid: k.uid, size: k.size, base: k.base, rel, flags, modseq });
+                }
+                None => gone = true,
             }
+        }
+        if gone {
+            highest += 1;
+            changed = true;
         }
         // New files: oldest first (Maildir names begin with the time).
         let mut fresh: Vec<(String, (String, Flags))> = files.into_iter().collect();
@@ -277,11 +306,12 @@ impl Locked {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            entries.push(Entry { uid: next, size, base, rel, flags });
+            highest += 1;
+            entries.push(Entry { uid: next, size, base, rel, flags, modseq: highest });
             next += 1;
             changed = true;
         }
-        let snap = Snapshot { uidvalidity: validity, uidnext: next, entries };
+        let snap = Snapshot { uidvalidity: validity, uidnext: next, highestmodseq: highest, entries };
         if changed {
             self.write(&snap)?;
         }
@@ -290,9 +320,10 @@ impl Locked {
 
     fn write(&self, s: &Snapshot) -> io::Result<()> {
         let mut out = String::with_capacity(64 + s.entries.len() * 64);
-        out += &format!("V{} N{}\n", s.uidvalidity, s.uidnext);
+        out += &format!("V{} N{} M{}\n", s.uidvalidity, s.uidnext, s.highestmodseq);
         for e in &s.entries {
-            out += &format!("{} {} {}\n", e.uid, e.size, e.base);
+            let flags = if e.flags.0.is_empty() { "-" } else { &e.flags.0 };
+            out += &format!("{} {} {} {} {}\n", e.uid, e.size, e.modseq, flags, e.base);
         }
         // Written whole and renamed over: a crash leaves the old list or
         // the new one. Not fsync'd: a list lost with a crash is rebuilt
@@ -369,7 +400,8 @@ impl Locked {
         fs::rename(self.dir.join("tmp").join(tmp_name), self.dir.join(&rel))?;
         stubmail::fsutil::fsync_dir(&self.dir.join("cur"))?;
         let uid = snap.uidnext;
-        snap.entries.push(Entry { uid, size, base: base.to_string(), rel, flags: flags.clone() });
+        snap.highestmodseq += 1;
+        snap.entries.push(Entry { uid, size, base: base.to_string(), rel, flags: flags.clone(), modseq: snap.highestmodseq });
         snap.uidnext += 1;
         self.write(&snap)?;
         Ok(uid)
@@ -408,7 +440,8 @@ impl Locked {
             }
             let uid = snap.uidnext;
             snap.uidnext += 1;
-            snap.entries.push(Entry { uid, size: e.size, base, rel, flags: e.flags.clone() });
+            snap.highestmodseq += 1;
+            snap.entries.push(Entry { uid, size: e.size, base, rel, flags: e.flags.clone(), modseq: snap.highestmodseq });
             pairs.push((e.uid, uid));
         }
         stubmail::fsutil::fsync_dir(&self.dir.join("cur"))?;
@@ -437,30 +470,43 @@ pub fn find(dir: &Path, base: &str) -> Option<String> {
     None
 }
 
-/// (uidvalidity, uidnext, [(uid, size, base)]); zeros if absent or damaged
-/// (then the folder is numbered anew with a new UIDVALIDITY).
-fn read_uidlist(path: &Path) -> (u32, u32, Vec<(u32, u64, String)>) {
-    let Ok(f) = File::open(path) else { return (0, 0, Vec::new()) };
+/// One line of a uid list.
+struct Known {
+    uid: u32,
+    size: u64,
+    modseq: u64,
+    flags: Flags,
+    base: String,
+}
+
+/// (uidvalidity, uidnext, highestmodseq, lines); zeros if absent or
+/// damaged (then the folder is numbered anew with a new UIDVALIDITY).
+fn read_uidlist(path: &Path) -> (u32, u32, u64, Vec<Known>) {
+    let bad = || (0, 0, 0, Vec::new());
+    let Ok(f) = File::open(path) else { return bad() };
     let mut lines = BufReader::new(f).lines();
-    let Some(Ok(head)) = lines.next() else { return (0, 0, Vec::new()) };
+    let Some(Ok(head)) = lines.next() else { return bad() };
     let mut it = head.split(' ');
-    let (Some(v), Some(n)) = (it.next().and_then(|v| v.strip_prefix('V')?.parse().ok()), it.next().and_then(|n| n.strip_prefix('N')?.parse().ok())) else {
-        return (0, 0, Vec::new());
-    };
-    let mut out: Vec<(u32, u64, String)> = Vec::new();
+    let v = it.next().and_then(|v| v.strip_prefix('V')?.parse::<u32>().ok());
+    let n = it.next().and_then(|n| n.strip_prefix('N')?.parse::<u32>().ok());
+    let m = it.next().and_then(|m| m.strip_prefix('M')?.parse::<u64>().ok());
+    let (Some(v), Some(n), Some(m)) = (v, n, m) else { return bad() };
+    let mut out: Vec<Known> = Vec::new();
     let mut last = 0u32;
     for l in lines {
-        let Ok(l) = l else { return (0, 0, Vec::new()) };
-        let mut p = l.splitn(3, ' ');
-        match (p.next().and_then(|u| u.parse::<u32>().ok()), p.next().and_then(|s| s.parse::<u64>().ok()), p.next()) {
-            (Some(uid), Some(size), Some(base)) if uid > last && uid < n && !base.is_empty() => {
+        let Ok(l) = l else { return bad() };
+        let mut p = l.splitn(5, ' ');
+        let (uid, size, modseq, flags, base) = (p.next().and_then(|u| u.parse::<u32>().ok()), p.next().and_then(|s| s.parse::<u64>().ok()), p.next().and_then(|s| s.parse::<u64>().ok()), p.next(), p.next());
+        match (uid, size, modseq, flags, base) {
+            (Some(uid), Some(size), Some(modseq), Some(flags), Some(base)) if uid > last && uid < n && modseq <= m && !base.is_empty() => {
                 last = uid;
-                out.push((uid, size, base.to_string()));
+                let flags = if flags == "-" { Flags::default() } else { Flags(flags.to_string()) };
+                out.push(Known { uid, size, modseq, flags, base: base.to_string() });
             }
-            _ => return (0, 0, Vec::new()),
+            _ => return bad(),
         }
     }
-    (v, n, out)
+    (v, n, m, out)
 }
 
 /// A UIDVALIDITY no earlier list of this folder had: the clock, in seconds.

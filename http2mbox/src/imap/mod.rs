@@ -220,10 +220,11 @@ fn literal_marker(line: &[u8]) -> Option<(u64, bool)> {
         }
         None => true,
     };
-    if digits.is_empty() || digits.len() > 12 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some((std::str::from_utf8(digits).ok()?.parse().ok()?, sync))
+    // A length past u64 is a lie like any other too large: refused.
+    Some((std::str::from_utf8(digits).ok()?.parse().unwrap_or(u64::MAX), sync))
 }
 
 /// The tag of the command in `buf`, for answers to a command not parsed.

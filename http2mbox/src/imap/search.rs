@@ -2,8 +2,6 @@
 //! Strings match as case-insensitive substrings, dates by day; what needs
 //! the message's bytes reads them once, only when a key asks.
 
-use std::num::NonZeroU32;
-
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 
@@ -17,6 +15,8 @@ pub struct Candidate<'a> {
     pub flags: &'a Flags,
     pub recent: bool,
     pub size: u64,
+    /// CONDSTORE's modification sequence.
+    pub modseq: u64,
     /// Delivery time (INTERNALDATE), Unix seconds.
     pub internal: i64,
     /// The message, read when a key needs it (CRLF endings).
@@ -115,7 +115,20 @@ pub fn matches(key: &SearchKey<'_>, c: &mut Candidate<'_>) -> bool {
         }
         K::Body(s) => c.bytes().is_some_and(|b| contains_ci(split_header(b).1, s.as_ref())),
         K::Text(s) => c.bytes().is_some_and(|b| contains_ci(b, s.as_ref())),
+        K::ModSequence { modseq, .. } => c.modseq >= *modseq,
         #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Does the key search by modification sequence (then SEARCH answers
+/// with the highest of what it found, RFC 7162 §3.1.5)?
+pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
         _ => false,
     }
 }
@@ -126,9 +139,4 @@ fn header_has(c: &mut Candidate<'_>, name: &str, needle: &[u8]) -> bool {
     // Every field of that name, decoded as a reader sees it would be
     // better; the raw text is what Dovecot's fast path matches too.
     super::message::fields(block).iter().any(|(n, f)| n.eq_ignore_ascii_case(name.as_bytes()) && f.len() > n.len() && contains_ci(&f[n.len() + 1..], needle))
-}
-
-/// A search result as `* SEARCH 1 2 3`.
-pub fn nonzero(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n.max(1)).expect("at least one")
 }

@@ -40,6 +40,7 @@ struct Selected {
     /// Messages gone from disk that the client has not been told of yet
     /// (EXPUNGE may not be sent during FETCH, STORE or SEARCH).
     pending_expunge: bool,
+    highestmodseq: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -50,11 +51,12 @@ struct View {
     rel: String,
     flags: Flags,
     recent: bool,
+    modseq: u64,
 }
 
 impl View {
     fn entry(&self) -> Entry {
-        Entry { uid: self.uid, size: self.size, base: self.base.clone(), rel: self.rel.clone(), flags: self.flags.clone() }
+        Entry { uid: self.uid, size: self.size, base: self.base.clone(), rel: self.rel.clone(), flags: self.flags.clone(), modseq: self.modseq }
     }
 }
 
@@ -73,6 +75,9 @@ pub struct Session {
     bad: u32,
     reader: Reader,
     delivered: Option<tokio::sync::watch::Receiver<u64>>,
+    /// CONDSTORE is on (RFC 7162 §3.1: enabled by the first command that
+    /// uses it): FETCH responses carry MODSEQ.
+    condstore: bool,
 }
 
 /// What a command handler tells the loop.
@@ -205,7 +210,7 @@ impl Session {
     pub fn new(ctx: Arc<Ctx>, peer: String) -> Session {
         let reader = Reader::new(ctx.max_append);
         let delivered = ctx.delivered.clone();
-        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered }
+        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false }
     }
 
     fn store(&self) -> Store {
@@ -213,7 +218,7 @@ impl Session {
     }
 
     pub fn capabilities(&self) -> String {
-        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "UNSELECT", "MOVE", "SPECIAL-USE", "CHILDREN"];
+        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "UNSELECT", "MOVE", "SPECIAL-USE", "CHILDREN", "CONDSTORE"];
         if self.ctx.tls.is_some() && !self.tls {
             caps.push("STARTTLS");
         }
@@ -301,6 +306,7 @@ impl Session {
             }};
         }
         let authenticated = !matches!(self.state, State::NotAuthenticated);
+        let cmd_is_examine = matches!(cmd.body, CommandBody::Examine { .. });
         match cmd.body {
             CommandBody::Capability => {
                 out.extend_from_slice(format!("* CAPABILITY {}\r\n", self.capabilities()).as_bytes());
@@ -369,18 +375,28 @@ impl Session {
                 return self.login(&tag, &u, &p, stream).await;
             }
             _ if !authenticated => done!("BAD log in first (LOGIN or AUTHENTICATE PLAIN)"),
-            CommandBody::Enable { .. } => {
-                // Nothing this server can switch on (no CONDSTORE, no
-                // IMAP4rev2 yet): RFC 5161 answers with an empty ENABLED.
-                out.extend_from_slice(b"* ENABLED\r\n");
+            CommandBody::Enable { capabilities } => {
+                // CONDSTORE is the one this server can switch on; RFC 5161
+                // lists only what was enabled.
+                use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+                let cond = capabilities.as_ref().iter().any(|c| matches!(c, CapabilityEnable::CondStore));
+                self.condstore |= cond;
+                out.extend_from_slice(if cond { b"* ENABLED CONDSTORE\r\n" } else { b"* ENABLED\r\n" });
                 done!("OK ENABLE completed")
             }
             CommandBody::Namespace => {
                 out.extend_from_slice(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n");
                 done!("OK NAMESPACE completed")
             }
-            CommandBody::Select { mailbox, .. } => return self.select(&tag, &mailbox_name(&mailbox), false, stream).await,
-            CommandBody::Examine { mailbox, .. } => return self.select(&tag, &mailbox_name(&mailbox), true, stream).await,
+            CommandBody::Select { mailbox, parameters } | CommandBody::Examine { mailbox, parameters } => {
+                use imap_codec::imap_types::command::SelectParameter;
+                if parameters.iter().any(|p| !matches!(p, SelectParameter::CondStore)) {
+                    done!("BAD QRESYNC is not offered by this server")
+                }
+                self.condstore |= !parameters.is_empty();
+                let readonly = cmd_is_examine;
+                return self.select(&tag, &mailbox_name(&mailbox), readonly, stream).await;
+            }
             CommandBody::Create { mailbox } => {
                 let name = mailbox_name(&mailbox);
                 match self.store().create(&name) {
@@ -451,6 +467,7 @@ impl Session {
                         StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", snap.uidvalidity),
                         StatusDataItemName::Unseen => format!("UNSEEN {}", snap.entries.iter().filter(|e| !e.flags.has('S')).count()),
                         StatusDataItemName::Deleted => format!("DELETED {}", snap.entries.iter().filter(|e| e.flags.has('T')).count()),
+                        StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", snap.highestmodseq),
                         StatusDataItemName::DeletedStorage => format!("DELETED-STORAGE {}", snap.entries.iter().filter(|e| e.flags.has('T')).map(|e| e.size).sum::<u64>()),
                         #[allow(unreachable_patterns)]
                         _ => continue,
@@ -524,8 +541,13 @@ impl Session {
                 let key = SearchKey::And(criteria);
                 let found = self.search(&key, uid);
                 out.extend_from_slice(b"* SEARCH");
-                for n in found {
+                for (n, _) in &found {
                     out.extend_from_slice(format!(" {n}").as_bytes());
+                }
+                // A search by MODSEQ says the highest of what it found.
+                if search::uses_modseq(&key) && !found.is_empty() {
+                    self.condstore = true;
+                    out.extend_from_slice(format!(" (MODSEQ {})", found.iter().map(|(_, m)| *m).max().unwrap_or(0)).as_bytes());
                 }
                 out.extend_from_slice(b"\r\n");
                 if uid {
@@ -533,7 +555,15 @@ impl Session {
                 }
                 done!("OK SEARCH completed")
             }
-            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
+            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
+                use imap_codec::imap_types::command::FetchModifier;
+                let mut changed_since = None;
+                for m in &modifiers {
+                    match m {
+                        FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                        FetchModifier::Vanished => done!("BAD QRESYNC is not offered by this server"),
+                    }
+                }
                 let items = match macro_or_item_names {
                     MacroOrMessageDataItemNames::Macro(m) => match m {
                         Macro::Fast => vec![MessageDataItemName::Flags, MessageDataItemName::InternalDate, MessageDataItemName::Rfc822Size],
@@ -545,19 +575,28 @@ impl Session {
                 if items.iter().any(|i| matches!(i, MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. })) {
                     done!("BAD BINARY is not offered by this server")
                 }
-                self.fetch(&mut out, &sequence_set, &items, uid, stream).await?;
+                if changed_since.is_some() || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
+                    self.condstore = true;
+                }
+                self.fetch(&mut out, &sequence_set, &items, uid, changed_since, stream).await?;
                 if uid {
                     self.refresh(&mut out, true)?;
                 }
                 done!("OK FETCH completed")
             }
-            CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
+            CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
                 if self.readonly() {
                     done!("NO [READ-ONLY] the folder was opened with EXAMINE")
                 }
-                self.store_flags(&mut out, &sequence_set, kind, response, &flags, uid)?;
+                use imap_codec::imap_types::command::StoreModifier;
+                let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
+                self.condstore |= unchanged_since.is_some();
+                let modified = self.store_flags(&mut out, &sequence_set, kind, response, &flags, uid, unchanged_since)?;
                 if uid {
                     self.refresh(&mut out, true)?;
+                }
+                if !modified.is_empty() {
+                    done!("OK [MODIFIED {}] conditional STORE failed for these", uid_set(&modified))
                 }
                 done!("OK STORE completed")
             }
@@ -656,7 +695,7 @@ impl Session {
         let mut snap = lock.sync()?;
         let recent: HashSet<String> = if readonly { HashSet::new() } else { lock.take_new(&mut snap)?.into_iter().collect() };
         drop(lock);
-        let msgs: Vec<View> = snap.entries.iter().map(|e| View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: recent.contains(&e.base) }).collect();
+        let msgs: Vec<View> = snap.entries.iter().map(|e| View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: recent.contains(&e.base), modseq: e.modseq }).collect();
         let mut out = String::new();
         out += "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)\r\n";
         out += &format!("* {} EXISTS\r\n* {} RECENT\r\n", msgs.len(), recent.len());
@@ -664,6 +703,7 @@ impl Session {
             out += &format!("* OK [UNSEEN {}] first unseen\r\n", i + 1);
         }
         out += &format!("* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n", snap.uidvalidity, snap.uidnext);
+        out += &format!("* OK [HIGHESTMODSEQ {}] modification sequences\r\n", snap.highestmodseq);
         if readonly {
             out += "* OK [PERMANENTFLAGS ()] read-only\r\n";
         } else {
@@ -671,7 +711,7 @@ impl Session {
         }
         out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
         let st = stamp(&dir);
-        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false }));
+        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false, highestmodseq: snap.highestmodseq }));
         stream.write_all(out.as_bytes()).await?;
         Ok(Next::Go)
     }
@@ -687,13 +727,27 @@ impl Session {
         let store = self.store();
         let all = store.folders();
         let subs: HashSet<String> = if subscribed_only { folder::subscriptions(&store.root, &all).into_iter().collect() } else { HashSet::new() };
-        for name in &all {
+        // Parents that are not folders themselves (`a` of `a.b`) are listed
+        // as \Noselect where the pattern stops at them (`%`).
+        let mut names: Vec<(String, bool)> = all.iter().map(|n| (n.clone(), true)).collect();
+        for n in &all {
+            let mut p = n.as_str();
+            while let Some((parent, _)) = p.rsplit_once('.') {
+                if !names.iter().any(|(x, _)| x == parent) {
+                    names.push((parent.to_string(), false));
+                }
+                p = parent;
+            }
+        }
+        names.sort_by(|a, b| (a.0 != "INBOX", &a.0).cmp(&(b.0 != "INBOX", &b.0)));
+        for (name, selectable) in &names {
             let matched = if name == "INBOX" { wildmatch(full.to_ascii_uppercase().as_bytes(), b"INBOX") } else { wildmatch(full.as_bytes(), name.as_bytes()) };
             if !matched || (subscribed_only && !subs.contains(name)) {
                 continue;
             }
             let children = all.iter().any(|n| n.starts_with(&format!("{name}.")));
-            let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
+            let mut attrs = if *selectable { vec![] } else { vec!["\\Noselect"] };
+            attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" });
             if let Some(u) = Store::special_use(name) {
                 attrs.push(u);
             }
@@ -741,12 +795,18 @@ impl Session {
                 }
             }
         }
+        s.highestmodseq = snap.highestmodseq;
+        let condstore = self.condstore;
         for (i, m) in s.msgs.iter_mut().enumerate() {
             if let Some(e) = by_uid.get(&m.uid) {
                 m.rel = e.rel.clone();
                 if e.flags != m.flags {
                     m.flags = e.flags.clone();
-                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}))\r\n", i + 1, m.flags.imap(m.recent)).as_bytes());
+                    m.modseq = e.modseq;
+                    let ms = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
+                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){ms})\r\n", i + 1, m.flags.imap(m.recent)).as_bytes());
+                } else {
+                    m.modseq = e.modseq;
                 }
             }
         }
@@ -756,7 +816,7 @@ impl Session {
         for e in snap.entries.iter().filter(|e| e.uid > last) {
             let r = recent.contains(&e.base);
             new_recent += usize::from(r);
-            s.msgs.push(View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: r });
+            s.msgs.push(View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: r, modseq: e.modseq });
             added += 1;
         }
         if added > 0 {
@@ -802,7 +862,8 @@ impl Session {
         out
     }
 
-    fn search(&mut self, key: &SearchKey<'_>, uid: bool) -> Vec<u32> {
+    /// What matches, as (number, modification sequence).
+    fn search(&mut self, key: &SearchKey<'_>, uid: bool) -> Vec<(u32, u64)> {
         let State::Selected(s) = &self.state else { return Vec::new() };
         let (max_seq, max_uid) = (s.msgs.len() as u32, s.msgs.last().map_or(0, |m| m.uid));
         let mut found = Vec::new();
@@ -815,17 +876,18 @@ impl Session {
                 folder::read_crlf(&p, max).ok()
             };
             let internal = std::fs::metadata(s.dir.join(&m.rel)).and_then(|md| md.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
-            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, internal, load: &mut load, loaded: None, max_seq, max_uid };
+            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, modseq: m.modseq, internal, load: &mut load, loaded: None, max_seq, max_uid };
             if search::matches(key, &mut c) {
-                found.push(if uid { m.uid } else { i as u32 + 1 });
+                found.push((if uid { m.uid } else { i as u32 + 1 }, m.modseq));
             }
         }
         found
     }
 
-    async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool, stream: &mut Buffered<S>) -> io::Result<()> {
-        let picked = self.pick(set, uid);
+    async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool, changed_since: Option<u64>, stream: &mut Buffered<S>) -> io::Result<()> {
+        let mut picked = self.pick(set, uid);
         let max = self.ctx.max_message;
+        let condstore = self.condstore;
         let State::Selected(s) = &mut self.state else { return Ok(()) };
         let needs_content = items.iter().any(|i| {
             matches!(
@@ -839,7 +901,11 @@ impl Session {
                     | MessageDataItemName::Rfc822Text
             )
         });
+        if let Some(n) = changed_since {
+            picked.retain(|&i| s.msgs[i].modseq > n);
+        }
         let mut lock: Option<Locked> = None;
+        let mut seen_set: Vec<usize> = Vec::new();
         for i in picked {
             let m = &mut s.msgs[i];
             let mut path = s.dir.join(&m.rel);
@@ -878,6 +944,7 @@ impl Session {
                 let mut v = Vec::new();
                 match item {
                     MessageDataItemName::Uid => v.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
+                    MessageDataItemName::ModSeq => v.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
                     MessageDataItemName::Flags => {
                         // Filled in last: a BODY[] below may set \Seen.
                         flags_at = Some(parts.len());
@@ -945,6 +1012,7 @@ impl Session {
                         m.rel = rel;
                         m.flags = f;
                         flags_changed = true;
+                        seen_set.push(i);
                     }
                 }
             }
@@ -957,6 +1025,9 @@ impl Session {
             if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
                 parts.insert(0, format!("UID {}", m.uid).into_bytes());
             }
+            if changed_since.is_some() && !items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
+                parts.push(format!("MODSEQ ({})", m.modseq).into_bytes());
+            }
             out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
             out.extend_from_slice(&parts.join(&b' '));
             out.extend_from_slice(b")\r\n");
@@ -966,16 +1037,47 @@ impl Session {
                 out.clear();
             }
         }
+        // \Seen set by BODY[]: the new modification sequences.
+        if let (Some(l), false) = (&lock, seen_set.is_empty()) {
+            let snap = l.sync()?;
+            s.highestmodseq = snap.highestmodseq;
+            for i in seen_set {
+                let m = &mut s.msgs[i];
+                if let Ok(k) = snap.entries.binary_search_by_key(&m.uid, |e| e.uid) {
+                    m.modseq = snap.entries[k].modseq;
+                    if condstore {
+                        let u = if uid { format!("UID {} ", m.uid) } else { String::new() };
+                        out.extend_from_slice(format!("* {} FETCH ({u}MODSEQ ({}))\r\n", i + 1, m.modseq).as_bytes());
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
-    fn store_flags(&mut self, out: &mut Vec<u8>, set: &SequenceSet, kind: StoreType, response: StoreResponse, flags: &[Flag<'_>], uid: bool) -> io::Result<()> {
+    /// STORE; returns what UNCHANGEDSINCE kept from being changed (UIDs
+    /// or sequence numbers, as the command named them).
+    #[allow(clippy::too_many_arguments)]
+    fn store_flags(&mut self, out: &mut Vec<u8>, set: &SequenceSet, kind: StoreType, response: StoreResponse, flags: &[Flag<'_>], uid: bool, unchanged_since: Option<u64>) -> io::Result<Vec<u32>> {
         let picked = self.pick(set, uid);
-        let State::Selected(s) = &mut self.state else { return Ok(()) };
+        let condstore = self.condstore;
+        let State::Selected(s) = &mut self.state else { return Ok(Vec::new()) };
         let letters: Vec<char> = flags.iter().filter_map(|f| Flags::letter(&f.to_string())).collect();
         let lock = Locked::open(&s.dir)?;
+        // UNCHANGEDSINCE compares with the folder as it is now.
+        let now: std::collections::HashMap<u32, u64> = match unchanged_since {
+            Some(_) => lock.sync()?.entries.iter().map(|e| (e.uid, e.modseq)).collect(),
+            None => Default::default(),
+        };
+        let (mut modified, mut touched, mut answered) = (Vec::new(), Vec::new(), Vec::new());
         for i in picked {
             let m = &mut s.msgs[i];
+            if let Some(n) = unchanged_since
+                && now.get(&m.uid).copied().unwrap_or(m.modseq) > n
+            {
+                modified.push(if uid { m.uid } else { i as u32 + 1 });
+                continue;
+            }
             let mut f = match kind {
                 StoreType::Replace => Flags::default(),
                 _ => m.flags.clone(),
@@ -994,16 +1096,37 @@ impl Session {
                     Some(rel) => {
                         m.rel = rel;
                         m.flags = f;
+                        touched.push(i);
                     }
                     None => continue,
                 }
             }
-            if matches!(response, StoreResponse::Answer) {
-                let u = if uid { format!(" UID {}", m.uid) } else { String::new() };
-                out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){u})\r\n", i + 1, m.flags.imap(m.recent)).as_bytes());
+            answered.push(i);
+        }
+        if !touched.is_empty() {
+            let snap = lock.sync()?;
+            s.highestmodseq = snap.highestmodseq;
+            for &i in &touched {
+                if let Ok(k) = snap.entries.binary_search_by_key(&s.msgs[i].uid, |e| e.uid) {
+                    s.msgs[i].modseq = snap.entries[k].modseq;
+                }
             }
         }
-        Ok(())
+        for i in answered {
+            let m = &s.msgs[i];
+            // .SILENT still reports the new MODSEQ under CONDSTORE (RFC
+            // 7162 §3.1.3), without the flags.
+            let silent = matches!(response, StoreResponse::Silent);
+            if silent && !(condstore && touched.contains(&i)) {
+                continue;
+            }
+            let u = if uid { format!(" UID {}", m.uid) } else { String::new() };
+            let ms = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
+            let fl = if silent { String::new() } else { format!("FLAGS ({})", m.flags.imap(m.recent)) };
+            let body = format!("{fl}{u}{ms}");
+            out.extend_from_slice(format!("* {} FETCH ({})\r\n", i + 1, body.trim_start()).as_bytes());
+        }
+        Ok(modified)
     }
 
     fn expunge(&mut self, out: &mut Vec<u8>, only: Option<&SequenceSet>) -> io::Result<()> {
@@ -1278,6 +1401,93 @@ mod tests {
         // A huge sequence set on an empty view, and deep section numbers.
         let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb SELECT INBOX\nc FETCH 1:4294967295 (UID)\nd FETCH 1 (BODY.PEEK[1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1])\ne LOGOUT\n").await;
         assert!(out.contains("c OK") && out.contains("d OK") && out.contains("BODY[1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1] {0}"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn authenticate_plain_and_the_small_commands() {
+        let d = maildir();
+        use base64::Engine;
+        let plain = base64::engine::general_purpose::STANDARD.encode("\0bob@example.org\0pw");
+        let script = format!(
+            "a AUTHENTICATE PLAIN {plain}\n\
+             b ID (\"name\" \"test\")\n\
+             c NAMESPACE\n\
+             d ENABLE CONDSTORE\n\
+             e CREATE Lists.rust\n\
+             f RENAME Lists.rust Lists.go\n\
+             g UNSUBSCRIBE Trash\n\
+             h LSUB \"\" *\n\
+             i LIST \"\" %\n\
+             j SELECT INBOX\n\
+             k STORE 1:2 +FLAGS.SILENT (\\Deleted)\n\
+             l UID EXPUNGE 2\n\
+             m CLOSE\n\
+             n CHECK\n\
+             o EXAMINE INBOX\n\
+             p STORE 1 +FLAGS (\\Seen)\n\
+             q UNSELECT\n\
+             r LOGOUT\n"
+        );
+        let out = dialogue(ctx(d.path()), &script).await;
+        assert!(out.contains("a OK [CAPABILITY"), "{out}");
+        assert!(out.contains("* ID (\"name\" \"stubmail\")"), "{out}");
+        assert!(out.contains("* NAMESPACE ((\"\" \".\")) NIL NIL"), "{out}");
+        assert!(out.contains("* ENABLED CONDSTORE\r\nd OK"), "{out}");
+        assert!(out.contains("f OK RENAME") && d.path().join(".Lists.go/cur").is_dir() && !d.path().join(".Lists.rust").exists(), "{out}");
+        assert!(out.contains("* LSUB (\\HasNoChildren \\Junk) \".\" Junk") && !out.contains("* LSUB (\\HasNoChildren \\Trash)"), "{out}");
+        // `%` stops at the delimiter: the parent no folder is, \Noselect.
+        assert!(out.contains("* LIST (\\Noselect \\HasChildren) \".\" Lists\r\n") && !out.contains("LIST (\\HasNoChildren) \".\" Lists.go"), "{out}");
+        // UID EXPUNGE removes only the named one; CLOSE the rest of \Deleted.
+        assert!(out.contains("* 2 EXPUNGE\r\nl OK"), "{out}");
+        assert!(out.contains("m OK CLOSE") && out.contains("n BAD select a folder first"), "{out}");
+        assert!(out.contains("* 0 EXISTS"), "CLOSE expunged the other: {out}");
+        assert!(out.contains("o OK [READ-ONLY]") && out.contains("p NO [READ-ONLY]") && out.contains("q OK UNSELECT"), "{out}");
+        // A second AUTHENTICATE, without an initial response, answered by
+        // the client after "+"; and a cancelled one.
+        let out = dialogue(ctx(d.path()), &format!("a AUTHENTICATE PLAIN\n{plain}\nb AUTHENTICATE PLAIN\n*\nc LOGOUT\n")).await;
+        assert!(out.contains("+ \r\na OK [CAPABILITY"), "{out}");
+        assert!(out.contains("b BAD already logged in"), "{out}");
+        let out = dialogue(ctx(d.path()), "a AUTHENTICATE PLAIN\n*\nb LOGOUT\n").await;
+        assert!(out.contains("a BAD AUTHENTICATE cancelled"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn condstore_tracks_every_flag_change() {
+        let d = maildir();
+        let script = "a LOGIN bob@example.org pw\n\
+                      b SELECT INBOX (CONDSTORE)\n\
+                      c FETCH 1:* (UID MODSEQ)\n\
+                      d STORE 1 +FLAGS (\\Flagged)\n\
+                      e UID FETCH 1:* (FLAGS) (CHANGEDSINCE 3)\n\
+                      f STORE 2 (UNCHANGEDSINCE 1) +FLAGS (\\Seen)\n\
+                      g SEARCH MODSEQ 4\n\
+                      h STATUS Junk (HIGHESTMODSEQ)\n\
+                      i LOGOUT\n";
+        let out = dialogue(ctx(d.path()), script).await;
+        assert!(out.contains("* OK [HIGHESTMODSEQ 3]"), "{out}");
+        assert!(out.contains("* 1 FETCH (UID 1 MODSEQ (2))") && out.contains("* 2 FETCH (UID 2 MODSEQ (3))"), "{out}");
+        assert!(out.contains("* 1 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (4))"), "{out}");
+        assert!(out.contains("* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent) MODSEQ (4))\r\ne OK"), "{out}");
+        assert!(out.contains("f OK [MODIFIED 2]"), "{out}");
+        assert!(out.contains("* SEARCH 1 (MODSEQ 4)"), "{out}");
+        assert!(out.contains("* STATUS Junk (HIGHESTMODSEQ 1)"), "{out}");
+        // A flag set by another program (mutt renaming the file) gets its
+        // own modification sequence at the next look.
+        let cur = d.path().join("cur");
+        let name = std::fs::read_dir(&cur).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).find(|n| n.starts_with("1001.")).unwrap();
+        std::fs::rename(cur.join(&name), cur.join("1001.b.host:2,R")).unwrap();
+        let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb SELECT INBOX\nc FETCH 2 (FLAGS MODSEQ)\nd LOGOUT\n").await;
+        assert!(out.contains("* 2 FETCH (FLAGS (\\Answered) MODSEQ (5))"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn off_loopback_passwords_wait_for_tls() {
+        let d = maildir();
+        let mut c = Arc::try_unwrap(ctx(d.path())).ok().unwrap();
+        c.require_tls = true;
+        let out = dialogue(Arc::new(c), "a CAPABILITY\nb LOGIN bob@example.org pw\nc LOGOUT\n").await;
+        assert!(out.contains("LOGINDISABLED") && !out.contains("AUTH=PLAIN"), "{out}");
+        assert!(out.contains("b NO [PRIVACYREQUIRED]"), "{out}");
     }
 
     #[test]
