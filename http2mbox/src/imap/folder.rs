@@ -538,7 +538,8 @@ pub fn crlf_size(path: &Path) -> io::Result<u64> {
 /// A message's bytes with CRLF line endings (as IMAP sends it).
 pub fn read_crlf(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let f = File::open(path)?;
-    let mut raw = Vec::new();
+    let len = f.metadata().map_or(0, |m| m.len()).min(max + 1);
+    let mut raw = Vec::with_capacity(len as usize + 1);
     f.take(max + 1).read_to_end(&mut raw)?;
     if raw.len() as u64 > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than the IMAP server serves"));
@@ -548,14 +549,17 @@ pub fn read_crlf(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 30 + 2);
-    let mut prev = 0u8;
-    for &b in raw {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+    // Line by line (memchr), not byte by byte: most of a FETCH's work.
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', raw) {
+        if nl > 0 && raw[nl - 1] == b'\r' {
+            continue;
         }
-        out.push(b);
-        prev = b;
+        out.extend_from_slice(&raw[start..nl]);
+        out.extend_from_slice(b"\r\n");
+        start = nl + 1;
     }
+    out.extend_from_slice(&raw[start..]);
     out
 }
 
@@ -637,6 +641,9 @@ mod tests {
         assert_eq!(Flags::letter("\\deleted"), Some('T'));
         assert_eq!(Flags::letter("$Junk"), None);
         assert_eq!(crlf_size_of(b"a\nb\r\n"), 6);
+        for (raw, want) in [(&b""[..], &b""[..]), (b"\n", b"\r\n"), (b"\r\n", b"\r\n"), (b"a\n\nb", b"a\r\n\r\nb"), (b"\r\r\n\n", b"\r\r\n\r\n"), (b"x\r", b"x\r")] {
+            assert_eq!(to_crlf(raw), want, "{raw:?}");
+        }
     }
 
     fn crlf_size_of(b: &[u8]) -> u64 {

@@ -909,19 +909,32 @@ impl Session {
         for i in picked {
             let m = &mut s.msgs[i];
             let mut path = s.dir.join(&m.rel);
-            if !path.exists() {
-                match folder::find(&s.dir, &m.base) {
-                    Some(rel) => {
-                        m.rel = rel;
-                        path = s.dir.join(&m.rel);
-                    }
+            // Renamed by another client since our last look (a flag
+            // change): found again by its base name.
+            let relocate = |m: &mut View| -> Option<std::path::PathBuf> {
+                m.rel = folder::find(&s.dir, &m.base)?;
+                Some(s.dir.join(&m.rel))
+            };
+            if !needs_content && !path.exists() {
+                match relocate(m) {
+                    Some(p) => path = p,
                     // Gone (another client expunged it): nothing to say
                     // until the next EXPUNGE may be sent.
                     None => continue,
                 }
             }
             let raw = if needs_content {
-                match folder::read_crlf(&path, max) {
+                let mut r = folder::read_crlf(&path, max);
+                if matches!(&r, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                    match relocate(m) {
+                        Some(p) => {
+                            path = p;
+                            r = folder::read_crlf(&path, max);
+                        }
+                        None => continue,
+                    }
+                }
+                match r {
                     Ok(r) => Some(r),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => {
