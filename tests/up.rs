@@ -10,6 +10,7 @@ struct Node {
     server: Server,
     smtp: u16,
     pop3: u16,
+    imap: u16,
 }
 
 fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
@@ -22,7 +23,7 @@ fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
     let port = |k: &str| {
         server.addr.split_whitespace().find_map(|p| p.strip_prefix(k)).unwrap().rsplit(':').next().unwrap().parse().unwrap()
     };
-    let (smtp, pop3) = (port("smtp="), port("pop3="));
+    let (smtp, pop3, imap) = (port("smtp="), port("pop3="), port("imap="));
     let user = User { email: email.into(), home };
     user.edit_config(|t| {
         table(t, "discovery").insert("wkd".into(), false.into());
@@ -32,7 +33,9 @@ fn up(root: &std::path::Path, name: &str, email: &str) -> Node {
     let printed = server.stdout_after("Outgoing (SMTP):").expect("up prints the mail-client settings");
     assert!(printed.contains(&format!("user {login}")) && printed.contains(&format!("password {pass}")), "{printed}");
     register_smtp_login(smtp, (login, pass));
-    Node { user, server, smtp, pop3 }
+    let printed = server.stdout_after("Incoming (IMAP):").expect("up prints the IMAP settings");
+    assert!(printed.contains(&format!("port {imap}")), "{printed}");
+    Node { user, server, smtp, pop3, imap }
 }
 
 #[test]
@@ -67,6 +70,17 @@ p.quit()
     let (good, out) = python(script, &[&bob.pop3.to_string(), &pop_password]);
     assert!(good, "{out}");
     assert!(out.starts_with("1 ") && out.contains("hello from up"), "{out}");
+    // The same message over IMAP, with the same password.
+    let script = r#"
+import imaplib, sys
+M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=60)
+M.login("bob@example.net", sys.argv[2])
+n = int(M.select("INBOX")[1][0])
+print(n, M.fetch("1", "(BODY.PEEK[TEXT])")[1][0][1].decode())
+M.logout()
+"#;
+    let (good, out) = python(script, &[&bob.imap.to_string(), &pop_password]);
+    assert!(good && out.starts_with("1 ") && out.contains("hello from up"), "{out}");
     wait_for("retrieved", 30, || (alice.user.status_json()[0]["state"] == "retrieved").then_some(()));
 
     // Unsend: the retrieved message stays retrieved; a second one is
@@ -99,6 +113,7 @@ p.quit()
     // The doctor finds a healthy node healthy, and a loose key file not.
     let out = stdout(&ok(alice.user.stubmail().arg("doctor")));
     assert!(out.contains("outbox") && out.contains("knows you") && out.contains("serves your key") && out.contains("no problems found"), "{out}");
+    assert!(out.contains(&format!("IMAP answers on 127.0.0.1:{}", alice.imap)), "{out}");
     assert!(out.contains("recipients today") && out.contains(" bytes, "), "{out}");
     use std::os::unix::fs::PermissionsExt;
     let key = alice.user.home.join("secret.pgp");

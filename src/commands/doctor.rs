@@ -107,9 +107,11 @@ pub fn run(home: &Home) -> anyhow::Result<bool> {
     // The addresses in use: those the running programs recorded in their
     // locks (a flag may have overridden config.toml), else the config's.
     let state = home.state_dir();
-    for (role, name, key, configured) in
-        [("smtp2stub", "SMTP", "smtp", config.smtp.listen), ("http2mbox", "POP3", "pop3", config.poll.pop3.listen)]
-    {
+    let mut listeners = vec![("smtp2stub", "SMTP", "smtp", config.smtp.listen), ("http2mbox", "POP3", "pop3", config.poll.pop3.listen)];
+    if config.poll.imap.enabled && config.poll.deliver == stubmail::config::Delivery::Maildir {
+        listeners.push(("http2mbox", "IMAP", "imap", config.poll.imap.listen));
+    }
+    for (role, name, key, configured) in listeners {
         match stubmail::node::holder(&state, role) {
             Some(h) => {
                 let Some(addr) = h.listening.get(key).and_then(|a| a.parse::<std::net::SocketAddr>().ok()) else {

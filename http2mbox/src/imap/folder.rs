@@ -139,11 +139,17 @@ impl Store {
         if name.eq_ignore_ascii_case("INBOX") {
             return Ok(self.root.clone());
         }
-        let name = name.strip_prefix("INBOX.").unwrap_or(name);
+        // `INBOX.x` is `x` (the INBOX's children are the top level), in
+        // any case of INBOX.
+        let name = match name.get(..6) {
+            Some(p) if p.eq_ignore_ascii_case("INBOX.") => &name[6..],
+            _ => name,
+        };
         if name.is_empty()
             || name.len() > MAX_NAME
             || name.split('.').any(|c| c.is_empty())
-            || name.bytes().any(|b| b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f || b == b'*' || b == b'%')
+            || name.bytes().any(|b| b == b'/' || b == b'\\' || b < 0x20 || b >= 0x7f || b == b'*' || b == b'%')
+            || !valid_mutf7(name)
         {
             return Err(NameError::Invalid);
         }
@@ -159,7 +165,7 @@ impl Store {
                     .filter_map(|e| {
                         let n = e.file_name().to_string_lossy().into_owned();
                         let folder = n.strip_prefix('.')?.to_string();
-                        (!folder.is_empty() && !folder.starts_with('.') && e.path().join("cur").is_dir()).then_some(folder)
+                        (!folder.is_empty() && !folder.starts_with('.') && is_real_dir(&e.path()) && e.path().join("cur").is_dir()).then_some(folder)
                     })
                     .collect()
             })
@@ -170,7 +176,7 @@ impl Store {
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        self.dir(name).is_ok_and(|d| d.join("cur").is_dir())
+        self.dir(name).is_ok_and(|d| is_real_dir(&d) && d.join("cur").is_dir())
     }
 
     /// Make a folder (and its Maildir subdirectories), durably.
@@ -222,6 +228,10 @@ impl Store {
         if b.exists() {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a folder of that name exists"));
         }
+        let (na, nb) = (a.to_string_lossy().into_owned(), b.to_string_lossy().into_owned());
+        if nb.starts_with(&format!("{na}.")) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a folder cannot move under itself"));
+        }
         // Its subfolders go with it (`.a.x` becomes `.b.x`).
         let (pa, pb) = (a.file_name().unwrap_or_default().to_string_lossy().into_owned(), b.file_name().unwrap_or_default().to_string_lossy().into_owned());
         let children: Vec<String> = fs::read_dir(&self.root)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&format!("{pa}."))).collect();
@@ -239,9 +249,15 @@ pub struct Locked {
     _lock: File,
 }
 
+/// A directory itself, not a symbolic link to one: a folder is inside the
+/// Maildir, whatever links are planted there.
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
 impl Locked {
     pub fn open(dir: &Path) -> io::Result<Locked> {
-        if !dir.join("cur").is_dir() {
+        if !is_real_dir(dir) || !dir.join("cur").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such folder"));
         }
         let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(UIDLIST_LOCK))?;
@@ -270,7 +286,7 @@ impl Locked {
         }
         let mut changed = false;
         if validity == 0 {
-            validity = fresh_uidvalidity();
+            validity = fresh_uidvalidity(&self.dir)?;
             next = 1;
             highest = 1;
             changed = true;
@@ -454,6 +470,34 @@ impl Locked {
     }
 }
 
+/// Is `name` valid modified UTF-7 (RFC 3501 §5.1.3), decoding to no
+/// control character? (`&-` is `&`; `&...-` is base64 of UTF-16.)
+fn valid_mutf7(name: &str) -> bool {
+    use base64::Engine;
+    let mut rest = name;
+    while let Some(i) = rest.find('&') {
+        let after = &rest[i + 1..];
+        let Some(end) = after.find('-') else { return false };
+        let b64 = &after[..end];
+        if !b64.is_empty() {
+            let std = b64.replace(',', "/");
+            let padded = format!("{std}{}", "=".repeat((4 - std.len() % 4) % 4));
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(padded) else { return false };
+            if bytes.len() % 2 != 0 {
+                return false;
+            }
+            let units: Vec<u16> = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            match String::from_utf16(&units) {
+                // Printable ASCII must not be encoded; nothing may be a control.
+                Ok(s) if s.chars().all(|c| !c.is_control() && !(' '..='~').contains(&c)) => {}
+                _ => return false,
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    true
+}
+
 /// Where the file with `base` is now (`new/...` or `cur/...`).
 pub fn find(dir: &Path, base: &str) -> Option<String> {
     let plain = format!("new/{base}");
@@ -509,10 +553,20 @@ fn read_uidlist(path: &Path) -> (u32, u32, u64, Vec<Known>) {
     (v, n, m, out)
 }
 
-/// A UIDVALIDITY no earlier list of this folder had: the clock, in seconds.
-fn fresh_uidvalidity() -> u32 {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
-    (now as u32).max(1)
+/// A UIDVALIDITY no earlier list of any folder of this mailbox had: the
+/// clock in seconds, but always above the last one given, kept in the
+/// INBOX's `stubmail-uidvalidity` (a folder deleted or renamed and made
+/// again within a second got the old one: found by an attack).
+fn fresh_uidvalidity(dir: &Path) -> io::Result<u32> {
+    let root = if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) { dir.parent().unwrap_or(dir) } else { dir };
+    let path = root.join("stubmail-uidvalidity");
+    let f = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+    f.lock()?;
+    let last: u32 = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1) as u32;
+    let v = now.max(last.saturating_add(1)).max(1);
+    fs::write(&path, format!("{v}\n"))?;
+    Ok(v)
 }
 
 /// Size of a file as sent with CRLF line endings.
@@ -536,10 +590,10 @@ pub fn crlf_size(path: &Path) -> io::Result<u64> {
 }
 
 /// A message's bytes with CRLF line endings (as IMAP sends it).
-pub fn read_crlf(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+/// `hint`: the size expected (the uid list's), to read it in one go.
+pub fn read_crlf(path: &Path, max: u64, hint: u64) -> io::Result<Vec<u8>> {
     let f = File::open(path)?;
-    let len = f.metadata().map_or(0, |m| m.len()).min(max + 1);
-    let mut raw = Vec::with_capacity(len as usize + 1);
+    let mut raw = Vec::with_capacity(hint.max(8192).min(max.saturating_add(1)) as usize + 1);
     f.take(max + 1).read_to_end(&mut raw)?;
     if raw.len() as u64 > max {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "message larger than the IMAP server serves"));
@@ -619,6 +673,7 @@ mod tests {
         fs::write(d.path().join(UIDLIST), "garbage").unwrap();
         let s4 = l.sync().unwrap();
         assert_eq!(s4.entries.len(), 2);
+        assert!(s4.uidvalidity > s.uidvalidity, "never a UIDVALIDITY given before, even within the second");
     }
 
     #[test]
@@ -628,7 +683,10 @@ mod tests {
         assert_eq!(store.dir("Sent").unwrap(), PathBuf::from("/m/.Sent"));
         assert_eq!(store.dir("INBOX.Sent").unwrap(), PathBuf::from("/m/.Sent"));
         assert_eq!(store.dir("a.b").unwrap(), PathBuf::from("/m/.a.b"));
-        for bad in ["", "..", "../x", "a/b", ".hidden", "a..b", "x.", "a\0b", "a*", &"x".repeat(300)] {
+        assert_eq!(store.dir("inbox.Sent").unwrap(), PathBuf::from("/m/.Sent"));
+        assert_eq!(store.dir("Entw&APw-rfe").unwrap(), PathBuf::from("/m/.Entw&APw-rfe"));
+        assert_eq!(store.dir("a&-b").unwrap(), PathBuf::from("/m/.a&-b"));
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a..b", "x.", "a\0b", "a*", &"x".repeat(300), "&", "&ZZZ", "&AAA-", "&AGE-", "é"] {
             assert!(store.dir(bad).is_err(), "{bad:?}");
         }
     }

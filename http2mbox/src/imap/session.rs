@@ -41,6 +41,8 @@ struct Selected {
     /// (EXPUNGE may not be sent during FETCH, STORE or SEARCH).
     pending_expunge: bool,
     highestmodseq: u64,
+    /// When the folder was last looked at (`refresh_now_and_then`).
+    last_look: std::time::Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -281,7 +283,20 @@ impl Session {
                     continue;
                 }
             };
-            match self.command(cmd, stream).await? {
+            let next = match self.command(cmd, stream).await {
+                Ok(n) => n,
+                // A command that cannot go on (the selected folder deleted
+                // by another session, a disk error): say so and close,
+                // rather than drop the connection without a word.
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, "IMAP session ends: {e}");
+                    let why = e.to_string().replace(['\r', '\n'], " ");
+                    stream.write_all(format!("* BYE {why}\r\n").as_bytes()).await?;
+                    stream.flush().await?;
+                    return Ok(Flow::Close);
+                }
+            };
+            match next {
                 Next::Go => {}
                 Next::Close => {
                     stream.flush().await?;
@@ -551,7 +566,7 @@ impl Session {
                 }
                 out.extend_from_slice(b"\r\n");
                 if uid {
-                    self.refresh(&mut out, true)?;
+                    self.refresh_now_and_then(&mut out)?;
                 }
                 done!("OK SEARCH completed")
             }
@@ -580,7 +595,7 @@ impl Session {
                 }
                 self.fetch(&mut out, &sequence_set, &items, uid, changed_since, stream).await?;
                 if uid {
-                    self.refresh(&mut out, true)?;
+                    self.refresh_now_and_then(&mut out)?;
                 }
                 done!("OK FETCH completed")
             }
@@ -593,7 +608,7 @@ impl Session {
                 self.condstore |= unchanged_since.is_some();
                 let modified = self.store_flags(&mut out, &sequence_set, kind, response, &flags, uid, unchanged_since)?;
                 if uid {
-                    self.refresh(&mut out, true)?;
+                    self.refresh_now_and_then(&mut out)?;
                 }
                 if !modified.is_empty() {
                     done!("OK [MODIFIED {}] conditional STORE failed for these", uid_set(&modified))
@@ -711,7 +726,7 @@ impl Session {
         }
         out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
         let st = stamp(&dir);
-        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false, highestmodseq: snap.highestmodseq }));
+        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false, highestmodseq: snap.highestmodseq, last_look: std::time::Instant::now() }));
         stream.write_all(out.as_bytes()).await?;
         Ok(Next::Go)
     }
@@ -755,6 +770,18 @@ impl Session {
         }
     }
 
+    /// After a UID command (where EXPUNGE may be sent): a look at the
+    /// folder at most once a second. A sync client sends ten thousand
+    /// `UID FETCH n` in a row; NOOP, CHECK and IDLE always look.
+    fn refresh_now_and_then(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if let State::Selected(s) = &self.state
+            && s.last_look.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(());
+        }
+        self.refresh(out, true)
+    }
+
     /// Bring the session's view up to date with the folder on disk:
     /// new messages (EXISTS, RECENT), flag changes others made (FETCH),
     /// and, where the command allows it, messages gone (EXPUNGE).
@@ -763,6 +790,7 @@ impl Session {
         // Nothing changed since the last look (neither directory's mtime
         // moved, and both are older than the clock's granularity could
         // hide): skip reading the folder, the cost of every command.
+        s.last_look = std::time::Instant::now();
         let now = stamp(&s.dir);
         let settled = |t: Option<std::time::SystemTime>| t.is_some_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(2)));
         if now == s.stamp && settled(now.0) && settled(now.1) && !(allow_expunge && s.pending_expunge) {
@@ -773,8 +801,7 @@ impl Session {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // The folder itself was deleted under us.
-                out.extend_from_slice(b"* BYE the selected folder was deleted\r\n");
-                return Err(io::Error::new(io::ErrorKind::NotFound, "selected folder deleted"));
+                return Err(io::Error::new(io::ErrorKind::NotFound, "the selected folder was deleted by another session"));
             }
             Err(e) => return Err(e),
         };
@@ -782,8 +809,7 @@ impl Session {
         let recent: HashSet<String> = if s.readonly { HashSet::new() } else { lock.take_new(&mut snap)?.into_iter().collect() };
         drop(lock);
         if snap.uidvalidity != s.uidvalidity {
-            out.extend_from_slice(b"* BYE the folder's UIDs were renumbered; please reconnect\r\n");
-            return Err(io::Error::other("UIDVALIDITY changed"));
+            return Err(io::Error::other("the folder's UIDs were renumbered (its uid list was lost); please reconnect"));
         }
         let by_uid: std::collections::HashMap<u32, &Entry> = snap.entries.iter().map(|e| (e.uid, e)).collect();
         s.pending_expunge = !allow_expunge && s.msgs.iter().any(|m| !by_uid.contains_key(&m.uid));
@@ -873,7 +899,7 @@ impl Session {
             let max = self.ctx.max_message;
             let mut load = move || -> Option<Vec<u8>> {
                 let p = if path.exists() { path.clone() } else { dir.join(folder::find(&dir, &base)?) };
-                folder::read_crlf(&p, max).ok()
+                folder::read_crlf(&p, max, 0).ok()
             };
             let internal = std::fs::metadata(s.dir.join(&m.rel)).and_then(|md| md.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
             let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, modseq: m.modseq, internal, load: &mut load, loaded: None, max_seq, max_uid };
@@ -924,12 +950,12 @@ impl Session {
                 }
             }
             let raw = if needs_content {
-                let mut r = folder::read_crlf(&path, max);
+                let mut r = folder::read_crlf(&path, max, m.size);
                 if matches!(&r, Err(e) if e.kind() == io::ErrorKind::NotFound) {
                     match relocate(m) {
                         Some(p) => {
                             path = p;
-                            r = folder::read_crlf(&path, max);
+                            r = folder::read_crlf(&path, max, m.size);
                         }
                         None => continue,
                     }
@@ -1277,11 +1303,16 @@ fn append(dir: &std::path::Path, data: &[u8], flags: &Flags, when: Option<std::t
 }
 
 #[cfg(test)]
+mod tests_support {
+    pub use super::tests::{ctx, dialogue, maildir};
+}
+
+#[cfg(test)]
 mod tests {
     use super::super::*;
     use tokio::io::AsyncWriteExt;
 
-    fn ctx(root: &std::path::Path) -> Arc<Ctx> {
+    pub fn ctx(root: &std::path::Path) -> Arc<Ctx> {
         Arc::new(Ctx {
             root: root.to_path_buf(),
             username: "bob@example.org".into(),
@@ -1298,7 +1329,7 @@ mod tests {
 
     /// A whole dialogue: the client's lines go in at once (pipelined, as
     /// the tests can), the server's answers come back.
-    async fn dialogue(ctx: Arc<Ctx>, input: &str) -> String {
+    pub async fn dialogue(ctx: Arc<Ctx>, input: &str) -> String {
         let (client, server) = tokio::io::duplex(1 << 20);
         let (mut r, mut w) = tokio::io::split(client);
         let input = input.replace('\n', "\r\n");
@@ -1314,7 +1345,7 @@ mod tests {
         out
     }
 
-    fn maildir() -> tempfile::TempDir {
+    pub fn maildir() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         stubmail::maildir::Maildir::open(d.path()).unwrap();
         std::fs::write(d.path().join("new/1000.a.host"), "From: Alice <alice@example.org>\nTo: bob@example.org\nSubject: first\nDate: Mon, 7 Dec 2026 10:00:00 +0000\nMessage-ID: <1@a>\n\nHello Bob.\n").unwrap();
@@ -1510,5 +1541,59 @@ mod tests {
         assert!(super::wildmatch(b"a.%", b"a.b"));
         assert!(super::wildmatch(b"inbox", b"INBOX"));
         assert_eq!(super::uid_set(&[5, 1, 2, 3, 7]), "1:3,5,7");
+    }
+}
+
+#[cfg(test)]
+mod attack_tests {
+    //! What an attack from the docs found, kept found.
+    use super::super::*;
+    use super::tests_support::*;
+
+    #[tokio::test]
+    async fn a_folder_made_again_gets_a_new_uidvalidity() {
+        let d = maildir();
+        let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb CREATE F1\nc STATUS F1 (UIDVALIDITY)\nd DELETE F1\ne CREATE F1\nf STATUS F1 (UIDVALIDITY)\ng RENAME F1 G1\nh CREATE F1\ni STATUS F1 (UIDVALIDITY)\nj RENAME G1 G1.x\nk LOGOUT\n").await;
+        let v: Vec<u64> = out.lines().filter_map(|l| l.strip_prefix("* STATUS F1 (UIDVALIDITY ")).map(|r| r.trim_end_matches(')').parse().unwrap()).collect();
+        assert_eq!(v.len(), 3, "{out}");
+        assert!(v[0] < v[1] && v[1] < v[2], "{out}");
+        assert!(out.contains("j NO [CANNOT]"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_selected_folder_deleted_elsewhere_ends_with_bye() {
+        let d = maildir();
+        std::fs::create_dir_all(d.path().join(".H2/cur")).unwrap();
+        std::fs::create_dir_all(d.path().join(".H2/new")).unwrap();
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let srv = tokio::spawn(serve(server, "127.0.0.1:5".into(), ctx(d.path())));
+        let (r, mut w) = tokio::io::split(client);
+        let mut r = tokio::io::BufReader::new(r);
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        w.write_all(b"a LOGIN bob@example.org pw\r\nb SELECT H2\r\n").await.unwrap();
+        let mut line = String::new();
+        while !line.starts_with("b ") {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+        }
+        std::fs::remove_dir_all(d.path().join(".H2")).unwrap();
+        w.write_all(b"c NOOP\r\n").await.unwrap();
+        let mut rest = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut rest).await.unwrap();
+        assert!(rest.starts_with("* BYE the selected folder was deleted"), "{rest}");
+        srv.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn search_time_is_linear_in_the_message() {
+        let hay = vec![b'A'; 5 << 20];
+        let mut needle = vec![b'a'; 60_000];
+        needle.push(b'b');
+        let t = std::time::Instant::now();
+        assert!(!super::search::contains_ci(&hay, &needle));
+        assert!(super::search::contains_ci(b"xxHeLLo", b"hello"));
+        // Quadratic took minutes; linear takes milliseconds (a generous
+        // bound for a debug build on a loaded machine).
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
     }
 }

@@ -25,9 +25,19 @@ pub fn string(out: &mut Vec<u8>, v: &[u8]) {
     }
 }
 
+/// A literal; a NUL (which IMAP4rev1 literals may not carry) is sent as
+/// 0x80, as Dovecot does, so the length and every other octet stay.
 pub fn literal(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(format!("{{{}}}\r\n", v.len()).as_bytes());
+    let start = out.len();
     out.extend_from_slice(v);
+    if memchr::memchr(0, v).is_some() {
+        for b in &mut out[start..] {
+            if *b == 0 {
+                *b = 0x80;
+            }
+        }
+    }
 }
 
 /// A mailbox name as an astring-ish quoted string (names are ASCII:
@@ -56,6 +66,7 @@ mod tests {
         assert_eq!(w(b"a \"b\" \\c"), b"\"a \\\"b\\\" \\\\c\"");
         assert_eq!(w(b"a\r\nb"), b"{4}\r\na\r\nb");
         assert_eq!(w("é".as_bytes()), b"{2}\r\n\xc3\xa9");
+        assert_eq!(w(b"a\0b"), b"{3}\r\na\x80b");
         let mut o = Vec::new();
         nstring(&mut o, None);
         assert_eq!(o, b"NIL");
