@@ -1,6 +1,7 @@
 //! http2mbox's IMAP server against real clients: Python's imaplib (and
 //! IDLE over a plain socket), mbsync and offlineimap syncing both ways,
-//! fetchmail over IMAP with IDLE, and Dovecot's imapd serving the same
+//! fetchmail over IMAP with IDLE, neomutt under tmux, and Dovecot's imapd
+//! serving the same
 //! Maildir for the same commands.
 
 mod common;
@@ -483,4 +484,48 @@ M.logout()
     // inside the TLS session (RFC 9051 §11.1): the handshake fails on it.
     let out = exchange(port, b"a STARTTLS\r\nb LOGIN bob@example.net pop-secret\r\n", 5);
     assert!(out.contains("a OK begin TLS") && !out.contains("b OK"), "{out}");
+}
+
+/// neomutt, a terminal client, under tmux: it lists the INBOX over IMAP,
+/// opens a message, and deletes one (synced at quit).
+#[test]
+fn neomutt_reads_and_deletes_over_imap() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let (_daemon, port) = daemon(root.path(), &bob, "3600");
+    let rc = root.path().join("neomuttrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "set folder = \"imap://bob%40example.net@127.0.0.1:{port}/\"\nset imap_pass = \"pop-secret\"\nset spoolfile = +INBOX\n\
+             set ssl_starttls = no\nset ssl_force_tls = no\nset imap_idle = yes\nset sort = date-sent\nset delete = yes\nset mark_old = no\n\
+             set header_cache = \"\"\nset message_cachedir = \"\"\nset quit = yes\nset confirmappend = no\n"
+        ),
+    )
+    .unwrap();
+    let session = format!("stubmail-neomutt-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new(require("tmux")).args(args).output().unwrap();
+    let started = tmux(&["new-session", "-d", "-s", &session, "-x", "160", "-y", "40", &format!("{} -n -F {} ; sleep 30", require("neomutt").display(), rc.display())]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+        }
+    }
+    let _kill = Kill(session.clone());
+    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    let index = wait_for("neomutt's index", 30, || Some(screen()).filter(|s| s.contains("first") && s.contains("fwd")));
+    assert!(index.contains("Gr") && index.contains("mixed"), "the encoded subject is shown: {index}");
+    // Open the first message (sorted by date: "first").
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    wait_for("the message", 30, || Some(screen()).filter(|s| s.contains("Hello Bob.")));
+    // Back to the index, delete it, quit (expunging on the way out).
+    tmux(&["send-keys", "-t", &session, "q"]);
+    wait_for("the index again", 30, || Some(screen()).filter(|s| s.contains("fwd")));
+    tmux(&["send-keys", "-t", &session, "d"]);
+    tmux(&["send-keys", "-t", &session, "q"]);
+    wait_for("the deletion on the server", 30, || (server_files(&bob, "INBOX").len() == 2).then_some(()));
+    let left = server_files(&bob, "INBOX");
+    assert!(!left.iter().any(|n| n.starts_with("1700000001.")), "{left:?}");
 }
