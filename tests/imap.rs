@@ -1,8 +1,7 @@
 //! http2mbox's IMAP server against real clients: Python's imaplib (and
 //! IDLE over a plain socket), mbsync and offlineimap syncing both ways,
 //! fetchmail over IMAP with IDLE, neomutt under tmux, and Dovecot's imapd
-//! serving the same
-//! Maildir for the same commands.
+//! serving the same Maildir for the same commands.
 
 mod common;
 
