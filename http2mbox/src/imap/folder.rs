@@ -42,7 +42,8 @@ pub struct Flags(pub String);
 impl Flags {
     pub fn from_info(name: &str) -> Flags {
         let info = name.split_once(":2,").map(|(_, i)| i).unwrap_or("");
-        let mut v: Vec<char> = info.chars().filter(|c| c.is_ascii_uppercase()).collect();
+        // Upper case: system flags (and P); lower case: keywords.
+        let mut v: Vec<char> = info.chars().filter(|c| c.is_ascii_alphabetic()).collect();
         v.sort_unstable();
         v.dedup();
         Flags(v.into_iter().collect())
@@ -61,12 +62,13 @@ impl Flags {
         self.0 = v.into_iter().collect();
     }
 
-    /// The IMAP flag names, e.g. `\Seen \Answered`.
-    pub fn imap(&self, recent: bool) -> String {
+    /// The IMAP flag names, e.g. `\Seen \Answered $Junk`.
+    pub fn imap(&self, recent: bool, kw: &Keywords) -> String {
         let mut out: Vec<&str> = FLAG_LETTERS.iter().filter(|(c, _)| self.has(*c)).map(|(_, n)| *n).collect();
         if self.has('P') {
             out.push("$Forwarded");
         }
+        out.extend(self.0.chars().filter(char::is_ascii_lowercase).filter_map(|c| kw.name(c)));
         if recent {
             out.push("\\Recent");
         }
@@ -80,6 +82,76 @@ impl Flags {
         }
         FLAG_LETTERS.iter().find(|(_, n)| n.eq_ignore_ascii_case(flag)).map(|(c, _)| *c)
     }
+}
+
+/// Keywords (RFC 9051 §2.3.2: `$Junk`, `$NotJunk`, `$Label1`...): one
+/// lower-case letter each in the file names, as Dovecot stores them, from
+/// one table for the whole mailbox (`<Maildir>/stubmail-keywords`, a line
+/// `a $Junk` per letter), so a copy into another folder keeps its
+/// keywords. 26 at most; a 27th is not stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keywords {
+    /// By letter: `names[0]` is `a`.
+    names: Vec<String>,
+}
+
+const KEYWORDS: &str = "stubmail-keywords";
+
+impl Keywords {
+    pub fn load(root: &Path) -> Keywords {
+        let mut names = Vec::new();
+        if let Ok(text) = fs::read_to_string(root.join(KEYWORDS)) {
+            for (i, l) in text.lines().enumerate().take(26) {
+                match l.split_once(' ') {
+                    Some((letter, name)) if letter.len() == 1 && letter.as_bytes()[0] == b'a' + i as u8 && is_keyword(name) => names.push(name.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        Keywords { names }
+    }
+
+    pub fn name(&self, letter: char) -> Option<&str> {
+        let i = (letter as u32).checked_sub('a' as u32)? as usize;
+        self.names.get(i).map(String::as_str)
+    }
+
+    pub fn letter(&self, name: &str) -> Option<char> {
+        self.names.iter().position(|n| n.eq_ignore_ascii_case(name)).map(|i| (b'a' + i as u8) as char)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// The letter for `name`, given one if it has none yet (under the
+    /// table's lock, durably). `None`: all 26 are taken, or not a keyword.
+    pub fn letter_or_add(&mut self, root: &Path, name: &str) -> io::Result<Option<char>> {
+        if !is_keyword(name) {
+            return Ok(None);
+        }
+        if let Some(l) = self.letter(name) {
+            return Ok(Some(l));
+        }
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(root.join(format!("{KEYWORDS}.lock")))?;
+        lock.lock()?;
+        *self = Keywords::load(root);
+        if let Some(l) = self.letter(name) {
+            return Ok(Some(l));
+        }
+        if self.names.len() >= 26 {
+            return Ok(None);
+        }
+        self.names.push(name.to_string());
+        let text: String = self.names.iter().enumerate().map(|(i, n)| format!("{} {n}\n", (b'a' + i as u8) as char)).collect();
+        stubmail::fsutil::write_replace(&root.join(KEYWORDS), text.as_bytes())?;
+        Ok(self.letter(name))
+    }
+}
+
+/// An IMAP keyword: an atom, not a system flag (no `\`), printable.
+fn is_keyword(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.bytes().all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b))
 }
 
 /// One message of a folder.
@@ -693,9 +765,16 @@ mod tests {
 
     #[test]
     fn flags_map_to_maildir_letters() {
-        let f = Flags::from_info("123.x:2,SRF");
-        assert_eq!(f.0, "FRS");
-        assert_eq!(f.imap(false), "\\Flagged \\Answered \\Seen");
+        let f = Flags::from_info("123.x:2,SRFb");
+        assert_eq!(f.0, "FRSb");
+        let d = tempfile::tempdir().unwrap();
+        let mut kw = Keywords::load(d.path());
+        assert_eq!(kw.letter_or_add(d.path(), "$Junk").unwrap(), Some('a'));
+        assert_eq!(kw.letter_or_add(d.path(), "$Label1").unwrap(), Some('b'));
+        assert_eq!(kw.letter_or_add(d.path(), "$junk").unwrap(), Some('a'));
+        assert_eq!(kw.letter_or_add(d.path(), "\\Bogus").unwrap(), None);
+        assert_eq!(Keywords::load(d.path()), kw, "kept on disk");
+        assert_eq!(f.imap(false, &kw), "\\Flagged \\Answered \\Seen $Label1");
         assert_eq!(Flags::letter("\\deleted"), Some('T'));
         assert_eq!(Flags::letter("$Junk"), None);
         assert_eq!(crlf_size_of(b"a\nb\r\n"), 6);

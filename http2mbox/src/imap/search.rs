@@ -5,7 +5,7 @@
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 
-use super::folder::Flags;
+use super::folder::{Flags, Keywords};
 use super::message::{field_value, split_header};
 
 /// One message as SEARCH sees it.
@@ -17,6 +17,8 @@ pub struct Candidate<'a> {
     pub size: u64,
     /// CONDSTORE's modification sequence.
     pub modseq: u64,
+    /// The mailbox's keyword letters.
+    pub keywords: &'a Keywords,
     /// Delivery time (INTERNALDATE), Unix seconds.
     pub internal: i64,
     /// The message, read when a key needs it (CRLF endings).
@@ -99,8 +101,8 @@ pub fn matches(key: &SearchKey<'_>, c: &mut Candidate<'_>) -> bool {
         K::Recent => c.recent,
         K::Old => !c.recent,
         K::New => c.recent && !c.flags.has('S'),
-        K::Keyword(k) => Flags::letter(k.as_ref()).is_some_and(|l| c.flags.has(l)),
-        K::Unkeyword(k) => !Flags::letter(k.as_ref()).is_some_and(|l| c.flags.has(l)),
+        K::Keyword(k) => Flags::letter(k.as_ref()).or_else(|| c.keywords.letter(k.as_ref())).is_some_and(|l| c.flags.has(l)),
+        K::Unkeyword(k) => !Flags::letter(k.as_ref()).or_else(|| c.keywords.letter(k.as_ref())).is_some_and(|l| c.flags.has(l)),
         K::Larger(n) => c.size > u64::from(*n),
         K::Smaller(n) => c.size < u64::from(*n),
         K::Before(d) => day_of(c.internal) < *d.as_ref(),

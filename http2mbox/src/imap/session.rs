@@ -18,7 +18,7 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::CommandCodec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::folder::{self, Entry, Flags, Locked, Store};
+use super::folder::{self, Entry, Flags, Keywords, Locked, Store};
 use super::message::{self, Parsed};
 use super::search::{self, Candidate};
 use super::wire;
@@ -80,6 +80,8 @@ pub struct Session {
     /// CONDSTORE is on (RFC 7162 §3.1: enabled by the first command that
     /// uses it): FETCH responses carry MODSEQ.
     condstore: bool,
+    /// The mailbox's keyword letters, read at SELECT and at each look.
+    keywords: Keywords,
 }
 
 /// What a command handler tells the loop.
@@ -212,7 +214,7 @@ impl Session {
     pub fn new(ctx: Arc<Ctx>, peer: String) -> Session {
         let reader = Reader::new(ctx.max_append);
         let delivered = ctx.delivered.clone();
-        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false }
+        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false, keywords: Keywords::default() }
     }
 
     fn store(&self) -> Store {
@@ -504,7 +506,7 @@ impl Session {
                 }
                 let mut f = Flags::default();
                 for fl in &flags {
-                    if let Some(l) = Flags::letter(&fl.to_string()) {
+                    if let Some(l) = self.letter_for(fl)? {
                         f.set(l, true);
                     }
                 }
@@ -630,6 +632,19 @@ impl Session {
         }
     }
 
+    /// The file-name letter of a flag or keyword (a new keyword is given
+    /// one); `None` for what is not kept (`\Recent`, a 27th keyword).
+    fn letter_for(&mut self, f: &Flag<'_>) -> io::Result<Option<char>> {
+        let name = f.to_string();
+        if let Some(l) = Flags::letter(&name) {
+            return Ok(Some(l));
+        }
+        match f {
+            Flag::Keyword(_) => self.keywords.letter_or_add(&self.ctx.root, &name),
+            _ => Ok(None),
+        }
+    }
+
     fn readonly(&self) -> bool {
         matches!(&self.state, State::Selected(s) if s.readonly)
     }
@@ -711,8 +726,10 @@ impl Session {
         let recent: HashSet<String> = if readonly { HashSet::new() } else { lock.take_new(&mut snap)?.into_iter().collect() };
         drop(lock);
         let msgs: Vec<View> = snap.entries.iter().map(|e| View { uid: e.uid, size: e.size, base: e.base.clone(), rel: e.rel.clone(), flags: e.flags.clone(), recent: recent.contains(&e.base), modseq: e.modseq }).collect();
+        self.keywords = Keywords::load(&self.ctx.root);
+        let kws: String = self.keywords.all().map(|k| format!(" {k}")).collect();
         let mut out = String::new();
-        out += "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)\r\n";
+        out += &format!("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded{kws})\r\n");
         out += &format!("* {} EXISTS\r\n* {} RECENT\r\n", msgs.len(), recent.len());
         if let Some(i) = msgs.iter().position(|m| !m.flags.has('S')) {
             out += &format!("* OK [UNSEEN {}] first unseen\r\n", i + 1);
@@ -722,7 +739,7 @@ impl Session {
         if readonly {
             out += "* OK [PERMANENTFLAGS ()] read-only\r\n";
         } else {
-            out += "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded)] flags kept\r\n";
+            out += &format!("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded{kws} \\*)] flags and keywords kept\r\n");
         }
         out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
         let st = stamp(&dir);
@@ -823,6 +840,8 @@ impl Session {
         }
         s.highestmodseq = snap.highestmodseq;
         let condstore = self.condstore;
+        self.keywords = Keywords::load(&self.ctx.root);
+        let kw = &self.keywords;
         for (i, m) in s.msgs.iter_mut().enumerate() {
             if let Some(e) = by_uid.get(&m.uid) {
                 m.rel = e.rel.clone();
@@ -830,7 +849,7 @@ impl Session {
                     m.flags = e.flags.clone();
                     m.modseq = e.modseq;
                     let ms = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){ms})\r\n", i + 1, m.flags.imap(m.recent)).as_bytes());
+                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){ms})\r\n", i + 1, m.flags.imap(m.recent, kw)).as_bytes());
                 } else {
                     m.modseq = e.modseq;
                 }
@@ -902,7 +921,7 @@ impl Session {
                 folder::read_crlf(&p, max, 0).ok()
             };
             let internal = std::fs::metadata(s.dir.join(&m.rel)).and_then(|md| md.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
-            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, modseq: m.modseq, internal, load: &mut load, loaded: None, max_seq, max_uid };
+            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, modseq: m.modseq, keywords: &self.keywords, internal, load: &mut load, loaded: None, max_seq, max_uid };
             if search::matches(key, &mut c) {
                 found.push((if uid { m.uid } else { i as u32 + 1 }, m.modseq));
             }
@@ -1055,7 +1074,7 @@ impl Session {
                     }
                 }
             }
-            let flags = format!("FLAGS ({})", m.flags.imap(m.recent)).into_bytes();
+            let flags = format!("FLAGS ({})", m.flags.imap(m.recent, &self.keywords)).into_bytes();
             match flags_at {
                 Some(at) => parts[at] = flags,
                 None if flags_changed => parts.push(flags),
@@ -1100,8 +1119,11 @@ impl Session {
     fn store_flags(&mut self, out: &mut Vec<u8>, set: &SequenceSet, kind: StoreType, response: StoreResponse, flags: &[Flag<'_>], uid: bool, unchanged_since: Option<u64>) -> io::Result<Vec<u32>> {
         let picked = self.pick(set, uid);
         let condstore = self.condstore;
+        let mut letters: Vec<char> = Vec::new();
+        for f in flags {
+            letters.extend(self.letter_for(f)?);
+        }
         let State::Selected(s) = &mut self.state else { return Ok(Vec::new()) };
-        let letters: Vec<char> = flags.iter().filter_map(|f| Flags::letter(&f.to_string())).collect();
         let lock = Locked::open(&s.dir)?;
         // UNCHANGEDSINCE compares with the folder as it is now.
         let now: std::collections::HashMap<u32, u64> = match unchanged_since {
@@ -1122,8 +1144,9 @@ impl Session {
                 _ => m.flags.clone(),
             };
             if matches!(kind, StoreType::Replace) {
-                // Letters this server does not map to IMAP flags stay.
-                for c in m.flags.0.chars().filter(|c| !"DFPRST".contains(*c)) {
+                // Letters this server does not know (another program's)
+                // stay.
+                for c in m.flags.0.chars().filter(|c| if c.is_ascii_lowercase() { self.keywords.name(*c).is_none() } else { !"DFPRST".contains(*c) }) {
                     f.set(c, true);
                 }
             }
@@ -1161,7 +1184,7 @@ impl Session {
             }
             let u = if uid { format!(" UID {}", m.uid) } else { String::new() };
             let ms = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-            let fl = if silent { String::new() } else { format!("FLAGS ({})", m.flags.imap(m.recent)) };
+            let fl = if silent { String::new() } else { format!("FLAGS ({})", m.flags.imap(m.recent, &self.keywords)) };
             let body = format!("{fl}{u}{ms}");
             out.extend_from_slice(format!("* {} FETCH ({})\r\n", i + 1, body.trim_start()).as_bytes());
         }
@@ -1522,6 +1545,30 @@ mod tests {
         std::fs::rename(cur.join(&name), cur.join("1001.b.host:2,R")).unwrap();
         let out = dialogue(ctx(d.path()), "a LOGIN bob@example.org pw\nb SELECT INBOX\nc FETCH 2 (FLAGS MODSEQ)\nd LOGOUT\n").await;
         assert!(out.contains("* 2 FETCH (FLAGS (\\Answered) MODSEQ (5))"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn keywords_are_kept_in_the_file_names() {
+        let d = maildir();
+        let script = "a LOGIN bob@example.org pw\n\
+                      b SELECT INBOX\n\
+                      c STORE 1 +FLAGS ($Junk $Label1)\n\
+                      d SEARCH KEYWORD $junk\n\
+                      e UID COPY 1 Archive\n\
+                      f STORE 1 FLAGS (\\Seen $Label1)\n\
+                      g SELECT Archive\n\
+                      h FETCH 1 (FLAGS)\n\
+                      i LOGOUT\n";
+        let out = dialogue(ctx(d.path()), script).await;
+        assert!(out.contains("PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded \\*)"), "{out}");
+        assert!(out.contains("* 1 FETCH (FLAGS ($Junk $Label1 \\Recent))"), "{out}");
+        assert!(out.contains("* SEARCH 1\r\nd OK"), "{out}");
+        assert!(out.contains("* 1 FETCH (FLAGS (\\Seen $Label1 \\Recent))\r\nf OK"), "{out}");
+        // The copy kept its keywords (one table for the whole mailbox).
+        assert!(out.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded $Junk $Label1)"), "{out}");
+        assert!(out.contains("* 1 FETCH (FLAGS ($Junk $Label1))"), "{out}");
+        let cur: Vec<String> = std::fs::read_dir(d.path().join("cur")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(cur.iter().any(|n| n.ends_with(":2,Sb")), "{cur:?}");
     }
 
     #[tokio::test]
