@@ -297,6 +297,30 @@ fn a_large_message_is_fetched_in_bounded_memory() {
     println!("peak RSS after a 128 MiB message: http2mbox {poller_kib} KiB, post_manager {outbox_kib} KiB");
     assert!(poller_kib < 64 * 1024, "http2mbox peak RSS {poller_kib} KiB");
     assert!(outbox_kib < 64 * 1024, "post_manager peak RSS {outbox_kib} KiB");
+    // Over IMAP too: the whole message, its text from an offset, and its
+    // envelope, streamed from the file (the size is checked octet for
+    // octet against RFC822.SIZE).
+    let imap = wait_for("IMAP to listen", 30, || pop.stdout_after("http2mbox IMAP listening on"));
+    let script = r#"
+import imaplib, sys
+M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=600)
+M.login("bob@example.net", "pop-secret")
+M.select("INBOX")
+typ, d = M.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
+size = int(d[0][0].decode().split("RFC822.SIZE ")[1].split()[0])
+body = d[0][1]
+assert len(body) == size, (len(body), size)
+assert body.count(b"\r\n") == body.count(b"\n"), "CRLF throughout"
+typ, d = M.fetch("1", "(ENVELOPE BODY.PEEK[TEXT]<1000000.500>)")
+assert len(d[0][1]) == 500, len(d[0][1])
+assert body.find(d[0][1]) > 0
+print(size)
+M.logout()
+"#;
+    let (good, out) = python(script, &[imap.rsplit(':').next().unwrap()]);
+    assert!(good, "{out}");
+    let poller_kib = peak_rss_kib(pop.pid());
+    assert!(poller_kib < 64 * 1024, "http2mbox peak RSS {poller_kib} KiB after an IMAP FETCH of the message");
 }
 
 #[test]

@@ -165,6 +165,94 @@ fn section_text(s: &Option<Section<'_>>) -> String {
     }
 }
 
+/// Messages larger than this are streamed from their files for the items
+/// that allow it (BODY[], BODY[TEXT], RFC822, with partials).
+const STREAM_OVER: u64 = 1 << 20;
+
+/// Can this item be answered from the header and a stream of the file?
+fn streamable(i: &MessageDataItemName<'_>) -> bool {
+    match i {
+        MessageDataItemName::BodyExt { section, .. } => matches!(section, None | Some(Section::Header(None)) | Some(Section::Text(None)) | Some(Section::HeaderFields(None, _)) | Some(Section::HeaderFieldsNot(None, _))),
+        MessageDataItemName::Body | MessageDataItemName::BodyStructure | MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => false,
+        _ => true,
+    }
+}
+
+/// A partial's (start, length, `<start>` text) within `total` octets.
+fn window(partial: Option<(u32, std::num::NonZeroU32)>, total: u64) -> (u64, u64, String) {
+    match partial {
+        Some((start, len)) => {
+            let st = u64::from(start).min(total);
+            (st, u64::from(len.get()).min(total - st), format!("<{start}>"))
+        }
+        None => (0, total, String::new()),
+    }
+}
+
+/// A message's header with CRLF endings (through the empty line, or the
+/// whole message if it has none), read alone; `None` if it is over 1 MiB.
+fn read_header_crlf(path: &std::path::Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::BufRead;
+    let mut r = std::io::Read::take(std::io::BufReader::new(std::fs::File::open(path)?), 1 << 20);
+    let mut raw = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            // The end of the file, or of what we read of it.
+            if r.limit() == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        raw.extend_from_slice(&line);
+        if line == b"\n" || line == b"\r\n" {
+            break;
+        }
+    }
+    Ok(Some(folder::to_crlf(&raw)))
+}
+
+/// Send `take` octets of the file as IMAP sends it (CRLF endings) from
+/// offset `skip`, in chunks. The literal's length was promised already:
+/// a file that no longer has them ends the session (an error), rather
+/// than a response the client would misread.
+async fn stream_crlf<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Buffered<S>, path: &std::path::Path, skip: u64, take: u64) -> io::Result<()> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut conv = Vec::with_capacity(70 * 1024);
+    let (mut pos, mut left, mut prev) = (0u64, take, 0u8);
+    while left > 0 {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the message file changed while it was being sent"));
+        }
+        conv.clear();
+        let chunk = &buf[..n];
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            let before = if nl > 0 { chunk[nl - 1] } else { prev };
+            if before == b'\r' {
+                continue;
+            }
+            conv.extend_from_slice(&chunk[start..nl]);
+            conv.extend_from_slice(b"\r\n");
+            start = nl + 1;
+        }
+        conv.extend_from_slice(&chunk[start..]);
+        prev = chunk[n - 1];
+        let len = conv.len() as u64;
+        if pos + len > skip {
+            let from = skip.saturating_sub(pos) as usize;
+            let to = (from as u64 + left).min(len) as usize;
+            stream.write_all(&conv[from..to]).await?;
+            left -= (to - from) as u64;
+        }
+        pos += len;
+    }
+    Ok(())
+}
+
 /// A section of the whole message, cut without the MIME tree; `None` for
 /// sections inside parts.
 fn top_section(raw: &[u8], s: &Option<Section<'_>>) -> Option<Vec<u8>> {
@@ -968,7 +1056,31 @@ impl Session {
                     None => continue,
                 }
             }
-            let raw = if needs_content {
+            // A large message whose items need no MIME tree is streamed
+            // from its file (memory does not grow with it); only its
+            // header is read.
+            let mut large = needs_content && m.size > STREAM_OVER && items.iter().all(streamable);
+            let mut header = None;
+            if large {
+                let mut h = read_header_crlf(&path);
+                if matches!(&h, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                    let Some(p) = relocate(m) else { continue };
+                    path = p;
+                    h = read_header_crlf(&path);
+                }
+                match h {
+                    Ok(Some(h)) => header = Some(h),
+                    // A header over 1 MiB: read the message whole instead.
+                    Ok(None) => large = false,
+                    Err(e) => {
+                        tracing::warn!("IMAP FETCH {}: {e}", path.display());
+                        continue;
+                    }
+                }
+            }
+            let raw = if large {
+                header
+            } else if needs_content {
                 let mut r = folder::read_crlf(&path, max, m.size);
                 if matches!(&r, Err(e) if e.kind() == io::ErrorKind::NotFound) {
                     match relocate(m) {
@@ -994,7 +1106,11 @@ impl Session {
             // what sync clients ask for, does not).
             let parsed_cell: std::sync::OnceLock<Parsed<'_>> = std::sync::OnceLock::new();
             let parsed = || parsed_cell.get_or_init(|| Parsed::new(raw.as_deref().expect("read")));
+            // The header's length as sent (large mode: `raw` is the header).
+            let hlen = raw.as_ref().map_or(0, |r| r.len() as u64).min(m.size);
             let mut parts: Vec<Vec<u8>> = Vec::new();
+            // Items streamed from the file: (index in `parts`, offset, length).
+            let mut streamed: Vec<(usize, u64, u64)> = Vec::new();
             let mut set_seen = false;
             let mut flags_at: Option<usize> = None;
             let mut flags_changed = false;
@@ -1023,6 +1139,20 @@ impl Session {
                     MessageDataItemName::BodyStructure => {
                         v.extend_from_slice(b"BODYSTRUCTURE ");
                         message::bodystructure(&mut v, &parsed().msg, true);
+                    }
+                    MessageDataItemName::BodyExt { section, partial, peek } if large && matches!(section, None | Some(Section::Text(None))) => {
+                        let (base, total) = if section.is_none() { (0, m.size) } else { (hlen, m.size - hlen) };
+                        let (st, n, origin) = window(*partial, total);
+                        v.extend_from_slice(format!("BODY[{}]{origin} {{{n}}}\r\n", section_text(section)).as_bytes());
+                        streamed.push((parts.len(), base + st, n));
+                        set_seen |= !peek;
+                    }
+                    MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text if large => {
+                        let text = matches!(item, MessageDataItemName::Rfc822Text);
+                        let (base, n) = if text { (hlen, m.size - hlen) } else { (0, m.size) };
+                        v.extend_from_slice(format!("{} {{{n}}}\r\n", if text { "RFC822.TEXT" } else { "RFC822" }).as_bytes());
+                        streamed.push((parts.len(), base, n));
+                        set_seen = true;
                     }
                     MessageDataItemName::BodyExt { section, partial, peek } => {
                         let bytes = match top_section(raw.as_deref().expect("read"), section) {
@@ -1082,12 +1212,23 @@ impl Session {
             }
             if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
                 parts.insert(0, format!("UID {}", m.uid).into_bytes());
+                streamed.iter_mut().for_each(|x| x.0 += 1);
             }
             if changed_since.is_some() && !items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
                 parts.push(format!("MODSEQ ({})", m.modseq).into_bytes());
             }
             out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
-            out.extend_from_slice(&parts.join(&b' '));
+            for (k, p) in parts.iter().enumerate() {
+                if k > 0 {
+                    out.push(b' ');
+                }
+                out.extend_from_slice(p);
+                if let Some(&(_, skip, take)) = streamed.iter().find(|x| x.0 == k) {
+                    stream.write_all(out).await?;
+                    out.clear();
+                    stream_crlf(stream, &path, skip, take).await?;
+                }
+            }
             out.extend_from_slice(b")\r\n");
             // Bounded memory: large answers go out as they are made.
             if out.len() > 256 * 1024 {
@@ -1642,5 +1783,41 @@ mod attack_tests {
         // Quadratic took minutes; linear takes milliseconds (a generous
         // bound for a debug build on a loaded machine).
         assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::super::*;
+
+    /// Streaming a large message gives exactly the octets of the whole
+    /// conversion, whatever the window, with CR and LF split across reads.
+    #[tokio::test]
+    async fn streamed_windows_equal_the_converted_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m");
+        let mut raw = Vec::new();
+        for i in 0..40_000u32 {
+            // Lines of varying length, LF or CRLF, so boundaries fall
+            // everywhere (a CR at a chunk's end, its LF at the next).
+            raw.extend(std::iter::repeat_n(b'x', (i % 7) as usize));
+            raw.extend_from_slice(if i % 3 == 0 { b"\r\n" } else { b"\n" });
+        }
+        std::fs::write(&path, &raw).unwrap();
+        let want = super::folder::to_crlf(&raw);
+        for (skip, take) in [(0, want.len() as u64), (1, 10), (65_535, 3), (65_536, 70_000), (want.len() as u64 - 5, 5)] {
+            let (client, server) = tokio::io::duplex(1 << 22);
+            let mut s = tokio::io::BufReader::new(tokio::io::BufWriter::new(server));
+            super::stream_crlf(&mut s, &path, skip, take).await.unwrap();
+            tokio::io::AsyncWriteExt::shutdown(&mut s).await.unwrap();
+            drop(s);
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut { client }, &mut got).await.unwrap();
+            assert_eq!(got, &want[skip as usize..(skip + take) as usize], "skip {skip} take {take}");
+        }
+        // Asked for more than there is: an error, never a short literal.
+        let (_client, server) = tokio::io::duplex(1 << 22);
+        let mut s = tokio::io::BufReader::new(tokio::io::BufWriter::new(server));
+        assert!(super::stream_crlf(&mut s, &path, 0, want.len() as u64 + 1).await.is_err());
     }
 }
