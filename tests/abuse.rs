@@ -285,6 +285,21 @@ fn a_report_reaches_the_outbox_which_suspends_uploads_while_recipients_still_fet
     let log = outbox.server.log();
     assert!(log.contains("complaint from a recipient") && log.contains("unsolicited") && log.contains("account suspended"), "{log}");
     let show = stdout(&ok(bin_cmd("post_manager").args(["account", "show", "--data"]).arg(&outbox.data).arg(&alice_fpr)));
+    // Into a pipe its reader closed (`| head`): it ends on SIGPIPE, as Unix
+    // tools do, not with a panic.
+    let mut child = bin_cmd("post_manager")
+        .args(["account", "show", "--data"])
+        .arg(&outbox.data)
+        .arg(&alice_fpr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(show.contains("SUSPENDED") && show.contains("complaints: 1 recipient(s) today") && show.contains(&id), "{show}");
     assert!(stdout(&ok(bob.stubmail().args(["blocks"]))).contains(&format!("sender:{alice_fpr}")));
     // A second report of the same message is not counted again.

@@ -293,6 +293,15 @@ fn main() -> anyhow::Result<()> {
         return Ok(post_manager::cgi::run()?);
     }
     let cli = Cli::parse();
+    // A one-shot command printing into a closed pipe (`post_manager account
+    // list | head`) ends quietly, like any Unix tool, instead of panicking
+    // on the failed print. Not the servers: for them a peer hanging up is
+    // an error to handle, not a signal.
+    if !matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Udp { .. }) {
+        // SAFETY: restores the default action of one signal, before any
+        // thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.cmd {
         Cmd::Expire { data, retention } => {
             let store = data.open()?;
