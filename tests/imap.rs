@@ -528,3 +528,39 @@ fn neomutt_reads_and_deletes_over_imap() {
     let left = server_files(&bob, "INBOX");
     assert!(!left.iter().any(|n| n.starts_with("1700000001.")), "{left:?}");
 }
+
+/// POP3 deleting, delivery adding and an IMAP session selected, all at
+/// once: the IMAP client is told of both, and nothing is lost or shown
+/// twice.
+#[test]
+fn pop3_delivery_and_imap_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let (daemon, port) = daemon(root.path(), &bob, "3600");
+    let script = r#"
+import imaplib, poplib, sys, os
+M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=30)
+M.login("bob@example.net", "pop-secret")
+assert M.select("INBOX")[1][0] == b"3"
+uids = M.uid("SEARCH", None, "ALL")[1][0].split()
+M.untagged_responses.clear()
+# POP3 deletes the message UIDL sorts first; delivery adds one.
+p = poplib.POP3("127.0.0.1", int(sys.argv[2]), timeout=30)
+p.user("bob@example.net"); p.pass_("pop-secret")
+p.dele(1); p.quit()
+open(os.path.join(sys.argv[3], "new", "1900000000.late.host"), "w").write("Subject: late\n\nlate\n")
+typ, d = M.noop()
+print(sorted(x.decode() for x in M.untagged_responses.get("EXPUNGE", [])), sorted(x.decode() for x in M.untagged_responses.get("EXISTS", [])))
+print(M.uid("SEARCH", None, "ALL")[1][0].decode())
+print(M.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1])
+M.logout()
+"#;
+    let md = bob.home.join("Maildir");
+    let (good, out) = python(script, &[&port.to_string(), &daemon.port().to_string(), md.to_str().unwrap()]);
+    assert!(good, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "['1'] ['3']", "one EXPUNGE, then 3 EXISTS: {out}");
+    assert_eq!(lines[1], "2 3 4", "UIDs kept, the new one numbered next: {out}");
+    assert!(lines[2].contains("mixed") && lines[2].contains("fwd") && lines[2].contains("late") && !lines[2].contains("first"), "{out}");
+    assert_eq!(server_files(&bob, "INBOX").len(), 3);
+}
