@@ -71,7 +71,7 @@ p.quit()
     assert!(good, "{out}");
     assert!(out.starts_with("1 ") && out.contains("hello from up"), "{out}");
     // The same message over IMAP, with the same password.
-    let script = r#"
+    let imap_script = r#"
 import imaplib, sys
 M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=60)
 M.login("bob@example.net", sys.argv[2])
@@ -79,7 +79,7 @@ n = int(M.select("INBOX")[1][0])
 print(n, M.fetch("1", "(BODY.PEEK[TEXT])")[1][0][1].decode())
 M.logout()
 "#;
-    let (good, out) = python(script, &[&bob.imap.to_string(), &pop_password]);
+    let (good, out) = python(imap_script, &[&bob.imap.to_string(), &pop_password]);
     assert!(good && out.starts_with("1 ") && out.contains("hello from up"), "{out}");
     wait_for("retrieved", 30, || (alice.user.status_json()[0]["state"] == "retrieved").then_some(()));
 

@@ -84,18 +84,26 @@ pub async fn bind_notify(config: &stubmail::Config) -> anyhow::Result<Option<tok
 const FOLLOW_FIRST: Duration = Duration::from_millis(20);
 const FOLLOW_LAST: Duration = Duration::from_millis(1500);
 
+/// What the daemon serves besides polling, each bound by the caller.
+#[derive(Default)]
+pub struct Listeners {
+    pub pop3: Option<tokio::net::TcpListener>,
+    pub imap: Option<tokio::net::TcpListener>,
+    /// Notification stubs (UDP).
+    pub notify: Option<tokio::net::UdpSocket>,
+}
+
 /// Poll every `interval` seconds (with jitter) and, given listeners,
-/// serve POP3 and take notification stubs, until `shutdown`.
+/// serve POP3 and IMAP and take notification stubs, until `shutdown`.
 pub async fn daemon(
     home: &stubmail::Home,
     config: &stubmail::Config,
     poller: Arc<Poller>,
     interval: u64,
-    pop3_listener: Option<tokio::net::TcpListener>,
-    imap_listener: Option<tokio::net::TcpListener>,
-    notify_socket: Option<tokio::net::UdpSocket>,
+    listeners: Listeners,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    let Listeners { pop3: pop3_listener, imap: imap_listener, notify: notify_socket } = listeners;
     // One count of failed logins for both servers: they share the password.
     let throttle: Arc<stubmail::guard::LoginThrottle> = Default::default();
     let pop3_task = match pop3_listener {
@@ -103,6 +111,10 @@ pub async fn daemon(
         None => None,
     };
     let imap_task = match imap_listener {
+        Some(_) if !matches!(poller.target, Target::Maildir(_)) => {
+            tracing::info!("IMAP is off: it serves a Maildir, and delivery goes to an mbox or an MDA");
+            None
+        }
         Some(l) => Some(start_imap(home, config, l, poller.clone(), throttle, shutdown.clone())?),
         None => None,
     };

@@ -79,7 +79,10 @@ fn main() -> anyhow::Result<()> {
                 None
             }
         };
-        let imap = match (&config.poll.pop3.password, config.poll.imap.enabled) {
+        // IMAP serves a Maildir (with mbox or an MDA there are no folders
+        // to serve; POP3 still serves an mbox).
+        let maildir = config.poll.deliver == stubmail::config::Delivery::Maildir;
+        let imap = match (&config.poll.pop3.password, config.poll.imap.enabled && maildir) {
             (Some(_), true) => {
                 let listen = cli.imap_listen.unwrap_or(config.poll.imap.listen);
                 let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding IMAP on {listen}"))?;
@@ -94,7 +97,7 @@ fn main() -> anyhow::Result<()> {
             println!("http2mbox notify listening on {}", s.local_addr()?);
         }
         println!("http2mbox polling every {interval} s");
-        http2mbox::daemon(&home, &config, poller, interval, pop3, imap, notify, shutdown).await
+        http2mbox::daemon(&home, &config, poller, interval, http2mbox::Listeners { pop3, imap, notify }, shutdown).await
     })
 }
 

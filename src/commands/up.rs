@@ -43,7 +43,9 @@ fn ask_email() -> anyhow::Result<String> {
 pub struct Running {
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
-    pub imap: SocketAddr,
+    /// None when IMAP is off (`poll.imap.enabled = false`, or delivery
+    /// to an mbox or an MDA: IMAP serves a Maildir).
+    pub imap: Option<SocketAddr>,
     pub outbox: SocketAddr,
     pub notify: Option<SocketAddr>,
     pub config: Config,
@@ -135,15 +137,21 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     }
     let smtp_l = TcpListener::bind(smtp).await.with_context(|| format!("binding SMTP on {smtp}"))?;
     let pop3_l = TcpListener::bind(pop3).await.with_context(|| format!("binding POP3 on {pop3}"))?;
-    let imap_l = TcpListener::bind(imap).await.with_context(|| format!("binding IMAP on {imap} (another IMAP server there? `stubmail up --imap 127.0.0.1:PORT` picks another port)"))?;
-    let imap_addr = imap_l.local_addr()?;
+    let imap_l = if config.poll.imap.enabled && config.poll.deliver == stubmail::config::Delivery::Maildir {
+        Some(TcpListener::bind(imap).await.with_context(|| format!("binding IMAP on {imap} (another IMAP server there? `stubmail up --imap 127.0.0.1:1144` takes another port)"))?)
+    } else {
+        None
+    };
+    let imap_addr = imap_l.as_ref().map(|l| l.local_addr()).transpose()?;
     let notify_s = http2mbox::bind_notify(&config).await?;
     let (smtp_addr, pop3_addr) = (smtp_l.local_addr()?, pop3_l.local_addr()?);
     // This run's addresses (a flag may override the file for one run); the
     // first run's are the node's from now on.
     config.smtp.listen = smtp_addr;
     config.poll.pop3.listen = pop3_addr;
-    config.poll.imap.listen = imap_addr;
+    if let Some(a) = imap_addr {
+        config.poll.imap.listen = a;
+    }
     if first {
         config.outbox.listen = Some(outbox_addr);
         home.save_config(&config)?;
@@ -151,11 +159,13 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     locks[0].listening("smtp", smtp_addr)?;
     locks[0].listening("outbox", outbox_addr)?;
     locks[1].listening("pop3", pop3_addr)?;
-    locks[1].listening("imap", imap_addr)?;
+    if let Some(a) = imap_addr {
+        locks[1].listening("imap", a)?;
+    }
     if let Some(n) = config.notify.listen {
         locks[1].listening("notify", n)?;
     }
-    tracing::info!(smtp = %smtp_addr, pop3 = %pop3_addr, imap = %imap_addr, outbox = %outbox_addr, notify = ?config.notify.listen, "listening");
+    tracing::info!(smtp = %smtp_addr, pop3 = %pop3_addr, imap = ?imap_addr, outbox = %outbox_addr, notify = ?config.notify.listen, "listening");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = post_manager::handler::Settings::default();
     let sd = shutdown.clone();
@@ -166,7 +176,7 @@ pub async fn start(home: &Home, a: &Args) -> anyhow::Result<Running> {
     let poller = Arc::new(http2mbox::poller_for(home, &config, false)?);
     let interval = config.poll.interval_secs.max(1);
     let (home3, config3, sd) = (home.clone(), config.clone(), shutdown.clone());
-    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, Some(pop3_l), Some(imap_l), notify_s, sd).await });
+    let poll = tokio::spawn(async move { http2mbox::daemon(&home3, &config3, poller, interval, http2mbox::Listeners { pop3: Some(pop3_l), imap: imap_l, notify: notify_s }, sd).await });
     Ok(Running {
         smtp: smtp_addr,
         pop3: pop3_addr,
@@ -211,12 +221,13 @@ pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
         let notify = node.notify.map_or("none (contacts find your mail by polling)".to_string(), |n| format!("udp://{n}"));
         let user = c.identity.email.clone();
         println!("Stubmail node for {user} is running. Mail-client settings:");
-        print!("{}", super::identity::client_settings(c, smtp_addr, pop3_addr, Some(imap_addr)));
+        print!("{}", super::identity::client_settings(c, smtp_addr, pop3_addr, imap_addr));
         println!("  Your outbox:     {} (served here on {outbox_addr})", c.identity.outbox);
         println!("  Notify endpoint: {notify}");
         println!("  Your key:        stubmail keys export   (give it to your contacts)");
         println!("Press Ctrl-C to stop.");
-        println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr} imap={imap_addr}");
+        let imap = imap_addr.map(|a| format!(" imap={a}")).unwrap_or_default();
+        println!("stubmail up listening on smtp={smtp_addr} pop3={pop3_addr} outbox={outbox_addr}{imap}");
         std::io::stdout().flush()?;
         stubmail::signals::cancel_on_signal(&node.shutdown);
         node.shutdown.cancelled().await;

@@ -220,7 +220,7 @@ impl Store {
         if name.is_empty()
             || name.len() > MAX_NAME
             || name.split('.').any(|c| c.is_empty())
-            || name.bytes().any(|b| b == b'/' || b == b'\\' || b < 0x20 || b >= 0x7f || b == b'*' || b == b'%')
+            || name.bytes().any(|b| b == b'/' || b == b'\\' || !(0x20..0x7f).contains(&b) || b == b'*' || b == b'%')
             || !valid_mutf7(name)
         {
             return Err(NameError::Invalid);

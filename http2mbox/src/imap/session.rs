@@ -400,6 +400,8 @@ impl Session {
         }
     }
 
+    // Arms that end the session return early like `done!` does.
+    #[allow(clippy::needless_return)]
     async fn command<S: AsyncRead + AsyncWrite + Unpin>(&mut self, cmd: Command<'_>, stream: &mut Buffered<S>) -> io::Result<Next> {
         let tag = cmd.tag.as_ref().to_string();
         let mut out: Vec<u8> = Vec::new();
@@ -1788,8 +1790,6 @@ mod attack_tests {
 
 #[cfg(test)]
 mod stream_tests {
-    use super::super::*;
-
     /// Streaming a large message gives exactly the octets of the whole
     /// conversion, whatever the window, with CR and LF split across reads.
     #[tokio::test]
