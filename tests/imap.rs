@@ -564,3 +564,33 @@ M.logout()
     assert!(lines[2].contains("mixed") && lines[2].contains("fwd") && lines[2].contains("late") && !lines[2].contains("first"), "{out}");
     assert_eq!(server_files(&bob, "INBOX").len(), 3);
 }
+
+/// Found by an attack: one FETCH naming a part many times held a copy of
+/// it per name. Now an answer goes out item by item.
+#[test]
+fn repeated_parts_in_one_fetch_cost_one_part_at_a_time() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let big = format!("Subject: big\nContent-Type: text/plain\n\n{}", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n".repeat(100_000));
+    std::fs::write(bob.home.join("Maildir/new/1800000000.big.host"), big).unwrap();
+    let (daemon, port) = daemon(root.path(), &bob, "3600");
+    let items = vec!["BODY.PEEK[1]"; 32].join(" ");
+    let script = format!(
+        r#"
+import imaplib, sys
+M = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=120)
+M.login("bob@example.net", "pop-secret")
+M.select("INBOX")
+typ, d = M.fetch("4", "({items})")
+parts = [x for x in d if isinstance(x, tuple)]
+print(len(parts), len(parts[0][1]))
+M.logout()
+"#
+    );
+    let (good, out) = python(&script, &[&port.to_string()]);
+    assert!(good, "{out}");
+    assert!(out.trim() == "32 6500000", "{out}");
+    let kib = peak_rss_kib(daemon.pid());
+    // 32 copies of the 6.5 MB part were over 400 MiB.
+    assert!(kib < 160 * 1024, "http2mbox peak RSS {kib} KiB");
+}

@@ -87,7 +87,14 @@ impl Open {
                 let mut msgs = Vec::new();
                 for (name, path) in files {
                     let uid: String = name.split(':').next().unwrap_or(&name).chars().filter(|c| c.is_ascii_graphic()).take(70).collect();
-                    let size = crlf_size(BufReader::new(File::open(&path)?), false)?;
+                    // Renamed meanwhile (IMAP or mutt changing its flags):
+                    // found again; gone (removed): not in this session.
+                    let (path, file) = match open_moved(&path) {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let size = crlf_size(BufReader::new(file), false)?;
                     msgs.push(Msg { uid, size, loc: Loc::File(path) });
                 }
                 Ok(Open::Maildir { _lock: lock, msgs })
@@ -108,7 +115,7 @@ impl Open {
     fn reader(&self, i: usize) -> io::Result<(Box<dyn BufRead + Send>, bool)> {
         let m = &self.msgs()[i];
         match (&m.loc, self) {
-            (Loc::File(p), _) => Ok((Box::new(BufReader::new(File::open(p)?)), false)),
+            (Loc::File(p), _) => Ok((Box::new(BufReader::new(open_moved(p)?.1)), false)),
             (Loc::Range { start, end, .. }, Open::Mbox { lock, .. }) => {
                 let mut f = lock.file.try_clone()?;
                 f.seek(SeekFrom::Start(*start))?;
@@ -125,6 +132,7 @@ impl Open {
                 let mut dirs = Vec::new();
                 for (m, _) in msgs.iter().zip(deleted).filter(|(_, d)| **d) {
                     if let Loc::File(p) = &m.loc {
+                        let p = &open_moved(p).map(|(p, _)| p).unwrap_or_else(|_| p.clone());
                         match std::fs::remove_file(p) {
                             Ok(()) => {}
                             // Already gone (another client): fine.
@@ -179,6 +187,32 @@ impl Open {
             }
         }
     }
+}
+
+/// Open a Maildir file, or the same message under its new name if its
+/// flags changed since it was listed (the name before `:2,` stays; the
+/// file may also have moved from `new/` to `cur/`).
+fn open_moved(path: &std::path::Path) -> io::Result<(PathBuf, File)> {
+    match File::open(path) {
+        Ok(f) => return Ok((path.to_path_buf(), f)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = name.split(':').next().unwrap_or(&name).to_string();
+    let root = path.parent().and_then(|d| d.parent()).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    for sub in ["cur", "new"] {
+        let Ok(rd) = std::fs::read_dir(root.join(sub)) else { continue };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().split(':').next() == Some(base.as_str()) {
+                let p = e.path();
+                if let Ok(f) = File::open(&p) {
+                    return Ok((p, f));
+                }
+            }
+        }
+    }
+    Err(io::Error::from(io::ErrorKind::NotFound))
 }
 
 /// Find the messages of an mbox: "From " lines at the start of the file or
@@ -674,6 +708,21 @@ pub async fn run(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, shutdown: tok
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_renamed_since_it_was_listed_is_found() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+        }
+        std::fs::write(d.path().join("cur/7.x.host:2,FS"), "m").unwrap();
+        // Listed as in new/, since moved to cur/ with flags (IMAP, mutt).
+        let (p, _) = open_moved(&d.path().join("new/7.x.host")).unwrap();
+        assert_eq!(p, d.path().join("cur/7.x.host:2,FS"));
+        let (p, _) = open_moved(&d.path().join("cur/7.x.host:2,S")).unwrap();
+        assert_eq!(p, d.path().join("cur/7.x.host:2,FS"));
+        assert_eq!(open_moved(&d.path().join("cur/8.y.host:2,")).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
     use tokio::io::AsyncReadExt;
 
     fn ctx(store: Store) -> Arc<Ctx> {

@@ -253,6 +253,18 @@ async fn stream_crlf<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Buffered<S>
     Ok(())
 }
 
+/// `top_section` without a copy where the section is a slice of the
+/// message (whole, header, text).
+fn top_section_ref<'r>(raw: &'r [u8], s: &Option<Section<'_>>) -> Option<std::borrow::Cow<'r, [u8]>> {
+    use std::borrow::Cow;
+    match s {
+        None => Some(Cow::Borrowed(raw)),
+        Some(Section::Header(None)) => Some(Cow::Borrowed(message::split_header(raw).0)),
+        Some(Section::Text(None)) => Some(Cow::Borrowed(message::split_header(raw).1)),
+        _ => top_section(raw, s).map(Cow::Owned),
+    }
+}
+
 /// A section of the whole message, cut without the MIME tree; `None` for
 /// sections inside parts.
 fn top_section(raw: &[u8], s: &Option<Section<'_>>) -> Option<Vec<u8>> {
@@ -594,6 +606,9 @@ impl Session {
                 if !dir.join("cur").is_dir() {
                     done!("NO [TRYCREATE] no such folder; CREATE it first")
                 }
+                if !self.keywords_fit(&flags)? {
+                    done!("NO [LIMIT] this mailbox keeps 26 keywords at most, and they are taken; the message was not stored")
+                }
                 let mut f = Flags::default();
                 for fl in &flags {
                     if let Some(l) = self.letter_for(fl)? {
@@ -698,6 +713,9 @@ impl Session {
                 use imap_codec::imap_types::command::StoreModifier;
                 let unchanged_since = modifiers.iter().map(|StoreModifier::UnchangedSince(n)| *n).next();
                 self.condstore |= unchanged_since.is_some();
+                if !matches!(kind, StoreType::Remove) && !self.keywords_fit(&flags)? {
+                    done!("NO [LIMIT] this mailbox keeps 26 keywords at most, and they are taken; nothing was changed")
+                }
                 let modified = self.store_flags(&mut out, &sequence_set, kind, response, &flags, uid, unchanged_since)?;
                 if uid {
                     self.refresh_now_and_then(&mut out)?;
@@ -733,6 +751,17 @@ impl Session {
             Flag::Keyword(_) => self.keywords.letter_or_add(&self.ctx.root, &name),
             _ => Ok(None),
         }
+    }
+
+    /// Can every keyword in `flags` be stored (each has, or now gets, a
+    /// letter)? No when the mailbox's 26 are taken.
+    fn keywords_fit(&mut self, flags: &[Flag<'_>]) -> io::Result<bool> {
+        for f in flags {
+            if matches!(f, Flag::Keyword(_)) && self.letter_for(f)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn readonly(&self) -> bool {
@@ -829,7 +858,9 @@ impl Session {
         if readonly {
             out += "* OK [PERMANENTFLAGS ()] read-only\r\n";
         } else {
-            out += &format!("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded{kws} \\*)] flags and keywords kept\r\n");
+            // `\*`: new keywords can be made, while there is a letter left.
+            let more = if self.keywords.all().count() < 26 { " \\*" } else { "" };
+            out += &format!("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded{kws}{more})] flags and keywords kept\r\n");
         }
         out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
         let st = stamp(&dir);
@@ -1036,13 +1067,40 @@ impl Session {
                     | MessageDataItemName::Rfc822Text
             )
         });
+        // Items that set \Seen (RFC 9051 §6.4.5): done before the answer is
+        // written, so the FLAGS it carries are the new ones.
+        let sets_seen = !s.readonly
+            && items.iter().any(|i| matches!(i, MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text));
         if let Some(n) = changed_since {
             picked.retain(|&i| s.msgs[i].modseq > n);
         }
-        let mut lock: Option<Locked> = None;
+        // The folder as it is now, for \Seen set on top of flags others
+        // (another session, mutt) may have changed since our last look.
+        let mut fresh: Option<(Locked, std::collections::HashMap<u32, Entry>)> = None;
         let mut seen_set: Vec<usize> = Vec::new();
         for i in picked {
             let m = &mut s.msgs[i];
+            if sets_seen && !m.flags.has('S') {
+                if fresh.is_none() {
+                    let l = Locked::open(&s.dir)?;
+                    let now = l.sync()?.entries.into_iter().map(|e| (e.uid, e)).collect();
+                    fresh = Some((l, now));
+                }
+                let (l, now) = fresh.as_ref().expect("just made");
+                if let Some(e) = now.get(&m.uid) {
+                    m.flags = e.flags.clone();
+                    m.rel = e.rel.clone();
+                }
+                let mut f = m.flags.clone();
+                f.set('S', true);
+                if f != m.flags
+                    && let Some(rel) = l.set_flags(&m.entry(), &f)?
+                {
+                    m.rel = rel;
+                    m.flags = f;
+                    seen_set.push(i);
+                }
+            }
             let mut path = s.dir.join(&m.rel);
             // Renamed by another client since our last look (a flag
             // change): found again by its base name.
@@ -1110,136 +1168,105 @@ impl Session {
             let parsed = || parsed_cell.get_or_init(|| Parsed::new(raw.as_deref().expect("read")));
             // The header's length as sent (large mode: `raw` is the header).
             let hlen = raw.as_ref().map_or(0, |r| r.len() as u64).min(m.size);
-            let mut parts: Vec<Vec<u8>> = Vec::new();
-            // Items streamed from the file: (index in `parts`, offset, length).
-            let mut streamed: Vec<(usize, u64, u64)> = Vec::new();
-            let mut set_seen = false;
-            let mut flags_at: Option<usize> = None;
-            let mut flags_changed = false;
+            // Written item by item, going out whenever it grows large: a
+            // FETCH naming one part many times costs one part at a time.
+            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+            let mut first = true;
+            let mut sep = |out: &mut Vec<u8>| {
+                if !std::mem::replace(&mut first, false) {
+                    out.push(b' ');
+                }
+            };
+            if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+                sep(out);
+                out.extend_from_slice(format!("UID {}", m.uid).as_bytes());
+            }
+            let flags = format!("FLAGS ({})", m.flags.imap(m.recent, &self.keywords));
             for item in items {
-                let mut v = Vec::new();
+                sep(out);
                 match item {
-                    MessageDataItemName::Uid => v.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
-                    MessageDataItemName::ModSeq => v.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
-                    MessageDataItemName::Flags => {
-                        // Filled in last: a BODY[] below may set \Seen.
-                        flags_at = Some(parts.len());
-                    }
-                    MessageDataItemName::Rfc822Size => v.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes()),
+                    MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
+                    MessageDataItemName::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
+                    MessageDataItemName::Flags => out.extend_from_slice(flags.as_bytes()),
+                    MessageDataItemName::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes()),
                     MessageDataItemName::InternalDate => {
                         let t = std::fs::metadata(&path).and_then(|md| md.modified()).unwrap_or(std::time::UNIX_EPOCH);
-                        v.extend_from_slice(format!("INTERNALDATE {}", internaldate(t)).as_bytes());
+                        out.extend_from_slice(format!("INTERNALDATE {}", internaldate(t)).as_bytes());
                     }
                     MessageDataItemName::Envelope => {
-                        v.extend_from_slice(b"ENVELOPE ");
-                        message::envelope(&mut v, &parsed().msg);
+                        out.extend_from_slice(b"ENVELOPE ");
+                        message::envelope(out, &parsed().msg);
                     }
                     MessageDataItemName::Body => {
-                        v.extend_from_slice(b"BODY ");
-                        message::bodystructure(&mut v, &parsed().msg, false);
+                        out.extend_from_slice(b"BODY ");
+                        message::bodystructure(out, &parsed().msg, false);
                     }
                     MessageDataItemName::BodyStructure => {
-                        v.extend_from_slice(b"BODYSTRUCTURE ");
-                        message::bodystructure(&mut v, &parsed().msg, true);
+                        out.extend_from_slice(b"BODYSTRUCTURE ");
+                        message::bodystructure(out, &parsed().msg, true);
                     }
-                    MessageDataItemName::BodyExt { section, partial, peek } if large && matches!(section, None | Some(Section::Text(None))) => {
+                    MessageDataItemName::BodyExt { section, partial, .. } if large && matches!(section, None | Some(Section::Text(None))) => {
                         let (base, total) = if section.is_none() { (0, m.size) } else { (hlen, m.size - hlen) };
                         let (st, n, origin) = window(*partial, total);
-                        v.extend_from_slice(format!("BODY[{}]{origin} {{{n}}}\r\n", section_text(section)).as_bytes());
-                        streamed.push((parts.len(), base + st, n));
-                        set_seen |= !peek;
+                        out.extend_from_slice(format!("BODY[{}]{origin} {{{n}}}\r\n", section_text(section)).as_bytes());
+                        stream.write_all(out).await?;
+                        out.clear();
+                        stream_crlf(stream, &path, base + st, n).await?;
                     }
                     MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text if large => {
                         let text = matches!(item, MessageDataItemName::Rfc822Text);
                         let (base, n) = if text { (hlen, m.size - hlen) } else { (0, m.size) };
-                        v.extend_from_slice(format!("{} {{{n}}}\r\n", if text { "RFC822.TEXT" } else { "RFC822" }).as_bytes());
-                        streamed.push((parts.len(), base, n));
-                        set_seen = true;
+                        out.extend_from_slice(format!("{} {{{n}}}\r\n", if text { "RFC822.TEXT" } else { "RFC822" }).as_bytes());
+                        stream.write_all(out).await?;
+                        out.clear();
+                        stream_crlf(stream, &path, base, n).await?;
                     }
-                    MessageDataItemName::BodyExt { section, partial, peek } => {
-                        let bytes = match top_section(raw.as_deref().expect("read"), section) {
+                    MessageDataItemName::BodyExt { section, partial, .. } => {
+                        let raw = raw.as_deref().expect("read");
+                        let bytes = match top_section_ref(raw, section) {
                             Some(b) => b,
-                            None => section_bytes(parsed(), section),
+                            None => std::borrow::Cow::Owned(section_bytes(parsed(), section)),
                         };
-                        let (slice, origin) = match partial {
-                            Some((start, len)) => {
-                                let st = (*start as usize).min(bytes.len());
-                                let en = st.saturating_add(len.get() as usize).min(bytes.len());
-                                (&bytes[st..en], format!("<{start}>"))
-                            }
-                            None => (&bytes[..], String::new()),
-                        };
-                        v.extend_from_slice(format!("BODY[{}]{origin} ", section_text(section)).as_bytes());
-                        wire::literal(&mut v, slice);
-                        set_seen |= !peek;
+                        let (st, n, origin) = window(*partial, bytes.len() as u64);
+                        out.extend_from_slice(format!("BODY[{}]{origin} ", section_text(section)).as_bytes());
+                        wire::literal(out, &bytes[st as usize..(st + n) as usize]);
                     }
                     MessageDataItemName::Rfc822 => {
-                        v.extend_from_slice(b"RFC822 ");
-                        wire::literal(&mut v, raw.as_deref().expect("read"));
-                        set_seen = true;
+                        out.extend_from_slice(b"RFC822 ");
+                        wire::literal(out, raw.as_deref().expect("read"));
                     }
                     MessageDataItemName::Rfc822Header => {
-                        v.extend_from_slice(b"RFC822.HEADER ");
-                        wire::literal(&mut v, message::split_header(raw.as_deref().expect("read")).0);
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        wire::literal(out, message::split_header(raw.as_deref().expect("read")).0);
                     }
                     MessageDataItemName::Rfc822Text => {
-                        v.extend_from_slice(b"RFC822.TEXT ");
-                        wire::literal(&mut v, message::split_header(raw.as_deref().expect("read")).1);
-                        set_seen = true;
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        wire::literal(out, message::split_header(raw.as_deref().expect("read")).1);
                     }
-                    _ => continue,
+                    _ => {}
                 }
-                parts.push(v);
-            }
-            if set_seen && !m.flags.has('S') && !s.readonly {
-                if lock.is_none() {
-                    lock = Some(Locked::open(&s.dir)?);
-                }
-                if let Some(l) = &lock {
-                    let mut f = m.flags.clone();
-                    f.set('S', true);
-                    if let Some(rel) = l.set_flags(&m.entry(), &f)? {
-                        m.rel = rel;
-                        m.flags = f;
-                        flags_changed = true;
-                        seen_set.push(i);
-                    }
-                }
-            }
-            let flags = format!("FLAGS ({})", m.flags.imap(m.recent, &self.keywords)).into_bytes();
-            match flags_at {
-                Some(at) => parts[at] = flags,
-                None if flags_changed => parts.push(flags),
-                None => {}
-            }
-            if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
-                parts.insert(0, format!("UID {}", m.uid).into_bytes());
-                streamed.iter_mut().for_each(|x| x.0 += 1);
-            }
-            if changed_since.is_some() && !items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
-                parts.push(format!("MODSEQ ({})", m.modseq).into_bytes());
-            }
-            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
-            for (k, p) in parts.iter().enumerate() {
-                if k > 0 {
-                    out.push(b' ');
-                }
-                out.extend_from_slice(p);
-                if let Some(&(_, skip, take)) = streamed.iter().find(|x| x.0 == k) {
+                // Bounded memory: large answers go out as they are made.
+                if out.len() > 256 * 1024 {
                     stream.write_all(out).await?;
                     out.clear();
-                    stream_crlf(stream, &path, skip, take).await?;
                 }
             }
+            if seen_set.last() == Some(&i) && !items.iter().any(|i| matches!(i, MessageDataItemName::Flags)) {
+                sep(out);
+                out.extend_from_slice(flags.as_bytes());
+            }
+            if changed_since.is_some() && !items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
+                sep(out);
+                out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes());
+            }
             out.extend_from_slice(b")\r\n");
-            // Bounded memory: large answers go out as they are made.
             if out.len() > 256 * 1024 {
                 stream.write_all(out).await?;
                 out.clear();
             }
         }
         // \Seen set by BODY[]: the new modification sequences.
-        if let (Some(l), false) = (&lock, seen_set.is_empty()) {
+        if let (Some((l, _)), false) = (&fresh, seen_set.is_empty()) {
             let snap = l.sync()?;
             s.highestmodseq = snap.highestmodseq;
             for i in seen_set {
@@ -1264,20 +1291,29 @@ impl Session {
         let condstore = self.condstore;
         let mut letters: Vec<char> = Vec::new();
         for f in flags {
-            letters.extend(self.letter_for(f)?);
+            match (f, kind) {
+                // Removing a keyword the mailbox never had is nothing to do.
+                (Flag::Keyword(_), StoreType::Remove) => letters.extend(self.keywords.letter(&f.to_string()).or(Flags::letter(&f.to_string()))),
+                _ => letters.extend(self.letter_for(f)?),
+            }
         }
         let State::Selected(s) = &mut self.state else { return Ok(Vec::new()) };
         let lock = Locked::open(&s.dir)?;
-        // UNCHANGEDSINCE compares with the folder as it is now.
-        let now: std::collections::HashMap<u32, u64> = match unchanged_since {
-            Some(_) => lock.sync()?.entries.iter().map(|e| (e.uid, e.modseq)).collect(),
-            None => Default::default(),
-        };
+        // Flags are changed on top of the folder as it is now, under its
+        // lock: another session's or mutt's change since our last look is
+        // kept, not overwritten (found by an attack), and UNCHANGEDSINCE
+        // compares with the current modification sequence.
+        let now: std::collections::HashMap<u32, Entry> = lock.sync()?.entries.into_iter().map(|e| (e.uid, e)).collect();
         let (mut modified, mut touched, mut answered) = (Vec::new(), Vec::new(), Vec::new());
         for i in picked {
             let m = &mut s.msgs[i];
+            if let Some(e) = now.get(&m.uid) {
+                m.flags = e.flags.clone();
+                m.rel = e.rel.clone();
+                m.modseq = e.modseq;
+            }
             if let Some(n) = unchanged_since
-                && now.get(&m.uid).copied().unwrap_or(m.modseq) > n
+                && m.modseq > n
             {
                 modified.push(if uid { m.uid } else { i as u32 + 1 });
                 continue;
@@ -1819,5 +1855,72 @@ mod stream_tests {
         let (_client, server) = tokio::io::duplex(1 << 22);
         let mut s = tokio::io::BufReader::new(tokio::io::BufWriter::new(server));
         assert!(super::stream_crlf(&mut s, &path, 0, want.len() as u64 + 1).await.is_err());
+    }
+}
+
+#[cfg(test)]
+mod attack_tests_2 {
+    //! What a second attack from the docs found, kept found.
+    use super::super::*;
+    use super::tests_support::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// Send one command and read up to its tagged answer.
+    async fn say<R: tokio::io::AsyncBufRead + Unpin, W: tokio::io::AsyncWrite + Unpin>(r: &mut R, w: &mut W, tag: &str, cmd: &str) -> String {
+        w.write_all(format!("{tag} {cmd}\r\n").as_bytes()).await.unwrap();
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).await.unwrap() > 0, "hung up: {all}");
+            all += &line;
+            if line.starts_with(&format!("{tag} ")) {
+                return all;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn store_keeps_a_flag_another_program_set_meanwhile() {
+        let d = maildir();
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let srv = tokio::spawn(serve(server, "127.0.0.1:5".into(), ctx(d.path())));
+        let (r, mut w) = tokio::io::split(client);
+        let mut r = tokio::io::BufReader::new(r);
+        let mut greeting = String::new();
+        r.read_line(&mut greeting).await.unwrap();
+        say(&mut r, &mut w, "a", "LOGIN bob@example.org pw").await;
+        say(&mut r, &mut w, "b", "SELECT INBOX").await;
+        // mutt flags message 1 while the session looks elsewhere.
+        let cur = d.path().join("cur");
+        let name = std::fs::read_dir(&cur).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).find(|n| n.starts_with("1000.")).unwrap();
+        std::fs::rename(cur.join(&name), cur.join("1000.a.host:2,F")).unwrap();
+        let out = say(&mut r, &mut w, "c", "STORE 1 +FLAGS (\\Seen)").await;
+        assert!(out.contains("* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))"), "{out}");
+        assert!(cur.join("1000.a.host:2,FS").exists(), "mutt's flag kept on disk");
+        // The same when \Seen comes from reading it.
+        let name = std::fs::read_dir(&cur).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).find(|n| n.starts_with("1001.")).unwrap();
+        std::fs::rename(cur.join(&name), cur.join("1001.b.host:2,R")).unwrap();
+        let out = say(&mut r, &mut w, "d", "FETCH 2 (FLAGS BODY[TEXT])").await;
+        assert!(out.contains("FLAGS (\\Answered \\Seen \\Recent)"), "{out}");
+        assert!(cur.join("1001.b.host:2,RS").exists());
+        say(&mut r, &mut w, "e", "LOGOUT").await;
+        drop(w);
+        srv.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_keyword_that_cannot_be_kept_is_refused_not_dropped() {
+        let d = maildir();
+        let many: Vec<String> = (0..26).map(|i| format!("k{i}")).collect();
+        let script = format!(
+            "a LOGIN bob@example.org pw\nb SELECT INBOX\nc STORE 1 +FLAGS ({})\nd STORE 1 +FLAGS (one-too-many)\ne APPEND INBOX (another) {{5+}}\nhello\nf STORE 1 -FLAGS (never-had)\ng SELECT INBOX\nh LOGOUT\n",
+            many.join(" ")
+        );
+        let out = dialogue(ctx(d.path()), &script).await;
+        assert!(out.contains("c OK STORE"), "{out}");
+        assert!(out.contains("d NO [LIMIT]") && out.contains("e NO [LIMIT]") && out.contains("f OK STORE"), "{out}");
+        let last_select = out.rsplit("g OK").nth(1).unwrap_or_default().to_string();
+        let permanent = out.lines().filter(|l| l.contains("PERMANENTFLAGS")).last().unwrap().to_string();
+        assert!(!permanent.contains("\\*") && permanent.contains("k25"), "{permanent} {last_select}");
     }
 }
