@@ -247,10 +247,6 @@ impl Store {
         out
     }
 
-    pub fn exists(&self, name: &str) -> bool {
-        self.dir(name).is_ok_and(|d| is_real_dir(&d) && d.join("cur").is_dir())
-    }
-
     /// Make a folder (and its Maildir subdirectories), durably.
     pub fn create(&self, name: &str) -> Result<bool, io::Error> {
         let dir = self.dir(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -447,7 +443,7 @@ impl Locked {
     /// Remove messages (EXPUNGE), durably. Returns the UIDs removed.
     pub fn remove(&self, gone: &[Entry]) -> io::Result<()> {
         for e in gone {
-            let path = match find(&self.dir, &e.base) {
+            let path = match current(&self.dir, e) {
                 Some(rel) => self.dir.join(rel),
                 None => continue,
             };
@@ -502,7 +498,7 @@ impl Locked {
         let mut snap = self.sync()?;
         let mut pairs = Vec::new();
         for e in msgs {
-            let Some(src_rel) = find(src_dir, &e.base) else { continue };
+            let Some(src_rel) = current(src_dir, e) else { continue };
             let mut base = e.base.clone();
             if snap.entries.iter().any(|x| x.base == base) {
                 // Already here (a second copy): a new name.
@@ -568,6 +564,14 @@ fn valid_mutf7(name: &str) -> bool {
         rest = &after[end + 1..];
     }
     true
+}
+
+/// Where an entry's file is now: where the last look saw it (one stat),
+/// else found again by its base name (a directory read: it was renamed
+/// since). EXPUNGE and MOVE of thousands must not read the directory once
+/// per message.
+fn current(dir: &Path, e: &Entry) -> Option<String> {
+    if fs::symlink_metadata(dir.join(&e.rel)).is_ok() { Some(e.rel.clone()) } else { find(dir, &e.base) }
 }
 
 /// Where the file with `base` is now (`new/...` or `cur/...`).
