@@ -27,9 +27,15 @@ struct Net {
 /// binds `udp://127.0.0.1:<cert_port>` and his http2mbox listens on
 /// `<listen_port>` (the same, unless a lossy relay sits between).
 fn net(outbox_args: &[&str], cert_port: u16, listen_port: u16) -> Net {
+    net_at(outbox_args, cert_port, listen_port, "127.0.0.1")
+}
+
+/// [`net`] with Alice's outbox reached by this host name.
+fn net_at(outbox_args: &[&str], cert_port: u16, listen_port: u16, host: &str) -> Net {
     let root = tempfile::tempdir().unwrap();
     let outbox = Outbox::start_with(root.path(), "alice-outbox", outbox_args);
-    let alice = User::init(root.path(), "alice", "alice@example.org", &outbox.url());
+    let url = format!("http://{host}:{}/", outbox.server.port());
+    let alice = User::init(root.path(), "alice", "alice@example.org", &url);
     let notify = format!("udp://127.0.0.1:{cert_port}");
     let bob = User::init_with(root.path(), "bob", "bob@example.net", "http://127.0.0.1:9/", &["--notify", &notify]);
     bob.edit_config(|t| {
@@ -41,7 +47,7 @@ fn net(outbox_args: &[&str], cert_port: u16, listen_port: u16) -> Net {
     alice.edit_config(|t| {
         table(t, "discovery").insert("wkd".into(), false.into());
     });
-    had_mail_before(&outbox.url(), &outbox.data, &bob.fingerprint());
+    had_mail_before(&url, &outbox.data, &bob.fingerprint());
     Net { root, outbox, alice, bob }
 }
 
@@ -378,11 +384,20 @@ fn a_stranger_past_the_quarantine_limit_is_shown_over_limit() {
 
 /// A report carries the sender's signed stub when one came: the outbox
 /// checks it is the sender's word that it announced this message to the
-/// complainer (issue #19).
+/// complainer (issue #19). This outbox names an abuse desk at its own
+/// domain: the desk gets a copy by mail, in ARF form, with the stub, signed
+/// by the reporter (GnuPG verifies it with the reporter's certificate).
 #[test]
 fn a_report_carries_the_senders_signed_stub() {
     let p = free_udp_port();
-    let n = net(&[], p, p);
+    let n = net_at(&["--abuse-contact", "desk@localhost"], p, p, "localhost");
+    let (_sink, sink_port, dump) = sink(n.root.path(), &[]);
+    n.bob.edit_config(|t| {
+        let r = table(t, "relay");
+        r.insert("host".into(), "127.0.0.1".into());
+        r.insert("port".into(), (sink_port as i64).into());
+        r.insert("tls".into(), "none".into());
+    });
     let _bob = http2mbox_daemon(&n.bob, n.root.path(), "3600");
     wait_for_cookie(&n);
     let smtp = n.alice.smtp2stub(n.root.path());
@@ -391,10 +406,41 @@ fn a_report_carries_the_senders_signed_stub() {
     let text = std::fs::read_to_string(&n.bob.maildir_new()[0]).unwrap();
     let id = text.lines().find_map(|l| l.strip_prefix("Stubmail-Id: ")).unwrap().to_string();
     let out = stdout(&ok(n.bob.stubmail().args(["report", &id])));
-    assert!(out.contains("reported"), "{out}");
+    assert!(out.contains("reported") && out.contains("a signed copy went by mail to desk@localhost"), "{out}");
     let log = n.outbox.server.log();
     let line = log.lines().find(|l| l.contains("complaint from a recipient")).expect("the complaint is logged");
     assert!(line.contains("stub=\"verified\""), "{line}");
+    let arf: String = wait_for("the desk's copy at the relay", 30, || {
+        std::fs::read_dir(&dump).ok()?.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).find(|m| m.contains("feedback-report"))
+    });
+    for want in ["To: <desk@localhost>", "Feedback-Type: abuse", &format!("Stubmail-Id: {id}"), "Stubmail-Stub: ", "this is the desk's copy"] {
+        assert!(arf.contains(want), "{want:?} missing in:\n{arf}");
+    }
+    assert!(!arf.contains("body 0"), "never the message unless the user adds it:\n{arf}");
+    // The signed complaint, checked by GnuPG with Bob's certificate.
+    let field = |name: &str| -> String {
+        let start = arf.find(&format!("\n{name}: ")).unwrap_or_else(|| panic!("{name} in {arf}")) + name.len() + 3;
+        let mut v = String::new();
+        for (i, l) in arf[start..].split('\n').enumerate() {
+            let l = l.trim_end_matches('\r');
+            if i > 0 && !l.starts_with(' ') {
+                break;
+            }
+            v.push_str(l.trim_start());
+        }
+        v
+    };
+    let complaint = field("Stubmail-Complaint");
+    assert!(complaint.contains(&format!("id={id}")) && complaint.contains(&format!("reporter={}", n.bob.fingerprint())), "{complaint}");
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD.decode(field("Stubmail-Complaint-Signature")).unwrap();
+    let g = n.root.path().join("gnupg-desk");
+    ok(gpg(&g).arg("--import").arg(n.bob.export()));
+    std::fs::write(n.root.path().join("complaint"), &complaint).unwrap();
+    std::fs::write(n.root.path().join("complaint.sig"), &sig).unwrap();
+    ok(gpg(&g).arg("--verify").arg(n.root.path().join("complaint.sig")).arg(n.root.path().join("complaint")));
+    std::fs::write(n.root.path().join("complaint"), complaint.replace(&id, &"0".repeat(64))).unwrap();
+    fails(gpg(&g).arg("--verify").arg(n.root.path().join("complaint.sig")).arg(n.root.path().join("complaint")));
 }
 
 /// One address flooding the notify endpoint: past

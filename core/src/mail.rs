@@ -194,3 +194,12 @@ mod tests {
         assert!(!super::has_field(b"Date-Extra: x\r\nSubject: a\r\n Date: y\r\n", "Date"));
     }
 }
+
+/// Is `a` a plain `local@domain` mail address (no display name, comments,
+/// quoting, spaces or controls; a one-label domain such as `localhost`
+/// allowed)? For addresses a peer names that we may mail.
+pub fn is_plain_address(a: &str) -> bool {
+    let Some((local, domain)) = a.split_once('@') else { return false };
+    let plain = |x: &str| !x.is_empty() && x.len() <= 253 && !x.chars().any(|c| c.is_whitespace() || c.is_control() || "<>\\\",;:()[]@".contains(c));
+    a.len() <= 254 && local.len() <= 64 && plain(local) && plain(domain.trim_end_matches('.'))
+}

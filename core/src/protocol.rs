@@ -425,6 +425,10 @@ pub const MAX_COMPLAINT_REASON: usize = 500;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComplaintResponse {
     pub recorded: bool,
+    /// The outbox operator's abuse desk, if it publishes one: the reporter
+    /// mails it a signed ARF report as well (RFC 5965; PROTOCOL.md §4.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abuse_contact: Option<String>,
 }
 
 /// Most ids one `POST /v1/acks` may name (PROTOCOL.md §4.4).

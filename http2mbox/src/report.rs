@@ -111,25 +111,78 @@ pub struct Reported {
     /// The outbox has no complaint endpoint: the report went by mail, in
     /// ARF form, to this address.
     pub by_mail: Option<String>,
+    /// The outbox took the complaint and publishes an abuse desk: the
+    /// desk's address, and whether the ARF copy went out (or why not).
+    pub desk: Option<(String, Result<(), String>)>,
     /// The sender was newly blocked here.
     pub blocked: bool,
 }
 
 /// The RFC 2142 address for abuse reports about an outbox: `abuse@` its host.
 pub fn abuse_address(outbox: &str) -> Option<String> {
+    let host = outbox_domain(outbox)?;
+    Some(format!("abuse@{host}"))
+}
+
+/// An outbox URL's host when it is a name (abuse@ a bare IP address is
+/// no mailbox), lower case, without a trailing dot.
+fn outbox_domain(outbox: &str) -> Option<String> {
     let host = reqwest::Url::parse(outbox).ok()?.host_str()?.trim_end_matches('.').to_ascii_lowercase();
-    // A name, not an address literal (abuse@ a bare IP address is no mailbox).
-    (!host.is_empty() && !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err()).then(|| format!("abuse@{host}"))
+    (!host.is_empty() && !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err()).then_some(host)
+}
+
+/// May a report about `outbox` be mailed to the abuse desk it publishes?
+/// Only at the outbox's own host or a domain above it (`abuse@example.org`
+/// for `https://outbox.example.org/`): an outbox is a stranger, and one
+/// naming any address would have every reporter mail that address.
+pub fn desk_belongs_to(outbox: &str, desk: &str) -> bool {
+    let Some(host) = outbox_domain(outbox) else { return false };
+    let Some((_, domain)) = desk.split_once('@').filter(|_| stubmail::mail::is_plain_address(desk)) else { return false };
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    host == domain || (domain.contains('.') && host.ends_with(&format!(".{domain}")))
+}
+
+/// The line a mailed report's signature covers (`Stubmail-Complaint:`):
+/// what is reported, by whom, when. Verify with the reporter's key:
+/// `gpg --verify SIG FILE` with this value (no line end) in FILE and the
+/// `Stubmail-Complaint-Signature` field, base64-decoded, in SIG.
+pub fn complaint_line(found: &Found, outbox: &str, reporter: &Fpr, now: i64) -> String {
+    format!("id={}; sender={}; outbox={}; reporter={}; date={}", found.id, found.sender, outbox, reporter, now)
+}
+
+/// A base64 value folded into header continuation lines of 76 octets.
+fn folded_base64(raw: &[u8]) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(raw);
+    b.as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("\r\n ")
+}
+
+/// One report, whatever carries it.
+pub struct ArfReport<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub found: &'a Found,
+    pub outbox: &'a str,
+    pub reason: Option<&'a str>,
+    /// The sender's signed stub (base64), if one came.
+    pub stub: Option<&'a str>,
+    /// The whole message as delivered, only when the user adds it.
+    pub full: Option<&'a [u8]>,
+    /// Did the outbox take the complaint already (a copy for its desk)?
+    pub copy: bool,
+    pub now: i64,
 }
 
 /// An abuse report in ARF form (RFC 5965): a human-readable part, the
-/// machine-readable feedback report, and the message's identification —
-/// the fields http2mbox wrote on delivery, not the message (`full`, the
-/// whole message as delivered, only when the user adds it).
-#[allow(clippy::too_many_arguments)]
-pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&str>, stub: Option<&str>, full: Option<&[u8]>, now: i64) -> Vec<u8> {
+/// machine-readable feedback report — signed by the reporter — and the
+/// message's identification: the fields http2mbox wrote on delivery, not
+/// the message (`full` only when the user adds it).
+pub fn arf(me: &Identity, r: &ArfReport<'_>) -> anyhow::Result<Vec<u8>> {
+    let found = r.found;
     let boundary = format!("stubmail-arf-{}", &found.id[..24]);
-    let reason = reason.map(|r| r.chars().filter(|c| !c.is_control()).take(500).collect::<String>()).unwrap_or_default();
+    let reason = r.reason.map(|x| x.chars().filter(|c| !c.is_control()).take(500).collect::<String>()).unwrap_or_default();
+    let line = complaint_line(found, r.outbox, &me.fpr(), r.now);
+    let sig = me.sign_detached(line.as_bytes()).map_err(|e| anyhow::anyhow!("signing the report: {e}"))?;
     let mut m = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: Abuse report: Stubmail message {id}\r\nDate: {date}\r\n\
          Message-ID: <arf.{id}@stubmail.invalid>\r\nMIME-Version: 1.0\r\n\
@@ -137,18 +190,30 @@ pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&st
          --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
          A recipient reports a message stored in your outbox {outbox} as abuse.\r\n\
          Stubmail id {id}, sender key {sender}.{why}\r\n\
-         The outbox has no complaint endpoint (docs/PROTOCOL.md 4.8), so this comes by mail.\r\n\r\n\
+         {how}\r\n\
+         The report is signed by the reporter's key {reporter} (its Stubmail-Complaint field).\r\n\r\n\
          --{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n\
          Feedback-Type: abuse\r\nUser-Agent: stubmail/{version}\r\nVersion: 1\r\nArrival-Date: {date}\r\n\
-         Reported-URI: {outbox}v1/messages/{id}\r\n\r\n--{boundary}\r\n",
+         Reported-URI: {outbox}v1/messages/{id}\r\n\
+         Stubmail-Complaint: {line}\r\nStubmail-Complaint-Signature: {sig}\r\n\r\n--{boundary}\r\n",
+        from = r.from,
+        to = r.to,
+        outbox = r.outbox,
         id = found.id,
         sender = found.sender,
-        date = stubmail::time::rfc5322(now),
+        reporter = me.fpr(),
+        date = stubmail::time::rfc5322(r.now),
         why = if reason.is_empty() { String::new() } else { format!(" Reason given: {reason}") },
+        how = if r.copy {
+            "The outbox took the complaint (docs/PROTOCOL.md 4.8) and names this address as its abuse desk: this is the desk's copy."
+        } else {
+            "The outbox has no complaint endpoint (docs/PROTOCOL.md 4.8), so this comes by mail."
+        },
+        sig = folded_base64(&sig),
         version = env!("CARGO_PKG_VERSION"),
     )
     .into_bytes();
-    match full {
+    match r.full {
         Some(msg) => {
             m.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
             m.extend_from_slice(msg);
@@ -161,13 +226,13 @@ pub fn arf(from: &str, to: &str, found: &Found, outbox: &str, reason: Option<&st
                 format!("Content-Type: text/rfc822-headers\r\n\r\nStubmail-Sender-Fingerprint: {}\r\nStubmail-Id: {}\r\n", found.sender, found.id).as_bytes(),
             );
             // The sender's signed stub (docs/PROTOCOL.md §8.3), if one came.
-            if let Some(s) = stub {
+            if let Some(s) = r.stub {
                 m.extend_from_slice(format!("Stubmail-Stub: {s}\r\n").as_bytes());
             }
         }
     }
     m.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    m
+    Ok(m)
 }
 
 /// Send an ARF report through the user's `[relay]`.
@@ -208,7 +273,7 @@ pub async fn report(
             pgp::outbox_of(&cert).ok_or_else(|| anyhow::anyhow!("{}'s certificate binds no outbox", found.sender))?
         }
     };
-    let client = OutboxClient::new(http, &outbox, me)?;
+    let client = OutboxClient::new(http, &outbox, me.clone())?;
     let stub = kept_stub(home, found);
     let answer = client.complain(&found.id, &ComplaintRequest { sender: Some(found.sender.clone()), reason: reason.clone(), stub: stub.clone() }).await;
     // An outbox without the endpoint (an older one, another program): the
@@ -218,15 +283,38 @@ pub async fn report(
             if status.as_u16() == 405 || (status.as_u16() == 404 && body.message.contains("no such endpoint")))
     };
     let mut by_mail = None;
+    let mut desk = None;
+    let full = || -> anyhow::Result<Option<Vec<u8>>> {
+        // Bounded like the mailbox's own limit (poll.max_decrypted_size).
+        Ok(if include_message { Some(stubmail::fsutil::read_bounded(&found.path, config.poll.max_decrypted_size)?) } else { None })
+    };
+    let now = stubmail::time::unix_now();
     let answer = match answer {
         Err(e) if no_endpoint(&e) => {
             let to = abuse_address(&outbox).ok_or_else(|| anyhow::anyhow!("{outbox} takes no complaints and has no domain to mail abuse@"))?;
-            // Bounded like the mailbox's own limit (poll.max_decrypted_size).
-            let full = if include_message { Some(stubmail::fsutil::read_bounded(&found.path, config.poll.max_decrypted_size)?) } else { None };
-            let report = arf(&config.identity.email, &to, found, &outbox, reason.as_deref(), stub.as_deref(), full.as_deref(), stubmail::time::unix_now());
-            let sent = send_arf(&config, &to, report).await;
+            let full = full()?;
+            let report = ArfReport { from: &config.identity.email, to: &to, found, outbox: &outbox, reason: reason.as_deref(), stub: stub.as_deref(), full: full.as_deref(), copy: false, now };
+            let sent = send_arf(&config, &to, arf(&me, &report)?).await;
             by_mail = Some(to);
-            sent.map(|()| stubmail::protocol::ComplaintResponse { recorded: true }).map_err(|e| stubmail::client::ClientError::Local(format!("{e:#}")))
+            sent.map(|()| stubmail::protocol::ComplaintResponse { recorded: true, abuse_contact: None })
+                .map_err(|e| stubmail::client::ClientError::Local(format!("{e:#}")))
+        }
+        Ok(a) => {
+            // The outbox's abuse desk gets a signed copy by mail, if the
+            // outbox names one of its own domain and it is a new report.
+            if let Some(to) = a.abuse_contact.as_deref().filter(|_| a.recorded) {
+                let sent = if !desk_belongs_to(&outbox, to) {
+                    Err(format!("{to} is not at {outbox}'s own domain: not mailed"))
+                } else if config.relay.is_none() {
+                    Err("no [relay] is configured to mail it (config.toml [relay])".to_string())
+                } else {
+                    let full = full()?;
+                    let report = ArfReport { from: &config.identity.email, to, found, outbox: &outbox, reason: reason.as_deref(), stub: stub.as_deref(), full: full.as_deref(), copy: true, now };
+                    send_arf(&config, to, arf(&me, &report)?).await.map_err(|e| format!("{e:#}"))
+                };
+                desk = Some((to.to_string(), sent));
+            }
+            Ok(a)
         }
         other => other,
     };
@@ -249,7 +337,7 @@ pub async fn report(
     let recorded = answer
         .map_err(|e| anyhow::anyhow!("{outbox} did not take the report: {e} (the sender is blocked here all the same; `stubmail report {}` tries again)", found.id))?
         .recorded;
-    Ok(Reported { outbox, recorded, by_mail, blocked })
+    Ok(Reported { outbox, recorded, by_mail, desk, blocked })
 }
 
 /// Contacts' authentic stubs, by message: `state/stubs/<id>.<FPR>`.
@@ -340,6 +428,49 @@ impl JunkWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_abuse_desk_is_mailed_only_at_the_outboxs_own_domain() {
+        for (outbox, desk, ok) in [
+            ("https://outbox.example.org/", "abuse@example.org", true),
+            ("https://outbox.example.org/", "desk@outbox.example.org", true),
+            ("https://outbox.example.org./stubmail/", "Abuse@EXAMPLE.org", true),
+            ("http://localhost:8080/", "desk@localhost", true),
+            ("https://outbox.example.org/", "abuse@victim.example", false),
+            ("https://outbox.example.org/", "abuse@org", false),
+            ("https://badexample.org/", "abuse@example.org", false),
+            ("http://127.0.0.1:8080/", "abuse@127.0.0.1", false),
+            ("https://outbox.example.org/", "not an address", false),
+            ("https://outbox.example.org/", "a@example.org@victim.example", false),
+        ] {
+            assert_eq!(desk_belongs_to(outbox, desk), ok, "{outbox} {desk}");
+        }
+    }
+
+    #[test]
+    fn a_mailed_report_is_signed_by_its_reporter_over_its_complaint_line() {
+        let me = Identity::generate(None, "bob@example.net", "http://localhost:1/").unwrap();
+        let found = Found { id: "ab".repeat(32), sender: Fpr::parse(&"A".repeat(40)).unwrap(), path: PathBuf::from("/nonexistent") };
+        let r = ArfReport { from: "bob@example.net", to: "abuse@localhost", found: &found, outbox: "http://localhost:1/", reason: Some("pills\r\nBcc: x"), stub: None, full: None, copy: false, now: 1_700_000_000 };
+        let m = String::from_utf8(arf(&me, &r).unwrap()).unwrap();
+        let field = |name: &str| -> String {
+            let start = m.find(&format!("\r\n{name}: ")).unwrap() + name.len() + 4;
+            let rest = &m[start..];
+            let mut end = rest.find("\r\n").unwrap();
+            while rest[end + 2..].starts_with(' ') {
+                end += 2 + rest[end + 2..].find("\r\n").unwrap();
+            }
+            rest[..end].to_string()
+        };
+        let line = field("Stubmail-Complaint");
+        assert_eq!(line, complaint_line(&found, "http://localhost:1/", &me.fpr(), 1_700_000_000));
+        use base64::Engine as _;
+        let sig = base64::engine::general_purpose::STANDARD.decode(field("Stubmail-Complaint-Signature").replace(['\r', '\n', ' '], "")).unwrap();
+        pgp::verify_detached(&me.cert(), line.as_bytes(), &sig).unwrap();
+        assert!(pgp::verify_detached(&me.cert(), line.replace("bob", "eve").replace("date=1", "date=2").as_bytes(), &sig).is_err());
+        // A reason cannot add header fields.
+        assert!(!m.contains("\r\nBcc:"), "{m}");
+    }
 
     #[test]
     fn only_our_own_fields_on_top_name_a_message() {

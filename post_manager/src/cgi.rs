@@ -40,7 +40,9 @@ pub fn settings() -> Settings {
     let public_urls = env("POST_MANAGER_PUBLIC_URL")
         .map(|v| v.split_whitespace().filter_map(stubmail::protocol::outbox_id).collect())
         .unwrap_or_default();
-    Settings { prefix, max_message_size, public_urls, ..Settings::default() }
+    // A bad address is left out (a CGI has nowhere to say so but the log).
+    let abuse_contact = env("POST_MANAGER_ABUSE_CONTACT").filter(|a| crate::valid_abuse_contact(a));
+    Settings { prefix, max_message_size, public_urls, abuse_contact, ..Settings::default() }
 }
 
 fn reason(status: u16) -> &'static str {

@@ -28,11 +28,16 @@ pub struct Settings {
     /// certificates bind (`--public-url`, `POST_MANAGER_PUBLIC_URL`), as
     /// [`protocol::outbox_id`] writes them.
     pub public_urls: Vec<String>,
+    /// Where this outbox's operator takes abuse reports by mail
+    /// (`--abuse-contact`, `POST_MANAGER_ABUSE_CONTACT`): told to every
+    /// recipient whose complaint is taken, so its reporter also mails the
+    /// desk a signed ARF report (docs/PROTOCOL.md §4.8).
+    pub abuse_contact: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024, max_connections_per_ip: 32, public_urls: vec![] }
+        Settings { prefix: "/".into(), max_message_size: 256 * 1024 * 1024, max_connections_per_ip: 32, public_urls: vec![], abuse_contact: None }
     }
 }
 
@@ -806,7 +811,7 @@ fn complaint(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Respons
             tracing::warn!(account = %sender, today, "account suspended from uploading: `post_manager account show` has the complaints, `account resume` lifts it");
         }
     }
-    Ok(Response::json(200, &protocol::ComplaintResponse { recorded }).signed_by(&who))
+    Ok(Response::json(200, &protocol::ComplaintResponse { recorded, abuse_contact: ctx.settings.abuse_contact.clone() }).signed_by(&who))
 }
 
 /// A single `bytes=` range (RFC 9110 §14.1.2) as inclusive (start, end),

@@ -68,3 +68,8 @@ pub fn bind_udp(spec: &str, http: std::net::SocketAddr) -> anyhow::Result<Option
         }
     }
 }
+
+/// Is `a` a plain mail address an abuse desk could have?
+pub fn valid_abuse_contact(a: &str) -> bool {
+    stubmail::mail::is_plain_address(a)
+}

@@ -42,6 +42,11 @@ enum Cmd {
         /// bound to the outbox URL they were made for.
         #[arg(long = "public-url", value_name = "URL")]
         public_urls: Vec<String>,
+        /// The mail address of this outbox's abuse desk (RFC 2142 `abuse@`
+        /// your domain, typically): every recipient whose complaint is taken
+        /// is told it, and mails it a signed ARF report too.
+        #[arg(long, value_name = "ADDRESS")]
+        abuse_contact: Option<String>,
         /// UDP poll and notification service: `auto` (the HTTP address and
         /// port number), `off`, or IP:PORT.
         #[arg(long, default_value = "auto")]
@@ -323,7 +328,7 @@ fn main() -> anyhow::Result<()> {
             rt.spawn(async move { stubmail::signals::cancel_on_signal(&sd) });
             Ok(post_manager::udp::run(socket, store, udp_limits.settings(), shutdown)?)
         }
-        Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, public_urls, udp, udp_limits } => {
+        Cmd::Serve { listen, data, prefix, max_message_size, retention, max_connections_per_ip, public_urls, abuse_contact, udp, udp_limits } => {
             let store = data.open()?;
             store.check_ready()?;
             let mut prefix = prefix;
@@ -337,7 +342,10 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|u| stubmail::protocol::outbox_id(u).with_context(|| format!("--public-url {u:?} is not an http(s) URL")))
                 .collect::<anyhow::Result<_>>()?;
-            let settings = Settings { prefix, max_message_size, max_connections_per_ip, public_urls };
+            if let Some(a) = &abuse_contact {
+                anyhow::ensure!(post_manager::valid_abuse_contact(a), "--abuse-contact {a:?} is not a mail address (say abuse@your.domain)");
+            }
+            let settings = Settings { prefix, max_message_size, max_connections_per_ip, public_urls, abuse_contact };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;

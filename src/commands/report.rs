@@ -38,6 +38,11 @@ pub fn run(home: &Home, id: &str, reason: Option<String>, include_message: bool)
             if r.recorded { "" } else { " (reported before; not counted again)" }
         ),
     }
+    match &r.desk {
+        Some((to, Ok(()))) => println!("a signed copy went by mail to {to}, the abuse desk {} names", r.outbox),
+        Some((to, Err(why))) => println!("{} names {to} as its abuse desk; no copy was mailed: {why}", r.outbox),
+        None => {}
+    }
     println!(
         "{} is {}blocked here: `stubmail{} unblock {}` undoes it",
         found.sender,
