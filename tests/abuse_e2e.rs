@@ -341,7 +341,7 @@ fn incompressible(n: usize) -> String {
 fn uploads_past_the_minutes_bytes_wait_in_the_spool_and_go_out_once_allowed() {
     let Pair { root, outbox, alice, bob } = Pair::start(true);
     let f = alice.fingerprint();
-    ok(bin_cmd("post_manager").args(["account", "add", "--max-upload-bytes-per-minute", "20000", "--data"]).arg(&outbox.data).arg("--key").arg(alice.export()));
+    ok(bin_cmd("post_manager").args(["account", "add", "--max-upload-bytes-per-minute", "2000000", "--data"]).arg(&outbox.data).arg("--key").arg(alice.export()));
     let show = post_manager_account(&outbox, "show", &f, &[]);
     assert!(show.contains("20000 bytes a minute"), "{show}");
     let smtp = alice.smtp2stub(root.path());

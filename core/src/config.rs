@@ -190,6 +190,9 @@ pub struct NotifyConfig {
     /// strangers' alike (each costs a signature check); more are dropped
     /// unread.
     pub stubs_per_source_minute: u32,
+    /// Polls one contact's stubs may cause: at most one per this many
+    /// milliseconds (a stub inside it schedules one poll at its end).
+    pub contact_poll_spacing_ms: u64,
 }
 
 impl Default for NotifyConfig {
@@ -201,6 +204,7 @@ impl Default for NotifyConfig {
             max_senders: 200,
             new_strangers_per_source_hour: 10,
             stubs_per_source_minute: 6000,
+            contact_poll_spacing_ms: 2000,
         }
     }
 }

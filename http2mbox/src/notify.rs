@@ -8,7 +8,7 @@
 //! decides (`stubmail intro`); nothing is fetched before that, and nothing
 //! at all is fetched on the word of an unauthenticated datagram.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_STUB_AGE: i64 = 31 * 86400;
 /// Clock difference tolerated for a stub made "in the future".
 const MAX_STUB_FUTURE: i64 = 86400;
-/// Polls one contact's stubs may cause: at most one per this interval (a
-/// stub inside it schedules one poll at its end).
-const MIN_POLL_SPACING: Duration = Duration::from_secs(2);
+/// The turned-away record is written at most this often (a flood of
+/// strangers must not become a flood of file writes).
+const TURNED_AWAY_FLUSH: Duration = Duration::from_secs(5);
 /// Stubs remembered, so a replayed one causes nothing.
 const SEEN_STUBS: usize = 4096;
 
@@ -80,6 +80,46 @@ pub enum Held {
     SenderFull,
     QuarantineFull,
     Rejected,
+}
+
+/// Strangers' stubs the quarantine could not take, kept for
+/// `stubmail intro list` in `state/quarantine/turned-away.json`: the
+/// quarantine was full (`notify.max_senders`), or their source address had
+/// introduced `notify.new_strangers_per_source_hour` strangers already.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnedAway {
+    /// Stubs of new strangers refused because the quarantine was full.
+    pub quarantine_full: u64,
+    /// Unix time of the last of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_quarantine_full: Option<i64>,
+    /// Stubs of new strangers refused because their source was past its
+    /// hourly number of new strangers.
+    pub source_over_limit: u64,
+    /// Unix time of the last of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_source_over_limit: Option<i64>,
+    /// The source addresses refused so, with their counts (the 16 most
+    /// refused).
+    #[serde(default)]
+    pub sources: BTreeMap<String, u64>,
+}
+
+impl TurnedAway {
+    const MAX_SOURCES: usize = 16;
+
+    fn count_source(&mut self, src: IpAddr, now: i64) {
+        self.source_over_limit += 1;
+        self.last_source_over_limit = Some(now);
+        *self.sources.entry(src.to_string()).or_insert(0) += 1;
+        if self.sources.len() > Self::MAX_SOURCES {
+            // Keep the most refused; drop the least (ties: the later key).
+            let least = self.sources.iter().min_by_key(|(k, n)| (**n, std::cmp::Reverse((*k).clone()))).map(|(k, _)| k.clone());
+            if let Some(k) = least {
+                self.sources.remove(&k);
+            }
+        }
+    }
 }
 
 /// The quarantine: `state/quarantine/<FPR>.json`, and
@@ -152,7 +192,10 @@ impl Quarantine {
                 (i, Held::Added)
             }
             None => {
-                let n = std::fs::read_dir(&self.dir)?.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))).count();
+                // Introductions only (`<FPR>.json`, not `turned-away.json`).
+                let n = std::fs::read_dir(&self.dir)?
+                    .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).is_some_and(|f| Fpr::parse(f).is_ok())))
+                    .count();
                 if n >= self.max_senders {
                     return Ok(Held::QuarantineFull);
                 }
@@ -171,6 +214,22 @@ impl Quarantine {
         };
         stubmail::fsutil::write_atomic(&self.file(&stub.sender), &serde_json::to_vec_pretty(&intro).expect("serialisable"), 0o600)?;
         Ok(result)
+    }
+
+    fn turned_away_file(&self) -> PathBuf {
+        self.dir.join("turned-away.json")
+    }
+
+    /// Strangers turned away so far (empty if none, or unreadable).
+    pub fn turned_away(&self) -> TurnedAway {
+        stubmail::fsutil::read_bounded(&self.turned_away_file(), 64 * 1024)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_turned_away(&self, t: &TurnedAway) -> io::Result<()> {
+        stubmail::fsutil::write_atomic(&self.turned_away_file(), &serde_json::to_vec_pretty(t).expect("serialisable"), 0o600)
     }
 
     /// Forget an introduction (accepted: the sender is now a contact).
@@ -221,6 +280,14 @@ pub struct Judge {
     pub strangers_per_hour: u32,
     /// Stubs taken from one source per minute (`notify.stubs_per_source_minute`).
     pub stubs_per_minute: u32,
+    /// Polls one contact's stubs may cause: at most one per this interval
+    /// (`notify.contact_poll_spacing_ms`).
+    pub contact_spacing: Duration,
+    /// Strangers turned away (None: not read yet), when the record was
+    /// last written, and whether it has counts not written yet.
+    turned_away: Option<TurnedAway>,
+    turned_written: Option<Instant>,
+    turned_dirty: bool,
     /// Where contacts' authentic stubs are kept (`state/stubs/<id>.<FPR>`),
     /// the sender's signed word for a report of that message.
     pub evidence: Option<PathBuf>,
@@ -247,6 +314,10 @@ impl Judge {
             blocks: None,
             strangers_per_hour: d.new_strangers_per_source_hour,
             stubs_per_minute: d.stubs_per_source_minute,
+            contact_spacing: Duration::from_millis(d.contact_poll_spacing_ms),
+            turned_away: None,
+            turned_written: None,
+            turned_dirty: false,
             evidence: None,
             sources: HashMap::new(),
             strangers: HashMap::new(),
@@ -317,9 +388,17 @@ impl Judge {
                     && !q.is_rejected(&stub.sender)
                     && !take(&mut self.strangers, src, self.strangers_per_hour, Duration::from_secs(3600))
                 {
+                    self.turn_away(|t| t.count_source(src, now));
                     return Verdict::Dropped("too many strangers from this address");
                 }
                 match q.hold(&stub, datagram, now) {
+                    Ok(Held::QuarantineFull) => {
+                        self.turn_away(|t| {
+                            t.quarantine_full += 1;
+                            t.last_quarantine_full = Some(now);
+                        });
+                        Verdict::Held(Held::QuarantineFull)
+                    }
                     Ok(h) => Verdict::Held(h),
                     Err(e) => {
                         tracing::warn!("quarantine: {e}");
@@ -333,6 +412,30 @@ impl Judge {
 }
 
 impl Judge {
+    /// Count a stranger turned away; the record is written at most every
+    /// [`TURNED_AWAY_FLUSH`] (the last counts of a burst wait for the next
+    /// one, or the flush at shutdown).
+    fn turn_away(&mut self, f: impl FnOnce(&mut TurnedAway)) {
+        let Some(q) = &self.quarantine else { return };
+        f(self.turned_away.get_or_insert_with(|| q.turned_away()));
+        self.turned_dirty = true;
+        if self.turned_written.is_none_or(|w| w.elapsed() >= TURNED_AWAY_FLUSH) {
+            self.flush();
+        }
+    }
+
+    /// Write the counts [`Judge::turn_away`] has not written yet (the
+    /// listener calls it every few seconds and when it stops).
+    pub fn flush(&mut self) {
+        if let (Some(q), Some(t), true) = (&self.quarantine, &self.turned_away, self.turned_dirty) {
+            if let Err(e) = q.save_turned_away(t) {
+                tracing::debug!("cannot record turned-away strangers: {e}");
+            }
+            self.turned_dirty = false;
+            self.turned_written = Some(Instant::now());
+        }
+    }
+
     /// Keep a contact's authentic stub, once per message (a later one of
     /// the same message adds nothing); pruned after a month (`report.rs`).
     fn keep(&self, stub: &Stub, datagram: &[u8]) {
@@ -367,14 +470,15 @@ impl Judge {
         let next = self.polled.get(&stub.sender).copied();
         match next {
             Some(t) if t > now => Verdict::Dropped("a poll of this contact is already scheduled"),
-            Some(t) if now.duration_since(t) < MIN_POLL_SPACING => {
-                let at = t + MIN_POLL_SPACING;
+            Some(t) if now.duration_since(t) < self.contact_spacing => {
+                let at = t + self.contact_spacing;
                 self.polled.insert(stub.sender.clone(), at);
                 Verdict::PollLater(stub.sender.clone(), at - now)
             }
             _ => {
                 if self.polled.len() > 10_000 {
-                    self.polled.retain(|_, t| now.saturating_duration_since(*t) < MIN_POLL_SPACING);
+                    let spacing = self.contact_spacing;
+                    self.polled.retain(|_, t| now.saturating_duration_since(*t) < spacing);
                 }
                 self.polled.insert(stub.sender.clone(), now);
                 Verdict::Poll(stub.sender.clone())
@@ -410,6 +514,8 @@ pub async fn listen(
     shutdown: CancellationToken,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut tick = tokio::time::interval(TURNED_AWAY_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (n, src) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -419,7 +525,15 @@ pub async fn listen(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => return,
+            // Counts of strangers turned away in a burst that has ended.
+            _ = tick.tick() => {
+                judge.flush();
+                continue;
+            }
+            _ = shutdown.cancelled() => {
+                judge.flush();
+                return;
+            }
         };
         let datagram = buf[..n].to_vec();
         let now = stubmail::time::unix_now();
@@ -484,7 +598,7 @@ mod tests {
         }
         // A second, new message at once: one poll later, not now.
         let two = stub_from(&alice, &bob.fpr(), 2, now);
-        assert!(matches!(j.judge(src, &two, now), Verdict::PollLater(f, w) if f == alice.fpr() && w <= MIN_POLL_SPACING));
+        assert!(matches!(j.judge(src, &two, now), Verdict::PollLater(f, w) if f == alice.fpr() && w <= j.contact_spacing));
         // A third while that is pending: nothing more.
         let three = stub_from(&alice, &bob.fpr(), 3, now);
         assert_eq!(j.judge(src, &three, now), Verdict::Dropped("a poll of this contact is already scheduled"));
@@ -539,6 +653,13 @@ mod tests {
         let s3 = Identity::generate(None, "s3@example.com", "http://s/").unwrap();
         assert_eq!(j.judge(SRC, &stub_from(&s2, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::New));
         assert_eq!(j.judge(SRC, &stub_from(&s3, &bob.fpr(), 1, NOW), NOW), Verdict::Held(Held::QuarantineFull));
+        // Recorded for `intro list` (the first at once), and the record is
+        // no introduction: it takes no place in the quarantine.
+        assert_eq!((q.turned_away().quarantine_full, q.turned_away().last_quarantine_full), (1, Some(NOW)));
+        assert_eq!(j.judge(SRC, &stub_from(&s3, &bob.fpr(), 2, NOW), NOW), Verdict::Held(Held::QuarantineFull));
+        assert_eq!(q.turned_away().quarantine_full, 1, "written at most every few seconds");
+        j.flush();
+        assert_eq!(q.turned_away().quarantine_full, 2);
         assert!(q.reject(&mallory.fpr()).unwrap());
         assert_eq!(j.judge(SRC, &stub_from(&mallory, &bob.fpr(), 5, NOW), NOW), Verdict::Held(Held::Rejected));
         assert_eq!(q.list().unwrap().len(), 1);
@@ -641,5 +762,14 @@ mod tests {
             }
         }
         assert_eq!(held, j.strangers_per_hour as usize);
+        j.flush();
+        let t = j.quarantine.as_ref().unwrap().turned_away();
+        assert_eq!((t.source_over_limit, t.sources.get("127.0.0.1").copied()), (15 - held as u64, Some(15 - held as u64)));
+        // The record of sources stays small whatever the number of sources.
+        let mut t = TurnedAway::default();
+        for i in 0..1000u32 {
+            t.count_source(IpAddr::V4(std::net::Ipv4Addr::from(i)), NOW);
+        }
+        assert!(t.sources.len() <= TurnedAway::MAX_SOURCES && t.source_over_limit == 1000);
     }
 }

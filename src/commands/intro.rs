@@ -14,7 +14,8 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
     match cmd {
         IntroCommand::List => {
             let list = q.list()?;
-            if list.is_empty() {
+            let away = q.turned_away();
+            if list.is_empty() && away == Default::default() {
                 println!("no introductions waiting");
                 if !config.notify.first_contact {
                     println!("(first contact is off: set notify.first_contact = true to hold strangers' stubs)");
@@ -41,6 +42,27 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
                         i.sender
                     );
                 }
+            }
+            if let Some(t) = away.last_quarantine_full {
+                println!(
+                    "QUARANTINE FULL: {} stub(s) of new strangers turned away (notify.max_senders = {}), the last {}; \
+                     `stubmail{} intro reject FPR` makes room",
+                    away.quarantine_full,
+                    config.notify.max_senders,
+                    stubmail::time::rfc3339(t),
+                    super::init::home_flag(home)
+                );
+            }
+            if let Some(t) = away.last_source_over_limit {
+                let mut sources: Vec<(&String, &u64)> = away.sources.iter().collect();
+                sources.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                println!(
+                    "SOURCE OVER LIMIT: {} stub(s) of new strangers turned away (notify.new_strangers_per_source_hour = {}), the last {}, from {}",
+                    away.source_over_limit,
+                    config.notify.new_strangers_per_source_hour,
+                    stubmail::time::rfc3339(t),
+                    sources.iter().map(|(a, n)| format!("{a} ({n})")).collect::<Vec<_>>().join(", ")
+                );
             }
             Ok(())
         }
