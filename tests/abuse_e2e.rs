@@ -239,6 +239,7 @@ fn a_blocked_contacts_stub_causes_no_fetch_and_after_unblock_the_mail_comes() {
     // An hour between polls: only a stub can bring mail during the test.
     let daemon = n.daemon("3600");
     let f = n.alice.fingerprint();
+    ok(n.bob.stubmail().args(["block", &f]));
     let smtp = n.alice.smtp2stub(n.root.path());
     send(&smtp, "stub while blocked");
     wait_stubs_sent(&n.outbox.data, &n.alice, 1);
@@ -382,17 +383,24 @@ fn the_quarantine_holds_at_most_max_senders_strangers() {
     }
     n.stranger_writes(&strangers[2]);
     wait_for("the third stranger's stub turned away", 30, || daemon.log().contains("stub from a stranger: QuarantineFull").then_some(()));
+    let erin = strangers[2].fingerprint();
+    // README: more are turned away and `intro list` says QUARANTINE FULL.
+    let list = wait_for("intro list to say QUARANTINE FULL", 30, || {
+        let l = n.intro_list();
+        l.contains("QUARANTINE FULL").then_some(l)
+    });
+    assert!(list.contains("(notify.max_senders = 2)"), "{list}");
+    assert_eq!(held(&list), 2, "{list}");
+    assert!(!list.contains(&erin), "the stranger past max_senders is not held: {list}");
+    assert!(n.bob.maildir_new().is_empty(), "nothing is fetched from strangers");
+    // A place freed: the turned-away stranger's stub, resent by the
+    // outbox, is held now, and no more than max_senders still.
+    ok(n.bob.stubmail().args(["intro", "reject", &strangers[0].fingerprint()]));
+    wait_for("the turned-away stranger held in the freed place", 40, || n.intro_list().contains(&erin).then_some(()));
     let list = n.intro_list();
     assert_eq!(held(&list), 2, "{list}");
-    assert!(!list.contains(&strangers[2].fingerprint()), "the stranger past max_senders is not held: {list}");
-    assert!(n.bob.maildir_new().is_empty(), "nothing is fetched from strangers");
-    // A place freed, a new stranger is held again.
-    ok(n.bob.stubmail().args(["intro", "reject", &strangers[0].fingerprint()]));
-    let fred = n.stranger("fred");
-    n.stranger_writes(&fred);
-    let fpr = fred.fingerprint();
-    wait_for("a stranger held in the freed place", 30, || n.intro_list().contains(&fpr).then_some(()));
-    assert_eq!(held(&n.intro_list()), 2);
+    assert!(!list.contains(&strangers[0].fingerprint()), "{list}");
+    assert!(n.bob.maildir_new().is_empty());
 }
 
 /// A stranger's signed stub to `to`, sent from the loopback address `src`.
@@ -424,7 +432,14 @@ fn one_source_introduces_no_more_than_new_strangers_per_source_hour() {
     }
     n.stranger_writes(&strangers[2]);
     wait_for("the third stranger from that source dropped", 30, || daemon.log().contains("stub dropped: too many strangers from this address").then_some(()));
-    let list = n.intro_list();
+    // README: past it, SOURCE OVER LIMIT in `intro list`, with the address.
+    let list = wait_for("intro list to say SOURCE OVER LIMIT", 30, || {
+        let l = n.intro_list();
+        l.contains("SOURCE OVER LIMIT").then_some(l)
+    });
+    let line = list.lines().find(|l| l.contains("SOURCE OVER LIMIT")).unwrap();
+    assert!(line.contains("(notify.new_strangers_per_source_hour = 2)") && line.contains("from 127.0.0.1 ("), "{list}");
+    assert!(!list.contains("QUARANTINE FULL"), "{list}");
     assert_eq!(held(&list), 2, "{list}");
     assert!(!list.contains(&strangers[2].fingerprint()), "the stranger past the source's limit is not held: {list}");
     // The limit is the source's: a stranger's stub from another address is
