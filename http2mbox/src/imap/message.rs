@@ -165,6 +165,41 @@ impl<'p, 'a> PartRef<'p, 'a> {
     }
 }
 
+/// Why a part's content cannot be given decoded (RFC 3516 BINARY).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Undecodable {
+    /// A Content-Transfer-Encoding this server does not know.
+    UnknownCte(String),
+    /// Declared base64 or quoted-printable, and it is not.
+    Corrupt(&'static str),
+}
+
+/// A part's content with its Content-Transfer-Encoding undone (RFC 3516
+/// BINARY[]): a multipart or message/rfc822 part as it is (it has no
+/// encoding of its own to undo).
+pub fn decoded(r: &PartRef<'_, '_>) -> Result<Vec<u8>, Undecodable> {
+    let body = r.body();
+    if matches!(r.part().body, PartType::Multipart(_) | PartType::Message(_)) {
+        return Ok(body.to_vec());
+    }
+    let cte = field_value(r.mime(), "Content-Transfer-Encoding").map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase()).unwrap_or_default();
+    match cte.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
+        "base64" => {
+            use base64::Engine as _;
+            let clean: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            // Padding may be missing or extra (what real mailers send).
+            let engine = base64::engine::GeneralPurpose::new(
+                &base64::alphabet::STANDARD,
+                base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent).with_decode_allow_trailing_bits(true),
+            );
+            engine.decode(clean.strip_suffix(b"=").unwrap_or(&clean)).or_else(|_| engine.decode(&clean)).map_err(|_| Undecodable::Corrupt("base64"))
+        }
+        "quoted-printable" => quoted_printable::decode(body, quoted_printable::ParseMode::Robust).map_err(|_| Undecodable::Corrupt("quoted-printable")),
+        other => Err(Undecodable::UnknownCte(other.chars().filter(|c| c.is_ascii_graphic()).take(40).collect())),
+    }
+}
+
 /// Follow a section's part numbers (`1.2.3`).
 pub fn resolve<'p, 'a>(msg: &'p Message<'a>, path: &[u32]) -> Option<PartRef<'p, 'a>> {
     let (mut m, mut idx, mut at_root) = (msg, 0usize, true);

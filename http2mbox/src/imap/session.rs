@@ -82,6 +82,9 @@ pub struct Session {
     condstore: bool,
     /// The mailbox's keyword letters, read at SELECT and at each look.
     keywords: Keywords,
+    /// The client sent `ENABLE IMAP4rev2` (RFC 9051 §6.3.1): no \Recent,
+    /// no RECENT, SEARCH answered with ESEARCH, mailbox names in UTF-8.
+    rev2: bool,
 }
 
 /// What a command handler tells the loop.
@@ -163,6 +166,11 @@ fn section_text(s: &Option<Section<'_>>) -> String {
         Some(Section::Text(p)) => format!("{}TEXT", pre(p)),
         Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
     }
+}
+
+/// A BINARY section's part numbers as the answer names them (`1.2`).
+fn binary_section(section: &[std::num::NonZeroU32]) -> String {
+    section.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
 }
 
 /// Messages larger than this are streamed from their files for the items
@@ -314,7 +322,7 @@ impl Session {
     pub fn new(ctx: Arc<Ctx>, peer: String) -> Session {
         let reader = Reader::new(ctx.max_append);
         let delivered = ctx.delivered.clone();
-        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false, keywords: Keywords::default() }
+        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false, keywords: Keywords::default(), rev2: false }
     }
 
     fn store(&self) -> Store {
@@ -588,6 +596,8 @@ impl Session {
                         StatusDataItemName::Deleted => format!("DELETED {}", snap.entries.iter().filter(|e| e.flags.has('T')).count()),
                         StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", snap.highestmodseq),
                         StatusDataItemName::DeletedStorage => format!("DELETED-STORAGE {}", snap.entries.iter().filter(|e| e.flags.has('T')).map(|e| e.size).sum::<u64>()),
+                        // RFC 8438: the octets of every message, as RFC822.SIZE counts them.
+                        StatusDataItemName::Size => format!("SIZE {}", snap.entries.iter().map(|e| e.size).sum::<u64>()),
                         #[allow(unreachable_patterns)]
                         _ => continue,
                     };
@@ -694,15 +704,15 @@ impl Session {
                     },
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
-                if items.iter().any(|i| matches!(i, MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. })) {
-                    done!("BAD BINARY is not offered by this server")
-                }
                 if changed_since.is_some() || items.iter().any(|i| matches!(i, MessageDataItemName::ModSeq)) {
                     self.condstore = true;
                 }
-                self.fetch(&mut out, &sequence_set, &items, uid, changed_since, stream).await?;
+                let refused = self.fetch(&mut out, &sequence_set, &items, uid, changed_since, stream).await?;
                 if uid {
                     self.refresh_now_and_then(&mut out)?;
+                }
+                if let Some(why) = refused {
+                    done!("NO {why}")
                 }
                 done!("OK FETCH completed")
             }
@@ -1050,11 +1060,14 @@ impl Session {
         found
     }
 
-    async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool, changed_since: Option<u64>, stream: &mut Buffered<S>) -> io::Result<()> {
+    /// FETCH; `Some(why)` when the command ends NO (a BINARY item whose
+    /// part cannot be decoded: RFC 3516 `[UNKNOWN-CTE]`).
+    async fn fetch<S: AsyncRead + AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool, changed_since: Option<u64>, stream: &mut Buffered<S>) -> io::Result<Option<String>> {
         let mut picked = self.pick(set, uid);
         let max = self.ctx.max_message;
         let condstore = self.condstore;
-        let State::Selected(s) = &mut self.state else { return Ok(()) };
+        let rev2 = self.rev2;
+        let State::Selected(s) = &mut self.state else { return Ok(None) };
         let needs_content = items.iter().any(|i| {
             matches!(
                 i,
@@ -1065,12 +1078,16 @@ impl Session {
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Header
                     | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
             )
         });
         // Items that set \Seen (RFC 9051 §6.4.5): done before the answer is
         // written, so the FLAGS it carries are the new ones.
         let sets_seen = !s.readonly
-            && items.iter().any(|i| matches!(i, MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text));
+            && items.iter().any(|i| {
+                matches!(i, MessageDataItemName::BodyExt { peek: false, .. } | MessageDataItemName::Binary { peek: false, .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text)
+            });
         if let Some(n) = changed_since {
             picked.retain(|&i| s.msgs[i].modseq > n);
         }
@@ -1168,6 +1185,38 @@ impl Session {
             let parsed = || parsed_cell.get_or_init(|| Parsed::new(raw.as_deref().expect("read")));
             // The header's length as sent (large mode: `raw` is the header).
             let hlen = raw.as_ref().map_or(0, |r| r.len() as u64).min(m.size);
+            // BINARY items decoded before anything of this message is
+            // written: one that cannot be ends the command with NO.
+            let mut binaries: Vec<Option<Vec<u8>>> = Vec::new();
+            for item in items {
+                let section = match item {
+                    MessageDataItemName::Binary { section, .. } | MessageDataItemName::BinarySize { section } => section,
+                    _ => {
+                        binaries.push(None);
+                        continue;
+                    }
+                };
+                let raw = raw.as_deref().expect("read");
+                let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                let value = if path.is_empty() {
+                    Ok(raw.to_vec())
+                } else {
+                    match message::resolve(&parsed().msg, &path) {
+                        Some(r) => message::decoded(&r),
+                        // No such part: empty, as for BODY[] (RFC 9051 §6.4.5).
+                        None => Ok(Vec::new()),
+                    }
+                };
+                match value {
+                    Ok(v) => binaries.push(Some(v)),
+                    Err(message::Undecodable::UnknownCte(c)) => {
+                        return Ok(Some(format!("[UNKNOWN-CTE] message {} has a part in the encoding {c:?}, which this server cannot undo; fetch it with BODY[]", i + 1)));
+                    }
+                    Err(message::Undecodable::Corrupt(c)) => {
+                        return Ok(Some(format!("[UNKNOWN-CTE] message {} has a part that is not valid {c}; fetch it with BODY[]", i + 1)));
+                    }
+                }
+            }
             // Written item by item, going out whenever it grows large: a
             // FETCH naming one part many times costs one part at a time.
             out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
@@ -1181,10 +1230,20 @@ impl Session {
                 sep(out);
                 out.extend_from_slice(format!("UID {}", m.uid).as_bytes());
             }
-            let flags = format!("FLAGS ({})", m.flags.imap(m.recent, &self.keywords));
-            for item in items {
+            let flags = format!("FLAGS ({})", m.flags.imap(m.recent && !rev2, &self.keywords));
+            for (k, item) in items.iter().enumerate() {
                 sep(out);
                 match item {
+                    MessageDataItemName::Binary { section, partial, .. } => {
+                        let bytes = binaries[k].as_deref().unwrap_or_default();
+                        let (st, n, origin) = window(*partial, bytes.len() as u64);
+                        out.extend_from_slice(format!("BINARY[{}]{origin} ", binary_section(section)).as_bytes());
+                        wire::literal8(out, &bytes[st as usize..(st + n) as usize]);
+                    }
+                    MessageDataItemName::BinarySize { section } => {
+                        let n = binaries[k].as_ref().map_or(0, Vec::len);
+                        out.extend_from_slice(format!("BINARY.SIZE[{}] {n}", binary_section(section)).as_bytes());
+                    }
                     MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
                     MessageDataItemName::ModSeq => out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes()),
                     MessageDataItemName::Flags => out.extend_from_slice(flags.as_bytes()),
@@ -1243,7 +1302,6 @@ impl Session {
                         out.extend_from_slice(b"RFC822.TEXT ");
                         wire::literal(out, message::split_header(raw.as_deref().expect("read")).1);
                     }
-                    _ => {}
                 }
                 // Bounded memory: large answers go out as they are made.
                 if out.len() > 256 * 1024 {
@@ -1280,7 +1338,7 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// STORE; returns what UNCHANGEDSINCE kept from being changed (UIDs
@@ -1505,7 +1563,7 @@ fn append(dir: &std::path::Path, data: &[u8], flags: &Flags, when: Option<std::t
 }
 
 #[cfg(test)]
-mod tests_support {
+pub(super) mod tests_support {
     pub use super::tests::{ctx, dialogue, maildir};
 }
 
@@ -1540,11 +1598,11 @@ mod tests {
             let _ = w.shutdown().await;
         });
         let srv = tokio::spawn(serve(server, "127.0.0.1:5".into(), ctx));
-        let mut out = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut out).await.unwrap();
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut out).await.unwrap();
         srv.await.unwrap().unwrap();
         writer.await.unwrap();
-        out
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     pub fn maildir() -> tempfile::TempDir {
@@ -1924,3 +1982,7 @@ mod attack_tests_2 {
         assert!(!permanent.contains("\\*") && permanent.contains("k25"), "{permanent} {last_select}");
     }
 }
+
+#[cfg(test)]
+#[path = "rev2_tests.rs"]
+mod rev2_tests;

@@ -40,6 +40,17 @@ pub fn literal(out: &mut Vec<u8>, v: &[u8]) {
     }
 }
 
+/// A literal that may carry any octet (RFC 3516 literal8, `~{n}`) when
+/// it has a NUL; a plain literal otherwise (what every client reads).
+pub fn literal8(out: &mut Vec<u8>, v: &[u8]) {
+    if memchr::memchr(0, v).is_some() {
+        out.extend_from_slice(format!("~{{{}}}\r\n", v.len()).as_bytes());
+        out.extend_from_slice(v);
+    } else {
+        literal(out, v);
+    }
+}
+
 /// A mailbox name as an astring-ish quoted string (names are ASCII:
 /// modified UTF-7 on the wire).
 pub fn mailbox(name: &str) -> String {
