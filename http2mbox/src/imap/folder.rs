@@ -541,29 +541,7 @@ impl Locked {
 /// Is `name` valid modified UTF-7 (RFC 3501 §5.1.3), decoding to no
 /// control character? (`&-` is `&`; `&...-` is base64 of UTF-16.)
 fn valid_mutf7(name: &str) -> bool {
-    use base64::Engine;
-    let mut rest = name;
-    while let Some(i) = rest.find('&') {
-        let after = &rest[i + 1..];
-        let Some(end) = after.find('-') else { return false };
-        let b64 = &after[..end];
-        if !b64.is_empty() {
-            let std = b64.replace(',', "/");
-            let padded = format!("{std}{}", "=".repeat((4 - std.len() % 4) % 4));
-            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(padded) else { return false };
-            if bytes.len() % 2 != 0 {
-                return false;
-            }
-            let units: Vec<u16> = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-            match String::from_utf16(&units) {
-                // Printable ASCII must not be encoded; nothing may be a control.
-                Ok(s) if s.chars().all(|c| !c.is_control() && !(' '..='~').contains(&c)) => {}
-                _ => return false,
-            }
-        }
-        rest = &after[end + 1..];
-    }
-    true
+    super::mutf7::decode(name).is_some()
 }
 
 /// Where an entry's file is now: where the last look saw it (one stat),

@@ -13,8 +13,10 @@
 //! Commands are parsed by imap-codec; nothing here parses IMAP syntax by
 //! hand but the few bytes that tell an APPEND's literal from others.
 
+pub mod ext;
 pub mod folder;
 pub mod message;
+pub mod mutf7;
 pub mod search;
 mod session;
 pub mod wire;
