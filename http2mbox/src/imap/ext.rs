@@ -387,6 +387,31 @@ pub fn list_extended(cmd: &[u8]) -> Option<Result<ListExtended, String>> {
     extended.then_some(Ok(l))
 }
 
+/// Quoted strings holding UTF-8 (IMAP4rev2 names, RFC 9051 §5.1) as
+/// literals, which imap-codec takes (its quoted strings are ASCII);
+/// `None` when there is none.
+pub fn quoted_utf8_as_literals(cmd: &[u8]) -> Option<Vec<u8>> {
+    if cmd.is_ascii() {
+        return None;
+    }
+    let toks = tokens(cmd).ok()?;
+    let mut out = cmd.to_vec();
+    let mut changed = false;
+    for (t, r) in toks.iter().rev() {
+        if let Tok::Str(v) = t
+            && cmd[r.start] == b'"'
+            && !v.is_ascii()
+            && std::str::from_utf8(v).is_ok()
+        {
+            let mut lit = format!("{{{}}}\r\n", v.len()).into_bytes();
+            lit.extend_from_slice(v);
+            out.splice(r.clone(), lit);
+            changed = true;
+        }
+    }
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +481,15 @@ mod tests {
         }
         let many = format!("a LIST \"\" ({})\r\n", vec!["x"; 65].join(" "));
         assert!(matches!(list_extended(many.as_bytes()), Some(Err(_))));
+    }
+
+    #[test]
+    fn utf8_in_quoted_strings_becomes_literals() {
+        assert_eq!(quoted_utf8_as_literals("a SELECT \"Entwürfe\"\r\n".as_bytes()).unwrap(), "a SELECT {9}\r\nEntwürfe\r\n".as_bytes());
+        assert_eq!(quoted_utf8_as_literals(b"a SELECT \"Drafts\"\r\n"), None);
+        // Already a literal, or not UTF-8: left alone.
+        assert_eq!(quoted_utf8_as_literals("a SELECT {9}\r\nEntwürfe\r\n".as_bytes()), None);
+        assert_eq!(quoted_utf8_as_literals(b"a SELECT \"\xff\xfe\"\r\n"), None);
     }
 
     #[test]

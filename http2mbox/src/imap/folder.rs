@@ -176,7 +176,7 @@ impl Entry {
 }
 
 /// A folder's state after a sync.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub uidvalidity: u32,
     pub uidnext: u32,

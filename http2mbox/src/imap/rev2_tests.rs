@@ -38,3 +38,93 @@ async fn binary_undoes_the_transfer_encoding_and_says_so_when_it_cannot() {
     assert!(out.contains("* 1 FETCH (BINARY[1] {12}\r\nHello Bob.\r\n)"), "{out}");
     assert!(out.contains("* 3 FETCH (BINARY[9] {0}\r\n)"), "{out}");
 }
+
+#[tokio::test]
+async fn esearch_answers_min_max_count_all_and_saves_for_dollar() {
+    let d = mime_maildir();
+    let out = dialogue(
+        ctx(d.path()),
+        &format!(
+            "{LOGIN}b SELECT INBOX\nc SEARCH RETURN (MIN MAX COUNT) ALL\nd UID SEARCH RETURN () ALL\ne SEARCH RETURN (COUNT) SUBJECT nothing-like-this\nf SEARCH RETURN (SAVE) OR SUBJECT first SUBJECT parts\ng FETCH $ (UID)\nh UID FETCH $ (FLAGS)\ni SEARCH RETURN (ALL) NOT $\nj UID SEARCH RETURN (ALL) UID $ SUBJECT parts\nk SEARCH RETURN (MIN SAVE) ALL\nl FETCH $ UID\nm SEARCH RETURN (PARTIAL 1:2) ALL\nn SEARCH ALL\no UNSELECT\np SELECT INBOX\nq FETCH $ FLAGS\nr SEARCH $\ns LOGOUT\n"
+        ),
+    )
+    .await;
+    assert!(out.contains("* ESEARCH (TAG \"c\") MIN 1 MAX 3 COUNT 3\r\n"), "{out}");
+    let uids = out.lines().find(|l| l.starts_with("* ESEARCH (TAG \"d\") UID ALL ")).unwrap_or_else(|| panic!("{out}")).to_string();
+    assert!(out.contains("* ESEARCH (TAG \"e\") COUNT 0\r\n"), "no MIN/MAX/ALL of nothing: {out}");
+    // SAVE alone: no ESEARCH; `$` then names messages 1 and 3.
+    assert!(!out.contains("(TAG \"f\")"), "{out}");
+    assert!(out.contains("* 1 FETCH (UID ") && out.contains("* 3 FETCH (UID "), "{out}");
+    let g = out.split("g OK").next().unwrap();
+    assert!(!g.split("f OK").nth(1).unwrap().contains("* 2 FETCH"), "message 2 is not in $: {out}");
+    assert!(out.contains("* ESEARCH (TAG \"i\") ALL 2\r\n"), "{out}");
+    assert!(out.contains("* ESEARCH (TAG \"j\") UID ALL "), "{out}");
+    assert!(out.contains("k OK") && !out.contains("(TAG \"k\") MIN 1 ALL"), "{out}");
+    assert!(out.contains("* ESEARCH (TAG \"k\") MIN 1\r\n"), "{out}");
+    let l = out.split("k OK SEARCH completed\r\n").nth(1).unwrap().split("l OK").next().unwrap();
+    assert!(l.contains("* 1 FETCH") && !l.contains("* 3 FETCH"), "MIN with SAVE saves the minimum: {l}");
+    assert!(out.contains("m BAD "), "{out}");
+    assert!(out.contains("* SEARCH 1 2 3\r\n"), "without RETURN, an IMAP4rev1 client gets SEARCH: {out}");
+    // A new SELECT forgets the saved result.
+    assert!(out.contains("q OK nothing done: the saved search result ($) is empty"), "{out}");
+    assert!(out.contains("* SEARCH\r\nr OK"), "{out}");
+    assert!(uids.contains(':') || uids.matches(',').count() == 2, "{uids}");
+}
+
+#[tokio::test]
+async fn list_extended_selects_returns_and_lists_status() {
+    let d = mime_maildir();
+    let out = dialogue(
+        ctx(d.path()),
+        &format!(
+            "{LOGIN}b CREATE Work\nc CREATE Work.Old\nd UNSUBSCRIBE Work\ne LIST (SUBSCRIBED) \"\" *\nf LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %\ng LIST \"\" (INBOX Sent INBOX) RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN SIZE))\nh LIST (SPECIAL-USE) \"\" *\ni LIST \"\" % RETURN (STATUS (BOGUS))\nj STATUS INBOX (SIZE MESSAGES)\nk LIST (REMOTE) \"\" Work\nl LOGOUT\n"
+        ),
+    )
+    .await;
+    let part = |tag: &str| -> String {
+        let prev = out.find(&format!("\r\n{tag} ")).unwrap_or_else(|| panic!("{tag}: {out}"));
+        let start = out[..prev].rfind(" completed\r\n").map_or(0, |i| i + 12);
+        out[start..prev + 2].to_string()
+    };
+    let e = part("e");
+    assert!(e.contains("\"Work.Old\"") || e.contains(" Work.Old\r\n"), "{e}");
+    assert!(!e.contains(" Work\r\n"), "Work is not subscribed: {e}");
+    assert!(e.contains("\\Subscribed"), "{e}");
+    let f = part("f");
+    assert!(f.contains("Work (\"CHILDINFO\" (\"SUBSCRIBED\"))"), "{f}");
+    let g = part("g");
+    assert_eq!(g.matches("* LIST").count(), 2, "INBOX once: {g}");
+    assert!(g.contains("* STATUS INBOX (MESSAGES 3 UNSEEN 3 SIZE "), "{g}");
+    assert!(g.contains("* STATUS Sent (MESSAGES 0 UNSEEN 0 SIZE 0)"), "{g}");
+    let h = part("h");
+    assert!(h.contains("\\Sent") && h.contains("\\Junk") && !h.contains("INBOX") && !h.contains("Work"), "{h}");
+    assert!(out.contains("i BAD "), "{out}");
+    assert!(out.contains("* STATUS INBOX (SIZE "), "{out}");
+    assert!(part("k").contains(" Work\r\n"), "{out}");
+}
+
+#[tokio::test]
+async fn after_enable_imap4rev2_the_rev2_rules_apply() {
+    let d = mime_maildir();
+    let out = dialogue(
+        ctx(d.path()),
+        &format!(
+            "{LOGIN}b ENABLE IMAP4rev2\nc CREATE \"Entwürfe\"\nd SELECT INBOX\ne FETCH 1 FLAGS\nf SEARCH SUBJECT first\ng SELECT \"Entwürfe\"\nh LIST \"\" *\ni LOGOUT\n"
+        ),
+    )
+    .await;
+    assert!(out.contains("* ENABLED IMAP4rev2\r\n"), "{out}");
+    assert!(out.contains("c OK"), "{out}");
+    assert!(d.path().join(".Entw&APw-rfe/cur").is_dir(), "stored in modified UTF-7");
+    let select = out.split("c OK").nth(1).unwrap().split("d OK").next().unwrap();
+    assert!(!select.contains("RECENT") && !select.contains("[UNSEEN"), "{select}");
+    assert!(select.contains("* LIST () \".\" INBOX\r\n"), "{select}");
+    assert!(out.contains("* 1 FETCH (FLAGS ())\r\n"), "no \\Recent: {out}");
+    assert!(out.contains("* ESEARCH (TAG \"f\") ALL 1\r\n"), "{out}");
+    assert!(out.contains("* OK [CLOSED]"), "{out}");
+    assert!(out.contains("* LIST () \".\" \"Entwürfe\"\r\n"), "{out}");
+    assert!(out.contains("* LIST (\\HasNoChildren) \".\" \"Entwürfe\"\r\n"), "{out}");
+    // An IMAP4rev1 client sees the same folder in modified UTF-7.
+    let out = dialogue(ctx(d.path()), &format!("{LOGIN}h LIST \"\" Entw*\ni LOGOUT\n")).await;
+    assert!(out.contains("* LIST (\\HasNoChildren) \".\" Entw&APw-rfe\r\n"), "{out}");
+}

@@ -22,6 +22,7 @@ use super::folder::{self, Entry, Flags, Keywords, Locked, Store};
 use super::message::{self, Parsed};
 use super::search::{self, Candidate};
 use super::wire;
+use super::{ext, mutf7};
 use super::{Buffered, Ctx, Flow, Read, Reader, AUTOLOGOUT, PREAUTH_TIMEOUT};
 
 /// A selected folder, as this session has announced it to the client.
@@ -43,6 +44,9 @@ struct Selected {
     highestmodseq: u64,
     /// When the folder was last looked at (`refresh_now_and_then`).
     last_look: std::time::Instant,
+    /// The saved search result (`SEARCH RETURN (SAVE)`, RFC 5182), as
+    /// UIDs: `$` names the ones still here.
+    saved: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +89,24 @@ pub struct Session {
     /// The client sent `ENABLE IMAP4rev2` (RFC 9051 §6.3.1): no \Recent,
     /// no RECENT, SEARCH answered with ESEARCH, mailbox names in UTF-8.
     rev2: bool,
+    /// The RETURN options the pre-parser lifted off this command's SEARCH.
+    search_ret: Option<ext::SearchReturn>,
+}
+
+/// What the pre-parser made of a command.
+enum Pre {
+    /// For imap-codec to parse (perhaps rewritten).
+    Command(Vec<u8>),
+    /// Answered already: these bytes go out.
+    Answer(Vec<u8>),
+}
+
+/// How a LIST answers (plain, LSUB, or with RFC 5258 options).
+#[derive(Default)]
+struct ListMode {
+    lsub: bool,
+    select: ext::ListSelect,
+    ret: ext::ListReturn,
 }
 
 /// What a command handler tells the loop.
@@ -92,13 +114,6 @@ enum Next {
     Go,
     Close,
     StartTls,
-}
-
-fn mailbox_name(m: &Mailbox<'_>) -> String {
-    match m {
-        Mailbox::Inbox => "INBOX".into(),
-        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
-    }
 }
 
 fn list_pattern(m: &ListMailbox<'_>) -> String {
@@ -171,6 +186,29 @@ fn section_text(s: &Option<Section<'_>>) -> String {
 /// A BINARY section's part numbers as the answer names them (`1.2`).
 fn binary_section(section: &[std::num::NonZeroU32]) -> String {
     section.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
+}
+
+/// STATUS items (RFC 9051 §6.3.11, RFC 8438 SIZE, RFC 7162
+/// HIGHESTMODSEQ) of a folder, by name; `Err` names an unknown one.
+fn status_items(snap: &folder::Snapshot, names: &[String]) -> Result<Vec<String>, String> {
+    let mut items = Vec::new();
+    for n in names {
+        let v = match n.as_str() {
+            "MESSAGES" => snap.entries.len() as u64,
+            "RECENT" => snap.entries.iter().filter(|e| e.in_new()).count() as u64,
+            "UIDNEXT" => u64::from(snap.uidnext),
+            "UIDVALIDITY" => u64::from(snap.uidvalidity),
+            "UNSEEN" => snap.entries.iter().filter(|e| !e.flags.has('S')).count() as u64,
+            "DELETED" => snap.entries.iter().filter(|e| e.flags.has('T')).count() as u64,
+            "HIGHESTMODSEQ" => snap.highestmodseq,
+            "DELETED-STORAGE" => snap.entries.iter().filter(|e| e.flags.has('T')).map(|e| e.size).sum::<u64>(),
+            // RFC 8438: the octets of every message, as RFC822.SIZE counts them.
+            "SIZE" => snap.entries.iter().map(|e| e.size).sum::<u64>(),
+            other => return Err(format!("STATUS item {other:?} is not offered")),
+        };
+        items.push(format!("{n} {v}"));
+    }
+    Ok(items)
 }
 
 /// Messages larger than this are streamed from their files for the items
@@ -322,7 +360,7 @@ impl Session {
     pub fn new(ctx: Arc<Ctx>, peer: String) -> Session {
         let reader = Reader::new(ctx.max_append);
         let delivered = ctx.delivered.clone();
-        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false, keywords: Keywords::default(), rev2: false }
+        Session { ctx, peer, tls: false, state: State::NotAuthenticated, failures: 0, bad: 0, reader, delivered, condstore: false, keywords: Keywords::default(), rev2: false, search_ret: None }
     }
 
     fn store(&self) -> Store {
@@ -330,7 +368,10 @@ impl Session {
     }
 
     pub fn capabilities(&self) -> String {
-        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "UNSELECT", "MOVE", "SPECIAL-USE", "CHILDREN", "CONDSTORE"];
+        let mut caps = vec![
+            "IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "UNSELECT", "MOVE", "SPECIAL-USE", "CHILDREN", "CONDSTORE", "ESEARCH", "SEARCHRES",
+            "LIST-EXTENDED", "LIST-STATUS", "BINARY", "STATUS=SIZE",
+        ];
         if self.ctx.tls.is_some() && !self.tls {
             caps.push("STARTTLS");
         }
@@ -377,6 +418,13 @@ impl Session {
                     stream.write_all(b"* BYE this is an IMAP server, not HTTP\r\n").await?;
                     stream.flush().await?;
                     return Ok(Flow::Close);
+                }
+            };
+            let bytes = match self.preparse(bytes) {
+                Pre::Command(b) => b,
+                Pre::Answer(a) => {
+                    stream.write_all(&a).await?;
+                    continue;
                 }
             };
             let cmd = match CommandCodec::default().decode(&bytes) {
@@ -507,8 +555,17 @@ impl Session {
                 // lists only what was enabled.
                 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
                 let cond = capabilities.as_ref().iter().any(|c| matches!(c, CapabilityEnable::CondStore));
+                let rev2 = capabilities.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("IMAP4rev2"));
                 self.condstore |= cond;
-                out.extend_from_slice(if cond { b"* ENABLED CONDSTORE\r\n" } else { b"* ENABLED\r\n" });
+                self.rev2 |= rev2;
+                let mut enabled = String::from("* ENABLED");
+                if cond {
+                    enabled += " CONDSTORE";
+                }
+                if rev2 {
+                    enabled += " IMAP4rev2";
+                }
+                out.extend_from_slice(format!("{enabled}\r\n").as_bytes());
                 done!("OK ENABLE completed")
             }
             CommandBody::Namespace => {
@@ -522,10 +579,10 @@ impl Session {
                 }
                 self.condstore |= !parameters.is_empty();
                 let readonly = cmd_is_examine;
-                return self.select(&tag, &mailbox_name(&mailbox), readonly, stream).await;
+                return self.select(&tag, &self.name_in(&mailbox), readonly, stream).await;
             }
             CommandBody::Create { mailbox } => {
-                let name = mailbox_name(&mailbox);
+                let name = self.name_in(&mailbox);
                 match self.store().create(&name) {
                     Ok(true) => done!("OK CREATE completed"),
                     Ok(false) => done!("NO [ALREADYEXISTS] that folder exists"),
@@ -537,7 +594,7 @@ impl Session {
                 }
             }
             CommandBody::Delete { mailbox } => {
-                let name = mailbox_name(&mailbox);
+                let name = self.name_in(&mailbox);
                 if let State::Selected(s) = &self.state
                     && s.name == name
                 {
@@ -549,7 +606,7 @@ impl Session {
                     Err(e) => done!("NO [CANNOT] {e}"),
                 }
             }
-            CommandBody::Rename { from, to } => match self.store().rename(&mailbox_name(&from), &mailbox_name(&to)) {
+            CommandBody::Rename { from, to } => match self.store().rename(&self.name_in(&from), &self.name_in(&to)) {
                 Ok(()) => done!("OK RENAME completed"),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => done!("NO [NONEXISTENT] no such folder"),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => done!("NO [ALREADYEXISTS] {e}"),
@@ -557,7 +614,7 @@ impl Session {
             },
             CommandBody::Subscribe { mailbox } => {
                 let store = self.store();
-                let name = mailbox_name(&mailbox);
+                let name = self.name_in(&mailbox);
                 if store.dir(&name).is_err() {
                     done!("NO [CANNOT] that folder name is not allowed here")
                 }
@@ -566,48 +623,53 @@ impl Session {
             }
             CommandBody::Unsubscribe { mailbox } => {
                 let store = self.store();
-                folder::set_subscribed(&store.root, &store.folders(), &mailbox_name(&mailbox), false)?;
+                folder::set_subscribed(&store.root, &store.folders(), &self.name_in(&mailbox), false)?;
                 done!("OK UNSUBSCRIBE completed")
             }
             CommandBody::List { reference, mailbox_wildcard, .. } => {
-                self.list(&mut out, &mailbox_name(&reference), &list_pattern(&mailbox_wildcard), false);
+                let mut seen = HashSet::new();
+                self.list(&mut out, &self.name_in(&reference), &self.pattern_in(&mailbox_wildcard), &ListMode::default(), &mut seen)?;
                 done!("OK LIST completed")
             }
             CommandBody::Lsub { reference, mailbox_wildcard } => {
-                self.list(&mut out, &mailbox_name(&reference), &list_pattern(&mailbox_wildcard), true);
+                let mut seen = HashSet::new();
+                self.list(&mut out, &self.name_in(&reference), &self.pattern_in(&mailbox_wildcard), &ListMode { lsub: true, ..Default::default() }, &mut seen)?;
                 done!("OK LSUB completed")
             }
             CommandBody::Status { mailbox, item_names } => {
-                let name = mailbox_name(&mailbox);
+                let name = self.name_in(&mailbox);
                 let Ok(dir) = self.store().dir(&name) else { done!("NO [NONEXISTENT] no such folder") };
                 let snap = match Locked::open(&dir).and_then(|l| l.sync()) {
                     Ok(s) => s,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => done!("NO [NONEXISTENT] no such folder"),
                     Err(e) => return Err(e),
                 };
-                let mut items = Vec::new();
-                for i in item_names.iter() {
-                    let v = match i {
-                        StatusDataItemName::Messages => format!("MESSAGES {}", snap.entries.len()),
-                        StatusDataItemName::Recent => format!("RECENT {}", snap.entries.iter().filter(|e| e.in_new()).count()),
-                        StatusDataItemName::UidNext => format!("UIDNEXT {}", snap.uidnext),
-                        StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", snap.uidvalidity),
-                        StatusDataItemName::Unseen => format!("UNSEEN {}", snap.entries.iter().filter(|e| !e.flags.has('S')).count()),
-                        StatusDataItemName::Deleted => format!("DELETED {}", snap.entries.iter().filter(|e| e.flags.has('T')).count()),
-                        StatusDataItemName::HighestModSeq => format!("HIGHESTMODSEQ {}", snap.highestmodseq),
-                        StatusDataItemName::DeletedStorage => format!("DELETED-STORAGE {}", snap.entries.iter().filter(|e| e.flags.has('T')).map(|e| e.size).sum::<u64>()),
-                        // RFC 8438: the octets of every message, as RFC822.SIZE counts them.
-                        StatusDataItemName::Size => format!("SIZE {}", snap.entries.iter().map(|e| e.size).sum::<u64>()),
-                        #[allow(unreachable_patterns)]
-                        _ => continue,
-                    };
-                    items.push(v);
-                }
-                out.extend_from_slice(format!("* STATUS {} ({})\r\n", wire::mailbox(&name), items.join(" ")).as_bytes());
+                let names: Vec<String> = item_names
+                    .iter()
+                    .map(|i| {
+                        match i {
+                            StatusDataItemName::Messages => "MESSAGES",
+                            StatusDataItemName::Recent => "RECENT",
+                            StatusDataItemName::UidNext => "UIDNEXT",
+                            StatusDataItemName::UidValidity => "UIDVALIDITY",
+                            StatusDataItemName::Unseen => "UNSEEN",
+                            StatusDataItemName::Deleted => "DELETED",
+                            StatusDataItemName::DeletedStorage => "DELETED-STORAGE",
+                            StatusDataItemName::Size => "SIZE",
+                            StatusDataItemName::HighestModSeq => "HIGHESTMODSEQ",
+                        }
+                        .to_string()
+                    })
+                    .collect();
+                let items = match status_items(&snap, &names) {
+                    Ok(v) => v,
+                    Err(why) => done!("BAD {why}"),
+                };
+                out.extend_from_slice(format!("* STATUS {} ({})\r\n", self.name_out(&name), items.join(" ")).as_bytes());
                 done!("OK STATUS completed")
             }
             CommandBody::Append { mailbox, flags, date, message } => {
-                let name = mailbox_name(&mailbox);
+                let name = self.name_in(&mailbox);
                 let data: &[u8] = match &message {
                     imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => l.as_ref(),
                     imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
@@ -665,13 +727,26 @@ impl Session {
                 done!("OK UID EXPUNGE completed")
             }
             CommandBody::Search { charset, criteria, uid } => {
+                let ret = self.search_ret.take();
                 if let Some(c) = &charset
                     && !["US-ASCII", "UTF-8"].iter().any(|x| c.as_ref().eq_ignore_ascii_case(x))
                 {
+                    // A failed SEARCH ... RETURN (SAVE) leaves the saved result empty (RFC 5182 §2.1).
+                    if let (Some(true), State::Selected(s)) = (ret.as_ref().map(|r| r.save), &mut self.state) {
+                        s.saved.clear();
+                    }
                     done!("NO [BADCHARSET (US-ASCII UTF-8)] that charset is not supported")
                 }
                 let key = SearchKey::And(criteria);
                 let found = self.search(&key, uid);
+                if ret.is_some() || self.rev2 {
+                    let ret = ret.unwrap_or(ext::SearchReturn { all: true, ..Default::default() });
+                    self.esearch(&mut out, &tag, &key, &found, uid, &ret);
+                    if uid {
+                        self.refresh_now_and_then(&mut out)?;
+                    }
+                    done!("OK SEARCH completed")
+                }
                 out.extend_from_slice(b"* SEARCH");
                 for (n, _) in &found {
                     out.extend_from_slice(format!(" {n}").as_bytes());
@@ -736,14 +811,14 @@ impl Session {
                 done!("OK STORE completed")
             }
             CommandBody::Copy { sequence_set, mailbox, uid } => {
-                let r = self.copy(&mut out, &sequence_set, &mailbox_name(&mailbox), uid, false)?;
+                let r = self.copy(&mut out, &sequence_set, &self.name_in(&mailbox), uid, false)?;
                 done!("{r}")
             }
             CommandBody::Move { sequence_set, mailbox, uid } => {
                 if self.readonly() {
                     done!("NO [READ-ONLY] the folder was opened with EXAMINE")
                 }
-                let r = self.copy(&mut out, &sequence_set, &mailbox_name(&mailbox), uid, true)?;
+                let r = self.copy(&mut out, &sequence_set, &self.name_in(&mailbox), uid, true)?;
                 done!("{r}")
             }
             _ => done!("BAD that command is not offered by this server"),
@@ -837,7 +912,11 @@ impl Session {
     }
 
     async fn select<S: AsyncRead + AsyncWrite + Unpin>(&mut self, tag: &str, name: &str, readonly: bool, stream: &mut Buffered<S>) -> io::Result<Next> {
-        // A failed SELECT leaves no folder selected (RFC 9051 §6.3.2).
+        // A failed SELECT leaves no folder selected (RFC 9051 §6.3.2);
+        // the one selected is closed, and a client that can tell hears so.
+        if matches!(self.state, State::Selected(_)) && (self.rev2 || self.condstore) {
+            stream.write_all(b"* OK [CLOSED] the previous folder is closed\r\n").await?;
+        }
         self.state = State::Authenticated;
         let Ok(dir) = self.store().dir(name) else {
             stream.write_all(format!("{tag} NO [NONEXISTENT] no such folder\r\n").as_bytes()).await?;
@@ -859,9 +938,15 @@ impl Session {
         let kws: String = self.keywords.all().map(|k| format!(" {k}")).collect();
         let mut out = String::new();
         out += &format!("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Forwarded{kws})\r\n");
-        out += &format!("* {} EXISTS\r\n* {} RECENT\r\n", msgs.len(), recent.len());
-        if let Some(i) = msgs.iter().position(|m| !m.flags.has('S')) {
-            out += &format!("* OK [UNSEEN {}] first unseen\r\n", i + 1);
+        out += &format!("* {} EXISTS\r\n", msgs.len());
+        if self.rev2 {
+            // RFC 9051 §6.3.2: the folder's name as the server spells it.
+            out += &format!("* LIST () \".\" {}\r\n", self.name_out(name));
+        } else {
+            out += &format!("* {} RECENT\r\n", recent.len());
+            if let Some(i) = msgs.iter().position(|m| !m.flags.has('S')) {
+                out += &format!("* OK [UNSEEN {}] first unseen\r\n", i + 1);
+            }
         }
         out += &format!("* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n", snap.uidvalidity, snap.uidnext);
         out += &format!("* OK [HIGHESTMODSEQ {}] modification sequences\r\n", snap.highestmodseq);
@@ -874,22 +959,27 @@ impl Session {
         }
         out += &format!("{tag} OK [{}] {} completed\r\n", if readonly { "READ-ONLY" } else { "READ-WRITE" }, if readonly { "EXAMINE" } else { "SELECT" });
         let st = stamp(&dir);
-        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false, highestmodseq: snap.highestmodseq, last_look: std::time::Instant::now() }));
+        self.state = State::Selected(Box::new(Selected { name: name.to_string(), dir, readonly, uidvalidity: snap.uidvalidity, msgs, stamp: st, pending_expunge: false, highestmodseq: snap.highestmodseq, last_look: std::time::Instant::now(), saved: Vec::new() }));
         stream.write_all(out.as_bytes()).await?;
         Ok(Next::Go)
     }
 
-    fn list(&self, out: &mut Vec<u8>, reference: &str, pattern: &str, subscribed_only: bool) {
-        let word = if subscribed_only { "LSUB" } else { "LIST" };
+    /// LIST and LSUB, plain or with RFC 5258 options: the folders matching
+    /// `reference` + `pattern` not in `seen` yet (several patterns name a
+    /// folder once).
+    fn list(&self, out: &mut Vec<u8>, reference: &str, pattern: &str, mode: &ListMode, seen: &mut HashSet<String>) -> io::Result<()> {
+        let word = if mode.lsub { "LSUB" } else { "LIST" };
         if pattern.is_empty() {
             // The hierarchy delimiter and root (RFC 9051 §6.3.9).
             out.extend_from_slice(format!("* {word} (\\Noselect) \".\" \"\"\r\n").as_bytes());
-            return;
+            return Ok(());
         }
         let full = format!("{reference}{pattern}");
         let store = self.store();
         let all = store.folders();
-        let subs: HashSet<String> = if subscribed_only { folder::subscriptions(&store.root, &all).into_iter().collect() } else { HashSet::new() };
+        let want_subs = mode.lsub || mode.select.subscribed || mode.ret.subscribed;
+        let subs: HashSet<String> = if want_subs { folder::subscriptions(&store.root, &all).into_iter().collect() } else { HashSet::new() };
+        let only_subscribed = mode.lsub || mode.select.subscribed;
         // Parents that are not folders themselves (`a` of `a.b`) are listed
         // as \Noselect where the pattern stops at them (`%`).
         let mut names: Vec<(String, bool)> = all.iter().map(|n| (n.clone(), true)).collect();
@@ -905,17 +995,191 @@ impl Session {
         names.sort_by(|a, b| (a.0 != "INBOX", &a.0).cmp(&(b.0 != "INBOX", &b.0)));
         for (name, selectable) in &names {
             let matched = if name == "INBOX" { wildmatch(full.to_ascii_uppercase().as_bytes(), b"INBOX") } else { wildmatch(full.as_bytes(), name.as_bytes()) };
-            if !matched || (subscribed_only && !subs.contains(name)) {
+            if !matched || seen.contains(name) {
                 continue;
             }
-            let children = all.iter().any(|n| n.starts_with(&format!("{name}.")));
+            let special = Store::special_use(name);
+            let prefix = format!("{name}.");
+            // RECURSIVEMATCH: a folder left out by the selection is named
+            // when a folder below it is selected (RFC 5258 §3.5 CHILDINFO).
+            let mut childinfo = Vec::new();
+            if only_subscribed && !subs.contains(name.as_str()) {
+                if mode.select.recursive_match && subs.iter().any(|x| x.starts_with(&prefix)) {
+                    childinfo.push("\"SUBSCRIBED\"");
+                } else {
+                    continue;
+                }
+            }
+            if mode.select.special_use && special.is_none() {
+                if mode.select.recursive_match && all.iter().any(|x| x.starts_with(&prefix) && Store::special_use(x).is_some()) {
+                    childinfo.push("\"SPECIAL-USE\"");
+                } else {
+                    continue;
+                }
+            }
+            seen.insert(name.clone());
+            let children = all.iter().any(|n| n.starts_with(&prefix));
             let mut attrs = if *selectable { vec![] } else { vec!["\\Noselect"] };
             attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" });
-            if let Some(u) = Store::special_use(name) {
+            if !mode.lsub && (mode.select.subscribed || mode.ret.subscribed) && subs.contains(name.as_str()) {
+                attrs.push("\\Subscribed");
+            }
+            if let Some(u) = special {
                 attrs.push(u);
             }
-            out.extend_from_slice(format!("* {word} ({}) \".\" {}\r\n", attrs.join(" "), wire::mailbox(name)).as_bytes());
+            let ext = if childinfo.is_empty() { String::new() } else { format!(" (\"CHILDINFO\" ({}))", childinfo.join(" ")) };
+            out.extend_from_slice(format!("* {word} ({}) \".\" {}{ext}\r\n", attrs.join(" "), self.name_out(name)).as_bytes());
+            // LIST-STATUS (RFC 5819): the folder's STATUS right after it.
+            if let (Some(items), true) = (&mode.ret.status, *selectable)
+                && let Ok(dir) = store.dir(name)
+                && let Ok(snap) = Locked::open(&dir).and_then(|l| l.sync())
+                && let Ok(items) = status_items(&snap, items)
+            {
+                out.extend_from_slice(format!("* STATUS {} ({})\r\n", self.name_out(name), items.join(" ")).as_bytes());
+            }
         }
+        Ok(())
+    }
+
+    /// A LIST the pre-parser took (RFC 5258 options, several patterns).
+    fn list_extended(&self, tag: &str, l: &ext::ListExtended) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(items) = &l.ret.status
+            && let Err(why) = status_items(&folder::Snapshot::default(), items)
+        {
+            return format!("{tag} BAD {why}\r\n").into_bytes();
+        }
+        let mode = ListMode { lsub: false, select: l.select.clone(), ret: l.ret.clone() };
+        let mut seen = HashSet::new();
+        let reference = self.text_in(&l.reference);
+        for p in &l.patterns {
+            if let Err(e) = self.list(&mut out, &reference, &self.text_in(p), &mode, &mut seen) {
+                return format!("{tag} NO [SERVERBUG] {e}\r\n").into_bytes();
+            }
+        }
+        out.extend_from_slice(format!("{tag} OK LIST completed\r\n").as_bytes());
+        out
+    }
+
+    /// A mailbox name as the client wrote it, as the store names it
+    /// (modified UTF-7; an IMAP4rev2 client writes UTF-8).
+    fn name_in(&self, m: &Mailbox<'_>) -> String {
+        match m {
+            Mailbox::Inbox => "INBOX".into(),
+            Mailbox::Other(o) => self.text_in(&String::from_utf8_lossy(o.as_ref())),
+        }
+    }
+
+    fn pattern_in(&self, m: &ListMailbox<'_>) -> String {
+        self.text_in(&list_pattern(m))
+    }
+
+    fn text_in(&self, t: &str) -> String {
+        if self.rev2 && !t.is_ascii() { mutf7::encode(t) } else { t.to_string() }
+    }
+
+    /// A stored name as this client reads names.
+    fn name_out(&self, name: &str) -> String {
+        if self.rev2 {
+            match mutf7::decode(name) {
+                Some(u) => wire::mailbox_utf8(&u),
+                None => wire::mailbox(name),
+            }
+        } else {
+            wire::mailbox(name)
+        }
+    }
+
+    /// The pre-parser: what imap-codec cannot parse yet is lifted off or
+    /// answered here (ext.rs).
+    fn preparse(&mut self, mut bytes: Vec<u8>) -> Pre {
+        self.search_ret = None;
+        if matches!(self.state, State::NotAuthenticated) {
+            return Pre::Command(bytes);
+        }
+        let tag = super::tag_of(&bytes);
+        if self.rev2
+            && let Some(b) = ext::quoted_utf8_as_literals(&bytes)
+        {
+            bytes = b;
+        }
+        if let Some(l) = ext::list_extended(&bytes) {
+            return Pre::Answer(match l {
+                Ok(l) => self.list_extended(&tag, &l),
+                Err(why) => format!("{tag} BAD {why}\r\n").into_bytes(),
+            });
+        }
+        let ds = ext::dollars(&bytes);
+        if !ds.is_empty() {
+            let State::Selected(s) = &self.state else { return Pre::Answer(format!("{tag} BAD select a folder first\r\n").into_bytes()) };
+            let here: HashSet<u32> = s.saved.iter().copied().collect();
+            let uids: Vec<u32> = s.msgs.iter().filter(|m| here.contains(&m.uid)).map(|m| m.uid).collect();
+            let seqs: Vec<u32> = s.msgs.iter().enumerate().filter(|(_, m)| here.contains(&m.uid)).map(|(i, _)| i as u32 + 1).collect();
+            for d in ds.iter().rev() {
+                let set = if d.uid { &uids } else { &seqs };
+                let text = match (set.is_empty(), d.in_search, d.uid) {
+                    (false, true, true) => format!("UID {}", uid_set(set)),
+                    (false, _, _) => uid_set(set),
+                    // Nothing saved (or all of it expunged): a key that
+                    // matches nothing, or nothing to do (RFC 5182 §2.1).
+                    (true, true, _) => "(NOT ALL)".into(),
+                    (true, false, _) => return Pre::Answer(format!("{tag} OK nothing done: the saved search result ($) is empty\r\n").into_bytes()),
+                };
+                bytes.splice(d.range.clone(), text.into_bytes());
+            }
+        }
+        match ext::search_return(&bytes) {
+            None => {}
+            Some(Ok((b, r))) => {
+                bytes = b;
+                self.search_ret = Some(r);
+            }
+            Some(Err(why)) => return Pre::Answer(format!("{tag} BAD {why}\r\n").into_bytes()),
+        }
+        Pre::Command(bytes)
+    }
+
+    /// A SEARCH answered as ESEARCH (RFC 4731; always under IMAP4rev2),
+    /// and its result saved for `$` if asked (RFC 5182).
+    fn esearch(&mut self, out: &mut Vec<u8>, tag: &str, key: &SearchKey<'_>, found: &[(u32, u64)], uid: bool, r: &ext::SearchReturn) {
+        let State::Selected(s) = &mut self.state else { return };
+        let nums: Vec<u32> = found.iter().map(|(n, _)| *n).collect();
+        let (min, max) = (nums.iter().min().copied(), nums.iter().max().copied());
+        if r.save {
+            // With MIN and/or MAX alone, only those are saved (§2.4).
+            let keep: Vec<u32> = if (r.min || r.max) && !(r.all || r.count) {
+                nums.iter().copied().filter(|n| (r.min && Some(*n) == min) || (r.max && Some(*n) == max)).collect()
+            } else {
+                nums.clone()
+            };
+            s.saved = if uid { keep } else { keep.iter().filter_map(|n| s.msgs.get(*n as usize - 1).map(|m| m.uid)).collect() };
+        }
+        if r.only_save() {
+            return;
+        }
+        // A tag holds no quoted-specials (RFC 9051 §9 `tag`).
+        let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+        if uid {
+            line += " UID";
+        }
+        if let (true, Some(m)) = (r.min, min) {
+            line += &format!(" MIN {m}");
+        }
+        if let (true, Some(m)) = (r.max, max) {
+            line += &format!(" MAX {m}");
+        }
+        if r.count {
+            line += &format!(" COUNT {}", nums.len());
+        }
+        if r.all && !nums.is_empty() {
+            line += &format!(" ALL {}", uid_set(&nums));
+        }
+        if search::uses_modseq(key) && !found.is_empty() {
+            self.condstore = true;
+            line += &format!(" MODSEQ {}", found.iter().map(|(_, m)| *m).max().unwrap_or(0));
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 
     /// After a UID command (where EXPUNGE may be sent): a look at the
@@ -971,6 +1235,7 @@ impl Session {
         }
         s.highestmodseq = snap.highestmodseq;
         let condstore = self.condstore;
+        let rev2 = self.rev2;
         self.keywords = Keywords::load(&self.ctx.root);
         let kw = &self.keywords;
         for (i, m) in s.msgs.iter_mut().enumerate() {
@@ -980,7 +1245,7 @@ impl Session {
                     m.flags = e.flags.clone();
                     m.modseq = e.modseq;
                     let ms = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){ms})\r\n", i + 1, m.flags.imap(m.recent, kw)).as_bytes());
+                    out.extend_from_slice(format!("* {} FETCH (FLAGS ({}){ms})\r\n", i + 1, m.flags.imap(m.recent && !rev2, kw)).as_bytes());
                 } else {
                     m.modseq = e.modseq;
                 }
@@ -997,7 +1262,7 @@ impl Session {
         }
         if added > 0 {
             out.extend_from_slice(format!("* {} EXISTS\r\n", s.msgs.len()).as_bytes());
-            if new_recent > 0 {
+            if new_recent > 0 && !rev2 {
                 out.extend_from_slice(format!("* {} RECENT\r\n", s.msgs.iter().filter(|m| m.recent).count()).as_bytes());
             }
         }
@@ -1421,7 +1686,7 @@ impl Session {
             }
             let u = if uid { format!(" UID {}", m.uid) } else { String::new() };
             let ms = if condstore { format!(" MODSEQ ({})", m.modseq) } else { String::new() };
-            let fl = if silent { String::new() } else { format!("FLAGS ({})", m.flags.imap(m.recent, &self.keywords)) };
+            let fl = if silent { String::new() } else { format!("FLAGS ({})", m.flags.imap(m.recent && !self.rev2, &self.keywords)) };
             let body = format!("{fl}{u}{ms}");
             out.extend_from_slice(format!("* {} FETCH ({})\r\n", i + 1, body.trim_start()).as_bytes());
         }

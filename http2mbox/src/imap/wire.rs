@@ -63,6 +63,23 @@ pub fn mailbox(name: &str) -> String {
     String::from_utf8_lossy(&v).into_owned()
 }
 
+/// A mailbox name for an IMAP4rev2 client: UTF-8, in a quoted string
+/// where it is no atom (RFC 9051 §5.1; names never hold controls).
+pub fn mailbox_utf8(name: &str) -> String {
+    if name.is_ascii() {
+        return mailbox(name);
+    }
+    let mut v = String::from("\"");
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            v.push('\\');
+        }
+        v.push(c);
+    }
+    v.push('"');
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
