@@ -127,6 +127,76 @@ fn imaplib_sees_what_dovecot_shows_of_the_same_maildir() {
     assert!(cur.iter().any(|n| n == "1700000002.M2P1.host:2,R"), "{cur:?}");
 }
 
+/// Commands of the extensions IMAP4rev2 folds in (ESEARCH, SEARCHRES,
+/// BINARY, LIST-EXTENDED, LIST-STATUS, STATUS=SIZE), sent as they are over
+/// a socket; each command's untagged answers and its tagged status.
+const REV2_SESSION: &str = r#"
+import socket, sys, json, re
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+f = s.makefile("rb")
+def line():
+    l = f.readline()
+    m = re.search(rb"~?\{(\d+)\}\r\n$", l)
+    if m:
+        l = l + f.read(int(m.group(1))) + line()
+    return l
+line()
+def cmd(tag, text):
+    s.sendall(f"{tag} {text}\r\n".encode())
+    out = []
+    while True:
+        l = line()
+        if l.startswith(tag.encode() + b" "):
+            return out, l.split()[1].decode()
+        out.append(l.decode("latin-1").replace("\\Recent", "").replace("( ", "(").replace(" )", ")").strip())
+cmd("a", f"LOGIN {sys.argv[2]} pop-secret")
+cmd("b", "SELECT INBOX")
+res = {}
+for i, c in enumerate([
+    "SEARCH RETURN (MIN MAX COUNT ALL) ALL",
+    "UID SEARCH RETURN (COUNT ALL) BODY needle",
+    "SEARCH RETURN (SAVE) OR SUBJECT first FROM dan",
+    "FETCH $ (UID RFC822.SIZE)",
+    "SEARCH RETURN (ALL) NOT $",
+    "UID SEARCH RETURN (ALL) UID $",
+    "SEARCH RETURN (MAX SAVE) ALL",
+    "FETCH $ (UID)",
+    "FETCH 2 (BINARY.PEEK[1] BINARY.PEEK[2] BINARY.SIZE[2])",
+    "FETCH 3 (BINARY.PEEK[2.1] BINARY.SIZE[1])",
+    "FETCH 1 (BINARY.PEEK[1]<0.5>)",
+    "STATUS INBOX (MESSAGES SIZE)",
+    'LIST "" (INBOX) RETURN (CHILDREN STATUS (MESSAGES UNSEEN))',
+    "SEARCH RETURN (BOGUS) ALL",
+]):
+    res[c] = cmd(f"t{i}", c)
+cmd("z", "LOGOUT")
+print(json.dumps(res))
+"#;
+
+#[test]
+fn the_rev2_extensions_answer_as_dovecot_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let bob = bob_with_fixtures(root.path());
+    let theirs = root.path().join("dovecot-maildir");
+    ok(Command::new("cp").arg("-a").arg(bob.home.join("Maildir")).arg(&theirs));
+    let (_ours, port) = daemon(root.path(), &bob, "3600");
+    let dovecot = common::dovecot::start(root.path(), &theirs, "imap").unwrap_or_else(|e| panic!("Dovecot did not start: {e}"));
+    let run = |port: u16, user: &str| -> serde_json::Value {
+        let (good, out) = python(REV2_SESSION, &[&port.to_string(), user]);
+        assert!(good, "{out}");
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let (a, b) = (run(port, "bob@example.net"), run(dovecot.port, "bob"));
+    for (cmd, theirs) in b.as_object().unwrap() {
+        assert_eq!(&a[cmd], theirs, "{cmd}: ours (left) and Dovecot's (right) differ");
+    }
+    // And the answers are the right ones, not merely the same.
+    assert_eq!(a["SEARCH RETURN (MIN MAX COUNT ALL) ALL"][0][0], "* ESEARCH (TAG \"t0\") MIN 1 MAX 3 ALL 1:3 COUNT 3");
+    assert_eq!(a["SEARCH RETURN (ALL) NOT $"][0][0], "* ESEARCH (TAG \"t4\") ALL 2");
+    assert!(a["FETCH 2 (BINARY.PEEK[1] BINARY.PEEK[2] BINARY.SIZE[2])"][0][0].as_str().unwrap().contains("BINARY.SIZE[2] 10"), "{a}");
+    assert_eq!(a["SEARCH RETURN (BOGUS) ALL"][1], "BAD");
+}
+
 /// IDLE over a plain socket: logs in, selects, idles, says so, then prints
 /// every untagged line until EXISTS, and leaves IDLE with DONE.
 const IDLER: &str = r#"

@@ -1168,11 +1168,12 @@ impl Session {
         if let (true, Some(m)) = (r.max, max) {
             line += &format!(" MAX {m}");
         }
-        if r.count {
-            line += &format!(" COUNT {}", nums.len());
-        }
+        // In Dovecot's order (RFC 4731 leaves it free).
         if r.all && !nums.is_empty() {
             line += &format!(" ALL {}", uid_set(&nums));
+        }
+        if r.count {
+            line += &format!(" COUNT {}", nums.len());
         }
         if search::uses_modseq(key) && !found.is_empty() {
             self.condstore = true;
