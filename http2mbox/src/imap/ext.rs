@@ -109,6 +109,19 @@ fn literal_len(b: &[u8]) -> Option<(usize, usize)> {
     Some((n, skip + 1 + close + 1 + eol))
 }
 
+/// The command's name (after a `UID`), read off its first bytes without
+/// tokenizing the rest: most commands are none of these extensions', and
+/// an APPEND's literal is not copied to find that out.
+fn quick_name(cmd: &[u8]) -> Option<(String, bool)> {
+    let head = &cmd[..cmd.len().min(64)];
+    let mut words = head.split(|&b| b == b' ' || b == b'\r' || b == b'\n').filter(|w| !w.is_empty()).skip(1);
+    let first = String::from_utf8_lossy(words.next()?).to_ascii_uppercase();
+    if first == "UID" {
+        return Some((String::from_utf8_lossy(words.next()?).to_ascii_uppercase(), true));
+    }
+    Some((first, false))
+}
+
 fn is(t: &Tok, word: &str) -> bool {
     matches!(t, Tok::Atom(a) if a.eq_ignore_ascii_case(word.as_bytes()))
 }
@@ -152,6 +165,9 @@ impl SearchReturn {
 /// A SEARCH with `RETURN (...)`: the command without it, and the options.
 /// `Some(Err)` for a RETURN this server does not take (answer BAD).
 pub fn search_return(cmd: &[u8]) -> Option<Result<(Vec<u8>, SearchReturn), String>> {
+    if quick_name(cmd)?.0 != "SEARCH" {
+        return None;
+    }
     let toks = tokens(cmd).ok()?;
     let (name, _, at) = name(&toks)?;
     if name != "SEARCH" || !toks.get(at).is_some_and(|t| is(&t.0, "RETURN")) {
@@ -200,7 +216,7 @@ pub struct Dollar {
 
 /// Each `$` in a command that takes a sequence set (RFC 5182 §2.1).
 pub fn dollars(cmd: &[u8]) -> Vec<Dollar> {
-    if memchr::memchr(b'$', cmd).is_none() {
+    if memchr::memchr(b'$', cmd).is_none() || !quick_name(cmd).is_some_and(|(n, _)| ["FETCH", "STORE", "COPY", "MOVE", "EXPUNGE", "SEARCH"].contains(&n.as_str())) {
         return Vec::new();
     }
     let Ok(toks) = tokens(cmd) else { return Vec::new() };
@@ -268,6 +284,9 @@ const MAX_PATTERNS: usize = 64;
 /// `None` for a plain LIST (imap-codec parses those), `Some(Err)` for one
 /// to answer BAD.
 pub fn list_extended(cmd: &[u8]) -> Option<Result<ListExtended, String>> {
+    if quick_name(cmd)? != ("LIST".to_string(), false) {
+        return None;
+    }
     let toks = tokens(cmd).ok()?;
     let (name, uid, mut k) = name(&toks)?;
     if name != "LIST" || uid {
