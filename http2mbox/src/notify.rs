@@ -108,16 +108,22 @@ pub struct TurnedAway {
 impl TurnedAway {
     const MAX_SOURCES: usize = 16;
 
+    /// Count one more refusal of `src`. The table keeps the most refused
+    /// sources by Space-Saving (Metwally et al.): a new source takes the
+    /// place of the least counted with that count plus one, so a heavy
+    /// source cannot be kept out by earlier ones (its count may be high by
+    /// at most the count it took over).
     fn count_source(&mut self, src: IpAddr, now: i64) {
         self.source_over_limit += 1;
         self.last_source_over_limit = Some(now);
-        *self.sources.entry(src.to_string()).or_insert(0) += 1;
-        if self.sources.len() > Self::MAX_SOURCES {
-            // Keep the most refused; drop the least (ties: the later key).
-            let least = self.sources.iter().min_by_key(|(k, n)| (**n, std::cmp::Reverse((*k).clone()))).map(|(k, _)| k.clone());
-            if let Some(k) = least {
-                self.sources.remove(&k);
-            }
+        let key = src.to_string();
+        if let Some(n) = self.sources.get_mut(&key) {
+            *n += 1;
+        } else if self.sources.len() < Self::MAX_SOURCES {
+            self.sources.insert(key, 1);
+        } else if let Some((least, n)) = self.sources.iter().min_by_key(|(k, n)| (**n, (*k).clone())).map(|(k, n)| (k.clone(), *n)) {
+            self.sources.remove(&least);
+            self.sources.insert(key, n + 1);
         }
     }
 }
@@ -567,6 +573,9 @@ pub async fn listen(
                     let _ = polls.try_send(f);
                 });
             }
+            // A full quarantine is counted for `intro list`, not logged
+            // stub by stub (a flood of strangers is no flood of log lines).
+            Verdict::Held(Held::QuarantineFull) => tracing::debug!(%src, "stub from a stranger: the quarantine is full"),
             Verdict::Held(h) => tracing::info!(%src, "stub from a stranger: {h:?}"),
             Verdict::Dropped(why) => tracing::debug!(%src, "stub dropped: {why}"),
         }
@@ -771,5 +780,16 @@ mod tests {
             t.count_source(IpAddr::V4(std::net::Ipv4Addr::from(i)), NOW);
         }
         assert!(t.sources.len() <= TurnedAway::MAX_SOURCES && t.source_over_limit == 1000);
+        // Sixteen addresses seeded first do not hide a heavy one after them.
+        let mut t = TurnedAway::default();
+        for i in 0..16u32 {
+            for _ in 0..2 {
+                t.count_source(IpAddr::V4(std::net::Ipv4Addr::from(0x7f0a_0000 + i)), NOW);
+            }
+        }
+        for _ in 0..246 {
+            t.count_source(IpAddr::V4(std::net::Ipv4Addr::new(127, 20, 0, 1)), NOW);
+        }
+        assert!(t.sources.get("127.20.0.1").is_some_and(|n| *n >= 246), "{:?}", t.sources);
     }
 }

@@ -132,14 +132,38 @@ fn outbox_domain(outbox: &str) -> Option<String> {
 }
 
 /// May a report about `outbox` be mailed to the abuse desk it publishes?
-/// Only at the outbox's own host or a domain above it (`abuse@example.org`
-/// for `https://outbox.example.org/`): an outbox is a stranger, and one
+/// Only at the outbox's own host or a domain above it within the same
+/// registrable domain (`abuse@example.org` for `https://outbox.example.org/`,
+/// never `abuse@co.uk` or `abuse@github.io`: the Public Suffix List says
+/// where a registrable domain starts), and only a plain address (no `%` or
+/// `!` a relay might route onwards): an outbox is a stranger, and one
 /// naming any address would have every reporter mail that address.
 pub fn desk_belongs_to(outbox: &str, desk: &str) -> bool {
     let Some(host) = outbox_domain(outbox) else { return false };
-    let Some((_, domain)) = desk.split_once('@').filter(|_| stubmail::mail::is_plain_address(desk)) else { return false };
+    let Some((local, domain)) = desk.split_once('@').filter(|_| stubmail::mail::is_plain_address(desk)) else { return false };
+    if local.contains(['%', '!']) {
+        return false;
+    }
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    host == domain || (domain.contains('.') && host.ends_with(&format!(".{domain}")))
+    if host == domain {
+        return true;
+    }
+    // The registrable domain (`example.org` of `outbox.example.org`); a
+    // host with none (`localhost`, a public suffix itself) has no parent
+    // a desk may sit at.
+    let Some(registrable) = psl::domain_str(&host) else { return false };
+    host.ends_with(&format!(".{domain}")) && (domain == registrable || domain.ends_with(&format!(".{registrable}")))
+}
+
+/// An address a peer sent, fit to print: as it is when it is a plain
+/// address, escaped and cut short otherwise (no terminal controls).
+pub fn printable(a: &str) -> String {
+    if stubmail::mail::is_plain_address(a) {
+        a.to_string()
+    } else {
+        let short: String = a.chars().take(100).collect();
+        format!("{short:?}")
+    }
 }
 
 /// The line a mailed report's signature covers (`Stubmail-Complaint:`):
@@ -304,15 +328,18 @@ pub async fn report(
             // outbox names one of its own domain and it is a new report.
             if let Some(to) = a.abuse_contact.as_deref().filter(|_| a.recorded) {
                 let sent = if !desk_belongs_to(&outbox, to) {
-                    Err(format!("{to} is not at {outbox}'s own domain: not mailed"))
+                    Err(format!("it is not a plain address at {outbox}'s own domain: not mailed"))
                 } else if config.relay.is_none() {
                     Err("no [relay] is configured to mail it (config.toml [relay])".to_string())
                 } else {
-                    let full = full()?;
-                    let report = ArfReport { from: &config.identity.email, to, found, outbox: &outbox, reason: reason.as_deref(), stub: stub.as_deref(), full: full.as_deref(), copy: true, now };
+                    // The desk is the outbox operator's, who otherwise holds
+                    // only ciphertext: never the message, whatever
+                    // --include-message says (it is for outboxes without
+                    // the endpoint).
+                    let report = ArfReport { from: &config.identity.email, to, found, outbox: &outbox, reason: reason.as_deref(), stub: stub.as_deref(), full: None, copy: true, now };
                     send_arf(&config, to, arf(&me, &report)?).await.map_err(|e| format!("{e:#}"))
                 };
-                desk = Some((to.to_string(), sent));
+                desk = Some((printable(to), sent));
             }
             Ok(a)
         }
@@ -436,6 +463,12 @@ mod tests {
             ("https://outbox.example.org/", "desk@outbox.example.org", true),
             ("https://outbox.example.org./stubmail/", "Abuse@EXAMPLE.org", true),
             ("http://localhost:8080/", "desk@localhost", true),
+            ("https://spam.mygmail.co.uk/", "abuse@mygmail.co.uk", true),
+            ("https://spam.mygmail.co.uk/", "victim@co.uk", false),
+            ("https://someone.github.io/", "abuse@github.io", false),
+            ("https://someone.github.io/", "abuse@someone.github.io", true),
+            ("http://localhost:8080/", "victim%gmail.com@localhost", false),
+            ("http://localhost:8080/", "gmail.com!victim@localhost", false),
             ("https://outbox.example.org/", "abuse@victim.example", false),
             ("https://outbox.example.org/", "abuse@org", false),
             ("https://badexample.org/", "abuse@example.org", false),
@@ -445,6 +478,13 @@ mod tests {
         ] {
             assert_eq!(desk_belongs_to(outbox, desk), ok, "{outbox} {desk}");
         }
+    }
+
+    #[test]
+    fn an_address_from_a_peer_prints_without_terminal_controls() {
+        assert_eq!(printable("abuse@example.org"), "abuse@example.org");
+        let p = printable(&format!("\u{1b}[2J\u{7}{}", "x".repeat(500)));
+        assert!(!p.chars().any(|c| c.is_control()) && p.len() < 130, "{p}");
     }
 
     #[test]
