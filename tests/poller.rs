@@ -297,8 +297,8 @@ fn a_large_message_is_fetched_in_bounded_memory() {
     println!("peak RSS after a 128 MiB message: http2mbox {poller_kib} KiB, post_manager {outbox_kib} KiB");
     assert!(poller_kib < 64 * 1024, "http2mbox peak RSS {poller_kib} KiB");
     assert!(outbox_kib < 64 * 1024, "post_manager peak RSS {outbox_kib} KiB");
-    // Over IMAP too: the whole message, its text from an offset, and its
-    // envelope, streamed from the file (the size is checked octet for
+    // Over IMAP too: the whole message (BODY[] and BINARY[]), its text
+    // from an offset, and its envelope, streamed from the file (the size is checked octet for
     // octet against RFC822.SIZE).
     let imap = wait_for("IMAP to listen", 30, || pop.stdout_after("http2mbox IMAP listening on"));
     let script = r#"
@@ -314,6 +314,9 @@ assert body.count(b"\r\n") == body.count(b"\n"), "CRLF throughout"
 typ, d = M.fetch("1", "(ENVELOPE BODY.PEEK[TEXT]<1000000.500>)")
 assert len(d[0][1]) == 500, len(d[0][1])
 assert body.find(d[0][1]) > 0
+# BINARY[] of the whole message is streamed as BODY[] is.
+typ, d = M.fetch("1", "(BINARY.PEEK[]<0.%d>)" % size)
+assert d[0][1] == body, "BINARY[] is the message"
 print(size)
 M.logout()
 "#;

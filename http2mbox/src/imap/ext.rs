@@ -203,6 +203,13 @@ pub fn search_return(cmd: &[u8]) -> Option<Result<(Vec<u8>, SearchReturn), Strin
     Some(Ok((out, r.normalised())))
 }
 
+/// SEARCH keys followed by an argument that is not a set (RFC 9051
+/// §6.4.4, RFC 7162 MODSEQ); HEADER takes two.
+const TAKES_ARGUMENT: &[&str] = &[
+    "BCC", "BEFORE", "BODY", "CC", "FROM", "HEADER", "KEYWORD", "LARGER", "ON", "SENTBEFORE", "SENTON", "SENTSINCE", "SINCE", "SMALLER", "SUBJECT", "TEXT", "TO", "UNKEYWORD", "MODSEQ",
+    "CHARSET", "OLDER", "YOUNGER",
+];
+
 /// Where a `$` stands for a set of messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dollar {
@@ -233,8 +240,10 @@ pub fn dollars(cmd: &[u8]) -> Vec<Dollar> {
                     continue;
                 }
                 let prev = toks.get(k.wrapping_sub(1)).map(|t| &t.0);
-                // A keyword named `$` is a keyword, not a set.
-                if prev.is_some_and(|p| is(p, "KEYWORD") || is(p, "UNKEYWORD")) {
+                let prev2 = toks.get(k.wrapping_sub(2)).map(|t| &t.0);
+                // An argument of a key (a keyword, a string, a field name,
+                // a date or number) is a word, not a set: `SUBJECT $`.
+                if prev.is_some_and(|p| TAKES_ARGUMENT.iter().any(|w| is(p, w))) || prev2.is_some_and(|p| is(p, "HEADER")) {
                     continue;
                 }
                 if k > at && prev.is_some_and(|p| is(p, "UID")) {
@@ -390,6 +399,9 @@ pub fn list_extended(cmd: &[u8]) -> Option<Result<ListExtended, String>> {
                                     _ => return Some(Err("STATUS (...) is not closed".into())),
                                 }
                             }
+                            if items.is_empty() {
+                                return Some(Err("STATUS wants at least one item (RFC 5819)".into()));
+                            }
                             l.ret.status = Some(items);
                         }
                         other => return Some(Err(format!("LIST return option {other:?} is not offered (SUBSCRIBED CHILDREN SPECIAL-USE STATUS)"))),
@@ -466,6 +478,10 @@ mod tests {
             &b"a EXPUNGE $\r\n"[..],
             b"a STORE 1 +FLAGS ($)\r\n",
             b"a SEARCH KEYWORD $\r\n",
+            b"a SEARCH SUBJECT $\r\n",
+            b"a SEARCH HEADER Subject $\r\n",
+            b"a SEARCH HEADER $ x\r\n",
+            b"a SEARCH OR BODY $ TEXT $\r\n",
             b"a SEARCH SUBJECT \"$\"\r\n",
             b"a SEARCH SUBJECT {1}\r\n$\r\n",
             b"a FETCH 1:$ FLAGS\r\n",
@@ -493,6 +509,7 @@ mod tests {
             b"a LIST \"\" * RETURN (BAR)\r\n",
             b"a LIST \"\" () \r\n",
             b"a LIST \"\" * RETURN (STATUS MESSAGES)\r\n",
+            b"a LIST \"\" * RETURN (STATUS ())\r\n",
             b"a LIST (SUBSCRIBED \"\" *\r\n",
             b"a LIST \"\" * RETURN (CHILDREN) X\r\n",
         ] {

@@ -28,7 +28,7 @@ pub fn decode(name: &str) -> Option<String> {
             }
             let units: Vec<u16> = bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
             let s = String::from_utf16(&units).ok()?;
-            if s.chars().any(|c| c.is_control() || (' '..='~').contains(&c)) {
+            if s.chars().any(|c| c.is_control() || (' '..='~').contains(&c) || invisible(c)) {
                 return None;
             }
             out.push_str(&s);
@@ -37,6 +37,14 @@ pub fn decode(name: &str) -> Option<String> {
     }
     out.push_str(rest);
     Some(out)
+}
+
+/// Characters no folder name may hold (RFC 9051 §5.1: not U+2028 or
+/// U+2029): line and paragraph separators, and the invisible format
+/// characters that make one name look like another (zero-width spaces
+/// and joiners, bidirectional overrides and isolates, the BOM).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// A UTF-8 name written in modified UTF-7.
@@ -85,7 +93,7 @@ mod tests {
             assert_eq!(encode(utf8), utf7);
             assert_eq!(decode(utf7).as_deref(), Some(utf8));
         }
-        for bad in ["&", "&AGE-", "&Jjo", "&2D0-", "&AAA-", "&Jjo!-"] {
+        for bad in ["&", "&AGE-", "&Jjo", "&2D0-", "&AAA-", "&Jjo!-", &encode("a\u{2028}b"), &encode("INBOX\u{200B}"), &encode("a\u{202E}b")] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

@@ -128,3 +128,29 @@ async fn after_enable_imap4rev2_the_rev2_rules_apply() {
     let out = dialogue(ctx(d.path()), &format!("{LOGIN}h LIST \"\" Entw*\ni LOGOUT\n")).await;
     assert!(out.contains("* LIST (\\HasNoChildren) \".\" Entw&APw-rfe\r\n"), "{out}");
 }
+
+#[tokio::test]
+async fn dollar_is_a_set_only_where_a_set_goes_and_is_bounded() {
+    let d = mime_maildir();
+    let out = dialogue(
+        ctx(d.path()),
+        &format!(
+            "{LOGIN}b SELECT INBOX\nc SEARCH RETURN (SAVE) 1:2\nd SEARCH SUBJECT $\ne SEARCH HEADER Subject $\nf SEARCH $ $ $ $ $ $ $ $\ng SEARCH $ $ $ $ $ $ $ $ $\nh LIST \"\" * RETURN (STATUS ())\ni LOGOUT\n"
+        ),
+    )
+    .await;
+    // `SUBJECT $` looks for a "$" in subjects (there is none), whatever $ holds.
+    assert!(out.contains("* SEARCH\r\nd OK") && out.contains("* SEARCH\r\ne OK"), "{out}");
+    assert!(out.contains("* SEARCH 1 2\r\nf OK"), "{out}");
+    assert!(out.contains("g NO [LIMIT]"), "{out}");
+    assert!(out.contains("h BAD"), "{out}");
+}
+
+#[tokio::test]
+async fn an_imap4rev2_clients_names_are_utf8_throughout() {
+    let d = mime_maildir();
+    let out = dialogue(ctx(d.path()), &format!("{LOGIN}b ENABLE IMAP4rev2\nc CREATE \"R&D\"\nd CREATE \"a\u{2028}b\"\ne CREATE \"INBOX\u{200B}\"\nf LIST \"\" R*\ng LOGOUT\n")).await;
+    assert!(out.contains("c OK") && d.path().join(".R&-D").is_dir(), "{out}");
+    assert!(out.contains("* LIST (\\HasNoChildren) \".\" R&D\r\n"), "the name as created: {out}");
+    assert!(out.contains("d NO") && out.contains("e NO"), "no separators or invisible characters: {out}");
+}

@@ -93,6 +93,15 @@ pub struct Session {
     search_ret: Option<ext::SearchReturn>,
 }
 
+/// Messages read whole at once, across all sessions, when they are over
+/// [`STREAM_OVER`] and an item needs their MIME tree (a part, BINARY,
+/// BODYSTRUCTURE): each costs a few times its size in memory, so many
+/// sessions asking at once wait their turn instead (for 10 s at most).
+static BIG_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Most `$` (the saved search result) one command may name.
+const MAX_DOLLARS: usize = 8;
+
 /// What the pre-parser made of a command.
 enum Pre {
     /// For imap-codec to parse (perhaps rewritten).
@@ -219,7 +228,9 @@ const STREAM_OVER: u64 = 1 << 20;
 fn streamable(i: &MessageDataItemName<'_>) -> bool {
     match i {
         MessageDataItemName::BodyExt { section, .. } => matches!(section, None | Some(Section::Header(None)) | Some(Section::Text(None)) | Some(Section::HeaderFields(None, _)) | Some(Section::HeaderFieldsNot(None, _))),
-        MessageDataItemName::Body | MessageDataItemName::BodyStructure | MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => false,
+        // BINARY[] of the whole message is the message, as BODY[] is.
+        MessageDataItemName::Binary { section, .. } => section.is_empty(),
+        MessageDataItemName::Body | MessageDataItemName::BodyStructure | MessageDataItemName::BinarySize { .. } => false,
         _ => true,
     }
 }
@@ -1074,8 +1085,10 @@ impl Session {
         self.text_in(&list_pattern(m))
     }
 
+    /// An IMAP4rev2 client's names are UTF-8 throughout: `&` is an
+    /// ordinary character there, written `&-` on disk.
     fn text_in(&self, t: &str) -> String {
-        if self.rev2 && !t.is_ascii() { mutf7::encode(t) } else { t.to_string() }
+        if self.rev2 { mutf7::encode(t) } else { t.to_string() }
     }
 
     /// A stored name as this client reads names.
@@ -1112,6 +1125,11 @@ impl Session {
         let ds = ext::dollars(&bytes);
         if !ds.is_empty() {
             let State::Selected(s) = &self.state else { return Pre::Answer(format!("{tag} BAD select a folder first\r\n").into_bytes()) };
+            // Bounded: a saved result of many scattered messages, named
+            // again and again, must not become a command of megabytes.
+            if ds.len() > MAX_DOLLARS {
+                return Pre::Answer(format!("{tag} NO [LIMIT] at most {MAX_DOLLARS} $ in one command\r\n").into_bytes());
+            }
             let here: HashSet<u32> = s.saved.iter().copied().collect();
             let uids: Vec<u32> = s.msgs.iter().filter(|m| here.contains(&m.uid)).map(|m| m.uid).collect();
             let seqs: Vec<u32> = s.msgs.iter().enumerate().filter(|(_, m)| here.contains(&m.uid)).map(|(i, _)| i as u32 + 1).collect();
@@ -1308,6 +1326,7 @@ impl Session {
     fn search(&mut self, key: &SearchKey<'_>, uid: bool) -> Vec<(u32, u64)> {
         let State::Selected(s) = &self.state else { return Vec::new() };
         let (max_seq, max_uid) = (s.msgs.len() as u32, s.msgs.last().map_or(0, |m| m.uid));
+        let sets = search::SetCache::default();
         let mut found = Vec::new();
         for (i, m) in s.msgs.iter().enumerate() {
             let path = s.dir.join(&m.rel);
@@ -1318,7 +1337,7 @@ impl Session {
                 folder::read_crlf(&p, max, 0).ok()
             };
             let internal = std::fs::metadata(s.dir.join(&m.rel)).and_then(|md| md.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
-            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, modseq: m.modseq, keywords: &self.keywords, internal, load: &mut load, loaded: None, max_seq, max_uid };
+            let mut c = Candidate { seq: i as u32 + 1, uid: m.uid, flags: &m.flags, recent: m.recent, size: m.size, modseq: m.modseq, keywords: &self.keywords, internal, load: &mut load, loaded: None, max_seq, max_uid, sets: &sets };
             if search::matches(key, &mut c) {
                 found.push((if uid { m.uid } else { i as u32 + 1 }, m.modseq));
             }
@@ -1421,6 +1440,13 @@ impl Session {
                     }
                 }
             }
+            // Waited for at most 10 s: a client that reads its answer
+            // slowly (or never) keeps a turn, and must not stall everyone.
+            let _big = if needs_content && !large && m.size > STREAM_OVER {
+                tokio::time::timeout(Duration::from_secs(10), BIG_READS.acquire()).await.ok().and_then(Result::ok)
+            } else {
+                None
+            };
             let raw = if large {
                 header
             } else if needs_content {
@@ -1456,6 +1482,11 @@ impl Session {
             let mut binaries: Vec<Option<Vec<u8>>> = Vec::new();
             for item in items {
                 let section = match item {
+                    // Streamed from the file below.
+                    MessageDataItemName::Binary { section, .. } if large && section.is_empty() => {
+                        binaries.push(None);
+                        continue;
+                    }
                     MessageDataItemName::Binary { section, .. } | MessageDataItemName::BinarySize { section } => section,
                     _ => {
                         binaries.push(None);
@@ -1500,11 +1531,31 @@ impl Session {
             for (k, item) in items.iter().enumerate() {
                 sep(out);
                 match item {
+                    MessageDataItemName::Binary { partial, .. } if large => {
+                        // The whole message (streamable says so); a NUL in it
+                        // goes as 0x80, as in BODY[].
+                        let (st, n, origin) = window(*partial, m.size);
+                        out.extend_from_slice(format!("BINARY[]{origin} {{{n}}}\r\n").as_bytes());
+                        stream.write_all(out).await?;
+                        out.clear();
+                        stream_crlf(stream, &path, st, n).await?;
+                    }
                     MessageDataItemName::Binary { section, partial, .. } => {
-                        let bytes = binaries[k].as_deref().unwrap_or_default();
+                        // Written from the decoded part straight out (no copy
+                        // into the answer), and let go of at once.
+                        let bytes = binaries[k].take().unwrap_or_default();
                         let (st, n, origin) = window(*partial, bytes.len() as u64);
+                        let piece = &bytes[st as usize..(st + n) as usize];
                         out.extend_from_slice(format!("BINARY[{}]{origin} ", binary_section(section)).as_bytes());
-                        wire::literal8(out, &bytes[st as usize..(st + n) as usize]);
+                        if piece.len() > 64 * 1024 {
+                            let nul = memchr::memchr(0, piece).is_some();
+                            out.extend_from_slice(format!("{}{{{}}}\r\n", if nul { "~" } else { "" }, piece.len()).as_bytes());
+                            stream.write_all(out).await?;
+                            out.clear();
+                            stream.write_all(piece).await?;
+                        } else {
+                            wire::literal8(out, piece);
+                        }
                     }
                     MessageDataItemName::BinarySize { section } => {
                         let n = binaries[k].as_ref().map_or(0, Vec::len);
