@@ -137,6 +137,27 @@ fn name(toks: &[(Tok, Range<usize>)]) -> Option<(String, bool, usize)> {
     Some((first, false, 2))
 }
 
+/// A parenthesized list of atoms at `toks[k]` (no nesting), upper case,
+/// at most `max`; and the index after its `)`.
+fn atom_list(toks: &[(Tok, Range<usize>)], k: usize, max: usize, what: &str) -> Result<(Vec<String>, usize), String> {
+    if toks.get(k).map(|t| &t.0) != Some(&Tok::Open) {
+        return Err(format!("{what} wants a parenthesized list"));
+    }
+    let mut out = Vec::new();
+    let mut k = k + 1;
+    loop {
+        match toks.get(k).map(|t| &t.0) {
+            Some(Tok::Close) => return Ok((out, k + 1)),
+            Some(Tok::Atom(a)) if out.len() < max => {
+                out.push(String::from_utf8_lossy(a).to_ascii_uppercase());
+                k += 1;
+            }
+            Some(Tok::Atom(_)) => return Err(format!("{what}: at most {max} items")),
+            _ => return Err(format!("{what} (...) is not closed")),
+        }
+    }
+}
+
 /// ESEARCH's result options (RFC 4731, RFC 5182 SAVE).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SearchReturn {
@@ -173,30 +194,23 @@ pub fn search_return(cmd: &[u8]) -> Option<Result<(Vec<u8>, SearchReturn), Strin
     if name != "SEARCH" || !toks.get(at).is_some_and(|t| is(&t.0, "RETURN")) {
         return None;
     }
-    if toks.get(at + 1).map(|t| &t.0) != Some(&Tok::Open) {
-        return Some(Err("RETURN wants a list of options: RETURN (MIN MAX ALL COUNT SAVE)".into()));
-    }
+    let (opts, after) = match atom_list(&toks, at + 1, 16, "RETURN") {
+        Ok(x) => x,
+        Err(why) => return Some(Err(format!("{why}: RETURN (MIN MAX ALL COUNT SAVE)"))),
+    };
     let mut r = SearchReturn::default();
-    let mut k = at + 2;
-    loop {
-        match toks.get(k).map(|t| &t.0) {
-            Some(Tok::Close) => break,
-            Some(Tok::Atom(a)) => {
-                match String::from_utf8_lossy(a).to_ascii_uppercase().as_str() {
-                    "MIN" => r.min = true,
-                    "MAX" => r.max = true,
-                    "ALL" => r.all = true,
-                    "COUNT" => r.count = true,
-                    "SAVE" => r.save = true,
-                    other => return Some(Err(format!("RETURN option {other:?} is not offered (MIN MAX ALL COUNT SAVE)"))),
-                }
-                k += 1;
-            }
-            _ => return Some(Err("RETURN (...) is not closed".into())),
+    for o in opts {
+        match o.as_str() {
+            "MIN" => r.min = true,
+            "MAX" => r.max = true,
+            "ALL" => r.all = true,
+            "COUNT" => r.count = true,
+            "SAVE" => r.save = true,
+            other => return Some(Err(format!("RETURN option {other:?} is not offered (MIN MAX ALL COUNT SAVE)"))),
         }
     }
     let from = toks[at].1.start;
-    let to = toks[k].1.end;
+    let to = toks[after - 1].1.end;
     let mut out = cmd[..from].to_vec();
     let rest = &cmd[to..];
     out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
@@ -309,24 +323,20 @@ pub fn list_extended(cmd: &[u8]) -> Option<Result<ListExtended, String>> {
     };
     if toks.get(k).map(|t| &t.0) == Some(&Tok::Open) {
         extended = true;
-        k += 1;
-        loop {
-            match toks.get(k).map(|t| &t.0) {
-                Some(Tok::Close) => break,
-                Some(Tok::Atom(a)) => {
-                    match String::from_utf8_lossy(a).to_ascii_uppercase().as_str() {
-                        "SUBSCRIBED" => l.select.subscribed = true,
-                        "REMOTE" => l.select.remote = true,
-                        "RECURSIVEMATCH" => l.select.recursive_match = true,
-                        "SPECIAL-USE" => l.select.special_use = true,
-                        other => return Some(Err(format!("LIST selection option {other:?} is not offered (SUBSCRIBED REMOTE RECURSIVEMATCH SPECIAL-USE)"))),
-                    }
-                    k += 1;
-                }
-                _ => return Some(Err("LIST (...) selection options are not closed".into())),
+        let (opts, after) = match atom_list(&toks, k, 16, "LIST selection options") {
+            Ok(x) => x,
+            Err(why) => return Some(Err(why)),
+        };
+        for o in opts {
+            match o.as_str() {
+                "SUBSCRIBED" => l.select.subscribed = true,
+                "REMOTE" => l.select.remote = true,
+                "RECURSIVEMATCH" => l.select.recursive_match = true,
+                "SPECIAL-USE" => l.select.special_use = true,
+                other => return Some(Err(format!("LIST selection option {other:?} is not offered (SUBSCRIBED REMOTE RECURSIVEMATCH SPECIAL-USE)"))),
             }
         }
-        k += 1;
+        k = after;
         // RFC 5258 §3.1: RECURSIVEMATCH only with an option it refines.
         if l.select.recursive_match && !(l.select.subscribed || l.select.special_use) {
             return Some(Err("RECURSIVEMATCH needs SUBSCRIBED or SPECIAL-USE beside it".into()));
@@ -384,21 +394,12 @@ pub fn list_extended(cmd: &[u8]) -> Option<Result<ListExtended, String>> {
                         "CHILDREN" => l.ret.children = true,
                         "SPECIAL-USE" => l.ret.special_use = true,
                         "STATUS" => {
-                            if toks.get(k + 1).map(|t| &t.0) != Some(&Tok::Open) {
-                                return Some(Err("STATUS wants a list of items".into()));
-                            }
-                            let mut items = Vec::new();
-                            k += 2;
-                            loop {
-                                match toks.get(k).map(|t| &t.0) {
-                                    Some(Tok::Close) => break,
-                                    Some(Tok::Atom(i)) if items.len() < 16 => {
-                                        items.push(String::from_utf8_lossy(i).to_ascii_uppercase());
-                                        k += 1;
-                                    }
-                                    _ => return Some(Err("STATUS (...) is not closed".into())),
-                                }
-                            }
+                            let (items, after) = match atom_list(&toks, k + 1, 16, "STATUS") {
+                                Ok(x) => x,
+                                Err(why) => return Some(Err(why)),
+                            };
+                            // The loop's `k += 1` steps past the `)`.
+                            k = after - 1;
                             if items.is_empty() {
                                 return Some(Err("STATUS wants at least one item (RFC 5819)".into()));
                             }
