@@ -130,7 +130,7 @@ pub async fn daemon(
         judge.own = Some(poller.me.cert());
         judge.blocks = Some(poller.blocks.clone());
         judge.strangers_per_hour = config.notify.new_strangers_per_source_hour;
-        judge.contact_spacing = std::time::Duration::from_millis(config.notify.contact_poll_spacing_ms);
+        judge.contact_spacing = std::time::Duration::from_millis(config.notify.contact_poll_spacing_ms).min(notify::MAX_CONTACT_SPACING);
         judge.stubs_per_minute = config.notify.stubs_per_source_minute;
         judge.evidence = Some(report::stubs_dir(home));
         tokio::spawn(notify::listen(socket, judge, stub_tx.clone(), shutdown.clone()));

@@ -153,7 +153,7 @@ impl Quarantine {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let name = e?.file_name();
-            let Some(f) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| Fpr::parse(n).ok()) else { continue };
+            let Some(f) = intro_of(&name) else { continue };
             if let Some(i) = self.get(&f) {
                 out.push(i);
             }
@@ -200,7 +200,7 @@ impl Quarantine {
             None => {
                 // Introductions only (`<FPR>.json`, not `turned-away.json`).
                 let n = std::fs::read_dir(&self.dir)?
-                    .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).is_some_and(|f| Fpr::parse(f).is_ok())))
+                    .filter(|e| e.as_ref().is_ok_and(|e| intro_of(&e.file_name()).is_some()))
                     .count();
                 if n >= self.max_senders {
                     return Ok(Held::QuarantineFull);
@@ -254,6 +254,16 @@ impl Quarantine {
         Ok(had)
     }
 }
+
+/// The stranger an introduction file (`<FPR>.json`) is for; `None` for
+/// anything else in the quarantine (`turned-away.json`, `rejected/`).
+fn intro_of(name: &std::ffi::OsStr) -> Option<Fpr> {
+    name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| Fpr::parse(n).ok())
+}
+
+/// The longest `notify.contact_poll_spacing_ms` taken (an hour): more
+/// would overflow the clock's arithmetic, and means "never" anyway.
+pub const MAX_CONTACT_SPACING: Duration = Duration::from_secs(3600);
 
 /// What to do with one datagram.
 #[derive(Debug, PartialEq, Eq)]

@@ -40,8 +40,15 @@ pub fn settings() -> Settings {
     let public_urls = env("POST_MANAGER_PUBLIC_URL")
         .map(|v| v.split_whitespace().filter_map(stubmail::protocol::outbox_id).collect())
         .unwrap_or_default();
-    // A bad address is left out (a CGI has nowhere to say so but the log).
-    let abuse_contact = env("POST_MANAGER_ABUSE_CONTACT").filter(|a| crate::valid_abuse_contact(a));
+    // A bad address is left out, and said so in the web server's error log
+    // (a CGI has nowhere else to say it).
+    let abuse_contact = env("POST_MANAGER_ABUSE_CONTACT").filter(|a| {
+        let ok = crate::valid_abuse_contact(a);
+        if !ok {
+            tracing::warn!("POST_MANAGER_ABUSE_CONTACT {a:?} is not a mail address (say abuse@your.domain); no abuse desk is named");
+        }
+        ok
+    });
     Settings { prefix, max_message_size, public_urls, abuse_contact, ..Settings::default() }
 }
 

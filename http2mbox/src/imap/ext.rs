@@ -12,8 +12,11 @@ use std::ops::Range;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
     Atom(Vec<u8>),
-    /// A quoted string or a literal, its content.
+    /// A quoted string, its content.
     Str(Vec<u8>),
+    /// A literal: where its content is in the command (not copied: an
+    /// APPEND's message may be megabytes).
+    Lit(Range<usize>),
     Open,
     Close,
 }
@@ -65,7 +68,7 @@ fn tokens(cmd: &[u8]) -> Result<Vec<(Tok, Range<usize>)>, &'static str> {
                 let (n, head) = literal_len(&cmd[i..]).expect("checked");
                 let body = i + head;
                 let end = body.checked_add(n).filter(|&e| e <= cmd.len()).ok_or("a literal longer than the command")?;
-                out.push((Tok::Str(cmd[body..end].to_vec()), start..end));
+                out.push((Tok::Lit(body..end), start..end));
                 i = end;
             }
             _ => {
@@ -92,7 +95,8 @@ fn literal_len(b: &[u8]) -> Option<(usize, usize)> {
     let b2 = b.strip_prefix(b"~").unwrap_or(b);
     let skip = b.len() - b2.len();
     let rest = b2.strip_prefix(b"{")?;
-    let close = rest.iter().position(|&c| c == b'}')?;
+    // Ten digits and a `+` at most: no scan of the rest of the command.
+    let close = rest.iter().take(12).position(|&c| c == b'}')?;
     let digits = rest[..close].strip_suffix(b"+").unwrap_or(&rest[..close]);
     if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -319,6 +323,7 @@ pub fn list_extended(cmd: &[u8]) -> Option<Result<ListExtended, String>> {
     let mut extended = false;
     let text = |t: &Tok| match t {
         Tok::Atom(a) | Tok::Str(a) => Some(String::from_utf8_lossy(a).into_owned()),
+        Tok::Lit(r) => Some(String::from_utf8_lossy(&cmd[r.clone()]).into_owned()),
         _ => None,
     };
     if toks.get(k).map(|t| &t.0) == Some(&Tok::Open) {
@@ -427,21 +432,28 @@ pub fn quoted_utf8_as_literals(cmd: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let toks = tokens(cmd).ok()?;
-    let mut out = cmd.to_vec();
-    let mut changed = false;
-    for (t, r) in toks.iter().rev() {
-        if let Tok::Str(v) = t
-            && cmd[r.start] == b'"'
-            && !v.is_ascii()
-            && std::str::from_utf8(v).is_ok()
-        {
-            let mut lit = format!("{{{}}}\r\n", v.len()).into_bytes();
-            lit.extend_from_slice(v);
-            out.splice(r.clone(), lit);
-            changed = true;
-        }
+    // The quoted strings to turn, found first: the command is copied only
+    // when there is one (and then once).
+    let turn: Vec<(&Vec<u8>, &Range<usize>)> = toks
+        .iter()
+        .filter_map(|(t, r)| match t {
+            Tok::Str(v) if !v.is_ascii() && std::str::from_utf8(v).is_ok() => Some((v, r)),
+            _ => None,
+        })
+        .collect();
+    if turn.is_empty() {
+        return None;
     }
-    changed.then_some(out)
+    let mut out = Vec::with_capacity(cmd.len() + 16 * turn.len());
+    let mut at = 0;
+    for (v, r) in turn {
+        out.extend_from_slice(&cmd[at..r.start]);
+        out.extend_from_slice(format!("{{{}}}\r\n", v.len()).as_bytes());
+        out.extend_from_slice(v);
+        at = r.end;
+    }
+    out.extend_from_slice(&cmd[at..]);
+    Some(out)
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ pub fn decode(name: &str) -> Option<String> {
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Some(out)
+    // One spelling per name (`&AOQ-&APw-` is `&AOQA,A-` badly written):
+    // two folders must never read as the same name.
+    (encode(&out) == name).then_some(out)
 }
 
 /// Characters no folder name may hold (RFC 9051 §5.1: not U+2028 or
@@ -93,7 +95,7 @@ mod tests {
             assert_eq!(encode(utf8), utf7);
             assert_eq!(decode(utf7).as_deref(), Some(utf8));
         }
-        for bad in ["&", "&AGE-", "&Jjo", "&2D0-", "&AAA-", "&Jjo!-", &encode("a\u{2028}b"), &encode("INBOX\u{200B}"), &encode("a\u{202E}b")] {
+        for bad in ["&", "&AGE-", "&Jjo", "&2D0-", "&AAA-", "&Jjo!-", "&AOQ-&APw-", "&AOQ-&AOQ-", &encode("a\u{2028}b"), &encode("INBOX\u{200B}"), &encode("a\u{202E}b")] {
             assert_eq!(decode(bad), None, "{bad}");
         }
     }

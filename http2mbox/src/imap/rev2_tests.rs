@@ -24,14 +24,15 @@ async fn binary_undoes_the_transfer_encoding_and_says_so_when_it_cannot() {
     let out = dialogue(
         ctx(d.path()),
         &format!(
-            "{LOGIN}b SELECT INBOX\nc FETCH 3 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY.SIZE[2])\nd FETCH 3 BINARY.PEEK[2]<0.4>\ne FETCH 3 BINARY.PEEK[3]\nf FETCH 3 FLAGS\ng FETCH 3 BINARY[2]\nh FETCH 1 BINARY.PEEK[1]\ni FETCH 3 BINARY.PEEK[9]\nj LOGOUT\n"
+            "{LOGIN}b SELECT INBOX\nc FETCH 3 (BINARY.PEEK[1] BINARY.SIZE[1] BINARY.SIZE[2])\nd FETCH 3 BINARY.PEEK[2]<0.4>\ne FETCH 3 BINARY.PEEK[3]\ne2 FETCH 3 (BINARY[3] BINARY.SIZE[])\nf FETCH 3 FLAGS\ng FETCH 3 BINARY[2]\nh FETCH 1 BINARY.PEEK[1]\ni FETCH 3 BINARY.PEEK[9]\nj LOGOUT\n"
         ),
     )
     .await;
     // base64 with a NUL: a literal8; its decoded size.
     assert!(out.contains("* 3 FETCH (BINARY[1] ~{4}\r\n\0hi! BINARY.SIZE[1] 4 BINARY.SIZE[2] 10)"), "{out}");
     assert!(out.contains("* 3 FETCH (BINARY[2]<0> {4}\r\ncaf\u{fffd})"), "a partial counts decoded octets: {out}");
-    assert!(out.contains("e NO [UNKNOWN-CTE]"), "{out}");
+    assert!(out.contains("e NO [UNKNOWN-CTE]") && out.contains("e2 NO [UNKNOWN-CTE]"), "{out}");
+    assert!(out.contains("* 3 FETCH (FLAGS (\\Recent))\r\nf OK"), "a refused BINARY sets no \\Seen: {out}");
     assert!(!out.contains("* 3 FETCH (FLAGS (\\Seen"), "PEEK sets no \\Seen: {out}");
     assert!(out.contains("* 3 FETCH (BINARY[2] {10}\r\ncaf\u{e9} soft FLAGS (\\Seen"), "BINARY sets \\Seen: {out}");
     // A single-part message: part 1 is its body.
@@ -135,7 +136,7 @@ async fn dollar_is_a_set_only_where_a_set_goes_and_is_bounded() {
     let out = dialogue(
         ctx(d.path()),
         &format!(
-            "{LOGIN}b SELECT INBOX\nc SEARCH RETURN (SAVE) 1:2\nd SEARCH SUBJECT $\ne SEARCH HEADER Subject $\nf SEARCH $ $ $ $ $ $ $ $\ng SEARCH $ $ $ $ $ $ $ $ $\nh LIST \"\" * RETURN (STATUS ())\ni LOGOUT\n"
+            "{LOGIN}b SELECT INBOX\nc SEARCH RETURN (SAVE) 1:2\nd SEARCH SUBJECT $\ne SEARCH HEADER Subject $\nf SEARCH $ $ $ $ $ $ $ $\ng SEARCH $ $ $ $ $ $ $ $ $\nh LIST \"\" * RETURN (STATUS ())\ni SEARCH RETURN (SAVE BOGUS) ALL\nj FETCH $ UID\ni2 SEARCH RETURN (SAVE) 2\nj2 SEARCH RETURN (SAVE) NOSUCHKEY\nk FETCH $ UID\nl LOGOUT\n"
         ),
     )
     .await;
@@ -144,13 +145,17 @@ async fn dollar_is_a_set_only_where_a_set_goes_and_is_bounded() {
     assert!(out.contains("* SEARCH 1 2\r\nf OK"), "{out}");
     assert!(out.contains("g NO [LIMIT]"), "{out}");
     assert!(out.contains("h BAD"), "{out}");
+    // A SEARCH with SAVE that fails leaves $ empty (RFC 5182 §2.1).
+    assert!(out.contains("i BAD") && out.contains("j OK nothing done"), "{out}");
+    assert!(out.contains("j2 BAD") && out.contains("k OK nothing done"), "{out}");
 }
 
 #[tokio::test]
 async fn an_imap4rev2_clients_names_are_utf8_throughout() {
     let d = mime_maildir();
-    let out = dialogue(ctx(d.path()), &format!("{LOGIN}b ENABLE IMAP4rev2\nc CREATE \"R&D\"\nd CREATE \"a\u{2028}b\"\ne CREATE \"INBOX\u{200B}\"\nf LIST \"\" R*\ng LOGOUT\n")).await;
+    let out = dialogue(ctx(d.path()), &format!("{LOGIN}b ENABLE IMAP4rev2\nc CREATE \"R&D\"\nd CREATE \"a\u{2028}b\"\ne CREATE \"INBOX\u{200B}\"\nf LIST \"\" R*\nf2 CREATE \"äü\"\nf3 LIST \"\" \"ä*\"\ng LOGOUT\n")).await;
     assert!(out.contains("c OK") && d.path().join(".R&-D").is_dir(), "{out}");
     assert!(out.contains("* LIST (\\HasNoChildren) \".\" R&D\r\n"), "the name as created: {out}");
     assert!(out.contains("d NO") && out.contains("e NO"), "no separators or invisible characters: {out}");
+    assert!(out.contains("* LIST (\\HasNoChildren) \".\" \"äü\"\r\nf3 OK"), "a UTF-8 pattern matches UTF-8 names: {out}");
 }

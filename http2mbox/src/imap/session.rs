@@ -125,6 +125,14 @@ enum Next {
     StartTls,
 }
 
+/// A mailbox argument as the client wrote it (a LIST reference).
+fn mailbox_text(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
 fn list_pattern(m: &ListMailbox<'_>) -> String {
     match m {
         ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
@@ -274,7 +282,10 @@ fn read_header_crlf(path: &std::path::Path) -> io::Result<Option<Vec<u8>>> {
 /// offset `skip`, in chunks. The literal's length was promised already:
 /// a file that no longer has them ends the session (an error), rather
 /// than a response the client would misread.
-async fn stream_crlf<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Buffered<S>, path: &std::path::Path, skip: u64, take: u64) -> io::Result<()> {
+/// A message file (LF or CRLF endings) sent with CRLF endings, `take`
+/// octets from `skip`; `nul_to_80`: a NUL goes as 0x80, as literals (not
+/// literal8) must carry it (wire::literal).
+async fn stream_crlf<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Buffered<S>, path: &std::path::Path, skip: u64, take: u64, nul_to_80: bool) -> io::Result<()> {
     let mut f = tokio::fs::File::open(path).await?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut conv = Vec::with_capacity(70 * 1024);
@@ -297,6 +308,11 @@ async fn stream_crlf<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Buffered<S>
             start = nl + 1;
         }
         conv.extend_from_slice(&chunk[start..]);
+        if nul_to_80 {
+            for b in conv.iter_mut().filter(|b| **b == 0) {
+                *b = 0x80;
+            }
+        }
         prev = chunk[n - 1];
         let len = conv.len() as u64;
         if pos + len > skip {
@@ -442,6 +458,9 @@ impl Session {
                 Ok((_, c)) => c,
                 Err(_) => {
                     self.bad += 1;
+                    if self.search_ret.take().is_some_and(|r| r.save) {
+                        self.forget_saved();
+                    }
                     let tag = super::tag_of(&bytes);
                     stream.write_all(format!("{tag} BAD that is not a command this server understands (RFC 9051 syntax)\r\n").as_bytes()).await?;
                     if self.bad >= 20 && matches!(self.state, State::NotAuthenticated) {
@@ -639,12 +658,12 @@ impl Session {
             }
             CommandBody::List { reference, mailbox_wildcard, .. } => {
                 let mut seen = HashSet::new();
-                self.list(&mut out, &self.name_in(&reference), &self.pattern_in(&mailbox_wildcard), &ListMode::default(), &mut seen)?;
+                self.list(&mut out, &mailbox_text(&reference), &list_pattern(&mailbox_wildcard), &ListMode::default(), &mut seen)?;
                 done!("OK LIST completed")
             }
             CommandBody::Lsub { reference, mailbox_wildcard } => {
                 let mut seen = HashSet::new();
-                self.list(&mut out, &self.name_in(&reference), &self.pattern_in(&mailbox_wildcard), &ListMode { lsub: true, ..Default::default() }, &mut seen)?;
+                self.list(&mut out, &mailbox_text(&reference), &list_pattern(&mailbox_wildcard), &ListMode { lsub: true, ..Default::default() }, &mut seen)?;
                 done!("OK LSUB completed")
             }
             CommandBody::Status { mailbox, item_names } => {
@@ -743,8 +762,8 @@ impl Session {
                     && !["US-ASCII", "UTF-8"].iter().any(|x| c.as_ref().eq_ignore_ascii_case(x))
                 {
                     // A failed SEARCH ... RETURN (SAVE) leaves the saved result empty (RFC 5182 §2.1).
-                    if let (Some(true), State::Selected(s)) = (ret.as_ref().map(|r| r.save), &mut self.state) {
-                        s.saved.clear();
+                    if ret.as_ref().is_some_and(|r| r.save) {
+                        self.forget_saved();
                     }
                     done!("NO [BADCHARSET (US-ASCII UTF-8)] that charset is not supported")
                 }
@@ -985,7 +1004,10 @@ impl Session {
             out.extend_from_slice(format!("* {word} (\\Noselect) \".\" \"\"\r\n").as_bytes());
             return Ok(());
         }
+        // An IMAP4rev2 client's pattern is UTF-8: matched against the
+        // names as it reads them, not their modified UTF-7 spelling.
         let full = format!("{reference}{pattern}");
+        let shown = |name: &str| if self.rev2 { mutf7::decode(name).unwrap_or_else(|| name.to_string()) } else { name.to_string() };
         let store = self.store();
         let all = store.folders();
         let want_subs = mode.lsub || mode.select.subscribed || mode.ret.subscribed;
@@ -1005,7 +1027,7 @@ impl Session {
         }
         names.sort_by(|a, b| (a.0 != "INBOX", &a.0).cmp(&(b.0 != "INBOX", &b.0)));
         for (name, selectable) in &names {
-            let matched = if name == "INBOX" { wildmatch(full.to_ascii_uppercase().as_bytes(), b"INBOX") } else { wildmatch(full.as_bytes(), name.as_bytes()) };
+            let matched = if name == "INBOX" { wildmatch(full.to_ascii_uppercase().as_bytes(), b"INBOX") } else { wildmatch(full.as_bytes(), shown(name).as_bytes()) };
             if !matched || seen.contains(name) {
                 continue;
             }
@@ -1062,9 +1084,8 @@ impl Session {
         }
         let mode = ListMode { lsub: false, select: l.select.clone(), ret: l.ret.clone() };
         let mut seen = HashSet::new();
-        let reference = self.text_in(&l.reference);
         for p in &l.patterns {
-            if let Err(e) = self.list(&mut out, &reference, &self.text_in(p), &mode, &mut seen) {
+            if let Err(e) = self.list(&mut out, &l.reference, p, &mode, &mut seen) {
                 return format!("{tag} NO [SERVERBUG] {e}\r\n").into_bytes();
             }
         }
@@ -1077,12 +1098,8 @@ impl Session {
     fn name_in(&self, m: &Mailbox<'_>) -> String {
         match m {
             Mailbox::Inbox => "INBOX".into(),
-            Mailbox::Other(o) => self.text_in(&String::from_utf8_lossy(o.as_ref())),
+            Mailbox::Other(_) => self.text_in(&mailbox_text(m)),
         }
-    }
-
-    fn pattern_in(&self, m: &ListMailbox<'_>) -> String {
-        self.text_in(&list_pattern(m))
     }
 
     /// An IMAP4rev2 client's names are UTF-8 throughout: `&` is an
@@ -1152,9 +1169,23 @@ impl Session {
                 bytes = b;
                 self.search_ret = Some(r);
             }
-            Some(Err(why)) => return Pre::Answer(format!("{tag} BAD {why}\r\n").into_bytes()),
+            Some(Err(why)) => {
+                // A SEARCH ... RETURN (SAVE) that fails empties the saved
+                // result (RFC 5182 §2.1); one whose options cannot be read
+                // may have asked for it.
+                if memchr::memmem::find(&bytes.to_ascii_uppercase(), b"SAVE").is_some() {
+                    self.forget_saved();
+                }
+                return Pre::Answer(format!("{tag} BAD {why}\r\n").into_bytes());
+            }
         }
         Pre::Command(bytes)
+    }
+
+    fn forget_saved(&mut self) {
+        if let State::Selected(s) = &mut self.state {
+            s.saved.clear();
+        }
     }
 
     /// A SEARCH answered as ESEARCH (RFC 4731; always under IMAP4rev2),
@@ -1376,33 +1407,10 @@ impl Session {
         if let Some(n) = changed_since {
             picked.retain(|&i| s.msgs[i].modseq > n);
         }
-        // The folder as it is now, for \Seen set on top of flags others
-        // (another session, mutt) may have changed since our last look.
-        let mut fresh: Option<(Locked, std::collections::HashMap<u32, Entry>)> = None;
         let mut seen_set: Vec<usize> = Vec::new();
+        let mut refused = None;
         for i in picked {
             let m = &mut s.msgs[i];
-            if sets_seen && !m.flags.has('S') {
-                if fresh.is_none() {
-                    let l = Locked::open(&s.dir)?;
-                    let now = l.sync()?.entries.into_iter().map(|e| (e.uid, e)).collect();
-                    fresh = Some((l, now));
-                }
-                let (l, now) = fresh.as_ref().expect("just made");
-                if let Some(e) = now.get(&m.uid) {
-                    m.flags = e.flags.clone();
-                    m.rel = e.rel.clone();
-                }
-                let mut f = m.flags.clone();
-                f.set('S', true);
-                if f != m.flags
-                    && let Some(rel) = l.set_flags(&m.entry(), &f)?
-                {
-                    m.rel = rel;
-                    m.flags = f;
-                    seen_set.push(i);
-                }
-            }
             let mut path = s.dir.join(&m.rel);
             // Renamed by another client since our last look (a flag
             // change): found again by its base name.
@@ -1478,41 +1486,87 @@ impl Session {
             // The header's length as sent (large mode: `raw` is the header).
             let hlen = raw.as_ref().map_or(0, |r| r.len() as u64).min(m.size);
             // BINARY items decoded before anything of this message is
-            // written: one that cannot be ends the command with NO.
-            let mut binaries: Vec<Option<Vec<u8>>> = Vec::new();
+            // written (or \Seen set): one that cannot be ends the command
+            // with NO. Each part named is decoded once, however often it
+            // is named; BINARY.SIZE keeps only the size.
+            let mut decoded: std::collections::HashMap<Vec<u32>, Arc<Vec<u8>>> = std::collections::HashMap::new();
+            let mut binaries: Vec<Option<Arc<Vec<u8>>>> = Vec::new();
+            let mut sizes: Vec<u64> = Vec::new();
             for item in items {
-                let section = match item {
+                let (section, size_only) = match item {
                     // Streamed from the file below.
-                    MessageDataItemName::Binary { section, .. } if large && section.is_empty() => {
-                        binaries.push(None);
-                        continue;
-                    }
-                    MessageDataItemName::Binary { section, .. } | MessageDataItemName::BinarySize { section } => section,
-                    _ => {
-                        binaries.push(None);
-                        continue;
-                    }
+                    MessageDataItemName::Binary { section, .. } if large && section.is_empty() => (None, false),
+                    MessageDataItemName::Binary { section, .. } => (Some(section), false),
+                    MessageDataItemName::BinarySize { section } => (Some(section), true),
+                    _ => (None, false),
+                };
+                let Some(section) = section else {
+                    binaries.push(None);
+                    sizes.push(0);
+                    continue;
                 };
                 let raw = raw.as_deref().expect("read");
                 let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
-                let value = if path.is_empty() {
-                    Ok(raw.to_vec())
-                } else {
-                    match message::resolve(&parsed().msg, &path) {
-                        Some(r) => message::decoded(&r),
-                        // No such part: empty, as for BODY[] (RFC 9051 §6.4.5).
-                        None => Ok(Vec::new()),
-                    }
-                };
-                match value {
-                    Ok(v) => binaries.push(Some(v)),
-                    Err(message::Undecodable::UnknownCte(c)) => {
-                        return Ok(Some(format!("[UNKNOWN-CTE] message {} has a part in the encoding {c:?}, which this server cannot undo; fetch it with BODY[]", i + 1)));
-                    }
-                    Err(message::Undecodable::Corrupt(c)) => {
-                        return Ok(Some(format!("[UNKNOWN-CTE] message {} has a part that is not valid {c}; fetch it with BODY[]", i + 1)));
+                if path.is_empty() && size_only {
+                    binaries.push(None);
+                    sizes.push(raw.len() as u64);
+                    continue;
+                }
+                if !decoded.contains_key(&path) {
+                    let value = if path.is_empty() {
+                        Ok(raw.to_vec())
+                    } else {
+                        match message::resolve(&parsed().msg, &path) {
+                            Some(r) => message::decoded(&r),
+                            // No such part: empty, as for BODY[] (RFC 9051 §6.4.5).
+                            None => Ok(Vec::new()),
+                        }
+                    };
+                    match value {
+                        Ok(v) => {
+                            decoded.insert(path.clone(), Arc::new(v));
+                        }
+                        Err(message::Undecodable::UnknownCte(c)) => {
+                            refused = Some(format!("[UNKNOWN-CTE] message {} has a part in the encoding {c:?}, which this server cannot undo; fetch it with BODY[]", i + 1));
+                            break;
+                        }
+                        Err(message::Undecodable::Corrupt(c)) => {
+                            refused = Some(format!("[UNKNOWN-CTE] message {} has a part that is not valid {c}; fetch it with BODY[]", i + 1));
+                            break;
+                        }
                     }
                 }
+                let v = decoded[&path].clone();
+                sizes.push(v.len() as u64);
+                binaries.push((!size_only).then_some(v));
+            }
+            if refused.is_some() {
+                break;
+            }
+            drop(decoded);
+            // \Seen (RFC 9051 §6.4.5), set before the answer is written so
+            // the FLAGS it carries are the new ones: under the folder's lock,
+            // on top of the file's current name (another session or mutt
+            // may have changed its flags since our look), the lock held for
+            // this rename only, never across a wait.
+            if sets_seen && !m.flags.has('S') {
+                let l = Locked::open(&s.dir)?;
+                let current = if s.dir.join(&m.rel).exists() { Some(m.rel.clone()) } else { folder::find(&s.dir, &m.base) };
+                if let Some(rel) = current {
+                    m.flags = Flags::from_info(&rel);
+                    m.rel = rel;
+                    let mut f = m.flags.clone();
+                    f.set('S', true);
+                    if f != m.flags
+                        && let Some(rel) = l.set_flags(&m.entry(), &f)?
+                    {
+                        m.rel = rel;
+                        m.flags = f;
+                        seen_set.push(i);
+                    }
+                }
+                drop(l);
+                path = s.dir.join(&m.rel);
             }
             // Written item by item, going out whenever it grows large: a
             // FETCH naming one part many times costs one part at a time.
@@ -1532,13 +1586,13 @@ impl Session {
                 sep(out);
                 match item {
                     MessageDataItemName::Binary { partial, .. } if large => {
-                        // The whole message (streamable says so); a NUL in it
-                        // goes as 0x80, as in BODY[].
+                        // The whole message (streamable says so), as a
+                        // literal8: it may hold a NUL, sent as it is.
                         let (st, n, origin) = window(*partial, m.size);
-                        out.extend_from_slice(format!("BINARY[]{origin} {{{n}}}\r\n").as_bytes());
+                        out.extend_from_slice(format!("BINARY[]{origin} ~{{{n}}}\r\n").as_bytes());
                         stream.write_all(out).await?;
                         out.clear();
-                        stream_crlf(stream, &path, st, n).await?;
+                        stream_crlf(stream, &path, st, n, false).await?;
                     }
                     MessageDataItemName::Binary { section, partial, .. } => {
                         // Written from the decoded part straight out (no copy
@@ -1547,18 +1601,17 @@ impl Session {
                         let (st, n, origin) = window(*partial, bytes.len() as u64);
                         let piece = &bytes[st as usize..(st + n) as usize];
                         out.extend_from_slice(format!("BINARY[{}]{origin} ", binary_section(section)).as_bytes());
+                        wire::literal8_head(out, piece);
                         if piece.len() > 64 * 1024 {
-                            let nul = memchr::memchr(0, piece).is_some();
-                            out.extend_from_slice(format!("{}{{{}}}\r\n", if nul { "~" } else { "" }, piece.len()).as_bytes());
                             stream.write_all(out).await?;
                             out.clear();
                             stream.write_all(piece).await?;
                         } else {
-                            wire::literal8(out, piece);
+                            out.extend_from_slice(piece);
                         }
                     }
                     MessageDataItemName::BinarySize { section } => {
-                        let n = binaries[k].as_ref().map_or(0, Vec::len);
+                        let n = sizes[k];
                         out.extend_from_slice(format!("BINARY.SIZE[{}] {n}", binary_section(section)).as_bytes());
                     }
                     MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
@@ -1587,7 +1640,7 @@ impl Session {
                         out.extend_from_slice(format!("BODY[{}]{origin} {{{n}}}\r\n", section_text(section)).as_bytes());
                         stream.write_all(out).await?;
                         out.clear();
-                        stream_crlf(stream, &path, base + st, n).await?;
+                        stream_crlf(stream, &path, base + st, n, true).await?;
                     }
                     MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text if large => {
                         let text = matches!(item, MessageDataItemName::Rfc822Text);
@@ -1595,7 +1648,7 @@ impl Session {
                         out.extend_from_slice(format!("{} {{{n}}}\r\n", if text { "RFC822.TEXT" } else { "RFC822" }).as_bytes());
                         stream.write_all(out).await?;
                         out.clear();
-                        stream_crlf(stream, &path, base, n).await?;
+                        stream_crlf(stream, &path, base, n, true).await?;
                     }
                     MessageDataItemName::BodyExt { section, partial, .. } => {
                         let raw = raw.as_deref().expect("read");
@@ -1641,8 +1694,8 @@ impl Session {
             }
         }
         // \Seen set by BODY[]: the new modification sequences.
-        if let (Some((l, _)), false) = (&fresh, seen_set.is_empty()) {
-            let snap = l.sync()?;
+        if !seen_set.is_empty() {
+            let snap = Locked::open(&s.dir)?.sync()?;
             s.highestmodseq = snap.highestmodseq;
             for i in seen_set {
                 let m = &mut s.msgs[i];
@@ -1655,7 +1708,7 @@ impl Session {
                 }
             }
         }
-        Ok(None)
+        Ok(refused)
     }
 
     /// STORE; returns what UNCHANGEDSINCE kept from being changed (UIDs
@@ -2219,7 +2272,7 @@ mod stream_tests {
         for (skip, take) in [(0, want.len() as u64), (1, 10), (65_535, 3), (65_536, 70_000), (want.len() as u64 - 5, 5)] {
             let (client, server) = tokio::io::duplex(1 << 22);
             let mut s = tokio::io::BufReader::new(tokio::io::BufWriter::new(server));
-            super::stream_crlf(&mut s, &path, skip, take).await.unwrap();
+            super::stream_crlf(&mut s, &path, skip, take, true).await.unwrap();
             tokio::io::AsyncWriteExt::shutdown(&mut s).await.unwrap();
             drop(s);
             let mut got = Vec::new();
@@ -2229,7 +2282,7 @@ mod stream_tests {
         // Asked for more than there is: an error, never a short literal.
         let (_client, server) = tokio::io::duplex(1 << 22);
         let mut s = tokio::io::BufReader::new(tokio::io::BufWriter::new(server));
-        assert!(super::stream_crlf(&mut s, &path, 0, want.len() as u64 + 1).await.is_err());
+        assert!(super::stream_crlf(&mut s, &path, 0, want.len() as u64 + 1, true).await.is_err());
     }
 }
 

@@ -40,15 +40,12 @@ pub fn literal(out: &mut Vec<u8>, v: &[u8]) {
     }
 }
 
-/// A literal that may carry any octet (RFC 3516 literal8, `~{n}`) when
-/// it has a NUL; a plain literal otherwise (what every client reads).
-pub fn literal8(out: &mut Vec<u8>, v: &[u8]) {
-    if memchr::memchr(0, v).is_some() {
-        out.extend_from_slice(format!("~{{{}}}\r\n", v.len()).as_bytes());
-        out.extend_from_slice(v);
-    } else {
-        literal(out, v);
-    }
+/// The head of a literal that may carry any octet: RFC 3516 literal8
+/// (`~{n}`) when `v` has a NUL, a plain literal otherwise (what every
+/// client reads). `v` itself follows.
+pub fn literal8_head(out: &mut Vec<u8>, v: &[u8]) {
+    let eight = if memchr::memchr(0, v).is_some() { "~" } else { "" };
+    out.extend_from_slice(format!("{eight}{{{}}}\r\n", v.len()).as_bytes());
 }
 
 /// A mailbox name as an astring-ish quoted string (names are ASCII:
