@@ -78,7 +78,7 @@ async fn list_extended_selects_returns_and_lists_status() {
     let out = dialogue(
         ctx(d.path()),
         &format!(
-            "{LOGIN}b CREATE Work\nc CREATE Work.Old\nd UNSUBSCRIBE Work\ne LIST (SUBSCRIBED) \"\" *\nf LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %\ng LIST \"\" (INBOX Sent INBOX) RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN SIZE))\nh LIST (SPECIAL-USE) \"\" *\ni LIST \"\" % RETURN (STATUS (BOGUS))\nj STATUS INBOX (SIZE MESSAGES)\nk LIST (REMOTE) \"\" Work\nl LOGOUT\n"
+            "{LOGIN}b CREATE Work\nc CREATE Work.Old\nd UNSUBSCRIBE Work\nd2 SUBSCRIBE Gone\nd3 LSUB \"\" Gone\ne LIST (SUBSCRIBED) \"\" *\nf LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %\ng LIST \"\" (INBOX Sent INBOX) RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN SIZE))\nh LIST (SPECIAL-USE) \"\" *\ni LIST \"\" % RETURN (STATUS (BOGUS))\nj STATUS INBOX (SIZE MESSAGES)\nk LIST (REMOTE) \"\" Work\nl LOGOUT\n"
         ),
     )
     .await;
@@ -91,6 +91,9 @@ async fn list_extended_selects_returns_and_lists_status() {
     assert!(e.contains("\"Work.Old\"") || e.contains(" Work.Old\r\n"), "{e}");
     assert!(!e.contains(" Work\r\n"), "Work is not subscribed: {e}");
     assert!(e.contains("\\Subscribed"), "{e}");
+    // A subscribed name that is no folder (RFC 5258 §3.4).
+    assert!(e.contains("* LIST (\\NonExistent \\Subscribed) \".\" Gone\r\n"), "{e}");
+    assert!(out.contains("* LSUB (\\Noselect) \".\" Gone\r\nd3 OK"), "{out}");
     let f = part("f");
     assert!(f.contains("Work (\"CHILDINFO\" (\"SUBSCRIBED\"))"), "{f}");
     let g = part("g");

@@ -1025,6 +1025,18 @@ impl Session {
                 p = parent;
             }
         }
+        // Subscribed names that are no folder (deleted since, or never
+        // made): listed too when subscriptions are asked for, as
+        // \NonExistent (RFC 5258 §3.4; LSUB: \Noselect).
+        let mut gone: HashSet<String> = HashSet::new();
+        if only_subscribed {
+            for n in &subs {
+                if !names.iter().any(|(x, _)| x == n) {
+                    gone.insert(n.clone());
+                    names.push((n.clone(), false));
+                }
+            }
+        }
         names.sort_by(|a, b| (a.0 != "INBOX", &a.0).cmp(&(b.0 != "INBOX", &b.0)));
         for (name, selectable) in &names {
             let matched = if name == "INBOX" { wildmatch(full.to_ascii_uppercase().as_bytes(), b"INBOX") } else { wildmatch(full.as_bytes(), shown(name).as_bytes()) };
@@ -1052,8 +1064,16 @@ impl Session {
             }
             seen.insert(name.clone());
             let children = all.iter().any(|n| n.starts_with(&prefix));
-            let mut attrs = if *selectable { vec![] } else { vec!["\\Noselect"] };
-            attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" });
+            let mut attrs = if gone.contains(name) {
+                vec![if mode.lsub { "\\Noselect" } else { "\\NonExistent" }]
+            } else if *selectable {
+                vec![]
+            } else {
+                vec!["\\Noselect"]
+            };
+            if !gone.contains(name) || children {
+                attrs.push(if children { "\\HasChildren" } else { "\\HasNoChildren" });
+            }
             if !mode.lsub && (mode.select.subscribed || mode.ret.subscribed) && subs.contains(name.as_str()) {
                 attrs.push("\\Subscribed");
             }
