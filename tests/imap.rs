@@ -101,15 +101,22 @@ fn normalise(v: &serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// Bob's fixtures served by our daemon (its IMAP port) and by Dovecot's
+/// imapd from a copy of the same Maildir (Dovecot writes its index and
+/// uid list there).
+fn ours_and_dovecot(root: &Path) -> (User, Server, u16, common::dovecot::Dovecot) {
+    let bob = bob_with_fixtures(root);
+    let theirs = root.join("dovecot-maildir");
+    ok(Command::new("cp").arg("-a").arg(bob.home.join("Maildir")).arg(&theirs));
+    let (ours, port) = daemon(root, &bob, "3600");
+    let dovecot = common::dovecot::start(root, &theirs, "imap").unwrap_or_else(|e| panic!("Dovecot did not start: {e}"));
+    (bob, ours, port, dovecot)
+}
+
 #[test]
 fn imaplib_sees_what_dovecot_shows_of_the_same_maildir() {
     let root = tempfile::tempdir().unwrap();
-    let bob = bob_with_fixtures(root.path());
-    // Dovecot gets its own copy (it writes its index and uid list there).
-    let theirs = root.path().join("dovecot-maildir");
-    ok(Command::new("cp").arg("-a").arg(bob.home.join("Maildir")).arg(&theirs));
-    let (_ours, port) = daemon(root.path(), &bob, "3600");
-    let dovecot = common::dovecot::start(root.path(), &theirs, "imap").unwrap_or_else(|e| panic!("Dovecot did not start: {e}"));
+    let (bob, _ours, port, dovecot) = ours_and_dovecot(root.path());
     let a = normalise(&imaplib_session(port, "bob@example.net"));
     let b = normalise(&imaplib_session(dovecot.port, "bob"));
     for key in b.as_object().unwrap().keys() {
@@ -176,11 +183,7 @@ print(json.dumps(res))
 #[test]
 fn the_rev2_extensions_answer_as_dovecot_answers() {
     let root = tempfile::tempdir().unwrap();
-    let bob = bob_with_fixtures(root.path());
-    let theirs = root.path().join("dovecot-maildir");
-    ok(Command::new("cp").arg("-a").arg(bob.home.join("Maildir")).arg(&theirs));
-    let (_ours, port) = daemon(root.path(), &bob, "3600");
-    let dovecot = common::dovecot::start(root.path(), &theirs, "imap").unwrap_or_else(|e| panic!("Dovecot did not start: {e}"));
+    let (_bob, _ours, port, dovecot) = ours_and_dovecot(root.path());
     let run = |port: u16, user: &str| -> serde_json::Value {
         let (good, out) = python(REV2_SESSION, &[&port.to_string(), user]);
         assert!(good, "{out}");
@@ -258,7 +261,7 @@ fn idle_announces_mail_as_http2mbox_delivers_it() {
     let (_daemon, port) = daemon(s.root.path(), &s.bob, "1");
     let mut idler = Command::new("python3").arg("-c").arg(IDLER).arg(port.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(idler.stdout.take().unwrap()).lines();
-    let mut ended = |idler: &mut std::process::Child| -> String {
+    let ended = |idler: &mut std::process::Child| -> String {
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(&mut idler.stderr.take().unwrap(), &mut err);
         format!("the idling client ended: {err}")
