@@ -150,6 +150,38 @@ pub struct Config {
     /// The user's own outbox as `stubmail up` serves it.
     #[serde(default, skip_serializing_if = "OutboxConfig::is_unset")]
     pub outbox: OutboxConfig,
+    /// Set in the home of a mailing list's robot (`stubmail list create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<ListConfig>,
+}
+
+/// `[list]`: this home is a mailing list, run by a robot (`stubmail list
+/// run`, or `stubmail up` in this home). Its keyring is the member list.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    /// The posting address, `LIST@DOMAIN`; the identity also has
+    /// `LIST-subscribe@` and `LIST-unsubscribe@` (see `stubmail::list`).
+    pub address: String,
+    /// A few words about the list: List-Id's phrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The owner's address (a member), told what the robot refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Largest post taken, in bytes (decrypted): a member's post beyond
+    /// it is refused, with a notice to the member.
+    #[serde(default = "ListConfig::default_max_post")]
+    pub max_post_size: u64,
+}
+
+impl ListConfig {
+    pub fn new(address: &str) -> ListConfig {
+        ListConfig { address: address.to_string(), description: None, owner: None, max_post_size: ListConfig::default_max_post() }
+    }
+    fn default_max_post() -> u64 {
+        10 * 1024 * 1024
+    }
 }
 
 /// `[outbox]`: where `stubmail up` serves the user's own outbox (written by
@@ -484,6 +516,7 @@ impl Config {
             discovery: DiscoveryConfig::default(),
             notify: NotifyConfig::default(),
             outbox: OutboxConfig::default(),
+            list: None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod guard;
 pub mod help;
 pub mod keyring;
+pub mod list;
 pub mod logging;
 pub mod mail;
 pub mod maildir;

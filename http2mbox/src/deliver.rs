@@ -21,6 +21,11 @@ pub enum Target {
     Mbox(PathBuf),
     /// A shell command receiving each message on stdin.
     Mda(String),
+    /// A list robot's intake (`list/intake`, a Maildir): each message as
+    /// its author signed it, byte for byte, after a line naming the author
+    /// and carrying their signature (`stubmail::list::intake_line`), so the
+    /// robot can publish it with the author's signature.
+    Intake(Maildir),
 }
 
 /// A message failed its checks: not delivered, not acked.
@@ -104,8 +109,11 @@ fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     // RFC 8601 §5: our own verdicts are ours alone. Whatever a sender wrote
     // in our name (or as a Stubmail header) goes before ours is added.
-    let header = strip_forged_trace(&header, m.hostname);
-    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname);
+    // A post of a list the sender runs: its From: is the author's, and the
+    // list's field carrying the author's signature stays (`stubmail::list`).
+    let list = list_post_address(&header).filter(|a| pgp::emails_of(m.sender).contains(a));
+    let header = strip_forged_trace(&header, m.hostname, list.is_some());
+    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname, list.as_deref());
     let mut w = CrlfToLf::new(out);
     w.write_all(trace.as_bytes())?;
     w.write_all(&header)?;
@@ -115,26 +123,53 @@ fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write a message into a Maildir's `tmp/` with `write`, make it durable,
+/// journal it, and move it into `new/`; on any error nothing is left.
+fn into_maildir(md: &Maildir, m: &Incoming, journal: &Journal, write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let (name, file) = md.create_tmp()?;
+    let result = (|| -> anyhow::Result<()> {
+        let mut w = io::BufWriter::new(file);
+        write(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        md.discard(&name);
+        return Err(e);
+    }
+    journal.record(m.id, &name)?;
+    md.commit(&name)?;
+    Ok(())
+}
+
+/// The message as its sender signed it (at most `max_plain` bytes, held
+/// in memory: a list's posts are bounded by `list.max_post_size`) and
+/// their signature over it.
+fn signed_raw(m: &Incoming) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let input = File::open(m.staged)?;
+    let mut plain = pgp::decrypt_verify_signed(m.me, m.sender, input).map_err(|e| CryptoReject(e.to_string()))?;
+    let mut raw = Vec::new();
+    Bounded { inner: &mut plain, left: m.max_plain, limit: m.max_plain }
+        .read_to_end(&mut raw)
+        .map_err(|e| CryptoReject(e.to_string()))?;
+    let sig = plain.signature().ok_or_else(|| CryptoReject(format!("no valid signature by {}", pgp::fpr_of(m.sender))))?;
+    Ok((sig, raw))
+}
+
 /// Deliver one message into `target`, journalled. `work` is a private
 /// directory for mbox/MDA staging.
 pub fn deliver(m: &Incoming, target: &Target, journal: &Journal, work: &Path) -> anyhow::Result<()> {
     match target {
-        Target::Maildir(md) => {
-            let (name, file) = md.create_tmp()?;
-            let result = (|| -> anyhow::Result<()> {
-                let mut w = io::BufWriter::new(file);
-                render(m, &mut w)?;
-                let file = w.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                Ok(())
-            })();
-            if let Err(e) = result {
-                md.discard(&name);
-                return Err(e);
-            }
-            journal.record(m.id, &name)?;
-            md.commit(&name)?;
-        }
+        Target::Maildir(md) => into_maildir(md, m, journal, |w| render(m, w))?,
+        Target::Intake(md) => into_maildir(md, m, journal, |w| {
+            let (sig, raw) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signed_raw(m))) {
+                Ok(r) => r?,
+                Err(_) => return Err(CryptoReject("the OpenPGP parser failed on this message (caught): refused".into()).into()),
+            };
+            w.write_all(&stubmail::list::intake_line(&pgp::fpr_of(m.sender), &sig))?;
+            w.write_all(&raw)?;
+            Ok(())
+        })?,
         Target::Mbox(path) => {
             let rendered = work.join(format!("{}.mbox", m.id));
             let result = (|| -> anyhow::Result<()> {
@@ -275,9 +310,12 @@ impl<W: Write> Write for EnsureNewline<W> {
 /// The header without what only we may write: every `Stubmail-*` field,
 /// `Return-Path` (the delivering agent's to add), and each
 /// `Authentication-Results` whose authserv-id is ours.
-fn strip_forged_trace(header: &[u8], hostname: &str) -> Vec<u8> {
+fn strip_forged_trace(header: &[u8], hostname: &str, list_post: bool) -> Vec<u8> {
     stubmail::mail::remove_fields_where(header, |name, value| {
         let name = String::from_utf8_lossy(name);
+        if list_post && name.eq_ignore_ascii_case(stubmail::list::AUTHOR_FIELD) {
+            return false;
+        }
         if name.len() >= 9 && name[..9].eq_ignore_ascii_case("stubmail-") || name.eq_ignore_ascii_case("return-path") {
             return true;
         }
@@ -306,7 +344,17 @@ fn strip_forged_trace(header: &[u8], hostname: &str) -> Vec<u8> {
 }
 
 /// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
-fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str) -> String {
+/// The address a `List-Post: <mailto:ADDR>` field names (RFC 2369).
+fn list_post_address(header: &[u8]) -> Option<String> {
+    let msg = mail_parser::MessageParser::default().parse_headers(header)?;
+    let v = msg.headers().iter().find(|h| h.name().eq_ignore_ascii_case("List-Post"))?;
+    let raw = String::from_utf8_lossy(&header[v.offset_start() as usize..v.offset_end() as usize]).into_owned();
+    let inner = raw.trim().strip_prefix('<')?.split('>').next()?;
+    let addr = inner.strip_prefix("mailto:")?.split('?').next()?.to_ascii_lowercase();
+    stubmail::mail::is_plain_address(&addr).then_some(addr)
+}
+
+fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str, list: Option<&str>) -> String {
     let fpr = pgp::fpr_of(sender);
     let signer_emails = pgp::emails_of(sender);
     let from = stubmail::mail::addresses(header, &["From"]);
@@ -325,7 +373,13 @@ fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox
          Stubmail-Id: {id}\r\n",
         stubmail::time::rfc5322(now),
         from.first().map(String::as_str).unwrap_or("(none)"),
-        if from_ok { "pass" } else { "fail" },
+        match list {
+            _ if from_ok => "pass".to_string(),
+            // The list vouches for its member's post; the author's own
+            // signature travels in the list's field.
+            Some(l) => format!("list; via {l}"),
+            None => "fail".to_string(),
+        },
     )
 }
 
@@ -336,18 +390,37 @@ mod tests {
     #[test]
     fn from_check_in_trace_headers() {
         let a = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
-        let t = trace_headers(&a.cert(), &Claims::new(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me");
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me", None);
         assert!(t.contains("(from=pass)"), "{t}");
-        let t = trace_headers(&a.cert(), &Claims::new(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me");
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me", None);
         assert!(t.contains("(from=fail)") && t.contains(&format!("Stubmail-Sender-Fingerprint: {}", a.fpr())), "{t}");
         // The signer's address, but another contact claims it too: fail.
         let mut claims = Claims::new();
         claims.insert("alice@example.org".into(), vec![a.fpr(), stubmail::protocol::Fpr::parse(&"E".repeat(40)).unwrap()]);
-        let t = trace_headers(&a.cert(), &claims, b"From: alice@example.org\r\n\r\n", "ab", "h", "me");
+        let t = trace_headers(&a.cert(), &claims, b"From: alice@example.org\r\n\r\n", "ab", "h", "me", None);
         assert!(t.contains("(from=fail)"), "{t}");
         // Two From: fields, one of them the signer's: fail.
-        let t = trace_headers(&a.cert(), &Claims::new(), b"From: carol@example.com\r\nFrom: alice@example.org\r\n\r\n", "ab", "h", "me");
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: carol@example.com\r\nFrom: alice@example.org\r\n\r\n", "ab", "h", "me", None);
         assert!(t.contains("(from=fail)"), "{t}");
+    }
+
+    #[test]
+    fn a_list_post_keeps_the_authors_signature_and_says_the_list_vouches_for_its_from() {
+        let list = Identity::generate(None, "team@example.org", "http://a/").unwrap();
+        let h = b"List-Id: <team.example.org>\r\nList-Post: <mailto:Team@Example.org>\r\n\
+Stubmail-Author-Signature: fpr=AA; sig=AA==\r\nStubmail-Id: forged\r\nFrom: alice@example.org\r\n\r\n";
+        let l = list_post_address(h);
+        assert_eq!(l.as_deref(), Some("team@example.org"));
+        let kept = String::from_utf8(strip_forged_trace(h, "me", true)).unwrap();
+        assert!(kept.contains("Stubmail-Author-Signature: fpr=AA") && !kept.contains("Stubmail-Id"), "{kept}");
+        assert!(!String::from_utf8(strip_forged_trace(h, "me", false)).unwrap().contains("Stubmail-Author"));
+        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", l.as_deref());
+        assert!(t.contains("header.from=alice@example.org (from=list; via team@example.org)"), "{t}");
+        // Anything but a plain mailto: names no list.
+        for bad in [&b"List-Post: NO\r\n\r\n"[..], b"List-Post: <https://x/>\r\n\r\n", b"List-Post: <mailto:a b@x>\r\n\r\n", b"Subject: x\r\n\r\n"] {
+            assert_eq!(list_post_address(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(list_post_address(b"List-Post: <mailto:t@x.org?subject=hi>\r\n\r\n").as_deref(), Some("t@x.org"));
     }
 
     #[test]
@@ -363,7 +436,7 @@ Authentication-\x20Results: me.example; stubmail=pass\r\n\
 Authentication-Results: other.example (me.example); spf=pass\r\n\
 Stubmail-Sender-Fingerprint: AAAA\r\nSTUBMAIL-ID: x\r\nReturn-Path: <alice@example.org>\r\n\
 Subject: hi\r\n\r\n";
-        let got = String::from_utf8(strip_forged_trace(h, "me.example")).unwrap();
+        let got = String::from_utf8(strip_forged_trace(h, "me.example", false)).unwrap();
         assert_eq!(got, "Authentication-Results: mx.other.example; dkim=pass\r\nAuthentication-Results: other.example (me.example); spf=pass\r\nSubject: hi\r\n\r\n");
     }
 

@@ -362,6 +362,7 @@ fn start_pop3(
         Target::Maildir(md) => pop3::Store::Maildir(md.root().to_path_buf()),
         Target::Mbox(path) => pop3::Store::Mbox(path.clone()),
         Target::Mda(_) => anyhow::bail!("POP3 serves a Maildir or an mbox; with deliver = \"mda\" there is no mailbox to serve"),
+        Target::Intake(_) => anyhow::bail!("a list robot has no mailbox to serve"),
     };
     let tls = stubmail::tls::from_config(home, &p.tls_cert, &p.tls_key, "poll.pop3")?;
     let listen = listener.local_addr()?;

@@ -397,7 +397,7 @@ impl Poller {
         let target = self.target.clone();
         let work = self.work.clone();
         let recovered = tokio::task::spawn_blocking(move || match &target {
-            Target::Maildir(md) => j.recover(md).map_err(anyhow::Error::from),
+            Target::Maildir(md) | Target::Intake(md) => j.recover(md).map_err(anyhow::Error::from),
             Target::Mbox(p) => deliver::recover_mbox(p, &j, &work),
             Target::Mda(_) => Ok(0),
         })

@@ -798,6 +798,7 @@ impl<P: Policy> Session<'_, P> {
             peer: self.peer.clone(),
             jobs: vec![],
             subject: None,
+            list: false,
         };
         let committed = self.ctx.spool.commit(&env, file).await;
         match committed {

@@ -194,14 +194,16 @@ impl Worker {
         }
         let job = &env.jobs[i];
         let id = job.id.clone().unwrap_or_default();
-        let fprs: Vec<_> = job
-            .rcpts
-            .iter()
-            .filter_map(|r| match &r.route {
-                Route::Stub { fpr } => Some(fpr.clone()),
-                Route::Relay | Route::Pgp { .. } => None,
-            })
-            .collect();
+        // Once each: two addresses of one contact are one recipient.
+        let mut fprs: Vec<_> = Vec::with_capacity(job.rcpts.len());
+        let mut seen = std::collections::HashSet::new();
+        for r in &job.rcpts {
+            if let Route::Stub { fpr } = &r.route
+                && seen.insert(fpr)
+            {
+                fprs.push(fpr.clone());
+            }
+        }
         Ok(match self.outbox.upload(&id, &fprs, &self.spool.out_path(&id)).await {
             Ok(up) => {
                 self.notify(&id, up.size, &fprs).await;
@@ -422,9 +424,18 @@ impl Worker {
         let visible = stubmail::mail::addresses(&header, &["To", "Cc"]);
         let (stub, others): (Vec<_>, Vec<_>) = env.rcpts.iter().cloned().partition(|r| matches!(r.route, Route::Stub { .. }));
         let (pgp, relay): (Vec<_>, Vec<_>) = others.into_iter().partition(|r| matches!(r.route, Route::Pgp { .. }));
-        let (shown, hidden) = split_shown(&visible, stub);
         let job = |kind, rcpts| Job { kind, rcpts, id: None, state: JobState::Queued, attempts: 0, next_try: 0, last_error: None };
         let mut jobs = Vec::new();
+        // A list's post: one copy for all its members (as many as an
+        // upload may name), stored once however many members there are.
+        let (shown, hidden) = if env.list {
+            for chunk in stub.chunks(stubmail::protocol::MAX_RECIPIENTS) {
+                jobs.push(job(JobKind::Stub, chunk.to_vec()));
+            }
+            (vec![], vec![])
+        } else {
+            split_shown(&visible, stub)
+        };
         if !shown.is_empty() {
             jobs.push(job(JobKind::Stub, shown));
         }
@@ -451,8 +462,12 @@ impl Worker {
     /// Sign and encrypt one copy into `out/<id>.pgp`, durably; return its id.
     async fn encrypt(&self, env: &Envelope, job: &Job) -> anyhow::Result<String> {
         let mut certs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in &job.rcpts {
             let Route::Stub { fpr } = &r.route else { continue };
+            if !seen.insert(fpr.clone()) {
+                continue;
+            }
             let c = self
                 .cert_of(fpr)?
                 .ok_or_else(|| anyhow::anyhow!("the key of {} ({fpr}) is no longer in the keyring", r.addr))?;

@@ -45,6 +45,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Mailing lists: a list is an identity of its own, run by a robot
+    /// that publishes each member's post once, from the list's outbox. Its
+    /// keyring is the member list. Use a home of its own (--home DIR).
+    List {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
     /// Strangers who asked to write to you (first contact, `notify.first_contact`).
     Intro {
         #[command(subcommand)]
@@ -251,6 +258,43 @@ pub enum BlocklistCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ListCommand {
+    /// Make a list in this (new) home: its key, with the addresses LIST@,
+    /// LIST-subscribe@ and LIST-unsubscribe@, bound to the list's outbox.
+    #[command(after_help = "Example:\n  stubmail --home /var/lib/stubmail-lists/team list create team@example.org --outbox https://mail.example.org/stubmail/ --owner alice.asc")]
+    Create {
+        /// The list's posting address.
+        address: String,
+        /// URL of the list's outbox (post_manager); bound into its key.
+        #[arg(long)]
+        outbox: String,
+        /// A few words about the list (List-Id's phrase, the key's name).
+        #[arg(long)]
+        description: Option<String>,
+        /// The owner's certificate: the first member, told what the robot
+        /// refused.
+        #[arg(long, value_name = "FILE")]
+        owner: Option<PathBuf>,
+        /// Where outboxes may send the robot stubs (udp://HOST:PORT).
+        #[arg(long)]
+        notify: Option<String>,
+    },
+    /// Run the list's robot: poll the members, publish their posts, act on
+    /// their requests, until interrupted.
+    #[command(after_help = "Example:\n  stubmail --home /var/lib/stubmail-lists/team list run")]
+    Run,
+    /// Add members by their certificates (a file, or - for standard input).
+    #[command(after_help = "Example:\n  stubmail list add bob.asc")]
+    Add { file: PathBuf },
+    /// Remove a member by address or full fingerprint.
+    #[command(after_help = "Example:\n  stubmail list remove bob@example.net")]
+    Remove { member: String },
+    /// The members.
+    #[command(after_help = "Example:\n  stubmail list members")]
+    Members,
 }
 
 #[derive(Subcommand)]

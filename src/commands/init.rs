@@ -134,7 +134,7 @@ fn read_hidden_line() -> anyhow::Result<String> {
     }
 }
 
-fn refuse_existing(home: &Home) -> anyhow::Result<()> {
+pub(crate) fn refuse_existing(home: &Home) -> anyhow::Result<()> {
     let key = home.secret_key();
     if key.exists() {
         anyhow::bail!("{} already exists: this home already has an identity", key.display());
@@ -142,7 +142,7 @@ fn refuse_existing(home: &Home) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_identity(home: &Home, id: &Identity, email: &str, outbox: &str, notify: Option<&str>, hint: bool, verb: &str) -> anyhow::Result<()> {
+pub(crate) fn write_identity(home: &Home, id: &Identity, email: &str, outbox: &str, notify: Option<&str>, hint: bool, verb: &str) -> anyhow::Result<()> {
     let key = home.secret_key();
     fsutil::ensure_private_dir(&home.data_dir)?;
     fsutil::ensure_private_dir(&home.config_dir)?;

@@ -94,7 +94,7 @@ pub fn run(home: &Home, cmd: KeysCommand) -> anyhow::Result<()> {
 /// Import each certificate on its own, as `gpg --import` does: the usable
 /// ones go in, each refused one is named with its reason, and a summary
 /// ends the report. An error (non-zero exit) only if nothing was imported.
-fn import_each(home: &Home, certs: Vec<stubmail::openpgp::Cert>, replace: bool) -> anyhow::Result<()> {
+pub(crate) fn import_each(home: &Home, certs: Vec<stubmail::openpgp::Cert>, replace: bool) -> anyhow::Result<()> {
     let me = home.load_identity().ok().map(|m| m.fpr());
     let own = home.load_config().map(|c| c.own_addresses()).unwrap_or_default();
     let kr = home.keyring();

@@ -8,6 +8,7 @@ pub(crate) mod identity;
 mod init;
 mod intro;
 mod keys;
+mod list;
 mod report;
 mod status;
 mod up;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init::run(&home, &email.unwrap_or_default(), &outbox, name.as_deref(), notify.as_deref(), true)
         }
         Command::Intro { command } => intro::run(&home, command),
+        Command::List { command } => list::run(&home, command),
         Command::Device { command: DeviceCommand::Add { dir, notify } } => device::add(&home, &dir, notify.as_deref()),
         Command::Identity { command: IdentityCommand::Show } => identity::show(&home),
         Command::Identity { command: IdentityCommand::AddAddress { address } } => identity::add_address(&home, &address),

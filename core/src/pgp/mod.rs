@@ -409,7 +409,9 @@ pub fn all_emails_of(cert: &Cert) -> Vec<String> {
     v
 }
 
-/// The email addresses of a certificate's valid User IDs, lower-cased.
+/// The email addresses of a certificate's valid User IDs, lower-cased,
+/// the primary User ID's first (callers take the first as the owner's
+/// main address: the Return-Path, a list member's address).
 pub fn emails_of(cert: &Cert) -> Vec<String> {
     let Ok(vc) = cert.with_policy(&POLICY, None) else { return vec![] };
     let mut v: Vec<String> = vc
@@ -418,6 +420,11 @@ pub fn emails_of(cert: &Cert) -> Vec<String> {
         .filter_map(|u| u.userid().email().ok().flatten().map(str::to_ascii_lowercase))
         .collect();
     v.dedup();
+    let primary = vc.primary_userid().ok().and_then(|u| u.userid().email().ok().flatten().map(str::to_ascii_lowercase));
+    if let Some(at) = primary.and_then(|p| v.iter().position(|e| *e == p)) {
+        let p = v.remove(at);
+        v.insert(0, p);
+    }
     v
 }
 
@@ -583,7 +590,7 @@ pub fn notify_of(cert: &Cert) -> Option<String> {
 /// Verify a detached signature over `data` by `cert` (the named signer,
 /// nobody else).
 pub fn verify_detached(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<()> {
-    let helper = OnlySigner { cert: cert.clone(), good: false };
+    let helper = OnlySigner { cert: cert.clone(), good: false, sig: None };
     let mut v = DetachedVerifierBuilder::from_bytes(sig)?.with_policy(&POLICY, None, helper)?;
     v.verify_bytes(data)?;
     Ok(())
@@ -594,6 +601,9 @@ pub fn verify_detached(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<()> {
 struct OnlySigner {
     cert: Cert,
     good: bool,
+    /// The good signature by `cert`, serialized, once checked: a list
+    /// robot carries it with the post so members can verify the author.
+    sig: Option<Vec<u8>>,
 }
 
 impl VerificationHelper for OnlySigner {
@@ -604,8 +614,9 @@ impl VerificationHelper for OnlySigner {
         let want = self.cert.fingerprint();
         for layer in structure.into_iter() {
             if let MessageLayer::SignatureGroup { results } = layer
-                && results.iter().any(|r| matches!(r, Ok(g) if g.ka.cert().fingerprint() == want)) {
+                && let Some(Ok(g)) = results.iter().find(|r| matches!(r, Ok(g) if g.ka.cert().fingerprint() == want)) {
                     self.good = true;
+                    self.sig = openpgp::Packet::from(g.sig.clone()).to_vec().ok();
                 }
         }
         if self.good { Ok(()) } else { Err(anyhow::anyhow!("no valid signature by {want}")) }
@@ -660,16 +671,42 @@ pub fn decrypt_verify<'a, R: Read + Send + Sync + 'a>(
     sender: &Cert,
     input: R,
 ) -> Result<impl Read + 'a> {
+    decrypt_verify_signed(me, sender, input)
+}
+
+/// [`decrypt_verify`], keeping the sender's signature: once the reader
+/// has read to EOF without error, [`Signed::signature`] gives the
+/// signature packet (binary OpenPGP), a detached signature over exactly
+/// the bytes read. A list robot carries it with the post it publishes.
+pub fn decrypt_verify_signed<'a, R: Read + Send + Sync + 'a>(me: &Identity, sender: &Cert, input: R) -> Result<Signed<'a>> {
     let keys = me.decryption_keypairs();
     let ours: Vec<KeyHandle> = keys.iter().map(|k| KeyHandle::from(k.public().fingerprint())).collect();
     // Only our session keys reach the decryptor, whose cost grows with the
     // square of their number (see esk.rs).
     let input = esk::binary_only_ours(input, &ours).map_err(anyhow::Error::from)?;
-    let helper = Decrypt { keys, ours, verify: OnlySigner { cert: sender.clone(), good: false } };
+    let helper = Decrypt { keys, ours, verify: OnlySigner { cert: sender.clone(), good: false, sig: None } };
     let d = DecryptorBuilder::from_reader(input)?
         .buffer_size(64 * 1024)
         .with_policy(&POLICY, None, helper)?;
-    Ok(d)
+    Ok(Signed(d))
+}
+
+/// A decrypting, verifying reader that keeps the signature it verified.
+pub struct Signed<'a>(openpgp::parse::stream::Decryptor<'a, Decrypt>);
+
+impl Read for Signed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Signed<'_> {
+    /// The verified signature packet; `None` until the whole message was
+    /// read and the signature checked.
+    pub fn signature(&self) -> Option<Vec<u8>> {
+        let v = &self.0.helper_ref().verify;
+        if v.good { v.sig.clone() } else { None }
+    }
 }
 
 struct Decrypt {

@@ -119,6 +119,7 @@ mod tests {
             peer: "127.0.0.1".into(),
             jobs: vec![],
             subject: None,
+            list: false,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct Envelope {
     /// message itself is gone). Set when the copies are planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// A mailing list's post (queued by the list robot): its members share
+    /// one copy however few of them the header names.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub list: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -364,6 +368,13 @@ impl Spool {
             let _ = std::fs::remove_file(self.relay_path(&env.qid, n));
         }
         Ok(())
+    }
+
+    /// Whether a message with this queue id was committed (queued or sent):
+    /// a list robot names its posts by what they came from, so a post
+    /// committed before a crash is not committed again after it.
+    pub fn known(&self, qid: &str) -> bool {
+        self.queue_path(qid).exists() || self.root.join("sent").join(format!("{qid}.json")).exists()
     }
 
     /// Finished envelopes, for status.

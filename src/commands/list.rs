@@ -1,0 +1,106 @@
+//! `stubmail list`: make and run mailing lists (issue #18). The robot is
+//! in the `lists` crate; this is the command line's side of it.
+
+use std::io::Read;
+
+use anyhow::Context;
+use stubmail::config::ListConfig;
+use stubmail::list::Addresses;
+use stubmail::{pgp, Home, Identity};
+
+use crate::cli::ListCommand;
+
+pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
+    match cmd {
+        ListCommand::Create { address, outbox, description, owner, notify } => {
+            super::init::refuse_existing(home)?;
+            let addrs = Addresses::of(&address).with_context(|| format!("{address:?} is not a plain address like team@example.org"))?;
+            let outbox = super::init::outbox_url(&outbox)?;
+            let mut id = Identity::generate_with(description.as_deref(), &addrs.post, &outbox, notify.as_deref())?;
+            id.add_address(&addrs.subscribe)?;
+            id.add_address(&addrs.unsubscribe)?;
+            super::init::write_identity(home, &id, &addrs.post, &outbox, notify.as_deref(), false, "created list")?;
+            let mut config = home.load_config()?;
+            let mut list = ListConfig::new(&addrs.post);
+            list.description = description;
+            if let Some(f) = owner {
+                let certs = read_certs(&f)?;
+                list.owner = certs.first().and_then(|c| pgp::emails_of(c).into_iter().next());
+                super::keys::import_each(home, certs, false)?;
+            }
+            config.list = Some(list);
+            home.save_config(&config)?;
+            println!("addresses:   {} (posts), {} and {}", addrs.post, addrs.subscribe, addrs.unsubscribe);
+            println!("next: register the list's key with its outbox:");
+            println!("{}", super::init::register_hint(home));
+            println!("then run its robot:\n  stubmail{} list run", super::init::home_flag(home));
+            Ok(())
+        }
+        ListCommand::Run => run_robot(home),
+        ListCommand::Add { file } => {
+            list_config(home)?;
+            super::keys::import_each(home, read_certs(&file)?, false)
+        }
+        ListCommand::Remove { member } => {
+            list_config(home)?;
+            let c = home.keyring().remove(&member)?;
+            println!("removed {} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "));
+            Ok(())
+        }
+        ListCommand::Members => {
+            list_config(home)?;
+            let all = home.keyring().all()?;
+            if all.is_empty() {
+                println!("no members; `stubmail{} list add FILE` adds one", super::init::home_flag(home));
+            }
+            for c in all {
+                println!("{} {}", pgp::fpr_of(&c), pgp::emails_of(&c).join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn list_config(home: &Home) -> anyhow::Result<ListConfig> {
+    home.load_config()?.list.with_context(|| {
+        format!("{} is not a list's home: make one with `stubmail --home DIR list create LIST@DOMAIN --outbox URL`", home.data_dir.display())
+    })
+}
+
+fn read_certs(file: &std::path::Path) -> anyhow::Result<Vec<stubmail::openpgp::Cert>> {
+    let mut bytes = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    Ok(pgp::parse_certs(&bytes)?)
+}
+
+fn run_robot(home: &Home) -> anyhow::Result<()> {
+    let list = list_config(home)?;
+    let config = home.load_config()?;
+    let state = home.state_dir();
+    let _smtp = stubmail::node::hold(&state, "smtp2stub", "stubmail list run")?;
+    let mut poll = stubmail::node::hold(&state, "http2mbox", "stubmail list run")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let notify = http2mbox::bind_notify(&config).await?;
+        let at = match &notify {
+            Some(s) => {
+                let a = s.local_addr()?;
+                poll.listening("notify", a)?;
+                format!("udp://{a}")
+            }
+            None => "nothing (no notify.listen: members' posts arrive with each poll)".to_string(),
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        stubmail::signals::cancel_on_signal(&shutdown);
+        println!("list robot for {} listening on {at}", list.address);
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        lists::run(home, &config, notify, shutdown).await?;
+        println!("stubmail: stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,224 @@
+//! Mailing lists (issue #18) end to end with the real programs: a list
+//! made with `stubmail list create`, its robot (`stubmail list run`),
+//! members' own smtp2stub and http2mbox, one post_manager as everyone's
+//! outbox; Python's email module reads the List-* fields and gpg checks
+//! the author's signature the list carries.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const LIST: &str = "team@example.org";
+
+struct World {
+    root: tempfile::TempDir,
+    outbox: Outbox,
+    list: User,
+    robot: Option<Server>,
+    alice: User,
+    bob: User,
+    carol: User,
+}
+
+impl World {
+    /// Alice (the owner), Bob and Carol are members; every one of them,
+    /// and the list, is an account of one outbox.
+    fn start() -> World {
+        let root = tempfile::tempdir().unwrap();
+        let outbox = Outbox::start(root.path(), "outbox");
+        let user = |name: &str, email: &str| {
+            let u = User::init(root.path(), name, email, &outbox.url());
+            outbox.add_account(&u);
+            u.edit_config(|t| {
+                table(t, "discovery").insert("wkd".into(), false.into());
+            });
+            u
+        };
+        let (alice, bob, carol) = (user("alice", "alice@example.org"), user("bob", "bob@example.net"), user("carol", "carol@example.com"));
+        let list = User { email: LIST.into(), home: root.path().join("list") };
+        let out = ok(list
+            .stubmail()
+            .args(["list", "create", LIST, "--outbox", &outbox.url(), "--description", "The Team", "--owner"])
+            .arg(alice.export()));
+        let said = stdout(&out);
+        assert!(said.contains("team-subscribe@example.org and team-unsubscribe@example.org"), "{said}");
+        outbox.add_account(&list);
+        ok(list.stubmail().args(["list", "add"]).arg(bob.export()));
+        ok(list.stubmail().args(["list", "add"]).arg(carol.export()));
+        list.edit_config(|t| {
+            table(t, "poll").insert("interval_secs".into(), 1.into());
+        });
+        let cert = list.export();
+        for u in [&alice, &bob, &carol] {
+            u.import(&cert);
+        }
+        World { root, outbox, list, robot: None, alice, bob, carol }
+    }
+
+    fn start_robot(&mut self) {
+        let mut c = bin_cmd("stubmail");
+        c.arg("--home").arg(&self.list.home).args(["list", "run"]);
+        self.robot = Some(Server::start("list-robot", c, self.root.path()));
+    }
+
+    fn members(&self) -> String {
+        stdout(&ok(self.list.stubmail().args(["list", "members"])))
+    }
+}
+
+/// Send `msg` from `u` through a smtp2stub of theirs to `to`.
+fn send(u: &User, logs: &Path, to: &[&str], msg: &str) {
+    let s = u.smtp2stub(logs);
+    let r = smtplib_send(s.port(), &u.email, to, msg).unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    // Wait until it left the spool: the outbox holds it.
+    wait_for("the message to be uploaded", 60, || (!states(u).iter().any(|s| s == "queued")).then_some(()));
+}
+
+/// Poll until `u` has `n` messages, then once more, and return them all
+/// (so a duplicate would show).
+fn wait_mail(u: &User, n: usize) -> Vec<PathBuf> {
+    wait_for(&format!("{} to have {n} message(s)", u.email), 60, || {
+        u.http2mbox_once();
+        (u.maildir_new().len() >= n).then_some(())
+    });
+    u.http2mbox_once();
+    u.maildir_new()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[test]
+fn a_members_post_reaches_every_member_once_from_one_stored_copy_with_list_fields_and_the_authors_signature() {
+    let mut w = World::start();
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    let post = "From: Alice <alice@example.org>\r\nTo: The Team <team@example.org>\r\nSubject: first post\r\nMessage-ID: <p1@example.org>\r\n\r\nHello, team.\r\n";
+    send(&w.alice, &logs, &[LIST], post);
+    for u in [&w.alice, &w.bob, &w.carol] {
+        let got = wait_mail(u, 1);
+        assert_eq!(got.len(), 1, "{}: exactly one copy", u.email);
+        let text = read(&got[0]);
+        assert!(text.contains("Subject: first post") && text.contains("Hello, team."), "{text}");
+        // The list signed it; the From: is the author's, vouched for by the list.
+        assert!(text.contains(&format!("smtp.mailfrom={LIST}")) && text.contains("(from=list; via team@example.org)"), "{text}");
+    }
+    // One stored message at the list's outbox for all three members.
+    let rows = w.list.status_json();
+    let rows = rows.as_array().unwrap();
+    let ids: std::collections::BTreeSet<&str> = rows.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!((rows.len(), ids.len()), (3, 1), "{rows:?}");
+    wait_for("every member to have retrieved it", 30, || states(&w.list).iter().all(|s| s == "retrieved").then_some(()));
+
+    // Python's email module reads the list's fields (RFC 2369, 2919).
+    let bob_copy = w.bob.maildir_new()[0].clone();
+    let (good, out) = python(
+        "import email, sys\nm = email.message_from_binary_file(open(sys.argv[1], 'rb'))\n\
+         for f in ['List-Id', 'List-Post', 'List-Subscribe', 'List-Unsubscribe', 'Precedence', 'From', 'Subject']: print(f + '=' + str(m[f]))",
+        &[bob_copy.to_str().unwrap()],
+    );
+    assert!(good, "{out}");
+    for want in [
+        "List-Id=\"The Team\" <team.example.org>",
+        "List-Post=<mailto:team@example.org>",
+        "List-Subscribe=<mailto:team-subscribe@example.org>",
+        "List-Unsubscribe=<mailto:team-unsubscribe@example.org>",
+        "Precedence=list",
+        "From=Alice <alice@example.org>",
+        "Subject=first post",
+    ] {
+        assert!(out.lines().any(|l| l == want), "{want} not in:\n{out}");
+    }
+
+    // The author's own signature, carried by the list, checked by gpg with
+    // Alice's certificate alone: over the bytes after the list's field, as
+    // Alice submitted them (CRLF).
+    let dir = w.root.path().join("verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, out) = python(
+        "import sys, base64, re\ntext = open(sys.argv[1], 'rb').read()\n\
+         m = re.search(rb'^Stubmail-Author-Signature: fpr=([0-9A-F]{40}); sig=([A-Za-z0-9+/=]+)\\n', text, re.M)\n\
+         open(sys.argv[2] + '/post.sig', 'wb').write(base64.b64decode(m.group(2)))\n\
+         open(sys.argv[2] + '/post.eml', 'wb').write(text[m.end():].replace(b'\\n', b'\\r\\n'))\n\
+         print(m.group(1).decode())",
+        &[bob_copy.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    assert!(good, "{out}");
+    assert_eq!(out.trim(), w.alice.fingerprint());
+    let eml = std::fs::read(dir.join("post.eml")).unwrap();
+    // Alice's message as her smtp2stub signed it: its Received: line first.
+    let text = String::from_utf8_lossy(&eml);
+    assert!(text.starts_with("Received: from client.test") && text.contains("\r\nFrom: Alice <alice@example.org>\r\nTo: The Team"), "{text}");
+    let gpg = require("gpg");
+    let gnupg = dir.join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    ok(std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--import"]).arg(w.alice.export()));
+    let v = std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--verify"]).arg(dir.join("post.sig")).arg(dir.join("post.eml")).output().unwrap();
+    assert!(v.status.success(), "gpg --verify: {}", String::from_utf8_lossy(&v.stderr));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("Good signature from \"alice <alice@example.org>\""), "{}", String::from_utf8_lossy(&v.stderr));
+    // One byte changed by the list (or anyone on the way): refused.
+    let mut forged = eml.clone();
+    let at = forged.windows(5).position(|x| x == b"Hello").unwrap();
+    forged[at] = b'J';
+    std::fs::write(dir.join("post.eml"), &forged).unwrap();
+    let v = std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--verify"]).arg(dir.join("post.sig")).arg(dir.join("post.eml")).output().unwrap();
+    assert!(!v.status.success(), "an altered post verified");
+}
+
+#[test]
+fn a_member_leaves_by_mail_and_gets_no_more_posts_and_refused_posts_are_answered() {
+    let mut w = World::start();
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    assert!(w.members().contains("carol@example.com"), "{}", w.members());
+    send(&w.carol, &logs, &["team-unsubscribe@example.org"], "From: carol@example.com\r\nTo: team-unsubscribe@example.org\r\nSubject: bye\r\n\r\nunsubscribe\r\n");
+    wait_for("Carol to have left", 60, || (!w.members().contains("carol@example.com")).then_some(()));
+    // Her request was fetched and acked like any message.
+    wait_for("Carol's request to be retrieved", 30, || states(&w.carol).iter().all(|s| s == "retrieved").then_some(()));
+
+    // A post naming the list and its unsubscribe address at once is
+    // ambiguous: not published, and Bob is told why.
+    send(&w.bob, &logs, &[LIST, "team-unsubscribe@example.org"], "From: bob@example.net\r\nTo: team@example.org, team-unsubscribe@example.org\r\nSubject: which\r\nMessage-ID: <b1@example.net>\r\n\r\n?\r\n");
+    let got = wait_mail(&w.bob, 1);
+    let notice = read(&got[0]);
+    assert!(notice.contains("Subject: Your message to team@example.org was not published"), "{notice}");
+    assert!(notice.contains("In-Reply-To: <b1@example.net>") && notice.contains("more than one, of the list's addresses"), "{notice}");
+    assert!(!notice.contains("List-Id"), "a notice is no list post: {notice}");
+    assert!(w.members().contains("bob@example.net"), "Bob is still a member");
+
+    // The next post reaches Alice and Bob, not Carol.
+    send(&w.alice, &logs, &[LIST], "From: alice@example.org\r\nTo: team@example.org\r\nSubject: after carol\r\n\r\nhi\r\n");
+    let got = wait_mail(&w.bob, 2);
+    assert!(got.iter().any(|p| read(p).contains("Subject: after carol")));
+    assert_eq!(wait_mail(&w.alice, 1).len(), 1);
+    w.carol.http2mbox_once();
+    assert!(w.carol.maildir_new().is_empty(), "Carol left: no post reaches her");
+    let rows = w.list.status_json();
+    let post_rows: Vec<&serde_json::Value> = rows.as_array().unwrap().iter().filter(|r| r["subject"] == "after carol").collect();
+    assert_eq!(post_rows.len(), 2, "stored for Alice and Bob only: {post_rows:?}");
+}
+
+#[test]
+fn a_non_members_post_is_never_fetched() {
+    let mut w = World::start();
+    let dave = User::init(w.root.path(), "dave", "dave@example.net", &w.outbox.url());
+    w.outbox.add_account(&dave);
+    dave.edit_config(|t| {
+        table(t, "discovery").insert("wkd".into(), false.into());
+    });
+    dave.import(&w.list.export());
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&dave, &logs, &[LIST], "From: dave@example.net\r\nTo: team@example.org\r\nSubject: buy now\r\n\r\nspam\r\n");
+    // A member's post made after Dave's arrives; Dave's never does.
+    send(&w.alice, &logs, &[LIST], "From: alice@example.org\r\nTo: team@example.org\r\nSubject: real\r\n\r\nhi\r\n");
+    let got = wait_mail(&w.bob, 1);
+    assert_eq!(got.len(), 1);
+    assert!(read(&got[0]).contains("Subject: real"));
+    assert_eq!(states(&dave), vec!["stored"], "the robot polls members only: Dave's post waits in his outbox, unfetched");
+}
