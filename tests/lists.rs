@@ -26,6 +26,11 @@ impl World {
     /// Alice (the owner), Bob and Carol are members; every one of them,
     /// and the list, is an account of one outbox.
     fn start() -> World {
+        World::start_with(&[])
+    }
+
+    /// With extra `list create` arguments.
+    fn start_with(create: &[&str]) -> World {
         let root = tempfile::tempdir().unwrap();
         let outbox = Outbox::start(root.path(), "outbox");
         let user = |name: &str, email: &str| {
@@ -41,7 +46,8 @@ impl World {
         let out = ok(list
             .stubmail()
             .args(["list", "create", LIST, "--outbox", &outbox.url(), "--description", "The Team", "--owner"])
-            .arg(alice.export()));
+            .arg(alice.export())
+            .args(create));
         let said = stdout(&out);
         assert!(said.contains("team-subscribe@example.org and team-unsubscribe@example.org"), "{said}");
         outbox.add_account(&list);
@@ -61,6 +67,17 @@ impl World {
         let mut c = bin_cmd("stubmail");
         c.arg("--home").arg(&self.list.home).args(["list", "run"]);
         self.robot = Some(Server::start("list-robot", c, self.root.path()));
+    }
+
+    /// A user who is no member but has the list's key (as anyone may).
+    fn stranger(&self, name: &str, email: &str) -> User {
+        let u = User::init(self.root.path(), name, email, &self.outbox.url());
+        self.outbox.add_account(&u);
+        u.edit_config(|t| {
+            table(t, "discovery").insert("wkd".into(), false.into());
+        });
+        u.import(&self.list.export());
+        u
     }
 
     fn members(&self) -> String {
@@ -221,4 +238,94 @@ fn a_non_members_post_is_never_fetched() {
     assert_eq!(got.len(), 1);
     assert!(read(&got[0]).contains("Subject: real"));
     assert_eq!(states(&dave), vec!["stored"], "the robot polls members only: Dave's post waits in his outbox, unfetched");
+}
+
+/// `--notify` for a list robot on a free loopback port.
+fn notify_arg() -> String {
+    format!("--notify=udp://{}", std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+}
+
+/// The subjects in a user's Maildir.
+fn subjects(u: &User) -> Vec<String> {
+    u.maildir_new().iter().filter_map(|p| read(p).lines().find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))).collect()
+}
+
+#[test]
+fn a_stranger_joins_by_mail_after_confirming_and_then_gets_the_posts() {
+    let n = notify_arg();
+    let mut w = World::start_with(&[&n]);
+    let dave = w.stranger("dave", "dave@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&dave, &logs, &["team-subscribe@example.org"], "From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\nplease\r\n");
+    // Not a member yet: asked to confirm, from the list's subscribe address.
+    let got = wait_mail(&dave, 1);
+    let ask = read(&got[0]);
+    assert!(ask.contains("Subject: Confirm joining team@example.org (token ") && ask.contains("Return-Path: <team@example.org>"), "{ask}");
+    assert!(!w.members().contains("dave@example.net"), "not before confirming: {}", w.members());
+    let subject = ask.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap().to_string();
+    // A post by Alice now does not reach Dave.
+    send(&w.alice, &logs, &[LIST], "From: alice@example.org\r\nTo: team@example.org\r\nSubject: before dave\r\n\r\nhi\r\n");
+    wait_mail(&w.bob, 1);
+    // A wrong token is a new request: asked again, not joined.
+    send(&dave, &logs, &["team-subscribe@example.org"], "From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: Re: Confirm joining team@example.org (token 00000000000000000000000000000000)\r\n\r\nyes\r\n");
+    let got = wait_mail(&dave, 2);
+    assert!(!w.members().contains("dave@example.net"), "a wrong token joins no one");
+    let again: Vec<String> = got.iter().map(|p| read(p)).filter(|t| t.contains(&format!("Subject: {subject}"))).collect();
+    assert_eq!(again.len(), 2, "asked again with the token still pending");
+    // The reply with the first token.
+    send(&dave, &logs, &["team-subscribe@example.org"], &format!("From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: Re: {subject}\r\n\r\nyes\r\n"));
+    wait_for("Dave to join", 60, || w.members().contains("dave@example.net").then_some(()));
+    let got = wait_mail(&dave, 3);
+    assert!(subjects(&dave).iter().any(|s| s == "Welcome to team@example.org"), "{:?}", subjects(&dave));
+    assert_eq!(got.len(), 3);
+    assert!(!subjects(&dave).iter().any(|s| s == "before dave"), "posts from before joining are not sent");
+    // Now a member: Alice's next post reaches him.
+    send(&w.alice, &logs, &[LIST], "From: alice@example.org\r\nTo: team@example.org\r\nSubject: welcome dave\r\n\r\nhi\r\n");
+    wait_mail(&dave, 4);
+    assert!(subjects(&dave).iter().any(|s| s == "welcome dave"), "{:?}", subjects(&dave));
+}
+
+#[test]
+fn a_non_members_post_is_refused_with_a_notice_to_the_poster_and_the_owner() {
+    let n = notify_arg();
+    let mut w = World::start_with(&[&n]);
+    let dave = w.stranger("dave", "dave@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&dave, &logs, &[LIST], "From: dave@example.net\r\nTo: team@example.org\r\nSubject: buy now\r\nMessage-ID: <d1@example.net>\r\n\r\nspam\r\n");
+    let got = wait_mail(&dave, 1);
+    let notice = read(&got[0]);
+    assert!(notice.contains("only members may post; to join, write to team-subscribe@example.org") && notice.contains("In-Reply-To: <d1@example.net>"), "{notice}");
+    let got = wait_mail(&w.alice, 1);
+    let owner = read(&got[0]);
+    assert!(owner.contains("Subject: A non-member's post to team@example.org") && owner.contains("\"buy now\" from dave@example.net") && owner.contains("was refused"), "{owner}");
+    w.bob.http2mbox_once();
+    assert!(w.bob.maildir_new().is_empty(), "nothing published");
+    assert_eq!(states(&dave), vec!["retrieved"], "fetched by the robot, answered, and not published");
+}
+
+#[test]
+fn a_held_non_members_post_is_published_once_the_owner_approves_it() {
+    let n = notify_arg();
+    let mut w = World::start_with(&[&n, "--non-members", "hold"]);
+    let dave = w.stranger("dave", "dave@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&dave, &logs, &[LIST], "From: dave@example.net\r\nTo: team@example.org\r\nSubject: a question\r\n\r\nmay I ask?\r\n");
+    let got = wait_mail(&w.alice, 1);
+    let owner = read(&got[0]);
+    let id = owner.lines().find_map(|l| l.trim().strip_prefix("stubmail list approve ")).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+    let held = stdout(&ok(w.list.stubmail().args(["list", "held"])));
+    assert!(held.contains(&id) && held.contains("from dave@example.net") && held.contains("\"a question\""), "{held}");
+    w.bob.http2mbox_once();
+    assert!(w.bob.maildir_new().is_empty(), "held, not published");
+    assert!(fails(w.list.stubmail().args(["list", "approve", "l../../x"])).contains("no held post"));
+    ok(w.list.stubmail().args(["list", "approve", &id]));
+    let got = wait_mail(&w.bob, 1);
+    let post = read(&got[0]);
+    assert!(post.contains("Subject: a question") && post.contains("List-Id: \"The Team\" <team.example.org>"), "{post}");
+    assert!(post.contains(&format!("Stubmail-Author-Signature: fpr={}", dave.fingerprint())), "{post}");
+    assert!(stdout(&ok(w.list.stubmail().args(["list", "held"]))).contains("no posts held"));
+    assert!(!w.members().contains("dave@example.net"), "an approved post makes no member");
 }

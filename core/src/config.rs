@@ -173,11 +173,31 @@ pub struct ListConfig {
     /// it is refused, with a notice to the member.
     #[serde(default = "ListConfig::default_max_post")]
     pub max_post_size: u64,
+    /// A post from someone who is not a member: refused (the poster and
+    /// the owner are told), or held until the owner approves or
+    /// discards it (`stubmail list held`).
+    #[serde(default)]
+    pub non_members: NonMembers,
+}
+
+/// What a list does with a non-member's post.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonMembers {
+    #[default]
+    Reject,
+    Hold,
 }
 
 impl ListConfig {
     pub fn new(address: &str) -> ListConfig {
-        ListConfig { address: address.to_string(), description: None, owner: None, max_post_size: ListConfig::default_max_post() }
+        ListConfig {
+            address: address.to_string(),
+            description: None,
+            owner: None,
+            max_post_size: ListConfig::default_max_post(),
+            non_members: NonMembers::Reject,
+        }
     }
     fn default_max_post() -> u64 {
         10 * 1024 * 1024

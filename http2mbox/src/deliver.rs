@@ -111,7 +111,7 @@ fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     // in our name (or as a Stubmail header) goes before ours is added.
     // A post of a list the sender runs: its From: is the author's, and the
     // list's field carrying the author's signature stays (`stubmail::list`).
-    let list = list_post_address(&header).filter(|a| pgp::emails_of(m.sender).contains(a));
+    let list = list_of_post(m.sender, &header);
     let header = strip_forged_trace(&header, m.hostname, list.is_some());
     let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname, list.as_deref());
     let mut w = CrlfToLf::new(out);
@@ -344,6 +344,12 @@ fn strip_forged_trace(header: &[u8], hostname: &str, list_post: bool) -> Vec<u8>
 }
 
 /// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
+/// The list `sender` runs, if `header` is one of its posts: the sender's
+/// key is a list's ([`pgp::list_of`]) and `List-Post:` names that list.
+fn list_of_post(sender: &Cert, header: &[u8]) -> Option<String> {
+    pgp::list_of(sender).filter(|l| list_post_address(header).as_deref() == Some(l))
+}
+
 /// The address a `List-Post: <mailto:ADDR>` field names (RFC 2369).
 fn list_post_address(header: &[u8]) -> Option<String> {
     let msg = mail_parser::MessageParser::default().parse_headers(header)?;
@@ -406,11 +412,16 @@ mod tests {
 
     #[test]
     fn a_list_post_keeps_the_authors_signature_and_says_the_list_vouches_for_its_from() {
-        let list = Identity::generate(None, "team@example.org", "http://a/").unwrap();
+        let list = Identity::generate_list(None, "team@example.org", "http://a/", None).unwrap();
         let h = b"List-Id: <team.example.org>\r\nList-Post: <mailto:Team@Example.org>\r\n\
 Stubmail-Author-Signature: fpr=AA; sig=AA==\r\nStubmail-Id: forged\r\nFrom: alice@example.org\r\n\r\n";
-        let l = list_post_address(h);
+        let l = list_of_post(&list.cert(), h);
         assert_eq!(l.as_deref(), Some("team@example.org"));
+        // An ordinary contact writing List-Post: with their own address is
+        // no list: their From: is checked as always.
+        let mallory = Identity::generate(None, "team@example.org", "http://a/").unwrap();
+        assert_eq!(list_of_post(&mallory.cert(), h), None);
+        assert_eq!(list_of_post(&list.cert(), b"From: alice@example.org\r\n\r\n"), None);
         let kept = String::from_utf8(strip_forged_trace(h, "me", true)).unwrap();
         assert!(kept.contains("Stubmail-Author-Signature: fpr=AA") && !kept.contains("Stubmail-Id"), "{kept}");
         assert!(!String::from_utf8(strip_forged_trace(h, "me", false)).unwrap().contains("Stubmail-Author"));

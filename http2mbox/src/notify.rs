@@ -71,6 +71,32 @@ impl HeldStub {
     }
 }
 
+/// A stranger's certificate, for an introduction being accepted: fetched
+/// from the outbox the stubs named, and taken only if its fingerprint is
+/// the stubs' sender's, it binds that outbox, and it verifies one of the
+/// held stubs' signatures (else the stubs were not theirs to make).
+pub async fn introduced_cert(http: &reqwest::Client, intro: &Intro) -> anyhow::Result<stubmail::openpgp::Cert> {
+    use anyhow::Context;
+    let f = &intro.sender;
+    let bytes = stubmail::client::OutboxClient::account_cert(http, &intro.outbox, f, stubmail::client::REQUEST_DEADLINE)
+        .await
+        .with_context(|| format!("fetching {f}'s certificate from {}", intro.outbox))?;
+    let cert = pgp::parse_certs(&bytes)?
+        .into_iter()
+        .find(|c| pgp::fpr_of(c) == *f)
+        .with_context(|| format!("{} served no certificate with fingerprint {f}", intro.outbox))?;
+    pgp::check_contact(&cert).with_context(|| format!("{f}'s certificate is not usable"))?;
+    let bound = pgp::outbox_of(&cert).unwrap_or_default();
+    if bound.trim_end_matches('/') != intro.outbox.trim_end_matches('/') {
+        anyhow::bail!("{f}'s certificate binds outbox {bound:?}, not {:?} as the stubs claimed; not accepted", intro.outbox);
+    }
+    let signed = intro.stubs.iter().filter_map(|s| s.parts()).any(|(data, sig)| pgp::verify_detached(&cert, &data, &sig).is_ok());
+    if !signed {
+        anyhow::bail!("none of the held stubs is signed by {f}: they were forged; not accepted");
+    }
+    Ok(cert)
+}
+
 /// What became of a stranger's stub.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Held {

@@ -385,6 +385,17 @@ impl Poller {
         self.cycle(Some(senders), false).await
     }
 
+    /// Poll one outbox, over signed HTTP, for mail from senders who are no
+    /// contacts (a list robot's would-be members, their certificates
+    /// checked by the caller): their mail is delivered and acked as a
+    /// contact's, but nothing of them is kept — no UDP cookie, no refresh
+    /// into the keyring.
+    pub async fn poll_strangers(&self, url: &str, certs: Vec<Cert>) -> anyhow::Result<Report> {
+        let contacts: Vec<Contact> = certs.into_iter().map(|cert| Contact { fpr: pgp::fpr_of(&cert), cert }).collect();
+        let o = self.poll_outbox(url, &contacts, false, false, true).await?;
+        Ok(Report { outboxes: 1, delivered: o.delivered, rejected: o.rejected, incomplete: o.incomplete, http_polls: 1, ..Report::default() })
+    }
+
     async fn cycle(&self, only: Option<&[Fpr]>, scheduled: bool) -> anyhow::Result<Report> {
         let lock_path = self.lock_path.clone();
         let _lock = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
@@ -447,7 +458,7 @@ impl Poller {
         let bar_ref = &bar;
         let results: Vec<_> = futures_util::stream::iter(by_outbox)
             .map(|(url, contacts)| async move {
-                let r = self.poll_outbox(&url, &contacts, only.is_none(), scheduled).await;
+                let r = self.poll_outbox(&url, &contacts, only.is_none(), scheduled, false).await;
                 if let Some(b) = bar_ref {
                     b.inc(1);
                 }
@@ -536,7 +547,7 @@ impl Poller {
         Ok(out)
     }
 
-    async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool, scheduled: bool) -> anyhow::Result<OutboxResult> {
+    async fn poll_outbox(&self, url: &str, contacts: &[Contact], udp_allowed: bool, scheduled: bool, strangers: bool) -> anyhow::Result<OutboxResult> {
         let client = OutboxClient::new(self.http.clone(), url, self.me.clone())?.with_deadline(self.deadline);
         let mut senders: Vec<Fpr> = contacts.iter().map(|c| c.fpr.clone()).collect();
         senders.sort();
@@ -562,11 +573,15 @@ impl Poller {
                 return Ok(out);
             }
         }
-        let req = PollRequest { senders: Some(senders.clone()), certs: vec![pgp::armored(&self.me.cert())?], device: Some(self.device.clone()), udp: self.udp.enabled };
+        let req = PollRequest { senders: Some(senders.clone()), certs: vec![pgp::armored(&self.me.cert())?], device: Some(self.device.clone()), udp: self.udp.enabled && !strangers };
         out.http = true;
-        self.last_http.lock().expect("not poisoned").insert(url.to_string(), std::time::Instant::now());
+        if !strangers {
+            self.last_http.lock().expect("not poisoned").insert(url.to_string(), std::time::Instant::now());
+        }
         let resp = client.poll(&req).await?;
-        {
+        // The cookie of a poll for strangers would replace the one for the
+        // contacts at the same outbox.
+        if !strangers {
             let mut cookies = self.udp.cookies.lock().expect("not poisoned");
             let mine = resp.cookies.iter().find(|c| c.recipient == self.me.fpr()).and_then(|c| c.decode());
             match (resp.udp_port, mine) {
@@ -586,7 +601,7 @@ impl Poller {
         let mut with_mail: Vec<&Fpr> = resp.messages.iter().map(|m| &m.sender).collect();
         with_mail.sort();
         with_mail.dedup();
-        for f in with_mail {
+        for f in with_mail.into_iter().filter(|_| !strangers) {
             if let Some(c) = self.refresh_contact(url, f, contacts, std::time::Duration::from_secs(3600)).await {
                 fresh.insert(f.clone(), c);
             }
@@ -594,7 +609,7 @@ impl Poller {
         // (Those due first: taking any eight would leave the rest of a
         // large outbox's contacts never refreshed.)
         let due: Vec<&Fpr> =
-            contacts.iter().map(|c| &c.fpr).filter(|f| !fresh.contains_key(*f) && self.refresh_due(f, self.cert_refresh)).take(PERIODIC_REFRESHES).collect();
+            contacts.iter().map(|c| &c.fpr).filter(|f| !strangers && !fresh.contains_key(*f) && self.refresh_due(f, self.cert_refresh)).take(PERIODIC_REFRESHES).collect();
         for f in due {
             self.refresh_contact(url, f, contacts, self.cert_refresh).await;
         }

@@ -18,138 +18,268 @@
 //!   member), uploads to the list's outbox and sends the members' stubs.
 
 pub mod decide;
+pub mod notices;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use decide::Decision;
 use sha2::Digest;
 use smtp2stub::spool::{Data, Envelope, Rcpt, Route, Spool};
+use stubmail::config::NonMembers;
+use stubmail::keyring::Keyring;
 use stubmail::list::Addresses;
 use stubmail::maildir::Maildir;
+use stubmail::openpgp::Cert;
+use stubmail::protocol::Fpr;
 use stubmail::{pgp, Config, Home};
 use tokio_util::sync::CancellationToken;
 
-/// Where the robot keeps what members sent, until it is processed.
-pub fn intake_dir(home: &Home) -> std::path::PathBuf {
-    home.data_dir.join("list").join("intake")
+/// A request to join waits this long for its confirmation.
+const CONFIRM_WITHIN: i64 = 7 * 86400;
+/// A stranger's certificate (a would-be member, a non-member who posted)
+/// is kept this long after their last message, for the robot's answers.
+const STRANGER_KEPT: Duration = Duration::from_secs(7 * 86400);
+/// An introduction whose certificate could not be had is tried again
+/// after this long.
+const INTRO_RETRY: Duration = Duration::from_secs(60);
+
+/// The robot's files, under the list's data directory:
+///
+/// ```text
+/// list/intake/       a Maildir: what members and strangers sent, each as
+///                    its author signed it, after its intake line
+/// list/strangers/    certificates of senders who are no members (a keyring)
+/// list/pending/<FPR> the token a request to join waits for, and when
+/// list/held/<qid>    non-members' posts held for the owner (intake files)
+/// list/approved/<qid> held posts the owner approved, to publish
+/// ```
+pub fn list_dir(home: &Home) -> PathBuf {
+    home.data_dir.join("list")
 }
 
-/// The robot's state shared by its processing steps.
+/// What the robot needs to act on one message.
 pub struct Robot {
     pub addrs: Addresses,
     pub description: Option<String>,
+    pub owner: Option<String>,
+    pub non_members: NonMembers,
     pub spool: Spool,
-    pub keyring: stubmail::keyring::Keyring,
+    /// The members.
+    pub keyring: Keyring,
+    /// Senders who are no members (see [`list_dir`]).
+    pub strangers: Keyring,
     pub intake: Maildir,
+    dir: PathBuf,
     /// Told when something was queued, so the worker goes at once.
     pub kick: Arc<tokio::sync::Notify>,
+    /// Introductions that failed, and when: tried again after [`INTRO_RETRY`].
+    intro_tries: Mutex<HashMap<Fpr, Instant>>,
 }
 
-/// What one intake file led to, for the log and the tests.
+/// What one message led to, for the log and the tests.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Published { qid: String, members: usize },
     Unsubscribed(String),
+    /// A request to join, answered with a confirmation.
+    AskedToConfirm(String),
+    Joined(String),
+    /// A non-member's post, held for the owner.
+    Held(String),
     Refused(String),
     Ignored(String),
+}
+
+/// A pending request to join: `list/pending/<FPR>`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    token: String,
+    made: i64,
 }
 
 impl Robot {
     pub fn new(home: &Home, config: &Config) -> anyhow::Result<Robot> {
         let list = config.list.as_ref().context("this home is not a list's (no [list] in config.toml): `stubmail list create` makes one")?;
         let addrs = Addresses::of(&list.address).with_context(|| format!("list.address {:?} is not a plain address", list.address))?;
+        let dir = list_dir(home);
+        for d in ["pending", "held", "approved", "strangers"] {
+            stubmail::fsutil::ensure_private_dir(&dir.join(d))?;
+        }
         Ok(Robot {
             addrs,
             description: list.description.clone(),
+            owner: list.owner.clone(),
+            non_members: list.non_members,
             spool: Spool::open(&home.spool_dir()).context("opening the list's spool")?,
             keyring: home.keyring(),
-            intake: Maildir::open(&intake_dir(home)).context("opening the list's intake")?,
+            strangers: Keyring::new(dir.join("strangers")),
+            intake: Maildir::open(&dir.join("intake")).context("opening the list's intake")?,
+            dir,
             kick: Arc::new(tokio::sync::Notify::new()),
+            intro_tries: Default::default(),
         })
     }
 
-    /// Process every message waiting in the intake, oldest first.
+    /// Process every message waiting in the intake and every post the
+    /// owner approved, oldest first.
     pub async fn process_all(&self) -> anyhow::Result<Vec<Outcome>> {
-        let new = self.intake.root().join("new");
-        let mut names: Vec<String> = std::fs::read_dir(&new)?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
-        names.sort();
         let mut done = Vec::new();
-        for name in names {
-            match self.process(&name).await {
-                Ok(o) => {
-                    tracing::info!(file = name, "list: {o:?}");
-                    done.push(o);
+        for (dir, approved) in [(self.intake.root().join("new"), false), (self.dir.join("approved"), true)] {
+            let mut names: Vec<String> =
+                std::fs::read_dir(&dir)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect();
+            names.sort();
+            for name in names {
+                match self.process(&dir, &name, approved).await {
+                    Ok(o) => {
+                        tracing::info!(file = name, "list: {o:?}");
+                        done.push(o);
+                    }
+                    // Left where it is, tried again on the next round.
+                    Err(e) => tracing::warn!(file = name, "list: not processed yet: {e:#}"),
                 }
-                // Left in the intake, tried again on the next round.
-                Err(e) => tracing::warn!(file = name, "list: not processed yet: {e:#}"),
             }
         }
         Ok(done)
     }
 
-    async fn process(&self, name: &str) -> anyhow::Result<Outcome> {
-        let path = self.intake.root().join("new").join(name);
+    async fn process(&self, dir: &std::path::Path, name: &str, approved: bool) -> anyhow::Result<Outcome> {
+        let path = dir.join(name);
         let file = std::fs::read(&path)?;
-        // Named by its intake file, so a crash after the commit below and
-        // before the removal does not queue it again.
-        let qid = format!("l{}", &hex::encode(sha2::Sha256::digest(name.as_bytes()))[..24]);
-        let outcome = if self.spool.known(&qid) {
-            Outcome::Ignored("queued before".into())
-        } else {
-            self.act(&file, &qid).await?
-        };
+        // Everything queued for it is named after its file, so a crash
+        // after a commit and before the removal does not queue it again.
+        let qid = format!("l{}", &hex::encode(sha2::Sha256::digest(format!("{approved}/{name}").as_bytes()))[..24]);
+        let outcome = self.act(&file, &qid, approved).await?;
         std::fs::remove_file(&path)?;
-        stubmail::fsutil::fsync_dir(&self.intake.root().join("new"))?;
+        stubmail::fsutil::fsync_dir(dir)?;
         Ok(outcome)
     }
 
-    async fn act(&self, file: &[u8], qid: &str) -> anyhow::Result<Outcome> {
+    async fn act(&self, file: &[u8], qid: &str, approved: bool) -> anyhow::Result<Outcome> {
         let Some((author, sig, at)) = stubmail::list::parse_intake(file) else {
             return Ok(Outcome::Ignored("an intake file without its intake line".into()));
         };
         let raw = &file[at..];
-        let Some(cert) = self.keyring.get(&author)? else {
-            return Ok(Outcome::Ignored(format!("{author} is no longer a member")));
+        let (cert, member) = match (self.keyring.get(&author)?, self.strangers.get(&author)?) {
+            (Some(c), _) => (c, true),
+            (None, Some(c)) => (c, false),
+            (None, None) => return Ok(Outcome::Ignored(format!("{author} is neither a member nor a known stranger"))),
         };
         let emails = pgp::all_emails_of(&cert);
         let first = pgp::emails_of(&cert).into_iter().next().unwrap_or_default();
+        let header = &raw[..stubmail::mail::header_len(raw).unwrap_or(raw.len().min(64 * 1024))];
+        let to_author = |body| (vec![Rcpt { addr: first.clone(), route: Route::Stub { fpr: author.clone() } }], body);
         match decide::decide(raw, &author, &sig, &emails, &self.addrs, self.description.as_deref()) {
-            Decision::Publish(post) => {
-                let mut rcpts = Vec::new();
-                for c in self.keyring.all()? {
-                    if pgp::check_contact(&c).is_err() {
-                        continue;
-                    }
-                    let addr = pgp::emails_of(&c).into_iter().next().unwrap_or_default();
-                    rcpts.push(Rcpt { addr, route: Route::Stub { fpr: pgp::fpr_of(&c) } });
-                }
+            Decision::Publish(post) if member || approved => {
+                let rcpts = self.members()?;
                 let members = rcpts.len();
                 self.queue(qid, rcpts, post, true).await?;
                 Ok(Outcome::Published { qid: qid.to_string(), members })
             }
-            Decision::Unsubscribe => {
+            Decision::Publish(_) => {
+                let held = (self.non_members == NonMembers::Hold).then_some(qid);
+                if let Some(id) = held {
+                    stubmail::fsutil::write_atomic(&self.dir.join("held").join(id), file, 0o600)?;
+                } else {
+                    let (r, b) = to_author(notices::not_a_member(&self.addrs, &first, header, qid));
+                    self.queue(qid, r, b, false).await?;
+                }
+                if let Some((owner, fpr)) = self.owner()? {
+                    let n = notices::to_owner(&self.addrs, &owner, &first, author.as_str(), header, held, &format!("{qid}o"));
+                    self.queue(&format!("{qid}o"), vec![Rcpt { addr: owner, route: Route::Stub { fpr } }], n, false).await?;
+                }
+                Ok(if held.is_some() { Outcome::Held(first) } else { Outcome::Refused(format!("{first} is not a member")) })
+            }
+            Decision::Unsubscribe if member => {
                 match self.keyring.remove(author.as_str()) {
                     Ok(_) | Err(stubmail::keyring::KeyringError::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
                 Ok(Outcome::Unsubscribed(first))
             }
-            Decision::AlreadyMember => Ok(Outcome::Ignored(format!("{first} asked to subscribe and is a member"))),
+            Decision::Unsubscribe => Ok(Outcome::Ignored(format!("{first} asked to leave and is no member"))),
+            Decision::Subscribe if member => Ok(Outcome::Ignored(format!("{first} asked to join and is a member"))),
+            Decision::Subscribe => self.subscribe(&author, cert, &first, header, qid).await,
             Decision::Refuse(reason) => {
-                let header_end = stubmail::mail::header_len(raw).unwrap_or(raw.len().min(64 * 1024));
-                let notice = decide::refusal_notice(&self.addrs, &first, &raw[..header_end], &reason, qid);
-                self.queue(qid, vec![Rcpt { addr: first.clone(), route: Route::Stub { fpr: author } }], notice, false).await?;
+                let (r, b) = to_author(notices::refusal(&self.addrs, &first, header, &reason, qid));
+                self.queue(qid, r, b, false).await?;
                 Ok(Outcome::Refused(reason))
             }
         }
     }
 
+    /// A stranger's request to join: the first is answered with a token
+    /// to confirm; a reply carrying it (signed by the same key, as every
+    /// message is) makes them a member.
+    async fn subscribe(&self, author: &Fpr, cert: Cert, first: &str, header: &[u8], qid: &str) -> anyhow::Result<Outcome> {
+        let pending_file = self.dir.join("pending").join(author.as_str());
+        let pending: Option<Pending> = std::fs::read(&pending_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let now = stubmail::time::unix_now();
+        let confirmed = pending.as_ref().is_some_and(|p| now - p.made <= CONFIRM_WITHIN && notices::token_in(header).as_deref() == Some(&p.token));
+        let rcpt = vec![Rcpt { addr: first.to_string(), route: Route::Stub { fpr: author.clone() } }];
+        if confirmed {
+            // The welcome first: the worker encrypts it to the certificate
+            // wherever it is (strangers, then members).
+            self.queue(qid, rcpt, notices::welcome(&self.addrs, first, qid), false).await?;
+            let cert = pgp::reduced(&cert)?;
+            match self.keyring.import(vec![cert]) {
+                Ok(_) => {}
+                Err(e @ stubmail::keyring::KeyringError::AddressTaken { .. }) => {
+                    tracing::warn!("list: {first} confirmed but cannot join: {e}");
+                    return Ok(Outcome::Refused(format!("{first}: {e}")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let _ = std::fs::remove_file(&pending_file);
+            return Ok(Outcome::Joined(first.to_string()));
+        }
+        // A request asked again (or a wrong token) is answered with the
+        // token still pending, so any of the questions sent can be
+        // answered. A new one is made from the request's own queue id
+        // (secret: it comes from the intake file's random name), so the
+        // same request processed again asks with the same token.
+        let token = match pending.filter(|p| now - p.made <= CONFIRM_WITHIN) {
+            Some(p) => p.token,
+            None => {
+                let token = hex::encode(&sha2::Sha256::digest(format!("confirm {qid} {author}").as_bytes())[..16]);
+                let p = serde_json::to_vec(&Pending { token: token.clone(), made: now })?;
+                stubmail::fsutil::write_atomic(&pending_file, &p, 0o600)?;
+                token
+            }
+        };
+        self.queue(qid, rcpt, notices::confirm(&self.addrs, first, header, &token, qid), false).await?;
+        Ok(Outcome::AskedToConfirm(first.to_string()))
+    }
+
+    /// Every usable member, as recipients.
+    fn members(&self) -> anyhow::Result<Vec<Rcpt>> {
+        let mut rcpts = Vec::new();
+        for c in self.keyring.all()? {
+            if pgp::check_contact(&c).is_err() {
+                continue;
+            }
+            let addr = pgp::emails_of(&c).into_iter().next().unwrap_or_default();
+            rcpts.push(Rcpt { addr, route: Route::Stub { fpr: pgp::fpr_of(&c) } });
+        }
+        Ok(rcpts)
+    }
+
+    /// The owner's address and key, if the owner is a member.
+    fn owner(&self) -> anyhow::Result<Option<(String, Fpr)>> {
+        let Some(o) = &self.owner else { return Ok(None) };
+        Ok(self.keyring.by_email(o)?.first().map(|c| (o.clone(), pgp::fpr_of(c))))
+    }
+
+    /// Commit one message from the list to the spool, unless a message
+    /// with this queue id was committed before (a crash between the commit
+    /// and the removal of what it came from).
     async fn queue(&self, qid: &str, rcpts: Vec<Rcpt>, bytes: Vec<u8>, list: bool) -> anyhow::Result<()> {
+        if self.spool.known(qid) {
+            return Ok(());
+        }
         let env = Envelope {
             qid: qid.to_string(),
             from: self.addrs.post.clone(),
@@ -164,6 +294,65 @@ impl Robot {
         self.spool.commit(&env, Data::Memory(bytes)).await?;
         self.kick.notify_one();
         Ok(())
+    }
+
+    /// Strangers whose stubs wait in the quarantine (a request to join, a
+    /// non-member's post): their certificate is fetched and checked as
+    /// `stubmail intro accept` does, kept among the strangers, and their
+    /// outbox polled for what they sent the list, which lands in the
+    /// intake like a member's mail. Nothing makes them a member.
+    pub async fn take_introductions(&self, home: &Home, config: &Config, poller: &http2mbox::poller::Poller) -> anyhow::Result<()> {
+        let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
+        let blocks = poller.blocks.get().map_err(|e| anyhow::anyhow!("the blocklist: {e}"))?;
+        for intro in q.list()? {
+            let f = intro.sender.clone();
+            if self.intro_tries.lock().expect("not poisoned").get(&f).is_some_and(|t| t.elapsed() < INTRO_RETRY) {
+                continue;
+            }
+            if let Some(why) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
+                tracing::info!(stranger = %f, "list: not introduced, {why}");
+                q.reject(&f)?;
+                continue;
+            }
+            let cert = match http2mbox::notify::introduced_cert(&poller.http, &intro).await {
+                Ok(c) => pgp::reduced(&c)?,
+                Err(e) => {
+                    tracing::warn!(stranger = %f, "list: introduction not taken (tried again later): {e:#}");
+                    self.intro_tries.lock().expect("not poisoned").insert(f, Instant::now());
+                    continue;
+                }
+            };
+            if self.keyring.get(&f)?.is_none() {
+                // A stranger's key may claim any address; among strangers
+                // it only names whom the robot answers.
+                let _ = self.strangers.remove(f.as_str());
+                self.strangers.import(vec![cert.clone()]).or_else(|e| match e {
+                    stubmail::keyring::KeyringError::AddressTaken { old, .. } => {
+                        self.strangers.remove(old.as_str())?;
+                        self.strangers.import(vec![cert.clone()])
+                    }
+                    e => Err(e),
+                })?;
+            }
+            q.remove(&f)?;
+            match poller.poll_strangers(&intro.outbox, vec![cert]).await {
+                Ok(r) => tracing::info!(stranger = %f, delivered = r.delivered, "list: a stranger's messages fetched"),
+                Err(e) => tracing::warn!(stranger = %f, "list: a stranger's outbox: {e:#}"),
+            }
+        }
+        self.prune_strangers();
+        Ok(())
+    }
+
+    /// Forget strangers not heard from for [`STRANGER_KEPT`].
+    fn prune_strangers(&self) {
+        let Ok(rd) = std::fs::read_dir(self.strangers.dir()) else { return };
+        for e in rd.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > STRANGER_KEPT);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -187,6 +376,7 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
         notices: None,
         unstored: Default::default(),
         stubs: Default::default(),
+        others: Some(robot.strangers.clone()),
     };
     let work = tokio::spawn(worker.run(robot.kick.clone(), shutdown.clone()));
     let mut poller = http2mbox::poller_for(home, config, false)?;
@@ -195,11 +385,16 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
     let poller = Arc::new(poller);
     let mut delivered = poller.delivered.subscribe();
     let interval = config.poll.interval_secs.max(1);
-    let (h, c, sd) = (home.clone(), config.clone(), shutdown.clone());
+    let (h, c, sd, p) = (home.clone(), config.clone(), shutdown.clone(), poller.clone());
     let poll = tokio::spawn(async move {
-        http2mbox::daemon(&h, &c, poller, interval, http2mbox::Listeners { notify, ..Default::default() }, sd).await
+        http2mbox::daemon(&h, &c, p, interval, http2mbox::Listeners { notify, ..Default::default() }, sd).await
     });
     loop {
+        if config.notify.first_contact
+            && let Err(e) = robot.take_introductions(home, config, &poller).await
+        {
+            tracing::warn!("list: introductions: {e:#}");
+        }
         if let Err(e) = robot.process_all().await {
             tracing::warn!("list: {e:#}");
         }

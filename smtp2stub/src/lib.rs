@@ -434,7 +434,7 @@ pub async fn serve_home(
         accepted: kick.clone(),
     });
     let notices = stubmail::maildir::Maildir::open(&home.path(&config.poll.maildir)).ok();
-    let worker = worker::Worker { spool, keyring, me, outbox, relay: config.relay.clone(), notices, unstored, stubs: Default::default() };
+    let worker = worker::Worker { spool, keyring, me, outbox, relay: config.relay.clone(), notices, unstored, stubs: Default::default(), others: None };
     let w = tokio::spawn(worker.run(kick, shutdown.clone()));
     run(listener, ctx, shutdown).await?;
     let _ = w.await;

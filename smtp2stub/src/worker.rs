@@ -39,6 +39,9 @@ pub struct Worker {
     pub unstored: Arc<crate::Unstored>,
     /// Stubs waiting to be handed to the outbox (see [`Worker::notify`]).
     pub stubs: StubBatcher,
+    /// Certificates of recipients who are no contacts: a list robot
+    /// writes to those asking to join (`list/strangers`).
+    pub others: Option<Keyring>,
 }
 
 /// Stubs of messages uploaded at about the same time, handed to the outbox
@@ -224,16 +227,27 @@ impl Worker {
         let mut req = NotifyRequest::default();
         for r in recipients {
             let Ok(Some(cert)) = self.cert_of(r) else { continue };
-            if stubmail::pgp::notify_all(&cert).is_empty() {
+            let endpoints = stubmail::pgp::notify_all(&cert);
+            if endpoints.is_empty() {
                 continue;
             }
             let stub = Stub { sender: self.me.fpr(), recipient: r.clone(), id: id.to_string(), size, made, outbox: self.outbox.base().to_string() };
-            let made = (|| -> anyhow::Result<NotifyStub> {
+            let made = (|| -> anyhow::Result<(NotifyStub, Vec<u8>)> {
                 let sig = self.me.sign_detached(&stub.signed_part()?)?;
-                Ok(NotifyStub { cert: stubmail::pgp::armored(&cert)?, stub: base64::engine::general_purpose::STANDARD.encode(stub.encode(&sig)?) })
+                let datagram = stub.encode(&sig)?;
+                Ok((NotifyStub { cert: stubmail::pgp::armored(&cert)?, stub: base64::engine::general_purpose::STANDARD.encode(&datagram) }, datagram))
             })();
             match made {
-                Ok(n) => req.stubs.push(n),
+                Ok((n, datagram)) => {
+                    // A list has never polled a would-be member's outbox,
+                    // which therefore sends it no stubs: the request to
+                    // join (or a non-member's post) is announced to the
+                    // list's robot from here (docs/PROTOCOL.md §10).
+                    if stubmail::pgp::list_of(&cert).is_some() {
+                        tokio::spawn(direct_stubs(endpoints, datagram));
+                    }
+                    req.stubs.push(n);
+                }
                 Err(e) => tracing::warn!(id, recipient = %r, "no stub: {e:#}"),
             }
         }
@@ -456,7 +470,10 @@ impl Worker {
         if *fpr == self.me.fpr() {
             return Ok(Some(self.me.cert()));
         }
-        Ok(self.keyring.get(fpr)?)
+        match (self.keyring.get(fpr)?, &self.others) {
+            (None, Some(others)) => Ok(others.get(fpr)?),
+            (c, _) => Ok(c),
+        }
     }
 
     /// Sign and encrypt one copy into `out/<id>.pgp`, durably; return its id.
@@ -497,6 +514,22 @@ impl Worker {
             Ok(id)
         })
         .await?
+    }
+}
+
+/// Send a stub straight to a list robot's notify endpoints (`HOST:PORT`
+/// each), three times over a few seconds: datagrams get lost, and the
+/// robot takes a repeated stub once.
+async fn direct_stubs(endpoints: Vec<String>, datagram: Vec<u8>) {
+    for wait in [0u64, 1, 3] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        for e in &endpoints {
+            let Ok(Some(to)) = tokio::net::lookup_host(e.as_str()).await.map(|mut a| a.next()) else { continue };
+            let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            if let Ok(s) = tokio::net::UdpSocket::bind(bind).await {
+                let _ = s.send_to(&datagram, to).await;
+            }
+        }
     }
 }
 

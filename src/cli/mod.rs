@@ -278,9 +278,15 @@ pub enum ListCommand {
         /// refused.
         #[arg(long, value_name = "FILE")]
         owner: Option<PathBuf>,
-        /// Where outboxes may send the robot stubs (udp://HOST:PORT).
+        /// Where the robot takes stubs (udp://HOST:PORT): members' posts
+        /// arrive at once, and strangers can ask to join. Without it, only
+        /// members the owner adds can join.
         #[arg(long)]
         notify: Option<String>,
+        /// A non-member's post: refused (the poster and the owner are told)
+        /// or held for the owner to approve.
+        #[arg(long, default_value = "reject", value_parser = ["reject", "hold"])]
+        non_members: String,
     },
     /// Run the list's robot: poll the members, publish their posts, act on
     /// their requests, until interrupted.
@@ -295,6 +301,15 @@ pub enum ListCommand {
     /// The members.
     #[command(after_help = "Example:\n  stubmail list members")]
     Members,
+    /// Non-members' posts held for the owner (list.non_members = "hold").
+    #[command(after_help = "Example:\n  stubmail list held")]
+    Held,
+    /// Publish a held post (the robot does it on its next round).
+    #[command(after_help = "Example:\n  stubmail list approve l0123456789abcdef01234567")]
+    Approve { id: String },
+    /// Drop a held post.
+    #[command(after_help = "Example:\n  stubmail list discard l0123456789abcdef01234567")]
+    Discard { id: String },
 }
 
 #[derive(Subcommand)]

@@ -87,27 +87,9 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
-            let bytes = rt
-                .block_on(stubmail::client::OutboxClient::account_cert(&http, &intro.outbox, &f, stubmail::client::REQUEST_DEADLINE))
-                .with_context(|| format!("fetching {f}'s certificate from {}", intro.outbox))?;
-            let cert = pgp::parse_certs(&bytes)?.into_iter().find(|c| pgp::fpr_of(c) == f).with_context(|| {
-                format!("{} served no certificate with fingerprint {f}", intro.outbox)
+            let cert = rt.block_on(http2mbox::notify::introduced_cert(&http, &intro)).map_err(|e| {
+                if e.to_string().contains("forged") { anyhow::anyhow!("{e:#} (try `stubmail intro reject {f}`)") } else { e }
             })?;
-            pgp::check_contact(&cert).with_context(|| format!("{f}'s certificate is not usable"))?;
-            // The stubs named this outbox; the certificate must bind it, or
-            // the stubs were not the sender's to make.
-            let bound = pgp::outbox_of(&cert).unwrap_or_default();
-            if bound.trim_end_matches('/') != intro.outbox.trim_end_matches('/') {
-                anyhow::bail!("{f}'s certificate binds outbox {bound:?}, not {:?} as the stubs claimed; not accepted", intro.outbox);
-            }
-            let signed = intro
-                .stubs
-                .iter()
-                .filter_map(|s| s.parts())
-                .any(|(data, sig)| pgp::verify_detached(&cert, &data, &sig).is_ok());
-            if !signed {
-                anyhow::bail!("none of the held stubs is signed by {f}: they were forged; not accepted (try `stubmail intro reject {f}`)");
-            }
             home.keyring().import(vec![cert.clone()])?;
             q.remove(&f)?;
             println!("accepted {f} <{}>", pgp::emails_of(&cert).join(", "));

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use anyhow::Context;
-use stubmail::config::ListConfig;
+use stubmail::config::{ListConfig, NonMembers};
 use stubmail::list::Addresses;
 use stubmail::{pgp, Home, Identity};
 
@@ -12,17 +12,21 @@ use crate::cli::ListCommand;
 
 pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
     match cmd {
-        ListCommand::Create { address, outbox, description, owner, notify } => {
+        ListCommand::Create { address, outbox, description, owner, notify, non_members } => {
             super::init::refuse_existing(home)?;
             let addrs = Addresses::of(&address).with_context(|| format!("{address:?} is not a plain address like team@example.org"))?;
             let outbox = super::init::outbox_url(&outbox)?;
-            let mut id = Identity::generate_with(description.as_deref(), &addrs.post, &outbox, notify.as_deref())?;
+            let mut id = Identity::generate_list(description.as_deref(), &addrs.post, &outbox, notify.as_deref())?;
             id.add_address(&addrs.subscribe)?;
             id.add_address(&addrs.unsubscribe)?;
             super::init::write_identity(home, &id, &addrs.post, &outbox, notify.as_deref(), false, "created list")?;
             let mut config = home.load_config()?;
             let mut list = ListConfig::new(&addrs.post);
             list.description = description;
+            list.non_members = if non_members == "hold" { NonMembers::Hold } else { NonMembers::Reject };
+            // Strangers' stubs (requests to join, non-members' posts) are
+            // held for the robot, which fetches them itself.
+            config.notify.first_contact = true;
             if let Some(f) = owner {
                 let certs = read_certs(&f)?;
                 list.owner = certs.first().and_then(|c| pgp::emails_of(c).into_iter().next());
@@ -34,6 +38,50 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
             println!("next: register the list's key with its outbox:");
             println!("{}", super::init::register_hint(home));
             println!("then run its robot:\n  stubmail{} list run", super::init::home_flag(home));
+            if notify.is_none() {
+                println!("(no --notify: only members you add with `stubmail{} list add` can join)", super::init::home_flag(home));
+            }
+            Ok(())
+        }
+        ListCommand::Held => {
+            list_config(home)?;
+            let dir = lists::list_dir(home).join("held");
+            let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| is_held_id(n)).collect(),
+                Err(_) => vec![],
+            };
+            names.sort();
+            if names.is_empty() {
+                println!("no posts held");
+            }
+            for n in names {
+                let file = std::fs::read(dir.join(&n))?;
+                let Some((author, _, at)) = stubmail::list::parse_intake(&file) else { continue };
+                let raw = &file[at..];
+                let header = &raw[..stubmail::mail::header_len(raw).unwrap_or(raw.len())];
+                let (subject, _) = lists::notices::subject_and_id(header);
+                let from = stubmail::mail::addresses(header, &["From"]).join(", ");
+                println!("{n}  from {from} (key {author}): {:?}", subject.unwrap_or_default());
+            }
+            Ok(())
+        }
+        ListCommand::Approve { id } => {
+            list_config(home)?;
+            let dir = lists::list_dir(home);
+            let held = held_path(home, &dir, &id)?;
+            std::fs::rename(&held, dir.join("approved").join(&id)).with_context(|| format!("moving {}", held.display()))?;
+            stubmail::fsutil::fsync_dir(&dir.join("approved"))?;
+            stubmail::fsutil::fsync_dir(&dir.join("held"))?;
+            println!("{id}: approved; the robot publishes it on its next round");
+            Ok(())
+        }
+        ListCommand::Discard { id } => {
+            list_config(home)?;
+            let dir = lists::list_dir(home);
+            let held = held_path(home, &dir, &id)?;
+            std::fs::remove_file(&held)?;
+            stubmail::fsutil::fsync_dir(&dir.join("held"))?;
+            println!("{id}: discarded");
             Ok(())
         }
         ListCommand::Run => run_robot(home),
@@ -59,6 +107,19 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A held post's id as `stubmail list held` prints it: `l` and 24 hex digits.
+fn is_held_id(id: &str) -> bool {
+    id.len() == 25 && id.starts_with('l') && id[1..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn held_path(home: &Home, dir: &std::path::Path, id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let p = dir.join("held").join(id);
+    if !is_held_id(id) || !p.exists() {
+        anyhow::bail!("no held post {id:?}; `stubmail{} list held` shows them", super::init::home_flag(home));
+    }
+    Ok(p)
 }
 
 fn list_config(home: &Home) -> anyhow::Result<ListConfig> {

@@ -37,6 +37,12 @@ pub const OUTBOX_NOTATION: &str = "outbox@stubmail.org";
 /// endpoint (`udp://HOST:PORT`), where outboxes send notification stubs.
 pub const NOTIFY_NOTATION: &str = "notify@stubmail.org";
 
+/// Notation on the self-signed User ID binding of a mailing list's key,
+/// naming its posting address: the key is a robot's, which publishes its
+/// members' posts (their From: is the author's, not the list's) and
+/// takes a stranger's request to join (`stubmail::list`).
+pub const LIST_NOTATION: &str = "list@stubmail.org";
+
 /// The one policy every check uses.
 pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
 
@@ -89,13 +95,26 @@ impl Identity {
     /// [`Identity::generate`], also binding a notify endpoint
     /// (`udp://HOST:PORT`) for notification stubs.
     pub fn generate_with(name: Option<&str>, email: &str, outbox: &str, notify: Option<&str>) -> Result<Identity> {
+        Identity::generate_inner(name, email, outbox, notify, None)
+    }
+
+    /// A mailing list's identity: [`Identity::generate_with`], its bindings
+    /// also naming it a list ([`LIST_NOTATION`]) with posting address `email`.
+    pub fn generate_list(name: Option<&str>, email: &str, outbox: &str, notify: Option<&str>) -> Result<Identity> {
+        Identity::generate_inner(name, email, outbox, notify, Some(email))
+    }
+
+    fn generate_inner(name: Option<&str>, email: &str, outbox: &str, notify: Option<&str>, list: Option<&str>) -> Result<Identity> {
         check_email(email)?;
         if let Some(n) = notify
             && crate::protocol::udp::parse_notify_endpoint(n).is_none() {
                 return Err(invalid(format!("{n:?} is not a notify endpoint like udp://127.0.0.1:2526")));
             }
         let uid = user_id(name.map(str::to_string), email);
-        let template = binding_template(outbox, notify)?;
+        let mut template = binding_template(outbox, notify)?;
+        if let Some(l) = list {
+            template = template.add_notation(LIST_NOTATION, l.to_ascii_lowercase().as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
+        }
         let (cert, _rev) = CertBuilder::new()
             .set_profile(openpgp::Profile::RFC4880)?
             .set_features(Features::empty().set_seipdv1())?
@@ -332,6 +351,8 @@ pub fn unlock_secrets(cert: Cert, passphrase: &str) -> Result<Cert> {
 /// notations replaced by the outbox (and notify) ones.
 fn rebinding_template(old: &openpgp::packet::Signature, outbox: &str, notify: &[String]) -> Result<SignatureBuilder> {
     use openpgp::packet::signature::subpacket::SubpacketTag;
+    // A list stays a list whatever else is bound anew.
+    let list: Vec<Vec<u8>> = old.notation(LIST_NOTATION).map(<[u8]>::to_vec).collect();
     let mut t = SignatureBuilder::from(old.clone())
         .set_signature_creation_time(std::time::SystemTime::now())?
         .modify_hashed_area(|mut a| {
@@ -341,6 +362,9 @@ fn rebinding_template(old: &openpgp::packet::Signature, outbox: &str, notify: &[
         .set_notation(OUTBOX_NOTATION, outbox.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
     for n in notify {
         t = t.add_notation(NOTIFY_NOTATION, n.as_bytes(), NotationDataFlags::empty().set_human_readable(), false)?;
+    }
+    for l in list {
+        t = t.add_notation(LIST_NOTATION, &l, NotationDataFlags::empty().set_human_readable(), false)?;
     }
     Ok(t)
 }
@@ -540,6 +564,14 @@ fn bound_notation(cert: &Cert, name: &str, accept: impl Fn(&str) -> Option<Strin
 /// first), or `None` for a certificate without one (an ordinary PGP user).
 pub fn outbox_of(cert: &Cert) -> Option<String> {
     bound_notation(cert, OUTBOX_NOTATION, |v| Some(v.to_string()))
+}
+
+/// The posting address of the list whose key this is ([`LIST_NOTATION`],
+/// primary User ID first), if it is a list's and the address is one of
+/// its own.
+pub fn list_of(cert: &Cert) -> Option<String> {
+    let addr = bound_notation(cert, LIST_NOTATION, |v| Some(v.to_ascii_lowercase()))?;
+    (crate::mail::is_plain_address(&addr) && emails_of(cert).contains(&addr)).then_some(addr)
 }
 
 /// Every outbox URL the owner bound on any valid User ID (an outbox must
@@ -810,6 +842,21 @@ mod tests {
         let c = a.cert().insert_packets(vec![openpgp::Packet::from(uid), sig.into()]).unwrap().0;
         assert_eq!(notify_all(&c).len(), MAX_NOTIFY_ENDPOINTS);
         assert_eq!(notify_all(&c)[0], "192.0.2.0:2526");
+    }
+
+    #[test]
+    fn a_list_stays_a_list_through_new_addresses_and_rebinding() {
+        let mut l = Identity::generate_list(Some("Team"), "Team@example.org", "http://o/", None).unwrap();
+        assert_eq!(list_of(&l.cert()).as_deref(), Some("team@example.org"));
+        l.add_address("team-subscribe@example.org").unwrap();
+        l.rebind("http://p/", Some("udp://127.0.0.1:9")).unwrap();
+        let c = l.cert();
+        assert_eq!((list_of(&c).as_deref(), outbox_of(&c).as_deref()), (Some("team@example.org"), Some("http://p/")));
+        assert_eq!(emails_of(&c), vec!["team@example.org", "team-subscribe@example.org"], "the posting address first");
+        assert_eq!(list_of(&alice().cert()), None);
+        // A list notation naming an address the key does not have is no list.
+        let odd = Identity::generate_inner(None, "x@example.org", "http://o/", None, Some("y@example.org")).unwrap();
+        assert_eq!(list_of(&odd.cert()), None);
     }
 
     #[test]
