@@ -1,8 +1,9 @@
-//! Mailing lists (issue #18) end to end with the real programs: a list
-//! made with `stubmail list create`, its robot (`stubmail list run`),
-//! members' own smtp2stub and http2mbox, one post_manager as everyone's
-//! outbox; Python's email module reads the List-* fields and gpg checks
-//! the author's signature the list carries.
+//! Mailing lists and forwarding (issue #18) end to end with the real
+//! programs: a list made with `stubmail list create`, its robot
+//! (`stubmail list run`), members' own smtp2stub and http2mbox, one
+//! post_manager as everyone's outbox; Python's email module reads the
+//! List-* fields and gpg checks the author's signature a list or a
+//! forwarder carries.
 
 mod common;
 
@@ -154,37 +155,8 @@ fn a_members_post_reaches_every_member_once_from_one_stored_copy_with_list_field
     // The author's own signature, carried by the list, checked by gpg with
     // Alice's certificate alone: over the bytes after the list's field, as
     // Alice submitted them (CRLF).
-    let dir = w.root.path().join("verify");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (good, out) = python(
-        "import sys, base64, re\ntext = open(sys.argv[1], 'rb').read()\n\
-         m = re.search(rb'^Stubmail-Author-Signature: fpr=([0-9A-F]{40}); sig=([A-Za-z0-9+/=]+)\\n', text, re.M)\n\
-         open(sys.argv[2] + '/post.sig', 'wb').write(base64.b64decode(m.group(2)))\n\
-         open(sys.argv[2] + '/post.eml', 'wb').write(text[m.end():].replace(b'\\n', b'\\r\\n'))\n\
-         print(m.group(1).decode())",
-        &[bob_copy.to_str().unwrap(), dir.to_str().unwrap()],
-    );
-    assert!(good, "{out}");
-    assert_eq!(out.trim(), w.alice.fingerprint());
-    let eml = std::fs::read(dir.join("post.eml")).unwrap();
-    // Alice's message as her smtp2stub signed it: its Received: line first.
-    let text = String::from_utf8_lossy(&eml);
+    let text = verify_author(&bob_copy, &w.alice, &w.root.path().join("verify"));
     assert!(text.starts_with("Received: from client.test") && text.contains("\r\nFrom: Alice <alice@example.org>\r\nTo: The Team"), "{text}");
-    let gpg = require("gpg");
-    let gnupg = dir.join("gnupg");
-    std::fs::create_dir_all(&gnupg).unwrap();
-    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    ok(std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--import"]).arg(w.alice.export()));
-    let v = std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--verify"]).arg(dir.join("post.sig")).arg(dir.join("post.eml")).output().unwrap();
-    assert!(v.status.success(), "gpg --verify: {}", String::from_utf8_lossy(&v.stderr));
-    assert!(String::from_utf8_lossy(&v.stderr).contains("Good signature from \"alice <alice@example.org>\""), "{}", String::from_utf8_lossy(&v.stderr));
-    // One byte changed by the list (or anyone on the way): refused.
-    let mut forged = eml.clone();
-    let at = forged.windows(5).position(|x| x == b"Hello").unwrap();
-    forged[at] = b'J';
-    std::fs::write(dir.join("post.eml"), &forged).unwrap();
-    let v = std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--verify"]).arg(dir.join("post.sig")).arg(dir.join("post.eml")).output().unwrap();
-    assert!(!v.status.success(), "an altered post verified");
 }
 
 #[test]
@@ -328,4 +300,140 @@ fn a_held_non_members_post_is_published_once_the_owner_approves_it() {
     assert!(post.contains(&format!("Stubmail-Author-Signature: fpr={}", dave.fingerprint())), "{post}");
     assert!(stdout(&ok(w.list.stubmail().args(["list", "held"]))).contains("no posts held"));
     assert!(!w.members().contains("dave@example.net"), "an approved post makes no member");
+}
+
+/// Check with gpg, holding `author`'s certificate alone, the author's
+/// signature a list post or a forward carries in `copy` (a Maildir file):
+/// over the bytes after the Stubmail-Author-Signature field, with CRLF
+/// line endings as submitted. One byte changed must fail. Returns the
+/// signed message.
+fn verify_author(copy: &Path, author: &User, dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let (good, out) = python(
+        "import sys, base64, re\ntext = open(sys.argv[1], 'rb').read()\n\
+         m = re.search(rb'^Stubmail-Author-Signature: fpr=([0-9A-F]{40}); sig=([A-Za-z0-9+/=]+)\\n', text, re.M)\n\
+         open(sys.argv[2] + '/post.sig', 'wb').write(base64.b64decode(m.group(2)))\n\
+         open(sys.argv[2] + '/post.eml', 'wb').write(text[m.end():].replace(b'\\n', b'\\r\\n'))\n\
+         print(m.group(1).decode())",
+        &[copy.to_str().unwrap(), dir.to_str().unwrap()],
+    );
+    assert!(good, "{out}");
+    assert_eq!(out.trim(), author.fingerprint());
+    let eml = std::fs::read(dir.join("post.eml")).unwrap();
+    let gpg = require("gpg");
+    let gnupg = dir.join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    ok(std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--import"]).arg(author.export()));
+    let verify = || std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--verify"]).arg(dir.join("post.sig")).arg(dir.join("post.eml")).output().unwrap();
+    let v = verify();
+    let said = String::from_utf8_lossy(&v.stderr).to_string();
+    assert!(v.status.success() && said.contains(&format!("Good signature from \"{}", author.home.file_name().unwrap().to_str().unwrap())), "gpg --verify: {said}");
+    // One byte changed (by the list, the forwarder, anyone on the way): refused.
+    let mut forged = eml.clone();
+    let last = forged.len() - 3;
+    forged[last] ^= 1;
+    std::fs::write(dir.join("post.eml"), &forged).unwrap();
+    assert!(!verify().status.success(), "an altered message verified");
+    String::from_utf8_lossy(&eml).into_owned()
+}
+
+/// Bob forwards what he gets to Carol: a new message in Bob's outbox, with
+/// Resent-* fields, carrying Alice's message under Alice's signature.
+/// Carol forwards back to Bob: the loop stops at Bob, who sees the
+/// Message-ID he forwarded before.
+#[test]
+fn a_forward_rehosts_the_message_with_the_authors_signature_and_a_loop_stops() {
+    let w = World::start();
+    let logs = w.root.path().to_path_buf();
+    w.bob.import(&w.carol.export());
+    w.bob.import(&w.alice.export());
+    w.carol.import(&w.bob.export());
+    w.alice.import(&w.bob.export());
+    for (u, to) in [(&w.bob, "carol@example.com"), (&w.carol, "bob@example.net")] {
+        u.edit_config(|t| {
+            let mut f = toml::Table::new();
+            f.insert("to".into(), to.into());
+            t.insert("forward".into(), f.into());
+        });
+    }
+    let (_bob_smtp, _carol_smtp) = (w.bob.smtp2stub(&logs), w.carol.smtp2stub(&logs));
+    send(&w.alice, &logs, &["bob@example.net"], "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: for bob\r\nMessage-ID: <a1@example.org>\r\n\r\nHello Bob.\r\n");
+    // Bob keeps it (forward.keep defaults to true) and forwards it.
+    assert_eq!(wait_mail(&w.bob, 1).len(), 1);
+    wait_for("Bob's forward to be stored", 60, || {
+        let st = states(&w.bob);
+        (st.len() == 1 && st[0] != "queued").then_some(())
+    });
+    let got = wait_mail(&w.carol, 1);
+    let fwd = read(&got[0]);
+    assert!(fwd.contains("Resent-From: bob@example.net\nResent-To: carol@example.com\n") && fwd.contains("Subject: for bob"), "{fwd}");
+    assert!(fwd.contains("smtp.mailfrom=bob@example.net") && fwd.contains("header.from=alice@example.org (from=forwarded; via bob@example.net)"), "{fwd}");
+    let text = verify_author(&got[0], &w.alice, &w.root.path().join("verify-fwd"));
+    assert!(text.contains("\r\nFrom: alice@example.org\r\nTo: bob@example.net\r\nSubject: for bob\r\n"), "{text}");
+    // Carol forwarded it back to Bob; Bob keeps it and forwards no more.
+    wait_for("Carol's forward to be stored", 60, || {
+        let st = states(&w.carol);
+        (st.len() == 1 && st[0] != "queued").then_some(())
+    });
+    assert_eq!(wait_mail(&w.bob, 2).len(), 2);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    w.carol.http2mbox_once();
+    assert_eq!(w.carol.maildir_new().len(), 1, "the loop stopped: nothing more reaches Carol");
+    assert_eq!(states(&w.bob).len(), 1, "Bob forwarded once");
+}
+
+/// A role address (RFC 2142), as a list that takes anyone's mail: Dave,
+/// no member, writes to it, and every member reads it.
+#[test]
+fn a_role_address_takes_anyones_mail_for_its_members() {
+    let n = notify_arg();
+    let mut w = World::start_with(&[&n, "--non-members", "accept"]);
+    let dave = w.stranger("dave", "dave@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&dave, &logs, &[LIST], "From: dave@example.net\r\nTo: team@example.org\r\nSubject: your server is open\r\n\r\nsee logs\r\n");
+    for u in [&w.alice, &w.bob, &w.carol] {
+        let got = wait_mail(u, 1);
+        let text = read(&got[0]);
+        assert!(text.contains("Subject: your server is open") && text.contains("header.from=dave@example.net (from=list; via team@example.org)"), "{text}");
+    }
+    assert!(!w.members().contains("dave@example.net"), "writing to a role address makes no member");
+    wait_mail(&dave, 0);
+    assert!(dave.maildir_new().is_empty(), "no notice to the writer");
+}
+
+/// With the owner's approval: a confirmed request waits until the owner
+/// runs the command the robot mailed them. With subscription closed, a
+/// request is refused.
+#[test]
+fn joining_waits_for_the_owner_when_the_list_asks_for_approval() {
+    let n = notify_arg();
+    let mut w = World::start_with(&[&n, "--subscription", "approve"]);
+    let dave = w.stranger("dave", "dave@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&dave, &logs, &["team-subscribe@example.org"], "From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\n\r\n");
+    let ask = read(&wait_mail(&dave, 1)[0]);
+    let subject = ask.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap().to_string();
+    send(&dave, &logs, &["team-subscribe@example.org"], &format!("From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: Re: {subject}\r\n\r\n\r\n"));
+    wait_mail(&dave, 2);
+    assert!(subjects(&dave).iter().any(|s| s == "Your request to join team@example.org waits for its owner"), "{:?}", subjects(&dave));
+    assert!(!w.members().contains("dave@example.net"));
+    let owner = read(&wait_mail(&w.alice, 1)[0]);
+    let cmd = owner.lines().find_map(|l| l.trim().strip_prefix("stubmail list admit ")).unwrap().trim().to_string();
+    assert_eq!(cmd, dave.fingerprint());
+    assert!(fails(w.list.stubmail().args(["list", "admit", &w.bob.fingerprint()])).contains("has not asked to join"));
+    ok(w.list.stubmail().args(["list", "admit", &cmd]));
+    assert!(w.members().contains("dave@example.net"));
+
+    // Closed: a request gets a refusal, and no confirmation.
+    let n = notify_arg();
+    let mut w = World::start_with(&[&n, "--subscription", "closed"]);
+    let erin = w.stranger("erin", "erin@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    send(&erin, &logs, &["team-subscribe@example.org"], "From: erin@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\n\r\n");
+    let no = read(&wait_mail(&erin, 1)[0]);
+    assert!(no.contains("members are added by the list's owner only") && !no.contains("token"), "{no}");
 }

@@ -153,6 +153,56 @@ pub struct Config {
     /// Set in the home of a mailing list's robot (`stubmail list create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<ListConfig>,
+    /// Forward incoming mail to another address (re-hosted in the user's
+    /// own outbox, with the author's signature kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardConfig>,
+}
+
+/// `[forward]`: http2mbox passes incoming mail on to `to`, as a new message
+/// from the user with `Resent-*` fields (RFC 5322 §3.6.6) above the
+/// original, which stays byte for byte as its author signed it, under the
+/// author's signature (`stubmail::list::AUTHOR_FIELD`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Where to: a contact (re-hosted in the user's outbox) or, with a
+    /// `[relay]`, any address.
+    pub to: String,
+    /// Only mail whose From: is one of these addresses, or at one of
+    /// these domains (`@example.org`); empty: all mail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only_from: Vec<String>,
+    /// Keep a copy in the user's own mailbox too.
+    #[serde(default = "ForwardConfig::yes")]
+    pub keep: bool,
+    /// A message already forwarded this many times (its `Resent-From`
+    /// fields) is not forwarded again: a loop stops there.
+    #[serde(default = "ForwardConfig::default_hops")]
+    pub max_hops: usize,
+}
+
+impl ForwardConfig {
+    fn yes() -> bool {
+        true
+    }
+    fn default_hops() -> usize {
+        5
+    }
+
+    /// Does mail from these From: addresses (lower case) go on?
+    pub fn matches(&self, from: &[String]) -> bool {
+        self.only_from.is_empty()
+            || from.iter().any(|f| {
+                self.only_from.iter().any(|o| {
+                    let o = o.to_ascii_lowercase();
+                    match o.strip_prefix('@') {
+                        Some(d) => f.rsplit_once('@').is_some_and(|(_, fd)| fd == d),
+                        None => *f == o,
+                    }
+                })
+            })
+    }
 }
 
 /// `[list]`: this home is a mailing list, run by a robot (`stubmail list
@@ -174,10 +224,16 @@ pub struct ListConfig {
     #[serde(default = "ListConfig::default_max_post")]
     pub max_post_size: u64,
     /// A post from someone who is not a member: refused (the poster and
-    /// the owner are told), or held until the owner approves or
-    /// discards it (`stubmail list held`).
+    /// the owner are told), held until the owner approves or discards it
+    /// (`stubmail list held`), or accepted (a role address such as
+    /// `abuse@`, RFC 2142: anyone writes, the members read).
     #[serde(default)]
     pub non_members: NonMembers,
+    /// How strangers join: by confirming a request by mail, by confirming
+    /// and then waiting for the owner (`stubmail list admit`), or not at
+    /// all (the owner adds members with `stubmail list add`).
+    #[serde(default)]
+    pub subscription: Subscription,
 }
 
 /// What a list does with a non-member's post.
@@ -187,6 +243,17 @@ pub enum NonMembers {
     #[default]
     Reject,
     Hold,
+    Accept,
+}
+
+/// How strangers join a list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subscription {
+    #[default]
+    Confirm,
+    Approve,
+    Closed,
 }
 
 impl ListConfig {
@@ -197,6 +264,7 @@ impl ListConfig {
             owner: None,
             max_post_size: ListConfig::default_max_post(),
             non_members: NonMembers::Reject,
+            subscription: Subscription::Confirm,
         }
     }
     fn default_max_post() -> u64 {
@@ -537,6 +605,7 @@ impl Config {
             notify: NotifyConfig::default(),
             outbox: OutboxConfig::default(),
             list: None,
+            forward: None,
         }
     }
 
@@ -581,6 +650,18 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forwarding_matches_addresses_and_domains_in_any_case() {
+        let f = |only: &[&str]| ForwardConfig { to: "c@x.org".into(), only_from: only.iter().map(|s| s.to_string()).collect(), keep: true, max_hops: 5 };
+        let from = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(f(&[]).matches(&from(&["anyone@example.org"])));
+        assert!(f(&["Alice@Example.org"]).matches(&from(&["alice@example.org"])));
+        assert!(f(&["@Example.org"]).matches(&from(&["bob@example.org"])));
+        assert!(!f(&["@example.org"]).matches(&from(&["bob@sub.example.org", "bob@example.org.evil"])));
+        assert!(!f(&["alice@example.org"]).matches(&from(&["mallory@example.org"])));
+        assert!(!f(&["alice@example.org"]).matches(&from(&[])));
+    }
+
     use super::*;
     #[test]
     fn config_round_trips_and_defaults() {

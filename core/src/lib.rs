@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod relay;
 pub mod server;
 pub mod signals;
+pub mod spool;
 pub mod time;
 pub mod tls;
 pub mod wkd;

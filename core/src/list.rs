@@ -1,5 +1,5 @@
-//! Mailing lists (issue #18): what a list robot and its members share.
-//! Pure functions over bytes, no I/O.
+//! Mailing lists and forwarding (issue #18): what a list robot, a
+//! forwarder and their recipients share. Pure functions over bytes, no I/O.
 //!
 //! A list is an identity run by a robot. Its certificate names three
 //! addresses — `LIST@D` (posts), `LIST-subscribe@D`, `LIST-unsubscribe@D` —
@@ -139,6 +139,26 @@ impl Addresses {
     }
 }
 
+/// The fields a forwarder writes above a message it passes on (RFC 5322
+/// §3.6.6, CRLF), ending with the author's signature field, like a list's.
+pub fn resent_fields(me: &str, to: &str, date: &str, message_id: &str, author: &Fpr, sig: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    format!(
+        "Resent-From: {me}\r\nResent-To: {to}\r\nResent-Date: {date}\r\nResent-Message-ID: {message_id}\r\n\
+         {AUTHOR_FIELD}: fpr={author}; sig={}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(sig),
+    )
+    .into_bytes()
+}
+
+/// How many times a message was forwarded: its `Resent-From` fields.
+pub fn hops(header: &[u8]) -> usize {
+    header
+        .split(|&b| b == b'\n')
+        .filter(|l| l.len() > 12 && l[..12].eq_ignore_ascii_case(b"resent-from:"))
+        .count()
+}
+
 /// The intake line written before a message the robot received.
 pub fn intake_line(author: &Fpr, sig: &[u8]) -> Vec<u8> {
     use base64::Engine;
@@ -244,6 +264,16 @@ mod tests {
         // No field in the header, or only in the body: none.
         assert!(author_of(b"Subject: x\r\n\r\nStubmail-Author-Signature: fpr=x; sig=AA==\r\n").is_none());
         assert!(author_of(b"Stubmail-Author-Signature: fpr=nothex; sig=AA==\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn a_forward_carries_the_authors_signature_and_counts_its_hops() {
+        let original = b"Resent-From: x@y.org\r\nFrom: alice@example.org\r\n\r\nbody\r\n";
+        let mut fwd = resent_fields("bob@example.net", "carol@example.com", "D", "<f1@example.net>", &fpr(), b"sig");
+        fwd.extend_from_slice(original);
+        let (f, sig, at) = author_of(&fwd).unwrap();
+        assert_eq!((f, sig.as_slice(), &fwd[at..]), (fpr(), &b"sig"[..], &original[..]));
+        assert_eq!((hops(&fwd), hops(original), hops(b"Resent-Fromage: 1\r\nresent-from: a\r\n")), (2, 1, 1));
     }
 
     #[test]

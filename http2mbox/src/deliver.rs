@@ -49,6 +49,8 @@ pub struct Incoming<'a> {
     /// Which contacts claim each address (lower-cased): `from=pass` needs
     /// the From: address to be the signer's and no other contact's.
     pub claims: &'a Claims,
+    /// Forwarding, when `[forward]` is set.
+    pub forward: Option<&'a crate::forward::Forward>,
 }
 
 /// Address → the contacts whose certificates claim it.
@@ -109,11 +111,12 @@ fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     // RFC 8601 §5: our own verdicts are ours alone. Whatever a sender wrote
     // in our name (or as a Stubmail header) goes before ours is added.
-    // A post of a list the sender runs: its From: is the author's, and the
-    // list's field carrying the author's signature stays (`stubmail::list`).
-    let list = list_of_post(m.sender, &header);
-    let header = strip_forged_trace(&header, m.hostname, list.is_some());
-    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname, list.as_deref());
+    // A post of a list the sender runs, or a message the sender forwards:
+    // its From: is the author's, and the field carrying the author's
+    // signature stays (`stubmail::list`).
+    let via = relayed_by(m.sender, &header);
+    let header = strip_forged_trace(&header, m.hostname, via.is_some());
+    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname, via.as_ref());
     let mut w = CrlfToLf::new(out);
     w.write_all(trace.as_bytes())?;
     w.write_all(&header)?;
@@ -159,6 +162,23 @@ fn signed_raw(m: &Incoming) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
 /// Deliver one message into `target`, journalled. `work` is a private
 /// directory for mbox/MDA staging.
 pub fn deliver(m: &Incoming, target: &Target, journal: &Journal, work: &Path) -> anyhow::Result<()> {
+    // Forwarded first (queued durably, once per message id), then kept.
+    if let Some(f) = m.forward {
+        let (sig, raw) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signed_raw(m))) {
+            Ok(r) => r?,
+            Err(_) => return Err(CryptoReject("the OpenPGP parser failed on this message (caught): refused".into()).into()),
+        };
+        match f.forward(m.id, &pgp::fpr_of(m.sender), &raw, &sig)? {
+            crate::forward::Forwarded::Queued => {
+                tracing::info!(id = m.id, to = f.config.to, "forwarded");
+                if !f.config.keep {
+                    journal.record(m.id, "forwarded")?;
+                    return Ok(());
+                }
+            }
+            crate::forward::Forwarded::No(why) => tracing::info!(id = m.id, "not forwarded: {why}; kept here"),
+        }
+    }
     match target {
         Target::Maildir(md) => into_maildir(md, m, journal, |w| render(m, w))?,
         Target::Intake(md) => into_maildir(md, m, journal, |w| {
@@ -344,10 +364,27 @@ fn strip_forged_trace(header: &[u8], hostname: &str, list_post: bool) -> Vec<u8>
 }
 
 /// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
+/// How a message came to be signed by someone else than its author.
+#[derive(Debug, PartialEq, Eq)]
+enum Via {
+    /// A post of the list `sender` runs.
+    List(String),
+    /// Forwarded by `sender`, whose address is the first `Resent-From:`.
+    Forward(String),
+}
+
 /// The list `sender` runs, if `header` is one of its posts: the sender's
 /// key is a list's ([`pgp::list_of`]) and `List-Post:` names that list.
 fn list_of_post(sender: &Cert, header: &[u8]) -> Option<String> {
     pgp::list_of(sender).filter(|l| list_post_address(header).as_deref() == Some(l))
+}
+
+fn relayed_by(sender: &Cert, header: &[u8]) -> Option<Via> {
+    if let Some(l) = list_of_post(sender, header) {
+        return Some(Via::List(l));
+    }
+    let resent = stubmail::mail::addresses(header, &["Resent-From"]).into_iter().next()?;
+    pgp::emails_of(sender).contains(&resent).then_some(Via::Forward(resent))
 }
 
 /// The address a `List-Post: <mailto:ADDR>` field names (RFC 2369).
@@ -360,7 +397,7 @@ fn list_post_address(header: &[u8]) -> Option<String> {
     stubmail::mail::is_plain_address(&addr).then_some(addr)
 }
 
-fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str, list: Option<&str>) -> String {
+fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str, via: Option<&Via>) -> String {
     let fpr = pgp::fpr_of(sender);
     let signer_emails = pgp::emails_of(sender);
     let from = stubmail::mail::addresses(header, &["From"]);
@@ -379,11 +416,12 @@ fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox
          Stubmail-Id: {id}\r\n",
         stubmail::time::rfc5322(now),
         from.first().map(String::as_str).unwrap_or("(none)"),
-        match list {
+        match via {
             _ if from_ok => "pass".to_string(),
-            // The list vouches for its member's post; the author's own
-            // signature travels in the list's field.
-            Some(l) => format!("list; via {l}"),
+            // The list (or the forwarder) vouches for the message; the
+            // author's own signature travels in its field.
+            Some(Via::List(l)) => format!("list; via {l}"),
+            Some(Via::Forward(f)) => format!("forwarded; via {f}"),
             None => "fail".to_string(),
         },
     )
@@ -425,7 +463,7 @@ Stubmail-Author-Signature: fpr=AA; sig=AA==\r\nStubmail-Id: forged\r\nFrom: alic
         let kept = String::from_utf8(strip_forged_trace(h, "me", true)).unwrap();
         assert!(kept.contains("Stubmail-Author-Signature: fpr=AA") && !kept.contains("Stubmail-Id"), "{kept}");
         assert!(!String::from_utf8(strip_forged_trace(h, "me", false)).unwrap().contains("Stubmail-Author"));
-        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", l.as_deref());
+        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", relayed_by(&list.cert(), h).as_ref());
         assert!(t.contains("header.from=alice@example.org (from=list; via team@example.org)"), "{t}");
         // Anything but a plain mailto: names no list.
         for bad in [&b"List-Post: NO\r\n\r\n"[..], b"List-Post: <https://x/>\r\n\r\n", b"List-Post: <mailto:a b@x>\r\n\r\n", b"Subject: x\r\n\r\n"] {
@@ -486,7 +524,7 @@ Subject: hi\r\n\r\n";
         let cert = a.cert();
         let md = Maildir::open(&d.path().join("Maildir")).unwrap();
         let journal = Journal::open(&d.path().join("journal")).unwrap();
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new() };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new(), forward: None };
         let e = deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap_err();
         assert!(e.downcast_ref::<CryptoReject>().is_some() && e.to_string().contains("larger than"), "{e:#}");
         for sub in ["tmp", "new", "cur"] {
@@ -512,7 +550,7 @@ Subject: hi\r\n\r\n";
         let p = d.path().join("bad.part");
         std::fs::write(&p, data("truncated-seipd.pgp")).unwrap();
         let cert = a.cert();
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: "x", outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new() };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: "x", outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new(), forward: None };
         let e = render(&m, &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("OpenPGP parser failed"), "{e:#}");
     }
@@ -534,7 +572,7 @@ Subject: hi\r\n\r\n";
         let cert = a.cert();
         let md = Maildir::open(&d.path().join("Maildir")).unwrap();
         let journal = Journal::open(&d.path().join("journal")).unwrap();
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
         let e = deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap_err();
         assert!(e.to_string().contains("header block is longer"), "{e:#}");
     }
@@ -563,7 +601,7 @@ Subject: hi\r\n\r\n";
         let cert = a.cert();
         let text = b"From: alice@example.org\r\nSubject: s\r\n\r\nFrom the start\r\n>From quoted\r\nno final newline";
         let (p, id) = staged(d.path(), &a, &b, text);
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
         deliver(&m, &Target::Mbox(mbox_path.clone()), &journal, &work).unwrap();
         let got = std::fs::read_to_string(&mbox_path).unwrap();
         assert!(got.starts_with("From alice@example.org "), "{got}");
@@ -572,7 +610,7 @@ Subject: hi\r\n\r\n";
 
         // A torn append: intent recorded, half the bytes written, crash.
         let (p2, id2) = staged(d.path(), &a, &b, b"Subject: two\r\n\r\nsecond\r\n");
-        let m2 = Incoming { me: &b, sender: &cert, staged: &p2, id: &id2, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
+        let m2 = Incoming { me: &b, sender: &cert, staged: &p2, id: &id2, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
         let rendered = work.join(format!("{id2}.mbox"));
         let before = std::fs::metadata(&mbox_path).unwrap().len();
         deliver(&m2, &Target::Mbox(mbox_path.clone()), &journal, &work).unwrap();
@@ -608,13 +646,13 @@ Subject: hi\r\n\r\n";
         let journal = Journal::open(&d.path().join("journal")).unwrap();
         let cert = a.cert();
         let (p, id) = staged(d.path(), &a, &b, b"Subject: mda\r\n\r\npiped\r\n");
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
         let out = d.path().join("out.txt");
         let cmd = format!("cat > {}", out.display());
         deliver(&m, &Target::Mda(cmd), &journal, d.path()).unwrap();
         assert!(std::fs::read_to_string(&out).unwrap().ends_with("Subject: mda\n\npiped\n"));
         let (p, id) = staged(d.path(), &a, &b, b"Subject: x\r\n\r\nx\r\n");
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new() };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
         assert!(deliver(&m, &Target::Mda("exit 75".into()), &journal, d.path()).is_err());
         assert_eq!(journal.get(&id).unwrap(), None);
     }

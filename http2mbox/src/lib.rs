@@ -4,6 +4,7 @@
 //! retrieval to the sender's outbox.
 
 pub mod deliver;
+pub mod forward;
 pub mod mbox;
 pub mod notify;
 pub mod poller;
@@ -68,6 +69,17 @@ pub fn poller_for(home: &stubmail::Home, config: &stubmail::Config, once: bool) 
         cert_refresh: Duration::from_secs(config.poll.cert_refresh_secs.max(1)),
         blocks: Arc::new(stubmail::blocklist::BlockCache::new(&home.data_dir)),
         delivered: tokio::sync::watch::Sender::new(0),
+        forward: match &config.forward {
+            Some(f) => Some(Arc::new(forward::Forward {
+                config: f.clone(),
+                me: config.identity.email.to_ascii_lowercase(),
+                spool: stubmail::spool::Spool::open(&home.spool_dir()).context("opening the spool for forwarding")?,
+                keyring: home.keyring(),
+                relay: config.relay.is_some(),
+                seen: state.join("forwarded"),
+            })),
+            None => None,
+        },
     })
 }
 

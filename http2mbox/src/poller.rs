@@ -103,6 +103,8 @@ pub struct Poller {
     /// Bumped after every delivery into the mailbox: IMAP sessions in IDLE
     /// announce the new mail at once.
     pub delivered: tokio::sync::watch::Sender<u64>,
+    /// Forwarding (`[forward]`), if on.
+    pub forward: Option<Arc<crate::forward::Forward>>,
 }
 
 /// One keyring file as last read: its identity (inode, size, mtime; the
@@ -758,9 +760,10 @@ impl Poller {
         let max_plain = self.max_plain;
         let claims = self.claims.lock().expect("not poisoned").clone();
         let staged2 = staged.clone();
+        let forward = self.forward.clone();
         let result = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&work)?;
-            let m = Incoming { me: &me, sender: &cert, staged: &staged2, id: &id, outbox_host: &outbox_host, hostname: &hostname, max_plain, claims: &claims };
+            let m = Incoming { me: &me, sender: &cert, staged: &staged2, id: &id, outbox_host: &outbox_host, hostname: &hostname, max_plain, claims: &claims, forward: forward.as_deref() };
             deliver::deliver(&m, &target, &journal, &work)
         })
         .await?;
@@ -906,6 +909,7 @@ mod tests {
             cert_refresh: std::time::Duration::from_secs(86400),
             blocks: Arc::new(stubmail::blocklist::BlockCache::new(d)),
             delivered: tokio::sync::watch::Sender::new(0),
+            forward: None,
         }
     }
 

@@ -29,7 +29,7 @@ use anyhow::Context;
 use decide::Decision;
 use sha2::Digest;
 use smtp2stub::spool::{Data, Envelope, Rcpt, Route, Spool};
-use stubmail::config::NonMembers;
+use stubmail::config::{NonMembers, Subscription};
 use stubmail::keyring::Keyring;
 use stubmail::list::Addresses;
 use stubmail::maildir::Maildir;
@@ -67,6 +67,7 @@ pub struct Robot {
     pub description: Option<String>,
     pub owner: Option<String>,
     pub non_members: NonMembers,
+    pub subscription: Subscription,
     pub spool: Spool,
     /// The members.
     pub keyring: Keyring,
@@ -90,6 +91,8 @@ pub enum Outcome {
     Joined(String),
     /// A non-member's post, held for the owner.
     Held(String),
+    /// A confirmed request to join, waiting for the owner.
+    AwaitingOwner(String),
     Refused(String),
     Ignored(String),
 }
@@ -114,6 +117,7 @@ impl Robot {
             description: list.description.clone(),
             owner: list.owner.clone(),
             non_members: list.non_members,
+            subscription: list.subscription,
             spool: Spool::open(&home.spool_dir()).context("opening the list's spool")?,
             keyring: home.keyring(),
             strangers: Keyring::new(dir.join("strangers")),
@@ -173,7 +177,7 @@ impl Robot {
         let header = &raw[..stubmail::mail::header_len(raw).unwrap_or(raw.len().min(64 * 1024))];
         let to_author = |body| (vec![Rcpt { addr: first.clone(), route: Route::Stub { fpr: author.clone() } }], body);
         match decide::decide(raw, &author, &sig, &emails, &self.addrs, self.description.as_deref()) {
-            Decision::Publish(post) if member || approved => {
+            Decision::Publish(post) if member || approved || self.non_members == NonMembers::Accept => {
                 let rcpts = self.members()?;
                 let members = rcpts.len();
                 self.queue(qid, rcpts, post, true).await?;
@@ -202,6 +206,11 @@ impl Robot {
             }
             Decision::Unsubscribe => Ok(Outcome::Ignored(format!("{first} asked to leave and is no member"))),
             Decision::Subscribe if member => Ok(Outcome::Ignored(format!("{first} asked to join and is a member"))),
+            Decision::Subscribe if self.subscription == Subscription::Closed => {
+                let (r, b) = to_author(notices::refusal(&self.addrs, &first, header, "members are added by the list's owner only", qid));
+                self.queue(qid, r, b, false).await?;
+                Ok(Outcome::Refused(format!("{first}: subscription is closed")))
+            }
             Decision::Subscribe => self.subscribe(&author, cert, &first, header, qid).await,
             Decision::Refuse(reason) => {
                 let (r, b) = to_author(notices::refusal(&self.addrs, &first, header, &reason, qid));
@@ -220,6 +229,17 @@ impl Robot {
         let now = stubmail::time::unix_now();
         let confirmed = pending.as_ref().is_some_and(|p| now - p.made <= CONFIRM_WITHIN && notices::token_in(header).as_deref() == Some(&p.token));
         let rcpt = vec![Rcpt { addr: first.to_string(), route: Route::Stub { fpr: author.clone() } }];
+        if confirmed && self.subscription == Subscription::Approve {
+            // Confirmed: now the owner decides (`stubmail list admit`).
+            let _ = std::fs::remove_file(&pending_file);
+            let (owner_qid, asked) = (format!("{qid}o"), self.owner()?);
+            if let Some((owner, fpr)) = asked {
+                let n = notices::to_owner_join(&self.addrs, &owner, first, author.as_str(), &owner_qid);
+                self.queue(&owner_qid, vec![Rcpt { addr: owner, route: Route::Stub { fpr } }], n, false).await?;
+            }
+            self.queue(qid, rcpt, notices::waiting(&self.addrs, first, qid), false).await?;
+            return Ok(Outcome::AwaitingOwner(first.to_string()));
+        }
         if confirmed {
             // The welcome first: the worker encrypts it to the certificate
             // wherever it is (strangers, then members).

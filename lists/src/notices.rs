@@ -94,6 +94,23 @@ pub fn to_owner(addrs: &Addresses, owner: &str, poster: &str, fpr: &str, origina
     notice(&addrs.post, owner, &format!("A non-member's post to {}", addrs.post), None, &body, qid)
 }
 
+/// A confirmed request to join, now waiting for the owner: what the
+/// requester is told.
+pub fn waiting(addrs: &Addresses, to: &str, qid: &str) -> Vec<u8> {
+    let body = format!("Your request to join {} is confirmed; the list's owner decides on it now.", addrs.post);
+    notice(&addrs.post, to, &format!("Your request to join {} waits for its owner", addrs.post), None, &body, qid)
+}
+
+/// What the owner is told about a confirmed request to join.
+pub fn to_owner_join(addrs: &Addresses, owner: &str, who: &str, fpr: &str, qid: &str) -> Vec<u8> {
+    let body = format!(
+        "{who} (key {fpr}) asked to join {} and confirmed it. To let them in:\n  stubmail list admit {fpr}\n\
+         (with the --home of the list); to turn them down, do nothing.",
+        addrs.post
+    );
+    notice(&addrs.post, owner, &format!("A request to join {}", addrs.post), None, &body, qid)
+}
+
 /// (Subject, Message-ID) of a header block, each cleaned of line breaks.
 pub fn subject_and_id(header: &[u8]) -> (Option<String>, Option<String>) {
     let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();

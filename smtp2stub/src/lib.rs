@@ -4,7 +4,7 @@
 //! outbox.
 
 pub mod session;
-pub mod spool;
+pub use stubmail::spool;
 pub mod worker;
 
 use std::sync::Arc;

@@ -283,10 +283,16 @@ pub enum ListCommand {
         /// members the owner adds can join.
         #[arg(long)]
         notify: Option<String>,
-        /// A non-member's post: refused (the poster and the owner are told)
-        /// or held for the owner to approve.
-        #[arg(long, default_value = "reject", value_parser = ["reject", "hold"])]
+        /// A non-member's post: refused (the poster and the owner are told),
+        /// held for the owner to approve, or accepted (a role address like
+        /// abuse@: anyone writes, the members read).
+        #[arg(long, default_value = "reject", value_parser = ["reject", "hold", "accept"])]
         non_members: String,
+        /// How strangers join: confirm a request by mail; confirm, then the
+        /// owner admits them (`stubmail list admit`); or closed (the owner
+        /// adds members).
+        #[arg(long, default_value = "confirm", value_parser = ["confirm", "approve", "closed"])]
+        subscription: String,
     },
     /// Run the list's robot: poll the members, publish their posts, act on
     /// their requests, until interrupted.
@@ -310,6 +316,10 @@ pub enum ListCommand {
     /// Drop a held post.
     #[command(after_help = "Example:\n  stubmail list discard l0123456789abcdef01234567")]
     Discard { id: String },
+    /// Let in someone who asked to join and confirmed (list.subscription =
+    /// "approve"; the owner was told their fingerprint).
+    #[command(after_help = "Example:\n  stubmail list admit 0123456789ABCDEF0123456789ABCDEF01234567")]
+    Admit { fingerprint: String },
 }
 
 #[derive(Subcommand)]

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use anyhow::Context;
-use stubmail::config::{ListConfig, NonMembers};
+use stubmail::config::{ListConfig, NonMembers, Subscription};
 use stubmail::list::Addresses;
 use stubmail::{pgp, Home, Identity};
 
@@ -12,7 +12,7 @@ use crate::cli::ListCommand;
 
 pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
     match cmd {
-        ListCommand::Create { address, outbox, description, owner, notify, non_members } => {
+        ListCommand::Create { address, outbox, description, owner, notify, non_members, subscription } => {
             super::init::refuse_existing(home)?;
             let addrs = Addresses::of(&address).with_context(|| format!("{address:?} is not a plain address like team@example.org"))?;
             let outbox = super::init::outbox_url(&outbox)?;
@@ -23,7 +23,16 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
             let mut config = home.load_config()?;
             let mut list = ListConfig::new(&addrs.post);
             list.description = description;
-            list.non_members = if non_members == "hold" { NonMembers::Hold } else { NonMembers::Reject };
+            list.non_members = match non_members.as_str() {
+                "hold" => NonMembers::Hold,
+                "accept" => NonMembers::Accept,
+                _ => NonMembers::Reject,
+            };
+            list.subscription = match subscription.as_str() {
+                "approve" => Subscription::Approve,
+                "closed" => Subscription::Closed,
+                _ => Subscription::Confirm,
+            };
             // Strangers' stubs (requests to join, non-members' posts) are
             // held for the robot, which fetches them itself.
             config.notify.first_contact = true;
@@ -73,6 +82,18 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
             stubmail::fsutil::fsync_dir(&dir.join("approved"))?;
             stubmail::fsutil::fsync_dir(&dir.join("held"))?;
             println!("{id}: approved; the robot publishes it on its next round");
+            Ok(())
+        }
+        ListCommand::Admit { fingerprint } => {
+            list_config(home)?;
+            let f = stubmail::protocol::Fpr::parse(&fingerprint)?;
+            let strangers = stubmail::keyring::Keyring::new(lists::list_dir(home).join("strangers"));
+            let cert = strangers.get(&f)?.with_context(|| {
+                format!("{f} has not asked to join (or asked over a week ago): they write to the list's -subscribe address first")
+            })?;
+            home.keyring().import(vec![cert.clone()])?;
+            let _ = strangers.remove(f.as_str());
+            println!("admitted {f} <{}>: the robot polls them from its next round", pgp::emails_of(&cert).join(", "));
             Ok(())
         }
         ListCommand::Discard { id } => {

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
-use stubmail::fsutil::{self, fsync_dir};
-use stubmail::protocol::Fpr;
+use crate::fsutil::{self, fsync_dir};
+use crate::protocol::Fpr;
 
 /// One accepted message and what remains to be done with it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -176,7 +176,7 @@ impl Spool {
     pub fn new_qid() -> String {
         use rand::Rng;
         let r: u64 = rand::rng().random();
-        format!("{:x}{r:016x}", stubmail::time::unix_now())
+        format!("{:x}{r:016x}", crate::time::unix_now())
     }
 
     /// Free bytes on the spool's filesystem (for unprivileged users).

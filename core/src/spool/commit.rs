@@ -16,7 +16,7 @@
 use std::io;
 use std::sync::mpsc;
 
-use stubmail::fsutil::fsync_dir;
+use crate::fsutil::fsync_dir;
 
 use super::Spool;
 
