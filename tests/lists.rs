@@ -303,17 +303,18 @@ fn a_held_non_members_post_is_published_once_the_owner_approves_it() {
 }
 
 /// Check with gpg, holding `author`'s certificate alone, the author's
-/// signature a list post or a forward carries in `copy` (a Maildir file):
-/// over the bytes after the Stubmail-Author-Signature field, with CRLF
-/// line endings as submitted. One byte changed must fail. Returns the
+/// signature a list post or a forward carries in `copy` (a Maildir file,
+/// LF, or an archived post, CRLF): over the bytes after the
+/// Stubmail-Author-Signature field, with CRLF line endings as submitted. One byte changed must fail. Returns the
 /// signed message.
 fn verify_author(copy: &Path, author: &User, dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let (good, out) = python(
         "import sys, base64, re\ntext = open(sys.argv[1], 'rb').read()\n\
-         m = re.search(rb'^Stubmail-Author-Signature: fpr=([0-9A-F]{40}); sig=([A-Za-z0-9+/=]+)\\n', text, re.M)\n\
+         m = re.search(rb'^Stubmail-Author-Signature: fpr=([0-9A-F]{40}); sig=([A-Za-z0-9+/=]+)\\r?\\n', text, re.M)\n\
          open(sys.argv[2] + '/post.sig', 'wb').write(base64.b64decode(m.group(2)))\n\
-         open(sys.argv[2] + '/post.eml', 'wb').write(text[m.end():].replace(b'\\n', b'\\r\\n'))\n\
+         tail = text[m.end():]\n\
+         open(sys.argv[2] + '/post.eml', 'wb').write(tail if b'\\r\\n' in tail else tail.replace(b'\\n', b'\\r\\n'))\n\
          print(m.group(1).decode())",
         &[copy.to_str().unwrap(), dir.to_str().unwrap()],
     );
@@ -436,4 +437,69 @@ fn joining_waits_for_the_owner_when_the_list_asks_for_approval() {
     send(&erin, &logs, &["team-subscribe@example.org"], "From: erin@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\n\r\n");
     let no = read(&wait_mail(&erin, 1)[0]);
     assert!(no.contains("members are added by the list's owner only") && !no.contains("token"), "{no}");
+}
+
+/// A public list's archive, read by a real feed reader (Python's
+/// feedparser) from the list's outbox: one entry per post, each linking
+/// the post and the list's signature over it, which gpg checks. A private
+/// list has no feed.
+#[test]
+fn a_public_lists_archive_is_an_atom_feed_a_feed_reader_reads_and_gpg_verifies() {
+    let mut w = World::start_with(&["--public"]);
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    for i in 1..=2 {
+        send(&w.alice, &logs, &[LIST], &format!("From: Alice <alice@example.org>\r\nTo: team@example.org\r\nSubject: public post {i}\r\n\r\nline {i} <b>&\r\n"));
+        wait_mail(&w.bob, i);
+    }
+    let list_fpr = w.list.fingerprint();
+    let feed = format!("{}v1/archive/{list_fpr}/feed", w.outbox.url());
+    let script = "import feedparser, sys, json\n\
+        f = feedparser.parse(sys.argv[1])\n\
+        assert not f.bozo, f.bozo_exception\n\
+        print(json.dumps({'title': f.feed.title, 'entries': [{'title': e.title, 'author': e.author, 'text': e.summary,\n\
+          'links': {l.rel: l.href for l in e.links}} for e in f.entries]}))";
+    let parsed = wait_for("both posts in the feed", 60, || {
+        let o = std::process::Command::new("/usr/bin/python3").args(["-c", script, &feed]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        (v["entries"].as_array()?.len() == 2).then_some(v)
+    });
+    assert_eq!(parsed["title"], "team@example.org");
+    let newest = &parsed["entries"][0];
+    assert_eq!((newest["title"].as_str(), newest["author"].as_str()), (Some("public post 2"), Some("Alice <alice@example.org>")), "{parsed}");
+    assert!(newest["text"].as_str().unwrap().contains("line 2 <b>&"), "{parsed}");
+    // The post and the list's signature over it, fetched by anyone.
+    let eml_url = newest["links"]["alternate"].as_str().unwrap().to_string();
+    let sig_url = newest["links"]["related"].as_str().unwrap().to_string();
+    assert!(eml_url.starts_with(&format!("{}v1/archive/{list_fpr}/", w.outbox.url())) && eml_url.ends_with(".eml"), "{eml_url}");
+    let dir = w.root.path().join("archive");
+    std::fs::create_dir_all(&dir).unwrap();
+    let get = |url: &str, to: &str| {
+        let (good, out) = python("import sys, urllib.request\nopen(sys.argv[2], 'wb').write(urllib.request.urlopen(sys.argv[1]).read())", &[url, dir.join(to).to_str().unwrap()]);
+        assert!(good, "{out}");
+    };
+    get(&eml_url, "post.eml");
+    get(&sig_url, "post.sig");
+    let post = std::fs::read_to_string(dir.join("post.eml")).unwrap();
+    assert!(post.starts_with("List-Id: \"The Team\" <team.example.org>\r\n") && post.contains("Subject: public post 2"), "{post}");
+    let gpg = require("gpg");
+    let gnupg = dir.join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    ok(std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--import"]).arg(w.list.export()));
+    let v = std::process::Command::new(&gpg).arg("--homedir").arg(&gnupg).args(["--batch", "--verify"]).arg(dir.join("post.sig")).arg(dir.join("post.eml")).output().unwrap();
+    assert!(v.status.success(), "gpg --verify: {}", String::from_utf8_lossy(&v.stderr));
+    // The author's own signature is in it too.
+    verify_author(&dir.join("post.eml"), &w.alice, &dir.join("author"));
+
+    // A private list has no feed.
+    let mut p = World::start();
+    p.start_robot();
+    send(&p.alice, &p.root.path().to_path_buf(), &[LIST], "From: alice@example.org\r\nTo: team@example.org\r\nSubject: private\r\n\r\nx\r\n");
+    wait_mail(&p.bob, 1);
+    let (good, out) = python(
+        "import sys, urllib.request, urllib.error\ntry:\n  urllib.request.urlopen(sys.argv[1]); print('200')\nexcept urllib.error.HTTPError as e: print(e.code)",
+        &[&format!("{}v1/archive/{}/feed", p.outbox.url(), p.list.fingerprint())],
+    );
+    assert!(good && out.trim() == "404", "{out}");
 }

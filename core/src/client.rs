@@ -210,6 +210,21 @@ impl OutboxClient {
         Self::json(req.send().await?).await
     }
 
+    /// Archive a public list's post at its outbox (`PUT /v1/archive/<id>`,
+    /// docs/PROTOCOL.md §10.5) with the list's detached signature over it.
+    pub async fn archive(&self, post: Vec<u8>, sig: &[u8]) -> Result<(), ClientError> {
+        use base64::Engine;
+        let id = sha256_hex(&post);
+        let len = post.len() as u64;
+        let req = self
+            .request(Method::PUT, &format!("v1/archive/{id}"), &id)?
+            .timeout(self.transfer_deadline(len))
+            .header("Stubmail-Archive-Signature", base64::engine::general_purpose::STANDARD.encode(sig))
+            .header(reqwest::header::CONTENT_TYPE, "message/rfc822")
+            .body(post);
+        Self::check(req.send().await?).await.map(|_| ())
+    }
+
     /// Hand the outbox the signed stubs of several messages with one
     /// request (`POST /v1/notify`); an outbox without it (404 or 405) is
     /// handed them message by message.

@@ -234,6 +234,11 @@ pub struct ListConfig {
     /// all (the owner adds members with `stubmail list add`).
     #[serde(default)]
     pub subscription: Subscription,
+    /// A public list: each post is also archived, signed but not
+    /// encrypted, at the list's outbox, which serves the archive to
+    /// anyone as an Atom feed. A private list (the default) has none.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// What a list does with a non-member's post.
@@ -265,6 +270,7 @@ impl ListConfig {
             max_post_size: ListConfig::default_max_post(),
             non_members: NonMembers::Reject,
             subscription: Subscription::Confirm,
+            public: false,
         }
     }
     fn default_max_post() -> u64 {

@@ -56,6 +56,7 @@ const INTRO_RETRY: Duration = Duration::from_secs(60);
 /// list/pending/<FPR> the token a request to join waits for, and when
 /// list/held/<qid>    non-members' posts held for the owner (intake files)
 /// list/approved/<qid> held posts the owner approved, to publish
+/// list/archive-out/<qid> a public list's posts, to archive at its outbox
 /// ```
 pub fn list_dir(home: &Home) -> PathBuf {
     home.data_dir.join("list")
@@ -68,6 +69,8 @@ pub struct Robot {
     pub owner: Option<String>,
     pub non_members: NonMembers,
     pub subscription: Subscription,
+    /// Archive each post at the outbox (a public list).
+    pub public: bool,
     pub spool: Spool,
     /// The members.
     pub keyring: Keyring,
@@ -109,7 +112,7 @@ impl Robot {
         let list = config.list.as_ref().context("this home is not a list's (no [list] in config.toml): `stubmail list create` makes one")?;
         let addrs = Addresses::of(&list.address).with_context(|| format!("list.address {:?} is not a plain address", list.address))?;
         let dir = list_dir(home);
-        for d in ["pending", "held", "approved", "strangers"] {
+        for d in ["pending", "held", "approved", "strangers", "archive-out"] {
             stubmail::fsutil::ensure_private_dir(&dir.join(d))?;
         }
         Ok(Robot {
@@ -118,6 +121,7 @@ impl Robot {
             owner: list.owner.clone(),
             non_members: list.non_members,
             subscription: list.subscription,
+            public: list.public,
             spool: Spool::open(&home.spool_dir()).context("opening the list's spool")?,
             keyring: home.keyring(),
             strangers: Keyring::new(dir.join("strangers")),
@@ -180,6 +184,10 @@ impl Robot {
             Decision::Publish(post) if member || approved || self.non_members == NonMembers::Accept => {
                 let rcpts = self.members()?;
                 let members = rcpts.len();
+                if self.public {
+                    // Archived once published (see `send_archive`).
+                    stubmail::fsutil::write_atomic(&self.dir.join("archive-out").join(qid), &post, 0o600)?;
+                }
                 self.queue(qid, rcpts, post, true).await?;
                 Ok(Outcome::Published { qid: qid.to_string(), members })
             }
@@ -364,6 +372,29 @@ impl Robot {
         Ok(())
     }
 
+    /// Archive a public list's published posts at its outbox, signed by
+    /// the list's key; each is kept here until the outbox has it.
+    pub async fn send_archive(&self, me: &stubmail::Identity, outbox: &stubmail::client::OutboxClient) -> anyhow::Result<usize> {
+        let dir = self.dir.join("archive-out");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !n.starts_with('.')).collect();
+        names.sort();
+        let mut sent = 0;
+        for name in names {
+            let post = std::fs::read(dir.join(&name))?;
+            let sig = me.sign_detached(&post)?;
+            match outbox.archive(post, &sig).await {
+                Ok(()) => sent += 1,
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(post = name, "list: not archived yet: {e}");
+                    break;
+                }
+                Err(e) => tracing::error!(post = name, "list: the outbox refused to archive a post: {e}"),
+            }
+            std::fs::remove_file(dir.join(&name))?;
+        }
+        Ok(sent)
+    }
+
     /// Forget strangers not heard from for [`STRANGER_KEPT`].
     fn prune_strangers(&self) {
         let Ok(rd) = std::fs::read_dir(self.strangers.dir()) else { return };
@@ -387,6 +418,7 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
         tracing::warn!("cannot sweep the list's spool: {e}");
     }
     let outbox = stubmail::client::OutboxClient::new(stubmail::client::http_client()?, &config.identity.outbox, me.clone())?;
+    let archive = (outbox.clone(), me.clone());
     let worker = smtp2stub::worker::Worker {
         spool: robot.spool.clone(),
         keyring: robot.keyring.clone(),
@@ -417,6 +449,9 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
         }
         if let Err(e) = robot.process_all().await {
             tracing::warn!("list: {e:#}");
+        }
+        if let Err(e) = robot.send_archive(&archive.1, &archive.0).await {
+            tracing::warn!("list: archive: {e:#}");
         }
         tokio::select! {
             _ = delivered.changed() => {}

@@ -135,7 +135,7 @@ pub fn run() -> io::Result<()> {
     }
     let len = match &resp.body {
         Body::Empty => Some(0),
-        Body::Json(v) | Body::Key(v) => Some(v.len() as u64),
+        Body::Json(v) | Body::Key(v) | Body::Doc(v, _) => Some(v.len() as u64),
         Body::Stream(_, n) => Some(*n),
     };
     write_head(&mut out, resp.status, resp.content_type(), len, resp.content_range.as_deref(), resp.cors)?;

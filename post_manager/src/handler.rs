@@ -61,6 +61,8 @@ pub enum Body {
     Key(Vec<u8>),
     /// A stored message (or the requested range of it): this many bytes.
     Stream(crate::store::MessageReader, u64),
+    /// A public document (a list's archive) and its content type.
+    Doc(Vec<u8>, &'static str),
 }
 
 pub struct Response {
@@ -86,6 +88,9 @@ impl Response {
         let b = ErrorBody { error: code.into(), message: message.into() };
         Response { error: Some(code), ..Response::json(status, &b) }
     }
+    fn doc(body: Vec<u8>, content_type: &'static str) -> Response {
+        Response { status: 200, body: Body::Doc(body, content_type), content_range: None, error: None, signer: None, cors: false }
+    }
     fn signed_by(mut self, f: &Fpr) -> Response {
         self.signer = Some(f.clone());
         self
@@ -95,6 +100,7 @@ impl Response {
             Body::Stream(..) => "application/pgp-encrypted",
             Body::Key(_) | Body::Empty => "application/octet-stream",
             Body::Json(_) => "application/json; charset=utf-8",
+            Body::Doc(_, t) => t,
         }
     }
 }
@@ -145,6 +151,10 @@ enum Route<'a> {
     Notify(&'a str),
     Complaint(&'a str),
     Cert(Fpr),
+    ArchivePut(&'a str),
+    Feed(Fpr),
+    /// An archived post (`<id>.eml`) or its signature (`<id>.sig`).
+    Archived(Fpr, &'a str, bool),
 }
 
 fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response> {
@@ -171,6 +181,16 @@ fn route<'a>(settings: &Settings, target: &'a str) -> Result<Route<'a>, Response
         ["messages", id, "notify"] => Ok(Route::Notify(id_ok(id)?)),
         ["messages", id, "complaint"] => Ok(Route::Complaint(id_ok(id)?)),
         ["certs", f] => Ok(Route::Cert(Fpr::parse(f).map_err(|_| not_found())?)),
+        ["archive", id] => Ok(Route::ArchivePut(id_ok(id)?)),
+        ["archive", f, "feed"] => Ok(Route::Feed(Fpr::parse(f).map_err(|_| not_found())?)),
+        ["archive", f, file] => {
+            let f = Fpr::parse(f).map_err(|_| not_found())?;
+            match (file.strip_suffix(".eml"), file.strip_suffix(".sig")) {
+                (Some(id), _) if protocol::is_valid_id(id) => Ok(Route::Archived(f, id, false)),
+                (_, Some(id)) if protocol::is_valid_id(id) => Ok(Route::Archived(f, id, true)),
+                _ => Err(not_found()),
+            }
+        }
         _ => Err(not_found()),
     }
 }
@@ -196,6 +216,9 @@ fn read_small(req: &mut Request, limit: u64) -> Result<Vec<u8>, Response> {
 fn header(req: &Request, name: &str) -> Option<String> {
     (req.headers)(name).into_iter().next()
 }
+
+/// The list's detached signature over an archived post (base64).
+pub const ARCHIVE_SIGNATURE_HEADER: &str = "Stubmail-Archive-Signature";
 
 /// What every request is checked against.
 struct Ctx<'a> {
@@ -393,9 +416,80 @@ pub fn handle(store: &Store, settings: &Settings, mut req: Request, now: i64) ->
             Ok(None) => Err(Response::error(404, "not_found", "no account with that fingerprint here")),
             Err(e) => Err(unavailable(e)),
         },
+        ("PUT", Route::ArchivePut(id)) => archive_put(ctx, &mut req, id, now),
+        ("GET", Route::Feed(f)) => feed(store, &f, req.target).map(|r| Response { cors: true, ..r }),
+        ("GET", Route::Archived(f, id, sig)) => match store.archive_get(&f, id) {
+            Ok(Some((post, s))) => Ok(Response {
+                cors: true,
+                ..if sig { Response::doc(s, "application/pgp-signature") } else { Response::doc(post, "message/rfc822") }
+            }),
+            Ok(None) => Err(Response::error(404, "not_found", "no such archived post")),
+            Err(e) => Err(from_store(e)),
+        },
         _ => Err(Response::error(405, "bad_request", format!("method {} not allowed here", req.method))),
     };
     result.unwrap_or_else(|e| e)
+}
+
+/// A public list's archived post (docs/PROTOCOL.md §10.5): signed by the
+/// list's account, with the list's detached signature over the post in
+/// `Stubmail-Archive-Signature`; kept once by id.
+fn archive_put(ctx: &Ctx, req: &mut Request, id: &str, now: i64) -> Result<Response, Response> {
+    let store = ctx.store;
+    let digest = declared_digest(req)?;
+    if digest != id {
+        return Err(Response::error(400, "digest_mismatch", "Stubmail-Content-SHA256 must equal the post's id"));
+    }
+    let sig = header(req, ARCHIVE_SIGNATURE_HEADER)
+        .filter(|v| v.len() <= 8192)
+        .and_then(|v| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v.trim()).ok())
+        .ok_or_else(|| Response::error(400, "bad_request", format!("missing or malformed {ARCHIVE_SIGNATURE_HEADER} (base64, at most 8 KiB)")))?;
+    if req.content_length.is_some_and(|l| l > crate::archive::MAX_POST) {
+        return Err(Response::error(413, "too_large", format!("archived posts over {} bytes are refused", crate::archive::MAX_POST)));
+    }
+    let signers = authenticate(ctx, req, &digest, now, &mut account_lookup(store))?;
+    let [list] = signers.as_slice() else {
+        return Err(Response::error(400, "bad_request", "an archived post has exactly one signer"));
+    };
+    let cert = store.account(list).map_err(unavailable)?.ok_or_else(|| Response::error(401, "unauthenticated", "not an account"))?;
+    if pgp::list_of(&cert).is_none() {
+        return Err(Response::error(403, "not_a_list", "only a mailing list's account keeps a public archive"));
+    }
+    if let Some(s) = store.suspension(list).map_err(from_store)? {
+        return Err(Response::error(403, "account_suspended", format!("this account may not upload: {}", s.reason)));
+    }
+    let post = read_small(req, crate::archive::MAX_POST)?;
+    if hex::encode(Sha256::digest(&post)) != digest {
+        return Err(Response::error(400, "digest_mismatch", "the body does not match Stubmail-Content-SHA256"));
+    }
+    if pgp::verify_detached(&cert, &post, &sig).is_err() {
+        return Err(Response::error(400, "bad_signature", "the archive signature is not the list's over this post"));
+    }
+    let created = store.archive_put(list, &crate::archive::entry_of(id, &post, now), &post, &sig).map_err(from_store)?;
+    tracing::info!(%list, id, created, "archived");
+    Ok(Response::json(if created { 201 } else { 200 }, &serde_json::json!({ "id": id })).signed_by(list))
+}
+
+/// A list's archive as an Atom feed, `?page=N` (1: the newest posts).
+fn feed(store: &Store, list: &Fpr, target: &str) -> Result<Response, Response> {
+    let not_found = || Response::error(404, "not_found", "no public archive for that list here");
+    let page: usize = match target.split_once('?').map(|(_, q)| q) {
+        None => 1,
+        Some(q) => q
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("page="))
+            .and_then(|p| p.parse().ok())
+            .filter(|p| (1..=1_000_000).contains(p))
+            .ok_or_else(|| Response::error(400, "bad_request", "page must be a number from 1"))?,
+    };
+    let cert = store.account(list).map_err(unavailable)?.ok_or_else(not_found)?;
+    let title = pgp::list_of(&cert).ok_or_else(not_found)?;
+    let (entries, total) = store.archive_page(list, (page - 1) * crate::archive::PAGE, crate::archive::PAGE).map_err(from_store)?;
+    // A private list archives nothing: it has no feed at all.
+    if total == 0 || (entries.is_empty() && page > 1) {
+        return Err(not_found());
+    }
+    Ok(Response::doc(crate::archive::feed(list, &title, &entries, page, total).into_bytes(), "application/atom+xml; charset=utf-8"))
 }
 
 /// A message's status as its sender may see it: `notified` reads
@@ -885,7 +979,7 @@ fn acks(ctx: &Ctx, req: &mut Request, now: i64) -> Result<Response, Response> {
 pub fn write_body(body: Body, out: &mut dyn io::Write) -> io::Result<()> {
     match body {
         Body::Empty => Ok(()),
-        Body::Json(v) | Body::Key(v) => out.write_all(&v),
+        Body::Json(v) | Body::Key(v) | Body::Doc(v, _) => out.write_all(&v),
         Body::Stream(f, n) => io::copy(&mut f.take(n), out).map(|_| ()),
     }
 }
@@ -956,6 +1050,81 @@ mod hostile {
         };
         let req = Request { method: c.method, target: &c.target, headers: &get, content_length: c.content_length, body };
         handle(store, settings, req, c.now)
+    }
+
+    /// A list's archive: only a list's account archives, only with the
+    /// list's signature over exactly the body; anyone reads the feed and
+    /// the posts, and a list without posts (a private one) has no feed.
+    #[test]
+    fn only_a_list_archives_its_own_signed_posts_and_anyone_reads_them() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let settings = Settings { prefix: "/".into(), ..Settings::default() };
+        let list = Identity::generate_list(None, "team@example.org", "http://a/", None).unwrap();
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        store.add_account(&list.cert()).unwrap();
+        store.add_account(&alice.cert()).unwrap();
+        let now = 1_800_000_000;
+        let post = b"Subject: hello\r\n\r\nworld\r\n".to_vec();
+        let id = stubmail::client::sha256_hex(&post);
+        let put = |who: &Identity, sig_by: &Identity, body: &[u8], ts: i64| {
+            let path = format!("/v1/archive/{id}");
+            let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig_by.sign_detached(body).unwrap());
+            Case {
+                name: "archive",
+                method: "PUT",
+                target: path.clone(),
+                headers: vec![
+                    (protocol::SIGNATURE_HEADER, auth::sign_request(who, "http://a/", "PUT", &path, &id, ts).unwrap()),
+                    (protocol::DIGEST_HEADER, id.clone()),
+                    (ARCHIVE_SIGNATURE_HEADER, sig),
+                ],
+                content_length: Some(body.len() as u64),
+                body: Some(body.to_vec()),
+                now,
+                want: 0,
+            }
+        };
+        let get = |target: String| Case { name: "get", method: "GET", target, headers: vec![], content_length: None, body: None, now, want: 0 };
+        let feed = format!("/v1/archive/{}/feed", list.fpr());
+        assert_eq!(run(&store, &settings, get(feed.clone())).status, 404, "no posts: no feed");
+        // Not a list's account; the list's request with another's signature
+        // over the post; a body that is not the signed one.
+        assert_eq!(run(&store, &settings, put(&alice, &alice, &post, now)).status, 403);
+        assert_eq!(run(&store, &settings, put(&list, &alice, &post, now + 1)).status, 400);
+        let mut other = put(&list, &list, &post, now + 2);
+        other.body = Some(b"Subject: other\r\n\r\n".to_vec());
+        assert_eq!(run(&store, &settings, other).status, 400);
+        let mut nosig = put(&list, &list, &post, now + 3);
+        nosig.headers.pop();
+        assert_eq!(run(&store, &settings, nosig).status, 400);
+        assert_eq!(run(&store, &settings, get(feed.clone())).status, 404, "nothing was archived");
+        assert_eq!(run(&store, &settings, put(&list, &list, &post, now + 4)).status, 201);
+        assert_eq!(run(&store, &settings, put(&list, &list, &post, now + 5)).status, 200, "kept once");
+        let r = run(&store, &settings, get(feed.clone()));
+        assert!(r.status == 200 && r.cors && r.content_type().starts_with("application/atom+xml"));
+        let Body::Doc(xml, _) = r.body else { panic!() };
+        assert!(String::from_utf8(xml).unwrap().contains("<title>hello</title>"));
+        let r = run(&store, &settings, get(format!("/v1/archive/{}/{id}.eml", list.fpr())));
+        assert!(matches!(&r.body, Body::Doc(b, "message/rfc822") if *b == post));
+        let r = run(&store, &settings, get(format!("/v1/archive/{}/{id}.sig", list.fpr())));
+        let Body::Doc(sig, "application/pgp-signature") = r.body else { panic!() };
+        assert!(pgp::verify_detached(&list.cert(), &post, &sig).is_ok());
+        for bad in [
+            format!("/v1/archive/{}/feed?page=0", list.fpr()),
+            format!("/v1/archive/{}/feed?page=x", list.fpr()),
+        ] {
+            assert_eq!(run(&store, &settings, get(bad.clone())).status, 400, "{bad}");
+        }
+        for missing in [
+            format!("/v1/archive/{}/feed?page=2", list.fpr()),
+            format!("/v1/archive/{}/feed", alice.fpr()),
+            format!("/v1/archive/{}/../../accounts", list.fpr()),
+            format!("/v1/archive/{}/{}.eml", list.fpr(), id.to_uppercase()),
+            format!("/v1/archive/{}/{id}.eml", alice.fpr()),
+        ] {
+            assert_eq!(run(&store, &settings, get(missing.clone())).status, 404, "{missing}");
+        }
     }
 
     #[test]

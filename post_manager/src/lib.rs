@@ -4,6 +4,7 @@
 //! protocol logic shared by every way of running, `server` the standalone
 //! HTTP server.
 
+pub mod archive;
 pub mod cgi;
 pub mod handler;
 pub mod server;

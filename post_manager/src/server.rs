@@ -121,7 +121,7 @@ async fn respond(shared: Arc<Shared>, req: hyper::Request<Incoming>, peer: std::
     }
     let body: RespBody = match resp.body {
         Body::Empty => Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed(),
-        Body::Json(v) | Body::Key(v) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),
+        Body::Json(v) | Body::Key(v) | Body::Doc(v, _) => Full::new(Bytes::from(v)).map_err(|e: Infallible| match e {}).boxed(),
         Body::Stream(r, len) => {
             b = b.header(hyper::header::CONTENT_LENGTH, len);
             BodyExt::boxed(StreamBody::new(blocking_stream(r, len)))

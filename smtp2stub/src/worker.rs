@@ -207,14 +207,20 @@ impl Worker {
                 fprs.push(fpr.clone());
             }
         }
-        Ok(match self.outbox.upload(&id, &fprs, &self.spool.out_path(&id)).await {
-            Ok(up) => {
-                self.notify(&id, up.size, &fprs).await;
-                Attempt::Done(JobState::Uploaded)
+        // One upload names at most a thousand recipients; the same bytes
+        // uploaded again add the next thousand to the one stored copy (a
+        // list's account may be allowed that many). Each upload of them is
+        // idempotent, so a retry sends them all again.
+        let mut size = 0;
+        for chunk in fprs.chunks(stubmail::protocol::MAX_RECIPIENTS) {
+            match self.outbox.upload(&id, chunk, &self.spool.out_path(&id)).await {
+                Ok(up) => size = up.size,
+                Err(e) if e.is_temporary() => return Ok(Attempt::Retry(e.to_string())),
+                Err(e) => return Ok(Attempt::Fail(format!("the outbox refused the message: {e}"))),
             }
-            Err(e) if e.is_temporary() => Attempt::Retry(e.to_string()),
-            Err(e) => Attempt::Fail(format!("the outbox refused the message: {e}")),
-        })
+        }
+        self.notify(&id, size, &fprs).await;
+        Ok(Attempt::Done(JobState::Uploaded))
     }
 
     /// Hand the outbox a signed notification stub for each recipient whose
@@ -440,11 +446,12 @@ impl Worker {
         let (pgp, relay): (Vec<_>, Vec<_>) = others.into_iter().partition(|r| matches!(r.route, Route::Pgp { .. }));
         let job = |kind, rcpts| Job { kind, rcpts, id: None, state: JobState::Queued, attempts: 0, next_try: 0, last_error: None };
         let mut jobs = Vec::new();
-        // A list's post: one copy for all its members (as many as an
-        // upload may name), stored once however many members there are.
+        // A list's post: one copy for all its members, stored once however
+        // many members there are (uploaded again for each further thousand,
+        // see `stub`).
         let (shown, hidden) = if env.list {
-            for chunk in stub.chunks(stubmail::protocol::MAX_RECIPIENTS) {
-                jobs.push(job(JobKind::Stub, chunk.to_vec()));
+            if !stub.is_empty() {
+                jobs.push(job(JobKind::Stub, stub));
             }
             (vec![], vec![])
         } else {

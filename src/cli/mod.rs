@@ -293,6 +293,10 @@ pub enum ListCommand {
         /// adds members).
         #[arg(long, default_value = "confirm", value_parser = ["confirm", "approve", "closed"])]
         subscription: String,
+        /// A public list: its outbox serves an archive of every post (an
+        /// Atom feed, signed posts) to anyone.
+        #[arg(long)]
+        public: bool,
     },
     /// Run the list's robot: poll the members, publish their posts, act on
     /// their requests, until interrupted.

@@ -12,7 +12,7 @@ use crate::cli::ListCommand;
 
 pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
     match cmd {
-        ListCommand::Create { address, outbox, description, owner, notify, non_members, subscription } => {
+        ListCommand::Create { address, outbox, description, owner, notify, non_members, subscription, public } => {
             super::init::refuse_existing(home)?;
             let addrs = Addresses::of(&address).with_context(|| format!("{address:?} is not a plain address like team@example.org"))?;
             let outbox = super::init::outbox_url(&outbox)?;
@@ -33,6 +33,7 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
                 "closed" => Subscription::Closed,
                 _ => Subscription::Confirm,
             };
+            list.public = public;
             // Strangers' stubs (requests to join, non-members' posts) are
             // held for the robot, which fetches them itself.
             config.notify.first_contact = true;
@@ -44,6 +45,9 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
             config.list = Some(list);
             home.save_config(&config)?;
             println!("addresses:   {} (posts), {} and {}", addrs.post, addrs.subscribe, addrs.unsubscribe);
+            if public {
+                println!("archive:     {outbox}v1/archive/{}/feed (Atom, public)", id.fpr());
+            }
             println!("next: register the list's key with its outbox:");
             println!("{}", super::init::register_hint(home));
             println!("then run its robot:\n  stubmail{} list run", super::init::home_flag(home));

@@ -296,7 +296,29 @@ pub fn complaints_and_suspension(s: &Store) {
     assert_eq!(s.resumed_at(&a).unwrap(), day + 10);
 }
 
+pub fn a_lists_archive_keeps_each_post_once_newest_first(s: &Store) {
+    let (l, m) = (fpr('A'), fpr('B'));
+    let post = |i: usize| format!("Subject: post {i}\r\n\r\nbody {i}\r\n").into_bytes();
+    for i in 0..5 {
+        let p = post(i);
+        let e = crate::archive::entry_of(&id_of(&p), &p, 1000 + i as i64);
+        assert!(s.archive_put(&l, &e, &p, b"sig").unwrap());
+        // Again: kept once.
+        assert!(!s.archive_put(&l, &e, &p, b"other").unwrap());
+    }
+    let (page, total) = s.archive_page(&l, 1, 2).unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(page.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>(), ["post 3", "post 2"]);
+    assert_eq!(s.archive_page(&l, 10, 2).unwrap(), (vec![], 5));
+    assert_eq!(s.archive_page(&m, 0, 2).unwrap(), (vec![], 0), "another list's archive is its own");
+    let id = id_of(&post(4));
+    assert_eq!(s.archive_get(&l, &id).unwrap(), Some((post(4), b"sig".to_vec())));
+    assert_eq!(s.archive_get(&m, &id).unwrap(), None);
+    assert_eq!(s.archive_get(&l, &"0".repeat(64)).unwrap(), None);
+}
+
 pub fn all(fresh: &mut dyn FnMut() -> Store) {
+    a_lists_archive_keeps_each_post_once_newest_first(&fresh());
     put_poll_fetch_ack_status(&fresh());
     quotas_and_daily_recipients(&fresh());
     retention_expires_deletes_and_forgets(&fresh());

@@ -361,8 +361,20 @@ pub trait UdpState {
     fn drop_stub(&self, name: &str);
 }
 
+/// Public lists' archives (`crate::archive`): each post once, by id.
+pub trait Archive {
+    /// Keep a post a list archived, with the list's signature over it;
+    /// false if it was kept before (nothing changes).
+    fn archive_put(&self, list: &Fpr, e: &crate::archive::Entry, post: &[u8], sig: &[u8]) -> Result<bool, StoreError>;
+    /// Up to `n` entries, newest first, skipping the `skip` newest; and
+    /// how many the list has archived.
+    fn archive_page(&self, list: &Fpr, skip: usize, n: usize) -> Result<(Vec<crate::archive::Entry>, usize), StoreError>;
+    /// One archived post and its signature.
+    fn archive_get(&self, list: &Fpr, id: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
 /// Everything a backend does.
-pub trait Backend: Accounts + Certs + Messages + Nonces + Housekeeping + UdpState + Abuse + Send + Sync + std::fmt::Debug {
+pub trait Backend: Accounts + Certs + Messages + Nonces + Housekeeping + UdpState + Abuse + Archive + Send + Sync + std::fmt::Debug {
     /// A line for logs: which store this is.
     fn describe(&self) -> String;
     /// Check that this process can use the store (write the data

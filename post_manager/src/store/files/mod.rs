@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 
 mod abuse;
+mod archive;
 mod accounts;
 mod certs;
 mod layout;

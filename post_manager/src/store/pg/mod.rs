@@ -23,6 +23,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::StoreError;
 
 mod abuse;
+mod archive;
 mod accounts;
 mod certs;
 mod messages;

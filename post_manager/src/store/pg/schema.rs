@@ -76,6 +76,12 @@ const MIGRATIONS: &[&str] = &[
     -- When the operator last resumed an account: complaints before it count no more.
     CREATE TABLE resumptions (fpr text PRIMARY KEY, at bigint NOT NULL);
     "#,
+    // 3: public lists' archives; `seq` orders them, newest last.
+    r#"
+    CREATE TABLE archive (list text NOT NULL, id text NOT NULL, seq bigserial, entry text NOT NULL, post bytea NOT NULL,
+        sig bytea NOT NULL, PRIMARY KEY (list, id));
+    CREATE INDEX archive_by_seq ON archive (list, seq);
+    "#,
 ];
 
 pub(super) fn migrate(c: &mut Client) -> Result<(), postgres::Error> {
