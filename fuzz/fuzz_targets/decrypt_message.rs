@@ -61,6 +61,7 @@ fuzz_target!(|input: &[u8]| {
         hostname: "h",
         max_plain: BOUND,
         claims: &claims,
+        forward: None,
     };
     let mut out = Counted(0);
     let _ = http2mbox::deliver::render(&m, &mut out);
