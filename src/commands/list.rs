@@ -163,7 +163,7 @@ fn read_certs(file: &std::path::Path) -> anyhow::Result<Vec<stubmail::openpgp::C
     Ok(pgp::parse_certs(&bytes)?)
 }
 
-fn run_robot(home: &Home) -> anyhow::Result<()> {
+pub(crate) fn run_robot(home: &Home) -> anyhow::Result<()> {
     let list = list_config(home)?;
     let config = home.load_config()?;
     let state = home.state_dir();

@@ -214,6 +214,10 @@ fn add_notify_endpoint(home: &Home, outbox_addr: SocketAddr) -> anyhow::Result<(
 }
 
 pub fn run(home: &Home, a: Args) -> anyhow::Result<()> {
+    // A list's home: its node is the list's robot.
+    if home.secret_key().exists() && home.load_config()?.list.is_some() {
+        return super::list::run_robot(home);
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let node = start(home, &a).await?;
