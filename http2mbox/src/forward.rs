@@ -101,3 +101,66 @@ fn message_id(header: &[u8]) -> Option<String> {
         .map(|l| String::from_utf8_lossy(&l[11..]).trim().to_string())
         .filter(|v| !v.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(dir: &std::path::Path, only_from: &[&str]) -> (Forward, stubmail::Identity) {
+        let carol = stubmail::Identity::generate(None, "carol@example.com", "http://127.0.0.1:9/").unwrap();
+        let keyring = Keyring::new(dir.join("keyring"));
+        keyring.import(vec![carol.cert()]).unwrap();
+        let f = Forward {
+            config: ForwardConfig { to: "Carol@example.com".into(), only_from: only_from.iter().map(|s| s.to_string()).collect(), keep: true, max_hops: 2 },
+            me: "bob@example.net".into(),
+            spool: Spool::open(&dir.join("spool")).unwrap(),
+            keyring,
+            relay: false,
+            seen: dir.join("forwarded"),
+        };
+        (f, carol)
+    }
+
+    fn author() -> Fpr {
+        Fpr::parse(&"A1".repeat(20)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_message_is_forwarded_once_and_loops_stop() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, carol) = forward(d.path(), &[]);
+        let raw = b"From: alice@example.org\r\nMessage-ID: <m1@example.org>\r\nSubject: x\r\n\r\nbody\r\n";
+        let id1 = "1".repeat(64);
+        let go = |id: &str, raw: &[u8]| tokio::task::block_in_place(|| f.forward(id, &author(), raw, b"sig").unwrap());
+        assert_eq!(go(&id1, raw), Forwarded::Queued);
+        // The same message again (a crash before it was kept and acked):
+        // still one forward.
+        assert_eq!(go(&id1, raw), Forwarded::Queued);
+        let q = f.spool.queued().unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].rcpts[0].route, Route::Stub { fpr: carol.fpr() });
+        let sent = std::fs::read(f.spool.msg_path(&q[0].qid)).unwrap();
+        let (a, sig, at) = stubmail::list::author_of(&sent).unwrap();
+        assert_eq!((a, sig.as_slice(), &sent[at..]), (author(), &b"sig"[..], &raw[..]));
+        assert!(sent.starts_with(b"Resent-From: bob@example.net\r\nResent-To: carol@example.com\r\n"));
+        // Back round a loop (another message, the same Message-ID): kept, not forwarded.
+        assert!(matches!(go(&"2".repeat(64), raw), Forwarded::No(w) if w.contains("forwarded before")));
+        // Forwarded max_hops times already.
+        let hopped = b"Resent-From: x@y\r\nResent-From: z@y\r\nFrom: alice@example.org\r\n\r\n";
+        assert!(matches!(go(&"3".repeat(64), hopped), Forwarded::No(w) if w.contains("max_hops")));
+        assert_eq!(f.spool.queued().unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_matching_mail_goes_and_an_unreachable_target_keeps_it_here() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut f, _) = forward(d.path(), &["@example.org"]);
+        let go = |f: &Forward, id: &str, raw: &[u8]| tokio::task::block_in_place(|| f.forward(id, &author(), raw, b"sig").unwrap());
+        assert!(matches!(go(&f, &"1".repeat(64), b"From: mallory@evil.example\r\n\r\n"), Forwarded::No(w) if w.contains("only_from")));
+        f.config.to = "nobody@example.net".into();
+        assert!(matches!(go(&f, &"2".repeat(64), b"From: alice@example.org\r\n\r\n"), Forwarded::No(w) if w.contains("cannot be reached")));
+        f.relay = true;
+        assert_eq!(go(&f, &"3".repeat(64), b"From: alice@example.org\r\n\r\n"), Forwarded::Queued);
+        assert_eq!(f.spool.queued().unwrap()[0].rcpts[0].route, Route::Relay);
+    }
+}

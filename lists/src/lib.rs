@@ -463,3 +463,77 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
     let _ = work.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A list's home with Alice as its one member, and a robot on it.
+    fn robot(dir: &std::path::Path) -> (Robot, stubmail::Identity) {
+        let home = Home::single(dir);
+        let mut config = Config::new("team@example.org", "http://127.0.0.1:9/");
+        config.list = Some(stubmail::config::ListConfig::new("team@example.org"));
+        home.save_config(&config).unwrap();
+        let alice = stubmail::Identity::generate(None, "alice@example.org", "http://127.0.0.1:9/").unwrap();
+        home.keyring().import(vec![alice.cert()]).unwrap();
+        (Robot::new(&home, &config).unwrap(), alice)
+    }
+
+    fn intake(r: &Robot, name: &str, author: &Fpr, raw: &[u8]) -> PathBuf {
+        let mut file = stubmail::list::intake_line(author, b"sig");
+        file.extend_from_slice(raw);
+        let p = r.intake.root().join("new").join(name);
+        std::fs::write(&p, &file).unwrap();
+        p
+    }
+
+    /// A crash after a post was queued and before its intake file was
+    /// removed: processed again, it is not queued again (kill -9 anywhere
+    /// duplicates nothing); a post that was never queued is.
+    #[tokio::test]
+    async fn a_post_processed_again_after_a_crash_is_queued_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (r, alice) = robot(d.path());
+        let raw = b"From: alice@example.org\r\nTo: team@example.org\r\nSubject: once\r\n\r\nhi\r\n";
+        let p = intake(&r, "1.R1.host", &alice.fpr(), raw);
+        let saved = std::fs::read(&p).unwrap();
+        let first = r.process_all().await.unwrap();
+        assert!(matches!(first.as_slice(), [Outcome::Published { members: 1, .. }]), "{first:?}");
+        assert!(!p.exists(), "taken out of the intake");
+        // As if the removal had not happened.
+        std::fs::write(&p, &saved).unwrap();
+        let again = r.process_all().await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(r.spool.queued().unwrap().len(), 1, "queued once");
+        // Another message (another intake file) is another post.
+        intake(&r, "2.R2.host", &alice.fpr(), raw);
+        r.process_all().await.unwrap();
+        assert_eq!(r.spool.queued().unwrap().len(), 2);
+        let q = r.spool.queued().unwrap();
+        assert!(q.iter().all(|e| e.list && e.from == "team@example.org"), "{q:?}");
+    }
+
+    /// What a member asks, and what the robot does about a stranger's or a
+    /// former member's message, without the network.
+    #[tokio::test]
+    async fn members_leave_strangers_are_asked_and_the_unknown_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let (r, alice) = robot(d.path());
+        let bob = stubmail::Identity::generate(None, "bob@example.net", "http://127.0.0.1:9/").unwrap();
+        r.strangers.import(vec![bob.cert()]).unwrap();
+        intake(&r, "1.a", &bob.fpr(), b"From: bob@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\n");
+        intake(&r, "2.a", &bob.fpr(), b"From: bob@example.net\r\nTo: team@example.org\r\nSubject: hi\r\n\r\n");
+        intake(&r, "3.a", &alice.fpr(), b"From: alice@example.org\r\nTo: team-unsubscribe@example.org\r\n\r\n");
+        let carol = stubmail::Identity::generate(None, "carol@example.com", "http://127.0.0.1:9/").unwrap();
+        intake(&r, "4.a", &carol.fpr(), b"From: carol@example.com\r\nTo: team@example.org\r\n\r\n");
+        std::fs::write(r.intake.root().join("new").join("5.a"), b"no intake line\r\n\r\n").unwrap();
+        let done = r.process_all().await.unwrap();
+        assert!(matches!(&done[0], Outcome::AskedToConfirm(a) if a == "bob@example.net"), "{done:?}");
+        assert!(matches!(&done[1], Outcome::Refused(_)), "{done:?}");
+        assert!(matches!(&done[2], Outcome::Unsubscribed(a) if a == "alice@example.org"), "{done:?}");
+        assert!(matches!(&done[3], Outcome::Ignored(_)) && matches!(&done[4], Outcome::Ignored(_)), "{done:?}");
+        assert!(r.keyring.all().unwrap().is_empty(), "Alice left");
+        assert!(r.dir.join("pending").join(bob.fpr().as_str()).exists());
+        assert!(std::fs::read_dir(r.intake.root().join("new")).unwrap().next().is_none(), "the intake is empty");
+    }
+}
