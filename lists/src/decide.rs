@@ -39,7 +39,7 @@ pub fn decide(raw: &[u8], author: &Fpr, sig: &[u8], author_emails: &[String], ad
         }
         let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
         let ours = LIST_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(&name))
-            || name.len() >= 9 && name[..9].eq_ignore_ascii_case("stubmail-");
+            || name.as_bytes().get(..9).is_some_and(|p| p.eq_ignore_ascii_case(b"stubmail-"));
         if ours && !carried.contains(&name) {
             carried.push(name);
         }
@@ -123,6 +123,11 @@ mod tests {
         refused("From: alice@example.org\r\nTo: team@example.org\r\nstubmail-author-signature: x\r\n\r\n", "stubmail-author-signature");
         refused("From: alice@example.org\r\nTo: team@example.org\r\nStubmail-Id: x\r\n\r\n", "Stubmail-Id");
         refused("From: alice@example.org\r\nTo: team@example.org\r\nList-Unsubscribe : <mailto:x@y>\r\n\r\n", "List-Unsubscribe");
+        // A field name with a multi-byte character across the prefix (found
+        // by the list_posts fuzz target): no panic.
+        let (f, e) = alice();
+        assert!(matches!(decide(b"[\xff\xff\xff\xff\xff\xff\xe1:\n\n", &f, b"s", &e, &addrs(), None), Decision::Refuse(_)));
+        assert!(matches!(decide("Stubmail\u{e9}: x\r\nFrom: alice@example.org\r\nTo: team@example.org\r\n\r\n".as_bytes(), &f, b"s", &e, &addrs(), None), Decision::Publish(_)));
         // No end to the header.
         let long = format!("From: alice@example.org\r\nX: {}\r\n", "a".repeat(MAX_HEADER));
         refused(&long, "header is longer");
