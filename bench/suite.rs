@@ -23,6 +23,8 @@ mod provider;
 mod spam;
 #[path = "imap.rs"]
 mod imap;
+#[path = "lists.rs"]
+mod lists;
 
 /// How big each benchmark is.
 #[derive(Clone, Debug)]
@@ -50,6 +52,8 @@ pub struct Scale {
     /// The spam run's recipients, and how many of them are real nodes.
     pub spam_recipients: usize,
     pub spam_real: usize,
+    /// A list's members: the small and the large case.
+    pub list_members: (usize, usize),
 }
 
 impl Scale {
@@ -73,6 +77,7 @@ impl Scale {
             history: (100, 10_000),
             spam_recipients: 10_000,
             spam_real: 5,
+            list_members: (100, 10_000),
         }
     }
     /// Tiny sizes for CI.
@@ -95,6 +100,7 @@ impl Scale {
             history: (5, 30),
             spam_recipients: 300,
             spam_real: 2,
+            list_members: (5, 30),
         }
     }
 }
@@ -126,7 +132,7 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
     stubmail::client::init_tls();
     let mut rows = Vec::new();
     type Bench = fn(&Scale) -> Vec<Row>;
-    let benches: [(&str, Bench); 10] = [
+    let benches: [(&str, Bench); 11] = [
         ("SMTP ingest", smtp_ingest),
         ("end to end", end_to_end),
         ("two nodes", two_nodes),
@@ -137,6 +143,7 @@ pub fn run_only(scale: &Scale, only: Option<&str>) -> Vec<Row> {
         ("CGI", cgi),
         ("provider outbox", provider::provider),
         ("spam run", spam::spam_run),
+        ("list post", lists::lists),
     ];
     for (name, f) in benches {
         if only.is_some_and(|o| !name.contains(o)) {

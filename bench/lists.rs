@@ -1,0 +1,199 @@
+//! A post to a list of 10,000 members (issue #18), beside the same list
+//! with 100: the list's post goes through smtp2stub's worker as the robot
+//! queues it (one ciphertext for every member, uploaded again for each
+//! further thousand), into a real post_manager; every member then makes a
+//! real signed poll, fetch and ack. Members are simulated cheaply: keys
+//! generated in this process, no node of their own. The anchor is the same
+//! deliveries as one SMTP message each into Postfix's smtp-sink, what a
+//! push list server sends.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::common::*;
+use crate::suite::{row, Row, Scale};
+use super::{Killed, sbin, wait_port};
+use futures_util::StreamExt;
+use stubmail::client::OutboxClient;
+use stubmail::protocol::PollRequest;
+use stubmail::spool::{Data, Envelope, Rcpt, Route, Spool};
+use stubmail::Identity;
+
+/// Members polling, fetching and acking at once.
+const AT_ONCE: usize = 16;
+
+struct Case {
+    /// Bytes the post added to the outbox's data directory (file contents
+    /// and directory entries, `du --apparent-size`), and the post's size.
+    stored: u64,
+    post: u64,
+    /// Median time of a member's ack, and of a fetch.
+    ack_s: f64,
+    fetch_s: f64,
+    /// From queueing the post to the last member's ack.
+    all_s: f64,
+}
+
+fn apparent_bytes(dir: &Path) -> u64 {
+    let out = stdout(&ok(Command::new("du").args(["-s", "-b", "--apparent-size"]).arg(dir)));
+    out.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn case(rt: &tokio::runtime::Runtime, root: &Path, n: usize) -> Case {
+    let dir = root.join(format!("list-{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let outbox = Outbox::start(&dir, "outbox");
+    let list = Arc::new(Identity::generate_list(Some("Bench"), "bench@example.org", &outbox.url(), None).unwrap());
+    let key = dir.join("list.asc");
+    std::fs::write(&key, stubmail::pgp::armored(&list.cert()).unwrap()).unwrap();
+    let cap = (n + 10).to_string();
+    ok(bin_cmd("post_manager")
+        .args(["account", "add", "--data"])
+        .arg(&outbox.data)
+        .arg("--key")
+        .arg(&key)
+        .args(["--max-recipients-per-message", &cap, "--max-recipients-per-day", &cap]));
+    // The members: keys made here, in the list's keyring as files (the
+    // keyring's import fsyncs each; a list grows one member at a time).
+    let members: Vec<Arc<Identity>> = (0..n)
+        .map(|i| Arc::new(Identity::generate(None, &format!("m{i}@example.net"), "http://127.0.0.1:9/").unwrap()))
+        .collect();
+    let keyring_dir = dir.join("keyring");
+    std::fs::create_dir_all(&keyring_dir).unwrap();
+    for m in &members {
+        std::fs::write(keyring_dir.join(format!("{}.pgp", m.fpr())), stubmail::pgp::binary(&m.cert()).unwrap()).unwrap();
+    }
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let worker = smtp2stub::worker::Worker {
+        spool: spool.clone(),
+        keyring: stubmail::keyring::Keyring::new(keyring_dir),
+        me: list.clone(),
+        outbox: OutboxClient::new(stubmail::client::http_client().unwrap(), &outbox.url(), list.clone()).unwrap(),
+        relay: None,
+        notices: None,
+        unstored: Default::default(),
+        stubs: Default::default(),
+        others: None,
+    };
+    // A 4 KB post as the robot publishes it: the list's fields, then the
+    // author's message.
+    let addrs = stubmail::list::Addresses::of("bench@example.org").unwrap();
+    let mut post = addrs.post_fields(Some("Bench"), &members[0].fpr(), &[0x88; 119]);
+    post.extend_from_slice(b"From: m0@example.net\r\nTo: bench@example.org\r\nSubject: a post\r\nMessage-ID: <p@example.net>\r\n\r\n");
+    while post.len() < 4096 {
+        post.extend_from_slice(b"The quick brown fox jumps over the lazy dog. 0123456789\r\n");
+    }
+    let env = Envelope {
+        qid: "lbench".into(),
+        from: addrs.post.clone(),
+        rcpts: members.iter().enumerate().map(|(i, m)| Rcpt { addr: format!("m{i}@example.net"), route: Route::Stub { fpr: m.fpr() } }).collect(),
+        received: stubmail::time::unix_now(),
+        helo: "list".into(),
+        peer: "bench".into(),
+        jobs: vec![],
+        subject: None,
+        list: true,
+    };
+    let before = apparent_bytes(&outbox.data);
+    let start = Instant::now();
+    rt.block_on(async {
+        spool.commit(&env, Data::Memory(post.clone())).await.unwrap();
+        worker.pass(true).await.unwrap();
+    });
+    let stored = apparent_bytes(&outbox.data) - before;
+    assert!(spool.queued().unwrap().is_empty(), "the post was uploaded");
+    // Every member: a signed poll, a fetch of the whole post, an ack.
+    let url = outbox.url();
+    let list_fpr = list.fpr();
+    let results: Vec<(f64, f64)> = rt.block_on(async {
+        futures_util::stream::iter(members.iter().cloned())
+            .map(|m| {
+                let (url, list_fpr) = (url.clone(), list_fpr.clone());
+                async move {
+                    let c = OutboxClient::new(stubmail::client::http_client().unwrap(), &url, m.clone()).unwrap();
+                    let req = PollRequest { senders: Some(vec![list_fpr]), certs: vec![stubmail::pgp::armored(&m.cert()).unwrap()], device: None, udp: false };
+                    let item = c.poll(&req).await.unwrap().messages.remove(0);
+                    let t = Instant::now();
+                    let body = c.fetch(&item.id, 0, item.size).await.unwrap().bytes().await.unwrap();
+                    let fetch_s = t.elapsed().as_secs_f64();
+                    assert_eq!(body.len() as u64, item.size);
+                    let t = Instant::now();
+                    c.ack(&item.id, None).await.unwrap();
+                    (fetch_s, t.elapsed().as_secs_f64())
+                }
+            })
+            .buffer_unordered(AT_ONCE)
+            .collect()
+            .await
+    });
+    let all_s = start.elapsed().as_secs_f64();
+    let (mut fetches, mut acks): (Vec<f64>, Vec<f64>) = results.into_iter().unzip();
+    Case { stored, post: post.len() as u64, ack_s: median(&mut acks), fetch_s: median(&mut fetches), all_s }
+}
+
+pub fn lists(scale: &Scale) -> Vec<Row> {
+    let (small, large) = scale.list_members;
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let s = case(&rt, root.path(), small);
+    let l = case(&rt, root.path(), large);
+
+    // Anchor: the same deliveries pushed into smtp-sink, one message each.
+    let port = free_port();
+    let mut sink = Command::new(sbin("smtp-sink"));
+    if stdout(&ok(Command::new("id").arg("-u"))).trim() == "0" {
+        sink.args(["-u", "nobody"]);
+    }
+    let sink = Killed(sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap());
+    wait_port(port);
+    let t = Instant::now();
+    ok(Command::new(sbin("smtp-source"))
+        .args(["-s", "10", "-m", &large.to_string(), "-l", &l.post.to_string(), "-f", "bench@example.org", "-t", "member@example.net"])
+        .arg(format!("127.0.0.1:{port}")));
+    let sink_s = t.elapsed().as_secs_f64();
+    drop(sink);
+
+    let budget = 2 * l.post + 200 * large as u64;
+    let per_member = l.stored.saturating_sub(l.post) as f64 / large as f64;
+    let ack_ratio = s.ack_s / l.ack_s;
+    vec![
+        row(
+            &format!("list post to {large} members: bytes stored in the outbox"),
+            format!("{} B ({:.0} B per member beyond the post)", l.stored, per_member),
+            format!("{budget} B (2 × the {} B post + 200 B per member)", l.post),
+            Some(budget as f64 / l.stored as f64),
+            "≤ 2× the post + 200 B per member",
+            l.stored <= budget,
+            format!(
+                "one stored copy, encrypted once to every member (a session key per member, ~96 B) and uploaded once per thousand; \
+                 the rest is each member's delivery state; `du --apparent-size` of the data directory before and after; {small} members: {} B",
+                s.stored
+            ),
+        ),
+        row(
+            &format!("list post: a member's ack at {large} members vs {small}"),
+            format!("{:.2} ms (fetch {:.2} ms)", l.ack_s * 1e3, l.fetch_s * 1e3),
+            format!("{:.2} ms (fetch {:.2} ms, {small} members)", s.ack_s * 1e3, s.fetch_s * 1e3),
+            Some(ack_ratio),
+            "≤ 1.5× (ratio ≥ 0.67×)",
+            ack_ratio >= 0.67,
+            format!("median of every member's signed ack; {AT_ONCE} members at a time. A fetch carries every member's session key, so it grows with the list"),
+        ),
+        row(
+            &format!("list post: until all {large} members have it"),
+            format!("{:.1} s", l.all_s),
+            format!("{sink_s:.1} s ({large} messages of {} B into smtp-sink)", l.post),
+            Some(sink_s / l.all_s),
+            "reported",
+            true,
+            format!("from queueing the post to the last member's ack: encrypt, upload, then every member's signed poll, fetch and ack, {AT_ONCE} at a time; {small} members: {:.1} s", s.all_s),
+        ),
+    ]
+}
