@@ -176,8 +176,9 @@ impl Robot {
             (None, Some(c)) => (c, false),
             (None, None) => return Ok(Outcome::Ignored(format!("{author} is neither a member nor a known stranger"))),
         };
-        let emails = pgp::all_emails_of(&cert);
-        let first = pgp::emails_of(&cert).into_iter().next().unwrap_or_default();
+        // The addresses of its valid User IDs only: a revoked one is no longer theirs.
+        let emails = pgp::emails_of(&cert);
+        let first = emails.first().cloned().unwrap_or_default();
         let header = &raw[..stubmail::mail::header_len(raw).unwrap_or(raw.len().min(64 * 1024))];
         let to_author = |body| (vec![Rcpt { addr: first.clone(), route: Route::Stub { fpr: author.clone() } }], body);
         match decide::decide(raw, &author, &sig, &emails, &self.addrs, self.description.as_deref()) {
