@@ -90,51 +90,82 @@ fn case(rt: &tokio::runtime::Runtime, root: &Path, n: usize) -> Case {
     while post.len() < 4096 {
         post.extend_from_slice(b"The quick brown fox jumps over the lazy dog. 0123456789\r\n");
     }
-    let env = Envelope {
-        qid: "lbench".into(),
-        from: addrs.post.clone(),
-        rcpts: members.iter().enumerate().map(|(i, m)| Rcpt { addr: format!("m{i}@example.net"), route: Route::Stub { fpr: m.fpr() } }).collect(),
-        received: stubmail::time::unix_now(),
-        helo: "list".into(),
-        peer: "bench".into(),
-        jobs: vec![],
-        subject: None,
-        list: true,
-    };
-    let before = apparent_bytes(&outbox.data);
-    let start = Instant::now();
-    rt.block_on(async {
-        spool.commit(&env, Data::Memory(post.clone())).await.unwrap();
-        worker.pass(true).await.unwrap();
-    });
-    let stored = apparent_bytes(&outbox.data) - before;
-    assert!(spool.queued().unwrap().is_empty(), "the post was uploaded");
-    // Every member: a signed poll, a fetch of the whole post, an ack.
     let url = outbox.url();
     let list_fpr = list.fpr();
-    let results: Vec<(f64, f64)> = rt.block_on(async {
-        futures_util::stream::iter(members.iter().cloned())
-            .map(|m| {
-                let (url, list_fpr) = (url.clone(), list_fpr.clone());
-                async move {
-                    let c = OutboxClient::new(stubmail::client::http_client().unwrap(), &url, m.clone()).unwrap();
-                    let req = PollRequest { senders: Some(vec![list_fpr]), certs: vec![stubmail::pgp::armored(&m.cert()).unwrap()], device: None, udp: false };
-                    let item = c.poll(&req).await.unwrap().messages.remove(0);
-                    let t = Instant::now();
-                    let body = c.fetch(&item.id, 0, item.size).await.unwrap().bytes().await.unwrap();
-                    let fetch_s = t.elapsed().as_secs_f64();
-                    assert_eq!(body.len() as u64, item.size);
-                    let t = Instant::now();
-                    c.ack(&item.id, None).await.unwrap();
-                    (fetch_s, t.elapsed().as_secs_f64())
-                }
+    let clients: Vec<OutboxClient> =
+        members.iter().map(|m| OutboxClient::new(stubmail::client::http_client().unwrap(), &url, m.clone()).unwrap()).collect();
+    let poll_req = |m: &Identity| PollRequest { senders: Some(vec![list_fpr.clone()]), certs: vec![stubmail::pgp::armored(&m.cert()).unwrap()], device: None, udp: false };
+    let publish = |qid: &str| {
+        let env = Envelope {
+            qid: qid.into(),
+            from: addrs.post.clone(),
+            rcpts: members.iter().enumerate().map(|(i, m)| Rcpt { addr: format!("m{i}@example.net"), route: Route::Stub { fpr: m.fpr() } }).collect(),
+            received: stubmail::time::unix_now(),
+            helo: "list".into(),
+            peer: "bench".into(),
+            jobs: vec![],
+            subject: None,
+            list: true,
+        };
+        rt.block_on(async {
+            spool.commit(&env, Data::Memory(post.clone())).await.unwrap();
+            worker.pass(true).await.unwrap();
+        });
+        assert!(spool.queued().unwrap().is_empty(), "the post was uploaded");
+    };
+    // Every member polls and fetches (AT_ONCE at a time): the time until
+    // all of them have the post.
+    let everyone_fetches = || -> String {
+        rt.block_on(async {
+            let ids: Vec<String> = futures_util::stream::iter(members.iter().zip(&clients))
+                .map(|(m, c)| {
+                    let req = poll_req(m);
+                    async move {
+                        let item = c.poll(&req).await.unwrap().messages.pop().unwrap();
+                        let body = c.fetch(&item.id, 0, item.size).await.unwrap().bytes().await.unwrap();
+                        assert_eq!(body.len() as u64, item.size);
+                        item.id
+                    }
+                })
+                .buffer_unordered(AT_ONCE)
+                .collect()
+                .await;
+            ids[0].clone()
+        })
+    };
+    let everyone_acks = |id: &str| -> Vec<f64> {
+        clients
+            .iter()
+            .map(|c| {
+                let t = Instant::now();
+                rt.block_on(c.ack(id, None)).unwrap();
+                t.elapsed().as_secs_f64()
             })
-            .buffer_unordered(AT_ONCE)
             .collect()
-            .await
-    });
+    };
+    // A first post: members' first polls leave their certificates and
+    // inboxes at the outbox, once. The second is the one measured.
+    publish("lbench1");
+    let first = everyone_fetches();
+    everyone_acks(&first);
+    let before = apparent_bytes(&outbox.data);
+    let start = Instant::now();
+    publish("lbench2");
+    let stored = apparent_bytes(&outbox.data) - before;
+    let id = everyone_fetches();
     let all_s = start.elapsed().as_secs_f64();
-    let (mut fetches, mut acks): (Vec<f64>, Vec<f64>) = results.into_iter().unzip();
+    // A fetch's time, one member at a time (a sample), then every ack.
+    let mut fetches: Vec<f64> = clients
+        .iter()
+        .take(50)
+        .map(|c| {
+            let t = Instant::now();
+            let size = rt.block_on(async { c.fetch(&id, 0, 1 << 26).await.unwrap().bytes().await.unwrap().len() });
+            assert!(size > 0);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let mut acks = everyone_acks(&id);
     Case { stored, post: post.len() as u64, ack_s: median(&mut acks), fetch_s: median(&mut fetches), all_s }
 }
 
@@ -173,7 +204,8 @@ pub fn lists(scale: &Scale) -> Vec<Row> {
             l.stored <= budget,
             format!(
                 "one stored copy, encrypted once to every member (a session key per member, ~96 B) and uploaded once per thousand; \
-                 the rest is each member's delivery state; `du --apparent-size` of the data directory before and after; {small} members: {} B",
+                 the rest is each member's delivery state; `du --apparent-size` of the data directory before and after the list's second post \
+                 (the first leaves each member's certificate and inbox once); {small} members: {} B",
                 s.stored
             ),
         ),
@@ -184,7 +216,7 @@ pub fn lists(scale: &Scale) -> Vec<Row> {
             Some(ack_ratio),
             "≤ 1.5× (ratio ≥ 0.67×)",
             ack_ratio >= 0.67,
-            format!("median of every member's signed ack; {AT_ONCE} members at a time. A fetch carries every member's session key, so it grows with the list"),
+            format!("median of every member's signed ack, one at a time (the fetch: 50 members, one at a time). A fetch carries every member's session key, so it grows with the list"),
         ),
         row(
             &format!("list post: until all {large} members have it"),
@@ -193,7 +225,7 @@ pub fn lists(scale: &Scale) -> Vec<Row> {
             Some(sink_s / l.all_s),
             "reported",
             true,
-            format!("from queueing the post to the last member's ack: encrypt, upload, then every member's signed poll, fetch and ack, {AT_ONCE} at a time; {small} members: {:.1} s", s.all_s),
+            format!("from queueing the post to the last member's fetch: encrypt, upload, then every member's signed poll and fetch, {AT_ONCE} at a time; {small} members: {:.1} s", s.all_s),
         ),
     ]
 }
