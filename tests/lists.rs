@@ -508,3 +508,48 @@ fn a_public_lists_archive_is_an_atom_feed_a_feed_reader_reads_and_gpg_verifies()
     );
     assert!(good && out.trim() == "404", "{out}");
 }
+
+/// Forged stubs (no real key behind them) naming an outbox that accepts
+/// connections and never answers: the robot tries each for a few seconds
+/// and forgets it, and members' posts do not wait for any of it.
+#[test]
+fn forged_stubs_naming_a_silent_outbox_hold_up_no_members_post() {
+    let n = notify_arg();
+    let port: u16 = n.rsplit(':').next().unwrap().parse().unwrap();
+    let mut w = World::start_with(&[&n]);
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    // An "outbox" that takes connections and says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let list_fpr = stubmail::protocol::Fpr::parse(&w.list.fingerprint()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..8u32 {
+        let stub = stubmail::protocol::udp::Stub {
+            sender: stubmail::protocol::Fpr::parse(&format!("{:040X}", 0xF000 + i)).unwrap(),
+            recipient: list_fpr.clone(),
+            id: format!("{:064x}", i),
+            size: 100,
+            made: stubmail::time::unix_now(),
+            outbox: silent_url.clone(),
+        };
+        udp.send_to(&stub.encode(&[0x88; 64]).unwrap(), ("127.0.0.1", port)).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    send(&w.bob, &logs, &[LIST], "From: bob@example.net\r\nTo: team@example.org\r\nSubject: not held up\r\n\r\nhi\r\n");
+    wait_mail(&w.carol, 1);
+    assert!(t.elapsed() < std::time::Duration::from_secs(8), "a member's post waited {:?} behind forged stubs", t.elapsed());
+    // Each forgery is tried for a few seconds, then forgotten.
+    wait_for("the forged introductions to be forgotten", 60, || {
+        let l = stdout(&ok(w.list.stubmail().args(["intro", "list"])));
+        l.contains("no introductions waiting").then_some(())
+    });
+    assert!(w.robot.as_ref().unwrap().log().contains("introduction not taken"));
+}

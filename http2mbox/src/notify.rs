@@ -75,10 +75,10 @@ impl HeldStub {
 /// from the outbox the stubs named, and taken only if its fingerprint is
 /// the stubs' sender's, it binds that outbox, and it verifies one of the
 /// held stubs' signatures (else the stubs were not theirs to make).
-pub async fn introduced_cert(http: &reqwest::Client, intro: &Intro) -> anyhow::Result<stubmail::openpgp::Cert> {
+pub async fn introduced_cert(http: &reqwest::Client, intro: &Intro, deadline: Duration) -> anyhow::Result<stubmail::openpgp::Cert> {
     use anyhow::Context;
     let f = &intro.sender;
-    let bytes = stubmail::client::OutboxClient::account_cert(http, &intro.outbox, f, stubmail::client::REQUEST_DEADLINE)
+    let bytes = stubmail::client::OutboxClient::account_cert(http, &intro.outbox, f, deadline)
         .await
         .with_context(|| format!("fetching {f}'s certificate from {}", intro.outbox))?;
     let cert = pgp::parse_certs(&bytes)?

@@ -20,10 +20,9 @@
 pub mod decide;
 pub mod notices;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use decide::Decision;
@@ -43,9 +42,13 @@ const CONFIRM_WITHIN: i64 = 7 * 86400;
 /// A stranger's certificate (a would-be member, a non-member who posted)
 /// is kept this long after their last message, for the robot's answers.
 const STRANGER_KEPT: Duration = Duration::from_secs(7 * 86400);
-/// An introduction whose certificate could not be had is tried again
-/// after this long.
-const INTRO_RETRY: Duration = Duration::from_secs(60);
+/// Time for a stranger's certificate (an unauthenticated stub named the
+/// outbox), and for the whole introduction: the certificate and a poll of
+/// their outbox, which fetches what they sent.
+const INTRO_DEADLINE: Duration = Duration::from_secs(10);
+const INTRO_TOTAL: Duration = Duration::from_secs(60);
+/// Introductions taken at once.
+const INTROS_AT_ONCE: usize = 4;
 
 /// The robot's files, under the list's data directory:
 ///
@@ -80,8 +83,6 @@ pub struct Robot {
     dir: PathBuf,
     /// Told when something was queued, so the worker goes at once.
     pub kick: Arc<tokio::sync::Notify>,
-    /// Introductions that failed, and when: tried again after [`INTRO_RETRY`].
-    intro_tries: Mutex<HashMap<Fpr, Instant>>,
 }
 
 /// What one message led to, for the log and the tests.
@@ -128,7 +129,6 @@ impl Robot {
             intake: Maildir::open(&dir.join("intake")).context("opening the list's intake")?,
             dir,
             kick: Arc::new(tokio::sync::Notify::new()),
-            intro_tries: Default::default(),
         })
     }
 
@@ -330,46 +330,64 @@ impl Robot {
     /// `stubmail intro accept` does, kept among the strangers, and their
     /// outbox polled for what they sent the list, which lands in the
     /// intake like a member's mail. Nothing makes them a member.
-    pub async fn take_introductions(&self, home: &Home, config: &Config, poller: &http2mbox::poller::Poller) -> anyhow::Result<()> {
+    ///
+    /// A stub is unauthenticated until the certificate is had (anyone can
+    /// send one naming any outbox), so each introduction gets a few
+    /// seconds ([`INTRO_DEADLINE`], [`INTRO_TOTAL`]), [`INTROS_AT_ONCE`] at a time, on a task
+    /// of its own that members' posts never wait for; one that fails is
+    /// forgotten, so forged stubs do not keep the quarantine full.
+    pub async fn take_introductions(&self, home: &Home, config: &Config, poller: &http2mbox::poller::Poller, http: &reqwest::Client) -> anyhow::Result<usize> {
+        use futures_util::StreamExt;
         let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
         let blocks = poller.blocks.get().map_err(|e| anyhow::anyhow!("the blocklist: {e}"))?;
-        for intro in q.list()? {
-            let f = intro.sender.clone();
-            if self.intro_tries.lock().expect("not poisoned").get(&f).is_some_and(|t| t.elapsed() < INTRO_RETRY) {
-                continue;
-            }
-            if let Some(why) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
-                tracing::info!(stranger = %f, "list: not introduced, {why}");
-                q.reject(&f)?;
-                continue;
-            }
-            let cert = match http2mbox::notify::introduced_cert(&poller.http, &intro).await {
-                Ok(c) => pgp::reduced(&c)?,
-                Err(e) => {
-                    tracing::warn!(stranger = %f, "list: introduction not taken (tried again later): {e:#}");
-                    self.intro_tries.lock().expect("not poisoned").insert(f, Instant::now());
-                    continue;
+        let intros = q.list()?;
+        let n = intros.len();
+        let q = &q;
+        let blocks = &blocks;
+        futures_util::stream::iter(intros)
+            .for_each_concurrent(INTROS_AT_ONCE, |intro| async move {
+                let f = intro.sender.clone();
+                if let Some(why) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
+                    tracing::info!(stranger = %f, "list: not introduced, {why}");
+                    let _ = q.reject(&f);
+                    return;
                 }
-            };
-            if self.keyring.get(&f)?.is_none() {
-                // A stranger's key may claim any address; among strangers
-                // it only names whom the robot answers.
-                let _ = self.strangers.remove(f.as_str());
-                self.strangers.import(vec![cert.clone()]).or_else(|e| match e {
-                    stubmail::keyring::KeyringError::AddressTaken { old, .. } => {
-                        self.strangers.remove(old.as_str())?;
-                        self.strangers.import(vec![cert.clone()])
-                    }
-                    e => Err(e),
-                })?;
-            }
-            q.remove(&f)?;
-            match poller.poll_strangers(&intro.outbox, vec![cert]).await {
-                Ok(r) => tracing::info!(stranger = %f, delivered = r.delivered, "list: a stranger's messages fetched"),
-                Err(e) => tracing::warn!(stranger = %f, "list: a stranger's outbox: {e:#}"),
-            }
-        }
+                let taken = tokio::time::timeout(INTRO_TOTAL, async {
+                    let cert = pgp::reduced(&http2mbox::notify::introduced_cert(http, &intro, INTRO_DEADLINE).await?)?;
+                    self.keep_stranger(&f, &cert)?;
+                    poller.poll_strangers(&intro.outbox, vec![cert]).await
+                })
+                .await;
+                // Taken or not, the introduction is done with: a stranger
+                // whose outbox failed sends again (the direct stubs come
+                // three times; a new message, three more).
+                let _ = q.remove(&f);
+                match taken {
+                    Ok(Ok(r)) => tracing::info!(stranger = %f, delivered = r.delivered, "list: a stranger's messages fetched"),
+                    Ok(Err(e)) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: {e:#}"),
+                    Err(_) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: not done within {INTRO_TOTAL:?}"),
+                }
+            })
+            .await;
         self.prune_strangers();
+        Ok(n)
+    }
+
+    /// Keep a stranger's certificate among the strangers (not a member's).
+    fn keep_stranger(&self, f: &Fpr, cert: &Cert) -> anyhow::Result<()> {
+        if self.keyring.get(f)?.is_some() {
+            return Ok(());
+        }
+        // A stranger's key may claim any address; among strangers it only
+        // names whom the robot answers.
+        let _ = self.strangers.remove(f.as_str());
+        self.strangers.import(vec![cert.clone()]).or_else(|e| match e {
+            stubmail::keyring::KeyringError::AddressTaken { old, .. } => {
+                self.strangers.remove(old.as_str())?;
+                self.strangers.import(vec![cert.clone()])
+            }
+            e => Err(e),
+        })?;
         Ok(())
     }
 
@@ -442,12 +460,26 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
     let poll = tokio::spawn(async move {
         http2mbox::daemon(&h, &c, p, interval, http2mbox::Listeners { notify, ..Default::default() }, sd).await
     });
+    // Strangers' introductions on a task of their own: a stranger's outbox
+    // that answers slowly (or never) holds up no member's post.
+    let intros = if config.notify.first_contact {
+        let (robot, poller, home, config, shutdown) = (robot.clone(), poller.clone(), home.clone(), config.clone(), shutdown.clone());
+        let http = stubmail::client::http_client_with_timeout(INTRO_DEADLINE)?;
+        Some(tokio::spawn(async move {
+            loop {
+                if let Err(e) = robot.take_introductions(&home, &config, &poller, &http).await {
+                    tracing::warn!("list: introductions: {e:#}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }))
+    } else {
+        None
+    };
     loop {
-        if config.notify.first_contact
-            && let Err(e) = robot.take_introductions(home, config, &poller).await
-        {
-            tracing::warn!("list: introductions: {e:#}");
-        }
         if let Err(e) = robot.process_all().await {
             tracing::warn!("list: {e:#}");
         }
@@ -461,6 +493,9 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
         }
     }
     poll.await??;
+    if let Some(t) = intros {
+        let _ = t.await;
+    }
     let _ = work.await;
     Ok(())
 }

@@ -87,7 +87,7 @@ pub fn run(home: &Home, cmd: IntroCommand) -> anyhow::Result<()> {
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let http = stubmail::client::http_client_with_timeout(std::time::Duration::from_secs(config.poll.timeout_secs.max(1)))?;
-            let cert = rt.block_on(http2mbox::notify::introduced_cert(&http, &intro)).map_err(|e| {
+            let cert = rt.block_on(http2mbox::notify::introduced_cert(&http, &intro, stubmail::client::REQUEST_DEADLINE)).map_err(|e| {
                 if e.to_string().contains("forged") { anyhow::anyhow!("{e:#} (try `stubmail intro reject {f}`)") } else { e }
             })?;
             home.keyring().import(vec![cert.clone()])?;
