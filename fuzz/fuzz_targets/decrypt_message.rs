@@ -62,6 +62,7 @@ fuzz_target!(|input: &[u8]| {
         max_plain: BOUND,
         claims: &claims,
         forward: None,
+        keyring: None,
     };
     let mut out = Counted(0);
     let _ = http2mbox::deliver::render(&m, &mut out);

@@ -51,6 +51,9 @@ pub struct Incoming<'a> {
     pub claims: &'a Claims,
     /// Forwarding, when `[forward]` is set.
     pub forward: Option<&'a crate::forward::Forward>,
+    /// The recipient's contacts: a list post's or a forward's author is
+    /// checked against their certificate, when they are one.
+    pub keyring: Option<&'a stubmail::keyring::Keyring>,
 }
 
 /// Address → the contacts whose certificates claim it.
@@ -115,8 +118,12 @@ fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     // its From: is the author's, and the field carrying the author's
     // signature stays (`stubmail::list`).
     let via = relayed_by(m.sender, &header);
+    let author = match &via {
+        Some(_) => author_verified(m, &header),
+        None => None,
+    };
     let header = strip_forged_trace(&header, m.hostname, via.is_some());
-    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname, via.as_ref());
+    let trace = trace_headers(m.sender, m.claims, &header, m.id, m.outbox_host, m.hostname, via.as_ref(), author.as_ref());
     let mut w = CrlfToLf::new(out);
     w.write_all(trace.as_bytes())?;
     w.write_all(&header)?;
@@ -364,6 +371,25 @@ fn strip_forged_trace(header: &[u8], hostname: &str, list_post: bool) -> Vec<u8>
 }
 
 /// The headers http2mbox adds on top (docs/PROTOCOL.md §6).
+/// The author of a list post or a forward, if their signature in
+/// `Stubmail-Author-Signature` verifies over the message it carries with
+/// the certificate of a contact of ours: a second pass over the message
+/// (decrypted again; only list posts and forwards take it).
+fn author_verified(m: &Incoming, header: &[u8]) -> Option<Cert> {
+    let (fpr, sig, at) = stubmail::list::author_of(header)?;
+    let cert = m.keyring?.get(&fpr).ok()??;
+    let input = File::open(m.staged).ok()?;
+    let plain = pgp::decrypt_verify(m.me, m.sender, input).ok()?;
+    let mut plain = BufReader::with_capacity(64 * 1024, Bounded { inner: plain, left: m.max_plain, limit: m.max_plain });
+    let again = stubmail::mail::read_header(&mut plain, MAX_HEADER).ok()?;
+    // The header read again is the same (and so the offset), or nothing.
+    if again != header {
+        return None;
+    }
+    let tail = io::Cursor::new(header[at..].to_vec()).chain(plain);
+    pgp::verify_detached_reader(&cert, tail, &sig).ok().map(|()| cert)
+}
+
 /// How a message came to be signed by someone else than its author.
 #[derive(Debug, PartialEq, Eq)]
 enum Via {
@@ -397,14 +423,21 @@ fn list_post_address(header: &[u8]) -> Option<String> {
     stubmail::mail::is_plain_address(&addr).then_some(addr)
 }
 
-fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str, via: Option<&Via>) -> String {
+#[allow(clippy::too_many_arguments)]
+fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox_host: &str, hostname: &str, via: Option<&Via>, author: Option<&Cert>) -> String {
     let fpr = pgp::fpr_of(sender);
     let signer_emails = pgp::emails_of(sender);
     let from = stubmail::mail::addresses(header, &["From"]);
-    // Every From: address is a User ID of the signer, and belongs to no
-    // other contact (one address, one contact).
-    let from_ok = !from.is_empty()
-        && from.iter().all(|a| signer_emails.contains(a) && claims.get(a).is_none_or(|owners| owners.iter().all(|o| *o == fpr)));
+    // Every From: address is a User ID of `cert`, and belongs to no other
+    // contact (one address, one contact).
+    let owned_by = |cert: &Cert| {
+        let (f, emails) = (pgp::fpr_of(cert), pgp::emails_of(cert));
+        !from.is_empty() && from.iter().all(|a| emails.contains(a) && claims.get(a).is_none_or(|owners| owners.iter().all(|o| *o == f)))
+    };
+    let from_ok = owned_by(sender);
+    // A list post or a forward whose author's own signature verified, by
+    // a contact whose address the From: is.
+    let author_ok = author.is_some_and(|a| owned_by(a));
     let signer = signer_emails.first().cloned().unwrap_or_default();
     let now = stubmail::time::unix_now();
     format!(
@@ -418,10 +451,14 @@ fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox
         from.first().map(String::as_str).unwrap_or("(none)"),
         match via {
             _ if from_ok => "pass".to_string(),
-            // The list (or the forwarder) vouches for the message; the
-            // author's own signature travels in its field.
+            Some(Via::List(l)) if author_ok => format!("pass; author verified, via {l}"),
+            Some(Via::Forward(f)) if author_ok => format!("pass; author verified, forwarded by {f}"),
+            // The list checked that its member wrote it under their own
+            // address; the author's signature travels in its field.
             Some(Via::List(l)) => format!("list; via {l}"),
-            Some(Via::Forward(f)) => format!("forwarded; via {f}"),
+            // A forwarder vouches for nothing: anyone can write
+            // Resent-From: above a forged From:.
+            Some(Via::Forward(f)) => format!("fail; forwarded by {f}, author not verified"),
             None => "fail".to_string(),
         },
     )
@@ -434,17 +471,17 @@ mod tests {
     #[test]
     fn from_check_in_trace_headers() {
         let a = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
-        let t = trace_headers(&a.cert(), &Claims::new(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me", None);
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: Alice <Alice@Example.org>\r\n\r\n", "ab", "h", "me", None, None);
         assert!(t.contains("(from=pass)"), "{t}");
-        let t = trace_headers(&a.cert(), &Claims::new(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me", None);
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: ceo@bank.example\r\n\r\n", "ab", "h", "me", None, None);
         assert!(t.contains("(from=fail)") && t.contains(&format!("Stubmail-Sender-Fingerprint: {}", a.fpr())), "{t}");
         // The signer's address, but another contact claims it too: fail.
         let mut claims = Claims::new();
         claims.insert("alice@example.org".into(), vec![a.fpr(), stubmail::protocol::Fpr::parse(&"E".repeat(40)).unwrap()]);
-        let t = trace_headers(&a.cert(), &claims, b"From: alice@example.org\r\n\r\n", "ab", "h", "me", None);
+        let t = trace_headers(&a.cert(), &claims, b"From: alice@example.org\r\n\r\n", "ab", "h", "me", None, None);
         assert!(t.contains("(from=fail)"), "{t}");
         // Two From: fields, one of them the signer's: fail.
-        let t = trace_headers(&a.cert(), &Claims::new(), b"From: carol@example.com\r\nFrom: alice@example.org\r\n\r\n", "ab", "h", "me", None);
+        let t = trace_headers(&a.cert(), &Claims::new(), b"From: carol@example.com\r\nFrom: alice@example.org\r\n\r\n", "ab", "h", "me", None, None);
         assert!(t.contains("(from=fail)"), "{t}");
     }
 
@@ -466,8 +503,23 @@ Stubmail-Author-Signature: fpr=AA; sig=AA==\r\nStubmail-Id: forged\r\nFrom: alic
         // A field name with a multi-byte character where the prefix ends
         // (the list_posts fuzz target's find): no panic, nothing removed.
         assert_eq!(strip_forged_trace("Stubmail\u{e9}: x\r\n\r\n".as_bytes(), "me", false), "Stubmail\u{e9}: x\r\n\r\n".as_bytes());
-        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", relayed_by(&list.cert(), h).as_ref());
+        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", relayed_by(&list.cert(), h).as_ref(), None);
         assert!(t.contains("header.from=alice@example.org (from=list; via team@example.org)"), "{t}");
+        // The author's own signature verified with a contact's certificate
+        // owning the From: address: pass.
+        let alice = Identity::generate(None, "alice@example.org", "http://a/").unwrap();
+        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", relayed_by(&list.cert(), h).as_ref(), Some(&alice.cert()));
+        assert!(t.contains("(from=pass; author verified, via team@example.org)"), "{t}");
+        // Verified, but by someone whose address the From: is not: still the list's word only.
+        let t = trace_headers(&list.cert(), &Claims::new(), h, "ab", "h", "me", relayed_by(&list.cert(), h).as_ref(), Some(&mallory.cert()));
+        assert!(t.contains("(from=list; via team@example.org)"), "{t}");
+        // Any contact can write Resent-From: above a forged From: — a
+        // forward vouches for nothing unless the author's signature does.
+        let fwd = b"Resent-From: team@example.org\r\nFrom: ceo@bank.example\r\nStubmail-Author-Signature: fpr=AA; sig=AA==\r\n\r\n";
+        let via = relayed_by(&mallory.cert(), fwd);
+        assert_eq!(via, Some(Via::Forward("team@example.org".into())));
+        let t = trace_headers(&mallory.cert(), &Claims::new(), fwd, "ab", "h", "me", via.as_ref(), None);
+        assert!(t.contains("(from=fail; forwarded by team@example.org, author not verified)"), "{t}");
         // Anything but a plain mailto: names no list.
         for bad in [&b"List-Post: NO\r\n\r\n"[..], b"List-Post: <https://x/>\r\n\r\n", b"List-Post: <mailto:a b@x>\r\n\r\n", b"Subject: x\r\n\r\n"] {
             assert_eq!(list_post_address(bad), None, "{}", String::from_utf8_lossy(bad));
@@ -527,7 +579,7 @@ Subject: hi\r\n\r\n";
         let cert = a.cert();
         let md = Maildir::open(&d.path().join("Maildir")).unwrap();
         let journal = Journal::open(&d.path().join("journal")).unwrap();
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new(), forward: None };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new(), forward: None, keyring: None };
         let e = deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap_err();
         assert!(e.downcast_ref::<CryptoReject>().is_some() && e.to_string().contains("larger than"), "{e:#}");
         for sub in ["tmp", "new", "cur"] {
@@ -553,7 +605,7 @@ Subject: hi\r\n\r\n";
         let p = d.path().join("bad.part");
         std::fs::write(&p, data("truncated-seipd.pgp")).unwrap();
         let cert = a.cert();
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: "x", outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new(), forward: None };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: "x", outbox_host: "o", hostname: "h", max_plain: 1 << 20, claims: &Claims::new(), forward: None, keyring: None };
         let e = render(&m, &mut Vec::new()).unwrap_err();
         assert!(e.to_string().contains("OpenPGP parser failed"), "{e:#}");
     }
@@ -575,7 +627,7 @@ Subject: hi\r\n\r\n";
         let cert = a.cert();
         let md = Maildir::open(&d.path().join("Maildir")).unwrap();
         let journal = Journal::open(&d.path().join("journal")).unwrap();
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None, keyring: None };
         let e = deliver(&m, &Target::Maildir(md), &journal, d.path()).unwrap_err();
         assert!(e.to_string().contains("header block is longer"), "{e:#}");
     }
@@ -604,7 +656,7 @@ Subject: hi\r\n\r\n";
         let cert = a.cert();
         let text = b"From: alice@example.org\r\nSubject: s\r\n\r\nFrom the start\r\n>From quoted\r\nno final newline";
         let (p, id) = staged(d.path(), &a, &b, text);
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None, keyring: None };
         deliver(&m, &Target::Mbox(mbox_path.clone()), &journal, &work).unwrap();
         let got = std::fs::read_to_string(&mbox_path).unwrap();
         assert!(got.starts_with("From alice@example.org "), "{got}");
@@ -613,7 +665,7 @@ Subject: hi\r\n\r\n";
 
         // A torn append: intent recorded, half the bytes written, crash.
         let (p2, id2) = staged(d.path(), &a, &b, b"Subject: two\r\n\r\nsecond\r\n");
-        let m2 = Incoming { me: &b, sender: &cert, staged: &p2, id: &id2, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
+        let m2 = Incoming { me: &b, sender: &cert, staged: &p2, id: &id2, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None, keyring: None };
         let rendered = work.join(format!("{id2}.mbox"));
         let before = std::fs::metadata(&mbox_path).unwrap().len();
         deliver(&m2, &Target::Mbox(mbox_path.clone()), &journal, &work).unwrap();
@@ -649,13 +701,13 @@ Subject: hi\r\n\r\n";
         let journal = Journal::open(&d.path().join("journal")).unwrap();
         let cert = a.cert();
         let (p, id) = staged(d.path(), &a, &b, b"Subject: mda\r\n\r\npiped\r\n");
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None, keyring: None };
         let out = d.path().join("out.txt");
         let cmd = format!("cat > {}", out.display());
         deliver(&m, &Target::Mda(cmd), &journal, d.path()).unwrap();
         assert!(std::fs::read_to_string(&out).unwrap().ends_with("Subject: mda\n\npiped\n"));
         let (p, id) = staged(d.path(), &a, &b, b"Subject: x\r\n\r\nx\r\n");
-        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None };
+        let m = Incoming { me: &b, sender: &cert, staged: &p, id: &id, outbox_host: "o", hostname: "h", max_plain: 1 << 30, claims: &Claims::new(), forward: None, keyring: None };
         assert!(deliver(&m, &Target::Mda("exit 75".into()), &journal, d.path()).is_err());
         assert_eq!(journal.get(&id).unwrap(), None);
     }

@@ -761,9 +761,21 @@ impl Poller {
         let claims = self.claims.lock().expect("not poisoned").clone();
         let staged2 = staged.clone();
         let forward = self.forward.clone();
+        let keyring = self.keyring.clone();
         let result = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&work)?;
-            let m = Incoming { me: &me, sender: &cert, staged: &staged2, id: &id, outbox_host: &outbox_host, hostname: &hostname, max_plain, claims: &claims, forward: forward.as_deref() };
+            let m = Incoming {
+                me: &me,
+                sender: &cert,
+                staged: &staged2,
+                id: &id,
+                outbox_host: &outbox_host,
+                hostname: &hostname,
+                max_plain,
+                claims: &claims,
+                forward: forward.as_deref(),
+                keyring: Some(&keyring),
+            };
             deliver::deliver(&m, &target, &journal, &work)
         })
         .await?;

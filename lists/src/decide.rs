@@ -58,6 +58,12 @@ pub fn decide(raw: &[u8], author: &Fpr, sig: &[u8], author_emails: &[String], ad
             author_emails.join(", ")
         ));
     }
+    // Mail clients show Sender: and Resent-From: as who sent it ("bob on
+    // behalf of ..."): they too must be the member's own.
+    let shown = stubmail::mail::addresses(header, &["Sender", "Resent-From", "Resent-Sender"]);
+    if let Some(a) = shown.iter().find(|a| !author_emails.contains(a)) {
+        return Decision::Refuse(format!("its Sender: or Resent-From: names {a}, which is not your own address"));
+    }
     match addrs.request(&stubmail::mail::addresses(header, &["To", "Cc"])) {
         Some(Request::Post) => {
             let mut post = addrs.post_fields(description, author, sig);
@@ -100,6 +106,11 @@ mod tests {
     }
 
     #[test]
+    fn a_members_own_sender_field_is_fine() {
+        assert!(matches!(decide_on("From: alice@example.org\r\nSender: Alice <ALICE@example.org>\r\nTo: team@example.org\r\n\r\n"), Decision::Publish(_)));
+    }
+
+    #[test]
     fn requests_by_address() {
         assert_eq!(decide_on("From: alice@example.org\r\nTo: team-unsubscribe@example.org\r\n\r\n"), Decision::Unsubscribe);
         assert_eq!(decide_on("From: alice@example.org\r\nCc: TEAM-subscribe@example.org\r\n\r\n"), Decision::Subscribe);
@@ -115,6 +126,8 @@ mod tests {
         refused("From: ceo@bank.example\r\nTo: team@example.org\r\n\r\n", "not your own address");
         refused("From: alice@example.org, ceo@bank.example\r\nTo: team@example.org\r\n\r\n", "not your own address");
         refused("To: team@example.org\r\n\r\n", "From: (none)");
+        refused("From: alice@example.org\r\nSender: bob@example.net\r\nTo: team@example.org\r\n\r\n", "names bob@example.net");
+        refused("From: alice@example.org\r\nResent-From: bob@example.net\r\nTo: team@example.org\r\n\r\n", "names bob@example.net");
         // Ambiguous or no list address (a Bcc'd list cannot be told from a copy).
         refused("From: alice@example.org\r\nTo: team@example.org, team-unsubscribe@example.org\r\n\r\n", "more than one");
         refused("From: alice@example.org\r\nTo: bob@example.net\r\n\r\n", "none");

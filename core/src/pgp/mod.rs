@@ -628,6 +628,15 @@ pub fn verify_detached(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// [`verify_detached`] over what `data` reads (to its end), so a large
+/// message needs no copy in memory.
+pub fn verify_detached_reader(cert: &Cert, data: impl Read + Send + Sync, sig: &[u8]) -> Result<()> {
+    let helper = OnlySigner { cert: cert.clone(), good: false, sig: None };
+    let mut v = DetachedVerifierBuilder::from_bytes(sig)?.with_policy(&POLICY, None, helper)?;
+    v.verify_reader(data)?;
+    Ok(())
+}
+
 /// Verification policy: a good signature by exactly this certificate, and
 /// (when decrypting) the message must have been encrypted.
 struct OnlySigner {
