@@ -37,6 +37,10 @@ pub fn run(home: &Home, cmd: ListCommand) -> anyhow::Result<()> {
             // Strangers' stubs (requests to join, non-members' posts) are
             // held for the robot, which fetches them itself.
             config.notify.first_contact = true;
+            // Everyone who writes to a list is a new stranger to it, and the
+            // users of one provider write from one address: more of them
+            // than to a person (each costs the robot one bounded attempt).
+            config.notify.new_strangers_per_source_hour = 100;
             if let Some(f) = owner {
                 let certs = read_certs(&f)?;
                 list.owner = certs.first().and_then(|c| pgp::emails_of(c).into_iter().next());
