@@ -92,8 +92,10 @@ fn case(rt: &tokio::runtime::Runtime, root: &Path, n: usize) -> Case {
     }
     let url = outbox.url();
     let list_fpr = list.fpr();
-    let clients: Vec<OutboxClient> =
-        members.iter().map(|m| OutboxClient::new(stubmail::client::http_client().unwrap(), &url, m.clone()).unwrap()).collect();
+    // One connection pool for every simulated member (as many connections
+    // as members at once): the outbox caps connections per client address.
+    let http = stubmail::client::http_client().unwrap();
+    let clients: Vec<OutboxClient> = members.iter().map(|m| OutboxClient::new(http.clone(), &url, m.clone()).unwrap()).collect();
     let poll_req = |m: &Identity| PollRequest { senders: Some(vec![list_fpr.clone()]), certs: vec![stubmail::pgp::armored(&m.cert()).unwrap()], device: None, udp: false };
     let publish = |qid: &str| {
         let env = Envelope {
