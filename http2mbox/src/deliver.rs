@@ -119,7 +119,7 @@ fn render_checked(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<()> {
     // signature stays (`stubmail::list`).
     let via = relayed_by(m.sender, &header);
     let author = match &via {
-        Some(_) => author_verified(m, &header),
+        Some(v) => author_verified(m, v, &header),
         None => None,
     };
     let header = strip_forged_trace(&header, m.hostname, via.is_some());
@@ -375,8 +375,14 @@ fn strip_forged_trace(header: &[u8], hostname: &str, list_post: bool) -> Vec<u8>
 /// `Stubmail-Author-Signature` verifies over the message it carries with
 /// the certificate of a contact of ours: a second pass over the message
 /// (decrypted again; only list posts and forwards take it).
-fn author_verified(m: &Incoming, header: &[u8]) -> Option<Cert> {
+fn author_verified(m: &Incoming, via: &Via, header: &[u8]) -> Option<Cert> {
     let (fpr, sig, at) = stubmail::list::author_of(header)?;
+    // Above the author field only what a list or a forwarder writes: any
+    // other field there (a Subject:, a Reply-To:) is the relayer's, not
+    // covered by the author's signature, yet shown first by mail clients.
+    if !only_relay_fields(&header[..at], via) {
+        return None;
+    }
     let cert = m.keyring?.get(&fpr).ok()??;
     let input = File::open(m.staged).ok()?;
     let plain = pgp::decrypt_verify(m.me, m.sender, input).ok()?;
@@ -388,6 +394,25 @@ fn author_verified(m: &Incoming, header: &[u8]) -> Option<Cert> {
     }
     let tail = io::Cursor::new(header[at..].to_vec()).chain(plain);
     pgp::verify_detached_reader(&cert, tail, &sig).ok().map(|()| cert)
+}
+
+/// Whether `fields` (the header above the author field) holds only the
+/// fields a list (`List-*`, `Precedence`) or a forwarder (`Resent-*`)
+/// writes, and the author field itself.
+fn only_relay_fields(fields: &[u8], via: &Via) -> bool {
+    fields.split_inclusive(|&b| b == b'\n').all(|line| {
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            return true;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else { return false };
+        let name = &line[..colon];
+        let prefixed = |p: &[u8]| name.len() > p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+        name.eq_ignore_ascii_case(stubmail::list::AUTHOR_FIELD.as_bytes())
+            || match via {
+                Via::List(_) => prefixed(b"List-") || name.eq_ignore_ascii_case(b"Precedence"),
+                Via::Forward(_) => prefixed(b"Resent-"),
+            }
+    })
 }
 
 /// How a message came to be signed by someone else than its author.
@@ -520,6 +545,15 @@ Stubmail-Author-Signature: fpr=AA; sig=AA==\r\nStubmail-Id: forged\r\nFrom: alic
         assert_eq!(via, Some(Via::Forward("team@example.org".into())));
         let t = trace_headers(&mallory.cert(), &Claims::new(), fwd, "ab", "h", "me", via.as_ref(), None);
         assert!(t.contains("(from=fail; forwarded by team@example.org, author not verified)"), "{t}");
+        // Above the author field, only the relayer's own fields: a Subject:
+        // or Reply-To: there is not covered by the author's signature.
+        let fw = Via::Forward("x@y".into());
+        assert!(only_relay_fields(b"Resent-From: x@y\r\nresent-to: z@y\r\n\tz2@y\r\nStubmail-Author-Signature: fpr=AA;\r\n sig=AA==\r\n", &fw));
+        assert!(!only_relay_fields(b"Resent-From: x@y\r\nSubject: URGENT\r\nStubmail-Author-Signature: fpr=AA; sig=AA==\r\n", &fw));
+        assert!(!only_relay_fields(b"Resent-From: x@y\r\nList-Id: <l>\r\n", &fw));
+        assert!(!only_relay_fields(b"Reply-To: m@x\r\n", &Via::List("l@x".into())));
+        assert!(!only_relay_fields(b"junk without a colon\r\n", &Via::List("l@x".into())));
+        assert!(only_relay_fields(b"List-Id: <l.x>\r\nPrecedence: list\r\nList-Post: <mailto:l@x>\r\n", &Via::List("l@x".into())));
         // Anything but a plain mailto: names no list.
         for bad in [&b"List-Post: NO\r\n\r\n"[..], b"List-Post: <https://x/>\r\n\r\n", b"List-Post: <mailto:a b@x>\r\n\r\n", b"Subject: x\r\n\r\n"] {
             assert_eq!(list_post_address(bad), None, "{}", String::from_utf8_lossy(bad));
