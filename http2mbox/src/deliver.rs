@@ -462,7 +462,7 @@ fn trace_headers(sender: &Cert, claims: &Claims, header: &[u8], id: &str, outbox
     let from_ok = owned_by(sender);
     // A list post or a forward whose author's own signature verified, by
     // a contact whose address the From: is.
-    let author_ok = author.is_some_and(|a| owned_by(a));
+    let author_ok = author.is_some_and(owned_by);
     let signer = signer_emails.first().cloned().unwrap_or_default();
     let now = stubmail::time::unix_now();
     format!(
