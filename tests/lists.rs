@@ -194,8 +194,11 @@ fn a_member_leaves_by_mail_and_gets_no_more_posts_and_refused_posts_are_answered
     let got = wait_mail(&w.bob, 2);
     assert!(got.iter().any(|p| read(p).contains("Subject: after carol")));
     assert_eq!(wait_mail(&w.alice, 1).len(), 1);
-    w.carol.http2mbox_once();
-    assert!(w.carol.maildir_new().is_empty(), "Carol left: no post reaches her");
+    // Carol was told she left, and gets nothing more.
+    let got = wait_mail(&w.carol, 1);
+    assert_eq!(got.len(), 1, "Carol left: no post reaches her");
+    let bye = read(&got[0]);
+    assert!(bye.contains("Subject: You have left team@example.org") && bye.contains("Return-Path: <team@example.org>"), "{bye}");
     let rows = w.list.status_json();
     let post_rows: Vec<&serde_json::Value> = rows.as_array().unwrap().iter().filter(|r| r["subject"] == "after carol").collect();
     assert_eq!(post_rows.len(), 2, "stored for Alice and Bob only: {post_rows:?}");

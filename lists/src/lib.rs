@@ -207,6 +207,11 @@ impl Robot {
                 Ok(if held.is_some() { Outcome::Held(first) } else { Outcome::Refused(format!("{first} is not a member")) })
             }
             Decision::Unsubscribe if member => {
+                // Told they left: the notice is queued first, their key kept
+                // among the strangers for the worker to encrypt it to.
+                self.keep_stranger(&author, &cert)?;
+                let (r, b) = to_author(notices::goodbye(&self.addrs, &first, header, qid));
+                self.queue(qid, r, b, false).await?;
                 match self.keyring.remove(author.as_str()) {
                     Ok(_) | Err(stubmail::keyring::KeyringError::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),
@@ -354,7 +359,9 @@ impl Robot {
                 }
                 let taken = tokio::time::timeout(INTRO_TOTAL, async {
                     let cert = pgp::reduced(&http2mbox::notify::introduced_cert(http, &intro, INTRO_DEADLINE).await?)?;
-                    self.keep_stranger(&f, &cert)?;
+                    if self.keyring.get(&f)?.is_none() {
+                        self.keep_stranger(&f, &cert)?;
+                    }
                     poller.poll_strangers(&intro.outbox, vec![cert]).await
                 })
                 .await;
@@ -375,9 +382,6 @@ impl Robot {
 
     /// Keep a stranger's certificate among the strangers (not a member's).
     fn keep_stranger(&self, f: &Fpr, cert: &Cert) -> anyhow::Result<()> {
-        if self.keyring.get(f)?.is_some() {
-            return Ok(());
-        }
         // A stranger's key may claim any address; among strangers it only
         // names whom the robot answers.
         let _ = self.strangers.remove(f.as_str());
@@ -569,6 +573,9 @@ mod tests {
         assert!(matches!(&done[2], Outcome::Unsubscribed(a) if a == "alice@example.org"), "{done:?}");
         assert!(matches!(&done[3], Outcome::Ignored(_)) && matches!(&done[4], Outcome::Ignored(_)), "{done:?}");
         assert!(r.keyring.all().unwrap().is_empty(), "Alice left");
+        assert!(r.strangers.get(&alice.fpr()).unwrap().is_some(), "her key kept for the goodbye");
+        let goodbye = r.spool.queued().unwrap().into_iter().filter(|e| e.rcpts.iter().any(|x| x.route == Route::Stub { fpr: alice.fpr() })).count();
+        assert_eq!(goodbye, 1, "told she left");
         assert!(r.dir.join("pending").join(bob.fpr().as_str()).exists());
         assert!(std::fs::read_dir(r.intake.root().join("new")).unwrap().next().is_none(), "the intake is empty");
     }

@@ -94,6 +94,16 @@ pub fn to_owner(addrs: &Addresses, owner: &str, poster: &str, fpr: &str, origina
     notice(&addrs.post, owner, &format!("A non-member's post to {}", addrs.post), None, &body, qid)
 }
 
+/// What a member who left is told.
+pub fn goodbye(addrs: &Addresses, to: &str, original_header: &[u8], qid: &str) -> Vec<u8> {
+    let body = format!(
+        "You have left the list {post}; nothing more is sent to you from it.\nTo join again, write to {sub}.",
+        post = addrs.post,
+        sub = addrs.subscribe
+    );
+    notice(&addrs.unsubscribe, to, &format!("You have left {}", addrs.post), Some(original_header), &body, qid)
+}
+
 /// A confirmed request to join, now waiting for the owner: what the
 /// requester is told.
 pub fn waiting(addrs: &Addresses, to: &str, qid: &str) -> Vec<u8> {
