@@ -8,13 +8,13 @@
 //! push list server sends.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::common::*;
 use crate::suite::{row, Row, Scale};
-use super::{Killed, sbin, wait_port};
+use super::sbin;
 use futures_util::StreamExt;
 use stubmail::client::OutboxClient;
 use stubmail::protocol::PollRequest;
@@ -179,13 +179,7 @@ pub fn lists(scale: &Scale) -> Vec<Row> {
     let l = case(&rt, root.path(), large);
 
     // Anchor: the same deliveries pushed into smtp-sink, one message each.
-    let port = free_port();
-    let mut sink = Command::new(sbin("smtp-sink"));
-    if stdout(&ok(Command::new("id").arg("-u"))).trim() == "0" {
-        sink.args(["-u", "nobody"]);
-    }
-    let sink = Killed(sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap());
-    wait_port(port);
+    let (sink, port) = super::smtp_sink();
     let t = Instant::now();
     ok(Command::new(sbin("smtp-source"))
         .args(["-s", "10", "-m", &large.to_string(), "-l", &l.post.to_string(), "-f", "bench@example.org", "-t", "member@example.net"])

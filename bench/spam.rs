@@ -10,7 +10,7 @@
 //! through Postfix's smtp-sink: what a push server accepts.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -205,13 +205,7 @@ pub fn spam_run(s: &Scale) -> Vec<Row> {
     let indistinguishable = live_states == dead_states && !live_states.is_empty() && !notify_answers.is_empty() && !notify_oracle;
 
     // Anchor: the same deliveries pushed into smtp-sink.
-    let port = free_port();
-    let mut sink = Command::new(crate::suite::sbin("smtp-sink"));
-    if stdout(&ok(Command::new("id").arg("-u"))).trim() == "0" {
-        sink.args(["-u", "nobody"]);
-    }
-    let sink = crate::suite::Killed(sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap());
-    crate::suite::wait_port(port);
+    let (sink, port) = crate::suite::smtp_sink();
     let t = Instant::now();
     ok(Command::new(crate::suite::sbin("smtp-source"))
         .args(["-s", "10", "-m", &n.to_string(), "-l", "4096", "-f", "offers@spam.example", "-t", "victim@example.net"])

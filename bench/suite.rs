@@ -192,6 +192,19 @@ pub(crate) fn sbin(tool: &str) -> PathBuf {
     if p.exists() { p } else { require(tool) }
 }
 
+/// Postfix's smtp-sink on a loopback port, until dropped.
+pub(crate) fn smtp_sink() -> (Killed, u16) {
+    let port = free_port();
+    let mut sink = Command::new(sbin("smtp-sink"));
+    if stdout(&ok(Command::new("id").arg("-u"))).trim() == "0" {
+        // It refuses to run as root without dropping privileges.
+        sink.args(["-u", "nobody"]);
+    }
+    let sink = Killed(sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap());
+    wait_port(port);
+    (sink, port)
+}
+
 pub(crate) fn wait_port(port: u16) {
     wait_for("a listener", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
 }
@@ -274,14 +287,7 @@ fn smtp_source(port: u16, n: usize) -> f64 {
 fn smtp_ingest(s: &Scale) -> Vec<Row> {
     let n = s.smtp_messages;
     // Anchor: Postfix's smtp-sink, which stores nothing.
-    let port = free_port();
-    let mut sink = Command::new(sbin("smtp-sink"));
-    if stdout(&ok(Command::new("id").arg("-u"))).trim() == "0" {
-        // It refuses to run as root without dropping privileges.
-        sink.args(["-u", "nobody"]);
-    }
-    let sink = Killed(sink.arg(format!("127.0.0.1:{port}")).arg("256").stdout(Stdio::null()).spawn().unwrap());
-    wait_port(port);
+    let (sink, port) = smtp_sink();
     let sink_secs = smtp_source(port, n);
     drop(sink);
     // Ours: smtp2stub fsyncs each message into its spool before 250, while

@@ -152,18 +152,21 @@ fn into_maildir(md: &Maildir, m: &Incoming, journal: &Journal, write: impl FnOnc
     Ok(())
 }
 
-/// The message as its sender signed it (at most `max_plain` bytes, held
-/// in memory: a list's posts are bounded by `list.max_post_size`) and
-/// their signature over it.
-fn signed_raw(m: &Incoming) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+/// Write the message as its sender signed it (at most `max_plain` bytes)
+/// into `out`; return their signature over it. A panic of the OpenPGP
+/// parser is a refusal, as in [`render`].
+fn signed_copy_caught(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<Vec<u8>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signed_copy(m, out))) {
+        Ok(r) => r,
+        Err(_) => Err(CryptoReject("the OpenPGP parser failed on this message (caught): refused".into()).into()),
+    }
+}
+
+fn signed_copy(m: &Incoming, out: &mut dyn Write) -> anyhow::Result<Vec<u8>> {
     let input = File::open(m.staged)?;
     let mut plain = pgp::decrypt_verify_signed(m.me, m.sender, input).map_err(|e| CryptoReject(e.to_string()))?;
-    let mut raw = Vec::new();
-    Bounded { inner: &mut plain, left: m.max_plain, limit: m.max_plain }
-        .read_to_end(&mut raw)
-        .map_err(|e| CryptoReject(e.to_string()))?;
-    let sig = plain.signature().ok_or_else(|| CryptoReject(format!("no valid signature by {}", pgp::fpr_of(m.sender))))?;
-    Ok((sig, raw))
+    io::copy(&mut Bounded { inner: &mut plain, left: m.max_plain, limit: m.max_plain }, out).map_err(|e| CryptoReject(e.to_string()))?;
+    Ok(plain.signature().ok_or_else(|| CryptoReject(format!("no valid signature by {}", pgp::fpr_of(m.sender))))?)
 }
 
 /// Deliver one message into `target`, journalled. `work` is a private
@@ -171,11 +174,18 @@ fn signed_raw(m: &Incoming) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
 pub fn deliver(m: &Incoming, target: &Target, journal: &Journal, work: &Path) -> anyhow::Result<()> {
     // Forwarded first (queued durably, once per message id), then kept.
     if let Some(f) = m.forward {
-        let (sig, raw) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signed_raw(m))) {
-            Ok(r) => r?,
-            Err(_) => return Err(CryptoReject("the OpenPGP parser failed on this message (caught): refused".into()).into()),
-        };
-        match f.forward(m.id, &pgp::fpr_of(m.sender), &raw, &sig)? {
+        // The message as its author signed it, streamed to a file (it may
+        // be as large as poll.max_decrypted_size), then into the spool.
+        let raw = work.join(format!("{}.fwd", m.id));
+        let copied = (|| -> anyhow::Result<Vec<u8>> {
+            let mut w = io::BufWriter::new(File::create(&raw)?);
+            let sig = signed_copy_caught(m, &mut w)?;
+            w.into_inner().map_err(|e| e.into_error())?;
+            Ok(sig)
+        })();
+        let forwarded = copied.and_then(|sig| f.forward(m.id, &pgp::fpr_of(m.sender), &raw, &sig));
+        let _ = std::fs::remove_file(&raw);
+        match forwarded? {
             crate::forward::Forwarded::Queued => {
                 tracing::info!(id = m.id, to = f.config.to, "forwarded");
                 if !f.config.keep {
@@ -189,10 +199,9 @@ pub fn deliver(m: &Incoming, target: &Target, journal: &Journal, work: &Path) ->
     match target {
         Target::Maildir(md) => into_maildir(md, m, journal, |w| render(m, w))?,
         Target::Intake(md) => into_maildir(md, m, journal, |w| {
-            let (sig, raw) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signed_raw(m))) {
-                Ok(r) => r?,
-                Err(_) => return Err(CryptoReject("the OpenPGP parser failed on this message (caught): refused".into()).into()),
-            };
+            // Held in memory: a list's posts are bounded by list.max_post_size.
+            let mut raw = Vec::new();
+            let sig = signed_copy_caught(m, &mut raw)?;
             w.write_all(&stubmail::list::intake_line(&pgp::fpr_of(m.sender), &sig))?;
             w.write_all(&raw)?;
             Ok(())

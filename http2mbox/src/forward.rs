@@ -14,13 +14,18 @@
 //! id made from the message id: a crash anywhere neither loses the
 //! forward nor queues it twice.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 use stubmail::config::ForwardConfig;
 use stubmail::keyring::Keyring;
 use stubmail::spool::{Data, Envelope, Rcpt, Route, Spool};
 use stubmail::{pgp, protocol::Fpr};
+
+/// Largest header block read to decide on a forward.
+const MAX_HEADER: usize = 1024 * 1024;
 
 /// Everything forwarding needs, made once per poller.
 pub struct Forward {
@@ -46,9 +51,11 @@ pub enum Forwarded {
 }
 
 impl Forward {
-    /// Forward `raw` (as `author` signed it, with `sig`) for message `id`.
-    pub fn forward(&self, id: &str, author: &Fpr, raw: &[u8], sig: &[u8]) -> anyhow::Result<Forwarded> {
-        let header = &raw[..stubmail::mail::header_len(raw).unwrap_or(raw.len())];
+    /// Forward the message in the file `raw` (as `author` signed it, with
+    /// `sig`) for message `id`.
+    pub fn forward(&self, id: &str, author: &Fpr, raw: &Path, sig: &[u8]) -> anyhow::Result<Forwarded> {
+        let header = stubmail::mail::read_header(&mut io::BufReader::new(File::open(raw)?), MAX_HEADER)?;
+        let header = &header[..];
         if !self.config.matches(&stubmail::mail::addresses(header, &["From"])) {
             return Ok(Forwarded::No("its From: is not in forward.only_from".into()));
         }
@@ -70,8 +77,14 @@ impl Forward {
         if !self.spool.known(&qid) {
             let domain = self.me.rsplit_once('@').map_or("localhost", |(_, d)| d);
             let now = stubmail::time::unix_now();
-            let mut bytes = stubmail::list::resent_fields(&self.me, &to, &stubmail::time::rfc5322(now), &format!("<{qid}@{domain}>"), author, sig);
-            bytes.extend_from_slice(raw);
+            // Written where the spool takes a message's data from (the
+            // queue id is this message's own: a leftover of a crash here
+            // is overwritten), streamed, never whole in memory.
+            let data = self.spool.tmp_path(&qid);
+            let mut w = io::BufWriter::new(File::create(&data)?);
+            w.write_all(&stubmail::list::resent_fields(&self.me, &to, &stubmail::time::rfc5322(now), &format!("<{qid}@{domain}>"), author, sig))?;
+            io::copy(&mut File::open(raw)?, &mut w)?;
+            let file = w.into_inner().map_err(|e| e.into_error())?;
             let env = Envelope {
                 qid: qid.clone(),
                 from: self.me.clone(),
@@ -83,7 +96,7 @@ impl Forward {
                 subject: None,
                 list: false,
             };
-            tokio::runtime::Handle::current().block_on(self.spool.commit(&env, Data::Memory(bytes)))?;
+            tokio::runtime::Handle::current().block_on(self.spool.commit(&env, Data::File(tokio::fs::File::from_std(file))))?;
         }
         if let Some(p) = seen {
             stubmail::fsutil::ensure_private_dir(&self.seen)?;
@@ -121,6 +134,13 @@ mod tests {
         (f, carol)
     }
 
+    /// The message in a file, as the forwarder gets it.
+    fn file(dir: &std::path::Path, raw: &[u8]) -> PathBuf {
+        let p = dir.join("raw.eml");
+        std::fs::write(&p, raw).unwrap();
+        p
+    }
+
     fn author() -> Fpr {
         Fpr::parse(&"A1".repeat(20)).unwrap()
     }
@@ -131,7 +151,7 @@ mod tests {
         let (f, carol) = forward(d.path(), &[]);
         let raw = b"From: alice@example.org\r\nMessage-ID: <m1@example.org>\r\nSubject: x\r\n\r\nbody\r\n";
         let id1 = "1".repeat(64);
-        let go = |id: &str, raw: &[u8]| tokio::task::block_in_place(|| f.forward(id, &author(), raw, b"sig").unwrap());
+        let go = |id: &str, raw: &[u8]| tokio::task::block_in_place(|| f.forward(id, &author(), &file(d.path(), raw), b"sig").unwrap());
         assert_eq!(go(&id1, raw), Forwarded::Queued);
         // The same message again (a crash before it was kept and acked):
         // still one forward.
@@ -155,7 +175,7 @@ mod tests {
     async fn only_matching_mail_goes_and_an_unreachable_target_keeps_it_here() {
         let d = tempfile::tempdir().unwrap();
         let (mut f, _) = forward(d.path(), &["@example.org"]);
-        let go = |f: &Forward, id: &str, raw: &[u8]| tokio::task::block_in_place(|| f.forward(id, &author(), raw, b"sig").unwrap());
+        let go = |f: &Forward, id: &str, raw: &[u8]| tokio::task::block_in_place(|| f.forward(id, &author(), &file(d.path(), raw), b"sig").unwrap());
         assert!(matches!(go(&f, &"1".repeat(64), b"From: mallory@evil.example\r\n\r\n"), Forwarded::No(w) if w.contains("only_from")));
         f.config.to = "nobody@example.net".into();
         assert!(matches!(go(&f, &"2".repeat(64), b"From: alice@example.org\r\n\r\n"), Forwarded::No(w) if w.contains("cannot be reached")));

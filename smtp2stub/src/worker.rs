@@ -531,7 +531,10 @@ async fn direct_stubs(endpoints: Vec<String>, datagram: Vec<u8>) {
     for wait in [0u64, 1, 3] {
         tokio::time::sleep(Duration::from_secs(wait)).await;
         for e in &endpoints {
-            let Ok(Some(to)) = tokio::net::lookup_host(e.as_str()).await.map(|mut a| a.next()) else { continue };
+            // A name that does not resolve promptly is given up: this task
+            // must end.
+            let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(e.as_str())).await;
+            let Ok(Ok(Some(to))) = found.map(|r| r.map(|mut a| a.next())) else { continue };
             let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
             if let Ok(s) = tokio::net::UdpSocket::bind(bind).await {
                 let _ = s.send_to(&datagram, to).await;
