@@ -173,11 +173,14 @@ fn mail_signed_by_a_stranger_is_never_delivered() {
 }
 
 /// One recipient's delivery state of a message, read from the outbox's
-/// data directory (`rcpt/<id>/<XX>/<FPR>.json`, docs/OPERATING.md).
+/// data directory (`rcpt/<id>.tab`: a 32-byte header, then 32-byte
+/// records, each a fingerprint's 20 bytes and a state byte;
+/// docs/OPERATING.md).
 fn rcpt_state(data: &std::path::Path, id: &str, fpr: &str) -> String {
-    let path = data.join("rcpt").join(id).join(&fpr[..2]).join(format!("{fpr}.json"));
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    state["state"].as_str().unwrap().to_string()
+    let table = std::fs::read(data.join("rcpt").join(format!("{id}.tab"))).unwrap();
+    assert_eq!(&table[..8], b"SMRCPT\0\x01");
+    let rec = table[32..].chunks_exact(32).find(|r| hex::encode_upper(&r[..20]) == fpr).expect("the recipient's record");
+    ["", "stored", "notified", "retrieved", "expired", "unsent"][rec[20] as usize].to_string()
 }
 
 

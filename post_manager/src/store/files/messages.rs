@@ -1,8 +1,9 @@
 //! Messages and their delivery state: `messages/`, `meta/`, `rcpt/`, and
 //! the indexes `inbox/`, `listed/`, `devices/` and `sent/`.
 //!
-//! Each recipient's state is a file of its own (`rcpt/<id>/<FPR>.json`),
-//! so an ack rewrites one small file whatever the number of recipients;
+//! Each recipient's state is a record of the message's table
+//! (`rcpt/<id>.tab`, see `rcpt.rs`), so an ack rewrites 32 bytes in place
+//! whatever the number of recipients;
 //! a poll lists the recipient's own indexes (pending messages, and for a
 //! device the messages its other devices retrieved and it has not), so an
 //! idle poll does not grow with what the recipient already has.
@@ -19,7 +20,7 @@ use stubmail::protocol::{self, DeliveryState, Fpr, MessageStatus, PollItem, Reci
 use super::{Files, StoreError};
 use crate::store::{Accounts, InboxStamp, MessageReader, Messages};
 
-/// A message, `meta/<id>.json` (its recipients' states are in `rcpt/<id>/`).
+/// A message, `meta/<id>.json` (its recipients' states are in `rcpt/<id>.tab`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
     /// SHA-256 of the stored bytes, hex.
@@ -36,7 +37,9 @@ pub struct Meta {
     pub recipients: Vec<RecipientMeta>,
 }
 
-/// One recipient's delivery state of a message, `rcpt/<id>/<FPR>.json`.
+/// One recipient's delivery state of a message: a record of
+/// `rcpt/<id>.tab` (`rcpt.rs`); JSON in data directories of the first two
+/// layouts (upgraded when opened: `layout.rs`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecipientMeta {
     pub fpr: Fpr,
@@ -109,7 +112,7 @@ impl Messages for Files {
         if let Some(mut r) = self.read_rcpt(id, recipient)?.filter(|r| r.state == DeliveryState::Stored) {
             r.state = DeliveryState::Notified;
             r.at = now;
-            self.write_rcpt(id, &r)?;
+            self.update_rcpt(id, &r)?;
         }
         Ok(())
     }
@@ -221,9 +224,7 @@ impl Messages for Files {
         // The new recipients' states, then the indexes of every pending
         // one (again on a retried upload, which repairs a crash before the
         // flush).
-        for r in &new {
-            self.write_rcpt_soft(id, r)?;
-        }
+        self.add_rcpts(id, &new)?;
         states.extend(new);
         self.mark_soft(&format!("sent/{sender}"), id)?;
         for r in states.iter().filter(|r| r.state.is_pending()) {
@@ -351,7 +352,7 @@ impl Messages for Files {
         for r in all.iter_mut().filter(|r| r.state.is_pending()) {
             r.state = DeliveryState::Unsent;
             r.at = now;
-            written.push(self.write_rcpt_soft(id, r)?);
+            written.extend(self.update_rcpt_soft(id, r)?);
         }
         self.make_durable(&written)?;
         for r in &all {
@@ -439,7 +440,7 @@ impl Files {
             changed = true;
         }
         if changed {
-            batch.written.push(self.write_rcpt_soft(id, &r)?);
+            batch.written.extend(self.update_rcpt_soft(id, &r)?);
         }
         match device {
             Some(d) => {
@@ -502,81 +503,6 @@ impl Files {
         Ok(())
     }
 
-    /// One recipient's state of a message.
-    pub(crate) fn read_rcpt(&self, id: &str, r: &Fpr) -> Result<Option<RecipientMeta>, StoreError> {
-        let p = self.rcpt_path(id, r);
-        match fsutil::read_bounded(&p, MAX_STATE_FILE) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|_| StoreError::Corrupt(p.display().to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Write one recipient's state durably.
-    pub(super) fn write_rcpt(&self, id: &str, r: &RecipientMeta) -> io::Result<()> {
-        let p = self.rcpt_path(id, &r.fpr);
-        fs::create_dir_all(p.parent().expect("in a directory"))?;
-        fsutil::write_atomic(&p, &serde_json::to_vec(r).expect("serialisable"), 0o600)
-    }
-
-    /// Write one recipient's state, not yet durably: [`Files::make_durable`]
-    /// follows. Returns the file's path.
-    pub(super) fn write_rcpt_soft(&self, id: &str, r: &RecipientMeta) -> io::Result<PathBuf> {
-        let p = self.rcpt_path(id, &r.fpr);
-        fs::create_dir_all(p.parent().expect("in a directory"))?;
-        fsutil::write_replace(&p, &serde_json::to_vec(r).expect("serialisable"))?;
-        Ok(p)
-    }
-
-    /// `rcpt/<id>/<first two hex digits>/<FPR>.json`: directories of a few
-    /// dozen entries even for a message to 10,000 people, so rewriting one
-    /// recipient's file (and fsyncing its directory) costs the same whatever
-    /// their number.
-    fn rcpt_path(&self, id: &str, r: &Fpr) -> PathBuf {
-        self.p(&format!("rcpt/{id}/{}/{r}.json", &r.as_str()[..2]))
-    }
-
-    /// The recipients with a state file for a message (none yet: a crash
-    /// came between its meta file and its recipients' states).
-    fn rcpt_fprs(&self, id: &str) -> io::Result<Vec<Fpr>> {
-        let mut out = Vec::new();
-        let shards = match fs::read_dir(self.p(&format!("rcpt/{id}"))) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for shard in shards {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
-            }
-            for e in fs::read_dir(shard.path())? {
-                let name = e?.file_name();
-                if let Some(f) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|f| Fpr::parse(f).ok()) {
-                    out.push(f);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every recipient's state of a message.
-    pub(crate) fn recipients_of(&self, id: &str) -> Result<Vec<RecipientMeta>, StoreError> {
-        let mut out = Vec::new();
-        for f in self.rcpt_fprs(id)? {
-            if let Some(r) = self.read_rcpt(id, &f)? {
-                out.push(r);
-            }
-        }
-        out.sort_by(|a, b| a.fpr.as_str().cmp(b.fpr.as_str()));
-        Ok(out)
-    }
-
-    /// How many recipients a message has.
-    fn rcpt_count(&self, id: &str) -> io::Result<usize> {
-        Ok(self.rcpt_fprs(id)?.len())
-    }
-
     /// The devices of a recipient seen so far.
     pub(crate) fn devices_of(&self, recipient: &Fpr) -> io::Result<Vec<String>> {
         match fs::read_dir(self.p(&format!("devices/{recipient}"))) {
@@ -611,33 +537,43 @@ impl Files {
         Ok(())
     }
 
-    /// Create an empty index file, not yet durably (idempotent); returns
-    /// its path.
-    pub(super) fn mark_soft(&self, dir: &str, id: &str) -> io::Result<PathBuf> {
+    /// Create an empty index file, not yet durably (idempotent).
+    pub(super) fn mark_soft(&self, dir: &str, id: &str) -> io::Result<Dirty> {
         let d = self.p(dir);
         let p = d.join(id);
         if !p.exists() {
             fs::create_dir_all(&d)?;
             File::create(&p)?;
         }
-        Ok(p)
+        Ok(Dirty::Entry(p))
     }
 
-    /// Make these new or rewritten files durable, with their directories:
-    /// an fsync each when few, else one `syncfs` of the whole file system.
-    pub(super) fn make_durable(&self, files: &[PathBuf]) -> io::Result<()> {
-        if files.len() > FSYNC_EACH_UP_TO {
+    /// Make these changes durable: an fsync each when few, else one
+    /// `syncfs` of the whole file system.
+    pub(super) fn make_durable(&self, changes: &[Dirty]) -> io::Result<()> {
+        if changes.len() > FSYNC_EACH_UP_TO {
             return self.syncfs();
         }
-        // Each file, and the directories up to three levels above it (they
-        // may be new: a message's `rcpt/<id>/<shard>/`, a recipient's first
-        // index).
+        // Each file; for a new one, the directories up to two levels above
+        // it too (they may be new: a recipient's first index, a message's
+        // devices).
         let mut dirs: Vec<&std::path::Path> = Vec::new();
-        for f in files {
-            File::open(f)?.sync_all()?;
-            for d in f.ancestors().skip(1).take(3) {
-                if !dirs.contains(&d) {
-                    dirs.push(d);
+        let mut synced: Vec<&std::path::Path> = Vec::new();
+        for c in changes {
+            let (Dirty::Entry(f) | Dirty::Data(f)) = c;
+            if synced.contains(&f.as_path()) {
+                continue;
+            }
+            synced.push(f);
+            match c {
+                Dirty::Data(_) => File::open(f)?.sync_data()?,
+                Dirty::Entry(_) => {
+                    File::open(f)?.sync_all()?;
+                    for d in f.ancestors().skip(1).take(2) {
+                        if !dirs.contains(&d) {
+                            dirs.push(d);
+                        }
+                    }
                 }
             }
         }
@@ -668,11 +604,19 @@ impl Files {
     }
 }
 
+/// A change not yet durable.
+pub(super) enum Dirty {
+    /// A file made or replaced: its directory entry must reach the disk too.
+    Entry(PathBuf),
+    /// A file changed in place: its data only.
+    Data(PathBuf),
+}
+
 /// The not-yet-durable part of one or more acks (see [`Files::ack_soft`]).
 #[derive(Default)]
 struct AckBatch {
-    /// State files and index entries written, to be made durable first.
-    written: Vec<PathBuf>,
+    /// States and index entries written, to be made durable first.
+    written: Vec<Dirty>,
     /// Index entries (directory, id) to remove once those are durable.
     unmark: Vec<(String, String)>,
     /// Recipients whose inbox directory's time is bumped (pollers watch it).

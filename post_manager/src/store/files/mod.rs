@@ -10,12 +10,13 @@
 //! certs/<FPR>.pgp           recipients' certificates, merged from their polls
 //! messages/<id>             stored message bytes (id = SHA-256 of them)
 //! meta/<id>.json            a message: sender, size, time (Meta)
-//! rcpt/<id>/<XX>/<FPR>.json one recipient's delivery state of it (XX: the
-//!                           fingerprint's first two digits, so directories stay small)
+//! rcpt/<id>.tab             its recipients' delivery states, 32-byte records (`rcpt.rs`)
+//! rcpt/<id>.dev/<FPR>       the devices of a recipient that acked it, one a line
 //! inbox/<RCPT-FPR>/<id>     index: messages pending for a recipient (empty files)
 //! listed/<RCPT-FPR>/<id>    index: retrieved by one of its devices, offered to the others
 //! devices/<RCPT-FPR>/<dev>/<id>  index: offered to this device, not yet acked by it
-//! layout                    the layout's version (2; 1 kept states in meta/, upgraded at open)
+//! layout                    the layout's version (3; 1 kept states in meta/, 2 in a JSON file
+//!                           per recipient; both upgraded at open)
 //! sent/<SENDER-FPR>/<id>    index: messages of a sender (empty files)
 //! nonces/<FPR>/<window>/<nonce>  replay protection, by windows of request time
 //! accounts/urls             this outbox's own base URLs (signed requests name one)
@@ -47,6 +48,7 @@ mod certs;
 mod layout;
 mod messages;
 mod nonces;
+mod rcpt;
 mod retention;
 mod udp;
 

@@ -32,7 +32,7 @@ impl Housekeeping for Files {
                     rc.state = DeliveryState::Expired;
                     rc.at = now;
                     out.recipients_expired += 1;
-                    written.push(self.write_rcpt_soft(id, rc)?);
+                    written.extend(self.update_rcpt_soft(id, rc)?);
                 }
                 self.make_durable(&written)?;
                 for rc in all.iter().filter(|rc| rc.state == DeliveryState::Expired) {
@@ -66,7 +66,7 @@ impl Housekeeping for Files {
                 self.unmark(&format!("sent/{}", m.sender), id)?;
                 fs::remove_file(self.p(&format!("meta/{id}.json")))?;
                 fsync_dir(&self.p("meta"))?;
-                let _ = fs::remove_dir_all(self.p(&format!("rcpt/{id}")));
+                self.remove_rcpts(id);
                 let _ = fs::remove_file(self.p(&format!("locks/{id}")));
                 out.statuses_dropped += 1;
             }

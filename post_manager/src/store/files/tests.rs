@@ -113,7 +113,7 @@ fn a_first_layout_data_directory_is_upgraded_when_opened() {
         fs::write(d.path().join(p), b"").unwrap();
     }
     let s = Files::open(d.path()).unwrap();
-    assert_eq!(fs::read_to_string(d.path().join("layout")).unwrap(), "2");
+    assert_eq!(fs::read_to_string(d.path().join("layout")).unwrap(), "3");
     let ids = |v: Vec<stubmail::protocol::PollItem>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
     assert_eq!(ids(s.poll(&c, None, None).unwrap()), vec![id.clone()], "still pending for C");
     assert!(s.poll(&b, None, None).unwrap().is_empty(), "retrieved by B");
@@ -130,6 +130,54 @@ fn a_first_layout_data_directory_is_upgraded_when_opened() {
     assert_eq!(ids(s.poll(&c, None, None).unwrap()), vec![id]);
 }
 
+/// A data directory of the second layout (a JSON file per recipient,
+/// `rcpt/<id>/<XX>/<FPR>.json`) reads the same once opened, each message's
+/// files made its table; a crash during the upgrade (a partial table left
+/// beside the files) is mended by opening again.
+#[test]
+fn a_second_layout_data_directory_is_upgraded_when_opened() {
+    let d = tempfile::tempdir().unwrap();
+    let body = b"old ciphertext";
+    let id = id_of(body);
+    let (a, b, c) = (fpr('A'), fpr('B'), fpr('C'));
+    for dir in ["meta", "messages", &format!("inbox/{c}"), &format!("listed/{b}"), &format!("sent/{a}"), "rcpt"] {
+        fs::create_dir_all(d.path().join(dir)).unwrap();
+    }
+    fs::write(d.path().join(format!("messages/{id}")), body).unwrap();
+    let meta = serde_json::json!({"id": id, "sender": a, "size": body.len(), "stored": 100});
+    fs::write(d.path().join(format!("meta/{id}.json")), serde_json::to_vec(&meta).unwrap()).unwrap();
+    for p in [format!("inbox/{c}/{id}"), format!("listed/{b}/{id}"), format!("sent/{a}/{id}")] {
+        fs::write(d.path().join(p), b"").unwrap();
+    }
+    let write_json = |f: &Fpr, v: serde_json::Value| {
+        let dir = d.path().join(format!("rcpt/{id}/{}", &f.as_str()[..2]));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{f}.json")), serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    write_json(&b, serde_json::json!({"fpr": b, "state": "retrieved", "at": 110, "devices": ["laptop"]}));
+    write_json(&c, serde_json::json!({"fpr": c, "state": "stored", "at": 100}));
+    fs::write(d.path().join("layout"), "2").unwrap();
+    // A crashed first attempt left a table with one recipient only.
+    fs::write(d.path().join(format!("rcpt/{id}.tab")), b"SMRCPT\0\x01").unwrap();
+    let s = Files::open(d.path()).unwrap();
+    assert_eq!(fs::read_to_string(d.path().join("layout")).unwrap(), "3");
+    assert!(!d.path().join(format!("rcpt/{id}")).exists(), "the JSON files are gone");
+    let ids = |v: Vec<stubmail::protocol::PollItem>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.poll(&c, None, None).unwrap()), vec![id.clone()], "still pending for C");
+    assert!(s.poll(&b, None, Some("laptop")).unwrap().is_empty(), "B's laptop acked it");
+    assert_eq!(ids(s.poll(&b, None, Some("desktop")).unwrap()), vec![id.clone()], "B's other device");
+    let st = s.status(&a, &id).unwrap();
+    let states: Vec<String> = st.recipients.iter().map(|r| format!("{}={:?}@{}", &r.fpr.as_str()[..1], r.state, r.at)).collect();
+    assert_eq!(states.len(), 2);
+    assert!(states[0].starts_with("B=Retrieved@") && states[1].starts_with("C=Stored@"), "{states:?}");
+    assert_eq!(s.read_rcpt(&id, &b).unwrap().unwrap().devices, ["laptop"]);
+    // C acks: its record changes in the table.
+    s.ack(&c, &id, None, 120).unwrap();
+    assert_eq!(s.read_rcpt(&id, &c).unwrap().unwrap().state, stubmail::protocol::DeliveryState::Retrieved);
+    Files::open(d.path()).unwrap();
+    assert_eq!(s.recipients_of(&id).unwrap().len(), 2, "opened again: nothing changes");
+}
+
 /// A crash between a new message's meta file and its recipients' states:
 /// the uploader was not told 201 and retries; the retry stores them.
 #[test]
@@ -139,7 +187,7 @@ fn a_retry_after_a_crash_between_meta_and_states_completes_the_upload() {
     let body = b"half stored".to_vec();
     let id = id_of(&body);
     s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 100, 1).unwrap();
-    fs::remove_dir_all(d.path().join(format!("rcpt/{id}"))).unwrap();
+    fs::remove_file(d.path().join(format!("rcpt/{id}.tab"))).unwrap();
     fs::remove_file(d.path().join(format!("inbox/{}/{id}", fpr('B')))).unwrap();
     let (st, created) = s.put(&fpr('A'), &id, &[fpr('B')], &mut &body[..], 100, 2).unwrap();
     assert!(!created && st.recipients.len() == 1);
@@ -161,7 +209,7 @@ fn a_retry_repairs_whatever_a_crash_before_the_flush_left() {
         let gone = match lost {
             "messages" => d.path().join(format!("messages/{id}")),
             "meta" => d.path().join(format!("meta/{id}.json")),
-            "rcpt" => d.path().join(format!("rcpt/{id}")),
+            "rcpt" => d.path().join(format!("rcpt/{id}.tab")),
             _ => d.path().join(format!("inbox/{}/{id}", fpr('B'))),
         };
         if gone.is_dir() { fs::remove_dir_all(&gone) } else { fs::remove_file(&gone) }.unwrap();
