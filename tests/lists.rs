@@ -518,6 +518,19 @@ fn a_public_lists_archive_is_an_atom_feed_a_feed_reader_reads_and_gpg_verifies()
     assert!(good && out.trim() == "404", "{out}");
 }
 
+/// An "outbox" that takes connections and says nothing: its URL.
+fn silent_outbox() -> String {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    url
+}
+
 /// Forged stubs (no real key behind them) naming an outbox that accepts
 /// connections and never answers: the robot tries each for a few seconds
 /// and forgets it, and members' posts do not wait for any of it.
@@ -528,15 +541,7 @@ fn forged_stubs_naming_a_silent_outbox_hold_up_no_members_post() {
     let mut w = World::start_with(&[&n]);
     w.start_robot();
     let logs = w.root.path().to_path_buf();
-    // An "outbox" that takes connections and says nothing.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_url = format!("http://{}/", silent.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in silent.incoming() {
-            held.push(c);
-        }
-    });
+    let silent_url = silent_outbox();
     let list_fpr = stubmail::protocol::Fpr::parse(&w.list.fingerprint()).unwrap();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..8u32 {
@@ -561,4 +566,63 @@ fn forged_stubs_naming_a_silent_outbox_hold_up_no_members_post() {
         l.contains("no introductions waiting").then_some(())
     });
     assert!(w.robot.as_ref().unwrap().log().contains("introduction not taken"));
+}
+
+/// Forged stubs in a would-be member's name (their fingerprint is public),
+/// naming an outbox that never answers, sent before and all through their
+/// request to join: their own stub carries their certificate, which
+/// proves it, so the forgeries neither point the robot elsewhere nor keep
+/// the request from being answered.
+#[test]
+fn forged_stubs_in_a_strangers_name_do_not_keep_them_from_joining() {
+    let n = notify_arg();
+    let port: u16 = n.rsplit(':').next().unwrap().parse().unwrap();
+    let mut w = World::start_with(&[&n]);
+    let dave = w.stranger("dave", "dave@example.net");
+    let logs = w.root.path().to_path_buf();
+    let silent_url = silent_outbox();
+    // Mallory signs forgeries with a key of her own, in Dave's name.
+    let mallory = stubmail::Identity::generate(None, "mallory@example.com", &silent_url).unwrap();
+    let (list_fpr, dave_fpr) = (stubmail::protocol::Fpr::parse(&w.list.fingerprint()).unwrap(), stubmail::protocol::Fpr::parse(&dave.fingerprint()).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forger = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let stub = stubmail::protocol::udp::Stub {
+                    sender: dave_fpr.clone(),
+                    recipient: list_fpr.clone(),
+                    id: format!("{:064x}", 0xF00D_0000 + i),
+                    size: 100,
+                    made: stubmail::time::unix_now(),
+                    outbox: silent_url.clone(),
+                };
+                let sig = mallory.sign_detached(&stub.signed_part().unwrap()).unwrap();
+                udp.send_to(&stub.encode(&sig).unwrap(), ("127.0.0.1", port)).unwrap();
+                i += 1;
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            i
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    w.start_robot();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    send(&dave, &logs, &["team-subscribe@example.org"], "From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\nplease\r\n");
+    let t = std::time::Instant::now();
+    while dave.maildir_new().is_empty() && t.elapsed() < std::time::Duration::from_secs(60) {
+        dave.http2mbox_once();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!dave.maildir_new().is_empty(), "Dave was never asked to confirm; the robot:\n{}", w.robot.as_ref().unwrap().log());
+    let got = wait_mail(&dave, 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let forged = forger.join().unwrap();
+    assert!(forged >= 8, "the forgeries went on throughout ({forged})");
+    let ask = read(&got[0]);
+    assert!(ask.contains("Subject: Confirm joining team@example.org (token "), "{ask}");
+    let log = w.robot.as_ref().unwrap().log();
+    assert!(log.contains("a stranger's messages fetched"), "{log}");
 }

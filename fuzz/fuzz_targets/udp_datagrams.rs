@@ -35,6 +35,12 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(stub.signed_part().unwrap(), signed);
         assert_eq!(stub.encode(sig).unwrap(), input);
     }
+    if let Ok((stub, Some(cert))) = udp::split_cert(input) {
+        assert_eq!(udp::encode_with_cert(stub, cert).unwrap(), input);
+        // The certificate a stranger's stub carries is parsed, bounded by
+        // the datagram.
+        let _ = stubmail::pgp::parse_certs(cert);
+    }
     let mut f = FIX.lock().unwrap();
     if let Some(reply) = f.svc.answer(std::net::Ipv4Addr::LOCALHOST.into(), input) {
         assert!(reply.len() < input.len(), "amplification: {} for {}", reply.len(), input.len());

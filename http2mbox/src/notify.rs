@@ -50,6 +50,19 @@ pub struct Intro {
     /// Unix time of the last of those.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_over_limit: Option<i64>,
+    /// The certificate a stub carried (binary, base64), which proved it:
+    /// its fingerprint is the sender's, it binds `outbox`, and it verifies
+    /// the stub's signature. `None`: nothing proves the stubs yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+}
+
+impl Intro {
+    /// The certificate that proved these stubs, if one did.
+    pub fn proven_by(&self) -> Option<stubmail::openpgp::Cert> {
+        let b = base64::engine::general_purpose::STANDARD.decode(self.cert.as_deref()?).ok()?;
+        pgp::parse_certs(&b).ok()?.into_iter().next()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,16 +98,49 @@ pub async fn introduced_cert(http: &reqwest::Client, intro: &Intro, deadline: Du
         .into_iter()
         .find(|c| pgp::fpr_of(c) == *f)
         .with_context(|| format!("{} served no certificate with fingerprint {f}", intro.outbox))?;
-    pgp::check_contact(&cert).with_context(|| format!("{f}'s certificate is not usable"))?;
+    check_introduced(intro, &cert)?;
+    Ok(cert)
+}
+
+/// Is `cert` the one an introduction's stubs claim: the sender's, usable,
+/// binding the outbox the stubs name, and verifying one of them?
+pub fn check_introduced(intro: &Intro, cert: &stubmail::openpgp::Cert) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let f = &intro.sender;
+    if pgp::fpr_of(cert) != *f {
+        anyhow::bail!("the certificate is {}, not {f}'s", pgp::fpr_of(cert));
+    }
+    pgp::check_contact(cert).with_context(|| format!("{f}'s certificate is not usable"))?;
     let bound = pgp::outbox_of(&cert).unwrap_or_default();
     if bound.trim_end_matches('/') != intro.outbox.trim_end_matches('/') {
         anyhow::bail!("{f}'s certificate binds outbox {bound:?}, not {:?} as the stubs claimed; not accepted", intro.outbox);
     }
-    let signed = intro.stubs.iter().filter_map(|s| s.parts()).any(|(data, sig)| pgp::verify_detached(&cert, &data, &sig).is_ok());
+    let signed = intro.stubs.iter().filter_map(|s| s.parts()).any(|(data, sig)| pgp::verify_detached(cert, &data, &sig).is_ok());
     if !signed {
         anyhow::bail!("none of the held stubs is signed by {f}: they were forged; not accepted");
     }
-    Ok(cert)
+    Ok(())
+}
+
+/// Check the certificate a stranger's stub carries: one certificate, the
+/// sender's, usable, binding the outbox the stub names, verifying the
+/// stub. What proves nothing is refused, naming why.
+fn prove(stub: &Stub, signed: &[u8], sig: &[u8], carried: &[u8]) -> Result<(), &'static str> {
+    let mut certs = pgp::parse_certs(carried).map_err(|_| "a stranger's stub carries no readable certificate")?;
+    if certs.len() != 1 {
+        return Err("a stranger's stub carries other than one certificate");
+    }
+    let cert = certs.remove(0);
+    if pgp::fpr_of(&cert) != stub.sender {
+        return Err("a stranger's stub carries someone else's certificate");
+    }
+    if pgp::check_contact(&cert).is_err() {
+        return Err("a stranger's stub carries an unusable certificate");
+    }
+    if pgp::outbox_of(&cert).is_none_or(|o| o.trim_end_matches('/') != stub.outbox.trim_end_matches('/')) {
+        return Err("a stranger's stub names an outbox its certificate does not bind");
+    }
+    pgp::verify_detached(&cert, signed, sig).map_err(|_| "a stranger's stub is not signed by the certificate it carries")
 }
 
 /// What became of a stranger's stub.
@@ -106,6 +152,9 @@ pub enum Held {
     SenderFull,
     QuarantineFull,
     Rejected,
+    /// An unproven stub naming another outbox than the one a certificate
+    /// proved for this sender: forged, dropped.
+    Contradicts,
 }
 
 /// Strangers' stubs the quarantine could not take, kept for
@@ -196,8 +245,11 @@ impl Quarantine {
         self.dir.join("rejected").join(f.as_str()).exists()
     }
 
-    /// Hold a stranger's stub, within the limits.
-    pub fn hold(&self, stub: &Stub, datagram: &[u8], now: i64) -> io::Result<Held> {
+    /// Hold a stranger's stub, within the limits. `proof`: the certificate
+    /// it carried, checked (`prove`). A proven stub replaces what unproven
+    /// ones claimed (anyone can send those, naming any outbox); an unproven
+    /// one never changes what a certificate proved.
+    pub fn hold(&self, stub: &Stub, datagram: &[u8], proof: Option<&[u8]>, now: i64) -> io::Result<Held> {
         if self.is_rejected(&stub.sender) {
             return Ok(Held::Rejected);
         }
@@ -207,7 +259,17 @@ impl Quarantine {
             made: stub.made,
             datagram: base64::engine::general_purpose::STANDARD.encode(datagram),
         };
-        let (intro, result) = match self.get(&stub.sender) {
+        let proof = proof.map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        let existing = match self.get(&stub.sender) {
+            Some(i) if i.cert.is_none() && proof.is_some() => {
+                // Started by unproven stubs: what they claimed goes.
+                self.remove(&stub.sender)?;
+                None
+            }
+            Some(i) if i.cert.is_some() && i.outbox.trim_end_matches('/') != stub.outbox.trim_end_matches('/') => return Ok(Held::Contradicts),
+            e => e,
+        };
+        let (intro, result) = match existing {
             Some(mut i) => {
                 if i.stubs.iter().any(|s| s.id == stub.id) {
                     return Ok(Held::Duplicate);
@@ -239,6 +301,7 @@ impl Quarantine {
                         stubs: vec![held],
                         over_limit: 0,
                         last_over_limit: None,
+                        cert: proof,
                     },
                     Held::New,
                 )
@@ -377,6 +440,11 @@ impl Judge {
         if !take(&mut self.sources, src, self.stubs_per_minute, Duration::from_secs(60)) {
             return Verdict::Dropped("too many stubs from this address");
         }
+        // A stub may carry its sender's certificate (a stranger's proof,
+        // `split_cert`); the stub itself is what is held and kept.
+        let Ok((datagram, carried)) = stubmail::protocol::udp::split_cert(datagram) else {
+            return Verdict::Dropped("malformed");
+        };
         let Ok((stub, signed, sig)) = Stub::decode(datagram) else {
             return Verdict::Dropped("malformed");
         };
@@ -433,7 +501,12 @@ impl Judge {
                     self.turn_away(|t| t.count_source(src, now));
                     return Verdict::Dropped("too many strangers from this address");
                 }
-                match q.hold(&stub, datagram, now) {
+                if let Some(c) = carried
+                    && let Err(why) = prove(&stub, signed, sig, c)
+                {
+                    return Verdict::Dropped(why);
+                }
+                match q.hold(&stub, datagram, carried, now) {
                     Ok(Held::QuarantineFull) => {
                         self.turn_away(|t| {
                             t.quarantine_full += 1;
@@ -657,6 +730,70 @@ mod tests {
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const NOW: i64 = 1_800_000_000;
+
+    /// A stub naming `outbox`, signed by `signer`, in `sender`'s name,
+    /// carrying `carried`'s certificate (cut short, as smtp2stub sends it).
+    fn proven_stub(signer: &Identity, sender: &Identity, to: &Fpr, outbox: &str, carried: &Identity, id_byte: u8) -> Vec<u8> {
+        let s = Stub { sender: sender.fpr(), recipient: to.clone(), id: hex::encode([id_byte; 32]), size: 10, made: NOW, outbox: outbox.into() };
+        let d = s.encode(&signer.sign_detached(&s.signed_part().unwrap()).unwrap()).unwrap();
+        let cert = pgp::binary(&pgp::minimal(&carried.cert()).unwrap()).unwrap();
+        stubmail::protocol::udp::encode_with_cert(&d, &cert).unwrap()
+    }
+
+    /// A stranger's stub may carry their certificate: one that proves it
+    /// is held as proven, and then no unproven stub (anyone can send one in
+    /// anyone's name) moves their introduction to another outbox. Every
+    /// way of carrying a certificate that proves nothing is dropped.
+    #[test]
+    fn a_strangers_certificate_proves_their_stub_and_forgeries_in_their_name_change_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let list = Identity::generate(None, "list@example.net", "http://l/").unwrap();
+        let carol = Identity::generate(None, "carol@example.com", "http://carol.example/").unwrap();
+        let mallory = Identity::generate(None, "mallory@example.com", "http://silent.example/").unwrap();
+        let q = Quarantine::open(&d.path().join("state"), 10, 10).unwrap();
+        let mut j = Judge::new(list.fpr(), Keyring::new(d.path().join("kr")), Some(q.clone()));
+        j.stubs_per_minute = u32::MAX;
+        let to = list.fpr();
+        // Mallory's plain forgeries in Carol's name come first, naming a
+        // silent outbox.
+        let forged = |id: u8| {
+            let s = Stub { sender: carol.fpr(), recipient: to.clone(), id: hex::encode([id; 32]), size: 1, made: NOW, outbox: "http://silent.example/".into() };
+            s.encode(&mallory.sign_detached(&s.signed_part().unwrap()).unwrap()).unwrap()
+        };
+        assert_eq!(j.judge(SRC, &forged(1), NOW), Verdict::Held(Held::New));
+        assert_eq!(q.get(&carol.fpr()).unwrap().outbox, "http://silent.example/");
+        // Carried certificates that prove nothing.
+        let cases = [
+            ("someone else's certificate", proven_stub(&carol, &carol, &to, "http://carol.example/", &mallory, 2), "a stranger's stub carries someone else's certificate"),
+            ("signed by another key", proven_stub(&mallory, &carol, &to, "http://carol.example/", &carol, 2), "a stranger's stub is not signed by the certificate it carries"),
+            ("an outbox the certificate does not bind", proven_stub(&carol, &carol, &to, "http://silent.example/", &carol, 2), "a stranger's stub names an outbox its certificate does not bind"),
+        ];
+        for (what, datagram, why) in cases {
+            assert_eq!(j.judge(SRC, &datagram, NOW), Verdict::Dropped(why), "{what}");
+        }
+        let mut garbled = proven_stub(&carol, &carol, &to, "http://carol.example/", &carol, 2);
+        let n = garbled.len();
+        garbled[n - 40] ^= 0xff;
+        assert!(matches!(j.judge(SRC, &garbled, NOW), Verdict::Dropped(_)), "a garbled certificate");
+        assert_eq!(q.get(&carol.fpr()).unwrap().outbox, "http://silent.example/", "nothing proven yet");
+        // Carol's own stub, proven: what the forgeries claimed is gone.
+        assert_eq!(j.judge(SRC, &proven_stub(&carol, &carol, &to, "http://carol.example/", &carol, 3), NOW), Verdict::Held(Held::New));
+        let i = q.get(&carol.fpr()).unwrap();
+        assert_eq!((i.outbox.as_str(), i.stubs.len()), ("http://carol.example/", 1));
+        let cert = i.proven_by().expect("the carried certificate is kept");
+        check_introduced(&i, &cert).unwrap();
+        // More forgeries: refused, the introduction unchanged; a plain stub
+        // naming Carol's real outbox is only held beside.
+        assert_eq!(j.judge(SRC, &forged(4), NOW), Verdict::Held(Held::Contradicts));
+        assert_eq!(q.get(&carol.fpr()).unwrap().outbox, "http://carol.example/");
+        assert_eq!(j.judge(SRC, &stub_from_at(&carol, &to, 5, "http://carol.example/"), NOW), Verdict::Held(Held::Added));
+        assert!(q.get(&carol.fpr()).unwrap().cert.is_some());
+    }
+
+    fn stub_from_at(sender: &Identity, to: &Fpr, id_byte: u8, outbox: &str) -> Vec<u8> {
+        let s = Stub { sender: sender.fpr(), recipient: to.clone(), id: hex::encode([id_byte; 32]), size: 10, made: NOW, outbox: outbox.into() };
+        s.encode(&sender.sign_detached(&s.signed_part().unwrap()).unwrap()).unwrap()
+    }
 
     #[test]
     fn contacts_trigger_polls_strangers_are_held_or_dropped() {

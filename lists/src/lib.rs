@@ -345,7 +345,12 @@ impl Robot {
         use futures_util::StreamExt;
         let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
         let blocks = poller.blocks.get().map_err(|e| anyhow::anyhow!("the blocklist: {e}"))?;
-        let intros = q.list()?;
+        // Every proven introduction (its stub carried a certificate that
+        // verified it), and a few unproven ones, oldest first: unproven
+        // stubs cost nothing to forge, so a stream of them must not stand
+        // before those who proved who they are.
+        let (proven, unproven): (Vec<_>, Vec<_>) = q.list()?.into_iter().partition(|i| i.cert.is_some());
+        let intros: Vec<_> = proven.into_iter().chain(unproven.into_iter().take(INTROS_AT_ONCE)).collect();
         let n = intros.len();
         let q = &q;
         let blocks = &blocks;
@@ -358,7 +363,13 @@ impl Robot {
                     return;
                 }
                 let taken = tokio::time::timeout(INTRO_TOTAL, async {
-                    let cert = pgp::reduced(&http2mbox::notify::introduced_cert(http, &intro, INTRO_DEADLINE).await?)?;
+                    // The certificate the stub carried, checked again
+                    // (nothing to fetch); else the one the outbox serves.
+                    let cert = match intro.proven_by() {
+                        Some(c) => http2mbox::notify::check_introduced(&intro, &c).map(|()| c)?,
+                        None => http2mbox::notify::introduced_cert(http, &intro, INTRO_DEADLINE).await?,
+                    };
+                    let cert = pgp::reduced(&cert)?;
                     if self.keyring.get(&f)?.is_none() {
                         self.keep_stranger(&f, &cert)?;
                     }
@@ -367,8 +378,11 @@ impl Robot {
                 .await;
                 // Taken or not, the introduction is done with: a stranger
                 // whose outbox failed sends again (the direct stubs come
-                // three times; a new message, three more).
-                let _ = q.remove(&f);
+                // three times; a new message, three more). Unless a proven
+                // stub replaced it meanwhile: that one is still to take.
+                if q.get(&f).is_some_and(|now| now.cert == intro.cert && now.outbox == intro.outbox) {
+                    let _ = q.remove(&f);
+                }
                 match taken {
                     Ok(Ok(r)) => tracing::info!(stranger = %f, delivered = r.delivered, "list: a stranger's messages fetched"),
                     Ok(Err(e)) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: {e:#}"),

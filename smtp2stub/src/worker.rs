@@ -249,8 +249,25 @@ impl Worker {
                     // which therefore sends it no stubs: the request to
                     // join (or a non-member's post) is announced to the
                     // list's robot from here (docs/PROTOCOL.md §10).
+                    // It carries our certificate, cut short: the robot
+                    // acts on it unasked, so it must be able to tell our
+                    // stub from one forged in our name (PROTOCOL §10.3).
                     if stubmail::pgp::list_of(&cert).is_some() {
-                        tokio::spawn(direct_stubs(endpoints, datagram));
+                        let carried = stubmail::pgp::minimal(&self.me.cert())
+                            .and_then(|c| stubmail::pgp::binary(&c))
+                            .map_err(anyhow::Error::from)
+                            .and_then(|c| Ok(stubmail::protocol::udp::encode_with_cert(&datagram, &c)?));
+                        match carried {
+                            Ok(d) => {
+                                tokio::spawn(direct_stubs(endpoints, d));
+                            }
+                            Err(e) => tracing::warn!(
+                                id,
+                                list = %r,
+                                "no stub to the list's robot: our certificate does not fit a datagram ({e:#}); \
+                                 the list's owner can add us (`stubmail list add`)"
+                            ),
+                        }
                     }
                     req.stubs.push(n);
                 }

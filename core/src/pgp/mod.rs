@@ -485,6 +485,29 @@ pub fn reduced(cert: &Cert) -> Result<Cert> {
     Ok(c)
 }
 
+/// A certificate cut to what proves one stub and lets its recipient answer
+/// (a datagram's worth): the primary key with any revocation, the primary
+/// User ID with its current binding, and each valid subkey with its
+/// current binding. Everything else — direct-key and older signatures,
+/// other User IDs, certifications — is left out.
+pub fn minimal(cert: &Cert) -> Result<Cert> {
+    use openpgp::Packet;
+    let vc = cert.with_policy(&POLICY, None)?;
+    let mut p: Vec<Packet> = vec![cert.primary_key().key().clone().into()];
+    // No direct-key signature (200 bytes): the primary User ID's binding
+    // carries the same key flags and preferences. A revoked key says so,
+    // even cut short.
+    p.extend(cert.primary_key().self_revocations().map(|s| Packet::from(s.clone())));
+    let u = vc.primary_userid()?;
+    p.push(u.userid().clone().into());
+    p.push(u.binding_signature().clone().into());
+    for k in vc.keys().subkeys() {
+        p.push(k.key().clone().into());
+        p.push(k.binding_signature().clone().into());
+    }
+    Ok(Cert::from_packets(p.into_iter())?)
+}
+
 /// Is the certificate revoked (by its owner, valid under the policy)?
 pub fn is_revoked(cert: &Cert) -> bool {
     cert.with_policy(&POLICY, None)

@@ -320,6 +320,51 @@ impl Stub {
     }
 }
 
+/// A stub with its sender's certificate, for a recipient that does not
+/// know the sender yet and acts on its own (a list's robot): the magic,
+/// the stub datagram's length (u16), the stub datagram, then the
+/// certificate (binary OpenPGP, cut to what proves the stub:
+/// `pgp::minimal`) to the end. Still one datagram of at most
+/// [`MAX_DATAGRAM`] octets.
+pub const CERT_STUB_MAGIC: &[u8; 4] = b"SMC1";
+
+/// The datagram carrying `stub` (an encoded stub) and `cert`.
+pub fn encode_with_cert(stub: &[u8], cert: &[u8]) -> Result<Vec<u8>, UdpError> {
+    let mut v = Vec::with_capacity(6 + stub.len() + cert.len());
+    v.extend_from_slice(CERT_STUB_MAGIC);
+    v.extend_from_slice(&u16::try_from(stub.len()).map_err(|_| UdpError::TooLarge)?.to_be_bytes());
+    v.extend_from_slice(stub);
+    v.extend_from_slice(cert);
+    if cert.is_empty() {
+        return Err(UdpError::BadStub("no certificate"));
+    }
+    if v.len() > MAX_DATAGRAM {
+        return Err(UdpError::TooLarge);
+    }
+    Ok(v)
+}
+
+/// Split a datagram into its stub and the certificate it carries (`None`
+/// for a stub without one).
+pub fn split_cert(b: &[u8]) -> Result<(&[u8], Option<&[u8]>), UdpError> {
+    if b.len() > MAX_DATAGRAM {
+        return Err(UdpError::TooLarge);
+    }
+    if !b.starts_with(CERT_STUB_MAGIC) {
+        return Ok((b, None));
+    }
+    if b.len() < 6 {
+        return Err(UdpError::Short);
+    }
+    let n = u16::from_be_bytes([b[4], b[5]]) as usize;
+    let rest = &b[6..];
+    if n > rest.len() || n == rest.len() {
+        // The stub cut short, or no certificate after it.
+        return Err(UdpError::Length);
+    }
+    Ok((&rest[..n], Some(&rest[n..])))
+}
+
 /// Is `s` a notify endpoint as bound in a certificate: `udp://HOST:PORT`?
 /// Returns `HOST:PORT`.
 pub fn parse_notify_endpoint(s: &str) -> Option<&str> {
@@ -416,6 +461,42 @@ mod tests {
         assert!(Stub { id: "AB".repeat(32), ..stub() }.encode(&[1]).is_err(), "ids are lower case");
         assert!(stub().encode(&[]).is_err());
         assert!(stub().encode(&[0; MAX_STUB_SIG + 1]).is_err());
+    }
+
+    /// A stub with its sender's certificate: a Stubmail identity's (with
+    /// a notify endpoint, a long address and a 100-character outbox URL,
+    /// which the stub and the certificate both carry) fits one datagram,
+    /// and the certificate read back verifies the stub.
+    #[test]
+    fn a_stub_with_its_senders_certificate_fits_one_datagram() {
+        let url = format!("https://{}.example.org/stubmail/post_manager.cgi/", "outbox".repeat(10));
+        let me = crate::Identity::generate_with(Some("A Long Enough Name"), "someone.with.a.long.address@example.org", &url, Some("udp://[2001:db8::1]:2526")).unwrap();
+        let stub = Stub { sender: me.fpr(), recipient: fpr('B'), id: "ab".repeat(32), size: 1, made: 2, outbox: url };
+        let sig = me.sign_detached(&stub.signed_part().unwrap()).unwrap();
+        let inner = stub.encode(&sig).unwrap();
+        let cert = crate::pgp::binary(&crate::pgp::minimal(&me.cert()).unwrap()).unwrap();
+        let d = encode_with_cert(&inner, &cert).unwrap();
+        assert!(d.len() <= MAX_DATAGRAM, "{}", d.len());
+        let (got, carried) = split_cert(&d).unwrap();
+        let back = crate::pgp::parse_certs(carried.unwrap()).unwrap().remove(0);
+        assert_eq!(crate::pgp::fpr_of(&back), me.fpr());
+        crate::pgp::check_contact(&back).unwrap();
+        let (st, signed, sig) = Stub::decode(got).unwrap();
+        assert_eq!(st, stub);
+        crate::pgp::verify_detached(&back, signed, sig).unwrap();
+        // A plain stub splits to itself.
+        assert_eq!(split_cert(&inner).unwrap(), (&inner[..], None));
+        // Hostile framing.
+        for (what, bad) in [
+            ("magic only", b"SMC1".to_vec()),
+            ("length past the end", [&b"SMC1\xff\xff"[..], &inner].concat()),
+            ("no certificate", [&b"SMC1"[..], &(inner.len() as u16).to_be_bytes(), &inner].concat()),
+            ("too long", [&d[..], &vec![0u8; MAX_DATAGRAM]].concat()),
+        ] {
+            assert!(split_cert(&bad).is_err(), "{what}");
+        }
+        assert!(encode_with_cert(&inner, &[]).is_err());
+        assert!(encode_with_cert(&inner, &[0u8; MAX_DATAGRAM]).is_err());
     }
 
     #[test]
