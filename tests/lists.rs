@@ -496,6 +496,7 @@ fn a_public_lists_archive_is_an_atom_feed_a_feed_reader_reads_and_gpg_verifies()
     get(&sig_url, "post.sig");
     let post = std::fs::read_to_string(dir.join("post.eml")).unwrap();
     assert!(post.starts_with("List-Id: \"The Team\" <team.example.org>\r\n") && post.contains("Subject: public post 2"), "{post}");
+    assert!(post.contains(&format!("\r\nList-Archive: <{feed}>\r\n")), "RFC 2369's List-Archive names the feed: {post}");
     let gpg = require("gpg");
     let gnupg = dir.join("gnupg");
     std::fs::create_dir_all(&gnupg).unwrap();

@@ -54,6 +54,9 @@ pub struct Addresses {
     pub post: String,
     pub subscribe: String,
     pub unsubscribe: String,
+    /// A public list's archive feed (`…/v1/archive/<FPR>/feed`), named in
+    /// `List-Archive:`; `None` for a private list.
+    pub archive: Option<String>,
 }
 
 /// What a message sent to a list asks for, by the list address it names.
@@ -76,6 +79,7 @@ impl Addresses {
             subscribe: format!("{local}-subscribe@{domain}"),
             unsubscribe: format!("{local}-unsubscribe@{domain}"),
             post,
+            archive: None,
         })
     }
 
@@ -127,12 +131,16 @@ impl Addresses {
              List-Post: <mailto:{}>\r\n\
              List-Subscribe: <mailto:{}>\r\n\
              List-Unsubscribe: <mailto:{}>\r\n\
+             {}\
              Precedence: list\r\n\
              {AUTHOR_FIELD}: fpr={author}; sig={}\r\n",
             self.list_id(),
             self.post,
             self.subscribe,
             self.unsubscribe,
+            // A URL of ours (the outbox's, checked when the list was
+            // made): no field can be smuggled through it.
+            self.archive.as_ref().filter(|a| !a.chars().any(|c| c.is_control() || c == '>')).map(|a| format!("List-Archive: <{a}>\r\n")).unwrap_or_default(),
             base64::engine::general_purpose::STANDARD.encode(sig),
         )
         .into_bytes()
@@ -261,6 +269,13 @@ mod tests {
         let folded = lf.replacen("; sig=", ";\n sig=", 1);
         let (f, sig, at) = author_of(folded.as_bytes()).unwrap();
         assert_eq!((f, sig.as_slice(), &folded.as_bytes()[at..]), (fpr(), &b"\x88sig"[..], &b"From: alice@example.org\nSubject: hi\n\nbody\n"[..]));
+        // A public list names its archive; nothing rides in on its URL.
+        let mut public = a.clone();
+        public.archive = Some("https://o.example/v1/archive/AB/feed".into());
+        let fields = String::from_utf8(public.post_fields(None, &fpr(), b"s")).unwrap();
+        assert!(fields.contains("\r\nList-Archive: <https://o.example/v1/archive/AB/feed>\r\nPrecedence: list\r\n"), "{fields}");
+        public.archive = Some("https://o.example/>\r\nBcc: x".into());
+        assert!(!String::from_utf8(public.post_fields(None, &fpr(), b"s")).unwrap().contains("Bcc"));
         // No field in the header, or only in the body: none.
         assert!(author_of(b"Subject: x\r\n\r\nStubmail-Author-Signature: fpr=x; sig=AA==\r\n").is_none());
         assert!(author_of(b"Stubmail-Author-Signature: fpr=nothex; sig=AA==\r\n\r\n").is_none());

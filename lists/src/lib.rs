@@ -111,7 +111,12 @@ struct Pending {
 impl Robot {
     pub fn new(home: &Home, config: &Config) -> anyhow::Result<Robot> {
         let list = config.list.as_ref().context("this home is not a list's (no [list] in config.toml): `stubmail list create` makes one")?;
-        let addrs = Addresses::of(&list.address).with_context(|| format!("list.address {:?} is not a plain address", list.address))?;
+        let mut addrs = Addresses::of(&list.address).with_context(|| format!("list.address {:?} is not a plain address", list.address))?;
+        if list.public {
+            // RFC 2369's List-Archive: the feed the outbox serves (§10.5).
+            let me = home.load_identity()?;
+            addrs.archive = Some(format!("{}/v1/archive/{}/feed", config.identity.outbox.trim_end_matches('/'), me.fpr()));
+        }
         let dir = list_dir(home);
         for d in ["pending", "held", "approved", "strangers", "archive-out"] {
             stubmail::fsutil::ensure_private_dir(&dir.join(d))?;
