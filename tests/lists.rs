@@ -627,3 +627,76 @@ fn forged_stubs_in_a_strangers_name_do_not_keep_them_from_joining() {
     let log = w.robot.as_ref().unwrap().log();
     assert!(log.contains("a stranger's messages fetched"), "{log}");
 }
+
+/// `kill -9` of the robot at random moments while members post, and again
+/// while it publishes: once it runs again, every post reaches every member
+/// exactly once (SECURITY row 120). Seeded: STUBMAIL_CRASH_SEED=<n>.
+#[test]
+fn the_robot_killed_at_random_moments_loses_and_duplicates_no_post() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("STUBMAIL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("STUBMAIL_CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut w = World::start();
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    const POSTS: usize = 8;
+    for i in 0..POSTS {
+        let (author, from) = if i % 2 == 0 { (&w.alice, "alice@example.org") } else { (&w.carol, "carol@example.com") };
+        send(author, &logs, &[LIST], &format!("From: {from}\r\nTo: team@example.org\r\nSubject: crash post {i}\r\n\r\nbody {i}\r\n"));
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..1500)));
+        if i % 2 == 1 {
+            // The robot dies (SIGKILL) wherever it is, and is started again.
+            w.robot = None;
+            w.start_robot();
+        }
+    }
+    let count = |u: &User| {
+        let mut m = std::collections::HashMap::<String, usize>::new();
+        for s in subjects(u) {
+            *m.entry(s).or_default() += 1;
+        }
+        m
+    };
+    wait_mail(&w.bob, POSTS);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    w.bob.http2mbox_once();
+    let got = count(&w.bob);
+    for i in 0..POSTS {
+        assert_eq!(got.get(&format!("crash post {i}")), Some(&1), "post {i} at Bob (seed {seed}): {got:?}");
+    }
+    assert_eq!(got.len(), POSTS, "nothing else (seed {seed}): {got:?}");
+}
+
+/// Stubs signed by throwaway keys of an attacker's own (proven: each key
+/// is real), each naming an outbox that never answers, sent just before a
+/// real request to join: each holds one introduction slot, and the real
+/// request takes a free one at once instead of waiting behind them.
+#[test]
+fn a_slow_introduction_holds_up_only_its_own_slot() {
+    let n = notify_arg();
+    let port: u16 = n.rsplit(':').next().unwrap().parse().unwrap();
+    let mut w = World::start_with(&[&n]);
+    let dave = w.stranger("dave", "dave@example.net");
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    let silent_url = silent_outbox();
+    let list_fpr = stubmail::protocol::Fpr::parse(&w.list.fingerprint()).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..12u8 {
+        let key = stubmail::Identity::generate(None, &format!("throwaway{i}@example.com"), &silent_url).unwrap();
+        let stub = stubmail::protocol::udp::Stub { sender: key.fpr(), recipient: list_fpr.clone(), id: hex::encode([i; 32]), size: 100, made: stubmail::time::unix_now(), outbox: silent_url.clone() };
+        let inner = stub.encode(&key.sign_detached(&stub.signed_part().unwrap()).unwrap()).unwrap();
+        let cert = stubmail::pgp::binary(&stubmail::pgp::minimal(&key.cert()).unwrap()).unwrap();
+        udp.send_to(&stubmail::protocol::udp::encode_with_cert(&inner, &cert).unwrap(), ("127.0.0.1", port)).unwrap();
+    }
+    // Held and started (the robot looks every quarter of a second).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let t = std::time::Instant::now();
+    send(&dave, &logs, &["team-subscribe@example.org"], "From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\nplease\r\n");
+    let got = wait_mail(&dave, 1);
+    assert!(read(&got[0]).contains("Subject: Confirm joining team@example.org (token "));
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "the request waited {:?} behind the throwaway introductions", t.elapsed());
+    let log = w.robot.as_ref().unwrap().log();
+    assert!(!log.contains("introduction not taken"), "the throwaway introductions were still running: {log}");
+}

@@ -46,9 +46,28 @@ const STRANGER_KEPT: Duration = Duration::from_secs(7 * 86400);
 /// outbox), and for the whole introduction: the certificate and a poll of
 /// their outbox, which fetches what they sent.
 const INTRO_DEADLINE: Duration = Duration::from_secs(10);
-const INTRO_TOTAL: Duration = Duration::from_secs(60);
-/// Introductions taken at once.
-const INTROS_AT_ONCE: usize = 4;
+const INTRO_TOTAL: Duration = Duration::from_secs(30);
+/// Introductions taken at once (each mostly waits on a stranger's outbox).
+const INTROS_AT_ONCE: usize = 16;
+/// Of those, unproven ones at most.
+const UNPROVEN_AT_ONCE: usize = 4;
+
+/// Introductions in progress: their senders, and the free slots.
+pub struct Running {
+    busy: std::sync::Mutex<std::collections::HashSet<Fpr>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    unproven: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Running {
+    fn default() -> Running {
+        Running {
+            busy: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(INTROS_AT_ONCE)),
+            unproven: Arc::new(tokio::sync::Semaphore::new(UNPROVEN_AT_ONCE)),
+        }
+    }
+}
 
 /// The robot's files, under the list's data directory:
 ///
@@ -336,67 +355,84 @@ impl Robot {
     }
 
     /// Strangers whose stubs wait in the quarantine (a request to join, a
-    /// non-member's post): their certificate is fetched and checked as
-    /// `stubmail intro accept` does, kept among the strangers, and their
-    /// outbox polled for what they sent the list, which lands in the
-    /// intake like a member's mail. Nothing makes them a member.
+    /// non-member's post): their certificate is checked as `stubmail intro
+    /// accept` does, kept among the strangers, and their outbox polled for
+    /// what they sent the list, which lands in the intake like a member's
+    /// mail. Nothing makes them a member.
     ///
-    /// A stub is unauthenticated until the certificate is had (anyone can
-    /// send one naming any outbox), so each introduction gets a few
-    /// seconds ([`INTRO_DEADLINE`], [`INTRO_TOTAL`]), [`INTROS_AT_ONCE`] at a time, on a task
-    /// of its own that members' posts never wait for; one that fails is
-    /// forgotten, so forged stubs do not keep the quarantine full.
-    pub async fn take_introductions(&self, home: &Home, config: &Config, poller: &http2mbox::poller::Poller, http: &reqwest::Client) -> anyhow::Result<usize> {
-        use futures_util::StreamExt;
-        let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
+    /// Each introduction runs on a task of its own that members' posts
+    /// never wait for, [`INTROS_AT_ONCE`] at a time, started as soon as a
+    /// slot is free (a slow one holds up only its own slot), within
+    /// [`INTRO_TOTAL`]. Proven introductions (the stub carried a
+    /// certificate that verified it) come first, oldest first; unproven
+    /// ones (anyone can send those, naming any outbox) take at most
+    /// [`UNPROVEN_AT_ONCE`] slots, and their certificate gets
+    /// [`INTRO_DEADLINE`]. One that fails is forgotten, so forged stubs do
+    /// not keep the quarantine full. Returns how many were started.
+    pub fn start_introductions(self: &Arc<Self>, q: &http2mbox::notify::Quarantine, poller: &Arc<http2mbox::poller::Poller>, http: &reqwest::Client, running: &Arc<Running>) -> anyhow::Result<usize> {
         let blocks = poller.blocks.get().map_err(|e| anyhow::anyhow!("the blocklist: {e}"))?;
-        // Every proven introduction (its stub carried a certificate that
-        // verified it), and a few unproven ones, oldest first: unproven
-        // stubs cost nothing to forge, so a stream of them must not stand
-        // before those who proved who they are.
         let (proven, unproven): (Vec<_>, Vec<_>) = q.list()?.into_iter().partition(|i| i.cert.is_some());
-        let intros: Vec<_> = proven.into_iter().chain(unproven.into_iter().take(INTROS_AT_ONCE)).collect();
-        let n = intros.len();
-        let q = &q;
-        let blocks = &blocks;
-        futures_util::stream::iter(intros)
-            .for_each_concurrent(INTROS_AT_ONCE, |intro| async move {
-                let f = intro.sender.clone();
-                if let Some(why) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
-                    tracing::info!(stranger = %f, "list: not introduced, {why}");
-                    let _ = q.reject(&f);
-                    return;
-                }
-                let taken = tokio::time::timeout(INTRO_TOTAL, async {
-                    // The certificate the stub carried, checked again
-                    // (nothing to fetch); else the one the outbox serves.
-                    let cert = match intro.proven_by() {
-                        Some(c) => http2mbox::notify::check_introduced(&intro, &c).map(|()| c)?,
-                        None => http2mbox::notify::introduced_cert(http, &intro, INTRO_DEADLINE).await?,
-                    };
-                    let cert = pgp::reduced(&cert)?;
-                    if self.keyring.get(&f)?.is_none() {
-                        self.keep_stranger(&f, &cert)?;
-                    }
-                    poller.poll_strangers(&intro.outbox, vec![cert]).await
-                })
-                .await;
-                // Taken or not, the introduction is done with: a stranger
-                // whose outbox failed sends again (the direct stubs come
-                // three times; a new message, three more). Unless a proven
-                // stub replaced it meanwhile: that one is still to take.
-                if q.get(&f).is_some_and(|now| now.cert == intro.cert && now.outbox == intro.outbox) {
-                    let _ = q.remove(&f);
-                }
-                match taken {
-                    Ok(Ok(r)) => tracing::info!(stranger = %f, delivered = r.delivered, "list: a stranger's messages fetched"),
-                    Ok(Err(e)) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: {e:#}"),
-                    Err(_) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: not done within {INTRO_TOTAL:?}"),
-                }
-            })
-            .await;
+        let mut started = 0;
+        for intro in proven.into_iter().chain(unproven) {
+            let f = intro.sender.clone();
+            if running.busy.lock().expect("not poisoned").contains(&f) {
+                continue;
+            }
+            if let Some(why) = blocks.check(&stubmail::blocklist::Who { sender: &f, outbox: Some(&intro.outbox), emails: &[] }) {
+                tracing::info!(stranger = %f, "list: not introduced, {why}");
+                let _ = q.reject(&f);
+                continue;
+            }
+            let unproven_slot = match intro.cert {
+                Some(_) => None,
+                None => match running.unproven.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => continue,
+                },
+            };
+            let Ok(slot) = running.slots.clone().try_acquire_owned() else { break };
+            running.busy.lock().expect("not poisoned").insert(f.clone());
+            started += 1;
+            let (robot, q, poller, http, running) = (self.clone(), q.clone(), poller.clone(), http.clone(), running.clone());
+            tokio::spawn(async move {
+                let _slots = (slot, unproven_slot);
+                robot.introduce(&q, &poller, &http, &intro).await;
+                running.busy.lock().expect("not poisoned").remove(&intro.sender);
+            });
+        }
         self.prune_strangers();
-        Ok(n)
+        Ok(started)
+    }
+
+    /// Take one introduction (see [`Robot::start_introductions`]).
+    async fn introduce(&self, q: &http2mbox::notify::Quarantine, poller: &http2mbox::poller::Poller, http: &reqwest::Client, intro: &http2mbox::notify::Intro) {
+        let f = &intro.sender;
+        let taken = tokio::time::timeout(INTRO_TOTAL, async {
+            // The certificate the stub carried, checked again (nothing to
+            // fetch); else the one the outbox serves.
+            let cert = match intro.proven_by() {
+                Some(c) => http2mbox::notify::check_introduced(intro, &c).map(|()| c)?,
+                None => http2mbox::notify::introduced_cert(http, intro, INTRO_DEADLINE).await?,
+            };
+            let cert = pgp::reduced(&cert)?;
+            if self.keyring.get(f)?.is_none() {
+                self.keep_stranger(f, &cert)?;
+            }
+            poller.poll_strangers(&intro.outbox, vec![cert]).await
+        })
+        .await;
+        // Taken or not, the introduction is done with: a stranger whose
+        // outbox failed sends again (the direct stubs come three times; a
+        // new message, three more). Unless a proven stub replaced it
+        // meanwhile: that one is still to take.
+        if q.get(f).is_some_and(|now| now.cert == intro.cert && now.outbox == intro.outbox) {
+            let _ = q.remove(f);
+        }
+        match taken {
+            Ok(Ok(r)) => tracing::info!(stranger = %f, delivered = r.delivered, "list: a stranger's messages fetched"),
+            Ok(Err(e)) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: {e:#}"),
+            Err(_) => tracing::warn!(stranger = %f, outbox = intro.outbox, "list: introduction not taken: not done within {INTRO_TOTAL:?}"),
+        }
     }
 
     /// Keep a stranger's certificate among the strangers (not a member's).
@@ -486,15 +522,17 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
     // Strangers' introductions on a task of their own: a stranger's outbox
     // that answers slowly (or never) holds up no member's post.
     let intros = if config.notify.first_contact {
-        let (robot, poller, home, config, shutdown) = (robot.clone(), poller.clone(), home.clone(), config.clone(), shutdown.clone());
+        let (robot, poller, shutdown) = (robot.clone(), poller.clone(), shutdown.clone());
         let http = stubmail::client::http_client_with_timeout(INTRO_DEADLINE)?;
+        let q = http2mbox::notify::Quarantine::open(&home.state_dir(), config.notify.max_per_sender, config.notify.max_senders)?;
+        let running = Arc::new(Running::default());
         Some(tokio::spawn(async move {
             loop {
-                if let Err(e) = robot.take_introductions(&home, &config, &poller, &http).await {
+                if let Err(e) = robot.start_introductions(&q, &poller, &http, &running) {
                     tracing::warn!("list: introductions: {e:#}");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }

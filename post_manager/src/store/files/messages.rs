@@ -249,7 +249,17 @@ impl Messages for Files {
             if senders.is_some_and(|s| !s.contains(&m.sender)) {
                 continue;
             }
-            let Some(r) = self.read_rcpt(&id, recipient)? else { continue };
+            // A damaged table costs its own message, not the recipient's
+            // every other one.
+            let r = match self.read_rcpt(&id, recipient) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(StoreError::Corrupt(what)) => {
+                    tracing::error!("{what} is damaged: message {id} is left out of polls until it is repaired (restore it from a backup)");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let wanted = r.state.is_pending()
                 || (r.state == DeliveryState::Retrieved && device.is_some_and(|d| !r.devices.iter().any(|x| x == d)));
             if wanted && self.p(&format!("messages/{id}")).exists() {
@@ -327,7 +337,15 @@ impl Messages for Files {
         let mut out = Vec::new();
         for id in list_ids(&self.p(&format!("sent/{sender}")))? {
             if let Some(m) = self.read_meta(&id)? {
-                out.push(m.status_with(&self.recipients_of(&id)?));
+                match self.recipients_of(&id) {
+                    Ok(rs) => out.push(m.status_with(&rs)),
+                    // Listed without recipients: the sender still sees it.
+                    Err(StoreError::Corrupt(what)) => {
+                        tracing::error!("{what} is damaged: message {id}'s recipients are not known until it is repaired (restore it from a backup)");
+                        out.push(m.status_with(&[]));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         out.sort_by(|a, b| a.stored.cmp(&b.stored).then(a.id.cmp(&b.id)));

@@ -37,8 +37,9 @@ const MAGIC: &[u8; 8] = b"SMRCPT\0\x01";
 /// The header: magic, then the number of records (u64, little-endian),
 /// then reserved zeros.
 const HEADER: u64 = 32;
-/// One record: the fingerprint (20 bytes), the state (1), flags (1), two
-/// zeros, the Unix time of the last change (i64, little-endian).
+/// One record: the fingerprint (20 bytes), the state (1), flags (1), a
+/// CRC-16 of the record's other 30 bytes (little-endian), the Unix time of
+/// the last change (i64, little-endian).
 const RECORD: u64 = 32;
 /// Far more recipients than any account may give one message: a table
 /// claiming more is corrupt, not read.
@@ -96,10 +97,15 @@ impl Rec {
         b[20] = state_code(self.state);
         b[21] = self.flags;
         b[24..].copy_from_slice(&self.at.to_le_bytes());
+        let c = crc16(&b);
+        b[22..24].copy_from_slice(&c.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8]) -> Option<Rec> {
+        if u16::from_le_bytes([b[22], b[23]]) != crc16(b) {
+            return None;
+        }
         let mut fpr = [0u8; 20];
         fpr.copy_from_slice(&b[..20]);
         Some(Rec { fpr, state: state_of(b[20])?, flags: b[21], at: i64::from_le_bytes(b[24..32].try_into().ok()?) })
@@ -108,6 +114,29 @@ impl Rec {
     fn fpr(&self) -> Fpr {
         Fpr::parse(&hex::encode_upper(self.fpr)).expect("20 bytes are a fingerprint")
     }
+}
+
+/// CRC-16/CCITT of a record's bytes but its check (bytes 22 and 23): a
+/// flipped bit or a record overwritten by something else is caught, not
+/// taken for another recipient's state.
+fn crc16(b: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for (i, &byte) in b[..RECORD as usize].iter().enumerate() {
+        if i == 22 || i == 23 {
+            continue;
+        }
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// Are the records in strictly increasing fingerprint order (each
+/// recipient once)? The binary search relies on it.
+fn in_order(recs: &[Rec]) -> bool {
+    recs.windows(2).all(|w| w[0].fpr < w[1].fpr)
 }
 
 /// An open table: its file and how many records it holds.
@@ -129,7 +158,10 @@ impl Table {
         Rec::decode(&b).ok_or_else(|| self.corrupt())
     }
 
-    /// The index and record of a fingerprint (binary search).
+    /// The index and record of a fingerprint (binary search). A miss is
+    /// checked against the whole table (rare: the recipient is asked about
+    /// a message that is not theirs), so records out of order are found
+    /// corrupt rather than taken for a recipient's absence.
     fn find(&self, k: &[u8; 20]) -> Result<Option<(u64, Rec)>, StoreError> {
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
@@ -141,7 +173,19 @@ impl Table {
                 std::cmp::Ordering::Greater => hi = mid,
             }
         }
+        self.all()?;
         Ok(None)
+    }
+
+    /// Every record, checked (each record's CRC, and their order).
+    fn all(&self) -> Result<Vec<Rec>, StoreError> {
+        let mut b = vec![0u8; (self.count * RECORD) as usize];
+        self.file.read_exact_at(&mut b, HEADER)?;
+        let recs = b.chunks_exact(RECORD as usize).map(|c| Rec::decode(c).ok_or_else(|| self.corrupt())).collect::<Result<Vec<_>, _>>()?;
+        if !in_order(&recs) {
+            return Err(self.corrupt());
+        }
+        Ok(recs)
     }
 }
 
@@ -178,10 +222,10 @@ impl Files {
 
     /// Every record of a message's table, in fingerprint order.
     fn records(&self, id: &str) -> Result<Vec<Rec>, StoreError> {
-        let Some(t) = self.open_table(id, false)? else { return Ok(vec![]) };
-        let mut b = vec![0u8; (t.count * RECORD) as usize];
-        t.file.read_exact_at(&mut b, HEADER)?;
-        b.chunks_exact(RECORD as usize).map(|c| Rec::decode(c).ok_or_else(|| t.corrupt())).collect()
+        match self.open_table(id, false)? {
+            Some(t) => t.all(),
+            None => Ok(vec![]),
+        }
     }
 
     fn meta_of(&self, id: &str, r: &Rec) -> Result<RecipientMeta, StoreError> {
@@ -355,8 +399,8 @@ mod tests {
         assert!(!d.path().join(format!("rcpt/{ID}.dev")).exists());
     }
 
-    /// What a damaged table may look like: each is refused as corrupt,
-    /// never read past or taken for states.
+    /// What a damaged table may look like: each is found corrupt, never
+    /// read past or taken for states.
     #[test]
     fn damaged_tables_are_corrupt_not_misread() {
         let d = tempfile::tempdir().unwrap();
@@ -376,12 +420,32 @@ mod tests {
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         cases.push(("a count that overflows", huge));
         let mut zero = good.clone();
-        zero[HEADER as usize + 20] = 0;
-        cases.push(("a record never written", zero));
+        zero[HEADER as usize..].fill(0);
+        cases.push(("records never written", zero));
+        let mut flipped = good.clone();
+        flipped[HEADER as usize + 3] ^= 0x10;
+        cases.push(("a bit flipped in a fingerprint", flipped));
+        let mut state = good.clone();
+        state[HEADER as usize + RECORD as usize + 20] = 3;
+        cases.push(("a state changed behind the check", state));
+        let mut swapped = good[..HEADER as usize].to_vec();
+        swapped.extend_from_slice(&good[(HEADER + RECORD) as usize..]);
+        swapped.extend_from_slice(&good[HEADER as usize..(HEADER + RECORD) as usize]);
+        cases.push(("records out of order", swapped));
         for (what, bytes) in cases {
             fs::write(s.table_path(ID), &bytes).unwrap();
             assert!(matches!(s.recipients_of(ID), Err(StoreError::Corrupt(_))), "{what}");
-            assert!(matches!(s.read_rcpt(ID, &fpr('A')), Err(StoreError::Corrupt(_))), "{what}");
+            // One recipient's lookup reads a few records: it finds the
+            // damage, or its own intact record — never a wrong state, never
+            // "not a recipient" for one who is.
+            for c in ['A', 'B'] {
+                match s.read_rcpt(ID, &fpr(c)) {
+                    Err(StoreError::Corrupt(_)) => {}
+                    Ok(Some(r)) if r.fpr == fpr(c) && r.state == DeliveryState::Stored => {}
+                    other => panic!("{what}: {c}: {other:?}"),
+                }
+            }
+            assert!(matches!(s.read_rcpt(ID, &fpr('C')), Err(StoreError::Corrupt(_))), "{what}: a miss checks the whole table");
         }
     }
 }

@@ -222,3 +222,25 @@ fn a_retry_repairs_whatever_a_crash_before_the_flush_left() {
         assert_eq!(got, body, "{lost} lost: the bytes are whole");
     }
 }
+
+/// A damaged recipient table (a disk error, a hand edit) costs its own
+/// message: the recipient's polls go on listing the others, and the
+/// sender still sees the message, without recipients.
+#[test]
+fn a_damaged_recipient_table_costs_only_its_own_message() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Files::open(d.path()).unwrap();
+    let (a, b) = (fpr('A'), fpr('B'));
+    let (one, two) = (b"first".to_vec(), b"second".to_vec());
+    s.put(&a, &id_of(&one), &[b.clone(), fpr('C')], &mut &one[..], 100, 1).unwrap();
+    s.put(&a, &id_of(&two), &[b.clone()], &mut &two[..], 100, 2).unwrap();
+    let table = d.path().join(format!("rcpt/{}.tab", id_of(&one)));
+    let mut bytes = fs::read(&table).unwrap();
+    bytes[40] ^= 1;
+    fs::write(&table, &bytes).unwrap();
+    let polled: Vec<String> = s.poll(&b, None, None).unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(polled, vec![id_of(&two)]);
+    let listed = s.list(&a).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|m| m.id == id_of(&one) && m.recipients.is_empty()));
+}
