@@ -13,22 +13,32 @@ use super::{Files, StoreError};
 use crate::archive::Entry;
 use crate::store::Archive;
 
+/// Largest archive index read (a line a post: millions of posts).
+const MAX_INDEX: u64 = 1 << 30;
+
 impl Files {
-    fn archive_index(&self, list: &Fpr) -> io::Result<Vec<Entry>> {
-        let text = match fs::read_to_string(self.p(&format!("archive/{list}/index"))) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e),
-        };
-        // A line a crash cut short is skipped.
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    /// The index's bytes (empty if there is none yet).
+    fn archive_index(&self, list: &Fpr) -> io::Result<Vec<u8>> {
+        match fsutil::read_bounded(&self.p(&format!("archive/{list}/index")), MAX_INDEX) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// The index's lines: one entry each, oldest first (a line a crash cut
+/// short is there too, and fails to parse).
+fn lines(index: &[u8]) -> Vec<&[u8]> {
+    index.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect()
 }
 
 impl Archive for Files {
     fn archive_put(&self, list: &Fpr, e: &Entry, post: &[u8], sig: &[u8]) -> Result<bool, StoreError> {
         let _lock = self.lock(&format!("archive-{list}"))?;
-        if self.archive_index(list)?.iter().any(|x| x.id == e.id) {
+        let index = self.archive_index(list)?;
+        // Found by its id's JSON string, not by parsing every entry.
+        if String::from_utf8_lossy(&index).contains(&format!("\"{}\"", e.id)) {
             return Ok(false);
         }
         let dir = self.p(&format!("archive/{list}"));
@@ -40,7 +50,9 @@ impl Archive for Files {
         fsutil::write_atomic(&dir.join(format!("{}.eml", e.id)), post, 0o644)?;
         fsutil::write_atomic(&dir.join(format!("{}.sig", e.id)), sig, 0o644)?;
         let mut f = OpenOptions::new().create(true).append(true).open(dir.join("index"))?;
-        let mut line = serde_json::to_vec(e).expect("serialisable");
+        // After a line a crash cut short, a new line of its own.
+        let mut line = if index.last().is_some_and(|b| *b != b'\n') { b"\n".to_vec() } else { vec![] };
+        line.extend(serde_json::to_vec(e).expect("serialisable"));
         line.push(b'\n');
         f.write_all(&line)?;
         f.sync_all()?;
@@ -49,9 +61,11 @@ impl Archive for Files {
     }
 
     fn archive_page(&self, list: &Fpr, skip: usize, n: usize) -> Result<(Vec<Entry>, usize), StoreError> {
-        let all = self.archive_index(list)?;
-        let total = all.len();
-        Ok((all.into_iter().rev().skip(skip).take(n).collect(), total))
+        // Only the page's entries are parsed.
+        let index = self.archive_index(list)?;
+        let all = lines(&index);
+        let page = all.iter().rev().skip(skip).take(n).filter_map(|l| serde_json::from_slice(l).ok()).collect();
+        Ok((page, all.len()))
     }
 
     fn archive_get(&self, list: &Fpr, id: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {

@@ -244,3 +244,24 @@ fn a_damaged_recipient_table_costs_only_its_own_message() {
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().any(|m| m.id == id_of(&one) && m.recipients.is_empty()));
 }
+
+/// A crash cut the archive index's last line short: the next post gets a
+/// line of its own (appended after the cut one, it would be lost too).
+#[test]
+fn a_post_archived_after_a_cut_index_line_is_listed() {
+    use crate::store::Archive;
+    let d = tempfile::tempdir().unwrap();
+    let s = Files::open(d.path()).unwrap();
+    let l = fpr('E');
+    let post = |i: u8| format!("From: a@example.org\r\nSubject: post {i}\r\n\r\nx\r\n").into_bytes();
+    let e = |i: u8| crate::archive::entry_of(&id_of(&post(i)), &post(i), 1000 + i64::from(i));
+    assert!(s.archive_put(&l, &e(1), &post(1), b"sig").unwrap());
+    let index = d.path().join(format!("archive/{l}/index"));
+    let mut f = fs::OpenOptions::new().append(true).open(&index).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"id\":\"cut sh").unwrap();
+    assert!(s.archive_put(&l, &e(2), &post(2), b"sig").unwrap());
+    let (page, _) = s.archive_page(&l, 0, 10).unwrap();
+    let ids: Vec<String> = page.into_iter().map(|x| x.id).collect();
+    assert_eq!(ids, vec![id_of(&post(2)), id_of(&post(1))]);
+    assert!(!s.archive_put(&l, &e(2), &post(2), b"sig").unwrap(), "kept once");
+}
