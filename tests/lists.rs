@@ -683,7 +683,8 @@ fn a_slow_introduction_holds_up_only_its_own_slot() {
     let silent_url = silent_outbox();
     let list_fpr = stubmail::protocol::Fpr::parse(&w.list.fingerprint()).unwrap();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..12u8 {
+    // More than sixteen (the slots there once were), fewer than the 64 now.
+    for i in 0..40u8 {
         let key = stubmail::Identity::generate(None, &format!("throwaway{i}@example.com"), &silent_url).unwrap();
         let stub = stubmail::protocol::udp::Stub { sender: key.fpr(), recipient: list_fpr.clone(), id: hex::encode([i; 32]), size: 100, made: stubmail::time::unix_now(), outbox: silent_url.clone() };
         let inner = stub.encode(&key.sign_detached(&stub.signed_part().unwrap()).unwrap()).unwrap();

@@ -47,8 +47,11 @@ const STRANGER_KEPT: Duration = Duration::from_secs(7 * 86400);
 /// their outbox, which fetches what they sent.
 const INTRO_DEADLINE: Duration = Duration::from_secs(10);
 const INTRO_TOTAL: Duration = Duration::from_secs(30);
-/// Introductions taken at once (each mostly waits on a stranger's outbox).
-const INTROS_AT_ONCE: usize = 16;
+/// Introductions taken at once. Each mostly waits on a stranger's outbox
+/// (a socket and a little memory), and a real request waits behind at
+/// most a full quarantine of slow ones divided by this many, times
+/// [`INTRO_TOTAL`].
+const INTROS_AT_ONCE: usize = 64;
 /// Of those, unproven ones at most.
 const UNPROVEN_AT_ONCE: usize = 4;
 

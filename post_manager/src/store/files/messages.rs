@@ -255,7 +255,7 @@ impl Messages for Files {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(StoreError::Corrupt(what)) => {
-                    tracing::error!("{what} is damaged: message {id} is left out of polls until it is repaired (restore it from a backup)");
+                    report_damage(&what, &format!("message {id} is left out of polls until it is repaired (restore it from a backup)"));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -329,7 +329,15 @@ impl Messages for Files {
         if &m.sender != sender {
             return Err(StoreError::NotFound);
         }
-        Ok(m.status_with(&self.recipients_of(id)?))
+        match self.recipients_of(id) {
+            Ok(rs) => Ok(m.status_with(&rs)),
+            // Not "try again later": the damage stays until repaired.
+            Err(StoreError::Corrupt(what)) => {
+                report_damage(&what, &format!("message {id}'s recipients are not known until it is repaired (restore it from a backup)"));
+                Ok(m.status_with(&[]))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every message of a sender.
@@ -341,7 +349,7 @@ impl Messages for Files {
                     Ok(rs) => out.push(m.status_with(&rs)),
                     // Listed without recipients: the sender still sees it.
                     Err(StoreError::Corrupt(what)) => {
-                        tracing::error!("{what} is damaged: message {id}'s recipients are not known until it is repaired (restore it from a backup)");
+                        report_damage(&what, &format!("message {id}'s recipients are not known until it is repaired (restore it from a backup)"));
                         out.push(m.status_with(&[]));
                     }
                     Err(e) => return Err(e),
@@ -387,6 +395,18 @@ impl Messages for Files {
             }
         }
         Ok(m.status_with(&all))
+    }
+}
+
+/// Log a damaged file, once per file for as long as this process runs
+/// (every poll would log it again otherwise).
+fn report_damage(what: &str, consequence: &str) {
+    static REPORTED: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+    let mut seen = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    // Bounded: past this many, nothing more is logged.
+    if seen.len() < 10_000 && seen.insert(what.to_string()) {
+        tracing::error!("{what} is damaged: {consequence}");
     }
 }
 

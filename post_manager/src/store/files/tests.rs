@@ -243,6 +243,7 @@ fn a_damaged_recipient_table_costs_only_its_own_message() {
     let listed = s.list(&a).unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().any(|m| m.id == id_of(&one) && m.recipients.is_empty()));
+    assert!(s.status(&a, &id_of(&one)).unwrap().recipients.is_empty(), "a status, not a storage error");
 }
 
 /// A crash cut the archive index's last line short: the next post gets a
