@@ -701,3 +701,26 @@ fn a_slow_introduction_holds_up_only_its_own_slot() {
     let log = w.robot.as_ref().unwrap().log();
     assert!(!log.contains("introduction not taken"), "the throwaway introductions were still running: {log}");
 }
+
+/// A member's post over the list's size limit is not published, and the
+/// member is told so once (it would otherwise vanish without a word).
+#[test]
+fn a_post_over_the_size_limit_is_answered_once() {
+    let mut w = World::start();
+    w.list.edit_config(|t| {
+        table(t, "list").insert("max_post_size".into(), 2000.into());
+    });
+    w.start_robot();
+    let logs = w.root.path().to_path_buf();
+    let big: String = (0..100).map(|i| format!("line {i} of a post far longer than the list takes\r\n")).collect();
+    send(&w.bob, &logs, &[LIST], &format!("From: bob@example.net\r\nTo: team@example.org\r\nSubject: too long\r\n\r\n{big}"));
+    let got = wait_mail(&w.bob, 1);
+    let notice = read(&got[0]);
+    assert!(notice.contains("Subject: Your message to team@example.org was not taken"), "{notice}");
+    assert!(notice.contains("Posts may be at most 2000 bytes"), "{notice}");
+    // Once, and published to no one.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(wait_mail(&w.bob, 1).len(), 1, "told once");
+    w.carol.http2mbox_once();
+    assert!(w.carol.maildir_new().is_empty(), "not published");
+}

@@ -81,6 +81,7 @@ impl Default for Running {
 /// list/pending/<FPR> the token a request to join waits for, and when
 /// list/held/<qid>    non-members' posts held for the owner (intake files)
 /// list/approved/<qid> held posts the owner approved, to publish
+/// list/told/<id>     senders of messages set aside (too large …) told so
 /// list/archive-out/<qid> a public list's posts, to archive at its outbox
 /// ```
 pub fn list_dir(home: &Home) -> PathBuf {
@@ -96,6 +97,8 @@ pub struct Robot {
     pub subscription: Subscription,
     /// Archive each post at the outbox (a public list).
     pub public: bool,
+    /// Largest post taken (`list.max_post_size`), said in notices.
+    pub max_post_size: u64,
     pub spool: Spool,
     /// The members.
     pub keyring: Keyring,
@@ -150,6 +153,7 @@ impl Robot {
             non_members: list.non_members,
             subscription: list.subscription,
             public: list.public,
+            max_post_size: list.max_post_size,
             spool: Spool::open(&home.spool_dir()).context("opening the list's spool")?,
             keyring: home.keyring(),
             strangers: Keyring::new(dir.join("strangers")),
@@ -337,6 +341,34 @@ impl Robot {
     /// Commit one message from the list to the spool, unless a message
     /// with this queue id was committed before (a crash between the commit
     /// and the removal of what it came from).
+    /// Tell the senders of messages the list's poller set aside (too large
+    /// once decrypted, a signature that did not verify …: `stubmail
+    /// status` of the list shows them), once each: otherwise a member's
+    /// oversized post would vanish without a word. Only a member or a
+    /// known stranger is told; `list/told/<id>` marks who was.
+    pub async fn answer_set_aside(&self, set_aside: &http2mbox::poller::SetAside) -> anyhow::Result<usize> {
+        let told = self.dir.join("told");
+        let mut n = 0;
+        for r in set_aside.list()?.into_iter().filter(|r| r.attempts >= http2mbox::poller::SetAside::TRIES) {
+            if !stubmail::protocol::is_valid_id(&r.id) || told.join(&r.id).exists() {
+                continue;
+            }
+            let cert = match (self.keyring.get(&r.sender)?, self.strangers.get(&r.sender)?) {
+                (Some(c), _) | (None, Some(c)) => Some(c),
+                (None, None) => None,
+            };
+            if let Some(to) = cert.as_ref().and_then(|c| pgp::emails_of(c).into_iter().next()) {
+                let qid = format!("t{}", &hex::encode(sha2::Sha256::digest(r.id.as_bytes()))[..24]);
+                let body = notices::not_taken(&self.addrs, &to, &r.id, &r.reason, self.max_post_size, &qid);
+                self.queue(&qid, vec![Rcpt { addr: to, route: Route::Stub { fpr: r.sender.clone() } }], body, false).await?;
+                n += 1;
+            }
+            stubmail::fsutil::ensure_private_dir(&told)?;
+            stubmail::fsutil::write_atomic(&told.join(&r.id), b"", 0o600)?;
+        }
+        Ok(n)
+    }
+
     async fn queue(&self, qid: &str, rcpts: Vec<Rcpt>, bytes: Vec<u8>, list: bool) -> anyhow::Result<()> {
         if self.spool.known(qid) {
             return Ok(());
@@ -549,6 +581,9 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
         }
         if let Err(e) = robot.send_archive(&archive.1, &archive.0).await {
             tracing::warn!("list: archive: {e:#}");
+        }
+        if let Err(e) = robot.answer_set_aside(&poller.set_aside).await {
+            tracing::warn!("list: telling senders of messages not taken: {e:#}");
         }
         tokio::select! {
             _ = delivered.changed() => {}

@@ -39,6 +39,17 @@ pub fn refusal(addrs: &Addresses, to: &str, original_header: &[u8], reason: &str
     notice(&addrs.post, to, &format!("Your message to {} was not published", addrs.post), Some(original_header), &body, qid)
 }
 
+/// A message the list's poller could not take (too large once decrypted,
+/// a signature that did not verify …): the sender is told once, as
+/// `reason` says, with the list's size limit.
+pub fn not_taken(addrs: &Addresses, to: &str, id: &str, reason: &str, max_post_size: u64, qid: &str) -> Vec<u8> {
+    let body = format!(
+        "A message you sent to the list {post} could not be taken, and was not published:\n         {reason}.\n\n         Posts may be at most {max_post_size} bytes. It stays in your outbox as not retrieved\n         (its id there: {id}).",
+        post = addrs.post,
+    );
+    notice(&addrs.post, to, &format!("Your message to {} was not taken", addrs.post), None, &body, qid)
+}
+
 /// A non-member's post, refused: what the poster is told.
 pub fn not_a_member(addrs: &Addresses, to: &str, original_header: &[u8], qid: &str) -> Vec<u8> {
     refusal(addrs, to, original_header, &format!("only members may post; to join, write to {}", addrs.subscribe), qid)
