@@ -269,6 +269,11 @@ impl SetAside {
         self.dir.join(format!("{id}.json"))
     }
 
+    /// Where the records are (its mtime changes with each record written).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn get(&self, id: &str) -> Option<Rejected> {
         std::fs::read(self.path(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }

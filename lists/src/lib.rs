@@ -108,6 +108,9 @@ pub struct Robot {
     dir: PathBuf,
     /// Told when something was queued, so the worker goes at once.
     pub kick: Arc<tokio::sync::Notify>,
+    /// The set-aside directory's mtime when last answered: it is read
+    /// again only when it changed (it holds up to 10,000 records).
+    set_aside_seen: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 /// What one message led to, for the log and the tests.
@@ -160,6 +163,7 @@ impl Robot {
             intake: Maildir::open(&dir.join("intake")).context("opening the list's intake")?,
             dir,
             kick: Arc::new(tokio::sync::Notify::new()),
+            set_aside_seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -348,6 +352,10 @@ impl Robot {
     /// known stranger is told; `list/told/<id>` marks who was.
     pub async fn answer_set_aside(&self, set_aside: &http2mbox::poller::SetAside) -> anyhow::Result<usize> {
         let told = self.dir.join("told");
+        let stamp = std::fs::metadata(set_aside.dir()).and_then(|m| m.modified()).ok();
+        if stamp.is_none() || *self.set_aside_seen.lock().expect("not poisoned") == stamp {
+            return Ok(0);
+        }
         let mut n = 0;
         for r in set_aside.list()?.into_iter().filter(|r| r.attempts >= http2mbox::poller::SetAside::TRIES) {
             if !stubmail::protocol::is_valid_id(&r.id) || told.join(&r.id).exists() {
@@ -366,6 +374,7 @@ impl Robot {
             stubmail::fsutil::ensure_private_dir(&told)?;
             stubmail::fsutil::write_atomic(&told.join(&r.id), b"", 0o600)?;
         }
+        *self.set_aside_seen.lock().expect("not poisoned") = stamp;
         Ok(n)
     }
 
