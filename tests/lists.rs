@@ -691,8 +691,9 @@ fn a_slow_introduction_holds_up_only_its_own_slot() {
         let cert = stubmail::pgp::binary(&stubmail::pgp::minimal(&key.cert()).unwrap()).unwrap();
         udp.send_to(&stubmail::protocol::udp::encode_with_cert(&inner, &cert).unwrap(), ("127.0.0.1", port)).unwrap();
     }
-    // Held and started (the robot looks every quarter of a second).
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Held and started (the robot looks every second; each look lists the
+    // quarantine and the strangers kept, so not more often).
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let t = std::time::Instant::now();
     send(&dave, &logs, &["team-subscribe@example.org"], "From: dave@example.net\r\nTo: team-subscribe@example.org\r\nSubject: join\r\n\r\nplease\r\n");
     let got = wait_mail(&dave, 1);

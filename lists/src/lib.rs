@@ -576,7 +576,7 @@ pub async fn run(home: &Home, config: &Config, notify: Option<tokio::net::UdpSoc
                     tracing::warn!("list: introductions: {e:#}");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }
